@@ -1,0 +1,7 @@
+"""``python -m nextscale ...`` (also what ``torchrun -m nextscale train ...`` runs)."""
+import sys
+
+from nextscale.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

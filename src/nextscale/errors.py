@@ -1,0 +1,12 @@
+"""User-facing errors. The CLI prints these as one line (no traceback) and exits non-zero."""
+
+
+class NextScaleError(Exception):
+    """Bad input from a user: a missing file, a wrong value, a checkpoint that does not fit.
+
+    The message must name the thing and say how to fix it.
+    """
+
+
+class CheckpointError(NextScaleError):
+    """A file is not a usable checkpoint (wrong format, missing/unexpected keys, shape mismatch)."""
