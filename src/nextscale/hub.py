@@ -1,0 +1,302 @@
+"""Loading and saving weights: released reference ``.pth`` files, safetensors, pipeline directories, hub ids.
+
+Released checkpoints are read with ``torch.load(weights_only=True)`` only: a checkpoint can never run
+code. Configurations are inferred from tensor shapes, so ``var_d16.pth`` ... ``var_d36.pth`` and
+``vae_ch160v4096z32.pth`` need no extra arguments.
+
+Pipeline directory layout (what ``save_pretrained`` writes and ``from_pretrained`` reads)::
+
+    model_index.json            {"_class_name": "NextScalePipeline", "vqvae": [...], "var": [...]}
+    vqvae/config.json           VQVAEConfig fields
+    vqvae/model.safetensors
+    var/config.json             VARConfig fields
+    var/model.safetensors
+    labels.json                 optional: list of class names
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+
+from nextscale.configs import VARConfig, VQVAEConfig, scale_schedule_256, scale_schedule_512, ConfigError
+from nextscale.errors import CheckpointError, NextScaleError
+from nextscale.models.var import VAR
+from nextscale.models.vqvae import VQVAE
+
+__all__ = ["load_state_dict_file", "infer_vqvae_config", "infer_var_config", "load_vqvae", "load_var",
+           "load_components", "save_components", "resolve_model_path", "DEFAULT_MODEL_DIR", "check_state_dict"]
+
+#: The model shipped inside the package (see the default-model recipe); "default" resolves here.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
+
+_KNOWN_SCHEDULES = {sum(p * p for p in s): s for s in (scale_schedule_256, scale_schedule_512)}
+
+
+# ------------------------------------------------------------------ raw files
+def load_state_dict_file(path) -> Dict[str, torch.Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``.pth``/``.pt`` (safely, tensors only).
+
+    Accepts a bare state dict or the usual wrappers (``{'model': sd}``, ``{'state_dict': sd}``,
+    the reference trainer's ``{'trainer': {'var_wo_ddp': sd}}``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NextScaleError(f"{path}: no such file")
+    if path.is_dir():
+        raise NextScaleError(f"{path}: is a directory, expected a checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
+            raise CheckpointError(f"{path}: not a safetensors checkpoint ({type(e).__name__}: {e})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a loadable tensor checkpoint (weights_only=True refused or failed: {msg[:200]})") from None
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: Any, path) -> Dict[str, torch.Tensor]:
+    for _ in range(3):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        if isinstance(obj, dict):
+            for key in ("state_dict", "model", "ema", "var_wo_ddp", "vae_wo_ddp", "trainer"):
+                if key in obj and isinstance(obj[key], dict):
+                    obj = obj[key]
+                    break
+            else:
+                break
+        else:
+            break
+    raise CheckpointError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+
+
+def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], source, what: str) -> None:
+    """Raise a readable error for missing/unexpected keys or shape mismatches (before loading)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{source}: does not fit a {what}: {'; '.join(parts)}")
+    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)
+           and k != "quantize.ema_vocab_hit_SV"]
+    if bad:
+        k, got, want = bad[0]
+        raise CheckpointError(f"{source}: shape mismatch for {what}: {k} is {got}, expected {want} ({len(bad)} mismatching tensors)")
+
+
+# ------------------------------------------------------------------ config inference
+def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="checkpoint") -> VQVAEConfig:
+    """Rebuild the tokenizer configuration from a state dict's key names and shapes."""
+    try:
+        V, Cvae = sd["quantize.embedding.weight"].shape
+        ch = sd["encoder.conv_in.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"{source}: not a VQ-VAE state dict (no {e.args[0]!r}); did you swap the tokenizer and transformer files?") from None
+    levels = sorted({int(m.group(1)) for k in sd for m in [re.match(r"encoder\.down\.(\d+)\.", k)] if m})
+    ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
+    nrb = len({int(m.group(1)) for k in sd for m in [re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)] if m})
+    using_sa = any(k.startswith(f"encoder.down.{levels[-1]}.attn.") for k in sd)
+    using_mid_sa = "encoder.mid.attn_1.qkv.weight" in sd
+    ks = sd["quant_conv.weight"].shape[-1]
+    if any(k.startswith("quantize.quant_resi.qresi_ls.") for k in sd):
+        share = 1 + max(int(re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k).group(1)) for k in sd if k.startswith("quantize.quant_resi.qresi_ls."))
+        counts = 0
+    elif any(k.startswith("quantize.quant_resi.qresi.") for k in sd):
+        share, counts = 1, 0
+    else:
+        ids = [int(m.group(1)) for k in sd for m in [re.match(r"quantize\.quant_resi\.(\d+)\.", k)] if m]
+        share, counts = 0, (max(ids) + 1 if ids else 0)
+    K = sd["quantize.ema_vocab_hit_SV"].shape[0] if "quantize.ema_vocab_hit_SV" in sd else None
+    if v_patch_nums is None:
+        v_patch_nums = scale_schedule_256 if K in (None, 10) else None
+        if v_patch_nums is None:
+            raise CheckpointError(f"{source}: cannot tell the scale schedule of a {K}-scale tokenizer; pass v_patch_nums")
+    try:
+        return VQVAEConfig(vocab_size=int(V), z_channels=int(Cvae), ch=int(ch), ch_mult=ch_mult, num_res_blocks=nrb,
+                           quant_conv_ks=int(ks), share_quant_resi=share, default_qresi_counts=counts,
+                           v_patch_nums=tuple(v_patch_nums), using_sa=using_sa, using_mid_sa=using_mid_sa)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+
+
+def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="checkpoint") -> VARConfig:
+    """Rebuild the transformer configuration (depth, width, classes, schedule, AdaLN kind) from shapes."""
+    try:
+        n_cls, C = sd["class_emb.weight"].shape
+        L = sd["pos_1LC"].shape[1]
+    except KeyError as e:
+        raise CheckpointError(f"{source}: not a VAR state dict (no {e.args[0]!r}); did you swap the tokenizer and transformer files?") from None
+    depth = 1 + max(int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m)
+    l2 = "blocks.0.attn.scale_mul_1H11" in sd
+    heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else depth
+    mlp_ratio = sd["blocks.0.ffn.fc1.weight"].shape[0] / C
+    shared = "shared_ada_lin.1.weight" in sd
+    if patch_nums is None:
+        patch_nums = _KNOWN_SCHEDULES.get(int(L))
+        if patch_nums is None:
+            raise CheckpointError(f"{source}: {L} tokens matches no known scale schedule; pass patch_nums")
+    if sum(p * p for p in patch_nums) != L:
+        raise CheckpointError(f"{source}: has {L} tokens but patch_nums {tuple(patch_nums)} give {sum(p * p for p in patch_nums)} (wrong resolution?)")
+    return VARConfig(depth=depth, embed_dim=int(C), num_heads=int(heads), num_classes=int(n_cls) - 1, mlp_ratio=mlp_ratio,
+                     shared_aln=shared, attn_l2_norm=l2, patch_nums=tuple(patch_nums),
+                     drop_path_rate=0.1 * depth / 24)
+
+
+# ------------------------------------------------------------------ building + loading
+def load_vqvae(path, config: Optional[VQVAEConfig] = None, v_patch_nums=None) -> VQVAE:
+    sd = load_state_dict_file(path)
+    cfg = config or infer_vqvae_config(sd, v_patch_nums=v_patch_nums, source=path)
+    vae = VQVAE.from_config(cfg, test_mode=True)
+    check_state_dict(vae, sd, path, "VQ-VAE")
+    vae.load_state_dict(sd, strict=True)
+    return vae
+
+
+def load_var(path, vae: VQVAE, config: Optional[VARConfig] = None) -> VAR:
+    sd = load_state_dict_file(path)
+    cfg = config or infer_var_config(sd, patch_nums=None, source=path)
+    if tuple(cfg.patch_nums) != tuple(vae.v_patch_nums):
+        if config is None and sum(p * p for p in vae.v_patch_nums) == cfg.L:
+            cfg = cfg.replace(patch_nums=vae.v_patch_nums)
+        elif config is None:
+            vae = _reschedule(vae, cfg.patch_nums)
+        else:
+            raise CheckpointError(f"{path}: transformer schedule {cfg.patch_nums} does not match the tokenizer's {vae.v_patch_nums}")
+    var = VAR.from_config(cfg, vae)
+    check_state_dict(var, sd, path, f"VAR d{cfg.depth} ({cfg.width} wide, {cfg.num_classes} classes)")
+    if sd["word_embed.weight"].shape[1] != vae.Cvae or sd["head.weight"].shape[0] != vae.vocab_size:
+        raise CheckpointError(f"{path}: transformer expects Cvae={sd['word_embed.weight'].shape[1]}, V={sd['head.weight'].shape[0]} "
+                              f"but the tokenizer has Cvae={vae.Cvae}, V={vae.vocab_size}")
+    var.load_state_dict(sd, strict=True)
+    return var
+
+
+def _reschedule(vae: VQVAE, patch_nums) -> VQVAE:
+    """The same tokenizer weights under another scale schedule (the 512px model reuses the 256px tokenizer)."""
+    new = VQVAE.from_config(vae.config.replace(v_patch_nums=tuple(patch_nums)), test_mode=True)
+    new.load_state_dict(vae.state_dict(), strict=True)
+    return new
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NextScaleError(f"{path}: missing; is this a nextscale model directory?") from None
+    except json.JSONDecodeError as e:
+        raise NextScaleError(f"{path}: invalid JSON ({e})") from None
+
+
+def load_components(path, vae_path=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
+    """(vqvae, var, meta) from a pipeline directory, a released ``.pth`` (tokenizer found beside it or
+    given as ``vae_path``), or a directory holding released ``.pth`` files. ``meta['labels']`` may
+    hold class names."""
+    p = Path(path)
+    if p.is_dir() and (p / "model_index.json").exists():
+        index = _read_json(p / "model_index.json")
+        vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+        tcfg = VARConfig.from_dict(_read_json(p / "var" / "config.json"))
+        vae = load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg)
+        var = load_var(p / "var" / "model.safetensors", vae, config=tcfg)
+        labels = None
+        if (p / "labels.json").exists():
+            labels = _read_json(p / "labels.json")
+        return vae, var, {"labels": labels, "index": index, "source": str(p)}
+    if p.is_dir():
+        vars_ = sorted(p.glob("var_d*.pth"))
+        if not vars_:
+            raise NextScaleError(f"{p}: neither a nextscale model directory (no model_index.json) nor a folder with var_d*.pth")
+        return load_components(vars_[0], vae_path=vae_path)
+    if not p.exists():
+        raise NextScaleError(f"{p}: no such file or directory")
+    if vae_path is None:
+        cands = sorted(p.parent.glob("vae_*.pth"))
+        if not cands:
+            raise NextScaleError(f"{p}: a released transformer needs its tokenizer: put vae_ch160v4096z32.pth beside it or pass it explicitly")
+        vae_path = cands[0]
+    sd = load_state_dict_file(p)
+    tcfg = infer_var_config(sd, source=p)
+    vae = load_vqvae(vae_path, v_patch_nums=tcfg.patch_nums)
+    var = load_var(p, vae, config=tcfg)
+    return vae, var, {"labels": None, "source": str(p)}
+
+
+def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None) -> Path:
+    """Write a pipeline directory atomically (a temp dir renamed into place)."""
+    from safetensors.torch import save_file
+
+    from nextscale import __version__
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NextScaleError(f"{out}: exists and is not a directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for sub, model in (("vqvae", vae), ("var", var)):
+            (tmp / sub).mkdir()
+            (tmp / sub / "config.json").write_text(model.config.to_json())
+            sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+            save_file(sd, str(tmp / sub / "model.safetensors"))
+        index = {"_class_name": "NextScalePipeline", "_nextscale_version": __version__,
+                 "vqvae": ["nextscale", "VQVAE"], "var": ["nextscale", "VAR"]}
+        if extra:
+            index.update(extra)
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if labels is not None:
+            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model_path(name_or_path, cache_dir=None, revision=None) -> Path:
+    """A local path, "default" (the bundled model), or a Hugging Face hub id ("org/name").
+
+    Hub ids go through ``huggingface_hub.snapshot_download``; with ``HF_HUB_OFFLINE=1`` only the
+    local cache is used. Nothing is downloaded for local paths or "default".
+    """
+    if name_or_path in (None, "default"):
+        if not (DEFAULT_MODEL_DIR / "model_index.json").exists():
+            raise NextScaleError("the bundled default model is not installed; pass --model DIR (a pipeline directory or var_d*.pth)")
+        return DEFAULT_MODEL_DIR
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.exists():
+        return p
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(name_or_path)) and not str(name_or_path).startswith((".", "/")):
+        try:
+            from huggingface_hub import snapshot_download
+        except ImportError:
+            raise NextScaleError(f"{name_or_path}: not a local path; to load hub ids install huggingface_hub (pip install 'nextscale[hub]')") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        try:
+            return Path(snapshot_download(repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir,
+                                          local_files_only=offline))
+        except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
+            hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
+            raise NextScaleError(f"{name_or_path}: could not get it from the hub{hint}: {type(e).__name__}") from None
+    raise NextScaleError(f"{name_or_path}: no such file or directory")

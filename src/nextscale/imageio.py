@@ -1,0 +1,117 @@
+"""Image I/O with PIL + numpy only: atomic saves, grids with captions, per-scale strips, loading."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from nextscale.errors import NextScaleError
+
+__all__ = ["save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
+
+
+def to_pil(img) -> Image.Image:
+    """PIL passthrough; float [0, 1] arrays/tensors (H, W, 3) or (3, H, W) -> PIL RGB."""
+    if isinstance(img, Image.Image):
+        return img
+    if isinstance(img, torch.Tensor):
+        img = img.detach().float().cpu()
+        if img.ndim == 3 and img.shape[0] in (1, 3):
+            img = img.permute(1, 2, 0)
+        img = img.numpy()
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return Image.fromarray(arr)
+
+
+def check_writable(path) -> Path:
+    """Fail early (before any work) if ``path`` cannot be written."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise NextScaleError(f"{p}: directory {parent} does not exist")
+    if p.exists() and p.is_dir():
+        raise NextScaleError(f"{p}: is a directory; give a file name such as {p / 'out.png'}")
+    if not os.access(parent, os.W_OK):
+        raise NextScaleError(f"{p}: directory {parent} is not writable")
+    return p
+
+
+def save_image_atomic(img, path, format: Optional[str] = None) -> Path:
+    """Save via a temp file in the same directory, then rename: never a half-written image."""
+    p = Path(path)
+    fmt = format or {".jpg": "JPEG", ".jpeg": "JPEG"}.get(p.suffix.lower(), "PNG")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent) or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            to_pil(img).save(f, format=fmt)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def make_grid(images: Sequence, nrow: Optional[int] = None, captions: Optional[Sequence[str]] = None,
+              pad: int = 2, bg=(255, 255, 255), min_cell: int = 0) -> Image.Image:
+    """Tile images row-major into one picture; optional caption under each cell.
+
+    ``min_cell`` upsamples small images (nearest) so that captions fit, e.g. 32px digits.
+    """
+    pils = [to_pil(x).convert("RGB") for x in images]
+    if not pils:
+        raise NextScaleError("no images to tile")
+    w, h = pils[0].size
+    if min_cell and w < min_cell:
+        f = -(-min_cell // w)
+        pils = [p.resize((w * f, h * f), Image.NEAREST) for p in pils]
+        w, h = pils[0].size
+    n = len(pils)
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol_rows = int(np.ceil(n / nrow))
+    cap_h = 14 if captions else 0
+    W = nrow * (w + pad) + pad
+    H = ncol_rows * (h + cap_h + pad) + pad
+    grid = Image.new("RGB", (W, H), bg)
+    draw = ImageDraw.Draw(grid)
+    font = ImageFont.load_default()
+    for i, im in enumerate(pils):
+        r, c = divmod(i, nrow)
+        x, y = pad + c * (w + pad), pad + r * (h + cap_h + pad)
+        grid.paste(im, (x, y))
+        if captions:
+            draw.text((x + 1, y + h + 1), str(captions[i])[: max(1, w // 6)], fill=(0, 0, 0), font=font)
+    return grid
+
+
+def load_image(path, size: Optional[int] = None) -> Image.Image:
+    """Open an image as RGB (clear error for missing/unreadable files); optional center-crop resize."""
+    p = Path(path)
+    if not p.exists():
+        raise NextScaleError(f"{p}: no such file")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            img = im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
+        raise NextScaleError(f"{p}: not a readable image ({type(e).__name__})") from None
+    if size is not None and img.size != (size, size):
+        w, h = img.size
+        s = min(w, h)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.LANCZOS)
+    return img
+
+
+def pil_to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> float (3, H, W) in [-1, 1] (the models' range)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).mul(2).sub(1)

@@ -1,0 +1,247 @@
+"""Diffusers-style pipelines: the API new users learn.
+
+    pipe = NextScalePipeline.from_pretrained("path/or/hub-id")         # or "default"
+    pipe = pipe.to("cuda", torch.bfloat16)                              # bf16 autocast on GPU
+    out = pipe(class_labels=[207, 360], guidance_scale=1.5, top_k=900, top_p=0.96,
+               generator=torch.Generator("cuda").manual_seed(0), output_type="pil")
+    out.images[0].save("x.png"); pipe.save_pretrained("copy/")
+
+Values: models work in [-1, 1]; pipelines return [0, 1] (``np``/``pt``) or PIL images.
+``guidance_scale`` is the reference's cfg: guidance weight t_k = cfg * k/(K-1) at scale k
+(``guidance_schedule="linear"``) or t_k = cfg ("constant"); DiT-style scale = 1 + t_k.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from nextscale.configs import ModelConfig, get_preset
+from nextscale.errors import NextScaleError
+from nextscale.models import VAR, VQVAE, build_from_config
+from nextscale.sampling import generate
+
+__all__ = ["NextScalePipeline", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output", "validate_sampling_args"]
+
+
+@dataclass
+class NextScalePipelineOutput:
+    images: Any                                   # list of PIL images, np (B, H, W, 3) or torch (B, 3, H, W) in [0, 1]
+    labels: List[int]                             # class used per image (num_classes = unconditional)
+    indices: Optional[List[torch.Tensor]] = None  # K x (B, l_k) token ids, when return_indices=True
+
+
+@dataclass
+class ScaleStep:
+    """What ``callback_on_scale`` receives after each scale."""
+    scale_index: int       # 0-based k
+    num_scales: int        # K
+    patch_num: int         # side of this scale's token map
+    images: Any            # the partial images decoded from f_hat so far, in the call's output_type
+    indices: torch.Tensor  # (B, l_k) tokens of this scale
+
+
+def to_output(img_B3HW_01: torch.Tensor, output_type: str):
+    """[0, 1] float images (B, 3, H, W) -> 'pt' (same), 'np' (B, H, W, 3) float32, or 'pil' list."""
+    if output_type == "pt":
+        return img_B3HW_01
+    arr = img_B3HW_01.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+    if output_type == "np":
+        return arr
+    if output_type == "pil":
+        from PIL import Image
+        u8 = (arr * 255).round().astype(np.uint8)
+        return [Image.fromarray(a) for a in u8]
+    raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+
+
+def validate_sampling_args(guidance_scale, top_k, top_p, more_smooth=False) -> None:
+    gs = guidance_scale if isinstance(guidance_scale, (list, tuple)) else [guidance_scale]
+    for g in gs:
+        if not isinstance(g, (int, float)) or not np.isfinite(g) or g < 0:
+            raise NextScaleError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
+        raise NextScaleError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not isinstance(top_p, (int, float)) or not 0.0 <= float(top_p) <= 1.0:
+        raise NextScaleError(f"top_p must be in [0, 1] (0 = off), got {top_p!r}")
+
+
+class NextScalePipeline:
+    """Class-conditional image generation with a VQ-VAE + VAR pair."""
+
+    def __init__(self, vqvae: VQVAE, var: VAR, labels: Optional[Sequence[str]] = None):
+        if tuple(vqvae.v_patch_nums) != tuple(var.patch_nums):
+            raise NextScaleError(f"tokenizer schedule {vqvae.v_patch_nums} != transformer schedule {var.patch_nums}")
+        if var.vae is not vqvae:  # keep the transformer's tokenizer proxy pointing at our tokenizer
+            var.vae_proxy, var.vae_quant_proxy = (vqvae,), (vqvae.quantize,)
+        self.vqvae, self.var = vqvae.eval(), var.eval()
+        if labels is not None and len(labels) != var.num_classes:
+            raise NextScaleError(f"labels has {len(labels)} names but the model has {var.num_classes} classes")
+        self.labels = list(labels) if labels is not None else None
+        self.dtype = torch.float32
+
+    # ---- construction ----
+    @property
+    def components(self) -> Dict[str, Any]:
+        return {"vqvae": self.vqvae, "var": self.var, "labels": self.labels}
+
+    @classmethod
+    def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, **hub_kwargs) -> "NextScalePipeline":
+        """Load from a pipeline directory, ``"default"``, a hub id, or a released ``var_d*.pth``
+        (with ``vae_ch160v4096z32.pth`` beside it or given as ``vae_path``)."""
+        from nextscale.hub import load_components, resolve_model_path
+        path = resolve_model_path(name_or_path, **hub_kwargs)
+        vae, var, meta = load_components(path, vae_path=vae_path)
+        pipe = cls(vae, var, labels=meta.get("labels"))
+        if device is not None or dtype is not None:
+            pipe.to(device, dtype)
+        return pipe
+
+    @classmethod
+    def from_preset(cls, preset: Union[str, ModelConfig], seed: int = 0, labels=None) -> "NextScalePipeline":
+        """Randomly initialised models of a preset (for tests, benchmarks and training from scratch)."""
+        cfg = get_preset(preset) if isinstance(preset, str) else preset
+        vae, var = build_from_config(cfg, seed=seed)
+        return cls(vae, var, labels=labels)
+
+    def save_pretrained(self, out_dir) -> None:
+        from nextscale.hub import save_components
+        save_components(out_dir, self.vqvae, self.var, labels=self.labels)
+
+    def to(self, device=None, dtype=None) -> "NextScalePipeline":
+        """Move the models; ``dtype`` (bf16/fp16) is the autocast compute dtype, weights stay fp32."""
+        if isinstance(device, torch.dtype):
+            device, dtype = None, device
+        if device is not None:
+            self.vqvae.to(device)
+            self.var.to(device)
+        if dtype is not None:
+            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise NextScaleError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+            self.dtype = dtype
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.var.lvl_1L.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.var.num_classes
+
+    @property
+    def resolution(self) -> int:
+        return self.vqvae.resolution
+
+    @property
+    def patch_nums(self):
+        return self.var.patch_nums
+
+    def class_name(self, c: int) -> str:
+        if c >= self.num_classes:
+            return "unconditional"
+        return self.labels[c] if self.labels else str(c)
+
+    # ---- helpers ----
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return torch.autocast(device_type=self.device.type, enabled=False)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
+        if generator is not None:
+            return generator
+        if seed is not None:
+            return torch.Generator(device=self.device).manual_seed(int(seed))
+        return None
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B, Cvae, h, w) -> images in [0, 1] (B, 3, H, W), float32."""
+        with self._autocast():
+            img = self.vqvae.fhat_to_img(f_hat)
+        return img.float().add_(1).mul_(0.5)
+
+    @torch.no_grad()
+    def decode_scales(self, indices: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Images after the first 1, 2, ..., K scales (how each scale adds detail), each in [0, 1]."""
+        with self._autocast():
+            imgs = self.vqvae.idxBl_to_img([i.to(self.device) for i in indices], same_shape=True, last_one=False)
+        return [im.float().add_(1).mul_(0.5) for im in imgs]
+
+    def _run(self, B, labels, *, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
+             return_indices, callback_on_scale, show_progress, constraint=None) -> NextScalePipelineOutput:
+        validate_sampling_args(guidance_scale, top_k, top_p, more_smooth)
+        if output_type not in ("pil", "np", "pt"):
+            raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        K = len(self.patch_nums)
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=K, desc="scales", leave=False)
+
+        def on_scale(si, pn, f_hat, idx_Bl):
+            if callback_on_scale is not None:
+                callback_on_scale(ScaleStep(si, K, pn, to_output(self.decode(f_hat), output_type), idx_Bl))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix_str(f"{pn}x{pn}")
+
+        try:
+            with self._autocast():
+                out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, cfg=guidance_scale,
+                               top_k=int(top_k), top_p=float(top_p), more_smooth=bool(more_smooth),
+                               guidance_schedule=guidance_schedule, constraint=constraint, callback=on_scale)
+        finally:
+            if bar is not None:
+                bar.close()
+        images = to_output(self.decode(out.f_hat), output_type)
+        return NextScalePipelineOutput(images=images, labels=out.labels.tolist(),
+                                       indices=out.idx_per_scale if return_indices else None)
+
+    # ---- generation ----
+    def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
+                 guidance_scale: Union[float, Sequence[float]] = 1.5, guidance_schedule: str = "linear",
+                 top_k: int = 900, top_p: float = 0.96, more_smooth: bool = False,
+                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
+                 return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
+                 show_progress: bool = False) -> NextScalePipelineOutput:
+        """Generate images.
+
+        class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
+            random classes (``num_images`` of them, default 1). A single int with ``num_images``
+            gives that many images of the class.
+        guidance_scale: the reference's cfg (>= 0); a list gives one weight per scale.
+        top_k / top_p: 0 turns each off. more_smooth: Gumbel-softmax smoothing (visual, not for FID).
+        generator or seed: randomness; the same seed on the same device gives the same images.
+        callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
+        """
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.tolist()
+        if class_labels is None:
+            B, labels = (num_images or 1), None
+        elif isinstance(class_labels, (int, np.integer)):
+            B, labels = (num_images or 1), int(class_labels)
+        else:
+            labels = [int(c) for c in class_labels]
+            if not labels:
+                raise NextScaleError("class_labels is empty")
+            if num_images is not None and num_images != len(labels):
+                raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
+            B = len(labels)
+        if B <= 0:
+            raise NextScaleError(f"num_images must be >= 1, got {B}")
+        for c in ([labels] if isinstance(labels, int) else (labels or [])):
+            if not -1 <= c < self.num_classes:
+                raise NextScaleError(f"class {c} is out of range: this model has classes 0..{self.num_classes - 1} (-1 = unconditional)")
+        return self._run(B, labels, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
+                         top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
+                         output_type=output_type, return_indices=return_indices,
+                         callback_on_scale=callback_on_scale, show_progress=show_progress)
+
+
+def load_pipeline(model=None, device=None, dtype=None, **kw) -> NextScalePipeline:
+    """``NextScalePipeline.from_pretrained(model or "default")``."""
+    return NextScalePipeline.from_pretrained(model or "default", device=device, dtype=dtype, **kw)
