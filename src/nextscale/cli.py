@@ -201,6 +201,7 @@ def _cmd_convert(sub):
     p.add_argument("--var", required=True, help="released transformer, e.g. var_d16.pth (preset inferred from shapes)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--labels", default=None, help="optional text file: one class name per line")
+    p.add_argument("--patch-nums", type=int, nargs="+", default=None, help="scale schedule, only for non-released token counts")
     p.set_defaults(func=_run_convert)
 
 
@@ -214,7 +215,7 @@ def _run_convert(args) -> int:
         if not lp.is_file():
             raise NextScaleError(f"{lp}: no such file")
         labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
-    vae, var, _ = load_components(args.var, vae_path=args.vae)
+    vae, var, _ = load_components(args.var, vae_path=args.vae, patch_nums=tuple(args.patch_nums) if args.patch_nums else None)
     if labels is not None and len(labels) != var.num_classes:
         raise NextScaleError(f"{args.labels}: {len(labels)} names for {var.num_classes} classes")
     out = save_components(args.out, vae, var, labels=labels)
@@ -223,8 +224,262 @@ def _run_convert(args) -> int:
 
 
 # == evaluation: sample-fid / fid ==
+@command("sample-fid")
+def _cmd_sample_fid(sub):
+    p = sub.add_parser(
+        "sample-fid", help="sample per-class PNGs for FID (deterministic, resumable, torchrun-sharded) and pack an ADM .npz",
+        description="Sample PER_CLASS images of every class into OUT/000000.png ... and pack OUT.npz (ADM layout). "
+                    "Example: torchrun --nproc_per_node=8 -m nextscale sample-fid --model var_d16.pth --per-class 50 "
+                    "--protocol var-readme --out samples/d16")
+    p.add_argument("--model", required=True, help="pipeline directory, released var_d*.pth, or hub id")
+    p.add_argument("--out", required=True, help="folder for the PNGs (created; re-running resumes)")
+    p.add_argument("--per-class", type=int, default=50, help="images per class (default 50 -> 50,000 for ImageNet)")
+    p.add_argument("--protocol", default="var-readme",
+                   help="var-readme (cfg 1.5, top-p 0.96, top-k 900; default) or var-paper (cfg 2.0, top-k 600)")
+    p.add_argument("--cfg", type=float, default=None, help="override the protocol's cfg (the run is then named PROTOCOL+custom)")
+    p.add_argument("--top-k", type=int, default=None, help="override the protocol's top-k (0 = off)")
+    p.add_argument("--top-p", type=float, default=None, help="override the protocol's top-p (0 = off)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; chunk j uses seed + j (default 0)")
+    p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=25,
+                   help="images per chunk/forward pass; part of the seeding, keep it fixed to reproduce (default 25)")
+    p.add_argument("--num-classes", type=int, default=None, help="sample only classes 0..N-1 (default: all)")
+    p.add_argument("--npz", default="", help="where to pack the samples (default: OUT.npz next to the folder)")
+    p.add_argument("--no-npz", action="store_true", help="do not pack an .npz")
+    p.add_argument("--device", default=None, help="cpu, cuda (default: this rank's GPU if available, else cpu)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="compute dtype (default fp32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--max-chunks", type=int, default=None, help=argparse.SUPPRESS)  # stop early (tests, time slices)
+    p.set_defaults(func=_run_sample_fid)
+
+
+def _run_sample_fid(args) -> int:
+    import torch
+
+    from nextscale import dist
+    from nextscale.evaluation.sample import sample_for_fid
+
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise NextScaleError("--device cuda given but no CUDA device is available; use --device cpu")
+    dev = dist.init_distributed(args.device)
+    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype or "fp32")
+    if dt is not None and dev.type == "cpu":
+        raise NextScaleError(f"--dtype {args.dtype} needs a GPU; use --dtype fp32 on CPU")
+    try:
+        res = sample_for_fid(args.model, args.out, per_class=args.per_class, protocol=args.protocol, cfg=args.cfg,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch,
+                             num_classes=args.num_classes, npz=None if args.no_npz else args.npz, device=dev,
+                             dtype=dt, progress=not args.no_progress, max_chunks=args.max_chunks,
+                             log=lambda m: print(m, file=sys.stderr, flush=True))
+    finally:
+        dist.destroy()
+    if res["rank"] == 0:
+        state = "complete" if res["complete"] else "incomplete (re-run to resume)"
+        print(f"{res['out']}: {res['total']} images {state}, protocol {res['protocol']}"
+              + (f", npz {res['npz']}" if res["npz"] else ""))
+    return 0
+
+
+@command("fid")
+def _cmd_fid(sub):
+    p = sub.add_parser(
+        "fid", help="FID, sFID, Inception Score, precision/recall of samples against a reference (PyTorch, no TensorFlow)",
+        description="Example: nextscale fid --samples samples/d16.npz --ref VIRTUAL_imagenet256_labeled.npz "
+                    "--inception-weights pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--samples", required=True, help="folder of PNGs, an .npz with arr_0 (ADM layout), or saved stats")
+    p.add_argument("--ref", required=True,
+                   help="ADM reference batch (VIRTUAL_imagenet256_labeled.npz), stats saved with --save-stats/--save-ref-stats, "
+                        "or a folder / .npz of images")
+    p.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: $NEXTSCALE_INCEPTION_WEIGHTS)")
+    p.add_argument("--batch-size", type=int, default=50, help="images per Inception forward (default 50)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--splits", type=int, default=10, help="Inception Score splits (default 10)")
+    p.add_argument("--k", type=int, default=3, help="k-th neighbour radius for precision/recall (default 3)")
+    p.add_argument("--no-pr", action="store_true", help="skip precision/recall (no reference images needed)")
+    p.add_argument("--no-sfid", action="store_true", help="skip sFID")
+    p.add_argument("--fid-method", choices=["eigh", "sqrtm"], default="eigh",
+                   help="matrix square root: eigh (stable, default) or sqrtm (pytorch-fid's literal form)")
+    p.add_argument("--save-stats", default=None, help="save the samples' mu/sigma/features to this .npz")
+    p.add_argument("--save-ref-stats", default=None, help="save the reference's statistics (+features) to this .npz for reuse as --ref")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_fid)
+
+
+def _run_fid(args) -> int:
+    import json
+
+    import torch
+
+    from nextscale.evaluation.evaluate import evaluate
+
+    if args.batch_size < 1:
+        raise NextScaleError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.splits < 1:
+        raise NextScaleError(f"--splits must be >= 1, got {args.splits}")
+    if args.k < 1:
+        raise NextScaleError(f"--k must be >= 1, got {args.k}")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise NextScaleError("--device cuda given but no CUDA device is available; use --device cpu")
+    for name in ("samples", "ref"):
+        if not os.path.exists(getattr(args, name)):
+            raise NextScaleError(f"--{name} not found: {getattr(args, name)}; pass a folder of PNGs or an .npz")
+    res = evaluate(args.samples, args.ref, inception_weights=args.inception_weights, device=args.device,
+                   batch_size=args.batch_size, splits=args.splits, k=args.k, pr=not args.no_pr, sfid=not args.no_sfid,
+                   fid_method=args.fid_method, save_sample_stats=args.save_stats, save_ref_stats=args.save_ref_stats,
+                   progress=not args.no_progress)
+    res["samples"], res["ref"] = args.samples, args.ref
+    for key, label in (("fid", "FID"), ("sfid", "sFID"), ("is", "Inception Score"), ("precision", "Precision"),
+                       ("recall", "Recall")):
+        if res.get(key) is not None:
+            extra = f" ± {res['is_std']:.4f} ({args.splits} splits)" if key == "is" else ""
+            print(f"{label}: {res[key]:.4f}{extra}")
+    print(f"samples: {res['num_samples']}, reference: {res['num_ref'] or '-'} images ({res['ref_origin']})")
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(res, f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
 
 # == training: train / tokenize / export / train-tokenizer / eval-tokenizer ==
+def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
+
+
+@command("train")
+def _cmd_train(sub):
+    p = sub.add_parser(
+        "train", help="train the VAR transformer (resumes from RUN_DIR's latest checkpoint)",
+        description="Train VAR on an image folder or a token cache. Re-running the same command resumes. "
+                    "DDP: torchrun --nproc_per_node=N -m nextscale train ... (multi-node: add --nnodes/--node_rank/--master_addr/--master_port). "
+                    "Reference flag names are given in brackets; see docs/training.md.")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", default=None, help="image folder: one sub-folder per class (DIR/train + DIR/val, or a single folder); images directly in DIR = unconditional")
+    g.add_argument("--cache", default=None, help="token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)")
+    g.add_argument("--tokenizer", default=None, help="VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (smoke tests); default: the cache's / the --init model's")
+    g.add_argument("--init", default=None, help="fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')")
+    g.add_argument("--preset", default="d16", help="architecture of a fresh model (tiny, mnist, d16, d20, d24, d30, d36) [depth]; default d16")
+    g.add_argument("--run-dir", default=None, help="run folder (checkpoints, logs, samples); default runs/var-PRESET")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips [hflip]")
+    g.add_argument("--mid-reso", type=float, default=1.125, help="resize the shorter side to this x resolution, then random-crop [mid_reso]; default 1.125")
+    g = p.add_argument_group("length and batch")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--epochs", type=float, default=250, help="[ep]; default 250")
+    g.add_argument("--batch-size", type=int, default=768, help="global batch per optimizer step, all GPUs together [bs]; default 768")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step [ac]; default 1")
+    g = p.add_argument_group("optimisation (reference recipe)")
+    g.add_argument("--base-lr", type=float, default=1e-4, help="peak lr = base-lr x batch-size / 256 [tblr]; default 1e-4")
+    g.add_argument("--lr", type=float, default=None, help="absolute peak lr (overrides --base-lr) [tlr]")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="[twd]; default 0.05")
+    g.add_argument("--weight-decay-end", type=float, default=None, help="cosine-annealed to this [twde]; default = --weight-decay")
+    g.add_argument("--grad-clip", type=float, default=2.0, help="max grad norm, <= 0 off [tclip]; default 2")
+    g.add_argument("--label-smooth", type=float, default=0.0, help="[ls]; default 0")
+    g.add_argument("--warmup-steps", type=int, default=None, help="linear lr warm-up [wp]; default 2%% of the steps")
+    g.add_argument("--warmup-start", type=float, default=0.005, help="lr factor at step 0 [wp0]; default 0.005")
+    g.add_argument("--lr-end", type=float, default=0.01, help="final lr factor [wpe]; default 0.01")
+    g.add_argument("--schedule", default=None, help="cos, lin, lin0, lin00, exp, linT [sche]; default lin0 (lin<progressive> with --progressive)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision; fp16 uses loss scaling [fp16=0/2/1]; default none")
+    g.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights, 0 = off (export uses EMA when kept)")
+    g.add_argument("--cond-drop", type=float, default=None, help="class dropout for guidance; default the model's (0.1)")
+    g = p.add_argument_group("initialisation of a fresh model")
+    g.add_argument("--init-adaln", type=float, default=0.5, help="[aln]; default 0.5")
+    g.add_argument("--init-adaln-gamma", type=float, default=1e-5, help="[alng]; default 1e-5")
+    g.add_argument("--init-head", type=float, default=0.02, help="[hd]; default 0.02")
+    g.add_argument("--init-std", type=float, default=-1.0, help="-1 = sqrt(1/3C) [ini]; default -1")
+    _bool_flag(g, "shared-aln", "one AdaLN shared by all blocks [saln]; default: the preset's")
+    _bool_flag(g, "attn-l2-norm", "cosine attention [anorm]; default: the preset's")
+    g = p.add_argument_group("progressive training")
+    g.add_argument("--progressive", type=float, default=0.0, help="grow the scales during this fraction of training, 0 = off [pg]")
+    g.add_argument("--progressive-start", type=int, default=4, help="first stage: index of the last scale trained [pg0]; default 4")
+    g.add_argument("--progressive-warmup-steps", type=int, default=None, help="fade-in of a new scale [pgwp]; default steps/300")
+    g = p.add_argument_group("loop")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=None, help="data loader workers per process; default 4 on GPU, 0 on CPU")
+    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    g.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end and on SIGTERM/Ctrl-C); default 1000")
+    g.add_argument("--keep", type=int, default=3, help="checkpoints kept; default 3")
+    g.add_argument("--log-every", type=int, default=20, help="steps between log lines; default 20")
+    g.add_argument("--eval-every", type=int, default=5000, help="steps between validation passes (0 = at the end only); default 5000")
+    g.add_argument("--sample-every", type=int, default=5000, help="steps between sample grids (0 = at the end only, -1 = never); default 5000")
+    g.add_argument("--fsdp", action="store_true", help="shard parameters/optimizer across GPUs (d30/d36) instead of DDP")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args) -> int:
+    from nextscale import dist
+    from nextscale.train.var import VARTrainConfig, train_var
+
+    for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "keep", "log_every"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise NextScaleError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    tc = VARTrainConfig(
+        data=args.data, cache=args.cache, tokenizer=args.tokenizer, init=args.init, preset=args.preset, run_dir=args.run_dir,
+        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, base_lr=args.base_lr,
+        lr=args.lr, weight_decay=args.weight_decay, weight_decay_end=args.weight_decay_end, grad_clip=args.grad_clip,
+        label_smooth=args.label_smooth, warmup_steps=args.warmup_steps, warmup_start=args.warmup_start, lr_end=args.lr_end,
+        schedule=args.schedule, amp=args.amp, ema=args.ema, cond_drop=args.cond_drop, init_adaln=args.init_adaln,
+        init_adaln_gamma=args.init_adaln_gamma, init_head=args.init_head, init_std=args.init_std, shared_aln=args.shared_aln,
+        attn_l2_norm=args.attn_l2_norm, progressive=args.progressive, progressive_start=args.progressive_start,
+        progressive_warmup_steps=args.progressive_warmup_steps, hflip=args.hflip, mid_reso=args.mid_reso, seed=args.seed,
+        workers=args.workers, device=args.device, ckpt_every=args.ckpt_every, keep_last=args.keep, log_every=args.log_every,
+        eval_every=args.eval_every, sample_every=args.sample_every, fsdp=args.fsdp, progress=not args.no_progress)
+    try:
+        res = train_var(tc)
+    finally:
+        dist.destroy()
+    if res.interrupted:
+        return 128 + int(res.interrupted)
+    return 0
+
+
+@command("tokenize")
+def _cmd_tokenize(sub):
+    p = sub.add_parser("tokenize", help="pre-encode an image folder into a multi-scale token cache",
+                       description="Encode every image (center crop, and its mirror image) with the tokenizer into memory-mapped token ids. "
+                                   "Example: nextscale tokenize --data DIR --tokenizer MODEL --out CACHE; then nextscale train --cache CACHE ...")
+    p.add_argument("--data", required=True, help="image folder (DIR/train + DIR/val, or one folder of class sub-folders)")
+    p.add_argument("--tokenizer", required=True, help="VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (needs --preset)")
+    p.add_argument("--out", required=True, help="cache folder to write (atomically)")
+    p.add_argument("--preset", default=None, help="architecture for --tokenizer random / released .pth schedules")
+    p.add_argument("--no-flip", action="store_true", help="do not store the h-flipped view (then training cannot use --hflip)")
+    p.add_argument("--mid-reso", type=float, default=1.125, help="shorter side -> this x resolution before the center crop; default 1.125")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of --tokenizer random")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing cache at --out")
+    p.set_defaults(func=_run_tokenize)
+
+
+def _run_tokenize(args) -> int:
+    from nextscale.train.var import tokenize
+    c = tokenize(args.data, args.tokenizer, args.out, preset=args.preset, flip=not args.no_flip, batch_size=args.batch_size,
+                 device=args.device, workers=args.workers, mid_reso=args.mid_reso, overwrite=args.overwrite, seed=args.seed)
+    print(f"token cache {c.root}: " + ", ".join(f"{k} {v}" for k, v in c.meta["splits"].items())
+          + f" images, {len(c.classes)} classes, dtype {c.meta['dtype']}, fingerprint {c.fingerprint}")
+    return 0
+
+
+@command("export")
+def _cmd_export(sub):
+    p = sub.add_parser("export", help="turn a training run/checkpoint into a pipeline directory",
+                       description="Example: nextscale export runs/var-d16 --out my-model; then nextscale sample --model my-model")
+    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
+    p.add_argument("--out", required=True, help="pipeline directory to write")
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from nextscale.train.var import export_run
+    info = export_run(args.run, args.out, weights=args.weights)
+    print(f"exported step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}")
+    return 0
+
 
 # == editing: edit ==
 

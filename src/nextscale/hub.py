@@ -150,7 +150,7 @@ def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="check
     if patch_nums is None:
         patch_nums = _KNOWN_SCHEDULES.get(int(L))
         if patch_nums is None:
-            raise CheckpointError(f"{source}: {L} tokens matches no known scale schedule; pass patch_nums")
+            raise CheckpointError(f"{source}: {L} tokens matches no known scale schedule; pass the schedule (--patch-nums 1 2 3 ...)")
     if sum(p * p for p in patch_nums) != L:
         raise CheckpointError(f"{source}: has {L} tokens but patch_nums {tuple(patch_nums)} give {sum(p * p for p in patch_nums)} (wrong resolution?)")
     return VARConfig(depth=depth, embed_dim=int(C), num_heads=int(heads), num_classes=int(n_cls) - 1, mlp_ratio=mlp_ratio,
@@ -203,7 +203,7 @@ def _read_json(path: Path) -> dict:
         raise NextScaleError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_components(path, vae_path=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
+def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
     """(vqvae, var, meta) from a pipeline directory, a released ``.pth`` (tokenizer found beside it or
     given as ``vae_path``), or a directory holding released ``.pth`` files. ``meta['labels']`` may
     hold class names."""
@@ -222,7 +222,7 @@ def load_components(path, vae_path=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
         vars_ = sorted(p.glob("var_d*.pth"))
         if not vars_:
             raise NextScaleError(f"{p}: neither a nextscale model directory (no model_index.json) nor a folder with var_d*.pth")
-        return load_components(vars_[0], vae_path=vae_path)
+        return load_components(vars_[0], vae_path=vae_path, patch_nums=patch_nums)
     if not p.exists():
         raise NextScaleError(f"{p}: no such file or directory")
     if vae_path is None:
@@ -231,7 +231,7 @@ def load_components(path, vae_path=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
             raise NextScaleError(f"{p}: a released transformer needs its tokenizer: put vae_ch160v4096z32.pth beside it or pass it explicitly")
         vae_path = cands[0]
     sd = load_state_dict_file(p)
-    tcfg = infer_var_config(sd, source=p)
+    tcfg = infer_var_config(sd, patch_nums=patch_nums, source=p)
     vae = load_vqvae(vae_path, v_patch_nums=tcfg.patch_nums)
     var = load_var(p, vae, config=tcfg)
     return vae, var, {"labels": None, "source": str(p)}

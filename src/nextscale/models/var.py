@@ -251,7 +251,7 @@ class VAR(nn.Module):
         self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
         norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=elementwise_affine)  # noqa: E731
         self.drop_path_rate = drop_path_rate
-        dpr = [x.item() for x in torch.linspace(0, drop_path_rate, depth)]  # linearly increasing stochastic depth
+        dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]  # linearly increasing stochastic depth
         self.blocks = nn.ModuleList([
             AdaLNSelfAttn(block_idx=i, last_drop_p=0 if i == 0 else dpr[i - 1], embed_dim=self.C, cond_dim=self.D,
                           shared_aln=shared_aln, norm_layer=norm_layer, num_heads=num_heads, mlp_ratio=mlp_ratio,
