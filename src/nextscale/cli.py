@@ -481,6 +481,232 @@ def _run_export(args) -> int:
     return 0
 
 
+# == tokenizer training: train-tokenizer / eval-tokenizer ==
+@command("train-tokenizer")
+def _cmd_train_tokenizer(sub):
+    p = sub.add_parser(
+        "train-tokenizer", help="train / fine-tune the multi-scale VQ-VAE (resumes from the run's latest checkpoint)",
+        description="VQGAN-family recipe: pixel L2/L1 + VQ (beta 0.25, straight-through) + optional LPIPS + hinge PatchGAN "
+                    "with VQGAN's adaptive weight after --disc-start. Re-running the same command resumes. DDP: torchrun "
+                    "--nproc_per_node=N -m nextscale train-tokenizer ... On completion the tokenizer is exported to OUT/tokenizer "
+                    "(use it with nextscale tokenize/train --tokenizer). See docs/tokenizer.md.")
+    g = p.add_argument_group("data and model")
+    g.add_argument("--data", required=True, help="image folder (DIR/train + DIR/val, class sub-folders, or images directly in DIR)")
+    g.add_argument("--preset", default="mnist", help="architecture of a fresh tokenizer (tiny, mnist, d16 ...); default mnist")
+    g.add_argument("--init", default=None, help="fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder")
+    g.add_argument("--out", "--run-dir", dest="out", default=None, help="run folder (checkpoints, logs, pictures, tokenizer/); default runs/tokenizer-PRESET")
+    g.add_argument("--vocab-size", type=int, default=None, help="codebook size V (default: the preset's)")
+    g.add_argument("--z-channels", type=int, default=None, help="code vector width Cvae (default: the preset's)")
+    g.add_argument("--ch", type=int, default=None, help="encoder/decoder base width, a multiple of 32 (default: the preset's)")
+    g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level (default: the preset's)")
+    g.add_argument("--patch-nums", type=int, nargs="+", default=None, help="scale schedule, e.g. 1 2 4 6 8 (a single number = 1-scale baseline)")
+    g.add_argument("--eini", type=float, default=-1.0, help="codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc-normal std, 0 N(0,1); default -1")
+    g.add_argument("--hflip", action="store_true", help="random horizontal flips")
+    g.add_argument("--mid-reso", type=float, default=1.125, help="shorter side -> this x resolution, then random crop; default 1.125")
+    g = p.add_argument_group("length and batch")
+    g.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    g.add_argument("--epochs", type=float, default=40, help="default 40")
+    g.add_argument("--batch-size", type=int, default=32, help="global batch per optimizer step; default 32")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step; default 1")
+    g = p.add_argument_group("optimisation (LlamaGen vq_train defaults)")
+    g.add_argument("--lr", type=float, default=1e-4, help="autoencoder lr (AdamW 0.9/0.95); default 1e-4")
+    g.add_argument("--disc-lr", type=float, default=None, help="discriminator lr; default = --lr")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="default 0")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max grad norm per network, <= 0 off; default 1")
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear lr warm-up; default 0")
+    g.add_argument("--lr-end", type=float, default=1.0, help="final lr factor of a cosine decay; 1 = constant (default)")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision; default none")
+    g.add_argument("--ema", type=float, default=0.0, help="EMA decay of the autoencoder, 0 = off (export uses EMA when kept)")
+    g = p.add_argument_group("losses (defaults: VQGAN / LlamaGen)")
+    g.add_argument("--rec-loss", choices=["l2", "l1"], default="l2", help="pixel loss; default l2 (LlamaGen)")
+    g.add_argument("--rec-weight", type=float, default=1.0, help="default 1")
+    g.add_argument("--codebook-weight", type=float, default=1.0, help="weight of the VQ loss; default 1")
+    g.add_argument("--beta", type=float, default=None, help="commitment weight; default the config's 0.25")
+    g.add_argument("--lpips-weights", default=None, help="local LPIPS weights (file or folder: VGG16 features.* + lin*.model.1.weight); off without it")
+    g.add_argument("--perceptual-weight", type=float, default=1.0, help="LPIPS weight (with --lpips-weights); default 1")
+    g.add_argument("--disc-weight", type=float, default=0.5, help="GAN weight, 0 = no discriminator; default 0.5 (LlamaGen)")
+    g.add_argument("--disc-start", type=int, default=20000, help="step at which the GAN starts; default 20000 (LlamaGen)")
+    _bool_flag(g, "adaptive-weight", "VQGAN's adaptive GAN weight at the last decoder layer; default on")
+    g.add_argument("--disc-layers", type=int, default=3, help="PatchGAN depth; default 3")
+    g.add_argument("--disc-ch", type=int, default=64, help="PatchGAN base width; default 64")
+    g.add_argument("--reinit-dead-every", type=int, default=0, help="re-initialise dead codes every N steps (codebook restart), 0 = off")
+    g.add_argument("--dead-threshold", type=float, default=1e-3, help="dead = running hits summed over scales below this; default 1e-3")
+    g = p.add_argument_group("loop")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=None, help="data loader workers per process; default 4 on GPU, 0 on CPU")
+    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    g.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end and on SIGTERM/Ctrl-C); default 1000")
+    g.add_argument("--keep", type=int, default=3, help="checkpoints kept; default 3")
+    g.add_argument("--log-every", type=int, default=20, help="steps between log lines; default 20")
+    g.add_argument("--eval-every", type=int, default=2000, help="steps between validation passes (0 = at the end only); default 2000")
+    g.add_argument("--sample-every", type=int, default=2000, help="steps between per-scale pictures (0 = at the end only, -1 = never); default 2000")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.set_defaults(func=_run_train_tokenizer)
+
+
+def _run_train_tokenizer(args) -> int:
+    from nextscale import dist
+    from nextscale.train.tokenizer import TokenizerTrainConfig, train_tokenizer
+
+    for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "keep", "log_every", "vocab_size", "z_channels", "ch",
+                 "num_res_blocks"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise NextScaleError(f"--{name.replace('_', '-')} must be a positive integer, got {v}")
+    tc = TokenizerTrainConfig(
+        data=args.data, preset=args.preset, init=args.init, run_dir=args.out, vocab_size=args.vocab_size,
+        z_channels=args.z_channels, ch=args.ch, num_res_blocks=args.num_res_blocks,
+        patch_nums=tuple(args.patch_nums) if args.patch_nums else None, eini=args.eini, steps=args.steps, epochs=args.epochs,
+        batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr, disc_lr=args.disc_lr, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip, warmup_steps=args.warmup_steps, lr_end=args.lr_end, amp=args.amp, ema=args.ema,
+        rec_loss=args.rec_loss, rec_weight=args.rec_weight, codebook_weight=args.codebook_weight, beta=args.beta,
+        perceptual_weight=args.perceptual_weight, lpips_weights=args.lpips_weights, disc_weight=args.disc_weight,
+        disc_start=args.disc_start, adaptive_weight=args.adaptive_weight is not False, disc_layers=args.disc_layers,
+        disc_ch=args.disc_ch, reinit_dead_every=args.reinit_dead_every, dead_threshold=args.dead_threshold,
+        hflip=args.hflip, mid_reso=args.mid_reso, seed=args.seed, workers=args.workers, device=args.device,
+        ckpt_every=args.ckpt_every, keep_last=args.keep, log_every=args.log_every, eval_every=args.eval_every,
+        sample_every=args.sample_every, progress=not args.no_progress)
+    try:
+        res = train_tokenizer(tc)
+    finally:
+        dist.destroy()
+    if res.interrupted:
+        return 128 + int(res.interrupted)
+    return 0
+
+
+@command("export-tokenizer")
+def _cmd_export_tokenizer(sub):
+    p = sub.add_parser("export-tokenizer", help="turn a train-tokenizer run/checkpoint into a tokenizer directory",
+                       description="Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...")
+    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
+    p.add_argument("--out", required=True, help="tokenizer directory to write (model_index.json + vqvae/)")
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+    p.set_defaults(func=_run_export_tokenizer)
+
+
+def _run_export_tokenizer(args) -> int:
+    from nextscale.train.tokenizer import export_tokenizer
+    info = export_tokenizer(args.run, args.out, weights=args.weights)
+    print(f"exported tokenizer step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}")
+    return 0
+
+
+@command("eval-tokenizer")
+def _cmd_eval_tokenizer(sub):
+    p = sub.add_parser("eval-tokenizer", help="PSNR / SSIM / per-scale code usage / rFID of a tokenizer, and a per-scale picture",
+                       description="Example: nextscale eval-tokenizer runs/tok --data DIR --picture scales.png")
+    p.add_argument("model", help="tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth")
+    p.add_argument("--data", required=True, help="image folder; its val/ split when present")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--picture", default=None, help="PNG: rows of [original, rebuilt from 1, 2, ..., K scales]; default MODEL-dir/eval_scales.png for run folders")
+    p.add_argument("--rows", type=int, default=4, help="images in the picture; default 4")
+    p.add_argument("--patch-nums", type=int, nargs="+", default=None, help="scale schedule for a released .pth")
+    p.add_argument("--inception-weights", default=None, help="FID Inception weights for rFID (else $NEXTSCALE_INCEPTION_WEIGHTS; rFID is skipped without them)")
+    p.add_argument("--no-rfid", action="store_true", help="skip rFID")
+    p.add_argument("--mid-reso", type=float, default=1.125, help="shorter side -> this x resolution before the center crop")
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.set_defaults(func=_run_eval_tokenizer)
+
+
+def _run_eval_tokenizer(args) -> int:
+    import torch
+
+    from nextscale.evaluation.tokenizer import evaluate_tokenizer, format_report, save_json
+    from nextscale.train.tokenizer import load_tokenizer
+    if args.batch_size <= 0 or (args.max_images is not None and args.max_images <= 0) or args.rows <= 0:
+        raise NextScaleError("--batch-size, --max-images and --rows must be positive integers")
+    vae = load_tokenizer(args.model, v_patch_nums=tuple(args.patch_nums) if args.patch_nums else None)
+    picture = args.picture
+    if picture is None and os.path.isdir(args.model):
+        picture = os.path.join(args.model, "eval_scales.png")
+    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    r = evaluate_tokenizer(vae, args.data, batch_size=args.batch_size, max_images=args.max_images, picture=picture,
+                           picture_rows=args.rows, inception_weights=args.inception_weights, rfid=not args.no_rfid,
+                           device=dev, mid_reso=args.mid_reso)
+    print(format_report(r))
+    if args.json:
+        save_json(r, args.json)
+    return 0
+
+
 # == editing: edit ==
+@command("edit")
+def _cmd_edit(sub):
+    p = sub.add_parser(
+        "edit", help="zero-shot editing: in-paint (white mask = regenerate), out-paint, class edit, variations",
+        description="Edit an image with the generation loop, keeping the input's tokens where the mask is black. "
+                    "Examples: nextscale edit --image in.png --mask mask.png --class 207 --seed 0 --out out.png; "
+                    "nextscale edit --image in.png --outpaint 64,0,0,0 --out wider.png; "
+                    "nextscale edit --image in.png --keep-scales 4 --num 4 --out variations.png. See docs/editing.md.")
+    p.add_argument("--image", required=True, help="image to edit (center-cropped to a square and resized to the model resolution)")
+    p.add_argument("--mask", default=None, help="same size as --image; white = regenerate, black = keep (binary; see --mask-threshold)")
+    p.add_argument("--class", dest="class_label", type=int, default=None, help="class of the regenerated content (-1 = unconditional, the default)")
+    p.add_argument("--outpaint", default=None, metavar="L,T,R,B",
+                   help="place the image inside the model canvas with these margins in canvas pixels (negative = beyond the edge: "
+                         "write --outpaint=-32,0,32,0); the rest is generated")
+    p.add_argument("--keep-scales", type=int, default=None, metavar="K", help="keep the first K scales of the image, regenerate the finer ones (variations)")
+    p.add_argument("--mask-threshold", type=float, default=None, help="accept a gray mask: pixels >= this (0..1] are regenerated")
+    p.add_argument("--num", type=int, default=1, help="number of edits of the image (different samples); > 1 writes a grid to --out and OUT_STEM_<i>.png")
+    _add_sampling_flags(p)
+    p.add_argument("--out", default="edit.png", help="output image path (default edit.png)")
+    p.add_argument("--compare", action="store_true", help="also write OUT_STEM_compare.png: input canvas | mask (white = regenerated) | result(s)")
+    p.set_defaults(func=_run_edit)
+
+
+def _run_edit(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from nextscale.editing import NextScaleInpaintPipeline, parse_outpaint
+    from nextscale.imageio import check_writable, load_image, make_grid, save_image_atomic
+
+    _check_sampling_args(args)
+    if args.num < 1:
+        raise NextScaleError(f"--num must be >= 1, got {args.num}")
+    if args.mask is None and args.outpaint is None and args.keep_scales is None:
+        raise NextScaleError("nothing to edit: give --mask (white = regenerate), --outpaint L,T,R,B or --keep-scales K")
+    outpaint = parse_outpaint(args.outpaint)
+    out = check_writable(args.out)
+    image = load_image(args.image)
+    mask = load_image(args.mask) if args.mask is not None else None
+    if mask is not None and outpaint is None and args.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
+        raise NextScaleError(f"{args.mask}: the mask is all black, so nothing would be regenerated; "
+                             "paint the region to regenerate white (black = keep)")
+    dev, dt = _device_dtype(args)
+    pipe = NextScaleInpaintPipeline.from_pretrained(args.model or "default", device=dev, dtype=dt)
+    if args.class_label is not None and not -1 <= args.class_label < pipe.num_classes:
+        raise NextScaleError(f"unknown class id {args.class_label}: this model has classes 0..{pipe.num_classes - 1} (-1 = unconditional)")
+    label = -1 if args.class_label is None else args.class_label
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:  # all-black / all-white masks: one-line notes
+        warnings.simplefilter("always", UserWarning)
+        o = pipe(image, mask, class_labels=[label] * args.num, outpaint=outpaint, keep_scales=args.keep_scales,
+                 mask_threshold=args.mask_threshold, guidance_scale=args.cfg, guidance_schedule=args.guidance_schedule,
+                 top_k=args.top_k, top_p=args.top_p, more_smooth=args.more_smooth,
+                 generator=torch.Generator(device=pipe.device).manual_seed(args.seed), output_type="pil")
+    for w in caught:
+        print(f"nextscale: note: {w.message}", file=sys.stderr)
+    written = []
+    stem = out.with_suffix("")
+    if args.num == 1:
+        written.append(save_image_atomic(o.images[0], out))
+    else:
+        written.append(save_image_atomic(make_grid(o.images, min_cell=64), out))
+        for i, im in enumerate(o.images):
+            written.append(save_image_atomic(im, Path(f"{stem}_{i:03d}.png")))
+    if args.compare:
+        plan = pipe.prepare(image, mask, outpaint=outpaint, keep_scales=args.keep_scales, mask_threshold=args.mask_threshold)
+        canvas = plan.image[0].add(1).mul(0.5).cpu()
+        regen = (~plan.keep_pixels[0]).float().expand(3, -1, -1).cpu()
+        written.append(save_image_atomic(make_grid([canvas, regen] + list(o.images), nrow=2 + len(o.images),
+                                                   captions=["input", "mask"] + [f"edit {i}" for i in range(len(o.images))],
+                                                   min_cell=96), Path(f"{stem}_compare.png")))
+    print(f"wrote {written[0]}" + (f" (+{len(written) - 1} more files)" if len(written) > 1 else ""))
+    return 0
+
 
 # == demo ==

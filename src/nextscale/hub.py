@@ -12,6 +12,10 @@ Pipeline directory layout (what ``save_pretrained`` writes and ``from_pretrained
     var/config.json             VARConfig fields
     var/model.safetensors
     labels.json                 optional: list of class names
+
+A tokenizer-only directory (``nextscale train-tokenizer`` / ``export-tokenizer``) has the same
+layout without ``var/``; its ``model_index.json`` says ``"_class_name": "NextScaleTokenizer"``.
+``load_components`` returns ``(vqvae, None, meta)`` for it, ``load_tokenizer_dir`` the VQ-VAE.
 """
 from __future__ import annotations
 
@@ -31,7 +35,11 @@ from nextscale.models.var import VAR
 from nextscale.models.vqvae import VQVAE
 
 __all__ = ["load_state_dict_file", "infer_vqvae_config", "infer_var_config", "load_vqvae", "load_var",
-           "load_components", "save_components", "resolve_model_path", "DEFAULT_MODEL_DIR", "check_state_dict"]
+           "load_components", "save_components", "resolve_model_path", "DEFAULT_MODEL_DIR", "check_state_dict",
+           "TOKENIZER_CLASS_NAME", "is_tokenizer_dir", "load_tokenizer_dir", "save_tokenizer_dir"]
+
+#: ``model_index.json`` ``_class_name`` of a tokenizer-only directory (no ``var/``).
+TOKENIZER_CLASS_NAME = "NextScaleTokenizer"
 
 #: The model shipped inside the package (see the default-model recipe); "default" resolves here.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
@@ -206,8 +214,12 @@ def _read_json(path: Path) -> dict:
 def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
     """(vqvae, var, meta) from a pipeline directory, a released ``.pth`` (tokenizer found beside it or
     given as ``vae_path``), or a directory holding released ``.pth`` files. ``meta['labels']`` may
-    hold class names."""
+    hold class names. A tokenizer-only directory gives ``(vqvae, None, meta)`` with
+    ``meta['tokenizer_only'] = True``."""
     p = Path(path)
+    if is_tokenizer_dir(p):  # tokenizer-only directory: there is no transformer to return
+        vae, index = _load_tokenizer_dir(p)
+        return vae, None, {"labels": None, "index": index, "source": str(p), "tokenizer_only": True}
     if p.is_dir() and (p / "model_index.json").exists():
         index = _read_json(p / "model_index.json")
         vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
@@ -261,6 +273,70 @@ def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] =
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if labels is not None:
             (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+# ------------------------------------------------------------------ tokenizer-only directories
+def is_tokenizer_dir(path) -> bool:
+    """True for a directory written by :func:`save_tokenizer_dir` (``model_index.json`` naming
+    ``NextScaleTokenizer``, or ``vqvae/`` without ``var/`` beside a ``model_index.json``)."""
+    p = Path(path)
+    if not (p.is_dir() and (p / "model_index.json").is_file()):
+        return False
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if isinstance(index, dict) and index.get("_class_name") == TOKENIZER_CLASS_NAME:
+        return True
+    return (p / "vqvae" / "config.json").is_file() and not (p / "var").exists()
+
+
+def _load_tokenizer_dir(p: Path) -> Tuple[VQVAE, dict]:
+    index = _read_json(p / "model_index.json")
+    vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+    return load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg), index
+
+
+def load_tokenizer_dir(path) -> VQVAE:
+    """The (frozen, eval-mode) VQ-VAE of a tokenizer-only or full pipeline directory."""
+    p = Path(path)
+    if not (p / "vqvae" / "config.json").is_file():
+        raise NextScaleError(f"{p}: no vqvae/config.json; expected a tokenizer or pipeline directory")
+    if (p / "model_index.json").is_file():
+        return _load_tokenizer_dir(p)[0]
+    return load_vqvae(p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json")))
+
+
+def save_tokenizer_dir(out_dir, vae: VQVAE, extra: Optional[dict] = None) -> Path:
+    """Write a tokenizer-only directory atomically: ``model_index.json`` + ``vqvae/``."""
+    from safetensors.torch import save_file
+
+    from nextscale import __version__
+
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NextScaleError(f"{out}: exists and is not a directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        (tmp / "vqvae").mkdir()
+        (tmp / "vqvae" / "config.json").write_text(vae.config.to_json())
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in vae.state_dict().items()}, str(tmp / "vqvae" / "model.safetensors"))
+        index = {"_class_name": TOKENIZER_CLASS_NAME, "_nextscale_version": __version__, "vqvae": ["nextscale", "VQVAE"]}
+        if extra:
+            index.update(extra)
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)

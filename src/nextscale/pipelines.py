@@ -94,6 +94,8 @@ class NextScalePipeline:
         from nextscale.hub import load_components, resolve_model_path
         path = resolve_model_path(name_or_path, **hub_kwargs)
         vae, var, meta = load_components(path, vae_path=vae_path)
+        if var is None:
+            raise NextScaleError(f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize")
         pipe = cls(vae, var, labels=meta.get("labels"))
         if device is not None or dtype is not None:
             pipe.to(device, dtype)

@@ -227,7 +227,12 @@ class VQVAE(nn.Module):
         return self.quant_conv(self.encoder(inp_B3HW))
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
+        """f_hat (B, Cvae, h, w) -> image (B, 3, H, W) in [-1, 1].
+
+        Decodes in channels-last layout: oneDNN/cuDNN convolutions run ~10% faster in NHWC (measured
+        in benchmarks/bench_inference.py); values are the same up to float reordering."""
+        h = self.post_quant_conv(f_hat).contiguous(memory_format=torch.channels_last)
+        return self.decoder(h).clamp_(-1, 1).contiguous()
 
     def img_to_idxBl(self, inp_img_no_grad: torch.Tensor,
                      v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None) -> List[torch.LongTensor]:

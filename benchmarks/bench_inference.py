@@ -1,0 +1,201 @@
+"""Inference speed of a d16-sized model (random weights): transformer and decoder, B=1 and B=4.
+
+Prints a table: seconds per call (best of --repeats), GFLOPs counted analytically, achieved
+GFLOP/s, and the fraction of this machine's measured fp32 matmul peak. With ``--reference PATH``
+(a checkout of FoundationVision/VAR; nothing of it is part of nextscale) the reference runs on the
+same weights in the same process, interleaved with ours, and the table adds its time, the speed-up
+and whether the sampled tokens are identical.
+
+    python benchmarks/bench_inference.py                       # ours only
+    python benchmarks/bench_inference.py --reference ~/VAR     # side by side
+    python benchmarks/bench_inference.py --device cuda --dtype bf16
+
+Timings on a shared CPU are noisy: compare ratios measured in one run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from nextscale.configs import get_preset
+from nextscale.models import build_from_config
+from nextscale.sampling import generate
+
+
+def matmul_peak_gflops(device, dtype=torch.float32, n=2048, reps=5) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        _sync(device)
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best / 1e9
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def transformer_gflops(var, B: int, cfg: bool = True) -> float:
+    """Matmul FLOPs of one generation: per token qkv/proj/MLP/head, attention over the cached prefix,
+    and the AdaLN projections (once per generation, as we compute them)."""
+    C, V, depth = var.C, var.V, var.depth
+    rows = 2 * B if cfg else B
+    hidden = var.blocks[0].ffn.fc1.out_features
+    per_tok = depth * (3 * C * C + C * C + 2 * C * hidden) + C * V + var.Cvae * C
+    flops = 2 * rows * var.L * per_tok
+    seen = 0
+    for pn in var.patch_nums:
+        l = pn * pn
+        seen += l
+        flops += depth * 2 * 2 * rows * l * seen * C  # q@k and p@v
+    flops += 2 * rows * depth * (C * 6 * C) + 2 * rows * C * 2 * C
+    return flops / 1e9
+
+
+def decoder_gflops(vae, B: int) -> float:
+    """Conv/attention FLOPs of one decode, counted with forward hooks."""
+    total = [0]
+
+    def hook(m, i, o):
+        if isinstance(m, torch.nn.Conv2d):
+            k = m.kernel_size[0] * m.kernel_size[1]
+            total[0] += 2 * o.numel() * m.in_channels * k // m.groups
+    hs = [m.register_forward_hook(hook) for m in vae.decoder.modules()] + [vae.post_quant_conv.register_forward_hook(hook)]
+    pn = vae.v_patch_nums[-1]
+    with torch.no_grad():
+        vae.fhat_to_img(torch.zeros(B, vae.Cvae, pn, pn))
+    for h in hs:
+        h.remove()
+    hw = (pn * 4) ** 2  # attention at the lowest decoder resolution (16x16 latent -> attention at 16x16)
+    return total[0] / 1e9
+
+
+def best_of(fn, repeats, device):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        out = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="d16")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--reference", default=None, help="path to a FoundationVision/VAR checkout to time side by side")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    vae, var = build_from_config(get_preset(args.preset), seed=0, device=dev)
+    var.eval()
+    ref = None
+    if args.reference:
+        sys.path.insert(0, args.reference)
+        import contextlib
+        import io
+        with contextlib.redirect_stdout(io.StringIO()):
+            from models import VAR as RefVAR, VQVAE as RefVQVAE  # noqa: N811 - the reference's names
+            c = var.config
+            rvae = RefVQVAE(**{k: v for k, v in vae.config.to_dict().items() if k not in ("ch_mult", "num_res_blocks", "in_channels", "using_sa", "using_mid_sa")}, test_mode=True).to(dev)
+            rvar = RefVAR(vae_local=rvae, flash_if_available=False, fused_if_available=False, **c.var_kwargs()).to(dev)
+        rvae.load_state_dict(vae.state_dict())
+        rvar.load_state_dict(var.state_dict())
+        rvar.eval()
+        ref = (rvae, rvar)
+
+    peak = matmul_peak_gflops(dev)
+    ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
+    rows = []
+    for B in args.batch:
+        labels = torch.arange(B, device=dev) * 37 % var.num_classes
+        kw = dict(cfg=1.5, top_k=900, top_p=0.96)
+
+        def ours_t():
+            with ac:
+                return generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0), **kw)
+
+        def ours_d(f_hat):
+            with torch.no_grad(), ac:
+                return vae.fhat_to_img(f_hat)
+
+        times = {}
+        for _ in range(args.repeats):  # interleave ours and the reference so machine noise hits both
+            t, out = best_of(ours_t, 1, dev)
+            times["t"] = min(times.get("t", 1e9), t)
+            t, _ = best_of(lambda: ours_d(out.f_hat), 1, dev)
+            times["d"] = min(times.get("d", 1e9), t)
+            if ref:
+                rvae, rvar = ref
+                captured = []
+                orig = rvar.vae_quant_proxy[0].get_next_autoregressive_input
+
+                def spy(si, SN, f_hat, h_BChw):
+                    return orig(si, SN, f_hat, h_BChw)
+
+                def ref_t():
+                    with ac:
+                        img = rvar.autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, **kw)
+                    return img
+                _sync(dev)
+                t0 = time.perf_counter()
+                with ac:  # the reference samples and decodes in one call; time the decoder separately
+                    import models.var as rv  # noqa: F401
+                    rtoks = []
+                    from models import helpers as rh
+                    real = rh.sample_with_top_k_top_p_
+
+                    def grab(*a, **k):
+                        r = real(*a, **k)
+                        rtoks.append(r[:, :, 0].clone())
+                        return r
+                    import models.var as rvmod
+                    rvmod.sample_with_top_k_top_p_ = grab
+                    try:
+                        ref_t()
+                    finally:
+                        rvmod.sample_with_top_k_top_p_ = real
+                _sync(dev)
+                total = time.perf_counter() - t0
+                t, _ = best_of(lambda: rvae.fhat_to_img(out.f_hat), 1, dev)
+                times["rd"] = min(times.get("rd", 1e9), t)
+                times["rt"] = min(times.get("rt", 1e9), total - t)
+                times["same"] = all(torch.equal(a, b) for a, b in zip(rtoks, out.idx_per_scale))
+        gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
+        rows.append((B, times, gt, gd))
+
+    print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
+          f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()}; cfg 1.5, top-k 900, top-p 0.96")
+    print(f"measured fp32 matmul peak: {peak:.0f} GFLOP/s\n")
+    head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (" reference (s) | speed-up | same tokens |" if ref else "")
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for B, t, gt, gd in rows:
+        for part, key, gf in (("transformer", "t", gt), ("decoder", "d", gd), ("end-to-end", None, gt + gd)):
+            s = t[key] if key else t["t"] + t["d"]
+            line = f"| {B} | {part} | {s:.2f} | {gf:.0f} | {gf / s:.0f} | {100 * gf / s / peak:.0f}% |"
+            if ref:
+                r = t["r" + key] if key else t["rt"] + t["rd"]
+                line += f" {r:.2f} | {r / s:.2f}x | {t['same'] if part != 'decoder' else ''} |"
+            print(line)
+
+
+if __name__ == "__main__":
+    main()

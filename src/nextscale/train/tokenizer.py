@@ -1,0 +1,615 @@
+"""Training the multi-scale VQ-VAE (``nextscale train-tokenizer``): the VQGAN-family objective on the
+shared loop (:class:`~nextscale.train.loop.Trainer`), with two optimizers (autoencoder ``vae`` and
+patch discriminator ``disc``), plus export to a tokenizer directory and loading back.
+
+Launch::
+
+    nextscale train-tokenizer --data DIR --preset mnist --out runs/tok          # from scratch, 1 process
+    nextscale train-tokenizer --data DIR --init vae_ch160v4096z32.pth --out RUN  # fine-tune a released one
+    torchrun --nproc_per_node=8 -m nextscale train-tokenizer ...                # DDP
+    nextscale eval-tokenizer runs/tok --data DIR                                # PSNR / SSIM / usage / rFID
+    nextscale tokenize --data DIR --tokenizer runs/tok/tokenizer --out CACHE    # then nextscale train --cache CACHE
+
+Loss (defaults and their source; every weight is a flag)::
+
+    L_vae  = w_rec * pixel(x, x_hat)                     l2 (LlamaGen default) or l1 (--rec-loss)
+           + w_p   * LPIPS(x, x_hat)                     only with --lpips-weights (w_p = 1.0, LlamaGen)
+           + w_vq  * VQ                                  w_vq = 1.0 (LlamaGen / VQGAN codebook_weight)
+           + lambda * w_d * adopt(step) * (-mean D(x_hat))   hinge generator loss, w_d = 0.5 (LlamaGen)
+    VQ     = mean over scales of  beta * ||sg(f_hat) - f||^2 + ||f_hat - sg(f)||^2,  beta = 0.25
+             (VQGAN / VAR; the multi-scale residual quantiser with a straight-through estimator)
+    lambda = ||grad_last L_nll|| / (||grad_last L_G|| + 1e-4), clamped to [0, 1e4], detached
+             (VQGAN's adaptive weight at the last decoder layer ``decoder.conv_out``; --no-adaptive-weight: 1)
+    L_disc = 0.5 * (mean relu(1 - D(x)) + mean relu(1 + D(sg(x_hat))))                   hinge (VQGAN)
+    adopt(step) = 0 before --disc-start (LlamaGen: 20000), 1 after; the discriminator trains from then on.
+
+The discriminator is VQGAN's NLayerDiscriminator (pix2pix PatchGAN: 4x4 convs, stride 2, LeakyReLU
+0.2) with GroupNorm instead of BatchNorm: no running statistics to synchronise under DDP and no
+dependence on the batch composition (so gradient accumulation and resume stay exact).
+Optimisation: AdamW betas (0.9, 0.95), lr 1e-4 for both networks, no weight decay, clip 1.0,
+constant lr (LlamaGen ``vq_train.py``).
+
+Codebook health: per-scale usage (% of codes whose running hit count exceeds the reference margin)
+and perplexity (exp of the entropy of the running hit distribution) are logged as
+``codes/usage_PxP`` / ``codes/ppl_PxP``; ``--reinit-dead-every N`` re-initialises codes that no
+scale has hit for a long time to random residual vectors of the current batch (codebook restart).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nextscale import dist
+from nextscale.configs import ConfigError, VQVAEConfig, get_preset
+from nextscale.errors import NextScaleError
+from nextscale.train.checkpoint import CheckpointManager
+from nextscale.train.loop import FitResult, LoopConfig, Objective, StepContext, Trainer
+from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+
+__all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "hinge_d_loss", "hinge_g_loss",
+           "adaptive_weight", "codebook_stats", "build_tokenizer_run", "train_tokenizer", "export_tokenizer",
+           "load_tokenizer", "per_scale_reconstructions"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class TokenizerTrainConfig:
+    """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see the module doc)."""
+    data: Optional[str] = None             # image folder (DIR/train + DIR/val, class sub-folders, or flat)
+    preset: str = "mnist"                  # architecture of a fresh tokenizer (the preset's vqvae part)
+    init: Optional[str] = None             # fine-tune: released vae_*.pth, tokenizer/pipeline dir, run dir
+    run_dir: Optional[str] = None          # default runs/tokenizer-<preset>
+    # architecture overrides of a fresh tokenizer (None = the preset's)
+    vocab_size: Optional[int] = None
+    z_channels: Optional[int] = None
+    ch: Optional[int] = None
+    num_res_blocks: Optional[int] = None
+    patch_nums: Optional[Tuple[int, ...]] = None   # e.g. (8,) = a single-scale baseline
+    eini: float = -1.0                     # codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc normal std, 0 = N(0,1)
+    # schedule length
+    steps: Optional[int] = None
+    epochs: float = 40
+    batch_size: int = 32
+    grad_accum: int = 1
+    # optimisation
+    lr: float = 1e-4
+    disc_lr: Optional[float] = None        # None = lr
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    warmup_steps: int = 0
+    lr_end: float = 1.0                    # final lr factor of the cosine; 1.0 = constant (LlamaGen)
+    amp: str = "none"
+    ema: float = 0.0
+    # losses
+    rec_loss: str = "l2"                   # l2 | l1
+    rec_weight: float = 1.0
+    codebook_weight: float = 1.0
+    beta: Optional[float] = None           # commitment; None = the config's (0.25)
+    perceptual_weight: float = 1.0         # used only with lpips_weights
+    lpips_weights: Optional[str] = None
+    disc_weight: float = 0.5               # 0 = no GAN at all
+    disc_start: int = 20000
+    adaptive_weight: bool = True
+    disc_layers: int = 3
+    disc_ch: int = 64
+    # codebook restart
+    reinit_dead_every: int = 0             # 0 = off
+    dead_threshold: float = 1e-3           # a code is dead when its running hits summed over scales are below this
+    # data / loop
+    hflip: bool = False
+    mid_reso: float = 1.125
+    seed: int = 0
+    workers: Optional[int] = None
+    device: Optional[str] = None
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 20
+    eval_every: int = 2000
+    sample_every: int = 2000
+    progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_config(tc: TokenizerTrainConfig) -> None:
+    if tc.data is None:
+        raise NextScaleError("pass --data DIR (a folder of images)")
+    if tc.batch_size is None or tc.batch_size <= 0:
+        raise NextScaleError(f"--batch-size must be a positive integer, got {tc.batch_size}")
+    if tc.grad_accum <= 0:
+        raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
+    if tc.steps is not None and tc.steps <= 0:
+        raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
+    if tc.steps is None and not tc.epochs > 0:
+        raise NextScaleError(f"--epochs must be positive, got {tc.epochs}")
+    if tc.rec_loss not in ("l1", "l2"):
+        raise NextScaleError(f"--rec-loss must be l1 or l2, got {tc.rec_loss!r}")
+    if not tc.lr > 0 or (tc.disc_lr is not None and not tc.disc_lr > 0):
+        raise NextScaleError("--lr / --disc-lr must be positive")
+    for name in ("rec_weight", "codebook_weight", "perceptual_weight", "disc_weight", "weight_decay"):
+        if getattr(tc, name) < 0:
+            raise NextScaleError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(tc, name)}")
+    if tc.disc_start < 0 or tc.reinit_dead_every < 0:
+        raise NextScaleError("--disc-start / --reinit-dead-every must be >= 0")
+    if tc.disc_layers < 1 or tc.disc_ch < 1:
+        raise NextScaleError("--disc-layers and --disc-ch must be positive")
+    if not 0 <= tc.ema < 1:
+        raise NextScaleError(f"--ema must be a decay in [0, 1), got {tc.ema}")
+    if tc.lpips_weights is not None and not os.path.exists(tc.lpips_weights):
+        raise NextScaleError(f"--lpips-weights {tc.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; it is off without the flag)")
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and the discriminator
+# ------------------------------------------------------------------------------------------------
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """VQGAN's hinge discriminator loss: 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))."""
+    return 0.5 * (F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean())
+
+
+def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """Generator side of the hinge GAN: -E D(x_hat)."""
+    return -logits_fake.mean()
+
+
+def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """VQGAN's balance: ||dL_nll/dW|| / (||dL_G/dW|| + 1e-4) at the last decoder layer W, clamped to [0, 1e4]."""
+    g_nll = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return (g_nll.norm() / (g_gan.norm() + eps)).clamp(0.0, 1e4).detach()
+
+
+def _groups(ch: int) -> int:
+    for g in (32, 16, 8, 4, 2, 1):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (VQGAN's NLayerDiscriminator) with GroupNorm: conv4x4/s2 + LeakyReLU(0.2), then
+    ``n_layers - 1`` conv4x4/s2 + norm + LReLU (width doubling up to 8x), one conv4x4/s1 block and a
+    1-channel conv4x4/s1 head. Output: a map of real/fake logits, one per receptive-field patch."""
+
+    def __init__(self, in_channels: int = 3, ch: int = 64, n_layers: int = 3):
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(in_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2, True)]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2 ** n, 8)
+            layers += [nn.Conv2d(ch * prev, ch * mult, 4, 2, 1, bias=False), nn.GroupNorm(_groups(ch * mult), ch * mult),
+                       nn.LeakyReLU(0.2, True)]
+        prev, mult = mult, min(2 ** n_layers, 8)
+        layers += [nn.Conv2d(ch * prev, ch * mult, 4, 1, 1, bias=False), nn.GroupNorm(_groups(ch * mult), ch * mult),
+                   nn.LeakyReLU(0.2, True), nn.Conv2d(ch * mult, 1, 4, 1, 1)]
+        self.main = nn.Sequential(*layers)
+        for m in self.modules():  # VQGAN's weights_init: N(0, 0.02) convs, N(1, 0.02) norm gains
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.GroupNorm):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.main(x)
+
+
+@torch.no_grad()
+def codebook_stats(hits_SV: torch.Tensor) -> Tuple[List[float], List[float]]:
+    """(usage % of codes hit, perplexity) per scale from hit counts (S, V)."""
+    usage, ppl = [], []
+    for h in hits_SV.float():
+        tot = h.sum()
+        usage.append(float((h > 0).float().mean() * 100))
+        if tot <= 0:
+            ppl.append(0.0)
+            continue
+        p = h / tot
+        ent = -(p[p > 0] * p[p > 0].log()).sum()
+        ppl.append(float(ent.exp()))
+    return usage, ppl
+
+
+@torch.no_grad()
+def per_scale_reconstructions(vae, x: torch.Tensor) -> List[torch.Tensor]:
+    """Images rebuilt from the first 1, 2, ..., K scales (each in [-1, 1])."""
+    return vae.img_to_reconstructed_img(x, last_one=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+# ------------------------------------------------------------------------------------------------
+
+class TokenizerObjective(Objective):
+    """The VQGAN-family objective for the multi-scale VQ-VAE; optimizers ``vae`` and ``disc``."""
+
+    def __init__(self, vae, disc: Optional[PatchDiscriminator], tc: TokenizerTrainConfig,
+                 preview: Optional[torch.Tensor] = None, lpips: Optional[nn.Module] = None):
+        self.vae, self.disc, self.tc = vae, disc, tc
+        self.lpips = lpips
+        self.preview = preview          # a few fixed images (3, R, R) for the progress picture
+        self.K = len(vae.v_patch_nums)
+        self.emas: Dict[str, Any] = {}
+        self.n_reinit = 0
+
+    # ---- loop interface ----
+    def modules(self):
+        mods = {"vae": self.vae}
+        if self.disc is not None:
+            mods["disc"] = self.disc
+        return mods
+
+    def distribute(self, wrapped):
+        self.wrapped = wrapped
+        if self.lpips is not None:
+            self.lpips.to(next(self.vae.parameters()).device)
+
+    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
+        tc, out = self.tc, {}
+        for name, lr in (("vae", tc.lr), ("disc", tc.disc_lr or tc.lr)):
+            if name not in self.wrapped:
+                continue
+            model = self.wrapped[name]
+            opt = build_adamw(param_groups(model), lr=lr)
+            sched = Schedule(lr=lr, total=total_steps, warmup=tc.warmup_steps, kind="cos", wp0=0.0 if tc.warmup_steps else 1.0,
+                             wpe=tc.lr_end, wd=tc.weight_decay)
+            out[name] = OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, tc.grad_clip)
+        return out
+
+    def gan_on(self, step: int) -> bool:
+        return self.disc is not None and self.tc.disc_weight > 0 and step >= self.tc.disc_start
+
+    def active_optimizers(self, step: int) -> List[str]:
+        return ["vae", "disc"] if self.gan_on(step) else ["vae"]
+
+    def ema_modules(self):
+        return ["vae"]
+
+    def state_dict(self):
+        # the quantiser's hit-count EMA switches its decay on this counter: part of the exact state
+        return {"record_hit": int(self.vae.quantize.record_hit), "n_reinit": self.n_reinit}
+
+    def load_state_dict(self, state):
+        self.vae.quantize.record_hit = int(state.get("record_hit", 0))
+        self.n_reinit = int(state.get("n_reinit", 0))
+
+    # ---- losses ----
+    def _rec(self, x, x_hat):
+        return F.mse_loss(x_hat, x) if self.tc.rec_loss == "l2" else F.l1_loss(x_hat, x)
+
+    def train_step(self, batch, ctx: StepContext):
+        tc, dev = self.tc, ctx.device
+        x = batch["image"].to(dev, non_blocking=True)
+        if tc.reinit_dead_every > 0 and ctx.micro == 0 and ctx.step > 0 and ctx.step % tc.reinit_dead_every == 0:
+            self._reinit_dead(x, ctx.step)
+        with ctx.autocast():
+            x_hat, usages, vq_loss = self.wrapped["vae"](x, ret_usages=True)
+        x_hat = x_hat.float()
+        rec = self._rec(x, x_hat)
+        nll = tc.rec_weight * rec
+        out: Dict[str, torch.Tensor] = {}
+        if self.lpips is not None and tc.perceptual_weight > 0:
+            with ctx.autocast():
+                p_loss = self.lpips(x, x_hat).mean()
+            nll = nll + tc.perceptual_weight * p_loss.float()
+            out["lpips"] = p_loss.detach()
+        loss = nll + tc.codebook_weight * vq_loss
+        gan = self.gan_on(ctx.step)
+        if gan:
+            d = self.disc
+            d.requires_grad_(False)  # the generator loss must not write discriminator grads
+            try:
+                with ctx.autocast():
+                    g_loss = hinge_g_loss(d(x_hat).float())
+            finally:
+                d.requires_grad_(True)
+            lam = (adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight) if tc.adaptive_weight
+                   else torch.ones((), device=dev))
+            loss = loss + lam * tc.disc_weight * g_loss
+            out["gan/g_loss"], out["gan/d_weight"] = g_loss.detach(), lam
+        ctx.backward(loss, "vae")
+        if gan:
+            both = torch.cat([x, x_hat.detach()], dim=0)
+            with ctx.autocast():
+                logits = self.wrapped["disc"](both).float()
+            lr_, lf_ = logits[: len(x)], logits[len(x):]
+            d_loss = hinge_d_loss(lr_, lf_)
+            ctx.backward(d_loss, "disc")
+            out["gan/d_loss"], out["gan/logits_real"], out["gan/logits_fake"] = d_loss.detach(), lr_.mean().detach(), lf_.mean().detach()
+        with torch.no_grad():
+            mse = (x_hat.clamp(-1, 1) - x).div(2).pow(2).flatten(1).mean(1)
+            out["psnr"] = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
+        out["loss"], out["rec"], out["vq"] = loss.detach(), rec.detach(), vq_loss.detach()
+        if usages is not None:
+            out["usage"] = torch.tensor(float(np.mean(usages)))
+            _, ppl = codebook_stats(self.vae.quantize.ema_vocab_hit_SV)
+            for pn, u, pp in zip(self.vae.v_patch_nums, usages, ppl):
+                out[f"codes/usage_{pn}x{pn}"] = torch.tensor(float(u))
+                out[f"codes/ppl_{pn}x{pn}"] = torch.tensor(float(pp))
+        return out
+
+    @torch.no_grad()
+    def _reinit_dead(self, x: torch.Tensor, step: int) -> None:
+        """Codebook restart: codes no scale has hit recently get random residual vectors of this batch."""
+        q = self.vae.quantize
+        dead = q.ema_vocab_hit_SV.sum(0) < self.tc.dead_threshold
+        n = int(dead.sum())
+        if n == 0 or q.record_hit == 0:
+            return
+        was = self.vae.training
+        self.vae.eval()
+        try:
+            f = self.vae.img_to_f(x).float()
+        finally:
+            self.vae.train(was)
+        B, C, H, W = f.shape
+        f_rest, pool, SN = f.clone(), [], len(q.v_patch_nums)
+        for si, pn in enumerate(q.v_patch_nums):  # the vectors each scale actually quantises
+            rest = F.interpolate(f_rest, size=(pn, pn), mode="area") if si != SN - 1 else f_rest
+            flat = rest.permute(0, 2, 3, 1).reshape(-1, C)
+            pool.append(flat)
+            h = q.embedding(q.nearest_code(flat).view(B, pn, pn)).permute(0, 3, 1, 2)
+            f_rest = f_rest - q.upsample_phi(si, h, H, W, SN)
+        pool = torch.cat(pool)
+        g = torch.Generator(device="cpu").manual_seed(int(self.tc.seed) * 1_000_003 + int(step))
+        pick = torch.randint(0, len(pool), (n,), generator=g).to(pool.device)
+        new = pool[pick] + 1e-3 * torch.randn(n, C, generator=g).to(pool.device) * pool.std()
+        if dist.initialized() and dist.get_world_size() > 1:
+            import torch.distributed as tdist
+            new = new.contiguous()
+            tdist.broadcast(new, src=0)
+        q.embedding.weight.data[dead] = new.to(q.embedding.weight.dtype)
+        self.n_reinit += n
+
+    @torch.no_grad()
+    def eval_step(self, batch):
+        vae = self.vae
+        x = batch["image"].to(next(vae.parameters()).device)
+        x_hat, _, vq = vae(x, ret_usages=False)
+        a, b = (x + 1) / 2, (x_hat.clamp(-1, 1) + 1) / 2
+        mse = (a - b).pow(2).flatten(1).mean(1)
+        B = len(x)
+        out = {"psnr": (float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum()), B),
+               "rec": (float(self._rec(x, x_hat.float())) * B, B), "vq": (float(vq) * B, B)}
+        if min(x.shape[-2:]) >= 11:
+            from nextscale.evaluation.recon import ssim
+            out["ssim"] = (float(ssim(a, b, reduction="none").sum()), B)
+        return out
+
+    @torch.no_grad()
+    def sample_images(self, step: int):
+        if self.preview is None:
+            return None
+        from nextscale.models import VQVAE
+        vae = self.vae
+        if "vae" in self.emas:
+            vae = VQVAE.from_config(self.vae.config, test_mode=True).to(next(self.vae.parameters()).device)
+            self.emas["vae"].copy_to(vae)
+        was = vae.training
+        vae.eval()
+        try:
+            grid = scale_grid(vae, self.preview.to(next(vae.parameters()).device))
+        finally:
+            vae.train(was)
+        return grid[None]
+
+
+def scale_grid(vae, x: torch.Tensor, upscale: Optional[int] = None) -> np.ndarray:
+    """uint8 (rows*R, (K+1)*R, 3): per row the original, then the image rebuilt from 1..K scales."""
+    recs = per_scale_reconstructions(vae, x)
+    cols = [x] + recs
+    arr = torch.stack(cols, dim=1)                       # (N, K+1, 3, R, R)
+    arr = ((arr.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    N, K1, _, R, _ = arr.shape
+    img = arr.permute(0, 3, 1, 4, 2).reshape(N * R, K1 * R, 3).numpy()
+    up = upscale if upscale is not None else max(1, 128 // R)
+    if up > 1:
+        img = img.repeat(up, axis=0).repeat(up, axis=1)
+    return img
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizer loading / building
+# ------------------------------------------------------------------------------------------------
+
+def _checkpoint_vae(path: str, state: Dict[str, Any], weights: str = "auto"):
+    from nextscale.models import VQVAE
+    cfg = (state.get("config") or {}).get("model", {}).get("vqvae")
+    if state.get("format") != "nextscale-train" or "vae" not in state.get("modules", {}) or cfg is None:
+        raise NextScaleError(f"{path} is not a tokenizer training checkpoint (nextscale train-tokenizer)")
+    if weights not in ("auto", "ema", "raw"):
+        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
+    has_ema = "vae" in state.get("ema", {})
+    if weights == "ema" and not has_ema:
+        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
+    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
+    sd = state["ema"]["vae"] if use == "ema" else state["modules"]["vae"]
+    vae = VQVAE.from_config(VQVAEConfig.from_dict(cfg), test_mode=True)
+    vae.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    return vae.eval(), use
+
+
+def _latest(run: str) -> Tuple[str, Dict[str, Any]]:
+    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    found = ck.latest()
+    if found is None:
+        raise NextScaleError(f"no readable checkpoint in {os.path.join(run, 'checkpoints')!r}; train first (nextscale train-tokenizer --out {run})")
+    return ck.path(found[0]), found[1]
+
+
+def load_tokenizer(source: str, v_patch_nums: Optional[Sequence[int]] = None):
+    """A frozen VQ-VAE from a tokenizer directory, a pipeline directory, a ``train-tokenizer`` run
+    folder (its exported ``tokenizer/`` or latest checkpoint), a training ``step_*.pt``, or a
+    released ``vae_*.pth`` / ``.safetensors``."""
+    from nextscale import hub
+    if source is None or not os.path.exists(source):
+        raise NextScaleError(f"tokenizer {source!r} not found; pass a tokenizer/pipeline directory, a run folder or a vae_*.pth")
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, "vqvae", "config.json")):
+            return hub.load_tokenizer_dir(source)
+        if os.path.isdir(os.path.join(source, "checkpoints")):
+            return _checkpoint_vae(*_latest(source))[0]
+        if os.path.isfile(os.path.join(source, "tokenizer", "vqvae", "config.json")):
+            return hub.load_tokenizer_dir(os.path.join(source, "tokenizer"))
+        raise NextScaleError(f"{source!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)")
+    if source.endswith(".pt"):
+        from nextscale.train.checkpoint import _load
+        try:
+            state = _load(source)
+        except Exception as e:
+            raise NextScaleError(f"{source}: not a readable checkpoint ({type(e).__name__})") from None
+        if isinstance(state, dict) and state.get("format") == "nextscale-train":
+            return _checkpoint_vae(source, state)[0]
+    return hub.load_vqvae(source, v_patch_nums=v_patch_nums)
+
+
+def _build_vae(tc: TokenizerTrainConfig):
+    """A trainable VQ-VAE: fresh (preset + overrides, seeded) or from ``--init``."""
+    from nextscale.models import VQVAE
+    over = {k: v for k, v in (("vocab_size", tc.vocab_size), ("z_channels", tc.z_channels), ("ch", tc.ch),
+                              ("num_res_blocks", tc.num_res_blocks)) if v is not None}
+    pn = tuple(int(p) for p in tc.patch_nums) if tc.patch_nums else None
+    if tc.init is not None:
+        preset_pn = None
+        try:
+            preset_pn = pn or (get_preset(tc.preset).vqvae.v_patch_nums if tc.preset else None)
+        except ConfigError:
+            preset_pn = pn
+        src = load_tokenizer(tc.init, v_patch_nums=preset_pn)
+        if over:
+            raise NextScaleError(f"--{next(iter(over)).replace('_', '-')} cannot change a --init tokenizer's architecture; drop it")
+        cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)
+        vae = VQVAE.from_config(cfg, test_mode=False)
+        vae.load_state_dict(src.state_dict())
+        vae.quantize.ema_vocab_hit_SV.zero_()
+        return vae.train().requires_grad_(True)
+    try:
+        cfg = get_preset(tc.preset).vqvae
+        if pn is not None:
+            over["v_patch_nums"] = pn
+        cfg = cfg.replace(**over) if over else cfg
+    except ConfigError as e:
+        raise NextScaleError(str(e)) from None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        vae = VQVAE.from_config(cfg, test_mode=False)
+        if tc.eini:
+            vae.quantize.eini(tc.eini)
+    return vae.train()
+
+
+def _build_lpips(tc: TokenizerTrainConfig):
+    if tc.lpips_weights is None or tc.perceptual_weight <= 0:
+        return None
+    from nextscale.train.lpips import LPIPS
+    return LPIPS.from_weights(tc.lpips_weights)
+
+
+def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
+    """(objective, train_set, val_set, run_config, total_steps) for ``tc`` (no training)."""
+    from nextscale.data import ImageFolder, find_split, scan_image_folder
+    _check_config(tc)
+    root = find_split(tc.data, "train")  # raises for a missing folder / a file
+    vae = _build_vae(tc)
+    if tc.beta is not None:
+        vae.quantize.beta = float(tc.beta)
+    R = vae.resolution
+    train_set = ImageFolder(root, R, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
+    val_set = None
+    vroot = find_split(tc.data, "val")
+    if vroot is not None and os.path.isdir(vroot):
+        vs, vc = scan_image_folder(vroot)
+        val_set = ImageFolder(vroot, R, train=False, mid_reso=tc.mid_reso, samples=vs, classes=vc)
+    disc = None
+    if tc.disc_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tc.seed + 1)
+            disc = PatchDiscriminator(vae.config.in_channels, tc.disc_ch, tc.disc_layers)
+        with torch.no_grad():
+            out = disc(torch.zeros(1, vae.config.in_channels, R, R))
+        if min(out.shape[-2:]) < 1:
+            raise NextScaleError(f"--disc-layers {tc.disc_layers} is too deep for {R}px images; use fewer")
+    src = val_set if val_set is not None else ImageFolder(root, R, train=False, mid_reso=tc.mid_reso,
+                                                          samples=train_set.samples, classes=train_set.classes)
+    n_prev = min(4, len(src))
+    idx = np.linspace(0, len(src) - 1, n_prev).round().astype(int)
+    preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
+    lp = _build_lpips(tc)
+    ob = TokenizerObjective(vae, disc, tc, preview=preview, lpips=lp)
+    iters = math.ceil(len(train_set) / tc.batch_size)
+    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters)))
+    vae.to(device)
+    run_config = {"kind": "tokenizer", "train": tc.to_dict(), "model": {"vqvae": vae.config.to_dict()},
+                  "derived": {"steps": total, "world_size": dist.get_world_size(), "iters_per_epoch": iters,
+                              "train_samples": len(train_set), "val_samples": len(val_set) if val_set is not None else 0,
+                              "disc_params": sum(p.numel() for p in disc.parameters()) if disc is not None else 0,
+                              "lpips": lp is not None}}
+    return ob, train_set, val_set, run_config, total
+
+
+def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
+    """Train (or resume) a tokenizer run; under torchrun for DDP. On completion the tokenizer is
+    exported to ``RUN/tokenizer`` (EMA weights when kept)."""
+    _check_config(tc)
+    device = dist.init_distributed(tc.device)
+    run_dir = tc.run_dir or os.path.join("runs", f"tokenizer-{tc.preset if tc.init is None else 'finetune'}")
+    tc = dataclasses.replace(tc, run_dir=run_dir)
+    ob, train_set, val_set, run_config, total = build_tokenizer_run(tc, device)
+    if dist.is_main():
+        cfg_path = os.path.join(run_dir, "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            if old.get("kind") not in (None, "tokenizer") or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]:
+                raise NextScaleError(f"{run_dir!r} holds a run of another model; use a new --out or the same --preset/--init")
+    dist.barrier()
+    workers = tc.workers if tc.workers is not None else (4 if device.type == "cuda" else 0)
+    lc = LoopConfig(run_dir=run_dir, max_steps=total, batch_size=tc.batch_size, grad_accum=tc.grad_accum, amp=tc.amp,
+                    ema_decay=tc.ema, ckpt_every=tc.ckpt_every, keep_last=tc.keep_last, log_every=tc.log_every,
+                    eval_every=tc.eval_every, sample_every=tc.sample_every, seed=tc.seed, workers=workers,
+                    device=str(device), fsdp=False, progress=tc.progress)
+    trainer = Trainer(ob, lc, train_set, val_set, run_config=run_config)
+    ob.emas = trainer.emas
+    try:
+        res = trainer.fit()
+        ob.emas = trainer.emas
+        if res.finished and dist.is_main():
+            out = os.path.join(run_dir, "tokenizer")
+            info = export_tokenizer(run_dir, out)
+            trainer.log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
+        dist.barrier()
+    finally:
+        trainer.log.close()
+    return res
+
+
+def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
+    """A ``train-tokenizer`` run folder (latest checkpoint) or ``step_*.pt`` -> a tokenizer directory
+    (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize --tokenizer`` / ``train --tokenizer`` load."""
+    from nextscale.hub import save_tokenizer_dir
+    if os.path.isfile(run):
+        from nextscale.train.checkpoint import _load
+        path, state = run, _load(run)
+    elif os.path.isdir(run):
+        path, state = _latest(run)
+    else:
+        raise NextScaleError(f"run {run!r} not found; pass a train-tokenizer run folder or a step_*.pt file")
+    vae, use = _checkpoint_vae(path, state, weights)
+    save_tokenizer_dir(out, vae, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}})
+    return {"checkpoint": path, "step": int(state["step"]), "weights": use, "out": out}

@@ -1,0 +1,541 @@
+"""Training the VAR transformer (``nextscale train``): the objective plus the glue that builds data,
+models and the loop from a :class:`VARTrainConfig`; ``export`` and ``tokenize`` helpers.
+
+Launch::
+
+    nextscale train --data DIR --tokenizer MODEL --preset d16 --batch-size 768 --epochs 200   # 1 process
+    torchrun --nproc_per_node=8 -m nextscale train --data DIR --tokenizer MODEL ...            # DDP, 1 node
+    torchrun --nnodes=2 --node_rank=R --master_addr=HOST --master_port=29500 \\
+             --nproc_per_node=8 -m nextscale train ... [--fsdp]                               # multi-node
+    nextscale tokenize --data DIR --tokenizer MODEL --out CACHE     # then: nextscale train --cache CACHE ...
+    nextscale export RUN --out DIR                                   # -> NextScalePipeline.from_pretrained(DIR)
+
+Loss (the reference trainer): cross-entropy with label smoothing over the L teacher-forced tokens,
+each weighted 1/L, summed per image and averaged over the batch. Class dropout (the null class with
+probability ``cond_drop``) is drawn per sample from the sample's seed, so DDP and resume see the
+same drops as a single uninterrupted process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nextscale import dist
+from nextscale.configs import ConfigError, ModelConfig, VQVAEConfig, get_preset
+from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
+from nextscale.errors import NextScaleError
+from nextscale.train.checkpoint import CheckpointManager
+from nextscale.train.loop import FitResult, LoopConfig, Objective, StepContext, Trainer
+from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+
+__all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
+           "save_tokenizer", "progressive_stage", "NO_DECAY_KEYS"]
+
+#: Parameter-name fragments without weight decay (the reference's ``nowd_keys``), on top of all 1-D
+#: tensors and biases: start/positional/level embeddings, AdaLN/LayerNorm gains, attention scales.
+NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
+                 "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
+
+
+@dataclass
+class VARTrainConfig:
+    """Every knob of ``nextscale train``; defaults are the reference recipe (reference flag in brackets)."""
+    # data / model
+    data: Optional[str] = None             # image folder (class sub-folders; DIR/train + DIR/val)
+    cache: Optional[str] = None            # token cache from `nextscale tokenize` (skips the encoder)
+    tokenizer: Optional[str] = None        # VQ-VAE: pipeline dir, released vae .pth, "default", "random"
+    init: Optional[str] = None             # fine-tune from a released/exported model
+    preset: str = "d16"                    # architecture when not --init [depth]
+    run_dir: Optional[str] = None          # default runs/var-<preset>
+    # schedule length
+    steps: Optional[int] = None            # optimizer steps (overrides epochs)
+    epochs: float = 250                    # [ep]
+    batch_size: int = 768                  # global batch per optimizer step [bs]
+    grad_accum: int = 1                    # [ac]
+    # optimisation
+    base_lr: float = 1e-4                  # lr = base_lr * batch_size / 256 [tblr]
+    lr: Optional[float] = None             # absolute peak lr (overrides base_lr) [tlr]
+    weight_decay: float = 0.05             # [twd]
+    weight_decay_end: Optional[float] = None  # cosine to this; None = weight_decay [twde]
+    grad_clip: float = 2.0                 # <= 0: off [tclip]
+    label_smooth: float = 0.0              # [ls]
+    warmup_steps: Optional[int] = None     # None: 2% of the steps (reference wp = ep/50) [wp]
+    warmup_start: float = 0.005            # lr factor at step 0 [wp0]
+    lr_end: float = 0.01                   # final lr factor [wpe]
+    schedule: Optional[str] = None         # None: lin0, or lin<progressive> when progressive [sche]
+    amp: str = "none"                      # none | bf16 | fp16 [fp16: 0 | 2 | 1]
+    ema: float = 0.0                       # EMA decay, 0 = off
+    cond_drop: Optional[float] = None      # class dropout; None = the model config's (0.1)
+    # init of a fresh model [aln, alng, hd, ini]
+    init_adaln: float = 0.5
+    init_adaln_gamma: float = 1e-5
+    init_head: float = 0.02
+    init_std: float = -1.0
+    shared_aln: Optional[bool] = None      # None = the preset's [saln]
+    attn_l2_norm: Optional[bool] = None    # None = the preset's [anorm]
+    # progressive training [pg, pg0, pgwp]
+    progressive: float = 0.0               # > 0: grow the scales during the first fraction of training
+    progressive_start: int = 4             # first stage (index of the last scale trained)
+    progressive_warmup_steps: Optional[int] = None  # None: steps/300 (reference pgwp = ep/300)
+    # augmentation [hflip, mid_reso]
+    hflip: bool = False
+    mid_reso: float = 1.125
+    # loop
+    seed: int = 0
+    workers: Optional[int] = None          # None: 4 on CUDA, 0 on CPU
+    device: Optional[str] = None
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 20
+    eval_every: int = 5000
+    sample_every: int = 5000
+    fsdp: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K: int) -> int:
+    """Index of the last scale trained at ``step`` (-1: all), the reference's progressive rule."""
+    if pg <= 0:
+        return -1
+    if step <= warmup:
+        si = pg0
+    elif step >= total * pg:
+        si = K - 1
+    else:
+        progress = min(max((step - warmup) / max(total * pg - warmup, 1e-9), 0.0), 1.0)
+        si = pg0 + round(progress * (K - 1 - pg0))
+    return -1 if si >= K - 1 else int(si)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokenizer I/O (a VQ-VAE alone: used for the run folder and the token cache)
+# ------------------------------------------------------------------------------------------------
+
+def save_tokenizer(vae, out_dir: str) -> None:
+    from safetensors.torch import save_file
+    d = os.path.join(out_dir, "vqvae")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        f.write(vae.config.to_json())
+    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, os.path.join(d, "model.safetensors"))
+
+
+def load_tokenizer(source: str, preset: Optional[ModelConfig] = None, seed: int = 0):
+    """A frozen VQ-VAE from a tokenizer folder, a pipeline directory, a released ``.pth`` /
+    ``.safetensors``, "default", or "random" (the preset's architecture, randomly initialised:
+    for smoke tests only)."""
+    from nextscale import hub
+    from nextscale.models import VQVAE, build_from_config
+    if source == "random":
+        if preset is None:
+            raise NextScaleError("--tokenizer random needs --preset")
+        return build_from_config(preset, seed=seed, init_var=False)[0]
+    if source == "default":
+        return hub.load_components(hub.resolve_model_path("default"))[0]
+    if not os.path.exists(source):
+        raise NextScaleError(f"tokenizer {source!r} not found; pass --tokenizer with a model folder, a vae_*.pth, 'default' or 'random'")
+    sub = os.path.join(source, "vqvae", "config.json")
+    if os.path.isfile(os.path.join(source, "model_index.json")):
+        return hub.load_components(source)[0]
+    if os.path.isfile(sub):
+        with open(sub) as f:
+            cfg = VQVAEConfig.from_dict(json.load(f))
+        return hub.load_vqvae(os.path.join(source, "vqvae", "model.safetensors"), config=cfg)
+    if os.path.isdir(source):
+        raise NextScaleError(f"{source!r} holds no tokenizer (expected model_index.json or vqvae/config.json)")
+    v = preset.vqvae.v_patch_nums if preset is not None else None
+    return hub.load_vqvae(source, v_patch_nums=v)
+
+
+# ------------------------------------------------------------------------------------------------
+# The objective
+# ------------------------------------------------------------------------------------------------
+
+class VARObjective(Objective):
+    """Teacher-forced next-scale prediction with the reference's loss weighting."""
+
+    def __init__(self, vae, var, tc: VARTrainConfig, total_steps: int, warmup_steps: int, lr: float, labels: List[str]):
+        self.vae, self.var, self.tc = vae, var, tc
+        self.total_steps, self.warmup_steps, self.peak_lr = total_steps, warmup_steps, lr
+        self.labels = labels
+        self.cond_drop = var.config.cond_drop_rate if tc.cond_drop is None else float(tc.cond_drop)
+        # Class dropout is drawn here from each sample's seed; the module's own (global-RNG) dropout
+        # is switched off on this training instance so DDP == single process and resume is exact.
+        var.cond_drop_rate = 0.0
+        self.V, self.L, self.K = var.V, var.L, len(var.patch_nums)
+        self.begin_ends = list(var.begin_ends)
+        self.pg_warmup = tc.progressive_warmup_steps if tc.progressive_warmup_steps is not None else max(1, round(total_steps / 300))
+        self.prog_it, self.last_prog_si, self.first_prog = 0, -1, True
+        self.prog_si, self.prog_wp = -1, 1.0
+        self.emas = {}
+
+    # ---- loop interface ----
+    def modules(self):
+        return {"var": self.var}
+
+    def distribute(self, wrapped):
+        self.wrapped = wrapped
+        self.vae.to(next(self.var.parameters()).device)
+
+    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
+        model = self.wrapped["var"]
+        opt = build_adamw(param_groups(model, NO_DECAY_KEYS), lr=self.peak_lr)
+        kind = self.tc.schedule or (f"lin{self.tc.progressive:g}" if self.tc.progressive > 0 else "lin0")
+        sched = Schedule(lr=self.peak_lr, total=total_steps, warmup=self.warmup_steps, kind=kind, wp0=self.tc.warmup_start,
+                         wpe=self.tc.lr_end, wd=self.tc.weight_decay, wd_end=self.tc.weight_decay_end)
+        clip_fn = (lambda c: model.clip_grad_norm_(c)) if self.tc.fsdp and dist.get_world_size() > 1 else None
+        return {"var": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)}
+
+    def units_per_sample(self):
+        return {"tok": float(self.L)}
+
+    def ema_modules(self):
+        return ["var"]
+
+    def state_dict(self):
+        return {"prog_it": self.prog_it, "last_prog_si": self.last_prog_si, "first_prog": self.first_prog}
+
+    def load_state_dict(self, state):
+        self.prog_it = int(state.get("prog_it", 0))
+        self.last_prog_si = int(state.get("last_prog_si", -1))
+        self.first_prog = bool(state.get("first_prog", True))
+
+    # ---- data -> teacher forcing ----
+    @torch.no_grad()
+    def _targets(self, batch, device) -> Tuple[List[torch.Tensor], torch.Tensor]:
+        """Per-scale ids [(B, pn_k^2)] and all ids gt_BL (B, L): from the cache or the encoder."""
+        if "tokens" in batch:
+            gt_BL = batch["tokens"].to(device, non_blocking=True)
+            idx_Bl = [gt_BL[:, b:e] for b, e in self.begin_ends]
+        else:
+            idx_Bl = self.vae.img_to_idxBl(batch["image"].to(device, non_blocking=True))
+            gt_BL = torch.cat(idx_Bl, dim=1)
+        return idx_Bl, gt_BL
+
+    def _update_progressive(self, step: int) -> None:
+        si = progressive_stage(step, self.total_steps, self.warmup_steps, self.tc.progressive, self.tc.progressive_start, self.K)
+        if si != self.last_prog_si:
+            if self.last_prog_si != -1:
+                self.first_prog = False
+            self.last_prog_si, self.prog_it = si, 0
+        self.prog_it += 1
+        wp = 1.0 if self.first_prog else max(min(self.prog_it / self.pg_warmup, 1.0), 0.01)
+        self.prog_si, self.prog_wp = si, wp
+
+    def train_step(self, batch, ctx: StepContext):
+        dev = ctx.device
+        if ctx.micro == 0:
+            self._update_progressive(ctx.step)
+        idx_Bl, gt_BL = self._targets(batch, dev)
+        label_B = batch["label"].to(dev)
+        drop_B = batch["u_drop"].to(dev) < self.cond_drop
+        label_B = torch.where(drop_B, torch.full_like(label_B, self.var.num_classes), label_B)
+        with torch.no_grad():
+            x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)    # (B, L - first_l, Cvae)
+        self.var.prog_si = self.prog_si
+        try:
+            with ctx.autocast():
+                logits_BlV = self.wrapped["var"](label_B, x_BLCv)     # (B, ed, V); ed = L without progressive
+        finally:
+            self.var.prog_si = -1
+        B, ed = logits_BlV.shape[:2]
+        gt_Bl = gt_BL[:, :ed]
+        loss_Bl = F.cross_entropy(logits_BlV.float().reshape(-1, self.V), gt_Bl.reshape(-1),
+                                  label_smoothing=self.tc.label_smooth, reduction="none").view(B, ed)
+        lw_1l = torch.full((1, ed), 1.0 / self.L, device=dev)
+        if self.prog_si >= 0:  # the newest scale fades in over progressive_warmup_steps
+            bg, e = self.begin_ends[self.prog_si]
+            lw_1l[:, bg:e] *= self.prog_wp
+        loss = loss_Bl.mul(lw_1l).sum(dim=-1).mean()
+        ctx.backward(loss, "var")
+        out = self._metrics(logits_BlV.detach(), gt_Bl, mean=True)
+        out["loss_train"] = loss.detach()
+        if self.prog_si >= 0:
+            out["prog/stage"] = torch.tensor(float(self.prog_si))
+            out["prog/weight"] = torch.tensor(float(self.prog_wp))
+        return out
+
+    @torch.no_grad()
+    def _metrics(self, logits_BlV, gt_Bl, mean: bool) -> Dict[str, Any]:
+        """loss / acc (%) over all computed tokens, the last scale ("tail") and every scale.
+        mean=True: batch means (tensors); mean=False: (sum over the batch, count) for evaluation."""
+        B, ed = gt_Bl.shape
+        ce_Bl = F.cross_entropy(logits_BlV.float().reshape(-1, self.V), gt_Bl.reshape(-1), reduction="none").view(B, ed)
+        hit_Bl = (logits_BlV.argmax(dim=-1) == gt_Bl).float() * 100
+        parts = {"": (0, ed)}
+        if ed == self.L:
+            parts["_tail"] = self.begin_ends[-1]
+        for (b, e), pn in zip(self.begin_ends, self.var.patch_nums):
+            if e <= ed:
+                parts[f"_{pn}x{pn}"] = (b, e)
+        out = {}
+        for name, (b, e) in parts.items():
+            key = ("scale/" if name not in ("", "_tail") else "")
+            l_B, a_B = ce_Bl[:, b:e].mean(1), hit_Bl[:, b:e].mean(1)
+            kl, ka = f"{key}loss{name}", f"{key}acc{name}"
+            if mean:
+                out[kl], out[ka] = l_B.mean(), a_B.mean()
+            else:
+                out[kl], out[ka] = (l_B.sum().item(), B), (a_B.sum().item(), B)
+        return out
+
+    @torch.no_grad()
+    def eval_step(self, batch):
+        dev = next(self.var.parameters()).device
+        idx_Bl, gt_BL = self._targets(batch, dev)
+        x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)
+        logits_BLV = self.var(batch["label"].to(dev), x_BLCv)  # eval mode: no class dropout
+        return self._metrics(logits_BLV, gt_BL, mean=False)
+
+    @torch.no_grad()
+    def sample_images(self, step: int):
+        from nextscale.models import VAR
+        from nextscale.pipelines import NextScalePipeline
+        var = self.var
+        if "var" in self.emas:
+            var = VAR.from_config(self.var.config, self.vae).to(next(self.var.parameters()).device)
+            self.emas["var"].copy_to(var)
+        was = var.training
+        var.eval()
+        try:
+            n = 8 if self.var.num_classes > 1 else 4
+            pipe = NextScalePipeline(vqvae=self.vae, var=var)
+            out = pipe(class_labels=[c % self.var.num_classes for c in range(n)], guidance_scale=1.5, top_k=0, top_p=0.0,
+                       generator=torch.Generator(device=next(var.parameters()).device).manual_seed(0), output_type="np", show_progress=False)
+        finally:
+            var.train(was)
+        return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# Glue: config -> data, models, loop
+# ------------------------------------------------------------------------------------------------
+
+def _check_positive(tc: VARTrainConfig) -> None:
+    if tc.batch_size is None or tc.batch_size <= 0:
+        raise NextScaleError(f"--batch-size must be a positive integer, got {tc.batch_size}")
+    if tc.steps is not None and tc.steps <= 0:
+        raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
+    if tc.steps is None and not tc.epochs > 0:
+        raise NextScaleError(f"--epochs must be positive, got {tc.epochs}")
+    if tc.grad_accum <= 0:
+        raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
+    if (tc.data is None) == (tc.cache is None):
+        raise NextScaleError("pass exactly one of --data DIR (images) or --cache DIR (from nextscale tokenize)")
+    if not 0 <= tc.label_smooth < 1:
+        raise NextScaleError(f"--label-smooth must be in [0, 1), got {tc.label_smooth}")
+    if tc.cond_drop is not None and not 0 <= tc.cond_drop < 1:
+        raise NextScaleError(f"--cond-drop must be in [0, 1), got {tc.cond_drop}")
+    if not 0 <= tc.ema < 1:
+        raise NextScaleError(f"--ema must be a decay in [0, 1), got {tc.ema}")
+
+
+def _build_data(tc: VARTrainConfig, vae, resolution: int):
+    """(train_set, val_set or None, classes)."""
+    if tc.cache is not None:
+        cache = TokenCache.open(tc.cache)
+        cache.check(tokenizer_fingerprint(vae, vae.v_patch_nums), vae.v_patch_nums)
+        train = cache.dataset("train", train=True, hflip=tc.hflip)
+        val = cache.dataset("val", train=False) if cache.has_split("val") else None
+        return train, val, cache.classes
+    root = find_split(tc.data, "train")
+    samples, classes = scan_image_folder(root)
+    train = ImageFolder(root, resolution, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
+    val = None
+    vroot = find_split(tc.data, "val")
+    if vroot is not None and os.path.isdir(vroot):
+        vs, vclasses = scan_image_folder(vroot)
+        if vclasses != classes:
+            raise NextScaleError(f"class folders of {vroot!r} differ from those of {root!r}; make them match")
+        val = ImageFolder(vroot, resolution, train=False, mid_reso=tc.mid_reso, samples=vs, classes=vclasses)
+    return train, val, classes
+
+
+def _resolve_tokenizer(tc: VARTrainConfig, preset: Optional[ModelConfig]):
+    if tc.tokenizer is not None:
+        return load_tokenizer(tc.tokenizer, preset, tc.seed)
+    if tc.cache is not None:
+        d = os.path.join(tc.cache, "tokenizer")
+        if os.path.isdir(d):
+            return load_tokenizer(d)
+        raise NextScaleError(f"token cache {tc.cache!r} has no tokenizer/ folder; pass --tokenizer MODEL")
+    return None
+
+
+def build_run(tc: VARTrainConfig, device: torch.device):
+    """Models, data and the objective for ``tc`` (no training)."""
+    _check_positive(tc)
+    preset = None
+    try:
+        preset = get_preset(tc.preset) if tc.init is None else None
+    except ConfigError as e:
+        raise NextScaleError(str(e)) from None
+    from nextscale.models import VAR
+    vae = _resolve_tokenizer(tc, preset)
+    init_var = None
+    if tc.init is not None:
+        from nextscale import hub
+        path = str(hub.resolve_model_path(tc.init)) if tc.init == "default" else tc.init
+        if not os.path.exists(path):
+            raise NextScaleError(f"--init {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'")
+        ivae, init_var, _meta = hub.load_components(path)
+        vae = vae if vae is not None else ivae
+        var_cfg = init_var.config
+    else:
+        if vae is None:
+            raise NextScaleError("pass --tokenizer MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or --tokenizer random for a smoke test")
+        var_cfg = preset.var
+        if tc.shared_aln is not None:
+            var_cfg = var_cfg.replace(shared_aln=tc.shared_aln)
+        if tc.attn_l2_norm is not None:
+            var_cfg = var_cfg.replace(attn_l2_norm=tc.attn_l2_norm)
+    if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
+        raise NextScaleError(f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's {list(var_cfg.patch_nums)}; use a matching --preset/--tokenizer")
+    vae.eval().requires_grad_(False)
+    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
+    n_cls = max(1, len(classes))
+    if init_var is not None:
+        if init_var.num_classes != n_cls:
+            raise NextScaleError(f"--init model has {init_var.num_classes} classes, the data has {n_cls}; fine-tune on data with the same classes")
+        var = init_var
+    else:
+        var_cfg = var_cfg.replace(num_classes=n_cls)
+        if tc.cond_drop is not None:
+            var_cfg = var_cfg.replace(cond_drop_rate=tc.cond_drop)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tc.seed)
+            var = VAR.from_config(var_cfg, vae)
+            var.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+    vae.to(device)
+    world = dist.get_world_size()
+    iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters_per_epoch)))
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
+    lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
+    labels = list(classes)
+    ob = VARObjective(vae, var, tc, total, warmup, lr, labels)
+    model_cfg = ModelConfig(vqvae=vae.config, var=var.config)
+    run_config = {"kind": "var", "train": tc.to_dict(), "model": model_cfg.to_dict(), "classes": labels,
+                  "derived": {"steps": total, "warmup_steps": warmup, "lr": lr, "world_size": world,
+                              "iters_per_epoch": iters_per_epoch, "train_samples": len(train_set),
+                              "val_samples": len(val_set) if val_set is not None else 0,
+                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    return ob, train_set, val_set, run_config, total
+
+
+def train_var(tc: VARTrainConfig) -> FitResult:
+    """Train (or resume) a VAR run; call under torchrun for DDP (the process group is joined here)."""
+    _check_positive(tc)
+    device = dist.init_distributed(tc.device)
+    run_dir = tc.run_dir or os.path.join("runs", f"var-{tc.preset if tc.init is None else 'finetune'}")
+    tc = dataclasses.replace(tc, run_dir=run_dir)
+    ob, train_set, val_set, run_config, total = build_run(tc, device)
+    tok_dir = os.path.join(run_dir, "tokenizer")
+    fp = run_config["derived"]["tokenizer_fingerprint"]
+    if dist.is_main():
+        cfg_path = os.path.join(run_dir, "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, fp):
+                raise NextScaleError(f"{run_dir!r} was trained with another tokenizer; use a new --run-dir or the same --tokenizer")
+            if old.get("model", {}).get("var") != run_config["model"]["var"]:
+                raise NextScaleError(f"{run_dir!r} holds a run of another architecture; use a new --run-dir or the same --preset/--init")
+        if not os.path.isdir(tok_dir):
+            save_tokenizer(ob.vae, tok_dir + ".tmp")
+            os.replace(tok_dir + ".tmp", tok_dir)
+    dist.barrier()
+    workers = tc.workers if tc.workers is not None else (4 if device.type == "cuda" else 0)
+    lc = LoopConfig(run_dir=run_dir, max_steps=total, batch_size=tc.batch_size, grad_accum=tc.grad_accum, amp=tc.amp,
+                    ema_decay=tc.ema, ckpt_every=tc.ckpt_every, keep_last=tc.keep_last, log_every=tc.log_every,
+                    eval_every=tc.eval_every, sample_every=tc.sample_every, seed=tc.seed, workers=workers,
+                    device=str(device), fsdp=tc.fsdp, progress=tc.progress)
+    trainer = Trainer(ob, lc, train_set, val_set, run_config=run_config)
+    ob.emas = trainer.emas
+    try:
+        res = trainer.fit()
+    finally:
+        trainer.log.close()
+    ob.emas = trainer.emas
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Export and tokenize
+# ------------------------------------------------------------------------------------------------
+
+def _find_checkpoint(run: str) -> Tuple[str, Dict[str, Any]]:
+    if os.path.isfile(run):
+        from nextscale.train.checkpoint import _load
+        return run, _load(run)
+    if not os.path.isdir(run):
+        raise NextScaleError(f"run {run!r} not found; pass a run folder (with checkpoints/) or a step_*.pt file")
+    found = CheckpointManager(os.path.join(run, "checkpoints")).latest()
+    if found is None:
+        raise NextScaleError(f"no readable checkpoint in {os.path.join(run, 'checkpoints')!r}; train first (nextscale train --run-dir {run})")
+    step, state = found
+    return CheckpointManager(os.path.join(run, "checkpoints")).path(step), state
+
+
+def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
+    """Turn a training checkpoint into a pipeline directory (``NextScalePipeline.from_pretrained(out)``).
+
+    ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
+    from nextscale.hub import save_components
+    from nextscale.models import VAR
+    path, state = _find_checkpoint(run)
+    if state.get("format") != "nextscale-train" or "var" not in state.get("modules", {}):
+        raise NextScaleError(f"{path} is not a VAR training checkpoint")
+    cfg = state.get("config", {})
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    tok_dir = os.path.join(run_dir, "tokenizer")
+    if not os.path.isdir(tok_dir):
+        raise NextScaleError(f"{run_dir!r} has no tokenizer/ folder; was it written by nextscale train?")
+    vae = load_tokenizer(tok_dir)
+    mc = ModelConfig.from_dict(cfg["model"])
+    var = VAR.from_config(mc.var, vae)
+    if weights not in ("auto", "ema", "raw"):
+        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
+    has_ema = "var" in state.get("ema", {})
+    if weights == "ema" and not has_ema:
+        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
+    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
+    sd = state["ema"]["var"] if use == "ema" else state["modules"]["var"]
+    var.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    var.eval()
+    labels = cfg.get("classes")
+    labels = labels if labels and any(labels) else None
+    save_components(out, vae, var, labels=labels, extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}})
+    return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}
+
+
+def tokenize(data: str, tokenizer: str, out: str, preset: Optional[str] = None, flip: bool = True, batch_size: int = 64,
+             device: Optional[str] = None, workers: int = 0, mid_reso: float = 1.125, overwrite: bool = False,
+             seed: int = 0, progress: bool = True) -> TokenCache:
+    """Pre-encode every image of ``data`` (and its mirror image) into multi-scale token ids."""
+    if batch_size <= 0:
+        raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")
+    p = None
+    if preset is not None:
+        try:
+            p = get_preset(preset)
+        except ConfigError as e:
+            raise NextScaleError(str(e)) from None
+    find_split(data, "train")
+    vae = load_tokenizer(tokenizer, p, seed)
+    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae.to(dev).eval()
+    return build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
+                             flip=flip, mid_reso=mid_reso, batch_size=batch_size, device=dev, workers=workers,
+                             overwrite=overwrite, progress=progress)

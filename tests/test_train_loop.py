@@ -1,0 +1,198 @@
+"""The generic training loop with a toy objective: resume is bit-identical, checkpoints are atomic,
+schedules match the reference, accumulation is exact, signals stop cleanly."""
+import math
+import os
+import signal
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nextscale.errors import NextScaleError
+from nextscale.train import CheckpointManager, LoopConfig, Objective, OptimSpec, Schedule, Trainer, build_adamw, lr_factor, param_groups
+from nextscale.train.checkpoint import atomic_save, capture_rng, restore_rng
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: stable timings on a shared 2-core machine (and the same thread count
+    as the OMP_NUM_THREADS=1 subprocesses, so bit-identity compares like with like)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class ToyData(torch.utils.data.Dataset):
+    def __init__(self, n=10):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 8, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, key):
+        i, seed = key
+        noise = torch.randn(8, generator=torch.Generator().manual_seed(seed % 2**63)) * 0.1 if seed >= 0 else 0
+        return {"image": self.x[i] + noise, "label": int(self.y[i]), "u_drop": 1.0, "n_bad": 0}
+
+
+class ToyObjective(Objective):
+    def __init__(self, dropout=0.2, kill_at=None):
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.LayerNorm(16), nn.Dropout(dropout), nn.Linear(16, 3))
+        self.kill_at = kill_at
+
+    def modules(self):
+        return {"net": self.net}
+
+    def configure_optimizers(self, total):
+        opt = build_adamw(param_groups(self.net), lr=1e-2)
+        return {"net": OptimSpec(opt, list(self.net.parameters()), Schedule(lr=1e-2, total=total, warmup=2, wd=0.05, wd_end=0.01), grad_clip=1.0)}
+
+    def train_step(self, batch, ctx):
+        if self.kill_at is not None and ctx.step == self.kill_at and ctx.micro == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+        with ctx.autocast():
+            logits = self.wrapped["net"](batch["image"])
+        loss = nn.functional.cross_entropy(logits.float(), batch["label"])
+        ctx.backward(loss, "net")
+        return {"loss": loss.detach()}
+
+    def eval_step(self, batch):
+        loss = nn.functional.cross_entropy(self.net(batch["image"]), batch["label"], reduction="sum")
+        return {"loss": (loss, len(batch["label"]))}
+
+
+def _fit(run_dir, steps=6, kill_at=None, **kw):
+    cfg = LoopConfig(run_dir=str(run_dir), max_steps=steps, batch_size=kw.pop("batch_size", 4), ckpt_every=2, log_every=1, progress=False, **kw)
+    ob = ToyObjective(kill_at=kill_at)
+    res = Trainer(ob, cfg, ToyData(), val_set=ToyData(4), run_config={"toy": 1}).fit()
+    return res, ob
+
+
+def _state(run_dir):
+    step, st = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
+    return step, st
+
+
+@pytest.mark.parametrize("amp,ema,accum", [("none", 0.0, 1), ("bf16", 0.9, 2), ("fp16", 0.0, 1)])
+def test_resume_after_sigterm_is_bit_identical(tmp_path, amp, ema, accum):
+    ref, _ = _fit(tmp_path / "a", amp=amp, ema_decay=ema, grad_accum=accum)
+    assert ref.finished and ref.step == 6
+    cut, _ = _fit(tmp_path / "b", kill_at=3, amp=amp, ema_decay=ema, grad_accum=accum)
+    assert cut.interrupted == signal.SIGTERM and cut.step == 4 and not cut.finished
+    again, _ = _fit(tmp_path / "b", amp=amp, ema_decay=ema, grad_accum=accum)
+    assert again.finished
+    (sa, a), (sb, b) = _state(tmp_path / "a"), _state(tmp_path / "b")
+    assert sa == sb == 6
+    for k in a["modules"]["net"]:
+        assert torch.equal(a["modules"]["net"][k], b["modules"]["net"][k]), k
+    for (k1, v1), (k2, v2) in zip(a["optimizers"]["net"]["state"].items(), b["optimizers"]["net"]["state"].items()):
+        for n in v1:
+            assert torch.equal(v1[n], v2[n])
+    if ema:
+        for k in a["ema"]["net"]:
+            assert torch.equal(a["ema"]["net"][k], b["ema"]["net"][k])
+    if amp == "fp16":
+        assert a["scalers"] == b["scalers"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+    assert a["data"] == b["data"]
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count('"kind": "val"') == 1
+    assert (tmp_path / "a" / "config.json").is_file() and (tmp_path / "a" / "log.txt").is_file()
+
+
+def test_grad_accum_equals_big_batch(tmp_path):
+    # dropout off: 4 x 1 micro-batch vs 2 x 2 micro-batches see the same samples -> same update
+    def run(d, accum):
+        cfg = LoopConfig(run_dir=str(d), max_steps=3, batch_size=4, grad_accum=accum, ckpt_every=100, progress=False)
+        ob = ToyObjective(dropout=0.0)
+        Trainer(ob, cfg, ToyData()).fit()
+        return ob.net.state_dict()
+    a, b = run(tmp_path / "a", 1), run(tmp_path / "b", 2)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+def test_rerun_of_finished_run_is_a_noop(tmp_path):
+    _fit(tmp_path, steps=2)
+    res, _ = _fit(tmp_path, steps=2)
+    assert res.finished and res.step == 2
+
+
+def test_bad_batch_sizes(tmp_path):
+    for bs, ac in ((0, 1), (3, 2), (4, 0)):
+        with pytest.raises(NextScaleError):
+            _fit(tmp_path, batch_size=bs, grad_accum=ac)
+
+
+def test_checkpoint_manager_ignores_partial_and_corrupt(tmp_path):
+    m = CheckpointManager(str(tmp_path), keep_last=2)
+    for s in (2, 4, 6):
+        m.save(s, {"step": s, "w": torch.full((3,), float(s))})
+    assert m.steps() == [4, 6]                              # pruned to the last 2
+    (tmp_path / ".step_00000008.pt.tmp-123").write_bytes(b"half a checkp")  # a killed writer's temp file
+    (tmp_path / "step_00000010.pt").write_bytes(b"\x80garbage")            # unreadable
+    with pytest.warns(RuntimeWarning):
+        step, st = m.latest()
+    assert step == 6 and torch.equal(st["w"], torch.full((3,), 6.0))
+    m.clean_temp()
+    assert not any(f.startswith(".") for f in os.listdir(tmp_path))
+
+
+def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+    p = tmp_path / "x.pt"
+    atomic_save({"a": 1}, str(p))
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+    with pytest.raises(Exception):
+        atomic_save({"a": Boom()}, str(p))
+    assert torch.load(p) == {"a": 1} and os.listdir(tmp_path) == ["x.pt"]
+
+
+def test_rng_capture_restore_roundtrip():
+    import random
+    import numpy as np
+    st = capture_rng()
+    a = (random.random(), np.random.rand(), torch.rand(2))
+    restore_rng(st)
+    b = (random.random(), np.random.rand(), torch.rand(2))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def _ref_lr(sche, it, wp, mx, wp0, wpe):  # the reference formula, transcribed for comparison
+    if it < wp:
+        return wp0 + (1 - wp0) * it / wp
+    pasd = (it - wp) / (mx - 1 - wp)
+    rest = 1 - pasd
+    if sche == "cos":
+        return wpe + (1 - wpe) * (0.5 + 0.5 * math.cos(math.pi * pasd))
+    if sche == "lin0":
+        return 1 if pasd < 0.05 else wpe + (1 - wpe) * rest / 0.95
+    if sche == "lin00":
+        return wpe + (1 - wpe) * rest
+    if sche == "exp":
+        return 1 if pasd < 0.15 else math.exp((pasd - 0.15) / 0.85 * math.log(wpe))
+    T = float(sche[3:])
+    mid = (1 + wpe + (1 - wpe) * (1 - T)) / 2
+    return 1 + (mid - 1) * pasd / T if pasd < T else wpe + (mid - wpe) * rest / (1 - T)
+
+
+@pytest.mark.parametrize("sche", ["cos", "lin0", "lin00", "exp", "lin0.8"])
+def test_schedules_match_reference(sche):
+    for it in (0, 5, 10, 37, 60, 99):
+        assert lr_factor(sche, it, 10, 100, 0.005, 0.01) == pytest.approx(_ref_lr(sche, it, 10, 100, 0.005, 0.01))
+    s = Schedule(lr=1.0, total=100, warmup=10, kind=sche, wd=0.05, wd_end=0.0)
+    assert s.wd_at(0) == pytest.approx(0.05) and s.wd_at(99) == pytest.approx(0.0)
+    with pytest.raises(NextScaleError):
+        lr_factor("nope", 50, 10, 100)
+
+
+def test_param_groups_no_decay():
+    net = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    net.pos_1LC = nn.Parameter(torch.zeros(1, 3, 4))
+    g = {x["name"]: x for x in param_groups(net, no_decay_keys=("pos_1LC",))}
+    assert len(g["decay"]["params"]) == 1 and g["decay"]["wd_sc"] == 1.0
+    assert len(g["no_decay"]["params"]) == 4 and g["no_decay"]["wd_sc"] == 0.0
