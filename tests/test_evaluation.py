@@ -396,6 +396,7 @@ def test_evaluate_folder_source_and_errors(tmp_path):
 # `nextscale fid` end to end (random-weight Inception in the manifest layout)
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # Inception forwards at 299 + a 2048-d eigendecomposition: ~5-10 s on 2 idle CPU cores
 def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
     from PIL import Image
 

@@ -710,3 +710,29 @@ def _run_edit(args) -> int:
 
 
 # == demo ==
+@command("demo")
+def _cmd_demo(sub):
+    p = sub.add_parser("demo", help="local web page: generate and edit images, watching them form scale by scale (needs nextscale[demo])",
+                       description="Serve the interactive demo (Gradio) on this machine. Example: nextscale demo --port 7860. "
+                                   "Loopback only unless --host says otherwise. See docs/demo.md.")
+    p.add_argument("--model", default=None, help="pipeline directory, var_d*.pth, hub id or 'default' (the bundled model; the default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else is reachable by others: a warning is printed)")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="compute dtype (default: bf16 on GPU, fp32 on CPU)")
+    p.add_argument("--max-batch-size", type=int, default=4, help="largest batch a request may ask for (default 4)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests worked on at once (the model still runs one at a time); default 1")
+    p.add_argument("--queue-size", type=int, default=32, help="requests allowed to wait; more are refused with a message (default 32)")
+    p.add_argument("--scale-delay", type=float, default=0.0, help="pause (s) between streamed scales, to watch a fast model; default 0")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from nextscale.demo import serve  # sets GRADIO_ANALYTICS_ENABLED=False / HF_HUB_DISABLE_TELEMETRY=1 first
+    if not 0 <= args.scale_delay <= 10:
+        raise NextScaleError(f"--scale-delay must be in [0, 10] seconds, got {args.scale_delay}")
+    dev, dt = _device_dtype(args)
+    serve(args.model, host=args.host, port=args.port, device=dev, dtype=dt, max_batch_size=args.max_batch_size,
+          concurrency_limit=args.concurrency, max_queue=args.queue_size, scale_delay=args.scale_delay,
+          print_fn=lambda m: print(m, file=sys.stderr, flush=True))
+    return 0

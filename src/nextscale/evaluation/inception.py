@@ -19,7 +19,7 @@ No weights are ever downloaded: give the file with ``weights=`` / ``--inception-
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Tuple, Union
 
 import numpy as np
 import torch
@@ -89,10 +89,12 @@ def _eigh(a: np.ndarray, vectors: bool = True):
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = tr((S1 S2)^{1/2}) for PSD S1, S2 (negative rounding
-    eigenvalues are clipped to 0, so rank-deficient covariances are handled exactly)."""
+    """tr((S1^{1/2} S2 S1^{1/2})^{1/2}) = tr((S1 S2)^{1/2}) for PSD S1, S2. Eigenvalues of S1 below
+    its numerical-rank tolerance are treated as 0 and negative rounding eigenvalues are clipped, so
+    rank-deficient covariances (fewer samples than dimensions) come out exact and fast."""
     w1, v1 = _eigh((sigma1 + sigma1.T) / 2)
-    keep = w1 > 0
+    # numerical rank as in np.linalg.matrix_rank: smaller eigenvalues are rounding noise around 0
+    keep = w1 > (w1.max(initial=0.0) * w1.shape[0] * np.finfo(np.float64).eps)
     v1 = v1[:, keep]
     s1h = v1 * np.sqrt(w1[keep])  # S1^{1/2} = s1h @ v1.T; the nonzero spectrum of
     m = s1h.T @ sigma2 @ s1h      # S1^{1/2} S2 S1^{1/2} equals that of this r x r matrix

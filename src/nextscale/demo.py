@@ -1,0 +1,604 @@
+"""Interactive demo: a local web page where the image forms scale by scale (``nextscale demo``).
+
+    from nextscale.demo import build_demo, launch_demo
+    demo = build_demo(NextScalePipeline.from_pretrained("default"))
+    launch_demo(demo, host="127.0.0.1", port=7860)          # or: nextscale demo --port 7860
+
+Needs the optional extra ``nextscale[demo]`` (Gradio). Everything Gradio-specific is in
+:func:`build_demo` / :func:`launch_demo`; the work is done by :class:`DemoBackend`, which is plain
+Python (validation + calls into the pipelines) and is tested without a browser.
+
+Server-side rules (a client can send anything through the API, not only what the widgets allow):
+
+- one pipeline shared by every user; Gradio's queue bounds the waiting requests (``max_size``) and
+  the concurrent ones (``default_concurrency_limit``); on top of that one lock serialises the
+  model itself (its KV cache is state), so results of concurrent requests never mix;
+- every value is validated here (type, finiteness, range) and a bad one is answered with an error
+  message (``gr.Error``), never a crash; unexpected failures are logged and answered with a
+  generic message;
+- no network: analytics / telemetry are switched off before Gradio is imported, the theme uses
+  system fonts, and the server binds to loopback unless told otherwise (then it warns).
+"""
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import math
+import os
+import queue
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+# No analytics, version checks or telemetry: set before gradio / huggingface_hub are imported.
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from nextscale.errors import NextScaleError  # noqa: E402
+
+__all__ = ["DemoBackend", "DemoLimits", "build_demo", "launch_demo", "serve", "is_loopback", "EDIT_MODES", "OUTPAINT_SIDES"]
+
+log = logging.getLogger("nextscale.demo")
+
+EDIT_MODES = ("in-paint", "out-paint", "class edit", "variations")
+OUTPAINT_SIDES = ("left", "right", "top", "bottom")
+RANDOM = "random"
+UNCONDITIONAL = "-1"
+
+
+@dataclass
+class DemoLimits:
+    """What the server accepts (checked on every request, whatever the widgets allow)."""
+    max_batch_size: int = 4
+    max_guidance: float = 20.0
+    max_seed: int = 2**31 - 1
+    max_image_pixels: int = 4096 * 4096   # uploads larger than this are refused (decompression bombs)
+    timeout_s: float = 600.0              # one request's generation, waiting for the model included
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: anything may arrive through the API
+# ---------------------------------------------------------------------------------------------
+def _num(name: str, v: Any) -> float:
+    if isinstance(v, bool) or v is None:
+        raise NextScaleError(f"{name} must be a number, got {v!r}")
+    if isinstance(v, str):
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise NextScaleError(f"{name} must be a number, got {v!r}") from None
+    if not isinstance(v, (int, float, np.integer, np.floating)):
+        raise NextScaleError(f"{name} must be a number, got {type(v).__name__}")
+    f = float(v)
+    if not math.isfinite(f):
+        raise NextScaleError(f"{name} must be a finite number, got {v!r}")
+    return f
+
+
+def check_float(name: str, v: Any, lo: float, hi: float) -> float:
+    f = _num(name, v)
+    if not lo <= f <= hi:
+        raise NextScaleError(f"{name} must be in [{lo:g}, {hi:g}], got {f:g}")
+    return f
+
+
+def check_int(name: str, v: Any, lo: int, hi: int) -> int:
+    f = _num(name, v)
+    if f != int(f):
+        raise NextScaleError(f"{name} must be a whole number, got {v!r}")
+    i = int(f)
+    if not lo <= i <= hi:
+        raise NextScaleError(f"{name} must be in {lo}..{hi}, got {i}")
+    return i
+
+
+def check_bool(name: str, v: Any) -> bool:
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if v in (0, 1) and not isinstance(v, float):
+        return bool(v)
+    raise NextScaleError(f"{name} must be true or false, got {v!r}")
+
+
+def check_choice(name: str, v: Any, choices: Sequence[str]) -> str:
+    if not isinstance(v, str) or v not in choices:
+        raise NextScaleError(f"{name} must be one of {', '.join(choices)}; got {v!r}")
+    return v
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend: validation + calls into the pipelines (no Gradio here)
+# ---------------------------------------------------------------------------------------------
+class DemoBackend:
+    """One shared pipeline behind a lock; generator methods yield ``(image, strip, status)`` after
+    every scale (``strip`` is None until the end), then the final result with the per-scale strip."""
+
+    def __init__(self, pipe, limits: Optional[DemoLimits] = None, scale_delay: float = 0.0):
+        from nextscale.editing import NextScaleInpaintPipeline
+        self.pipe = pipe
+        self.editor = NextScaleInpaintPipeline.from_pipe(pipe)
+        self.limits = limits or DemoLimits()
+        self.scale_delay = float(scale_delay)   # pause between streamed scales (to watch them; 0 = none)
+        self.lock = threading.Lock()            # the model (and its KV cache) serves one request at a time
+        self.num_scales = len(pipe.patch_nums)
+        self.vocab_size = int(getattr(pipe.vqvae, "vocab_size", 0) or 4096)
+        self.max_top_k = self.vocab_size  # k = vocabulary size: no filtering
+        self._examples: Dict[str, Callable[[], Image.Image]] = {
+            "shapes": self._shapes_example,
+            "stripes": self._stripes_example,
+        }
+        for c in self._example_classes():
+            self._examples[f"generated: {self.pipe.class_name(c)}"] = functools.partial(self._generated_example, c)
+
+    # ---- classes ----
+    def class_choices(self, with_random: bool = True) -> List[Tuple[str, str]]:
+        """Dropdown choices (label, value); values are strings: 'random', '-1' (unconditional) or a class id."""
+        out = [("random class", RANDOM)] if with_random else []
+        out.append(("unconditional", UNCONDITIONAL))
+        for c in range(self.pipe.num_classes):
+            name = self.pipe.class_name(c)
+            out.append((f"{c}: {name}" if name != str(c) else f"class {c}", str(c)))
+        return out
+
+    def parse_class(self, v: Any, allow_random: bool = True) -> Any:
+        """'random' (if allowed), or an int in -1..num_classes-1 (ints and numeric strings accepted)."""
+        if allow_random and v == RANDOM:
+            return RANDOM
+        nc = self.pipe.num_classes
+        try:
+            c = check_int("class", v, -1, nc - 1)
+        except NextScaleError:
+            raise NextScaleError(f"class must be {'random, ' if allow_random else ''}-1 (unconditional) or a class id "
+                                 f"0..{nc - 1}, got {v!r}") from None
+        return c
+
+    def _labels(self, cls, batch_size: int, seed: int) -> List[int]:
+        if cls == RANDOM:
+            g = torch.Generator().manual_seed(seed)
+            return torch.randint(0, self.pipe.num_classes, (batch_size,), generator=g).tolist()
+        return [int(cls)] * batch_size
+
+    # ---- shared sampling arguments ----
+    def check_sampling(self, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size) -> Dict[str, Any]:
+        lim = self.limits
+        out = dict(guidance_scale=check_float("guidance", guidance, 0.0, lim.max_guidance),
+                   top_k=check_int("top-k", top_k, 0, self.max_top_k),
+                   top_p=check_float("top-p", top_p, 0.0, 1.0),
+                   more_smooth=check_bool("Gumbel smoothing", more_smooth),
+                   batch_size=check_int("batch size", batch_size, 1, lim.max_batch_size))
+        if check_bool("random seed", random_seed):
+            out["seed"] = secrets.randbelow(lim.max_seed + 1)
+        else:
+            out["seed"] = check_int("seed", seed, 0, lim.max_seed)
+        from nextscale.pipelines import validate_sampling_args
+        validate_sampling_args(out["guidance_scale"], out["top_k"], out["top_p"], out["more_smooth"])
+        return out
+
+    # ---- running the model: a worker thread holds the lock, the caller streams its scales ----
+    def _stream(self, run: Callable[[Callable], Any]) -> Iterator[Tuple[str, Any]]:
+        q: "queue.Queue[Tuple[str, Any]]" = queue.Queue()
+
+        def work():
+            try:
+                if not self.lock.acquire(timeout=self.limits.timeout_s):
+                    raise NextScaleError("the server is busy; try again later")
+                try:
+                    out = run(lambda step: q.put(("scale", step)))
+                finally:
+                    self.lock.release()
+                q.put(("done", out))
+            except BaseException as e:  # noqa: BLE001 - handed to the request that asked
+                q.put(("error", e))
+
+        threading.Thread(target=work, name="nextscale-demo-model", daemon=True).start()
+        deadline = time.monotonic() + self.limits.timeout_s
+        for _ in range(self.num_scales + 1):  # K scales, then done (or an error)
+            try:
+                kind, val = q.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise NextScaleError(f"generation took longer than {self.limits.timeout_s:g} s") from None
+            if kind == "error":
+                raise val
+            yield kind, val
+            if kind == "done":
+                return
+        raise NextScaleError("internal error: the model reported more scales than it has")
+
+    @staticmethod
+    def _tile(images: Sequence[Image.Image]) -> Image.Image:
+        if len(images) == 1:
+            return images[0]
+        from nextscale.imageio import make_grid
+        return make_grid(images, nrow=min(len(images), 2 if len(images) == 4 else 4))
+
+    def _strip(self, per_scale: List[List[Image.Image]], lead: Optional[List[Tuple[str, List[Image.Image]]]] = None) -> Image.Image:
+        """Rows = images of the batch, columns = [lead columns] + image after 1, 2, ..., K scales."""
+        from nextscale.imageio import make_grid
+        pns = self.pipe.patch_nums
+        B = len(per_scale[0])
+        lead = lead or []
+        cells, caps = [], []
+        for i in range(B):
+            for name, ims in lead:
+                cells.append(ims[i])
+                caps.append(name)
+            for k, ims in enumerate(per_scale):
+                cells.append(ims[i])
+                caps.append(f"{pns[k]}x{pns[k]}")
+        return make_grid(cells, nrow=len(lead) + len(per_scale), captions=caps, min_cell=64)
+
+    def _run_streaming(self, run, what: str, lead=None) -> Iterator[Tuple[Image.Image, Optional[Image.Image], str]]:
+        t0 = time.monotonic()
+        per_scale: List[List[Image.Image]] = []
+        for kind, val in self._stream(run):
+            if kind == "scale":
+                per_scale.append(list(val.images))
+                yield self._tile(val.images), None, f"scale {val.scale_index + 1}/{val.num_scales} ({val.patch_num}x{val.patch_num})…"
+                if self.scale_delay > 0 and val.scale_index + 1 < val.num_scales:
+                    time.sleep(self.scale_delay)
+            else:
+                out = val
+        dt = time.monotonic() - t0
+        strip = self._strip(per_scale, lead) if per_scale else None
+        yield self._tile(out.images), strip, f"done: {what} · {self.num_scales} scales · {dt:.1f} s"
+
+    # ---- Generate ----
+    def generate(self, class_choice, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size):
+        """Validate, then yield ``(image, strip, status)`` per scale and once more at the end."""
+        cls = self.parse_class(class_choice)
+        a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
+        labels = self._labels(cls, a["batch_size"], a["seed"])
+        pipe = self.pipe
+
+        def run(cb):
+            return pipe(class_labels=labels, guidance_scale=a["guidance_scale"], top_k=a["top_k"], top_p=a["top_p"],
+                        more_smooth=a["more_smooth"], generator=torch.Generator(device=pipe.device).manual_seed(a["seed"]),
+                        output_type="pil", callback_on_scale=cb)
+
+        names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
+        yield from self._run_streaming(run, f"seed {a['seed']} · class {names}")
+
+    # ---- Edit ----
+    def _editor_value(self, value) -> Tuple[Image.Image, Optional[Image.Image]]:
+        """ImageEditor value {'background', 'layers', 'composite'} -> (RGB image, L mask or None);
+        every painted (non-transparent) pixel of any layer is regenerated."""
+        if value is None:
+            raise NextScaleError("no image: upload one or pick an example first")
+        if isinstance(value, Image.Image):
+            bg, layers = value, []
+        elif isinstance(value, dict):
+            bg, layers = value.get("background"), value.get("layers") or []
+            if bg is None:
+                bg = value.get("composite")
+        else:
+            raise NextScaleError(f"image must be an image-editor value, got {type(value).__name__}")
+        if not isinstance(bg, Image.Image):
+            raise NextScaleError("no image: upload one or pick an example first")
+        if not isinstance(layers, (list, tuple)) or not all(isinstance(x, Image.Image) for x in layers):
+            raise NextScaleError("the painted layers must be images")
+        w, h = bg.size
+        if w < 1 or h < 1 or w * h > self.limits.max_image_pixels:
+            raise NextScaleError(f"image must have 1..{self.limits.max_image_pixels} pixels, got {w}x{h}")
+        regen = np.zeros((h, w), dtype=bool)
+        for i, layer in enumerate(layers):
+            if layer.size != (w, h):
+                raise NextScaleError(f"painted layer {i} is {layer.size[0]}x{layer.size[1]} but the image is {w}x{h}")
+            arr = np.asarray(layer.convert("RGBA"))
+            regen |= arr[..., 3] > 0
+        mask = Image.fromarray(regen.astype(np.uint8) * 255, mode="L") if regen.any() else None
+        return bg.convert("RGB"), mask
+
+    def edit(self, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales,
+             guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size):
+        """Validate, then stream an edit like :meth:`generate` (strip columns: input, regenerated, scales)."""
+        mode = check_choice("mode", mode, EDIT_MODES)
+        a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
+        image, mask = self._editor_value(editor_value)
+        R, K = self.pipe.resolution, self.num_scales
+        kw: Dict[str, Any] = {}
+        if mode == "in-paint":
+            cls = -1
+        else:
+            cls = self.parse_class(class_choice)
+        if mode in ("in-paint", "class edit"):
+            if mask is None:
+                raise NextScaleError(f"{mode}: paint the region to regenerate first (painted = regenerated)")
+            if mode == "class edit" and cls in (RANDOM, -1):
+                raise NextScaleError("class edit: pick the class to paint in (not random / unconditional)")
+            kw["mask_image"] = mask
+        elif mode == "out-paint":
+            side = check_choice("out-paint side", outpaint_side, OUTPAINT_SIDES)
+            m = check_int("out-paint width", outpaint_px, 1, R - 1)
+            kw["outpaint"] = {"left": (m, 0, -m, 0), "right": (-m, 0, m, 0),
+                              "top": (0, m, 0, -m), "bottom": (0, -m, 0, m)}[side]
+            if mask is not None:
+                kw["mask_image"] = mask
+        else:  # variations: keep the first k scales, regenerate the rest (the painted region is ignored)
+            kw["keep_scales"] = check_int("keep scales", keep_scales, 0, K)
+        labels = self._labels(cls, a["batch_size"], a["seed"])
+        editor = self.editor
+        with self.lock:  # prepare() tokenises with the shared tokenizer
+            plan = editor.prepare(image, kw.get("mask_image"), outpaint=kw.get("outpaint"), keep_scales=kw.get("keep_scales"))
+        canvas = _to_pil(plan.image[0].add(1).mul(0.5))
+        regen = _to_pil((~plan.keep_pixels[0]).float().expand(3, -1, -1))
+        B = a["batch_size"]
+
+        def run(cb):
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # all-white / all-black notes: the strip shows the mask
+                return editor(image, class_labels=labels, guidance_scale=a["guidance_scale"], top_k=a["top_k"],
+                              top_p=a["top_p"], more_smooth=a["more_smooth"],
+                              generator=torch.Generator(device=editor.device).manual_seed(a["seed"]),
+                              output_type="pil", callback_on_scale=cb, **kw)
+
+        names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
+        yield from self._run_streaming(run, f"{mode} · seed {a['seed']} · class {names}",
+                                       lead=[("input", [canvas] * B), ("regen", [regen] * B)])
+
+    # ---- examples for the Edit tab ----
+    def example_names(self) -> List[str]:
+        return list(self._examples)
+
+    def example(self, name) -> Image.Image:
+        name = check_choice("example", name, self.example_names())
+        if name.startswith("generated"):
+            with self.lock:
+                return self._examples[name]()
+        return self._examples[name]()
+
+    def _example_classes(self) -> List[int]:
+        return sorted({0, min(1, self.pipe.num_classes - 1)})
+
+    def _size(self) -> int:
+        return max(256, self.pipe.resolution)  # big enough to paint on comfortably
+
+    def _shapes_example(self) -> Image.Image:
+        S = self._size()
+        img = Image.new("RGB", (S, S), (200, 60, 50))
+        d = ImageDraw.Draw(img)
+        d.ellipse((S * 0.15, S * 0.15, S * 0.85, S * 0.85), fill=(40, 190, 90))
+        d.rectangle((S * 0.4, S * 0.05, S * 0.6, S * 0.3), fill=(240, 220, 60))
+        return img
+
+    def _stripes_example(self) -> Image.Image:
+        S = self._size()
+        img = Image.new("RGB", (S, S), (30, 60, 160))
+        d = ImageDraw.Draw(img)
+        for i in range(0, S, S // 8):
+            d.rectangle((i, 0, i + S // 16 - 1, S), fill=(240, 240, 240))
+        return img
+
+    def _generated_example(self, c: int) -> Image.Image:
+        out = self.pipe(class_labels=[c], seed=0, output_type="pil")
+        S = self._size()
+        return out.images[0].resize((S, S), Image.LANCZOS) if out.images[0].size[0] < S else out.images[0]
+
+
+def _to_pil(t_3HW01: torch.Tensor) -> Image.Image:
+    from nextscale.imageio import to_pil
+    return to_pil(t_3HW01.detach().float().clamp(0, 1).cpu())
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradio
+# ---------------------------------------------------------------------------------------------
+def _gradio():
+    try:
+        import gradio as gr
+    except ImportError:
+        raise NextScaleError("the demo needs Gradio: pip install 'nextscale[demo]'") from None
+    return gr
+
+
+def _theme(gr):
+    """Default theme with system fonts only (no font download from anywhere)."""
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "Consolas", "monospace"])
+
+
+_CSS = """
+#ns-image img, #ns-edit-out img { image-rendering: pixelated; }
+footer { display: none !important; }
+"""
+
+
+def _guard(fn):
+    """Run a backend generator; NextScaleError -> gr.Error (a message), anything else -> logged +
+    a generic message. Keeps the signature (Gradio maps inputs by it)."""
+    gr = _gradio()
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            yield from fn(*args)
+        except gr.Error:
+            raise
+        except (NextScaleError, ValueError) as e:
+            raise gr.Error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, print_exception=False) from None
+        except Exception as e:  # noqa: BLE001 - never let a request take the server down
+            log.exception("demo request failed")
+            raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+    return wrapper
+
+
+def _guard_fn(fn):
+    gr = _gradio()
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except (NextScaleError, ValueError) as e:
+            raise gr.Error(str(e), print_exception=False) from None
+        except Exception as e:  # noqa: BLE001
+            log.exception("demo request failed")
+            raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+    return wrapper
+
+
+def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32,
+               scale_delay: float = 0.0, title: str = "nextscale: next-scale prediction", limits: Optional[DemoLimits] = None):
+    """The Gradio app for ``pipe`` (a :class:`~nextscale.pipelines.NextScalePipeline`), queued:
+    at most ``max_queue`` waiting requests and ``concurrency_limit`` running ones (the model itself
+    runs one request at a time behind a lock). Start it with :func:`launch_demo`.
+
+    API endpoints (``gradio_client``): ``/generate`` (class, guidance, top_k, top_p, more_smooth,
+    seed, random_seed, batch_size) and ``/edit`` (editor value, mode, class, out-paint side,
+    out-paint px, keep scales, then the same sampling values); both stream (image, strip, status).
+    """
+    gr = _gradio()
+    limits = limits or DemoLimits(max_batch_size=max_batch_size)
+    backend = DemoBackend(pipe, limits=limits, scale_delay=scale_delay)
+    R, K = pipe.resolution, backend.num_scales
+    pns = "×".join(str(p) for p in pipe.patch_nums)
+    top_k_default = min(900, backend.vocab_size)
+    demo_kwargs: Dict[str, Any] = dict(title=title, analytics_enabled=False, delete_cache=(1800, 3600))
+    if not _launch_takes("theme"):  # Gradio < 6 takes the theme and css here
+        demo_kwargs.update(theme=_theme(gr), css=_CSS)
+
+    def sampling_controls(prefix: str):
+        with gr.Row():
+            guidance = gr.Slider(0, min(10.0, limits.max_guidance), value=1.5 if pipe.num_classes > 1 else 0.0, step=0.1,
+                                 label="guidance (cfg)", info="0 = off; ramps up over the scales", elem_id=f"{prefix}-cfg")
+            top_k = gr.Slider(0, backend.vocab_size, value=top_k_default, step=1, label="top-k", info="0 = off",
+                              elem_id=f"{prefix}-topk")
+            top_p = gr.Slider(0, 1, value=0.96, step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp")
+        with gr.Row():
+            smooth = gr.Checkbox(value=False, label="Gumbel smoothing", info="smoother pictures (not for FID)",
+                                 elem_id=f"{prefix}-smooth")
+            seed = gr.Number(value=0, precision=0, minimum=0, maximum=limits.max_seed, label="seed", elem_id=f"{prefix}-seed")
+            random_seed = gr.Checkbox(value=False, label="random seed", elem_id=f"{prefix}-random")
+            batch = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="batch size", elem_id=f"{prefix}-batch")
+        return [guidance, top_k, top_p, smooth, seed, random_seed, batch]
+
+    with gr.Blocks(**demo_kwargs) as demo:
+        gr.Markdown(f"## {title}\nThe image forms scale by scale ({pns} tokens per side), coarse to fine. "
+                    f"Model: {R}×{R} px, {pipe.num_classes} classes{'' if pipe.labels else ' (no class names)'}.")
+        with gr.Tabs():
+            with gr.Tab("Generate", id="generate"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        cls = gr.Dropdown(backend.class_choices(), value="0" if pipe.num_classes else RANDOM,
+                                          label="class", filterable=True, elem_id="gen-class")
+                        gen_controls = sampling_controls("gen")
+                        gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
+                    with gr.Column(scale=1):
+                        gen_img = gr.Image(label="image (streamed scale by scale)", type="pil", format="png",
+                                           interactive=False, height=320, elem_id="ns-image")
+                        gen_status = gr.Markdown("", elem_id="gen-status")
+                gen_strip = gr.Image(label="per scale", type="pil", format="png", interactive=False, elem_id="gen-strip")
+            with gr.Tab("Edit", id="edit"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        editor = gr.ImageEditor(label="image: paint the region to regenerate", type="pil", image_mode="RGBA",
+                                                sources=["upload", "clipboard"], format="png", height=360,
+                                                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                                                layers=False, transforms=(), elem_id="edit-editor")
+                        with gr.Row():
+                            example = gr.Dropdown(backend.example_names(), value=backend.example_names()[0],
+                                                  label="example", elem_id="edit-example")
+                            ex_btn = gr.Button("Load example", elem_id="edit-load")
+                            use_btn = gr.Button("Use generated image", elem_id="edit-use")
+                    with gr.Column(scale=1):
+                        mode = gr.Radio(list(EDIT_MODES), value="in-paint", label="mode", elem_id="edit-mode",
+                                        info="in-paint: regenerate the painted region · out-paint: shift the image and "
+                                             "generate a new strip · class edit: repaint as the class · variations: keep k scales")
+                        e_cls = gr.Dropdown(backend.class_choices(), value=UNCONDITIONAL, label="class (class edit, out-paint, variations)",
+                                            elem_id="edit-class")
+                        with gr.Row():
+                            side = gr.Radio(list(OUTPAINT_SIDES), value="right", label="out-paint: new strip on the", elem_id="edit-side")
+                            step = max(1, R // pipe.patch_nums[-1])
+                            amount = gr.Slider(step, R - step, value=max(step, (R // 4) // step * step), step=step,
+                                               label=f"out-paint width (px of {R})", elem_id="edit-amount")
+                        keep = gr.Slider(0, K, value=max(1, K // 2), step=1, label=f"variations: keep the first k of {K} scales",
+                                         elem_id="edit-keep")
+                edit_controls = sampling_controls("edit")
+                edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button")
+                with gr.Row():
+                    edit_img = gr.Image(label="result (streamed scale by scale)", type="pil", format="png",
+                                        interactive=False, height=320, elem_id="ns-edit-out")
+                    edit_status = gr.Markdown("", elem_id="edit-status")
+                edit_strip = gr.Image(label="input · regenerated (white) · per scale", type="pil", format="png",
+                                      interactive=False, elem_id="edit-strip")
+
+        common = dict(concurrency_id="model")
+        gen_btn.click(_guard(backend.generate), inputs=[cls] + gen_controls, outputs=[gen_img, gen_strip, gen_status],
+                      api_name="generate", **common)
+        edit_btn.click(_guard(backend.edit), inputs=[editor, mode, e_cls, side, amount, keep] + edit_controls,
+                       outputs=[edit_img, edit_strip, edit_status], api_name="edit", **common)
+        ex_btn.click(_guard_fn(backend.example), inputs=[example], outputs=[editor], api_name="example", **common)
+
+        def use_generated(img):
+            if img is None:
+                raise gr.Error("generate an image first", print_exception=False)
+            return img
+        use_btn.click(use_generated, inputs=[gen_img], outputs=[editor], api_name=False)
+
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    demo.nextscale_backend = backend  # for tests and embedding
+    return demo
+
+
+def _launch_takes(name: str) -> bool:
+    import inspect
+    gr = _gradio()
+    return name in inspect.signature(gr.Blocks.launch).parameters
+
+
+def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, quiet: bool = True, **kw):
+    """``demo.launch`` with the offline settings (no share link, no SSR/node, no MCP, system-font
+    theme, bounded uploads). Returns ``(app, local_url, share_url)`` when ``block=False``."""
+    gr = _gradio()
+    opts: Dict[str, Any] = dict(server_name=host, server_port=int(port), share=False, quiet=quiet,
+                                prevent_thread_lock=not block, max_file_size="25mb",
+                                show_error=True)  # shows preprocessing errors (wrong types); ours are gr.Error anyway
+    for name, value in (("ssr_mode", False), ("mcp_server", False), ("enable_monitoring", False), ("pwa", False),
+                        ("theme", _theme(gr)), ("css", _CSS)):
+        if _launch_takes(name):
+            opts[name] = value
+    opts.update(kw)
+    return demo.launch(**opts)
+
+
+def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, *, device=None, dtype=None,
+          max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32, scale_delay: float = 0.0,
+          print_fn: Callable[[str], None] = print, block: bool = True):
+    """Load the model once and serve the demo (``nextscale demo``). Loopback by default; any
+    other address is an explicit choice and gets a warning (there is no authentication)."""
+    from nextscale.pipelines import load_pipeline
+    _gradio()
+    if not 0 <= int(port) <= 65535:
+        raise NextScaleError(f"--port must be in 0..65535, got {port}")
+    if not 1 <= max_batch_size <= 64:
+        raise NextScaleError(f"--max-batch-size must be in 1..64, got {max_batch_size}")
+    if not 1 <= concurrency_limit <= 16:
+        raise NextScaleError(f"--concurrency must be in 1..16, got {concurrency_limit}")
+    if not 1 <= max_queue <= 10_000:
+        raise NextScaleError(f"--queue-size must be in 1..10000, got {max_queue}")
+    pipe = load_pipeline(model, device=device, dtype=dtype)
+    demo = build_demo(pipe, max_batch_size=max_batch_size, concurrency_limit=concurrency_limit, max_queue=max_queue,
+                      scale_delay=scale_delay)
+    if not is_loopback(host):
+        print_fn(f"nextscale demo: WARNING: listening on {host}, not loopback: anyone who can reach this machine "
+                 "on that address can use the demo (no authentication). Use --host 127.0.0.1 to keep it local.")
+    shown = f"[{host}]" if ":" in host else host
+    print_fn(f"nextscale demo: model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes) on "
+             f"http://{shown}:{port}/  (Ctrl+C to stop)")
+    return launch_demo(demo, host=host, port=port, block=block)
