@@ -13,10 +13,10 @@ residual block per level, V = 512, 32 px images, 8x8 latent):
 * ``1-scale``: the same training on a schedule with only the last scale (8) - a plain VQ-VAE.
 
 Both trainings use the defaults of ``nextscale train-tokenizer`` (L2 + VQ with beta 0.25 + hinge
-PatchGAN with the adaptive weight) except: lr 3e-4, the GAN starting at 70 % of the steps, and
-dead-code re-initialisation every 50 steps. Usage::
+PatchGAN with the adaptive weight) except: batch 16, lr 1e-3, a smaller discriminator (width 32,
+2 layers), the GAN starting at 70 % of the steps, and dead-code re-initialisation every 50 steps::
 
-    python benchmarks/train_tokenizer_demo.py --out /tmp/tokdemo --steps 300
+    python benchmarks/train_tokenizer_demo.py --out /tmp/tokdemo --steps 250
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ import time
 import numpy as np
 from PIL import Image
 
-ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1"]
+ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--disc-ch", "32", "--disc-layers", "2"]
 
 
 def photos():
@@ -86,9 +86,9 @@ def run(cmd, log):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/tokdemo")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--steps", type=int, default=250)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     data = os.path.join(a.out, "data")

@@ -43,7 +43,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from nextscale.errors import NextScaleError  # noqa: E402
 
-__all__ = ["DemoBackend", "DemoLimits", "build_demo", "launch_demo", "serve", "is_loopback", "EDIT_MODES", "OUTPAINT_SIDES"]
+__all__ = ["DemoBackend", "DemoLimits", "build_demo", "launch_demo", "serve", "startup_messages", "is_loopback", "EDIT_MODES", "OUTPAINT_SIDES"]
 
 log = logging.getLogger("nextscale.demo")
 
@@ -349,7 +349,8 @@ class DemoBackend:
                               output_type="pil", callback_on_scale=cb, **kw)
 
         names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
-        yield from self._run_streaming(run, f"{mode} · seed {a['seed']} · class {names}",
+        pct = 100.0 * (1.0 - plan.keep[-1][0].float().mean().item())
+        yield from self._run_streaming(run, f"{mode} · seed {a['seed']} · class {names} · {pct:.0f}% of the finest tokens regenerated",
                                        lead=[("input", [canvas] * B), ("regen", [regen] * B)])
 
     # ---- examples for the Edit tab ----
@@ -414,7 +415,8 @@ def _theme(gr):
 
 
 _CSS = """
-#ns-image img, #ns-edit-out img { image-rendering: pixelated; }
+#ns-image img, #ns-edit-out img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+#gen-strip img, #edit-strip img { width: 100%; height: auto; object-fit: contain; image-rendering: pixelated; }
 footer { display: none !important; }
 """
 
@@ -581,7 +583,8 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860
           max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32, scale_delay: float = 0.0,
           print_fn: Callable[[str], None] = print, block: bool = True):
     """Load the model once and serve the demo (``nextscale demo``). Loopback by default; any
-    other address is an explicit choice and gets a warning (there is no authentication)."""
+    other address is an explicit choice and gets a warning (there is no authentication).
+    Returns the running ``gr.Blocks`` when ``block=False`` (``.close()`` stops it)."""
     from nextscale.pipelines import load_pipeline
     _gradio()
     if not 0 <= int(port) <= 65535:
@@ -595,10 +598,18 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860
     pipe = load_pipeline(model, device=device, dtype=dtype)
     demo = build_demo(pipe, max_batch_size=max_batch_size, concurrency_limit=concurrency_limit, max_queue=max_queue,
                       scale_delay=scale_delay)
+    for line in startup_messages(host, port, f"model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"):
+        print_fn(line)
+    launch_demo(demo, host=host, port=port, block=block)
+    return demo
+
+
+def startup_messages(host: str, port: int, what: str = "demo") -> List[str]:
+    """What ``nextscale demo`` prints: the URL, and a warning first when not on loopback."""
+    out = []
     if not is_loopback(host):
-        print_fn(f"nextscale demo: WARNING: listening on {host}, not loopback: anyone who can reach this machine "
-                 "on that address can use the demo (no authentication). Use --host 127.0.0.1 to keep it local.")
-    shown = f"[{host}]" if ":" in host else host
-    print_fn(f"nextscale demo: model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes) on "
-             f"http://{shown}:{port}/  (Ctrl+C to stop)")
-    return launch_demo(demo, host=host, port=port, block=block)
+        out.append(f"nextscale demo: WARNING: listening on {host}, not loopback: anyone who can reach this machine "
+                   "on that address can use the demo and its model (no authentication). Use --host 127.0.0.1 to keep it local.")
+    shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    out.append(f"nextscale demo: {what} on http://{shown}:{port}/  (Ctrl+C to stop)")
+    return out

@@ -541,9 +541,12 @@ def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed + 1)
             disc = PatchDiscriminator(vae.config.in_channels, tc.disc_ch, tc.disc_layers)
-        with torch.no_grad():
-            out = disc(torch.zeros(1, vae.config.in_channels, R, R))
-        if min(out.shape[-2:]) < 1:
+        try:
+            with torch.no_grad():
+                ok = min(disc(torch.zeros(1, vae.config.in_channels, R, R)).shape[-2:]) >= 1
+        except RuntimeError:
+            ok = False
+        if not ok:
             raise NextScaleError(f"--disc-layers {tc.disc_layers} is too deep for {R}px images; use fewer")
     src = val_set if val_set is not None else ImageFolder(root, R, train=False, mid_reso=tc.mid_reso,
                                                           samples=train_set.samples, classes=train_set.classes)

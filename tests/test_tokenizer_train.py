@@ -1,0 +1,242 @@
+"""`nextscale train-tokenizer / export-tokenizer / eval-tokenizer` on real MNIST digits with a tiny
+16 px tokenizer (the mnist preset at width 32, one residual block, V = 32, scales 1-2-4)."""
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nextscale.cli import main
+from nextscale.data import export_mnist
+from nextscale.errors import NextScaleError
+from nextscale.train.checkpoint import CheckpointManager
+
+ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--vocab-size", "32", "--patch-nums", "1", "2", "4",
+        "--disc-ch", "16", "--disc-layers", "2"]
+QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    d = tmp_path_factory.mktemp("digits")
+    export_mnist(str(d), n_per_class=2, split="both", resolution=16)  # 20 train + 20 held-out real digits
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def trained(digits, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("tok") / "run")
+    rc = main(["train-tokenizer", "--data", digits, "--out", run, "--steps", "40", "--batch-size", "10", "--lr", "3e-3",
+               "--disc-start", "25", "--reinit-dead-every", "10", "--log-every", "5", "--ckpt-every", "20",
+               "--no-progress", "--eval-every", "20", "--sample-every", "0"] + ARCH)
+    assert rc == 0
+    return run
+
+
+def _metrics(run, kind="train"):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [r for r in map(json.loads, f) if r["kind"] == kind]
+
+
+def _final(run):
+    return CheckpointManager(os.path.join(run, "checkpoints")).latest()
+
+
+def test_loss_falls_codebook_and_gan_are_logged(trained):
+    m = _metrics(trained)
+    assert m[-1]["rec"] < 0.5 * m[0]["rec"] and m[-1]["psnr"] > m[0]["psnr"] + 3
+    assert {"loss", "vq", "usage", "codes/usage_1x1", "codes/usage_4x4", "codes/ppl_2x2", "vae/grad_norm", "vae/lr"} <= set(m[-1])
+    before = [r for r in m if r["step"] <= 25]
+    after = [r for r in m if r["step"] >= 30]
+    assert all("gan/d_loss" not in r for r in before)
+    assert all({"gan/d_loss", "gan/g_loss", "gan/d_weight", "disc/grad_norm"} <= set(r) for r in after)
+    assert all(r["gan/d_weight"] >= 0 for r in after)
+    val = _metrics(trained, "val")
+    assert [v["step"] for v in val] == [20, 40] and {"psnr", "ssim", "rec", "vq"} <= set(val[0])
+    step, st = _final(trained)
+    assert step == 40 and set(st["modules"]) == {"vae", "disc"} and set(st["optimizers"]) == {"vae", "disc"}
+    assert st["objective"]["record_hit"] == 40
+    assert os.path.isfile(os.path.join(trained, "samples", "step_00000040.png"))   # per-scale progress picture
+    assert os.path.isfile(os.path.join(trained, "tokenizer", "model_index.json"))  # exported on completion
+
+
+def test_export_loads_back_and_feeds_tokenize(trained, digits, tmp_path, capsys):
+    from nextscale import hub
+    from nextscale.pipelines import NextScalePipeline
+    from nextscale.train import var as var_train
+    from nextscale.train.tokenizer import load_tokenizer
+    out = str(tmp_path / "tok")
+    assert main(["export-tokenizer", trained, "--out", out]) == 0
+    assert json.load(open(os.path.join(out, "model_index.json")))["_class_name"] == hub.TOKENIZER_CLASS_NAME
+    _, st = _final(trained)
+    for vae in (var_train.load_tokenizer(out), hub.load_components(out)[0], load_tokenizer(trained), load_tokenizer(out)):
+        assert vae.v_patch_nums == (1, 2, 4) and vae.vocab_size == 32
+        for k, v in vae.state_dict().items():
+            assert torch.equal(v, st["modules"]["vae"][k]), k
+    assert hub.load_components(out)[1] is None and hub.load_components(out)[2]["tokenizer_only"]
+    with pytest.raises(NextScaleError, match="tokenizer-only"):
+        NextScalePipeline.from_pretrained(out)
+    cache = str(tmp_path / "cache")
+    assert main(["tokenize", "--data", digits, "--tokenizer", out, "--out", cache]) == 0   # the VAR trainer's loader
+    meta = json.load(open(os.path.join(cache, "meta.json")))
+    assert meta["L"] == 1 + 4 + 16 and meta["splits"] == {"train": 20, "val": 20}
+
+
+def test_eval_tokenizer_reports_and_draws_scales(trained, digits, tmp_path, capsys):
+    pic, js = str(tmp_path / "scales.png"), str(tmp_path / "r.json")
+    assert main(["eval-tokenizer", trained, "--data", digits, "--picture", pic, "--json", js, "--rows", "3"]) == 0
+    txt = capsys.readouterr().out
+    assert "PSNR" in txt and "SSIM" in txt and "code usage" in txt and "rFID n/a" in txt and "perplexity" in txt
+    r = json.load(open(js))
+    assert r["num_images"] == 20 and len(r["usage_by_scale"]) == len(r["psnr_by_scale"]) == 3
+    assert r["psnr_by_scale"][-1] > r["psnr_by_scale"][0]          # finer scales add detail
+    assert r["psnr"] == pytest.approx(r["psnr_by_scale"][-1], abs=1e-6) and 0 < r["ssim"] <= 1
+    from PIL import Image
+    assert Image.open(pic).size == (4 * 16 * 8, 3 * 16 * 8)        # [original, 1, 2, 3 scales] x 3 rows, 8x upscaled
+    # the untrained model is far worse
+    from nextscale.evaluation.tokenizer import evaluate_tokenizer
+    from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
+    fresh = _build_vae(TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4))).eval()
+    assert evaluate_tokenizer(fresh, digits, rfid=False)["psnr"] < r["psnr"] - 3
+
+
+def _cmd(data, run, steps=8):
+    return ["train-tokenizer", "--data", data, "--out", run, "--steps", str(steps), "--batch-size", "6", "--lr", "2e-3",
+            "--disc-start", "3", "--reinit-dead-every", "3", "--hflip", "--ema", "0.9", "--ckpt-every", "2", "--keep", "10",
+            "--log-every", "4"] + ARCH + QUIET
+
+
+def _assert_same(a, b):
+    for name in ("vae", "disc"):
+        for k, v in a["modules"][name].items():
+            assert torch.equal(v, b["modules"][name][k]), (name, k)
+        for i, s in a["optimizers"][name]["state"].items():
+            for n, v in s.items():
+                assert torch.equal(v, b["optimizers"][name]["state"][i][n]), (name, i, n)
+    for k, v in a["ema"]["vae"].items():
+        assert torch.equal(v, b["ema"]["vae"][k]), k
+    assert a["objective"] == b["objective"] and a["data"] == b["data"]
+    assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
+
+
+def test_resume_is_bit_identical(digits, tmp_path):
+    """A run resumed from an intermediate checkpoint ends exactly where an uninterrupted one does
+    (GAN active, dead-code restarts, EMA, flips: everything that could drift)."""
+    run = str(tmp_path / "run")
+    assert main(_cmd(digits, run)) == 0
+    _, ref = _final(run)
+    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    for s in (6, 8):  # as if the process had died right after writing step 4
+        os.remove(ck.path(s))
+    shutil.rmtree(os.path.join(run, "tokenizer"))
+    assert main(_cmd(digits, run)) == 0
+    step, again = _final(run)
+    assert step == 8 and "resumed from" in open(os.path.join(run, "log.txt")).read()
+    _assert_same(ref, again)
+    assert ref["objective"]["n_reinit"] > 0   # the restart path really ran
+    assert main(_cmd(digits, run)) == 0       # finished run: nothing to do
+
+
+@pytest.mark.slow
+def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
+    ref = str(tmp_path / "ref")
+    assert main(_cmd(digits, ref, steps=14)) == 0
+    run = str(tmp_path / "cut")
+    p = subprocess.Popen([sys.executable, "-m", "nextscale"] + _cmd(digits, run, steps=14), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    t0 = time.time()
+    while not ck.steps() and p.poll() is None and time.time() - t0 < 120:
+        time.sleep(0.02)
+    time.sleep(random.Random().uniform(0.0, 0.5))
+    p.kill()
+    p.wait()
+    assert ck.steps(), "the run never wrote a checkpoint"
+    assert main(_cmd(digits, run, steps=14)) == 0
+    (sa, a), (sb, b) = _final(ref), _final(run)
+    assert sa == sb == 14
+    _assert_same(a, b)
+
+
+def test_one_scale_baseline_l1_without_gan(digits, tmp_path):
+    run = str(tmp_path / "one")
+    rc = main(["train-tokenizer", "--data", digits, "--out", run, "--steps", "2", "--batch-size", "4", "--patch-nums", "4",
+               "--rec-loss", "l1", "--disc-weight", "0", "--preset", "mnist", "--ch", "32", "--num-res-blocks", "1",
+               "--vocab-size", "32"] + QUIET)
+    assert rc == 0
+    _, st = _final(run)
+    assert set(st["modules"]) == {"vae"} and st["config"]["model"]["vqvae"]["v_patch_nums"] == [4]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--data", "{tmp}/missing"], "does not exist"),
+    (["--data", "{tmp}/empty"], "no images"),
+    (["--data", "{digits}", "--batch-size", "0"], "batch-size"),
+    (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
+    (["--data", "{digits}", "--lpips-weights", "{tmp}/nope.pth"], "lpips"),
+    (["--data", "{digits}", "--disc-layers", "3"], "too deep"),
+    (["--data", "{digits}", "--init", "{tmp}/missing.pth"], "not found"),
+])
+def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, capsys):
+    (tmp_path / "empty").mkdir()
+    args = [a.format(tmp=tmp_path, digits=digits) for a in args]
+    if "--preset" not in args:
+        args = args + ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--patch-nums", "1", "2", "4",
+                       "--disc-ch", "16"] + (["--disc-layers", "2"] if "--disc-layers" not in args else [])
+    rc = main(["train-tokenizer"] + args + ["--out", str(tmp_path / "r"), "--steps", "1"] + QUIET)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("nextscale: error:") and msg in err[0], err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["{tmp}/missing", "--data", "{tmp}"], "not found"),
+    (["{tmp}", "--data", "{tmp}"], "holds no tokenizer"),
+])
+def test_eval_bad_input_is_one_line_error(args, msg, tmp_path, capsys):
+    rc = main(["eval-tokenizer"] + [a.format(tmp=tmp_path) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and msg in err[0], err
+
+
+# ------------------------------------------------------------------ unit checks of the recipe
+def test_losses_discriminator_and_codebook_stats():
+    from nextscale.train.tokenizer import PatchDiscriminator, adaptive_weight, codebook_stats, hinge_d_loss, hinge_g_loss
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * ((0 + 0.5) / 2 + (0 + 1) / 2))
+    assert hinge_g_loss(fake).item() == pytest.approx(1.0)
+    d = PatchDiscriminator(3, 16, 2)
+    assert d(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 6, 6)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    w = torch.nn.Parameter(torch.randn(4, 4))
+    x = torch.randn(3, 4)
+    nll, g = (x @ w).pow(2).mean(), -(x @ w).mean() * 0.1
+    gn = torch.autograd.grad(nll, w, retain_graph=True)[0].norm()
+    gg = torch.autograd.grad(g, w, retain_graph=True)[0].norm()
+    assert adaptive_weight(nll, g, w).item() == pytest.approx((gn / (gg + 1e-4)).item(), rel=1e-5)
+    assert adaptive_weight(nll, g * 0, w).item() == pytest.approx(min((gn / 1e-4).item(), 1e4), rel=1e-5)  # clamped
+    usage, ppl = codebook_stats(torch.tensor([[1.0, 1, 1, 1], [4.0, 0, 0, 0]]))
+    assert usage == [100.0, 25.0] and ppl[0] == pytest.approx(4.0) and ppl[1] == pytest.approx(1.0)
+
+
+def test_dead_codes_are_reinitialised_to_batch_residuals(digits):
+    from nextscale.train.tokenizer import TokenizerObjective, TokenizerTrainConfig, _build_vae
+    from nextscale.data import ImageFolder
+    tc = TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4), reinit_dead_every=1)
+    vae = _build_vae(tc)
+    ob = TokenizerObjective(vae, None, tc)
+    ds = ImageFolder(os.path.join(digits, "train"), 16, train=False)
+    x = torch.stack([ds[(i, -1)]["image"] for i in range(8)])
+    q = vae.quantize
+    q.record_hit = 5
+    q.ema_vocab_hit_SV.fill_(1.0)
+    q.ema_vocab_hit_SV[:, :10] = 0.0        # codes 0..9 never hit on any scale
+    before = q.embedding.weight.detach().clone()
+    ob._reinit_dead(x, step=3)
+    after = q.embedding.weight.detach()
+    assert not torch.equal(before[:10], after[:10]) and torch.equal(before[10:], after[10:])
+    assert ob.n_reinit == 10 and after[:10].std() > 10 * before[:10].std()   # real feature vectors, not the tiny init
