@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw
 from nextscale.errors import NextScaleError
 
 K = 4  # scales of the tiny preset
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pandas, inside gradio's queue
 
 
 @pytest.fixture(autouse=True)
@@ -68,13 +69,13 @@ def test_generate_streams_each_scale_then_the_result(backend, pipe):
     assert "seed 7" in status and status.startswith("done")
     assert np.array_equal(np.asarray(img), np.asarray(_reference(pipe, 7)[0]))   # the pipeline's image, exactly
     assert np.array_equal(np.asarray(outs[K - 1][0]), np.asarray(img))            # last scale = the result
-    assert strip.size[0] > 4 * 64 and strip.size[1] >= 64                          # K columns (captioned)
+    assert strip.size[0] > 4 * 128 and strip.size[1] > 128                         # K captioned 128 px cells
 
 
 def test_generate_batch_random_class_and_seed(backend):
     outs = list(backend.generate("random", 0, 0, 0, True, 0, True, 2))
     img, strip, status = outs[-1]
-    assert img.size[0] > 64 and strip.size[1] > 2 * 64          # a 2-image tile, a 2-row strip
+    assert img.size[0] > 64 and strip.size[1] > 2 * 128         # a 2-image tile, a 2-row strip
     seed = int(re.search(r"seed (\d+)", status).group(1))
     assert 0 <= seed <= backend.limits.max_seed
 
@@ -120,7 +121,7 @@ def test_edit_modes(backend):
         assert len(outs) == K + 1, mode
         img, strip, status = outs[-1]
         assert img.size == (64, 64) and status.startswith(f"done: {mode}"), status
-        assert strip.size[0] > (K + 2) * 64                                         # input, regen, K scales
+        assert strip.size[0] > (K + 2) * 128                                        # input, regen, K scales
     # in-paint of the painted square: 4x4 finest tokens of 16 px on the 64 px canvas; the square covers 2x2 of them
     assert "25% of the finest tokens regenerated" in list(backend.edit(value, "in-paint", "-1", *common))[-1][2]
     # a plain PIL image works for the modes that need no painting
@@ -199,6 +200,15 @@ def test_cli_demo_help_and_bad_values(capsys):
     assert "--scale-delay" in capsys.readouterr().err
 
 
+def test_cli_demo_without_gradio_says_how_to_install(monkeypatch, capsys, tiny_pipe_dir):
+    import sys
+
+    from nextscale.cli import main
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    assert main(["demo", "--model", str(tiny_pipe_dir)]) == 2
+    assert "nextscale[demo]" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------
 # The Gradio app through its API
 # ---------------------------------------------------------------------------------------------
@@ -244,7 +254,7 @@ def server(pipe):
 @pytest.fixture(scope="module")
 def client(server):
     from gradio_client import Client
-    _, url, _ = server
+    _, url = server
     return Client(url, verbose=False, analytics_enabled=False, download_files=False)  # fetch only what is checked
 
 
@@ -280,7 +290,7 @@ def test_api_generate_streams_scales(client, pipe):
     assert [s.split(" ")[1] for s in statuses[:K]] == [f"{k}/{K}" for k in range(1, K + 1)], statuses
     assert status.startswith("done") and "seed 11" in status
     assert np.array_equal(_png(img), np.asarray(_reference(pipe, 11)[0]))
-    assert _png(strip).shape[1] > K * 64
+    assert _png(strip).shape[1] > K * 128
 
 
 def test_api_twenty_concurrent_requests(server, client, pipe):

@@ -232,16 +232,20 @@ class DemoBackend:
         from nextscale.imageio import make_grid
         pns = self.pipe.patch_nums
         B = len(per_scale[0])
+        cell = 128  # every cell 128 px: big enough to see a tiny model's pixels, small for a 10-scale 256 px one
+
+        def fit(im: Image.Image) -> Image.Image:
+            return im if im.size == (cell, cell) else im.resize((cell, cell), Image.NEAREST if im.size[0] < cell else Image.LANCZOS)
         lead = lead or []
         cells, caps = [], []
         for i in range(B):
             for name, ims in lead:
-                cells.append(ims[i])
+                cells.append(fit(ims[i]))
                 caps.append(name)
             for k, ims in enumerate(per_scale):
-                cells.append(ims[i])
+                cells.append(fit(ims[i]))
                 caps.append(f"{pns[k]}x{pns[k]}")
-        return make_grid(cells, nrow=len(lead) + len(per_scale), captions=caps, min_cell=64)
+        return make_grid(cells, nrow=len(lead) + len(per_scale), captions=caps)
 
     def _run_streaming(self, run, what: str, lead=None) -> Iterator[Tuple[Image.Image, Optional[Image.Image], str]]:
         t0 = time.monotonic()
@@ -333,8 +337,12 @@ class DemoBackend:
             kw["keep_scales"] = check_int("keep scales", keep_scales, 0, K)
         labels = self._labels(cls, a["batch_size"], a["seed"])
         editor = self.editor
-        with self.lock:  # prepare() tokenises with the shared tokenizer
+        if not self.lock.acquire(timeout=self.limits.timeout_s):  # prepare() tokenises with the shared tokenizer
+            raise NextScaleError("the server is busy; try again later")
+        try:
             plan = editor.prepare(image, kw.get("mask_image"), outpaint=kw.get("outpaint"), keep_scales=kw.get("keep_scales"))
+        finally:
+            self.lock.release()
         canvas = _to_pil(plan.image[0].add(1).mul(0.5))
         regen = _to_pil((~plan.keep_pixels[0]).float().expand(3, -1, -1))
         B = a["batch_size"]
@@ -416,7 +424,6 @@ def _theme(gr):
 
 _CSS = """
 #ns-image img, #ns-edit-out img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#gen-strip img, #edit-strip img { width: 100%; height: auto; object-fit: contain; image-rendering: pixelated; }
 footer { display: none !important; }
 """
 
@@ -572,6 +579,7 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
                                 prevent_thread_lock=not block, max_file_size="25mb",
                                 show_error=True)  # shows preprocessing errors (wrong types); ours are gr.Error anyway
     for name, value in (("ssr_mode", False), ("mcp_server", False), ("enable_monitoring", False), ("pwa", False),
+                        ("footer_links", []),  # no footer: its API page shows example pictures from the web
                         ("theme", _theme(gr)), ("css", _CSS)):
         if _launch_takes(name):
             opts[name] = value
