@@ -41,3 +41,13 @@ def tiny_pipe_dir(tmp_path_factory):
 def _threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: stable timings on a shared 2-core machine, and the same thread count as
+    the OMP_NUM_THREADS=1 subprocesses that bit-identity tests compare against."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -11,14 +11,7 @@ from nextscale.data import (CachedTokens, ImageFolder, ResumableBatchSampler, To
 from nextscale.errors import NextScaleError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: stable timings on a shared 2-core machine (and the same thread count
-    as the OMP_NUM_THREADS=1 subprocesses, so bit-identity compares like with like)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _img(path, size=(40, 30), color=(200, 10, 10)):

@@ -18,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PER_CLASS = 20  # 200 train + 200 held-out digits
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small models: one thread is as fast, and the CPU is shared
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from nextscale.train import CheckpointManager, LoopConfig, Objective, OptimSpec,
 from nextscale.train.checkpoint import atomic_save, capture_rng, restore_rng
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: stable timings on a shared 2-core machine (and the same thread count
-    as the OMP_NUM_THREADS=1 subprocesses, so bit-identity compares like with like)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToyData(torch.utils.data.Dataset):

@@ -15,14 +15,7 @@ from nextscale.data import TokenCache, export_mnist
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.var import progressive_stage
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: stable timings on a shared 2-core machine (and the same thread count
-    as the OMP_NUM_THREADS=1 subprocesses, so bit-identity compares like with like)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
