@@ -75,7 +75,6 @@ def decoder_gflops(vae, B: int) -> float:
         vae.fhat_to_img(torch.zeros(B, vae.Cvae, pn, pn))
     for h in hs:
         h.remove()
-    hw = (pn * 4) ** 2  # attention at the lowest decoder resolution (16x16 latent -> attention at 16x16)
     return total[0] / 1e9
 
 
@@ -144,40 +143,28 @@ def main():
             times["d"] = min(times.get("d", 1e9), t)
             if ref:
                 rvae, rvar = ref
-                captured = []
-                orig = rvar.vae_quant_proxy[0].get_next_autoregressive_input
+                import models.var as ref_var_module  # the reference's module (not torch): wrap its sampler to read tokens
+                real_sampler, ref_tokens = ref_var_module.sample_with_top_k_top_p_, []
 
-                def spy(si, SN, f_hat, h_BChw):
-                    return orig(si, SN, f_hat, h_BChw)
-
-                def ref_t():
-                    with ac:
-                        img = rvar.autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, **kw)
-                    return img
-                _sync(dev)
-                t0 = time.perf_counter()
-                with ac:  # the reference samples and decodes in one call; time the decoder separately
-                    import models.var as rv  # noqa: F401
-                    rtoks = []
-                    from models import helpers as rh
-                    real = rh.sample_with_top_k_top_p_
-
-                    def grab(*a, **k):
-                        r = real(*a, **k)
-                        rtoks.append(r[:, :, 0].clone())
-                        return r
-                    import models.var as rvmod
-                    rvmod.sample_with_top_k_top_p_ = grab
-                    try:
-                        ref_t()
-                    finally:
-                        rvmod.sample_with_top_k_top_p_ = real
-                _sync(dev)
-                total = time.perf_counter() - t0
+                def grab(*a, **k):
+                    r = real_sampler(*a, **k)
+                    ref_tokens.append(r[:, :, 0].clone())
+                    return r
+                ref_var_module.sample_with_top_k_top_p_ = grab
+                try:
+                    _sync(dev)
+                    t0 = time.perf_counter()
+                    with ac:  # the reference samples and decodes in one call; its decoder is timed separately
+                        rvar.autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, **kw)
+                    _sync(dev)
+                    total = time.perf_counter() - t0
+                finally:
+                    ref_var_module.sample_with_top_k_top_p_ = real_sampler
                 t, _ = best_of(lambda: rvae.fhat_to_img(out.f_hat), 1, dev)
                 times["rd"] = min(times.get("rd", 1e9), t)
                 times["rt"] = min(times.get("rt", 1e9), total - t)
-                times["same"] = all(torch.equal(a, b) for a, b in zip(rtoks, out.idx_per_scale))
+                times["same"] = len(ref_tokens) == len(out.idx_per_scale) and all(
+                    torch.equal(a, b) for a, b in zip(ref_tokens, out.idx_per_scale))
         gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
         rows.append((B, times, gt, gd))
 

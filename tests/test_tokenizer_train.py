@@ -85,6 +85,12 @@ def test_export_loads_back_and_feeds_tokenize(trained, digits, tmp_path, capsys)
     assert main(["tokenize", "--data", digits, "--tokenizer", out, "--out", cache]) == 0   # the VAR trainer's loader
     meta = json.load(open(os.path.join(cache, "meta.json")))
     assert meta["L"] == 1 + 4 + 16 and meta["splits"] == {"train": 20, "val": 20}
+    ft = str(tmp_path / "ft")   # fine-tuning starts from the exported weights (--init)
+    assert main(["train-tokenizer", "--data", digits, "--init", out, "--out", ft, "--steps", "1", "--batch-size", "2",
+                 "--disc-weight", "0", "--lr", "1e-12"] + QUIET) == 0
+    _, st_ft = _final(ft)
+    assert st_ft["config"]["model"]["vqvae"] == st["config"]["model"]["vqvae"]
+    assert torch.allclose(st_ft["modules"]["vae"]["decoder.conv_out.weight"], st["modules"]["vae"]["decoder.conv_out.weight"], atol=1e-6)
 
 
 def test_eval_tokenizer_reports_and_draws_scales(trained, digits, tmp_path, capsys):

@@ -68,7 +68,7 @@ __all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "
 class TokenizerTrainConfig:
     """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see the module doc)."""
     data: Optional[str] = None             # image folder (DIR/train + DIR/val, class sub-folders, or flat)
-    preset: str = "mnist"                  # architecture of a fresh tokenizer (the preset's vqvae part)
+    preset: str = "mnist"                  # architecture of a fresh tokenizer (the preset's vqvae part; unused with init)
     init: Optional[str] = None             # fine-tune: released vae_*.pth, tokenizer/pipeline dir, run dir
     run_dir: Optional[str] = None          # default runs/tokenizer-<preset>
     # architecture overrides of a fresh tokenizer (None = the preset's)
@@ -485,13 +485,8 @@ def _build_vae(tc: TokenizerTrainConfig):
     over = {k: v for k, v in (("vocab_size", tc.vocab_size), ("z_channels", tc.z_channels), ("ch", tc.ch),
                               ("num_res_blocks", tc.num_res_blocks)) if v is not None}
     pn = tuple(int(p) for p in tc.patch_nums) if tc.patch_nums else None
-    if tc.init is not None:
-        preset_pn = None
-        try:
-            preset_pn = pn or (get_preset(tc.preset).vqvae.v_patch_nums if tc.preset else None)
-        except ConfigError:
-            preset_pn = pn
-        src = load_tokenizer(tc.init, v_patch_nums=preset_pn)
+    if tc.init is not None:  # the init model's architecture and schedule (--patch-nums may change the schedule)
+        src = load_tokenizer(tc.init, v_patch_nums=pn)
         if over:
             raise NextScaleError(f"--{next(iter(over)).replace('_', '-')} cannot change a --init tokenizer's architecture; drop it")
         cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)

@@ -1,0 +1,35 @@
+"""The bundled default model (MNIST, 32 px): loads offline and samples deterministically."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nextscale import NextScalePipeline
+from nextscale.hub import DEFAULT_MODEL_DIR
+
+from conftest import FIXTURES
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="default model not bundled")
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return NextScalePipeline.from_pretrained("default")
+
+
+def test_default_model_layout_and_size(pipe):
+    assert pipe.resolution == 32 and pipe.num_classes == 10 and pipe.labels == [str(d) for d in range(10)]
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2 ** 20
+
+
+def test_default_model_tokens_are_pinned(pipe):
+    """The same seed gives the same tokens (pinned when the model was trained and shipped)."""
+    pinned = json.loads((FIXTURES / "default_model_tokens.json").read_text())
+    out = pipe(class_labels=pinned["class_labels"], guidance_scale=pinned["guidance_scale"], top_k=pinned["top_k"],
+               top_p=pinned["top_p"], seed=pinned["seed"], output_type="np", return_indices=True)
+    assert [t.tolist() for t in out.indices] == pinned["tokens"]
+    again = pipe(class_labels=pinned["class_labels"], guidance_scale=pinned["guidance_scale"], top_k=pinned["top_k"],
+                 top_p=pinned["top_p"], generator=torch.Generator().manual_seed(pinned["seed"]), output_type="np")
+    assert np.array_equal(out.images, again.images)
