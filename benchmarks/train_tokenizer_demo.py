@@ -13,11 +13,11 @@ residual block per level, V = 512, 32 px images, 8x8 latent):
 * ``1-scale``: the same training on a schedule with only the last scale (8) - a plain VQ-VAE.
 
 Both trainings use the defaults of ``nextscale train-tokenizer`` (L2 pixel loss + VQ loss with
-beta 0.25) except: batch 8, lr 2e-3, dead-code re-initialisation every 20 steps, and no GAN
+beta 0.25) except: batch 16, lr 2e-3, dead-code re-initialisation every 20 steps, and no GAN
 (``--disc-weight 0``: the recipe starts its discriminator after 20000 steps; a few minutes of CPU
 are far below that, and an adversarial term only lowers PSNR)::
 
-    python benchmarks/train_tokenizer_demo.py --out /tmp/tokdemo --steps 140
+    python benchmarks/train_tokenizer_demo.py --out /tmp/tokdemo --steps 600
 """
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def run(cmd, log):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="/tmp/tokdemo")
-    ap.add_argument("--steps", type=int, default=140)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=2e-3)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)

@@ -33,3 +33,12 @@ def test_default_model_tokens_are_pinned(pipe):
     again = pipe(class_labels=pinned["class_labels"], guidance_scale=pinned["guidance_scale"], top_k=pinned["top_k"],
                  top_p=pinned["top_p"], generator=torch.Generator().manual_seed(pinned["seed"]), output_type="np")
     assert np.array_equal(out.images, again.images)
+
+
+def test_model_recommended_sampling_settings_are_the_defaults(pipe, tmp_path):
+    assert pipe.sampling_defaults == {"guidance_scale": 0.0, "top_k": 0, "top_p": 0.0}
+    a = pipe(class_labels=[4, 2], seed=5, output_type="np", return_indices=True)
+    b = pipe(class_labels=[4, 2], seed=5, output_type="np", return_indices=True, guidance_scale=0.0, top_k=0, top_p=0.0)
+    assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices))
+    pipe.save_pretrained(tmp_path / "copy")
+    assert NextScalePipeline.from_pretrained(tmp_path / "copy").sampling_defaults == pipe.sampling_defaults

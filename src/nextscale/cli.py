@@ -62,12 +62,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 # ---------------------------------------------------------------------------------------------
 
 # == core: sample / info / convert (nextscale.pipelines, nextscale.hub) ==
-def _add_sampling_flags(p: argparse.ArgumentParser, top_k: Optional[int] = 900, top_p: float = 0.96) -> None:
+def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="pipeline directory, released var_d*.pth (with vae_*.pth beside it), hub id, or 'default' (the bundled model; the default)")
-    p.add_argument("--cfg", type=float, default=1.5, help="guidance (reference cfg; weight ramps 0 -> cfg over scales); default 1.5")
+    p.add_argument("--cfg", type=float, default=None, help="guidance (reference cfg; weight ramps 0 -> cfg over scales); default: the model's recommended value (1.5 unless the model says otherwise)")
     p.add_argument("--guidance-schedule", choices=["linear", "constant"], default="linear", help="'linear' = the reference ramp (default)")
-    p.add_argument("--top-k", type=int, default=top_k, help="keep the k most likely tokens (0 = off); default %(default)s")
-    p.add_argument("--top-p", type=float, default=top_p, help="nucleus sampling mass in [0, 1] (0 = off); default %(default)s")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off); default: the model's recommended value (900 unless the model says otherwise)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling mass in [0, 1] (0 = off); default: the model's recommended value (0.96 unless the model says otherwise)")
     p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (nicer pictures; not for FID)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed + device = same image); default 0")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
@@ -87,9 +87,10 @@ def _device_dtype(args):
 
 def _check_sampling_args(args) -> None:
     from nextscale.pipelines import validate_sampling_args
-    if args.cfg < 0:
+    if args.cfg is not None and args.cfg < 0:
         raise NextScaleError(f"--cfg must be >= 0, got {args.cfg}")
-    validate_sampling_args(args.cfg, args.top_k, args.top_p)
+    validate_sampling_args(1.0 if args.cfg is None else args.cfg, 0 if args.top_k is None else args.top_k,
+                           0.0 if args.top_p is None else args.top_p)
 
 
 @command("sample")

@@ -477,18 +477,20 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
     backend = DemoBackend(pipe, limits=limits, scale_delay=scale_delay)
     R, K = pipe.resolution, backend.num_scales
     pns = "×".join(str(p) for p in pipe.patch_nums)
-    top_k_default = min(900, backend.vocab_size)
+    rec = getattr(pipe, "sampling_defaults", {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96})  # the model's recommendation
+    top_k_default = min(int(rec["top_k"]), backend.vocab_size)
+    cfg_default = float(rec["guidance_scale"]) if pipe.num_classes > 1 else 0.0
     demo_kwargs: Dict[str, Any] = dict(title=title, analytics_enabled=False, delete_cache=(1800, 3600))
     if not _launch_takes("theme"):  # Gradio < 6 takes the theme and css here
         demo_kwargs.update(theme=_theme(gr), css=_CSS)
 
     def sampling_controls(prefix: str):
         with gr.Row():
-            guidance = gr.Slider(0, min(10.0, limits.max_guidance), value=1.5 if pipe.num_classes > 1 else 0.0, step=0.1,
+            guidance = gr.Slider(0, min(10.0, limits.max_guidance), value=min(cfg_default, limits.max_guidance), step=0.1,
                                  label="guidance (cfg)", info="0 = off; ramps up over the scales", elem_id=f"{prefix}-cfg")
             top_k = gr.Slider(0, backend.vocab_size, value=top_k_default, step=1, label="top-k", info="0 = off",
                               elem_id=f"{prefix}-topk")
-            top_p = gr.Slider(0, 1, value=0.96, step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp")
+            top_p = gr.Slider(0, 1, value=float(rec["top_p"]), step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp")
         with gr.Row():
             smooth = gr.Checkbox(value=False, label="Gumbel smoothing", info="smoother pictures (not for FID)",
                                  elem_id=f"{prefix}-smooth")

@@ -354,8 +354,8 @@ class NextScaleInpaintPipeline(NextScalePipeline):
                  class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, *,
                  outpaint: Union[None, str, Sequence[int]] = None, keep_scales: Optional[int] = None,
                  mask_threshold: Optional[float] = None,
-                 guidance_scale: Union[float, Sequence[float]] = 1.5, guidance_schedule: str = "linear",
-                 top_k: int = 900, top_p: float = 0.96, more_smooth: bool = False,
+                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: str = "linear",
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: bool = False,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
                  show_progress: bool = False) -> NextScalePipelineOutput:

@@ -23,7 +23,12 @@ from nextscale.errors import NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
 from nextscale.sampling import generate
 
-__all__ = ["NextScalePipeline", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output", "validate_sampling_args"]
+#: Sampling settings used when a call does not give them and the model directory recommends none:
+#: the reference README's ImageNet evaluation settings. A model directory may recommend its own in
+#: ``model_index.json`` under ``"sampling_defaults"`` (the bundled MNIST model does).
+DEFAULT_SAMPLING = {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96}
+
+__all__ = ["NextScalePipeline", "DEFAULT_SAMPLING", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output", "validate_sampling_args"]
 
 
 @dataclass
@@ -71,7 +76,8 @@ def validate_sampling_args(guidance_scale, top_k, top_p, more_smooth=False) -> N
 class NextScalePipeline:
     """Class-conditional image generation with a VQ-VAE + VAR pair."""
 
-    def __init__(self, vqvae: VQVAE, var: VAR, labels: Optional[Sequence[str]] = None):
+    def __init__(self, vqvae: VQVAE, var: VAR, labels: Optional[Sequence[str]] = None,
+                 sampling_defaults: Optional[Dict[str, Any]] = None):
         if tuple(vqvae.v_patch_nums) != tuple(var.patch_nums):
             raise NextScaleError(f"tokenizer schedule {vqvae.v_patch_nums} != transformer schedule {var.patch_nums}")
         if var.vae is not vqvae:  # keep the transformer's tokenizer proxy pointing at our tokenizer
@@ -80,12 +86,17 @@ class NextScalePipeline:
         if labels is not None and len(labels) != var.num_classes:
             raise NextScaleError(f"labels has {len(labels)} names but the model has {var.num_classes} classes")
         self.labels = list(labels) if labels is not None else None
+        unknown = set(sampling_defaults or {}) - set(DEFAULT_SAMPLING)
+        if unknown:
+            raise NextScaleError(f"sampling_defaults: unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SAMPLING)}")
+        self.sampling_defaults = {**DEFAULT_SAMPLING, **(sampling_defaults or {})}
+        validate_sampling_args(self.sampling_defaults["guidance_scale"], self.sampling_defaults["top_k"], self.sampling_defaults["top_p"])
         self.dtype = torch.float32
 
     # ---- construction ----
     @property
     def components(self) -> Dict[str, Any]:
-        return {"vqvae": self.vqvae, "var": self.var, "labels": self.labels}
+        return {"vqvae": self.vqvae, "var": self.var, "labels": self.labels, "sampling_defaults": dict(self.sampling_defaults)}
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, **hub_kwargs) -> "NextScalePipeline":
@@ -96,7 +107,7 @@ class NextScalePipeline:
         vae, var, meta = load_components(path, vae_path=vae_path)
         if var is None:
             raise NextScaleError(f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize")
-        pipe = cls(vae, var, labels=meta.get("labels"))
+        pipe = cls(vae, var, labels=meta.get("labels"), sampling_defaults=(meta.get("index") or {}).get("sampling_defaults"))
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe
@@ -110,7 +121,8 @@ class NextScalePipeline:
 
     def save_pretrained(self, out_dir) -> None:
         from nextscale.hub import save_components
-        save_components(out_dir, self.vqvae, self.var, labels=self.labels)
+        extra = {"sampling_defaults": self.sampling_defaults} if self.sampling_defaults != DEFAULT_SAMPLING else None
+        save_components(out_dir, self.vqvae, self.var, labels=self.labels, extra=extra)
 
     def to(self, device=None, dtype=None) -> "NextScalePipeline":
         """Move the models; ``dtype`` (bf16/fp16) is the autocast compute dtype, weights stay fp32."""
@@ -175,6 +187,10 @@ class NextScalePipeline:
 
     def _run(self, B, labels, *, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
              return_indices, callback_on_scale, show_progress, constraint=None) -> NextScalePipelineOutput:
+        d = self.sampling_defaults  # None = the model's recommended setting
+        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
+        top_k = d["top_k"] if top_k is None else top_k
+        top_p = d["top_p"] if top_p is None else top_p
         validate_sampling_args(guidance_scale, top_k, top_p, more_smooth)
         if output_type not in ("pil", "np", "pt"):
             raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
@@ -205,8 +221,8 @@ class NextScalePipeline:
 
     # ---- generation ----
     def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
-                 guidance_scale: Union[float, Sequence[float]] = 1.5, guidance_schedule: str = "linear",
-                 top_k: int = 900, top_p: float = 0.96, more_smooth: bool = False,
+                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: str = "linear",
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: bool = False,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
                  show_progress: bool = False) -> NextScalePipelineOutput:
@@ -216,7 +232,8 @@ class NextScalePipeline:
             random classes (``num_images`` of them, default 1). A single int with ``num_images``
             gives that many images of the class.
         guidance_scale: the reference's cfg (>= 0); a list gives one weight per scale.
-        top_k / top_p: 0 turns each off. more_smooth: Gumbel-softmax smoothing (visual, not for FID).
+        top_k / top_p: 0 turns each off. None (the default for all three) takes the model's
+            recommended setting (``self.sampling_defaults``; 1.5 / 900 / 0.96 unless the model says). more_smooth: Gumbel-softmax smoothing (visual, not for FID).
         generator or seed: randomness; the same seed on the same device gives the same images.
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
         """
