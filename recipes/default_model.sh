@@ -30,12 +30,15 @@ nextscale export-tokenizer "$W/tok" --out "$W/tokenizer"
 [ -d "$W/cache" ] || nextscale tokenize --data "$W/mnist32" --tokenizer "$W/tokenizer" --out "$W/cache" --mid-reso 1.0
 
 # 4. transformer: `mnist` preset VAR from the cache
-nextscale train --cache "$W/cache" --preset mnist --run-dir "$W/var" VAR_FLAGS_PLACEHOLDER
+nextscale train --cache "$W/cache" --preset mnist --run-dir "$W/var" --steps 1400 --batch-size 32 --lr 2e-3 --warmup-steps 50 --lr-end 0.05 --weight-decay 0.05 --grad-clip 2 --ema 0.995 --cond-drop 0.1 --ckpt-every 100 --keep 3 --log-every 50 --eval-every 700 --sample-every 700 --no-progress
 
 # 5. export the pipeline with class names
 nextscale export "$W/var" --out "$W/model"
 python - "$W/model" <<'PY'
 import json, sys
 json.dump([str(d) for d in range(10)], open(sys.argv[1] + "/labels.json", "w"))
+index = json.load(open(sys.argv[1] + "/model_index.json"))
+index["sampling_defaults"] = {"guidance_scale": 0.0, "top_k": 0, "top_p": 0.0}  # see docs/default_model.md
+json.dump(index, open(sys.argv[1] + "/model_index.json", "w"), indent=2)
 PY
 echo "model written to $W/model (copy it to src/nextscale/assets/default to ship it)"
