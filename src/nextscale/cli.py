@@ -465,13 +465,17 @@ def _run_tokenize(args) -> int:
     return 0
 
 
+def _add_export_args(p: argparse.ArgumentParser, out_help: str) -> None:
+    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
+    p.add_argument("--out", required=True, help=out_help)
+    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+
+
 @command("export")
 def _cmd_export(sub):
     p = sub.add_parser("export", help="turn a training run/checkpoint into a pipeline directory",
                        description="Example: nextscale export runs/var-d16 --out my-model; then nextscale sample --model my-model")
-    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
-    p.add_argument("--out", required=True, help="pipeline directory to write")
-    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+    _add_export_args(p, "pipeline directory to write")
     p.set_defaults(func=_run_export)
 
 
@@ -580,9 +584,7 @@ def _run_train_tokenizer(args) -> int:
 def _cmd_export_tokenizer(sub):
     p = sub.add_parser("export-tokenizer", help="turn a train-tokenizer run/checkpoint into a tokenizer directory",
                        description="Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...")
-    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
-    p.add_argument("--out", required=True, help="tokenizer directory to write (model_index.json + vqvae/)")
-    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+    _add_export_args(p, "tokenizer directory to write (model_index.json + vqvae/)")
     p.set_defaults(func=_run_export_tokenizer)
 
 

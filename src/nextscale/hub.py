@@ -249,6 +249,17 @@ def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, D
     return vae, var, {"labels": None, "source": str(p)}
 
 
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move a fully written temp directory into place (an existing ``out`` is swapped out first)."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
 def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None) -> Path:
     """Write a pipeline directory atomically (a temp dir renamed into place)."""
     from safetensors.torch import save_file
@@ -273,13 +284,7 @@ def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] =
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
         if labels is not None:
             (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -337,13 +342,7 @@ def save_tokenizer_dir(out_dir, vae: VQVAE, extra: Optional[dict] = None) -> Pat
         if extra:
             index.update(extra)
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
