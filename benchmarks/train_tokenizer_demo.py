@@ -5,8 +5,8 @@ RGB, its shorter side resized to 192 px, and cut into 36x36 crops (the loader ra
 training, center-crops for evaluation): training crops from the top 80 % of each photo, held-out
 crops from the bottom 20 % (no pixel of a held-out crop is ever seen in training).
 
-Three tokenizers with the same architecture and codebook (the ``mnist`` preset at width 32, one
-residual block per level, V = 512, 32 px images, 8x8 latent):
+Three tokenizers with the same architecture and codebook (pinned here: the ``mnist`` preset's
+encoder/decoder at width 32 with one residual block per level, V = 256, Cvae = 16, 32 px images, 8x8 latent):
 
 * ``untrained``: the freshly initialised model (seeded), evaluated as is;
 * ``multi-scale``: trained with the 5-scale schedule (1, 2, 4, 6, 8);
@@ -31,7 +31,7 @@ import time
 import numpy as np
 from PIL import Image
 
-ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1"]
+ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--vocab-size", "256", "--z-channels", "16"]
 
 
 def photos():
@@ -103,7 +103,7 @@ def main():
     # untrained: the same seeded initialisation the multi-scale run starts from
     from nextscale.hub import save_tokenizer_dir
     from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
-    vae = _build_vae(TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, seed=0)).eval()
+    vae = _build_vae(TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, vocab_size=256, z_channels=16, seed=0)).eval()
     save_tokenizer_dir(os.path.join(a.out, "untrained"), vae)
 
     common = ["--data", data, "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
