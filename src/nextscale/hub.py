@@ -109,13 +109,17 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], source
 
 
 # ------------------------------------------------------------------ config inference
+def _require_keys(sd: Dict[str, torch.Tensor], keys, what: str, source) -> None:
+    for k in keys:
+        if k not in sd:
+            raise CheckpointError(f"{source}: not a {what} state dict (no {k!r}); did you swap the tokenizer and transformer files?")
+
+
 def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="checkpoint") -> VQVAEConfig:
     """Rebuild the tokenizer configuration from a state dict's key names and shapes."""
-    try:
-        V, Cvae = sd["quantize.embedding.weight"].shape
-        ch = sd["encoder.conv_in.weight"].shape[0]
-    except KeyError as e:
-        raise CheckpointError(f"{source}: not a VQ-VAE state dict (no {e.args[0]!r}); did you swap the tokenizer and transformer files?") from None
+    _require_keys(sd, ("quantize.embedding.weight", "encoder.conv_in.weight"), "VQ-VAE", source)
+    V, Cvae = sd["quantize.embedding.weight"].shape
+    ch = sd["encoder.conv_in.weight"].shape[0]
     levels = sorted({int(m.group(1)) for k in sd for m in [re.match(r"encoder\.down\.(\d+)\.", k)] if m})
     ch_mult = tuple(sd[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels)
     nrb = len({int(m.group(1)) for k in sd for m in [re.match(r"encoder\.down\.0\.block\.(\d+)\.", k)] if m})
@@ -145,11 +149,9 @@ def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="c
 
 def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="checkpoint") -> VARConfig:
     """Rebuild the transformer configuration (depth, width, classes, schedule, AdaLN kind) from shapes."""
-    try:
-        n_cls, C = sd["class_emb.weight"].shape
-        L = sd["pos_1LC"].shape[1]
-    except KeyError as e:
-        raise CheckpointError(f"{source}: not a VAR state dict (no {e.args[0]!r}); did you swap the tokenizer and transformer files?") from None
+    _require_keys(sd, ("class_emb.weight", "pos_1LC"), "VAR", source)
+    n_cls, C = sd["class_emb.weight"].shape
+    L = sd["pos_1LC"].shape[1]
     depth = 1 + max(int(m.group(1)) for k in sd for m in [re.match(r"blocks\.(\d+)\.", k)] if m)
     l2 = "blocks.0.attn.scale_mul_1H11" in sd
     heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1] if l2 else depth
