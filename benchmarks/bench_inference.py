@@ -72,7 +72,7 @@ def decoder_gflops(vae, B: int) -> float:
     hs = [m.register_forward_hook(hook) for m in vae.decoder.modules()] + [vae.post_quant_conv.register_forward_hook(hook)]
     pn = vae.v_patch_nums[-1]
     with torch.no_grad():
-        vae.fhat_to_img(torch.zeros(B, vae.Cvae, pn, pn))
+        vae.fhat_to_img(torch.zeros(B, vae.Cvae, pn, pn, device=vae.post_quant_conv.weight.device))
     for h in hs:
         h.remove()
     return total[0] / 1e9
@@ -120,7 +120,7 @@ def main():
         rvar.eval()
         ref = (rvae, rvar)
 
-    peak = matmul_peak_gflops(dev)
+    peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == 'cpu' else 8192)
     ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
     rows = []
     for B in args.batch:
@@ -170,7 +170,7 @@ def main():
 
     print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
           f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()}; cfg 1.5, top-k 900, top-p 0.96")
-    print(f"measured fp32 matmul peak: {peak:.0f} GFLOP/s\n")
+    print(f"measured {args.dtype} matmul peak: {peak:.0f} GFLOP/s\n")
     head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (" reference (s) | speed-up | same tokens |" if ref else "")
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
