@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.errors import NextScaleError
-from nextscale.models.var import VAR, KVCache
+from nextscale.models.var import VAR, KVCache, reference_numerics
 from nextscale.models.vqvae import VQVAE
 
 __all__ = ["generate", "GenerationOutput", "sample_top_k_top_p_", "gumbel_softmax_with_rng", "guidance_weights",
@@ -108,6 +108,13 @@ def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[
     Works on any device; under ``torch.autocast`` the blocks run in the autocast dtype while the
     embeddings, head and sampling stay float32.
     """
+    with reference_numerics(more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
+        return _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule,
+                         constraint, callback)
+
+
+def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule, constraint,
+              callback) -> GenerationOutput:
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize

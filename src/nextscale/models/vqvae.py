@@ -17,8 +17,32 @@ import torch.nn.functional as F
 
 from nextscale.configs import VQVAEConfig
 from nextscale.models.quantizer import VectorQuantizer2
+from nextscale.models.winograd import winograd_conv2d
 
 __all__ = ["VQVAE", "Encoder", "Decoder"]
+
+
+class Conv3x3(nn.Conv2d):
+    """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters and state dict) that the decoder may
+    compute with Winograd F(4x4, 3x3) (``nextscale.models.winograd``): 4x fewer multiplies, about 2x
+    faster on CPU in float32, outputs within ~4e-6 (relative) of the direct convolution.
+
+    Used only where ``winograd`` is True (the decoder sets it; the encoder keeps the direct conv so
+    token ids stay bit-identical to the reference), without autograd, on CPU in float32, for >= 64
+    input and output channels (below that the transforms cost more than they save). The transformed
+    weights (4x the conv's size: ~0.9 GB for the released tokenizer) are cached on the module;
+    ``vae.decoder.set_winograd(False)`` frees them and turns the path off."""
+
+    winograd = False
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
+
+    def forward(self, x):
+        if (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and self.in_channels >= 64 and self.out_channels >= 64):
+            return winograd_conv2d(self, x)
+        return super().forward(x)
 
 
 def Normalize(ch: int) -> nn.GroupNorm:
@@ -28,7 +52,7 @@ def Normalize(ch: int) -> nn.GroupNorm:
 class Upsample2x(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, kernel_size=3, stride=1, padding=1)
+        self.conv = Conv3x3(ch, ch)
 
     def forward(self, x):
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
@@ -49,16 +73,19 @@ class ResnetBlock(nn.Module):
         out_channels = out_channels or in_channels
         self.in_channels, self.out_channels = in_channels, out_channels
         self.norm1 = Normalize(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1)
+        self.conv1 = Conv3x3(in_channels, out_channels)
         self.norm2 = Normalize(out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1)
+        self.conv2 = Conv3x3(out_channels, out_channels)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x):
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.nin_shortcut(x) + h
+        # Without autograd, SiLU and the residual sum run in place: no new full-size buffers (at
+        # 256px a decoder activation is 42 MB; fresh buffers cost page faults on every call).
+        inplace = not torch.is_grad_enabled()
+        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
+        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -133,7 +160,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.ch, self.num_resolutions, self.num_res_blocks = ch, len(ch_mult), num_res_blocks
         block_in = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(z_channels, block_in, 3, 1, 1)
+        self.conv_in = Conv3x3(z_channels, block_in)
         self.mid = nn.Module()
         self.mid.block_1 = ResnetBlock(in_channels=block_in, out_channels=block_in, dropout=dropout)
         self.mid.attn_1 = _attn(block_in, using_mid_sa)
@@ -154,6 +181,15 @@ class Decoder(nn.Module):
             self.up.insert(0, up)  # index = resolution level, as in the reference
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, in_channels, 3, 1, 1)
+        self.set_winograd(True)
+
+    def set_winograd(self, enabled: bool) -> None:
+        """Compute the 3x3 convs with Winograd in CPU inference (see ``Conv3x3``), or never."""
+        for m in self.modules():
+            if isinstance(m, Conv3x3):
+                m.winograd = enabled
+                if not enabled:
+                    m.__dict__.pop("_winograd_cache", None)
 
     def forward(self, z):  # (B, Cvae, h, w) -> (B, 3, h*ds, w*ds)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
