@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from nextscale.configs import VARConfig
 from nextscale.models.vqvae import VQVAE
+from nextscale.models.workspace import workspace
 
 __all__ = ["VAR", "reference_numerics", "AdaLNSelfAttn", "AdaLNBeforeHead", "SelfAttention", "FFN", "KVCache", "SharedAdaLin"]
 
@@ -154,7 +155,21 @@ class FFN(nn.Module):
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x):
+        rows = x.numel() // x.shape[-1]
+        if rows > SMALL_ROWS and _cpu_inference(x) and not (self.fc1._forward_hooks or self.fc1._forward_pre_hooks):
+            return self.fc2(self._hidden_cpu(x.reshape(rows, -1)).view(*x.shape[:-1], -1))
         return self.drop(self.fc2(gelu_tanh(self.fc1(x))))
+
+    def _hidden_cpu(self, x_MC: torch.Tensor) -> torch.Tensor:
+        """gelu(fc1(x)) for CPU inference, in two reused buffers (see ``models.workspace``): the
+        (rows, 4C) hidden layer is the largest activation, and fresh buffers for it cost page faults
+        on every call. The result is consumed by fc2 before the next call reuses the buffers."""
+        M, H = x_MC.shape[0], self.fc1.out_features
+        pre = workspace("ffn_pre", M * H, x_MC.device).view(M, H)
+        torch.addmm(self.fc1.bias, x_MC, self.fc1.weight.t(), out=pre)
+        k = 2 * math.sqrt(2 / math.pi)  # gelu_tanh below, written into the second buffer
+        out = torch.mul(pre, pre, out=workspace("ffn_act", M * H, x_MC.device).view(M, H))
+        return out.mul_(0.044715 * k).add_(k).mul_(pre).sigmoid_().mul_(pre)
 
 
 class SelfAttention(nn.Module):

@@ -29,13 +29,14 @@ Implementation (eager ops only, inference only; the input is read as NHWC, the o
 """
 from __future__ import annotations
 
-import threading
 import weakref
 from fractions import Fraction
 from math import gcd, lcm
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from nextscale.models.workspace import release_workspaces, workspace
 
 __all__ = ["POINTS", "winograd_matrices", "transform_weight", "winograd_conv3x3", "WinogradWeightCache",
            "winograd_eligible", "winograd_conv2d", "release_workspace"]
@@ -103,29 +104,9 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     return u.reshape(_N * _N, w.shape[1], w.shape[0]).to(device=weight.device, dtype=torch.float32).contiguous()
 
 
-# ---------------------------------------------------------------------------------------------------- workspace
-_tls = threading.local()
-
-
-def _workspace(numel: int, device) -> torch.Tensor:
-    """A flat float32 scratch buffer reused across calls (per thread, device and inference mode), grown on demand.
-
-    Reuse matters: >32 MB allocations are fresh mmaps whose page faults cost ~0.5 ms/MB. Inference-mode and
-    normal tensors are kept apart because an inference tensor cannot be written outside inference mode."""
-    bufs = getattr(_tls, "bufs", None)
-    if bufs is None:
-        bufs = _tls.bufs = {}
-    key = (str(device), torch.is_inference_mode_enabled())
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < numel:
-        bufs.pop(key, None)
-        buf = bufs[key] = torch.empty(numel, dtype=torch.float32, device=device)
-    return buf
-
-
 def release_workspace() -> None:
-    """Free this thread's scratch buffers (at most a few tens of MB)."""
-    _tls.bufs = {}
+    """Free this thread's scratch buffers (those of the Winograd convs among them)."""
+    release_workspaces()
 
 
 def _auto_rows(cin: int, cout: int) -> int:
@@ -167,7 +148,7 @@ def winograd_conv3x3(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tens
     sz_t = 36 * R * cmax
     sz_o = 16 * R * Cout
     sz_e = 6 * W * C
-    ws = _workspace(sz_s + 2 * sz_t + sz_o + sz_e, dev)
+    ws = workspace("winograd", sz_s + 2 * sz_t + sz_o + sz_e, dev)
     s_buf, ws = ws[:sz_s], ws[sz_s:]
     t1, ws = ws[:sz_t], ws[sz_t:]
     t2, ws = ws[:sz_t], ws[sz_t:]
