@@ -10,6 +10,9 @@ and whether the sampled tokens are identical.
     python benchmarks/bench_inference.py --reference ~/VAR     # side by side
     python benchmarks/bench_inference.py --device cuda --dtype bf16
 
+GFLOP counts the model's nominal work (direct convolutions, dense matmuls). On CPU the decoder's 3x3
+convolutions run as Winograd F(4x4, 3x3) with 4x fewer multiplies, so its "% of peak" can exceed 100 %.
+
 Timings on a shared CPU are noisy: compare ratios measured in one run.
 """
 from __future__ import annotations

@@ -349,6 +349,30 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
     p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction, default=None, help=help)
 
 
+def _add_loop_flags(g, every: int, pictures: str) -> None:
+    """The loop flags of train / train-tokenizer (TrainConfigBase), up to --sample-every."""
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=None, help="data loader workers per process; default 4 on GPU, 0 on CPU")
+    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    g.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end and on SIGTERM/Ctrl-C); default 1000")
+    g.add_argument("--keep", type=int, default=3, help="checkpoints kept; default 3")
+    g.add_argument("--log-every", type=int, default=20, help="steps between log lines; default 20")
+    g.add_argument("--eval-every", type=int, default=every, help=f"steps between validation passes (0 = at the end only); default {every}")
+    g.add_argument("--sample-every", type=int, default=every, help=f"steps between {pictures} (0 = at the end only, -1 = never); default {every}")
+
+
+def _fit(train, tc) -> int:
+    """Run ``train(tc)``, leave the process group; exit code 128 + signal when interrupted."""
+    from nextscale import dist
+    try:
+        res = train(tc)
+    finally:
+        dist.destroy()
+    if res.interrupted:
+        return 128 + int(res.interrupted)
+    return 0
+
+
 @command("train")
 def _cmd_train(sub):
     p = sub.add_parser(
@@ -396,21 +420,13 @@ def _cmd_train(sub):
     g.add_argument("--progressive-start", type=int, default=4, help="first stage: index of the last scale trained [pg0]; default 4")
     g.add_argument("--progressive-warmup-steps", type=int, default=None, help="fade-in of a new scale [pgwp]; default steps/300")
     g = p.add_argument_group("loop")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=None, help="data loader workers per process; default 4 on GPU, 0 on CPU")
-    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    g.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end and on SIGTERM/Ctrl-C); default 1000")
-    g.add_argument("--keep", type=int, default=3, help="checkpoints kept; default 3")
-    g.add_argument("--log-every", type=int, default=20, help="steps between log lines; default 20")
-    g.add_argument("--eval-every", type=int, default=5000, help="steps between validation passes (0 = at the end only); default 5000")
-    g.add_argument("--sample-every", type=int, default=5000, help="steps between sample grids (0 = at the end only, -1 = never); default 5000")
+    _add_loop_flags(g, every=5000, pictures="sample grids")
     g.add_argument("--fsdp", action="store_true", help="shard parameters/optimizer across GPUs (d30/d36) instead of DDP")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
-    from nextscale import dist
     from nextscale.train.var import VARTrainConfig, train_var
 
     for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "keep", "log_every"):
@@ -428,13 +444,7 @@ def _run_train(args) -> int:
         progressive_warmup_steps=args.progressive_warmup_steps, hflip=args.hflip, mid_reso=args.mid_reso, seed=args.seed,
         workers=args.workers, device=args.device, ckpt_every=args.ckpt_every, keep_last=args.keep, log_every=args.log_every,
         eval_every=args.eval_every, sample_every=args.sample_every, fsdp=args.fsdp, progress=not args.no_progress)
-    try:
-        res = train_var(tc)
-    finally:
-        dist.destroy()
-    if res.interrupted:
-        return 128 + int(res.interrupted)
-    return 0
+    return _fit(train_var, tc)
 
 
 @command("tokenize")
@@ -465,25 +475,31 @@ def _run_tokenize(args) -> int:
     return 0
 
 
-def _add_export_args(p: argparse.ArgumentParser, out_help: str) -> None:
-    p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
-    p.add_argument("--out", required=True, help=out_help)
-    p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+def _export_command(name: str, help: str, description: str, out_help: str, what: str, export: Callable[[], Callable]) -> None:
+    """Register ``nextscale NAME RUN --out DIR [--weights]``; ``export()`` imports the export function
+    (lazily: heavy modules load only when the command runs). ``what`` prefixes "step" in the report."""
+    def run(args) -> int:
+        info = export()(args.run, args.out, weights=args.weights)
+        print(f"exported {what}step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}")
+        return 0
+
+    @command(name)
+    def add_parser(sub):
+        p = sub.add_parser(name, help=help, description=description)
+        p.add_argument("run", help="run folder (its latest checkpoint) or a checkpoints/step_*.pt file")
+        p.add_argument("--out", required=True, help=out_help)
+        p.add_argument("--weights", choices=["auto", "ema", "raw"], default="auto", help="auto = EMA when the run kept one")
+        p.set_defaults(func=run)
 
 
-@command("export")
-def _cmd_export(sub):
-    p = sub.add_parser("export", help="turn a training run/checkpoint into a pipeline directory",
-                       description="Example: nextscale export runs/var-d16 --out my-model; then nextscale sample --model my-model")
-    _add_export_args(p, "pipeline directory to write")
-    p.set_defaults(func=_run_export)
-
-
-def _run_export(args) -> int:
+def _export_run():
     from nextscale.train.var import export_run
-    info = export_run(args.run, args.out, weights=args.weights)
-    print(f"exported step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}")
-    return 0
+    return export_run
+
+
+_export_command("export", "turn a training run/checkpoint into a pipeline directory",
+                "Example: nextscale export runs/var-d16 --out my-model; then nextscale sample --model my-model",
+                "pipeline directory to write", "", _export_run)
 
 
 # == tokenizer training: train-tokenizer / eval-tokenizer ==
@@ -537,20 +553,12 @@ def _cmd_train_tokenizer(sub):
     g.add_argument("--reinit-dead-every", type=int, default=0, help="re-initialise dead codes every N steps (codebook restart), 0 = off")
     g.add_argument("--dead-threshold", type=float, default=1e-3, help="dead = running hits summed over scales below this; default 1e-3")
     g = p.add_argument_group("loop")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=None, help="data loader workers per process; default 4 on GPU, 0 on CPU")
-    g.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
-    g.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints (also at the end and on SIGTERM/Ctrl-C); default 1000")
-    g.add_argument("--keep", type=int, default=3, help="checkpoints kept; default 3")
-    g.add_argument("--log-every", type=int, default=20, help="steps between log lines; default 20")
-    g.add_argument("--eval-every", type=int, default=2000, help="steps between validation passes (0 = at the end only); default 2000")
-    g.add_argument("--sample-every", type=int, default=2000, help="steps between per-scale pictures (0 = at the end only, -1 = never); default 2000")
+    _add_loop_flags(g, every=2000, pictures="per-scale pictures")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     p.set_defaults(func=_run_train_tokenizer)
 
 
 def _run_train_tokenizer(args) -> int:
-    from nextscale import dist
     from nextscale.train.tokenizer import TokenizerTrainConfig, train_tokenizer
 
     for name in ("steps", "batch_size", "grad_accum", "ckpt_every", "keep", "log_every", "vocab_size", "z_channels", "ch",
@@ -571,28 +579,17 @@ def _run_train_tokenizer(args) -> int:
         hflip=args.hflip, mid_reso=args.mid_reso, seed=args.seed, workers=args.workers, device=args.device,
         ckpt_every=args.ckpt_every, keep_last=args.keep, log_every=args.log_every, eval_every=args.eval_every,
         sample_every=args.sample_every, progress=not args.no_progress)
-    try:
-        res = train_tokenizer(tc)
-    finally:
-        dist.destroy()
-    if res.interrupted:
-        return 128 + int(res.interrupted)
-    return 0
+    return _fit(train_tokenizer, tc)
 
 
-@command("export-tokenizer")
-def _cmd_export_tokenizer(sub):
-    p = sub.add_parser("export-tokenizer", help="turn a train-tokenizer run/checkpoint into a tokenizer directory",
-                       description="Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...")
-    _add_export_args(p, "tokenizer directory to write (model_index.json + vqvae/)")
-    p.set_defaults(func=_run_export_tokenizer)
-
-
-def _run_export_tokenizer(args) -> int:
+def _export_tokenizer():
     from nextscale.train.tokenizer import export_tokenizer
-    info = export_tokenizer(args.run, args.out, weights=args.weights)
-    print(f"exported tokenizer step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}")
-    return 0
+    return export_tokenizer
+
+
+_export_command("export-tokenizer", "turn a train-tokenizer run/checkpoint into a tokenizer directory",
+                "Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...",
+                "tokenizer directory to write (model_index.json + vqvae/)", "tokenizer ", _export_tokenizer)
 
 
 @command("eval-tokenizer")

@@ -19,13 +19,14 @@ layout without ``var/``; its ``model_index.json`` says ``"_class_name": "NextSca
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -251,45 +252,53 @@ def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, D
     return vae, var, {"labels": None, "source": str(p)}
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a fully written temp directory into place (an existing ``out`` is swapped out first)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None) -> Path:
-    """Write a pipeline directory atomically (a temp dir renamed into place)."""
-    from safetensors.torch import save_file
-
-    from nextscale import __version__
-
-    out = Path(out_dir)
+@contextlib.contextmanager
+def _atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temp directory beside ``out`` to fill; on success it is moved into place (an existing
+    ``out`` is swapped out first), on error it is removed."""
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
         raise NextScaleError(f"{out}: exists and is not a directory")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        for sub, model in (("vqvae", vae), ("var", var)):
-            (tmp / sub).mkdir()
-            (tmp / sub / "config.json").write_text(model.config.to_json())
-            sd = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-            save_file(sd, str(tmp / sub / "model.safetensors"))
-        index = {"_class_name": "NextScalePipeline", "_nextscale_version": __version__,
-                 "vqvae": ["nextscale", "VQVAE"], "var": ["nextscale", "VAR"]}
-        if extra:
-            index.update(extra)
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if labels is not None:
-            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
-        _replace_dir(tmp, out)
+        yield tmp
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _write_model_dir(d: Path, model) -> None:
+    """``d/config.json`` + ``d/model.safetensors`` (CPU copies of the weights) of a VQVAE / VAR."""
+    from safetensors.torch import save_file
+    d.mkdir()
+    (d / "config.json").write_text(model.config.to_json())
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+
+
+def _write_index(d: Path, class_name: str, components: Dict[str, List[str]], extra: Optional[dict]) -> None:
+    from nextscale import __version__
+    index = {"_class_name": class_name, "_nextscale_version": __version__, **components}
+    if extra:
+        index.update(extra)
+    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+
+
+def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None) -> Path:
+    """Write a pipeline directory atomically (a temp dir renamed into place)."""
+    out = Path(out_dir)
+    with _atomic_dir(out) as tmp:
+        _write_model_dir(tmp / "vqvae", vae)
+        _write_model_dir(tmp / "var", var)
+        _write_index(tmp, "NextScalePipeline", {"vqvae": ["nextscale", "VQVAE"], "var": ["nextscale", "VAR"]}, extra)
+        if labels is not None:
+            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
     return out
 
 
@@ -327,27 +336,10 @@ def load_tokenizer_dir(path) -> VQVAE:
 
 def save_tokenizer_dir(out_dir, vae: VQVAE, extra: Optional[dict] = None) -> Path:
     """Write a tokenizer-only directory atomically: ``model_index.json`` + ``vqvae/``."""
-    from safetensors.torch import save_file
-
-    from nextscale import __version__
-
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise NextScaleError(f"{out}: exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        (tmp / "vqvae").mkdir()
-        (tmp / "vqvae" / "config.json").write_text(vae.config.to_json())
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in vae.state_dict().items()}, str(tmp / "vqvae" / "model.safetensors"))
-        index = {"_class_name": TOKENIZER_CLASS_NAME, "_nextscale_version": __version__, "vqvae": ["nextscale", "VQVAE"]}
-        if extra:
-            index.update(extra)
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _atomic_dir(out) as tmp:
+        _write_model_dir(tmp / "vqvae", vae)
+        _write_index(tmp, TOKENIZER_CLASS_NAME, {"vqvae": ["nextscale", "VQVAE"]}, extra)
     return out
 
 

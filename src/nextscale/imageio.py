@@ -1,10 +1,11 @@
 """Image I/O with PIL + numpy only: atomic saves, grids with captions, per-scale strips, loading."""
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -12,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
+__all__ = ["atomic_path", "save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
 
 
 def to_pil(img) -> Image.Image:
@@ -45,19 +46,30 @@ def check_writable(path) -> Path:
     return p
 
 
+@contextlib.contextmanager
+def atomic_path(path) -> Iterator[str]:
+    """Yield a fresh temp file ``.NAME.XXXX.tmp`` (mode 0600, empty) in ``path``'s directory to write;
+    it is moved onto ``path`` with ``os.replace`` when the block succeeds and removed when it raises,
+    so readers never see a half-written file."""
+    path = os.fspath(path)
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def save_image_atomic(img, path, format: Optional[str] = None) -> Path:
     """Save via a temp file in the same directory, then rename: never a half-written image."""
     p = Path(path)
     fmt = format or {".jpg": "JPEG", ".jpeg": "JPEG"}.get(p.suffix.lower(), "PNG")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent) or ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            to_pil(img).save(f, format=fmt)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:
+        to_pil(img).save(f, format=fmt)
     return p
 
 

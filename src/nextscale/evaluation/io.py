@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple, Union
@@ -20,6 +19,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 import numpy as np
 
 from nextscale.errors import NextScaleError
+from nextscale.imageio import atomic_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -189,13 +189,6 @@ def open_image_source(src: Union[str, np.ndarray]) -> ImageSource:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
-def _tmp_path(path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
-    os.close(fd)
-    return tmp
-
-
 def _write_member(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
     with zf.open(key + ".npy", "w", force_zip64=True) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
@@ -203,16 +196,9 @@ def _write_member(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
 
 def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
     """``np.savez`` (uncompressed) through a temporary file and ``os.replace``."""
-    tmp = _tmp_path(path)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for k, v in arrays.items():
-                _write_member(zf, k, np.asarray(v))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for k, v in arrays.items():
+            _write_member(zf, k, np.asarray(v))
 
 
 def write_samples_npz(path: str, batches: Iterator[np.ndarray], shape: Tuple[int, int, int, int],
@@ -221,32 +207,25 @@ def write_samples_npz(path: str, batches: Iterator[np.ndarray], shape: Tuple[int
     ``.npz``: ``arr_0`` uint8 (N, H, W, 3) and ``labels`` int64 (N,). Same bytes as
     ``np.savez(path, arr_0=..., labels=...)``, without holding all images in memory."""
     n = int(shape[0])
-    tmp = _tmp_path(path)
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                          "fortran_order": False, "shape": tuple(int(s) for s in shape)}
-                np.lib.format.write_array_header_1_0(f, header)
-                written = 0
-                for b in batches:
-                    b = np.ascontiguousarray(b, dtype=np.uint8)
-                    if b.shape[1:] != tuple(shape[1:]):
-                        raise ValueError(f"batch of shape {b.shape} does not fit {shape}")
-                    f.write(b.tobytes())
-                    written += b.shape[0]
-                if written != n:
-                    raise ValueError(f"wrote {written} images, expected {n}")
-            if labels is not None:
-                labels = np.asarray(labels, dtype=np.int64)
-                if labels.shape != (n,):
-                    raise ValueError(f"labels must be ({n},), got {labels.shape}")
-                _write_member(zf, "labels", labels)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        with zf.open("arr_0.npy", "w", force_zip64=True) as f:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                      "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+            np.lib.format.write_array_header_1_0(f, header)
+            written = 0
+            for b in batches:
+                b = np.ascontiguousarray(b, dtype=np.uint8)
+                if b.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"batch of shape {b.shape} does not fit {shape}")
+                f.write(b.tobytes())
+                written += b.shape[0]
+            if written != n:
+                raise ValueError(f"wrote {written} images, expected {n}")
+        if labels is not None:
+            labels = np.asarray(labels, dtype=np.int64)
+            if labels.shape != (n,):
+                raise ValueError(f"labels must be ({n},), got {labels.shape}")
+            _write_member(zf, "labels", labels)
     return path
 
 

@@ -17,7 +17,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "CheckpointManager", "capture_rng", "restore_rng"]
+from nextscale.errors import NextScaleError
+
+__all__ = ["atomic_save", "CheckpointManager", "capture_rng", "restore_rng", "checkpoint_weights"]
 
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
@@ -135,3 +137,16 @@ def restore_rng(st: Dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def checkpoint_weights(state: Dict[str, Any], name: str, weights: str, path: str) -> Tuple[Dict[str, torch.Tensor], str]:
+    """Module ``name``'s weights in a training checkpoint ``state`` (floats as float32) and which were
+    taken: ``weights`` "ema", "raw", or "auto" (EMA when the run kept one)."""
+    if weights not in ("auto", "ema", "raw"):
+        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
+    has_ema = name in state.get("ema", {})
+    if weights == "ema" and not has_ema:
+        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
+    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
+    sd = state["ema"][name] if use == "ema" else state["modules"][name]
+    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()}, use

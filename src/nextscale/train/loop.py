@@ -40,7 +40,7 @@ from nextscale.train.checkpoint import CheckpointManager, capture_rng, restore_r
 from nextscale.train.logging import RunLogger, format_duration
 from nextscale.train.optim import EMA, OptimSpec
 
-__all__ = ["LoopConfig", "Objective", "StepContext", "Trainer", "FitResult"]
+__all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult"]
 
 CKPT_FORMAT = "nextscale-train"
 
@@ -75,6 +75,33 @@ class LoopConfig:
         if per != int(per) or per < 1:
             raise NextScaleError(f"--batch-size {self.batch_size} is not divisible by world size {world_size} x --grad-accum {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
         return int(per)
+
+
+@dataclass
+class TrainConfigBase:
+    """Loop knobs shared by the command configs (``VARTrainConfig``, ``TokenizerTrainConfig``).
+
+    Subclasses add the rest, including the fields :meth:`loop_config` reads: ``batch_size``,
+    ``grad_accum``, ``amp``, ``ema``, ``eval_every`` and ``sample_every`` (their defaults differ
+    per command or belong to its optimisation settings)."""
+    seed: int = 0
+    workers: Optional[int] = None          # None: 4 on CUDA, 0 on CPU
+    device: Optional[str] = None
+    ckpt_every: int = 1000
+    keep_last: int = 3
+    log_every: int = 20
+    progress: bool = True
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    def loop_config(self, run_dir: str, max_steps: int, device: torch.device, fsdp: bool = False) -> LoopConfig:
+        """The :class:`LoopConfig` of this run on ``device`` (resolves the default worker count)."""
+        workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
+        return LoopConfig(run_dir=run_dir, max_steps=max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                          amp=self.amp, ema_decay=self.ema, ckpt_every=self.ckpt_every, keep_last=self.keep_last,
+                          log_every=self.log_every, eval_every=self.eval_every, sample_every=self.sample_every,
+                          seed=self.seed, workers=workers, device=str(device), fsdp=fsdp, progress=self.progress)
 
 
 class StepContext:

@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.configs import ConfigError, VQVAEConfig, get_preset
 from nextscale.errors import NextScaleError
-from nextscale.train.checkpoint import CheckpointManager
-from nextscale.train.loop import FitResult, LoopConfig, Objective, StepContext, Trainer
+from nextscale.train.checkpoint import CheckpointManager, checkpoint_weights
+from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "hinge_d_loss", "hinge_g_loss",
@@ -65,7 +65,7 @@ __all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "
 # ------------------------------------------------------------------------------------------------
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(TrainConfigBase):
     """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see the module doc)."""
     data: Optional[str] = None             # image folder (DIR/train + DIR/val, class sub-folders, or flat)
     preset: str = "mnist"                  # architecture of a fresh tokenizer (the preset's vqvae part; unused with init)
@@ -110,18 +110,9 @@ class TokenizerTrainConfig:
     # data / loop
     hflip: bool = False
     mid_reso: float = 1.125
-    seed: int = 0
-    workers: Optional[int] = None
-    device: Optional[str] = None
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 20
+    # (the other loop knobs: TrainConfigBase)
     eval_every: int = 2000
     sample_every: int = 2000
-    progress: bool = True
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _check_config(tc: TokenizerTrainConfig) -> None:
@@ -433,15 +424,9 @@ def _checkpoint_vae(path: str, state: Dict[str, Any], weights: str = "auto"):
     cfg = (state.get("config") or {}).get("model", {}).get("vqvae")
     if state.get("format") != "nextscale-train" or "vae" not in state.get("modules", {}) or cfg is None:
         raise NextScaleError(f"{path} is not a tokenizer training checkpoint (nextscale train-tokenizer)")
-    if weights not in ("auto", "ema", "raw"):
-        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
-    has_ema = "vae" in state.get("ema", {})
-    if weights == "ema" and not has_ema:
-        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
-    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
-    sd = state["ema"]["vae"] if use == "ema" else state["modules"]["vae"]
+    sd, use = checkpoint_weights(state, "vae", weights, path)
     vae = VQVAE.from_config(VQVAEConfig.from_dict(cfg), test_mode=True)
-    vae.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    vae.load_state_dict(sd)
     return vae.eval(), use
 
 
@@ -577,12 +562,7 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
             if old.get("kind") not in (None, "tokenizer") or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]:
                 raise NextScaleError(f"{run_dir!r} holds a run of another model; use a new --out or the same --preset/--init")
     dist.barrier()
-    workers = tc.workers if tc.workers is not None else (4 if device.type == "cuda" else 0)
-    lc = LoopConfig(run_dir=run_dir, max_steps=total, batch_size=tc.batch_size, grad_accum=tc.grad_accum, amp=tc.amp,
-                    ema_decay=tc.ema, ckpt_every=tc.ckpt_every, keep_last=tc.keep_last, log_every=tc.log_every,
-                    eval_every=tc.eval_every, sample_every=tc.sample_every, seed=tc.seed, workers=workers,
-                    device=str(device), fsdp=False, progress=tc.progress)
-    trainer = Trainer(ob, lc, train_set, val_set, run_config=run_config)
+    trainer = Trainer(ob, tc.loop_config(run_dir, total, device), train_set, val_set, run_config=run_config)
     ob.emas = trainer.emas
     try:
         res = trainer.fit()

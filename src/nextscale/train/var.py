@@ -32,8 +32,8 @@ from nextscale import dist
 from nextscale.configs import ConfigError, ModelConfig, VQVAEConfig, get_preset
 from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
 from nextscale.errors import NextScaleError
-from nextscale.train.checkpoint import CheckpointManager
-from nextscale.train.loop import FitResult, LoopConfig, Objective, StepContext, Trainer
+from nextscale.train.checkpoint import CheckpointManager, checkpoint_weights
+from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
@@ -46,7 +46,7 @@ NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_em
 
 
 @dataclass
-class VARTrainConfig:
+class VARTrainConfig(TrainConfigBase):
     """Every knob of ``nextscale train``; defaults are the reference recipe (reference flag in brackets)."""
     # data / model
     data: Optional[str] = None             # image folder (class sub-folders; DIR/train + DIR/val)
@@ -88,20 +88,10 @@ class VARTrainConfig:
     # augmentation [hflip, mid_reso]
     hflip: bool = False
     mid_reso: float = 1.125
-    # loop
-    seed: int = 0
-    workers: Optional[int] = None          # None: 4 on CUDA, 0 on CPU
-    device: Optional[str] = None
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 20
+    # loop (the rest: TrainConfigBase)
     eval_every: int = 5000
     sample_every: int = 5000
     fsdp: bool = False
-    progress: bool = True
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K: int) -> int:
@@ -456,12 +446,7 @@ def train_var(tc: VARTrainConfig) -> FitResult:
             save_tokenizer(ob.vae, tok_dir + ".tmp")
             os.replace(tok_dir + ".tmp", tok_dir)
     dist.barrier()
-    workers = tc.workers if tc.workers is not None else (4 if device.type == "cuda" else 0)
-    lc = LoopConfig(run_dir=run_dir, max_steps=total, batch_size=tc.batch_size, grad_accum=tc.grad_accum, amp=tc.amp,
-                    ema_decay=tc.ema, ckpt_every=tc.ckpt_every, keep_last=tc.keep_last, log_every=tc.log_every,
-                    eval_every=tc.eval_every, sample_every=tc.sample_every, seed=tc.seed, workers=workers,
-                    device=str(device), fsdp=tc.fsdp, progress=tc.progress)
-    trainer = Trainer(ob, lc, train_set, val_set, run_config=run_config)
+    trainer = Trainer(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config=run_config)
     ob.emas = trainer.emas
     try:
         res = trainer.fit()
@@ -505,14 +490,8 @@ def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     vae = load_tokenizer(tok_dir)
     mc = ModelConfig.from_dict(cfg["model"])
     var = VAR.from_config(mc.var, vae)
-    if weights not in ("auto", "ema", "raw"):
-        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
-    has_ema = "var" in state.get("ema", {})
-    if weights == "ema" and not has_ema:
-        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
-    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
-    sd = state["ema"]["var"] if use == "ema" else state["modules"]["var"]
-    var.load_state_dict({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    sd, use = checkpoint_weights(state, "var", weights, path)
+    var.load_state_dict(sd)
     var.eval()
     labels = cfg.get("classes")
     labels = labels if labels and any(labels) else None
