@@ -25,7 +25,7 @@ import torch
 
 from nextscale.configs import get_preset
 from nextscale.models import build_from_config
-from nextscale.sampling import generate
+from nextscale.sampling import CudaGraphs, generate
 
 
 def matmul_peak_gflops(device, dtype=torch.float32, n=2048, reps=5) -> float:
@@ -100,6 +100,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay each scale as a captured CUDA graph (CUDA only)")
     ap.add_argument("--reference", default=None, help="path to a FoundationVision/VAR checkout to time side by side")
     args = ap.parse_args()
     if args.threads:
@@ -125,6 +126,7 @@ def main():
 
     peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == 'cpu' else 8192)
     ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
+    graphs = CudaGraphs() if args.cuda_graphs else None
     rows = []
     for B in args.batch:
         labels = torch.arange(B, device=dev) * 37 % var.num_classes
@@ -132,7 +134,8 @@ def main():
 
         def ours_t():
             with ac:
-                return generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0), **kw)
+                return generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0),
+                                cuda_graphs=graphs, **kw)
 
         def ours_d(f_hat):
             with torch.no_grad(), ac:
@@ -176,7 +179,7 @@ def main():
         rows.append((B, times, gt, gd))
 
     print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
-          f"device={dev} dtype={args.dtype} threads={torch.get_num_threads()}; cfg 1.5, top-k 900, top-p 0.96")
+          f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg 1.5, top-k 900, top-p 0.96")
     print(f"measured {args.dtype} matmul peak: {peak:.0f} GFLOP/s\n")
     head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (" reference (s) | speed-up | same tokens |" if ref else "")
     print(head)

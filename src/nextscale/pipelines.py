@@ -21,7 +21,7 @@ import torch
 from nextscale.configs import ModelConfig, get_preset
 from nextscale.errors import NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
-from nextscale.sampling import generate
+from nextscale.sampling import CudaGraphs, generate
 
 #: Sampling settings used when a call does not give them and the model directory recommends none:
 #: the reference README's ImageNet evaluation settings. A model directory may recommend its own in
@@ -92,6 +92,10 @@ class NextScalePipeline:
         self.sampling_defaults = {**DEFAULT_SAMPLING, **(sampling_defaults or {})}
         validate_sampling_args(self.sampling_defaults["guidance_scale"], self.sampling_defaults["top_k"], self.sampling_defaults["top_p"])
         self.dtype = torch.float32
+        #: On CUDA, replay each scale's transformer as a captured CUDA graph (same tokens as eager
+        #: execution, several times faster at small batches; captured on the first call per batch size).
+        self.use_cuda_graphs = True
+        self._cuda_graphs = CudaGraphs()
 
     # ---- construction ----
     @property
@@ -131,6 +135,7 @@ class NextScalePipeline:
         if device is not None:
             self.vqvae.to(device)
             self.var.to(device)
+            self._cuda_graphs.clear()
         if dtype is not None:
             if dtype not in (torch.float32, torch.bfloat16, torch.float16):
                 raise NextScaleError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
@@ -211,7 +216,8 @@ class NextScalePipeline:
             with self._autocast():
                 out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, cfg=guidance_scale,
                                top_k=int(top_k), top_p=float(top_p), more_smooth=bool(more_smooth),
-                               guidance_schedule=guidance_schedule, constraint=constraint, callback=on_scale)
+                               guidance_schedule=guidance_schedule, constraint=constraint, callback=on_scale,
+                               cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
         finally:
             if bar is not None:
                 bar.close()

@@ -16,6 +16,7 @@ When every t_k is 0 the unconditional half of the batch is skipped (same tokens,
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +27,7 @@ from nextscale.errors import NextScaleError
 from nextscale.models.var import VAR, KVCache, reference_numerics
 from nextscale.models.vqvae import VQVAE
 
-__all__ = ["generate", "GenerationOutput", "sample_top_k_top_p_", "gumbel_softmax_with_rng", "guidance_weights",
+__all__ = ["generate", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_", "gumbel_softmax_with_rng", "guidance_weights",
            "resolve_labels"]
 
 #: constraint(si, idx_Bl, h_BlCv) -> (idx_Bl, h_BlCv): editing replaces kept tokens (and their code vectors).
@@ -102,19 +103,21 @@ def resolve_labels(label_B, B: int, num_classes: int, device, generator: Optiona
 def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[torch.Generator] = None,
              cfg: Union[float, Sequence[float]] = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
              guidance_schedule: str = "linear", constraint: Optional[Constraint] = None,
-             callback: Optional[ScaleCallback] = None) -> GenerationOutput:
+             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional["CudaGraphs"] = None) -> GenerationOutput:
     """Sample token maps scale by scale. ``generator`` None uses the global RNG (as the reference).
 
     Works on any device; under ``torch.autocast`` the blocks run in the autocast dtype while the
-    embeddings, head and sampling stay float32.
+    embeddings, head and sampling stay float32. ``cuda_graphs`` (a ``CudaGraphs`` kept by the caller
+    across calls) replays the transformer of each scale as one captured CUDA graph: the same kernels,
+    so the same tokens, without the per-kernel launch cost that dominates small batches on a GPU.
     """
     with reference_numerics(more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
         return _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule,
-                         constraint, callback)
+                         constraint, callback, cuda_graphs)
 
 
 def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule, constraint,
-              callback) -> GenerationOutput:
+              callback, cuda_graphs) -> GenerationOutput:
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize
@@ -131,7 +134,11 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
     first_l = var.first_l
     x_BlC = cond_BD.unsqueeze(1).expand(B2, first_l, -1) + var.pos_start.expand(B2, first_l, -1) + lvl_pos_1LC[:, :first_l]
 
-    cache = KVCache(var.depth, var.L)
+    run_scale = None
+    if cuda_graphs is not None and dev.type == "cuda":
+        run_scale = cuda_graphs.runner(var, B2, mods, cond_BD, head_mod)
+    if run_scale is None:
+        run_scale = _eager_runner(var, mods, cond_BD, head_mod)
     pn_last = var.patch_nums[-1]
     f_hat = cond_BD.new_zeros(B, var.Cvae, pn_last, pn_last, dtype=torch.float32)
     idx_per_scale: List[torch.Tensor] = []
@@ -139,10 +146,7 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
     for si, pn in enumerate(var.patch_nums):
         ratio = si / (K - 1) if K > 1 else 0.0
         l = pn * pn
-        for b, blk in enumerate(var.blocks):
-            x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=cache, mod_B16C=mods[b])
-        cache.advance(l)
-        logits_BlV = var.get_logits(x_BlC, cond_BD, head_mod)          # (B2, l, V) float32
+        logits_BlV = run_scale(si, x_BlC)                                # (B2, l, V) float32
         if use_cfg:
             t = ts[si]
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
@@ -166,3 +170,98 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
             if use_cfg:
                 x_BlC = x_BlC.repeat(2, 1, 1)
     return GenerationOutput(idx_per_scale=idx_per_scale, f_hat=f_hat, labels=labels)
+
+
+def _eager_runner(var: VAR, mods, cond_BD, head_mod):
+    """run(si, x_BlC) -> logits (B2, l, V): the blocks (through a fresh KV cache) and the head."""
+    cache = KVCache(var.depth, var.L)
+
+    def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
+        for b, blk in enumerate(var.blocks):
+            x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=cache, mod_B16C=mods[b])
+        cache.advance(x_BlC.shape[1])
+        return var.get_logits(x_BlC, cond_BD, head_mod)
+    return run
+
+
+class CudaGraphs:
+    """Captured CUDA graphs of the transformer, one per scale, for repeated sampling on a GPU.
+
+    At batch 1-16 a d16 generation launches ~6,000 small kernels and the GPU mostly waits for them;
+    replaying one graph per scale removes that cost. Graphs are captured on the first call for a
+    (model, batch, autocast dtype) and replayed afterwards, with the KV cache, AdaLN modulations and
+    inputs/outputs in static buffers. Keep one instance per pipeline (``NextScalePipeline`` does, on
+    CUDA); ``clear()`` frees the graphs and their memory (needed after moving the model).
+    Weights may change in place between calls (the graphs read them by address), not be replaced.
+    """
+
+    def __init__(self):
+        self._sets = {}
+        self.failed = False
+
+    def clear(self) -> None:
+        self._sets.clear()
+
+    def runner(self, var: VAR, B2: int, mods, cond_BD, head_mod):
+        amp = torch.is_autocast_enabled()  # CUDA autocast
+        if not amp:
+            dt = torch.float32
+        elif hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+            dt = torch.get_autocast_dtype("cuda")
+        else:
+            dt = torch.get_autocast_gpu_dtype()
+        key = (id(var), B2, dt, cond_BD.device)
+        gs = self._sets.get(key)
+        if gs is None or gs["var"] is not var:
+            # autocast's cache of cast weights lives only as long as the caller's autocast block: the
+            # graphs must cast the weights themselves, so warm-up and capture run with the cache off
+            if self.failed:
+                return None
+            try:
+                with torch.autocast("cuda", dtype=dt, enabled=amp, cache_enabled=False):
+                    gs = self._sets[key] = self._capture(var, B2, mods, cond_BD, head_mod)
+            except RuntimeError as e:  # e.g. a kernel that cannot be captured: run eagerly from now on
+                warnings.warn(f"CUDA graph capture failed ({e}); sampling without graphs")
+                self.failed = True
+                self._sets.clear()
+                return None
+        for dst, src in zip(gs["mods"], mods):
+            dst.copy_(src)
+        gs["cond"].copy_(cond_BD)
+        gs["head_mod"].copy_(head_mod)
+
+        def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
+            gs["x"][si].copy_(x_BlC)
+            gs["graphs"][si].replay()
+            return gs["logits"][si]
+        return run
+
+    @staticmethod
+    def _capture(var: VAR, B2: int, mods, cond_BD, head_mod):
+        static_mods = [m.clone() for m in mods]
+        cond, hmod = cond_BD.clone(), head_mod.clone()
+        xs = [cond_BD.new_zeros(B2, pn * pn, var.C) for pn in var.patch_nums]
+        cache = KVCache(var.depth, var.L)
+
+        def body(si):
+            cache.pos = var.begin_ends[si][0]
+            x = xs[si]
+            for b, blk in enumerate(var.blocks):
+                x = blk(x, None, attn_bias=None, kv_cache=cache, mod_B16C=static_mods[b])
+            return var.get_logits(x, cond, hmod)
+
+        side = torch.cuda.Stream(device=cond_BD.device)
+        side.wait_stream(torch.cuda.current_stream(cond_BD.device))
+        with torch.cuda.stream(side):  # warm-up (allocates the cache, initialises kernels) off the capture
+            for si in range(len(var.patch_nums)):
+                body(si)
+        torch.cuda.current_stream(cond_BD.device).wait_stream(side)
+        pool = torch.cuda.graph_pool_handle()
+        graphs, logits = [], []
+        for si in range(len(var.patch_nums)):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                logits.append(body(si))
+            graphs.append(g)
+        return {"var": var, "mods": static_mods, "cond": cond, "head_mod": hmod, "x": xs, "graphs": graphs,
+                "logits": logits, "cache": cache}
