@@ -139,14 +139,16 @@ def _cli(*args, cwd=None):
 
 
 def test_cli_sample_writes_grid_singles_strip(tiny_pipe_dir, tmp_path):
-    r = _cli("sample", "--model", str(tiny_pipe_dir), "--class", "1", "3", "--seed", "0", "--out", str(tmp_path / "g.png"), "--strip")
+    r = _cli("sample", "--model", str(tiny_pipe_dir), "--class", "1", "3", "--seed", "0", "--out", str(tmp_path / "g.png"), "--strip",
+             "--device", "cpu")  # the in-process reference below runs on the CPU (the CLI would pick a GPU)
     assert r.returncode == 0, r.stderr
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["g.png", "g_000_class1.png", "g_001_class3.png", "g_strip.png"]
     from PIL import Image
     one = np.asarray(Image.open(tmp_path / "g_000_class1.png"))
     ref = NextScalePipeline.from_pretrained(tiny_pipe_dir)(class_labels=[1, 3], seed=0, output_type="pil").images[0]
-    assert np.array_equal(one, np.asarray(ref))
+    # same tokens; a thread count other than the subprocess's may move a pixel by one level of 255
+    assert np.abs(one.astype(int) - np.asarray(ref).astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize("args,msg", [

@@ -148,12 +148,13 @@ def test_resume_is_bit_identical(digits, tmp_path):
 
 
 @pytest.mark.slow
-def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
+def test_kill9_then_rerun_is_bit_identical(digits, tmp_path, one_thread):
+    # one intra-op thread here and in the killed process: bit-identity needs the same thread count
     ref = str(tmp_path / "ref")
     assert main(_cmd(digits, ref, steps=14)) == 0
     run = str(tmp_path / "cut")
     p = subprocess.Popen([sys.executable, "-m", "nextscale"] + _cmd(digits, run, steps=14), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
     ck = CheckpointManager(os.path.join(run, "checkpoints"))
     t0 = time.time()
     while not ck.steps() and p.poll() is None and time.time() - t0 < 120:
