@@ -200,3 +200,34 @@ def test_top_k_top_p_masks():
     lg = logits.clone()
     idx = sample_top_k_top_p_(lg, top_k=1, top_p=0.1, generator=torch.Generator().manual_seed(0))
     assert idx.item() == 0
+
+
+@pytest.mark.parametrize("rows", [3, 200])  # W @ x^T path (<= SMALL_ROWS) and the reused-buffer FFN path
+def test_cpu_inference_fast_paths_equal_reference_kernels(rows):
+    """The CPU inference kernels (small-row linears, in-place GELU, fused AdaLN) compute the same block
+    as the reference's operation order, up to float summation order; reference_numerics restores it."""
+    from nextscale.models.var import SMALL_ROWS, reference_numerics
+    torch.manual_seed(0)
+    vae, var = build_from_config(get_preset("tiny"), seed=0)
+    var.eval()
+    blk = var.blocks[0]
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        x = torch.randn(1, rows, var.C)
+        mod = blk.modulation(torch.randn(1, var.C)) if not blk.shared_aln else None
+        fast = blk(x, None, attn_bias=None, mod_B16C=mod)
+        with reference_numerics():
+            exact = blk(x, None, attn_bias=None, mod_B16C=mod)
+            exact_again = blk(x, None, attn_bias=None, mod_B16C=mod)
+        ref_ffn = blk.ffn.fc2(torch.nn.functional.gelu(blk.ffn.fc1(x), approximate="tanh"))
+        fast_ffn = blk.ffn(x)
+        blk.train()  # training (with autograd) always takes the reference's operation order
+        with torch.enable_grad():
+            train_path = blk(x, None, attn_bias=None, mod_B16C=mod)
+        blk.eval()
+    assert (rows <= SMALL_ROWS) == (rows == 3)
+    assert not torch.equal(fast, exact)  # the fast kernels did run ...
+    torch.testing.assert_close(fast, exact, atol=1e-5, rtol=1e-5)  # ... and compute the same block
+    assert torch.equal(exact, exact_again) and torch.equal(exact, train_path.detach())
+    torch.testing.assert_close(fast_ffn, ref_ffn, atol=1e-5, rtol=1e-5)
