@@ -113,3 +113,20 @@ def test_weight_cache_recomputes_after_change():
         conv.weight = torch.nn.Parameter(torch.randn(5, 6, 3, 3))  # new parameter object
         y = wg.winograd_conv2d(conv, x)
         assert torch.allclose(y, conv(x), atol=1e-5)
+
+
+def test_decoder_uses_winograd_only_where_enabled_and_frees_its_cache():
+    from nextscale.configs import get_preset
+    from nextscale.models import build_from_config
+    from nextscale.models.vqvae import Conv3x3
+    vae = build_from_config(get_preset("mnist"), seed=0)[0]
+    f = torch.randn(1, vae.Cvae, 8, 8)
+    with torch.no_grad():
+        fast = vae.fhat_to_img(f)
+        used = [m for m in vae.decoder.modules() if isinstance(m, Conv3x3) and "_winograd_cache" in m.__dict__]
+        assert used and all(m.in_channels >= 64 and m.out_channels >= 64 for m in used)
+        assert not any("_winograd_cache" in m.__dict__ for m in vae.encoder.modules())  # encoder stays direct
+        vae.decoder.set_winograd(False)
+        assert not any("_winograd_cache" in m.__dict__ for m in vae.decoder.modules())
+        direct = vae.fhat_to_img(f)
+    torch.testing.assert_close(fast, direct, atol=1e-4, rtol=0)

@@ -172,15 +172,21 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
     return GenerationOutput(idx_per_scale=idx_per_scale, f_hat=f_hat, labels=labels)
 
 
+def _scale_logits(var: VAR, x_BlC, cache: KVCache, mods, cond_BD, head_mod) -> torch.Tensor:
+    """One scale through every block (writing its keys/values at ``cache.pos``) and the head."""
+    for b, blk in enumerate(var.blocks):
+        x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=cache, mod_B16C=mods[b])
+    return var.get_logits(x_BlC, cond_BD, head_mod)  # (B2, l, V)
+
+
 def _eager_runner(var: VAR, mods, cond_BD, head_mod):
-    """run(si, x_BlC) -> logits (B2, l, V): the blocks (through a fresh KV cache) and the head."""
+    """run(si, x_BlC) -> logits (B2, l, V), through a fresh KV cache."""
     cache = KVCache(var.depth, var.L)
 
     def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
-        for b, blk in enumerate(var.blocks):
-            x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=cache, mod_B16C=mods[b])
+        logits = _scale_logits(var, x_BlC, cache, mods, cond_BD, head_mod)
         cache.advance(x_BlC.shape[1])
-        return var.get_logits(x_BlC, cond_BD, head_mod)
+        return logits
     return run
 
 
@@ -245,10 +251,7 @@ class CudaGraphs:
 
         def body(si):
             cache.pos = var.begin_ends[si][0]
-            x = xs[si]
-            for b, blk in enumerate(var.blocks):
-                x = blk(x, None, attn_bias=None, kv_cache=cache, mod_B16C=static_mods[b])
-            return var.get_logits(x, cond, hmod)
+            return _scale_logits(var, xs[si], cache, static_mods, cond, hmod)
 
         side = torch.cuda.Stream(device=cond_BD.device)
         side.wait_stream(torch.cuda.current_stream(cond_BD.device))

@@ -141,9 +141,13 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     than aten's kernel on this model's (rows, 4C) activations."""
     if not _cpu_inference(x):
         return F.gelu(x, approximate="tanh")
+    return _gelu_tanh_into(x, torch.empty_like(x))
+
+
+def _gelu_tanh_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(x) written into ``out`` (same shape, not ``x``) with in-place steps only."""
     k = 2 * math.sqrt(2 / math.pi)
-    y = x * x
-    return y.mul_(0.044715 * k).add_(k).mul_(x).sigmoid_().mul_(x)
+    return torch.mul(x, x, out=out).mul_(0.044715 * k).add_(k).mul_(x).sigmoid_().mul_(x)
 
 
 class FFN(nn.Module):
@@ -167,9 +171,7 @@ class FFN(nn.Module):
         M, H = x_MC.shape[0], self.fc1.out_features
         pre = workspace("ffn_pre", M * H, x_MC.device).view(M, H)
         torch.addmm(self.fc1.bias, x_MC, self.fc1.weight.t(), out=pre)
-        k = 2 * math.sqrt(2 / math.pi)  # gelu_tanh below, written into the second buffer
-        out = torch.mul(pre, pre, out=workspace("ffn_act", M * H, x_MC.device).view(M, H))
-        return out.mul_(0.044715 * k).add_(k).mul_(pre).sigmoid_().mul_(pre)
+        return _gelu_tanh_into(pre, workspace("ffn_act", M * H, x_MC.device).view(M, H))
 
 
 class SelfAttention(nn.Module):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from nextscale.configs import VQVAEConfig
 from nextscale.models.quantizer import VectorQuantizer2
-from nextscale.models.winograd import winograd_conv2d
+from nextscale.models.winograd import drop_winograd_cache, winograd_conv2d
 
 __all__ = ["VQVAE", "Encoder", "Decoder"]
 
@@ -189,7 +189,7 @@ class Decoder(nn.Module):
             if isinstance(m, Conv3x3):
                 m.winograd = enabled
                 if not enabled:
-                    m.__dict__.pop("_winograd_cache", None)
+                    drop_winograd_cache(m)
 
     def forward(self, z):  # (B, Cvae, h, w) -> (B, 3, h*ds, w*ds)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))

@@ -36,10 +36,10 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from nextscale.models.workspace import release_workspaces, workspace
+from nextscale.models.workspace import workspace
 
 __all__ = ["POINTS", "winograd_matrices", "transform_weight", "winograd_conv3x3", "WinogradWeightCache",
-           "winograd_eligible", "winograd_conv2d", "release_workspace"]
+           "winograd_eligible", "winograd_conv2d", "drop_winograd_cache"]
 
 POINTS: Tuple[Optional[Fraction], ...] = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2), None)
 _M, _R = 4, 3  # output tile size, filter size
@@ -109,11 +109,6 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     t = torch.matmul(_G32, w)                                   # along j: (3i, 6b, Cin*Cout)
     u = _G32 @ t.view(3, _N * Cin * Cout)                       # along i: (6a, 6b*Cin*Cout)
     return u.view(_N * _N, Cin, Cout).to(weight.device)
-
-
-def release_workspace() -> None:
-    """Free this thread's scratch buffers (those of the Winograd convs among them)."""
-    release_workspaces()
 
 
 def _auto_rows(cin: int, cout: int) -> int:
@@ -257,3 +252,8 @@ def winograd_conv2d(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         cache = WinogradWeightCache()
         conv.__dict__["_winograd_cache"] = cache
     return winograd_conv3x3(x, cache.get(conv.weight), conv.bias, conv.out_channels)
+
+
+def drop_winograd_cache(conv: torch.nn.Conv2d) -> None:
+    """Free the transformed weights ``winograd_conv2d`` cached on ``conv`` (if any)."""
+    conv.__dict__.pop("_winograd_cache", None)
