@@ -112,6 +112,11 @@ def main():
     var.eval()
     ref = None
     if args.reference:
+        fixed = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, in_channels=3, using_sa=True, using_mid_sa=True)
+        differs = {k: getattr(vae.config, k) for k, v in fixed.items() if getattr(vae.config, k) != v}
+        if differs:
+            sys.exit(f"--reference: the reference's VQVAE has a fixed layout {fixed}; preset {args.preset!r} "
+                     f"differs in {differs}. Use a preset with the reference's tokenizer layout (d16 ... d36, tiny).")
         sys.path.insert(0, args.reference)
         import contextlib
         import io
@@ -131,7 +136,7 @@ def main():
     rows = []
     for B in args.batch:
         labels = torch.arange(B, device=dev) * 37 % var.num_classes
-        kw = dict(cfg=1.5, top_k=900, top_p=0.96)
+        kw = dict(cfg=1.5, top_k=min(900, var.V), top_p=0.96)  # small presets have fewer than 900 codes
 
         def ours_t():
             with ac:
@@ -183,7 +188,7 @@ def main():
         rows.append((B, times, gt, gd, sorted(rounds) if ref else None))
 
     print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
-          f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg 1.5, top-k 900, top-p 0.96")
+          f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96")
     print(f"measured {args.dtype} matmul peak: {peak:.0f} GFLOP/s\n")
     head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (" reference (s) | speed-up | same tokens |" if ref else "")
     print(head)
