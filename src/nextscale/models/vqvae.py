@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from nextscale.configs import VQVAEConfig
 from nextscale.models.quantizer import VectorQuantizer2
-from nextscale.models.winograd import drop_winograd_cache, winograd_conv2d
+from nextscale.models.winograd import drop_winograd_cache, winograd_conv2d, winograd_pays
 
 __all__ = ["VQVAE", "Encoder", "Decoder"]
 
@@ -28,19 +28,22 @@ class Conv3x3(nn.Conv2d):
     faster on CPU in float32, outputs within ~4e-6 (relative) of the direct convolution.
 
     Used only where ``winograd`` is True (the decoder sets it; the encoder keeps the direct conv so
-    token ids stay bit-identical to the reference), without autograd, on CPU in float32, for >= 64
-    input and output channels (below that the transforms cost more than they save). The transformed
-    weights (4x the conv's size: ~0.9 GB for the released tokenizer) are cached on the module;
-    ``vae.decoder.set_winograd(False)`` frees them and turns the path off."""
+    token ids stay bit-identical to the reference), without autograd, on CPU in float32, and where
+    it is faster (``winograd_pays``: every conv of the released tokenizer; few of a small model's).
+    The transformed weights (4x the conv's size: ~0.9 GB for the released tokenizer) are cached on
+    the module; ``vae.decoder.set_winograd(False)`` frees them and turns the path off."""
 
     winograd = False
 
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
 
+    def uses_winograd(self, x: torch.Tensor) -> bool:
+        return (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1]))
+
     def forward(self, x):
-        if (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and self.in_channels >= 64 and self.out_channels >= 64):
+        if self.uses_winograd(x):
             return winograd_conv2d(self, x)
         return super().forward(x)
 

@@ -39,7 +39,7 @@ import torch
 from nextscale.models.workspace import workspace
 
 __all__ = ["POINTS", "winograd_matrices", "transform_weight", "winograd_conv3x3", "WinogradWeightCache",
-           "winograd_eligible", "winograd_conv2d", "drop_winograd_cache"]
+           "winograd_eligible", "winograd_pays", "winograd_conv2d", "drop_winograd_cache"]
 
 POINTS: Tuple[Optional[Fraction], ...] = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2), None)
 _M, _R = 4, 3  # output tile size, filter size
@@ -242,6 +242,25 @@ def winograd_eligible(conv: torch.nn.Module) -> bool:
     return (isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
             and conv.padding_mode == "zeros")
+
+
+def winograd_pays(cin: int, cout: int, h: int, w: int) -> bool:
+    """Whether Winograd beats the direct (oneDNN) conv for this layer on CPU: the 36 GEMMs have K = Cin,
+    so with few channels the transforms, which cost ~C per pixel, outweigh the 4x saving in multiplies.
+
+    Measured (2-core AVX2 machine, batch 1, square HxW, Cin = Cout; direct / Winograd time, >1 = Winograd
+    faster; ``benchmarks/bench_winograd.py --threads 2 --shapes ...``):
+
+        C \\ HxW   4      8      16     32     64
+        64        0.45   0.41   0.49   0.79   0.90
+        128       0.78   0.87   0.96   1.28   1.64
+        160       0.66   1.07   1.00   1.48   1.78
+        320       1.32   1.18   1.76   1.91   2.33
+        640       1.30   1.52   2.02   2.83   3.02
+
+    So: at least 128 channels, and either at least 320 or a 32x32 or larger map."""
+    c = min(cin, cout)
+    return c >= 128 and (c >= 320 or h * w >= 32 * 32)
 
 
 def winograd_conv2d(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
