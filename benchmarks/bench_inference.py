@@ -19,6 +19,7 @@ Timings on a shared CPU are noisy: compare ratios measured in one run.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
 
@@ -123,7 +124,7 @@ def main():
         with contextlib.redirect_stdout(io.StringIO()):
             from models import VAR as RefVAR, VQVAE as RefVQVAE  # noqa: N811 - the reference's names
             c = var.config
-            rvae = RefVQVAE(**{k: v for k, v in vae.config.to_dict().items() if k not in ("ch_mult", "num_res_blocks", "in_channels", "using_sa", "using_mid_sa")}, test_mode=True).to(dev)
+            rvae = RefVQVAE(**{k: v for k, v in vae.config.to_dict().items() if k not in fixed}, test_mode=True).to(dev)
             rvar = RefVAR(vae_local=rvae, flash_if_available=False, fused_if_available=False, **c.var_kwargs()).to(dev)
         rvae.load_state_dict(vae.state_dict())
         rvar.load_state_dict(var.state_dict())
@@ -153,7 +154,7 @@ def main():
             times["t"] = min(times.get("t", 1e9), t)
             t2, _ = best_of(lambda: ours_d(out.f_hat), 1, dev)
             times["d"] = min(times.get("d", 1e9), t2)
-            rounds.append(t + t2)
+            ours_round = t + t2
             if ref:
                 rvae, rvar = ref
                 import models.var as ref_var_module  # the reference's module (not torch): wrap its sampler to read tokens
@@ -181,11 +182,11 @@ def main():
                     del rvae.fhat_to_img
                 t, _ = best_of(lambda: rvae.fhat_to_img(out.f_hat), 1, dev)
                 times["rd"] = min(times.get("rd", 1e9), t)
-                rounds[-1] = (rt + t) / rounds[-1]  # this round's end-to-end speed-up
+                rounds.append((rt + t) / ours_round)  # this round's end-to-end speed-up
                 times["same"] = len(ref_tokens) == len(out.idx_per_scale) and all(
                     torch.equal(a, b) for a, b in zip(ref_tokens, out.idx_per_scale))
         gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
-        rows.append((B, times, gt, gd, sorted(rounds) if ref else None))
+        rows.append((B, times, gt, gd, rounds))
 
     print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
           f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96")
@@ -204,9 +205,8 @@ def main():
     if ref:  # the table takes each part's best time; the per-round ratios show how much noise moved it
         print()
         for B, _, _, _, rs in rows:
-            med = rs[len(rs) // 2] if len(rs) % 2 else (rs[len(rs) // 2 - 1] + rs[len(rs) // 2]) / 2
-            print(f"B={B}: end-to-end speed-up per interleaved round: median {med:.2f}x "
-                  f"(min {rs[0]:.2f}x, max {rs[-1]:.2f}x, {len(rs)} rounds)")
+            print(f"B={B}: end-to-end speed-up per interleaved round: median {statistics.median(rs):.2f}x "
+                  f"(min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} rounds)")
 
 
 if __name__ == "__main__":

@@ -38,12 +38,9 @@ class Conv3x3(nn.Conv2d):
     def __init__(self, cin: int, cout: int):
         super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
 
-    def uses_winograd(self, x: torch.Tensor) -> bool:
-        return (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1]))
-
     def forward(self, x):
-        if self.uses_winograd(x):
+        if (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1])):
             return winograd_conv2d(self, x)
         return super().forward(x)
 
