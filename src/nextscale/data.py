@@ -368,12 +368,27 @@ class TokenCache:
         return CachedTokens(os.path.join(self.root, split), self.meta, train=train, hflip=hflip)
 
 
+def _load_npy(path: str, mmap_mode: Optional[str] = None) -> np.ndarray:
+    """A numeric ``.npy`` of a token cache; never a pickle (``allow_pickle=False``), one-line errors."""
+    try:
+        arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise NextScaleError(f"token cache file {path!r} is missing; rebuild the cache with nextscale tokenize") from None
+    except (ValueError, OSError, EOFError) as e:
+        why = "it holds Python objects (refused: a cache is never unpickled)" if "pickle" in str(e) or "Python objects" in str(e) else "damaged"
+        raise NextScaleError(f"token cache file {path!r} is not a numeric array ({why}); rebuild the cache with nextscale tokenize") from None
+    if not (np.issubdtype(arr.dtype, np.integer)):
+        raise NextScaleError(f"token cache file {path!r} holds {arr.dtype}, not integer ids; rebuild the cache with nextscale tokenize")
+    return arr
+
+
 class CachedTokens(torch.utils.data.Dataset):
     """Pre-encoded samples -> ``{"tokens": (L,) int64, "label", "u_drop", "n_bad"}`` (memory-mapped)."""
 
     def __init__(self, split_dir: str, meta: dict, train: bool = True, hflip: bool = False):
         self.split_dir, self.meta, self.train, self.hflip = split_dir, meta, train, hflip
-        self.labels = np.load(os.path.join(split_dir, "labels.npy"))
+        self.labels = _load_npy(os.path.join(split_dir, "labels.npy"))
+        _load_npy(os.path.join(split_dir, "tokens.npy"), mmap_mode="r")  # fail here, not in a worker
         self._tokens = None  # opened lazily so that DataLoader workers each map the file themselves
         self.classes = list(meta["classes"])
         if hflip and meta.get("views", 1) < 2:
@@ -386,7 +401,7 @@ class CachedTokens(torch.utils.data.Dataset):
     @property
     def tokens(self) -> np.ndarray:
         if self._tokens is None:
-            self._tokens = np.load(os.path.join(self.split_dir, "tokens.npy"), mmap_mode="r")
+            self._tokens = _load_npy(os.path.join(self.split_dir, "tokens.npy"), mmap_mode="r")
         return self._tokens
 
     def __len__(self) -> int:

@@ -10,3 +10,7 @@ class NextScaleError(Exception):
 
 class CheckpointError(NextScaleError):
     """A file is not a usable checkpoint (wrong format, missing/unexpected keys, shape mismatch)."""
+
+
+class NonFiniteError(NextScaleError):
+    """Training met a NaN/inf loss, gradient or weight and stopped before writing it anywhere."""

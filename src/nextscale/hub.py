@@ -1,7 +1,7 @@
 """Loading and saving weights: released reference ``.pth`` files, safetensors, pipeline directories, hub ids.
 
-Released checkpoints are read with ``torch.load(weights_only=True)`` only: a checkpoint can never run
-code. Configurations are inferred from tensor shapes, so ``var_d16.pth`` ... ``var_d36.pth`` and
+Every file is read through :mod:`nextscale.safeload` (``torch.load(weights_only=True)``, no fallback):
+a checkpoint can never run code. Configurations are inferred from tensor shapes, so ``var_d16.pth`` ... ``var_d36.pth`` and
 ``vae_ch160v4096z32.pth`` need no extra arguments.
 
 Pipeline directory layout (what ``save_pretrained`` writes and ``from_pretrained`` reads)::
@@ -55,22 +55,9 @@ def load_state_dict_file(path) -> Dict[str, torch.Tensor]:
     Accepts a bare state dict or the usual wrappers (``{'model': sd}``, ``{'state_dict': sd}``,
     the reference trainer's ``{'trainer': {'var_wo_ddp': sd}}``).
     """
+    from nextscale.safeload import load_weights
     path = Path(path)
-    if not path.exists():
-        raise NextScaleError(f"{path}: no such file")
-    if path.is_dir():
-        raise NextScaleError(f"{path}: is a directory, expected a checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
-            raise CheckpointError(f"{path}: not a safetensors checkpoint ({type(e).__name__}: {e})") from None
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a loadable tensor checkpoint (weights_only=True refused or failed: {msg[:200]})") from None
+    obj = load_weights(path, "checkpoint")
     return _unwrap(obj, path)
 
 
@@ -194,8 +181,27 @@ def load_var(path, vae: VQVAE, config: Optional[VARConfig] = None) -> VAR:
     if sd["word_embed.weight"].shape[1] != vae.Cvae or sd["head.weight"].shape[0] != vae.vocab_size:
         raise CheckpointError(f"{path}: transformer expects Cvae={sd['word_embed.weight'].shape[1]}, V={sd['head.weight'].shape[0]} "
                               f"but the tokenizer has Cvae={vae.Cvae}, V={vae.vocab_size}")
+    sd = _repair_derived_buffers(var, sd, path)
     var.load_state_dict(sd, strict=True)
     return var
+
+
+#: VAR buffers that are pure functions of the scale schedule (no learnt content).
+_DERIVED_VAR_BUFFERS = ("lvl_1L", "attn_bias_for_masking")
+
+
+def _repair_derived_buffers(var: VAR, sd: Dict[str, torch.Tensor], path) -> Dict[str, torch.Tensor]:
+    """Exports made before the EMA fix carry a NaN attention mask (EMA lerp'ed -inf into NaN). The
+    mask and level ids follow from the schedule alone, so a file whose copy differs from the one the
+    schedule gives is loaded with the right one (and says so) instead of training or sampling on NaN."""
+    import warnings
+    own = var.state_dict()
+    bad = [k for k in _DERIVED_VAR_BUFFERS if k in sd and not torch.equal(sd[k].to(own[k].dtype), own[k])]
+    if not bad:
+        return sd
+    warnings.warn(f"{path}: {', '.join(bad)} did not match the scale schedule (an export from before nextscale's "
+                  f"EMA fix); using the values the schedule gives. Re-export the model to silence this.", RuntimeWarning)
+    return {**sd, **{k: own[k] for k in bad}}
 
 
 def _reschedule(vae: VQVAE, patch_nums) -> VQVAE:
@@ -240,13 +246,13 @@ def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, D
         return load_components(vars_[0], vae_path=vae_path, patch_nums=patch_nums)
     if not p.exists():
         raise NextScaleError(f"{p}: no such file or directory")
+    sd = load_state_dict_file(p)  # first: a file that is no checkpoint at all must say so, not ask for a tokenizer
+    tcfg = infer_var_config(sd, patch_nums=patch_nums, source=p)
     if vae_path is None:
         cands = sorted(p.parent.glob("vae_*.pth"))
         if not cands:
             raise NextScaleError(f"{p}: a released transformer needs its tokenizer: put vae_ch160v4096z32.pth beside it or pass it explicitly")
         vae_path = cands[0]
-    sd = load_state_dict_file(p)
-    tcfg = infer_var_config(sd, patch_nums=patch_nums, source=p)
     vae = load_vqvae(vae_path, v_patch_nums=tcfg.patch_nums)
     var = load_var(p, vae, config=tcfg)
     return vae, var, {"labels": None, "source": str(p)}
@@ -262,6 +268,8 @@ def _atomic_dir(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+        from nextscale.imageio import apply_umask
+        apply_umask(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)
@@ -276,10 +284,10 @@ def _atomic_dir(out: Path) -> Iterator[Path]:
 
 def _write_model_dir(d: Path, model) -> None:
     """``d/config.json`` + ``d/model.safetensors`` (CPU copies of the weights) of a VQVAE / VAR."""
-    from safetensors.torch import save_file
+    from nextscale.safeload import save_safetensors
     d.mkdir()
     (d / "config.json").write_text(model.config.to_json())
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
+    save_safetensors(model.state_dict(), d / "model.safetensors")
 
 
 def _write_index(d: Path, class_name: str, components: Dict[str, List[str]], extra: Optional[dict]) -> None:

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["atomic_path", "save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
+__all__ = ["atomic_path", "apply_umask", "save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
 
 
 def to_pil(img) -> Image.Image:
@@ -46,17 +46,41 @@ def check_writable(path) -> Path:
     return p
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path) -> None:
+    """Give ``path`` (a file, or a directory tree) the mode a plain ``open``/``mkdir`` would have:
+    0666 / 0777 minus the umask. Temp files and dirs (``mkstemp``, ``mkdtemp``, safetensors) are
+    created 0600 / 0700, which a rename would otherwise keep."""
+    mask = _umask()
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        for root, dirs, files in os.walk(path):
+            os.chmod(root, 0o777 & ~mask)
+            for f in files:
+                fp = os.path.join(root, f)
+                if not os.path.islink(fp):
+                    os.chmod(fp, 0o666 & ~mask)
+    elif os.path.isfile(path):
+        os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[str]:
-    """Yield a fresh temp file ``.NAME.XXXX.tmp`` (mode 0600, empty) in ``path``'s directory to write;
-    it is moved onto ``path`` with ``os.replace`` when the block succeeds and removed when it raises,
-    so readers never see a half-written file."""
+    """Yield a fresh temp file ``.NAME.XXXX.tmp`` (empty) in ``path``'s directory to write; it is
+    given the umask's mode and moved onto ``path`` with ``os.replace`` when the block succeeds and
+    removed when it raises, so readers never see a half-written file."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
     os.close(fd)
     try:
         yield tmp
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -333,11 +333,8 @@ def load_fid_inception(weights: Optional[str] = None, device: Union[str, torch.d
                        spatial: bool = True) -> FIDInceptionV3:
     """Build :class:`FIDInceptionV3` and load ``pt_inception-2015-12-05`` weights (strict)."""
     path = resolve_inception_weights(weights)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # not a torch file
-        raise NextScaleError(f"cannot read FID Inception weights {path} ({type(e).__name__}); "
-                             f"re-download {INCEPTION_WEIGHTS_FILE}") from None
+    from nextscale.safeload import load_weights
+    sd = load_weights(path, f"FID Inception weights file ({INCEPTION_WEIGHTS_FILE})")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     model = FIDInceptionV3(spatial=spatial)

@@ -234,7 +234,7 @@ def features(model: SmallCNN, images: ImagesLike) -> np.ndarray:
 
 def save_classifier(model: SmallCNN, path: str, extra: Optional[dict] = None) -> str:
     """Write the weights to ``path`` (a ``.safetensors`` file, or a folder -> ``folder/classifier.safetensors``)."""
-    from safetensors.torch import save_file
+    from nextscale.safeload import save_safetensors
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, CLASSIFIER_FILE)
@@ -242,24 +242,25 @@ def save_classifier(model: SmallCNN, path: str, extra: Optional[dict] = None) ->
         os.makedirs(os.path.dirname(path), exist_ok=True)
     meta = {"format": _FORMAT, "classes": json.dumps(getattr(model, "classes", [str(i) for i in range(NUM_CLASSES)])),
             "train_info": json.dumps({**getattr(model, "train_info", {}), **(extra or {})})}
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, path, metadata=meta)
+    save_safetensors(model.state_dict(), path, metadata=meta)
     return path
 
 
 def load_classifier(path: str) -> SmallCNN:
     """Load a classifier written by :func:`save_classifier` (a file or a folder holding one)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
     if os.path.isdir(path):
         path = os.path.join(path, CLASSIFIER_FILE)
     if not os.path.isfile(path):
         raise NextScaleError(f"no classifier at {path!r}; train one with benchmarks/default_model_report.py --save-classifier PATH")
+    from nextscale.safeload import load_safetensors
+    sd = load_safetensors(path, "nextscale MNIST classifier")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}
     if meta.get("format") != _FORMAT:
         raise NextScaleError(f"{path!r} is not a nextscale MNIST classifier (format {meta.get('format')!r})")
     model = SmallCNN()
-    model.load_state_dict(load_file(path))
+    model.load_state_dict(sd)
     model.eval()
     model.classes = json.loads(meta.get("classes", "[]")) or [str(i) for i in range(NUM_CLASSES)]
     model.train_info = json.loads(meta.get("train_info", "{}"))

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from nextscale.errors import NextScaleError
+from nextscale.safeload import UnsafeFileError, load_torch
 
-__all__ = ["atomic_save", "CheckpointManager", "capture_rng", "restore_rng", "checkpoint_weights"]
+__all__ = ["atomic_save", "load_checkpoint", "CheckpointManager", "capture_rng", "restore_rng", "checkpoint_weights"]
 
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
@@ -54,11 +55,9 @@ def atomic_save(obj: Any, path: str) -> None:
             os.remove(tmp)
 
 
-def _load(path: str) -> Dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # objectives may store plain-python extras that weights_only refuses
-        return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(path: str) -> Dict[str, Any]:
+    """A training checkpoint, read tensors-only (:func:`nextscale.safeload.load_torch`, no fallback)."""
+    return load_torch(path, "nextscale training checkpoint (checkpoints/step_*.pt)")
 
 
 class CheckpointManager:
@@ -102,7 +101,9 @@ class CheckpointManager:
         """``(step, state)`` of the newest readable checkpoint, or None."""
         for s in reversed(self.steps()):
             try:
-                state = _load(self.path(s))
+                state = load_checkpoint(self.path(s))
+            except UnsafeFileError as e:  # planted or foreign: never skip past it silently
+                raise NextScaleError(f"{e}; remove it or use a fresh run folder") from None
             except Exception as e:
                 warnings.warn(f"ignoring unreadable checkpoint {self.path(s)} ({type(e).__name__}: {e}); trying an older one", RuntimeWarning)
                 continue

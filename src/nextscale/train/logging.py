@@ -56,12 +56,13 @@ class RunLogger:
             except Exception:  # tensorboard not installed: scalars stay in metrics.jsonl
                 self._tb = None
 
-    def info(self, msg: str) -> None:
+    def info(self, msg: str, echo: Optional[bool] = None) -> None:
+        """Append ``msg`` to log.txt and (unless ``echo`` is False) print it to stderr."""
         if not self.enabled:
             return
         line = f"[{time.strftime('%m-%d %H:%M:%S')}] {msg}"
         self._txt.write(line + "\n")
-        if self.echo:
+        if self.echo if echo is None else echo:
             try:
                 from tqdm.auto import tqdm
                 tqdm.write(line, file=sys.stderr)

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from nextscale import dist
 from nextscale.data import ResumableBatchSampler, ShardedEvalSampler
-from nextscale.errors import NextScaleError
+from nextscale.errors import NextScaleError, NonFiniteError
 from nextscale.train.checkpoint import CheckpointManager, capture_rng, restore_rng
 from nextscale.train.logging import RunLogger, format_duration
 from nextscale.train.optim import EMA, OptimSpec
@@ -190,6 +190,14 @@ class FitResult:
     checkpoint: Optional[str] = None
     bad_images: int = 0
     last_metrics: Dict[str, float] = field(default_factory=dict)
+
+
+def _non_finite_loss(out: Dict[str, Any]) -> Optional[Tuple[str, float]]:
+    """(name, value) of the first NaN/inf loss in a train_step's outputs, else None."""
+    for k, v in out.items():
+        if "loss" in k.split("/")[-1] and torch.is_tensor(v) and not bool(torch.isfinite(v.detach().float()).all()):
+            return k, float(v.detach().float().reshape(-1)[0])
+    return None
 
 
 class Trainer:
@@ -385,6 +393,7 @@ class Trainer:
             self._load_rest(state)
             del state
             self.log.info(f"resumed from {self.ckpt.path(self.step)} (step {self.step}/{cfg.max_steps})")
+        self._check_weights_finite(f"at step {self.step} (from the checkpoint)" if found is not None else "before training (from --init?)")
         self._write_run_config()
         res = FitResult(step=self.step, finished=self.step >= cfg.max_steps)
         if self.step >= cfg.max_steps:
@@ -413,6 +422,7 @@ class Trainer:
                     lrs = {k: spec.schedule.apply(spec.optimizer, self.step) for k, spec in ob.optim_specs.items()}
                     for m in ob.modules().values():
                         m.train()
+                    bad_loss = None
                     for micro in range(cfg.grad_accum):
                         ctx.micro = micro
                         batch = next(data)
@@ -424,9 +434,11 @@ class Trainer:
                                     if hasattr(m, "no_sync"):
                                         stack.enter_context(m.no_sync())
                             out = ob.train_step(batch, ctx)
+                        bad_loss = bad_loss or _non_finite_loss(out)
                         for k, v in out.items():
                             v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
                             sums[k] = sums.get(k, 0) + v / cfg.grad_accum
+                    self._check_finite(bad_loss)
                     stats = self._optimizer_step()
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0) + v
@@ -489,6 +501,33 @@ class Trainer:
             flag = dist.all_reduce_max(flag)
         return int(flag.item()) or None
 
+    def _check_finite(self, bad: Optional[Tuple[str, float]]) -> None:
+        """Stop before the optimizer step when a loss is NaN/inf, on every rank at once: stepping
+        would write NaN into the weights, the EMA and every later checkpoint."""
+        flag = torch.tensor(1.0 if bad else 0.0)
+        if self.world > 1:
+            flag = dist.all_reduce_max(flag)
+        if float(flag) == 0.0:
+            return
+        what = f"{bad[0]} is {bad[1]}" if bad else "a loss on another rank is not finite"
+        self._fail(f"step {self.step + 1}: {what}; stopped before updating the weights{self._last_good()} "
+                   f"(lower --lr, set --grad-clip, prefer --amp bf16 over fp16, or check the data and --init weights)")
+
+    def _fail(self, msg: str) -> None:
+        self.log.info(f"error: {msg}", echo=False)  # the console gets it once, from the caller
+        raise NonFiniteError(msg)
+
+    def _last_good(self) -> str:
+        steps = self.ckpt.steps()
+        return f"; the last good checkpoint is {self.ckpt.path(steps[-1])}" if steps else "; no checkpoint was written"
+
+    def _check_weights_finite(self, source: str) -> None:
+        for name, m in self.objective.modules().items():
+            for k, p in m.named_parameters():
+                if not bool(torch.isfinite(p.detach()).all()):
+                    self._fail(f"{name}.{k} holds NaN/inf values {source}; train from finite weights "
+                               f"(a fresh run, or an --init model that samples)")
+
     def _optimizer_step(self) -> Dict[str, torch.Tensor]:
         ob, stats = self.objective, {}
         active = set(ob.active_optimizers(self.step))
@@ -511,6 +550,9 @@ class Trainer:
                     scaler.update(new_scale=32768.0)
                 stats[f"{k}/scale_log2"] = torch.tensor(math.log2(max(scaler.get_scale(), 1e-30)))
             else:
+                if not bool(torch.isfinite(norm)):  # no loss scaler to skip the step: never write NaN weights
+                    self._fail(f"step {self.step + 1}: the gradient norm of {k!r} is {float(norm)}; stopped before "
+                               f"updating the weights{self._last_good()} (lower --lr or set --grad-clip)")
                 opt.step()
             opt.zero_grad(set_to_none=True)
             stats[f"{k}/grad_norm"] = norm.detach().float().cpu()

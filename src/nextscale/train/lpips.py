@@ -99,14 +99,8 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
         raise NextScaleError(f"--lpips-weights {path!r}: no .pth/.pt/.safetensors files found")
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
-        try:
-            if f.endswith(".safetensors"):
-                from safetensors.torch import load_file
-                part = load_file(f)
-            else:
-                part = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise NextScaleError(f"--lpips-weights: cannot read {f} ({type(e).__name__})") from None
+        from nextscale.safeload import load_weights
+        part = load_weights(f, "LPIPS / VGG16 weights file (--lpips-weights)")
         if isinstance(part, dict) and "state_dict" in part and isinstance(part["state_dict"], dict):
             part = part["state_dict"]
         if not isinstance(part, dict):

@@ -130,18 +130,24 @@ class OptimSpec:
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers (fp32)."""
+    """Exponential moving average of a module's floating-point *parameters* (kept in fp32).
+
+    Buffers are not parameters: they are copied as they are at every update, never averaged. The
+    VAR attention mask holds -inf, and ``lerp`` of -inf with -inf is NaN (0 * inf), so averaging it
+    poisoned every EMA export; integer buffers and running statistics are state, not weights.
+    """
 
     def __init__(self, module: nn.Module, decay: float):
         self.decay = float(decay)
-        self.shadow: Dict[str, torch.Tensor] = {k: v.detach().clone().float() if v.is_floating_point() else v.detach().clone()
+        self.params = {k for k, p in module.named_parameters() if p.is_floating_point()}
+        self.shadow: Dict[str, torch.Tensor] = {k: v.detach().clone().float() if k in self.params else v.detach().clone()
                                                 for k, v in module.state_dict().items()}
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         for k, v in module.state_dict().items():
             s = self.shadow[k]
-            if v.is_floating_point():
+            if k in self.params:
                 s.lerp_(v.detach().float(), 1.0 - self.decay)
             else:
                 s.copy_(v)

@@ -454,11 +454,8 @@ def load_tokenizer(source: str, v_patch_nums: Optional[Sequence[int]] = None):
             return hub.load_tokenizer_dir(os.path.join(source, "tokenizer"))
         raise NextScaleError(f"{source!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)")
     if source.endswith(".pt"):
-        from nextscale.train.checkpoint import _load
-        try:
-            state = _load(source)
-        except Exception as e:
-            raise NextScaleError(f"{source}: not a readable checkpoint ({type(e).__name__})") from None
+        from nextscale.train.checkpoint import load_checkpoint
+        state = load_checkpoint(source)
         if isinstance(state, dict) and state.get("format") == "nextscale-train":
             return _checkpoint_vae(source, state)[0]
     return hub.load_vqvae(source, v_patch_nums=v_patch_nums)
@@ -582,8 +579,8 @@ def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any
     (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize --tokenizer`` / ``train --tokenizer`` load."""
     from nextscale.hub import save_tokenizer_dir
     if os.path.isfile(run):
-        from nextscale.train.checkpoint import _load
-        path, state = run, _load(run)
+        from nextscale.train.checkpoint import load_checkpoint
+        path, state = run, load_checkpoint(run)
     elif os.path.isdir(run):
         path, state = _latest(run)
     else:

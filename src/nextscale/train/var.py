@@ -113,12 +113,13 @@ def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K
 # ------------------------------------------------------------------------------------------------
 
 def save_tokenizer(vae, out_dir: str) -> None:
-    from safetensors.torch import save_file
+    from nextscale.imageio import atomic_path
+    from nextscale.safeload import save_safetensors
     d = os.path.join(out_dir, "vqvae")
     os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "config.json"), "w") as f:
+    save_safetensors(vae.state_dict(), os.path.join(d, "model.safetensors"))
+    with atomic_path(os.path.join(d, "config.json")) as tmp, open(tmp, "w") as f:  # last: config.json marks it complete
         f.write(vae.config.to_json())
-    save_file({k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}, os.path.join(d, "model.safetensors"))
 
 
 def load_tokenizer(source: str, preset: Optional[ModelConfig] = None, seed: int = 0):
@@ -133,19 +134,9 @@ def load_tokenizer(source: str, preset: Optional[ModelConfig] = None, seed: int 
         return build_from_config(preset, seed=seed, init_var=False)[0]
     if source == "default":
         return hub.load_components(hub.resolve_model_path("default"))[0]
-    if not os.path.exists(source):
-        raise NextScaleError(f"tokenizer {source!r} not found; pass --tokenizer with a model folder, a vae_*.pth, 'default' or 'random'")
-    sub = os.path.join(source, "vqvae", "config.json")
-    if os.path.isfile(os.path.join(source, "model_index.json")):
-        return hub.load_components(source)[0]
-    if os.path.isfile(sub):
-        with open(sub) as f:
-            cfg = VQVAEConfig.from_dict(json.load(f))
-        return hub.load_vqvae(os.path.join(source, "vqvae", "model.safetensors"), config=cfg)
-    if os.path.isdir(source):
-        raise NextScaleError(f"{source!r} holds no tokenizer (expected model_index.json or vqvae/config.json)")
+    from nextscale.train.tokenizer import load_tokenizer as load_any_tokenizer  # folders, run folders, step_*.pt, .pth
     v = preset.vqvae.v_patch_nums if preset is not None else None
-    return hub.load_vqvae(source, v_patch_nums=v)
+    return load_any_tokenizer(source, v_patch_nums=v)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -462,8 +453,8 @@ def train_var(tc: VARTrainConfig) -> FitResult:
 
 def _find_checkpoint(run: str) -> Tuple[str, Dict[str, Any]]:
     if os.path.isfile(run):
-        from nextscale.train.checkpoint import _load
-        return run, _load(run)
+        from nextscale.train.checkpoint import load_checkpoint
+        return run, load_checkpoint(run)
     if not os.path.isdir(run):
         raise NextScaleError(f"run {run!r} not found; pass a run folder (with checkpoints/) or a step_*.pt file")
     found = CheckpointManager(os.path.join(run, "checkpoints")).latest()
