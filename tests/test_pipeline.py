@@ -92,7 +92,7 @@ def test_release_pth_loading_and_convert(tiny_pipe_dir, tmp_path, capsys):
 def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_pipe_dir):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(CheckpointError, match="junk.pth: not a loadable"):
+    with pytest.raises(CheckpointError, match="junk.pth: not a checkpoint \\(a text file\\)"):
         load_components(junk, vae_path=junk)
     evil = tmp_path / "evil.pth"
 
@@ -100,7 +100,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_pipe_dir):
         def __reduce__(self):
             return (os.system, ("echo pwned",))
     torch.save({"x": Boom()}, evil)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="refused.*it would import posix.system.*never runs code"):
         load_components(evil, vae_path=evil)
     pipe = NextScalePipeline.from_pretrained(tiny_pipe_dir)
     sd = pipe.var.state_dict()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Dict
@@ -68,11 +69,15 @@ def load_torch(path, what: str = "checkpoint") -> Any:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        kind, msg = _kind(path), str(e)
+        is_pickle = kind.startswith("a damaged")  # a zip or pickle header: a real pickle the safe load refused
+        if is_pickle and ("Weights only load failed" in msg or "WeightsUnpickler" in msg):
+            m = re.search(r"GLOBAL (\S+)", msg)
+            what_obj = f" (it would import {m.group(1)})" if m else ""
             raise UnsafeFileError(
-                f"{path}: refused: this pickle holds Python objects, not only tensors, and nextscale never runs code "
-                f"from a file; pass a {what} of tensors (a .safetensors file, or one saved from a state_dict)") from None
-        raise CheckpointError(f"{path}: not a {what} ({_kind(path)})") from None
+                f"{path}: refused: this pickle holds Python objects, not only tensors{what_obj}, and nextscale never "
+                f"runs code from a file; pass a {what} of tensors (a .safetensors file, or one saved from a state_dict)") from None
+        raise CheckpointError(f"{path}: not a {what} ({kind})") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError, KeyError, IndexError):
         raise CheckpointError(f"{path}: not a {what} ({_kind(path)})") from None
 
