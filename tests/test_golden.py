@@ -11,6 +11,11 @@ from nextscale.models.quantizer import phi_index
 from nextscale.sampling import generate
 
 ATOL = 1e-4
+#: Gumbel-smoothed sampling (more_smooth) amplifies float rounding (temperatures down to 0.005): the
+#: reference itself, on an Intel AVX-512 CPU, differs from its stored smoothed images by 1.6e-4, and
+#: this AMD AVX2 machine type sees 1.1e-4 (fixture README: smoothed images atol=5e-4; hard cases
+#: keep 1e-4 and exact tokens everywhere).
+SMOOTH_ATOL = 5e-4
 
 
 def _vae(g):
@@ -100,7 +105,8 @@ def test_sampling_matches_reference_every_case(golden, name):
         lab = _case_call(var, a)
         img = var.autoregressive_infer_cfg(B=a["B"], label_B=lab, g_seed=a["g_seed"], cfg=a["cfg"], top_k=a["top_k"],
                                            top_p=a["top_p"], more_smooth=a["more_smooth"])
-        torch.testing.assert_close(img, ref["img"], atol=ATOL, rtol=0, msg=lambda m: f"{case}: {m}")
+        atol = SMOOTH_ATOL if a["more_smooth"] else ATOL
+        torch.testing.assert_close(img, ref["img"], atol=atol, rtol=0, msg=lambda m: f"{case}: {m}")
         # the same through the generation loop directly: labels, tokens, f_hat and generator state
         gen = torch.Generator().manual_seed(a["g_seed"]) if a["g_seed"] is not None else None
         lab = _case_call(var, a)
@@ -109,6 +115,6 @@ def test_sampling_matches_reference_every_case(golden, name):
         assert torch.equal(out.labels, ref["labels"]), case
         for si, (got, want) in enumerate(zip(out.idx_per_scale, ref["idx_per_scale"])):
             assert torch.equal(got, want), f"{case}: tokens differ at scale {si}"
-        torch.testing.assert_close(out.f_hat, ref["f_hat_final"], atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(out.f_hat, ref["f_hat_final"], atol=atol, rtol=ATOL)
         state = gen.get_state() if gen is not None else torch.get_rng_state()
         assert torch.equal(state, ref["rng_state_after"]), f"{case}: generator state differs after sampling"
