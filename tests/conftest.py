@@ -12,6 +12,37 @@ ROOT = HERE.parent
 FIXTURES = HERE / "fixtures"
 
 
+#: What the environment promises (CI: ``NEXTSCALE_REQUIRE=golden,gradio``): a missing one is then a
+#: failure, never a silent skip. Names: golden (the reference's golden file), gradio (demo server).
+REQUIRED = {w.strip() for w in os.environ.get("NEXTSCALE_REQUIRE", "").split(",") if w.strip()}
+
+
+def need(what: str, reason: str):
+    """Skip with ``reason`` -- or fail, when ``what`` is in ``$NEXTSCALE_REQUIRE``."""
+    if what in REQUIRED:
+        pytest.fail(f"{reason} (required here: NEXTSCALE_REQUIRE={','.join(sorted(REQUIRED))})", pytrace=False)
+    pytest.skip(reason)
+
+
+def need_modules(what: str, *modules: str):
+    """Import ``modules`` or :func:`need` them."""
+    import importlib
+    for m in modules:
+        try:
+            importlib.import_module(m)
+        except ImportError:
+            need(what, f"{m} is not installed (pip install -e '.[dev]')")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """A loud last line when the browser tests did not run (Chromium comes from apt, best effort)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_demo_browser" in str(getattr(r, "nodeid", "")) or
+               "test_demo_browser" in str(getattr(r, "longrepr", ""))]
+    if skipped:
+        terminalreporter.write_line("!!! BROWSER TESTS SKIPPED: the demo page was not driven in a real browser "
+                                    "(no /usr/bin/chromium or playwright) !!!", red=True, bold=True)
+
+
 def golden_path():
     for cand in (os.environ.get("NEXTSCALE_GOLDEN"), FIXTURES / "official" / "small_golden.pt",
                  ROOT.parent / "shared" / "fixtures" / "official" / "small_golden.pt"):
@@ -24,7 +55,7 @@ def golden_path():
 def golden():
     p = golden_path()
     if p is None:
-        pytest.skip("reference golden file not found (set NEXTSCALE_GOLDEN or place shared/ beside the repo)")
+        need("golden", "reference golden file not found (set NEXTSCALE_GOLDEN or place shared/ beside the repo)")
     return torch.load(p, map_location="cpu", weights_only=True)
 
 

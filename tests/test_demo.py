@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import need_modules
 import torch
 from PIL import Image, ImageDraw
 
@@ -242,8 +243,7 @@ def _rss_mb() -> float:
 
 @pytest.fixture(scope="module")
 def server(pipe):
-    pytest.importorskip("gradio")
-    pytest.importorskip("gradio_client")
+    need_modules("gradio", "gradio", "gradio_client")
     from nextscale.demo import build_demo
     demo = build_demo(pipe, concurrency_limit=2, max_queue=32)  # 2 at once: the model lock must keep them apart
     url = _launch(demo)
@@ -317,16 +317,20 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
     print(f"20 concurrent requests: {dt:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
 
 
-@pytest.mark.parametrize("field,value", [
-    ("guidance", -1.0), ("guidance", 1e6), ("top_k", -5), ("top_k", 10**9), ("top_p", 7.0), ("seed", -3),
-    ("batch_size", 64), ("class_choice", "not-a-class"), ("class_choice", "999"), ("more_smooth", "maybe"),
-    ("batch_size", "many"),
+@pytest.mark.parametrize("field,value,msg", [
+    ("guidance", -1.0, r"guidance must be in \[0, 20\], got -1"), ("guidance", 1e6, r"guidance must be in \[0, 20\]"),
+    ("top_k", -5, r"top-k must be in 0\.\.\d+, got -5"), ("top_k", 10**9, r"top-k must be in 0\.\.\d+, got 1000000000"),
+    ("top_p", 7.0, r"top-p must be in \[0, 1\], got 7"), ("seed", -3, r"seed must be in 0\.\.2147483647, got -3"),
+    ("batch_size", 64, r"batch size must be in 1\.\.\d+, got 64"), ("class_choice", "not-a-class", "class must be random, -1"),
+    ("class_choice", "999", r"class must be random, -1 \(unconditional\) or a class id 0\.\.\d+, got '999'"),
+    ("more_smooth", "maybe", "Gumbel smoothing must be true or false, got 'maybe'"),
+    ("batch_size", "many", "batch size"),
 ])
-def test_api_rejects_out_of_range_values(client, field, value):
+def test_api_rejects_out_of_range_values(client, field, value, msg):
     from gradio_client.exceptions import AppError
     args = dict(zip(["class_choice", "guidance", "top_k", "top_p", "more_smooth", "seed", "random_seed", "batch_size"], _gen_args(0)))
     args[field] = value
-    with pytest.raises(AppError):
+    with pytest.raises(AppError, match=msg):
         client.predict(*args.values(), api_name="/generate")
 
 
@@ -356,8 +360,7 @@ def test_api_survives_bad_values_and_edit_round_trip(client, pipe, tmp_path):
 
 
 def test_full_queue_is_refused_with_a_message(pipe, tmp_path):
-    pytest.importorskip("gradio")
-    pytest.importorskip("gradio_client")
+    need_modules("gradio", "gradio", "gradio_client")
     from gradio_client import Client
 
     from nextscale.demo import build_demo
@@ -388,7 +391,7 @@ def test_startup_messages_warn_off_loopback():
 
 
 def test_serve_loads_the_model_and_serves_the_page(tiny_pipe_dir):
-    pytest.importorskip("gradio")
+    need_modules("gradio", "gradio")
     import urllib.request
 
     from nextscale.demo import serve

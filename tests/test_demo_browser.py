@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import need_modules
 import torch
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
@@ -23,7 +24,7 @@ CHROMIUM = os.environ.get("NEXTSCALE_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-pytest.importorskip("gradio", reason="gradio not installed (pip install 'nextscale[demo]')")
+need_modules("gradio", "gradio")
 
 K = 4  # scales of the tiny preset
 ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -50,8 +50,12 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert s1 == s2 == 5 and b["world_size"] == 2 and len(b["rng"]) == 2
     for k, v in a["modules"]["var"].items():
         torch.testing.assert_close(v, b["modules"]["var"][k], rtol=1e-4, atol=1e-5, msg=k)
-    moved = sum((a["modules"]["var"][k] - v).abs().sum().item() for k, v in _init_params().items())
-    assert moved > 0  # the weights did train
+    # the weights did train, each far beyond the tolerance used above (else "equal" would prove little)
+    init = _init_params()
+    tol = {k: 1e-5 + 1e-4 * v.abs().max().item() for k, v in init.items()}
+    moved = {k: (a["modules"]["var"][k] - v).abs().max().item() for k, v in init.items()}
+    small = sorted(k for k in init if moved[k] < 10 * tol[k])
+    assert len(small) <= len(init) // 10, f"{len(small)}/{len(init)} tensors barely moved: {small[:5]}"
 
 
 def _init_params():

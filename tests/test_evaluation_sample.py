@@ -143,8 +143,8 @@ def test_sample_fid_killed_process_resumes(tiny_model, tmp_path):
     finally:
         proc.wait()
     done = _pngs(out)
-    if len(done) == per_class * n_cls:
-        pytest.skip("the run finished before it could be killed")
+    assert proc.returncode == -signal.SIGKILL, proc.returncode  # died by the kill ...
+    assert len(done) < per_class * n_cls, "the run finished before it was killed"  # ... mid-run
     assert len(done) >= 2 * BATCH and not os.path.exists(str(out) + ".npz")
     stats = {n: (os.stat(out / n).st_ino, os.stat(out / n).st_mtime_ns) for n in done}
     assert _run(model, out, "--per-class", str(per_class)) == 0

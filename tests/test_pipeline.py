@@ -79,7 +79,7 @@ def test_release_pth_loading_and_convert(tiny_pipe_dir, tmp_path, capsys):
     sdt = load_state_dict_file(var_p)
     assert infer_var_config(sdt, patch_nums=(1, 2, 3, 4)).replace(drop_path_rate=0.0) == pipe.var.config
     assert main(["convert", "--vae", str(vae_p), "--var", str(var_p), "--out", str(tmp_path / "conv")]) == 2  # unknown 30-token schedule
-    assert "matches no known scale schedule" in capsys.readouterr().err
+    assert "match no released scale schedule" in capsys.readouterr().err
     assert main(["convert", "--vae", str(vae_p), "--var", str(var_p), "--out", str(tmp_path / "conv"), "--patch-nums", "1", "2", "3", "4"]) == 0
     a = pipe(class_labels=[5], seed=1, output_type="np").images
     b = NextScalePipeline.from_pretrained(tmp_path / "conv")(class_labels=[5], seed=1, output_type="np").images

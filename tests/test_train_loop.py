@@ -109,8 +109,16 @@ def test_grad_accum_equals_big_batch(tmp_path):
 
 def test_rerun_of_finished_run_is_a_noop(tmp_path):
     _fit(tmp_path, steps=2)
-    res, _ = _fit(tmp_path, steps=2)
+    ck = CheckpointManager(os.path.join(tmp_path, "checkpoints"))
+    p = ck.path(2)
+    before = os.stat(p)
+    metrics = (tmp_path / "metrics.jsonl").read_bytes()
+    res, ob = _fit(tmp_path, steps=2)
     assert res.finished and res.step == 2
+    after = os.stat(p)
+    assert ck.steps() == [2]
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)  # not rewritten
+    assert (tmp_path / "metrics.jsonl").read_bytes() == metrics  # no step trained, evaluated or logged again
 
 
 def test_bad_batch_sizes(tmp_path):

@@ -152,6 +152,8 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
     p.wait()
     killed_at = ck.steps()
     assert killed_at, "the run never wrote a checkpoint"
+    # the kill landed mid-run (otherwise resuming a finished run would make the equality trivial)
+    assert p.returncode == -9 and killed_at[-1] < 14, (p.returncode, killed_at)
     assert main(cmd(run)) == 0  # the same command resumes
     (sa, a), (sb, b) = _final(ref), _final(run)
     assert sa == sb == 14

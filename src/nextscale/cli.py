@@ -46,7 +46,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         rc = args.func(args)
         return int(rc or 0)
-    except (NextScaleError, ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+    except (NextScaleError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        # user errors only: any other exception is a bug and keeps its traceback
         if os.environ.get("NEXTSCALE_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -76,9 +77,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
 
 def _device_dtype(args):
     import torch
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        raise NextScaleError("--device cuda given but no CUDA device is available; use --device cpu")
+
+    from nextscale.validate import check_device
+    dev = str(check_device(args.device, "--device")) if args.device else ("cuda" if torch.cuda.is_available() else "cpu")
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype or "", None)
     if dt is None:
         dt = torch.bfloat16 if dev.startswith("cuda") else torch.float32
@@ -116,12 +117,17 @@ def _run_sample(args) -> int:
     from nextscale.imageio import check_writable, make_grid, save_image_atomic
     from nextscale.pipelines import load_pipeline
 
+    from nextscale.validate import MAX_IMAGES, check_count, check_seed
+
     _check_sampling_args(args)
-    if args.num is not None and args.num <= 0:
-        raise NextScaleError(f"--num must be >= 1, got {args.num}")
-    if args.batch_size <= 0:
-        raise NextScaleError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = check_writable(args.out)
+    check_seed(args.seed, "--seed")
+    if args.num is not None:
+        check_count(args.num, "--num", hi=MAX_IMAGES)
+        check_count(args.num * max(len(args.classes or []), 1), "--num x the number of --class ids", hi=MAX_IMAGES)
+    check_count(args.batch_size, "--batch-size")
+    if args.nrow is not None:
+        check_count(args.nrow, "--nrow")
+    out = check_writable(args.out, image=True)
     dev, dt = _device_dtype(args)
     pipe = load_pipeline(args.model, device=dev, dtype=dt)
     nc = pipe.num_classes
@@ -155,18 +161,21 @@ def _run_sample(args) -> int:
     stem = out.with_suffix("")
     if not args.no_singles:
         for i, (im, c) in enumerate(zip(images, used)):
-            written.append(save_image_atomic(im, Path(f"{stem}_{i:03d}_class{c}.png")))
+            written.append(save_image_atomic(im, Path(f"{stem}_{i:03d}_class{c}{out.suffix}")))
     if args.strip:
         K = len(pipe.patch_nums)
         flat = [x for row in strips for x in row]
-        written.append(save_image_atomic(make_grid(flat, nrow=K, min_cell=64), Path(f"{stem}_strip.png")))
+        written.append(save_image_atomic(make_grid(flat, nrow=K, min_cell=64), Path(f"{stem}_strip{out.suffix}")))
     print(f"wrote {written[0]} ({len(images)} images{', ' + str(len(written) - 1) + ' more files' if len(written) > 1 else ''})")
     return 0
 
 
 @command("info")
 def _cmd_info(sub):
-    p = sub.add_parser("info", help="describe a model: presets, sizes, classes, schedule")
+    p = sub.add_parser("info", help="describe a model: presets, sizes, classes, schedule",
+                       description="Print a model's architecture (depth, width, heads, AdaLN kind), parameter counts, "
+                                   "resolution, scale schedule and classes. Example: nextscale info var_d16.pth; "
+                                   "nextscale info var-d16/ --json")
     p.add_argument("model", nargs="?", default="default", help="pipeline directory, var_d*.pth, hub id or 'default'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_run_info)
@@ -664,13 +673,18 @@ def _run_edit(args) -> int:
     from nextscale.editing import NextScaleInpaintPipeline, parse_outpaint
     from nextscale.imageio import check_writable, load_image, make_grid, save_image_atomic
 
+    from nextscale.validate import MAX_IMAGES, check_count, check_seed
+
     _check_sampling_args(args)
-    if args.num < 1:
-        raise NextScaleError(f"--num must be >= 1, got {args.num}")
+    check_seed(args.seed, "--seed")
+    check_count(args.num, "--num", hi=MAX_IMAGES)
+    for flag, path in (("--image", args.image), ("--mask", args.mask)):
+        if path is not None and not os.path.isfile(path):
+            raise NextScaleError(f"{flag} {path!r}: no such file")
     if args.mask is None and args.outpaint is None and args.keep_scales is None:
         raise NextScaleError("nothing to edit: give --mask (white = regenerate), --outpaint L,T,R,B or --keep-scales K")
     outpaint = parse_outpaint(args.outpaint)
-    out = check_writable(args.out)
+    out = check_writable(args.out, image=True)
     image = load_image(args.image)
     mask = load_image(args.mask) if args.mask is not None else None
     if mask is not None and outpaint is None and args.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
@@ -697,7 +711,7 @@ def _run_edit(args) -> int:
     else:
         written.append(save_image_atomic(make_grid(o.images, min_cell=64), out))
         for i, im in enumerate(o.images):
-            written.append(save_image_atomic(im, Path(f"{stem}_{i:03d}.png")))
+            written.append(save_image_atomic(im, Path(f"{stem}_{i:03d}{out.suffix}")))
     if args.compare:
         plan = pipe.prepare(image, mask, outpaint=outpaint, keep_scales=args.keep_scales, mask_threshold=args.mask_threshold)
         canvas = plan.image[0].add(1).mul(0.5).cpu()

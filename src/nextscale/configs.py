@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from nextscale.errors import NextScaleError
+
 __all__ = [
     "VQVAEConfig", "VARConfig", "ModelConfig", "PRESETS", "get_preset", "list_presets",
     "ConfigError", "scale_schedule_256", "scale_schedule_512",
@@ -23,7 +25,7 @@ scale_schedule_256: Tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 scale_schedule_512: Tuple[int, ...] = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
-class ConfigError(ValueError):
+class ConfigError(NextScaleError, ValueError):
     """A bad configuration value or key; the message says how to fix it."""
 
 

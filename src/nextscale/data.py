@@ -368,6 +368,17 @@ class TokenCache:
         return CachedTokens(os.path.join(self.root, split), self.meta, train=train, hflip=hflip)
 
 
+def _remove_dead_partials(out: str) -> None:
+    """Remove ``OUT.partial-PID/`` folders left by a tokenize run that was killed (its PID is gone)."""
+    import glob
+
+    from nextscale.imageio import _pid_alive
+    for d in glob.glob(glob.escape(out.rstrip(os.sep)) + ".partial-*"):
+        pid = d.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _load_npy(path: str, mmap_mode: Optional[str] = None) -> np.ndarray:
     """A numeric ``.npy`` of a token cache; never a pickle (``allow_pickle=False``), one-line errors."""
     try:
@@ -451,6 +462,7 @@ def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int]
     dtype = smallest_uint_dtype(vocab)
     views = 2 if flip else 1
     tmp = f"{out.rstrip(os.sep)}.partial-{os.getpid()}"
+    _remove_dead_partials(out)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     meta = dict(format=CACHE_FORMAT, version=CACHE_VERSION, fingerprint=fp, patch_nums=[int(p) for p in patch_nums],

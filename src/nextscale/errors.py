@@ -14,3 +14,7 @@ class CheckpointError(NextScaleError):
 
 class NonFiniteError(NextScaleError):
     """Training met a NaN/inf loss, gradient or weight and stopped before writing it anywhere."""
+
+
+class InputError(NextScaleError, ValueError):
+    """A bad value given to a library function (still a ``ValueError`` for callers that catch one)."""

@@ -148,7 +148,8 @@ def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="check
     if patch_nums is None:
         patch_nums = _KNOWN_SCHEDULES.get(int(L))
         if patch_nums is None:
-            raise CheckpointError(f"{source}: {L} tokens matches no known scale schedule; pass the schedule (--patch-nums 1 2 3 ...)")
+            raise CheckpointError(f"{source}: {L} tokens match no released scale schedule; convert it once with its schedule: "
+                                  f"nextscale convert --vae VAE --var {Path(str(source)).name} --patch-nums 1 2 3 ... --out DIR")
     if sum(p * p for p in patch_nums) != L:
         raise CheckpointError(f"{source}: has {L} tokens but patch_nums {tuple(patch_nums)} give {sum(p * p for p in patch_nums)} (wrong resolution?)")
     return VARConfig(depth=depth, embed_dim=int(C), num_heads=int(heads), num_classes=int(n_cls) - 1, mlp_ratio=mlp_ratio,

@@ -33,9 +33,13 @@ def to_pil(img) -> Image.Image:
     return Image.fromarray(arr)
 
 
-def check_writable(path) -> Path:
-    """Fail early (before any work) if ``path`` cannot be written."""
+def check_writable(path, image: bool = False, name: str = "--out") -> Path:
+    """Fail early (before any work) if ``path`` cannot be written (and, with ``image``, if its
+    extension is no image type nextscale writes)."""
     p = Path(path)
+    if image:
+        from nextscale.validate import image_format
+        image_format(p, name)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise NextScaleError(f"{p}: directory {parent} does not exist")
@@ -69,6 +73,34 @@ def apply_umask(path) -> None:
         os.chmod(path, 0o666 & ~mask)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_temps(d: str, base: str) -> None:
+    """Remove ``.BASE.PID.XXXX.tmp`` files of writers that died (kill -9) before their rename."""
+    prefix = f".{base}."
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return
+    for n in names:
+        if not (n.startswith(prefix) and n.endswith(".tmp")):
+            continue
+        pid = n[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.remove(os.path.join(d, n))
+            except OSError:
+                pass
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[str]:
     """Yield a fresh temp file ``.NAME.XXXX.tmp`` (empty) in ``path``'s directory to write; it is
@@ -76,7 +108,11 @@ def atomic_path(path) -> Iterator[str]:
     removed when it raises, so readers never see a half-written file."""
     path = os.fspath(path)
     d = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=d)
+    _remove_stale_temps(d, os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=d)
+    except OSError as e:  # name the file the user asked for, not our hidden temp file
+        raise NextScaleError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
     os.close(fd)
     try:
         yield tmp
@@ -90,8 +126,9 @@ def atomic_path(path) -> Iterator[str]:
 
 def save_image_atomic(img, path, format: Optional[str] = None) -> Path:
     """Save via a temp file in the same directory, then rename: never a half-written image."""
+    from nextscale.validate import image_format
     p = Path(path)
-    fmt = format or {".jpg": "JPEG", ".jpeg": "JPEG"}.get(p.suffix.lower(), "PNG")
+    fmt = format or image_format(p, "output image")
     with atomic_path(p) as tmp, open(tmp, "wb") as f:
         to_pil(img).save(f, format=fmt)
     return p

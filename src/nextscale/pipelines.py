@@ -22,6 +22,7 @@ from nextscale.configs import ModelConfig, get_preset
 from nextscale.errors import NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
 from nextscale.sampling import CudaGraphs, generate
+from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_device, check_seed
 
 #: Sampling settings used when a call does not give them and the model directory recommends none:
 #: the reference README's ImageNet evaluation settings. A model directory may recommend its own in
@@ -133,6 +134,7 @@ class NextScalePipeline:
         if isinstance(device, torch.dtype):
             device, dtype = None, device
         if device is not None:
+            device = check_device(device)
             self.vqvae.to(device)
             self.var.to(device)
             self._cuda_graphs.clear()
@@ -170,10 +172,16 @@ class NextScalePipeline:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
     def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
+        """``generator`` as given, or a fresh one on the model's device seeded with ``seed``; giving
+        both is an error (which one would win is not obvious)."""
+        if generator is not None and seed is not None:
+            raise NextScaleError("give either seed or generator, not both (a generator carries its own seed)")
         if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise NextScaleError(f"generator must be a torch.Generator, got {type(generator).__name__}")
             return generator
         if seed is not None:
-            return torch.Generator(device=self.device).manual_seed(int(seed))
+            return torch.Generator(device=self.device).manual_seed(check_seed(seed))
         return None
 
     @torch.no_grad()
@@ -243,24 +251,18 @@ class NextScalePipeline:
         generator or seed: randomness; the same seed on the same device gives the same images.
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
         """
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.tolist()
+        if num_images is not None:
+            num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
         if class_labels is None:
             B, labels = (num_images or 1), None
-        elif isinstance(class_labels, (int, np.integer)):
-            B, labels = (num_images or 1), int(class_labels)
         else:
-            labels = [int(c) for c in class_labels]
-            if not labels:
-                raise NextScaleError("class_labels is empty")
-            if num_images is not None and num_images != len(labels):
-                raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
-            B = len(labels)
-        if B <= 0:
-            raise NextScaleError(f"num_images must be >= 1, got {B}")
-        for c in ([labels] if isinstance(labels, int) else (labels or [])):
-            if not -1 <= c < self.num_classes:
-                raise NextScaleError(f"class {c} is out of range: this model has classes 0..{self.num_classes - 1} (-1 = unconditional)")
+            labels = check_class_ids(class_labels, self.num_classes)
+            if isinstance(labels, int):
+                B = num_images or 1
+            else:
+                if num_images is not None and num_images != len(labels):
+                    raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
+                B = len(labels)
         return self._run(B, labels, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
                          top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
                          output_type=output_type, return_indices=return_indices,

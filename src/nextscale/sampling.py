@@ -116,6 +116,11 @@ def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[
                          constraint, callback, cuda_graphs)
 
 
+def _non_finite(si: int, pn: int) -> NextScaleError:
+    return NextScaleError(f"the model's logits at scale {si + 1} ({pn}x{pn}) are NaN/inf: its weights are not finite "
+                          f"(a broken export or a diverged run); re-export from a good checkpoint")
+
+
 def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule, constraint,
               callback, cuda_graphs) -> GenerationOutput:
     K = len(var.patch_nums)
@@ -150,7 +155,14 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
         if use_cfg:
             t = ts[si]
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
-        idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=top_k, top_p=top_p, generator=generator)
+        if si == 0 and not bool(torch.isfinite(logits_BlV).all()):  # one check (one sync) catches NaN weights
+            raise _non_finite(si, pn)
+        try:
+            idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=top_k, top_p=top_p, generator=generator)
+        except RuntimeError as e:  # CPU multinomial refuses NaN/inf probabilities at a later scale
+            if "inf" in str(e) or "nan" in str(e):
+                raise _non_finite(si, pn) from None
+            raise
         if not more_smooth:
             h_BlCv = quant.embedding(idx_Bl)
         else:  # visual smoothing (not for FID): soft codes from a tempered Gumbel-softmax

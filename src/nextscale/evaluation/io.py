@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import InputError, NextScaleError
 from nextscale.imageio import atomic_path
 
 __all__ = [
@@ -216,15 +216,15 @@ def write_samples_npz(path: str, batches: Iterator[np.ndarray], shape: Tuple[int
             for b in batches:
                 b = np.ascontiguousarray(b, dtype=np.uint8)
                 if b.shape[1:] != tuple(shape[1:]):
-                    raise ValueError(f"batch of shape {b.shape} does not fit {shape}")
+                    raise InputError(f"batch of shape {b.shape} does not fit {shape}")
                 f.write(b.tobytes())
                 written += b.shape[0]
             if written != n:
-                raise ValueError(f"wrote {written} images, expected {n}")
+                raise InputError(f"wrote {written} images, expected {n}")
         if labels is not None:
             labels = np.asarray(labels, dtype=np.int64)
             if labels.shape != (n,):
-                raise ValueError(f"labels must be ({n},), got {labels.shape}")
+                raise InputError(f"labels must be ({n},), got {labels.shape}")
             _write_member(zf, "labels", labels)
     return path
 

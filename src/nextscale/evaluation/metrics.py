@@ -14,6 +14,8 @@ from typing import Tuple, Union
 import numpy as np
 import torch
 
+from nextscale.errors import InputError
+
 __all__ = [
     "feature_statistics",
     "frechet_distance",
@@ -35,9 +37,9 @@ def feature_statistics(features: ArrayLike) -> Tuple[np.ndarray, np.ndarray]:
     """Mean and covariance (unbiased, ``np.cov(rowvar=False)``) of (N, D) features, in float64."""
     f = _np64(features)
     if f.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {f.shape}")
+        raise InputError(f"features must be (N, D), got shape {f.shape}")
     if f.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+        raise InputError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
     mu = f.mean(axis=0)
     sigma = np.cov(f, rowvar=False)
     return mu, np.atleast_2d(sigma)
@@ -119,16 +121,16 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     the two agree to ~1e-6 relative on real statistics.
     """
     if method not in ("eigh", "sqrtm"):
-        raise ValueError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
+        raise InputError(f"method must be 'eigh' or 'sqrtm', got {method!r}")
     mu1, mu2 = np.atleast_1d(_np64(mu1)), np.atleast_1d(_np64(mu2))
     sigma1, sigma2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
     if mu1.shape != mu2.shape:
-        raise ValueError(f"feature means have different lengths: {mu1.shape} vs {mu2.shape} (different feature extractors?)")
+        raise InputError(f"feature means have different lengths: {mu1.shape} vs {mu2.shape} (different feature extractors?)")
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
-        raise ValueError(f"covariance shapes {sigma1.shape} / {sigma2.shape} do not match the means {mu1.shape}")
+        raise InputError(f"covariance shapes {sigma1.shape} / {sigma2.shape} do not match the means {mu1.shape}")
     for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
         if not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or inf (features are not finite)")
+            raise InputError(f"{name} contains NaN or inf (features are not finite)")
     diff = mu1 - mu2
     if method == "sqrtm":
         tr_covmean = _trace_sqrt_product(sigma1, sigma2, eps)
@@ -148,10 +150,10 @@ def inception_score(logits: ArrayLike, splits: int = 10, from_logits: bool = Tru
     """
     x = _np64(logits)
     if x.ndim != 2:
-        raise ValueError(f"logits must be (N, C), got shape {x.shape}")
+        raise InputError(f"logits must be (N, C), got shape {x.shape}")
     n = x.shape[0]
     if splits < 1 or splits > n:
-        raise ValueError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
+        raise InputError(f"splits must be between 1 and the number of samples ({n}), got {splits}")
     if from_logits:
         x = x - x.max(axis=1, keepdims=True)
         logp = x - np.log(np.exp(x).sum(axis=1, keepdims=True))
@@ -195,7 +197,7 @@ def manifold_radii(features: ArrayLike, k: int = 3, batch_size: int = 4096, devi
     f = _as_tensor(features, dev, dtype)
     n = f.shape[0]
     if n <= k:
-        raise ValueError(f"precision/recall with k={k} needs more than {k} feature vectors, got {n}")
+        raise InputError(f"precision/recall with k={k} needs more than {k} feature vectors, got {n}")
     sq = (f * f).sum(1)
     radii = torch.empty(n, dtype=dtype, device=dev)
     for i in range(0, n, batch_size):
@@ -239,7 +241,7 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: i
     r = _as_tensor(real, dev, dtype)
     f = _as_tensor(fake, dev, dtype)
     if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
-        raise ValueError(f"real and fake features must be (N, D) with the same D, got {tuple(r.shape)} and {tuple(f.shape)}")
+        raise InputError(f"real and fake features must be (N, D) with the same D, got {tuple(r.shape)} and {tuple(f.shape)}")
     r_radii = manifold_radii(r, k, batch_size, dev, dtype)
     f_radii = manifold_radii(f, k, batch_size, dev, dtype)
     precision = _coverage(r, r_radii, f, batch_size)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from nextscale.evaluation.evaluate import _module_device, _normalize_output
 from nextscale.evaluation.metrics import feature_statistics, frechet_distance
+from nextscale.errors import InputError
 
 __all__ = ["psnr", "ssim", "to_uint8", "ReconstructionMetrics"]
 
@@ -21,11 +22,11 @@ def _pair(a: torch.Tensor, b: torch.Tensor):
     a = torch.as_tensor(a)
     b = torch.as_tensor(b)
     if a.shape != b.shape:
-        raise ValueError(f"images have different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise InputError(f"images have different shapes: {tuple(a.shape)} vs {tuple(b.shape)}")
     if a.dim() == 3:
         a, b = a[None], b[None]
     if a.dim() != 4:
-        raise ValueError(f"images must be (N, C, H, W) or (C, H, W), got shape {tuple(a.shape)}")
+        raise InputError(f"images must be (N, C, H, W) or (C, H, W), got shape {tuple(a.shape)}")
     return a.double(), b.double()
 
 
@@ -53,7 +54,7 @@ def ssim(img_a: torch.Tensor, img_b: torch.Tensor, data_range: float = 1.0, win_
     a, b = _pair(img_a, img_b)
     n, c, h, w = a.shape
     if h < win_size or w < win_size:
-        raise ValueError(f"SSIM with an {win_size}x{win_size} window needs images at least that large, got {h}x{w}")
+        raise InputError(f"SSIM with an {win_size}x{win_size} window needs images at least that large, got {h}x{w}")
     g = _gaussian_window(win_size, sigma, a.dtype, a.device)
     gh = g.view(1, 1, 1, win_size).repeat(c, 1, 1, 1)
     gv = g.view(1, 1, win_size, 1).repeat(c, 1, 1, 1)
@@ -112,7 +113,7 @@ class ReconstructionMetrics:
 
     def compute(self) -> Dict[str, Optional[float]]:
         if not self._psnr:
-            raise ValueError("no images were added; call update() first")
+            raise InputError("no images were added; call update() first")
         p = torch.cat(self._psnr)
         res: Dict[str, Optional[float]] = {
             "psnr": float(p[torch.isfinite(p)].mean()) if torch.isfinite(p).any() else float("inf"),

@@ -95,6 +95,46 @@ class TrainConfigBase:
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
+    def check_loop(self) -> None:
+        """The loop settings' rules, checked before a run creates any folder or file."""
+        from nextscale.validate import check_device, check_seed
+        check_seed(self.seed, "--seed")
+        if self.workers is not None and self.workers < 0:
+            raise NextScaleError(f"--workers must be >= 0 (0 = load in the main process), got {self.workers}")
+        for flag, v in (("--ckpt-every", self.ckpt_every), ("--keep", self.keep_last), ("--log-every", self.log_every)):
+            if v < 1:
+                raise NextScaleError(f"{flag} must be >= 1, got {v}")
+        if self.eval_every < 0:
+            raise NextScaleError(f"--eval-every must be >= 0 (0 = at the end only), got {self.eval_every}")
+        if self.sample_every < -1:
+            raise NextScaleError(f"--sample-every must be >= -1 (0 = at the end only, -1 = never), got {self.sample_every}")
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise NextScaleError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
+        if self.device is not None and not os.environ.get("LOCAL_RANK"):
+            check_device(self.device, "--device")
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if self.batch_size is None or self.batch_size <= 0:
+            raise NextScaleError(f"--batch-size must be a positive integer, got {self.batch_size}")
+        if self.grad_accum <= 0:
+            raise NextScaleError(f"--grad-accum must be a positive integer, got {self.grad_accum}")
+        if self.batch_size % (world * self.grad_accum):
+            raise NextScaleError(f"--batch-size {self.batch_size} is not divisible by world size {world} x --grad-accum "
+                                 f"{self.grad_accum}; pick a multiple of {world * self.grad_accum}")
+
+    def check_rates(self, *names: str) -> None:
+        """Each named float field is finite and >= 0 (None allowed); ``lr``-like ones > 0."""
+        for n in names:
+            v = getattr(self, n)
+            if v is None:
+                continue
+            flag = "--" + n.replace("_", "-")
+            if not math.isfinite(float(v)):
+                raise NextScaleError(f"{flag} must be a finite number, got {v}")
+            if n.endswith("lr") and v <= 0:
+                raise NextScaleError(f"{flag} must be > 0, got {v}")
+            if v < 0:
+                raise NextScaleError(f"{flag} must be >= 0, got {v}")
+
     def loop_config(self, run_dir: str, max_steps: int, device: torch.device, fsdp: bool = False) -> LoopConfig:
         """The :class:`LoopConfig` of this run on ``device`` (resolves the default worker count)."""
         workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)

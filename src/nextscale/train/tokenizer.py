@@ -118,6 +118,12 @@ class TokenizerTrainConfig(TrainConfigBase):
 def _check_config(tc: TokenizerTrainConfig) -> None:
     if tc.data is None:
         raise NextScaleError("pass --data DIR (a folder of images)")
+    tc.check_loop()
+    tc.check_rates("lr", "disc_lr", "weight_decay", "lr_end", "rec_weight", "codebook_weight", "perceptual_weight", "disc_weight")
+    if not math.isfinite(tc.grad_clip):
+        raise NextScaleError(f"--grad-clip must be a finite number (<= 0 = off), got {tc.grad_clip}")
+    if tc.warmup_steps < 0:
+        raise NextScaleError(f"--warmup-steps must be >= 0, got {tc.warmup_steps}")
     if tc.batch_size is None or tc.batch_size <= 0:
         raise NextScaleError(f"--batch-size must be a positive integer, got {tc.batch_size}")
     if tc.grad_accum <= 0:
@@ -443,6 +449,8 @@ def load_tokenizer(source: str, v_patch_nums: Optional[Sequence[int]] = None):
     folder (its exported ``tokenizer/`` or latest checkpoint), a training ``step_*.pt``, or a
     released ``vae_*.pth`` / ``.safetensors``."""
     from nextscale import hub
+    if source == "default":  # the bundled model's tokenizer, as every other command accepts
+        return hub.load_components(hub.resolve_model_path("default"))[0]
     if source is None or not os.path.exists(source):
         raise NextScaleError(f"tokenizer {source!r} not found; pass a tokenizer/pipeline directory, a run folder or a vae_*.pth")
     if os.path.isdir(source):
@@ -461,6 +469,19 @@ def load_tokenizer(source: str, v_patch_nums: Optional[Sequence[int]] = None):
     return hub.load_vqvae(source, v_patch_nums=v_patch_nums)
 
 
+def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
+    """--patch-nums re-schedules the scales; the image side is last scale x downsample, so a last scale
+    above the architecture's latent would silently train at a larger resolution (1 2 99 on an 8x8
+    latent -> 396 px images, ~100x slower). Smaller schedules (e.g. 1 2 4 -> 16 px) are fine."""
+    if pn is None:
+        return
+    side = cfg.v_patch_nums[-1]
+    if pn[-1] > side or any(b <= a for a, b in zip(pn, pn[1:])) or pn[0] < 1:
+        raise NextScaleError(f"--patch-nums {' '.join(map(str, pn))} does not fit this tokenizer's {side}x{side} latent "
+                             f"({cfg.resolution} px images): give increasing sides ending in at most {side}, "
+                             f"e.g. --patch-nums {' '.join(map(str, cfg.v_patch_nums))} (a larger resolution needs a larger preset)")
+
+
 def _build_vae(tc: TokenizerTrainConfig):
     """A trainable VQ-VAE: fresh (preset + overrides, seeded) or from ``--init``."""
     from nextscale.models import VQVAE
@@ -469,6 +490,7 @@ def _build_vae(tc: TokenizerTrainConfig):
     pn = tuple(int(p) for p in tc.patch_nums) if tc.patch_nums else None
     if tc.init is not None:  # the init model's architecture and schedule (--patch-nums may change the schedule)
         src = load_tokenizer(tc.init, v_patch_nums=pn)
+        _check_fits_latent(pn, src.config)
         if over:
             raise NextScaleError(f"--{next(iter(over)).replace('_', '-')} cannot change a --init tokenizer's architecture; drop it")
         cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)
@@ -478,6 +500,7 @@ def _build_vae(tc: TokenizerTrainConfig):
         return vae.train().requires_grad_(True)
     try:
         cfg = get_preset(tc.preset).vqvae
+        _check_fits_latent(pn, cfg)
         if pn is not None:
             over["v_patch_nums"] = pn
         cfg = cfg.replace(**over) if over else cfg

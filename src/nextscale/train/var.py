@@ -304,8 +304,12 @@ class VARObjective(Objective):
 # ------------------------------------------------------------------------------------------------
 
 def _check_positive(tc: VARTrainConfig) -> None:
-    if tc.batch_size is None or tc.batch_size <= 0:
-        raise NextScaleError(f"--batch-size must be a positive integer, got {tc.batch_size}")
+    tc.check_loop()
+    tc.check_rates("base_lr", "lr", "weight_decay", "weight_decay_end", "warmup_start", "lr_end", "progressive")
+    if not math.isfinite(tc.grad_clip):
+        raise NextScaleError(f"--grad-clip must be a finite number (<= 0 = off), got {tc.grad_clip}")
+    if tc.warmup_steps is not None and tc.warmup_steps < 0:
+        raise NextScaleError(f"--warmup-steps must be >= 0, got {tc.warmup_steps}")
     if tc.steps is not None and tc.steps <= 0:
         raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
     if tc.steps is None and not tc.epochs > 0:
