@@ -163,32 +163,35 @@ def test_rng_capture_restore_roundtrip():
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
 
 
-def _ref_lr(sche, it, wp, mx, wp0, wpe):  # the reference formula, transcribed for comparison
-    if it < wp:
-        return wp0 + (1 - wp0) * it / wp
-    pasd = (it - wp) / (mx - 1 - wp)
-    rest = 1 - pasd
-    if sche == "cos":
-        return wpe + (1 - wpe) * (0.5 + 0.5 * math.cos(math.pi * pasd))
-    if sche == "lin0":
-        return 1 if pasd < 0.05 else wpe + (1 - wpe) * rest / 0.95
-    if sche == "lin00":
-        return wpe + (1 - wpe) * rest
-    if sche == "exp":
-        return 1 if pasd < 0.15 else math.exp((pasd - 0.15) / 0.85 * math.log(wpe))
-    T = float(sche[3:])
-    mid = (1 + wpe + (1 - wpe) * (1 - T)) / 2
-    return 1 + (mid - 1) * pasd / T if pasd < T else wpe + (mid - wpe) * rest / (1 - T)
+#: lr factor of the reference's ``lr_wd_annealing`` (utils/lr_control.py), worked out by hand for warmup 10,
+#: 111 steps (so after warmup p = (t - 10) / 100), wp0 = 0.005, wpe = 0.01. Warmup: 0.005 + 0.995 t / 10.
+#: cos: wpe + (1 - wpe)(1 + cos(pi p)) / 2.  lin / lin0: 1 while p < 0.15 / 0.05, then
+#: wpe + (1 - wpe)(1 - p) / (1 - T).  lin00: wpe + (1 - wpe)(1 - p).  exp: 1 while p < 0.15, then
+#: wpe^((p - 0.15) / 0.85).  lin0.8: mid = (1 + wpe + (1 - wpe) 0.2) / 2 = 0.604; 1 - (1 - mid) p / 0.8
+#: while p < 0.8, then wpe + (mid - wpe)(1 - p) / 0.2.
+_C1, _C9 = math.cos(0.1 * math.pi), math.cos(0.9 * math.pi)
+KNOWN_LR = {  # t:  0      5       10   20 (p = 0.1)                 60 (p = 0.5)              100 (p = 0.9)             110
+    "cos":    [0.005, 0.5025, 1.0, 0.01 + 0.99 * (1 + _C1) / 2, 0.505,                    0.01 + 0.99 * (1 + _C9) / 2, 0.01],
+    "lin":    [0.005, 0.5025, 1.0, 1.0,                         0.01 + 0.99 * 0.5 / 0.85, 0.01 + 0.99 * 0.1 / 0.85, 0.01],
+    "lin0":   [0.005, 0.5025, 1.0, 0.01 + 0.99 * 0.9 / 0.95,    0.01 + 0.99 * 0.5 / 0.95, 0.01 + 0.99 * 0.1 / 0.95, 0.01],
+    "lin00":  [0.005, 0.5025, 1.0, 0.901,                       0.505,                    0.109,                    0.01],
+    "exp":    [0.005, 0.5025, 1.0, 1.0,                         0.01 ** (7 / 17),         0.01 ** (15 / 17),        0.01],
+    "lin0.8": [0.005, 0.5025, 1.0, 0.9505,                      0.7525,                   0.307,                    0.01],
+}
 
 
-@pytest.mark.parametrize("sche", ["cos", "lin0", "lin00", "exp", "lin0.8"])
+@pytest.mark.parametrize("sche", sorted(KNOWN_LR))
 def test_schedules_match_reference(sche):
-    for it in (0, 5, 10, 37, 60, 99):
-        assert lr_factor(sche, it, 10, 100, 0.005, 0.01) == pytest.approx(_ref_lr(sche, it, 10, 100, 0.005, 0.01))
-    s = Schedule(lr=1.0, total=100, warmup=10, kind=sche, wd=0.05, wd_end=0.0)
-    assert s.wd_at(0) == pytest.approx(0.05) and s.wd_at(99) == pytest.approx(0.0)
+    got = [lr_factor(sche, t, 10, 111, 0.005, 0.01) for t in (0, 5, 10, 20, 60, 100, 110)]
+    assert got == pytest.approx(KNOWN_LR[sche], rel=1e-12, abs=1e-12)
+    # weight decay: the reference's cosine from wd to wd_end over all steps, t / (total - 1)
+    s = Schedule(lr=2.0, total=111, warmup=10, kind=sche, wd=0.05, wd_end=0.01)
+    assert [s.wd_at(t) for t in (0, 55, 110)] == pytest.approx([0.05, 0.03, 0.01], rel=1e-12)
+    assert s.lr_at(60) == pytest.approx(2.0 * KNOWN_LR[sche][4], rel=1e-12)
     with pytest.raises(NextScaleError):
         lr_factor("nope", 50, 10, 100)
+    with pytest.raises(NextScaleError):
+        lr_factor("lin1.5", 50, 10, 100)
 
 
 def test_param_groups_no_decay():
