@@ -82,3 +82,31 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _mnist(tmp_path_factory, resolution):
+    from nextscale.data import export_mnist
+    d = tmp_path_factory.mktemp(f"digits{resolution}")
+    export_mnist(str(d), n_per_class=2, split="train", resolution=resolution)  # 20 real digits, 10 classes
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def digits64(tmp_path_factory):
+    """20 real MNIST digits at 64 px (the tiny preset's resolution), one folder per class."""
+    return _mnist(tmp_path_factory, 64)
+
+
+@pytest.fixture(scope="session")
+def digits32(tmp_path_factory):
+    """20 real MNIST digits at 32 px (the bundled default model's resolution)."""
+    return _mnist(tmp_path_factory, 32)
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(digits64, tmp_path_factory):
+    """A token cache of ``digits64`` by a random tiny-preset tokenizer."""
+    from nextscale.cli import main
+    out = str(tmp_path_factory.mktemp("tiny_cache") / "cache")
+    assert main(["tokenize", "--data", digits64, "--tokenizer", "random", "--preset", "tiny", "--out", out]) == 0
+    return out

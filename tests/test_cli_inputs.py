@@ -12,16 +12,13 @@ import pytest
 import torch
 
 from nextscale.cli import main
-from nextscale.data import export_mnist
 from nextscale.errors import NextScaleError
 from nextscale.pipelines import NextScalePipeline
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("digits32")
-    export_mnist(str(d), n_per_class=2, split="train", resolution=32)
-    return str(d)
+def digits(digits32):
+    return digits32
 
 
 @pytest.fixture(scope="module")

@@ -317,14 +317,15 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
     print(f"20 concurrent requests: {dt:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("guidance", -1.0, r"guidance must be in \[0, 20\], got -1"), ("guidance", 1e6, r"guidance must be in \[0, 20\]"),
-    ("top_k", -5, r"top-k must be in 0\.\.\d+, got -5"), ("top_k", 10**9, r"top-k must be in 0\.\.\d+, got 1000000000"),
-    ("top_p", 7.0, r"top-p must be in \[0, 1\], got 7"), ("seed", -3, r"seed must be in 0\.\.2147483647, got -3"),
-    ("batch_size", 64, r"batch size must be in 1\.\.\d+, got 64"), ("class_choice", "not-a-class", "class must be random, -1"),
-    ("class_choice", "999", r"class must be random, -1 \(unconditional\) or a class id 0\.\.\d+, got '999'"),
+@pytest.mark.parametrize("field,value,msg", [  # Gradio's own component checks answer first where they apply
+    ("guidance", -1.0, r"Value -1\.0 is less than minimum value 0"), ("guidance", 1e6, r"Value 1000000\.0 is greater than maximum value 10"),
+    ("top_k", -5, r"Value -5 is less than minimum value 0"), ("top_k", 10**9, r"Value 1000000000 is greater than maximum value 64"),
+    ("top_p", 7.0, r"Value 7\.0 is greater than maximum value 1"), ("seed", -3, r"Value -3 is less than minimum value 0"),
+    ("batch_size", 64, r"Value 64 is greater than maximum value 4"),
+    ("class_choice", "not-a-class", r"Value: not-a-class is not in the list of choices"),
+    ("class_choice", "999", r"Value: 999 is not in the list of choices"),
     ("more_smooth", "maybe", "Gumbel smoothing must be true or false, got 'maybe'"),
-    ("batch_size", "many", "batch size"),
+    ("batch_size", "many", r"Expected a `float`, but the value passed to the event handler was: 'many'"),
 ])
 def test_api_rejects_out_of_range_values(client, field, value, msg):
     from gradio_client.exceptions import AppError

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from nextscale.cli import main
-from nextscale.data import TokenCache, export_mnist
+from nextscale.data import TokenCache
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.var import progressive_stage
 
@@ -22,17 +22,13 @@ QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("digits")
-    export_mnist(str(d), n_per_class=2, split="train", resolution=64)  # 20 real digits, 10 classes
-    return str(d)
+def digits(digits64):
+    return digits64
 
 
 @pytest.fixture(scope="module")
-def cache(digits, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("c") / "cache")
-    assert main(["tokenize", "--data", digits, "--tokenizer", "random", "--preset", "tiny", "--out", out]) == 0
-    return out
+def cache(tiny_cache):
+    return tiny_cache
 
 
 def _final(run):

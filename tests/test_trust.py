@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from nextscale.cli import main
-from nextscale.data import export_mnist
 from nextscale.errors import NonFiniteError
 from nextscale.safeload import UnsafeFileError, load_torch
 from nextscale.train.checkpoint import CheckpointManager
@@ -42,17 +41,13 @@ def plant(path, marker, wrap=lambda e: {"state_dict": e}):
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    d = tmp_path_factory.mktemp("digits")
-    export_mnist(str(d), n_per_class=2, split="train", resolution=64)
-    return str(d)
+def digits(digits64):
+    return digits64
 
 
 @pytest.fixture(scope="module")
-def cache(digits, tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("c") / "cache")
-    assert main(["tokenize", "--data", digits, "--tokenizer", "random", "--preset", "tiny", "--out", out]) == 0
-    return out
+def cache(tiny_cache):
+    return tiny_cache
 
 
 @pytest.fixture(scope="module")
