@@ -226,6 +226,32 @@ def test_inception_forward_at_299_random_init():
     assert (out["pool"] >= 0).all()  # post-ReLU average
 
 
+def _fixture_maker():
+    """tests/fixtures/make_inception_fixture.py as a module (its seeded, well-conditioned state dict)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_inception_fixture", MANIFEST.parent / "make_inception_fixture.py")
+    mk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mk)
+    return mk
+
+
+def test_inception_matches_independent_fixture():
+    """pool features and unbiased logits equal those of an independent functional implementation of the FID
+    network (tests/fixtures/make_inception_fixture.py, run once; its seeded weights in the manifest layout)."""
+    mk = _fixture_maker()
+    fx = torch.load(MANIFEST.parent / "inception_activations.pt", map_location="cpu", weights_only=True)
+    assert torch.equal(fx["images"], mk.images())
+    m = FIDInceptionV3(spatial=False)
+    m.load_state_dict(mk.seeded_state_dict(fx["seed"]), strict=True)
+    with torch.no_grad():
+        out = m(fx["images"])
+    # 94 float32 convs, other summation orders (and another CPU kind): ~1e-6 relative is typical
+    for k in ("pool", "logits_unbiased"):
+        scale = fx[k].abs().max()
+        torch.testing.assert_close(out[k], fx[k], rtol=1e-4, atol=1e-4 * scale, msg=lambda s: f"{k}: {s}")
+    assert (fx["pool"][0] - fx["pool"][1]).abs().max() > 0.1 * fx["pool"].abs().max()  # two different images
+
+
 def test_resize_tf1_hand_computed():
     x = torch.tensor([[[[0.0, 10.0], [20.0, 30.0]]]])
     # TF1: output i samples source i * in/out (no half-pixel shift), right/bottom neighbour clamped
@@ -403,7 +429,7 @@ def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
     from nextscale.cli import main
 
     weights = tmp_path / INCEPTION_WEIGHTS_FILE
-    torch.save(_manifest_state_dict(3), weights)
+    torch.save(_fixture_maker().seeded_state_dict(3), weights)  # activations that tell images apart (IS > 1)
     monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(weights))
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -420,9 +446,19 @@ def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
         assert label in text
     res = json.loads(out_json.read_text())
     assert np.isfinite(res["fid"]) and res["fid"] > 0 and res["sfid"] is None
-    assert 1.0 <= res["is"] and 0.0 <= res["precision"] <= 1.0 and res["num_samples"] == 4
-    st = load_npz_stats(str(tmp_path / "refstats.npz"))
+    # the command is evaluate() on the same inputs, printed and saved as such
+    want = evaluate(str(samples), str(tmp_path / "ref.npz"), inception_weights=str(weights), device="cpu", batch_size=4,
+                    splits=2, sfid=False, save_ref_stats=str(tmp_path / "want_refstats.npz"))
+    assert res["sfid"] is want["sfid"] is None
+    for key in ("fid", "is", "is_std", "precision", "recall", "num_samples", "num_ref"):
+        assert res[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+    assert res["num_samples"] == res["num_ref"] == 4 and res["is"] > 1 + 1e-6  # not the degenerate IS = 1
+    for key, label in (("fid", "FID"), ("precision", "Precision"), ("recall", "Recall")):
+        assert f"{label}: {want[key]:.4f}" in text
+    st, want_st = load_npz_stats(str(tmp_path / "refstats.npz")), load_npz_stats(str(tmp_path / "want_refstats.npz"))
     assert st["mu"].shape == (2048,) and st["features"].shape == (4, 2048)
+    for key in ("mu", "sigma", "features"):
+        np.testing.assert_array_equal(st[key], want_st[key])
     # a user error: one line, exit code 2
     monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
     assert main(["fid", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz")]) == 2

@@ -70,7 +70,7 @@ def test_classifier_separates_digits(classifier, val):
     x, y, classes = val
     assert classes == [str(i) for i in range(10)] and x.shape == (10 * PER_CLASS, 32, 32, 3)
     acc = mc.accuracy(classifier, x, y)
-    assert acc > 0.4, acc                                 # chance is 0.1 (~0.67 after 6 epochs on 200 digits)
+    assert acc >= 0.6, acc  # chance is 0.1; 0.67 measured (6 epochs, 200 digits, 1 or 2 threads): margin for CPU kinds
     pred = mc.predict(classifier, x)
     assert pred.shape == (len(y),) and len(np.unique(pred)) >= 6
 
@@ -101,7 +101,12 @@ def test_save_load_roundtrip(classifier, val, tmp_path):
     assert loaded.classes == classifier.classes and loaded.train_info["seed"] == 0
 
 
-def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path):
+def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path, monkeypatch, capsys):
+    # targets that the random-weight stand-in surely passes (accuracy >= 0) and surely fails (FID ratio <= 0),
+    # so both verdicts are exercised; the real targets are the acceptance values
+    assert (report_script.ACCURACY_TARGET, report_script.FID_RATIO_TARGET) == (0.95, 2.0)
+    monkeypatch.setattr(report_script, "ACCURACY_TARGET", 0.0)
+    monkeypatch.setattr(report_script, "FID_RATIO_TARGET", 0.0)
     out = tmp_path / "report.json"
     clf = tmp_path / "clf.safetensors"
     rep = report_script.main(["--model", str(standin_dir), "--data", mnist_dir, "--per-class", "2", "--classifier-epochs", "1",
@@ -116,6 +121,13 @@ def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path):
     assert saved["fid"] > 0 and saved["fid_floor"] > 0 and saved["images_per_s"] > 0
     assert saved["settings"] == {"cfg": 2.0, "top_k": 50, "top_p": 0.9, "more_smooth": False, "seed": 0}
     assert rep["fid"] == saved["fid"] and clf.exists() and (tmp_path / "grid.png").exists()
+    # the verdicts follow from the numbers and the targets
+    assert saved["fid_ratio"] == pytest.approx(saved["fid"] / saved["fid_floor"], rel=1e-12)
+    assert saved["class_accuracy"] == pytest.approx(np.mean(list(saved["per_class_accuracy"].values())), rel=1e-12)  # 2 per class
+    assert saved["accuracy_ok"] is (saved["class_accuracy"] >= 0.0) is True
+    assert saved["fid_ok"] is (saved["fid_ratio"] <= 0.0) is False
+    text = capsys.readouterr().out
+    assert ">= 0 % (yes)" in text and "<= 0 (NO)" in text
 
 
 def test_report_sweep(report_script, standin_dir, mnist_dir, classifier, tmp_path):
