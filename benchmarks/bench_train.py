@@ -3,9 +3,14 @@ cache, next to the machine's fp32 matmul peak measured here. Prints a table; no 
 
     python benchmarks/bench_train.py [--preset mnist] [--steps 30] [--batch-size 32] [--device cpu]
 
-Model FLOPs per step ~ 6 x (transformer parameters) x tokens + attention (12 x depth x L^2 x C per
-image for forward + backward, block-causal mask ignored); "% of peak" divides the achieved model
-FLOP/s by the large-matmul GFLOP/s, so it is the MFU against what this machine actually reaches.
+Model FLOPs per image (``train_flops_per_image``) = 3 x forward (backward = 2 x forward), with forward =
+per-token matmuls (word embedding of the L - first_l input tokens, per block qkv / proj / MLP, the head)
++ block-causal attention (a token of scale k attends to the S_k tokens of scales <= k: 2 x 2 x C x
+sum_k l_k S_k per block, not the dense L^2) + the AdaLN projections, once per image from the class
+embedding (not per token); embedding lookups (class, position, level) cost nothing. "% of peak" divides
+the achieved model FLOP/s by the large-matmul GFLOP/s, so it is the MFU against what this machine
+actually reaches. (The old estimate 6 x params x L + 12 x depth x L^2 x C counted the AdaLN weights
+and the lookup tables as per-token matmuls and the attention as dense; it is printed for comparison.)
 """
 from __future__ import annotations
 
@@ -31,6 +36,26 @@ def matmul_gflops(device: str, n: int = 2048, reps: int = 10, dtype=torch.float3
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def train_flops_per_image(var) -> dict:
+    """Model FLOPs of one teacher-forced training image (forward + backward), by part (see the module doc)."""
+    C, V, D, Cv, L = var.C, var.V, var.depth, var.Cvae, var.L
+    hidden = var.blocks[0].ffn.fc1.out_features
+    seen = causal = 0
+    for pn in var.patch_nums:
+        seen += pn * pn
+        causal += pn * pn * seen  # sum_k l_k S_k
+    shared = bool(getattr(var.blocks[0], "shared_aln", False))
+    fwd = {
+        "matmuls": 2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V) + 2 * (L - var.first_l) * Cv * C,
+        "attention": D * 2 * 2 * C * causal,
+        "adaln": 2 * C * 6 * C * (1 if shared else D) + 2 * C * 2 * C,
+    }
+    out = {k: 3 * v for k, v in fwd.items()}
+    out["total"] = sum(out.values())
+    out["dense_attention"] = 3 * D * 2 * 2 * C * L * L  # what a dense L x L attention (mask ignored) would count
+    return out
 
 
 def run(mode: str, data: str, cache: str, args, root: str) -> dict:
@@ -67,7 +92,9 @@ def main():
     _, var = build_from_config(type(cfg)(vqvae=cfg.vqvae, var=v), seed=0)
     n_params = sum(p.numel() for p in var.parameters())
     L, C, depth = v.L, v.width, v.depth
-    flops_per_img = 6 * n_params * L + 12 * depth * L * L * C
+    fl = train_flops_per_image(var)
+    flops_per_img = fl["total"]
+    old_estimate = 6 * n_params * L + 12 * depth * L * L * C
 
     peak = matmul_gflops(args.device, n=2048 if args.device == "cpu" else 8192,
                          dtype={"none": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp])
@@ -81,7 +108,10 @@ def main():
 
     print(f"\npreset {args.preset}: {n_params / 1e6:.2f}M transformer params, L={L} tokens/image, batch {args.batch_size}, "
           f"{args.steps} steps, device {args.device}, amp {args.amp}, {torch.get_num_threads()} threads")
-    print(f"{args.amp if args.amp != 'none' else 'fp32'} matmul: {peak:.1f} GFLOP/s   (tokenize 80 images: {t_tok:.1f} s)\n")
+    print(f"{args.amp if args.amp != 'none' else 'fp32'} matmul: {peak:.1f} GFLOP/s   (tokenize 80 images: {t_tok:.1f} s)")
+    print(f"model FLOPs per image (fwd + bwd): {flops_per_img / 1e6:.1f} M = matmuls {fl['matmuls'] / 1e6:.1f} M + block-causal "
+          f"attention {fl['attention'] / 1e6:.1f} M (dense L^2: {fl['dense_attention'] / 1e6:.1f} M) + AdaLN {fl['adaln'] / 1e6:.2f} M; "
+          f"old estimate 6 N L + 12 depth L^2 C: {old_estimate / 1e6:.1f} M\n")
     print("| data   | images/s | tokens/s | model GFLOP/s | % of matmul peak |")
     print("|--------|---------:|---------:|--------------:|-----------------:|")
     for mode, rec in rows:
