@@ -347,7 +347,26 @@ def test_cli_gray_mask_with_threshold(tiny_pipe_dir, files):
     from nextscale.editing import NextScaleInpaintPipeline
     from nextscale.imageio import load_image
     ed = NextScaleInpaintPipeline.from_pretrained(tiny_pipe_dir)
-    want = ed(load_image(files / "in.png"), load_image(files / "mask.jpg"), class_labels=[-1], mask_threshold=0.5,
-              generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    def in_process(mask, threshold):
+        return ed(load_image(files / "in.png"), load_image(mask), class_labels=[-1], mask_threshold=threshold,
+                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+
+    def cli(mask, threshold, out):
+        assert main(["edit", "--model", str(tiny_pipe_dir), "--image", str(files / "in.png"), "--mask", str(mask),
+                     "--mask-threshold", str(threshold), "--device", "cpu", "--out", str(out)]) == 0
+        return np.asarray(Image.open(out), dtype=np.float32) / 255
+
+    want = in_process(files / "mask.jpg", 0.5)
     got = np.asarray(Image.open(files / "t.png"), dtype=np.float32) / 255
     assert np.abs(got - want).max() <= 1 / 255 + 1e-6  # PNG rounding only
+    # a mask whose tokens depend on the threshold (mask.jpg's gray edge does not move any token): a 0.35-gray
+    # token and a 0.75-gray token; 0.5 regenerates only the second, 0.3 both
+    gray = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(gray).rectangle((0, 0, 15, 15), fill=90)
+    ImageDraw.Draw(gray).rectangle((32, 32, 47, 47), fill=190)
+    gray.save(files / "gray.png")
+    keep = {t: ed.prepare(load_image(files / "in.png"), load_image(files / "gray.png"), mask_threshold=t).keep[-1] for t in (0.5, 0.3)}
+    assert int((~keep[0.5]).sum()) == 1 and int((~keep[0.3]).sum()) == 2
+    for t in (0.5, 0.3):
+        assert np.abs(cli(files / "gray.png", t, files / f"g{t}.png") - in_process(files / "gray.png", t)).max() <= 1 / 255 + 1e-6
