@@ -230,3 +230,320 @@ def test_nan_weights_give_a_clear_error_not_a_torch_traceback(tmp_path, capsys, 
     bad.save_pretrained(tmp_path / "nanmodel")
     _bad(["sample", "--model", str(tmp_path / "nanmodel"), "--class", "1", "--device", "cpu"], tmp_path, capsys,
          monkeypatch, "NaN/inf", "weights are not finite")
+
+
+# ------------------------------------------------------------------ the rest of the audit: every command, every flag
+def _work(tmp_path):
+    return tmp_path / "work"
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.fixture(scope="module")
+def img(tmp_path_factory):
+    from PIL import Image
+    p = tmp_path_factory.mktemp("img") / "in.png"
+    Image.new("RGB", (32, 32), (120, 30, 200)).save(p)
+    return str(p)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A refused pickle, a released-layout transformer without its tokenizer, a plain file."""
+    import fractions
+
+    from nextscale.configs import ModelConfig, VARConfig, VQVAEConfig, scale_schedule_256
+    from nextscale.models import build_from_config
+    d = tmp_path_factory.mktemp("files")
+    torch.save({"a": fractions.Fraction(1, 3)}, d / "objects.pth")  # needs a global: refused, never run
+    cfg = ModelConfig(vqvae=VQVAEConfig(vocab_size=16, z_channels=4, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1,
+                                        using_sa=False, using_mid_sa=False),
+                      var=VARConfig(depth=1, embed_dim=32, num_heads=1, num_classes=2, patch_nums=scale_schedule_256))
+    (d / "released").mkdir()
+    torch.save(build_from_config(cfg, seed=0)[1].state_dict(), d / "released" / "var_d1.pth")  # 680 tokens, no vae_*.pth
+    (d / "afile").write_text("x")
+    return d
+
+
+@pytest.mark.parametrize("dev", ["tpu", "cuda:7", "gpu0"])
+def test_bad_device_sample_and_edit(dev, img, tmp_path, capsys, monkeypatch):
+    if dev == "cuda:7" and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has 8 GPUs")
+    _bad(["sample", "--device", dev], tmp_path, capsys, monkeypatch, f"--device {dev!r}")
+    _bad(["edit", "--image", img, "--keep-scales", "1", "--device", dev], tmp_path, capsys, monkeypatch, f"--device {dev!r}")
+
+
+def test_largest_seed_works(pipe):
+    assert len(pipe(class_labels=[1], seed=2 ** 63 - 1).images) == 1
+
+
+LOOP_CASES = [  # both training commands
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--keep", "0"], "--keep"),
+    (["--grad-clip", "nan"], "--grad-clip must be a finite number"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0"),
+    (["--ema", "nan"], "--ema"),
+    (["--mid-reso", "nan"], "--mid-reso must be a finite number"),
+    (["--mid-reso", "0.5"], "--mid-reso must be >= 1"),
+    (["--epochs", "nan"], "--epochs must be a positive number"),  # also with --steps given
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+]
+
+
+@pytest.mark.parametrize("cmd", ["train", "train-tokenizer"])
+@pytest.mark.parametrize("args,needle", LOOP_CASES, ids=[" ".join(a) for a, _ in LOOP_CASES])
+def test_training_flags_checked_before_any_file(cmd, args, needle, digits, tmp_path, capsys, monkeypatch):
+    base = ([cmd, "--data", digits, "--tokenizer", "default", "--preset", "mnist", "--run-dir", "run"] if cmd == "train"
+            else [cmd, "--data", digits, "--out", "run"])
+    _bad(base + ["--steps", "1", "--batch-size", "4", "--no-progress"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+@pytest.mark.parametrize("cmd,args,needle", [
+    ("train", ["--base-lr", "nan"], "--base-lr must be a finite number"),
+    ("train", ["--label-smooth", "nan"], "--label-smooth"),
+    ("train", ["--cond-drop", "nan"], "--cond-drop"),
+    ("train", ["--progressive", "1"], "--progressive"),
+    ("train", ["--init-std", "nan"], "--init-std must be a finite number"),
+    ("train", ["--schedule", "wobbly"], "unknown lr schedule 'wobbly'"),
+    ("train-tokenizer", ["--disc-lr", "nan"], "--disc-lr must be a finite number"),
+    ("train-tokenizer", ["--dead-threshold", "nan"], "--dead-threshold must be a finite number"),
+    ("train-tokenizer", ["--beta", "nan"], "--beta must be a finite number"),  # was a NaN loss after the run folder existed
+    ("train-tokenizer", ["--eini", "nan"], "--eini must be a finite number"),
+])
+def test_training_command_specific_flags(cmd, args, needle, digits, tmp_path, capsys, monkeypatch):
+    base = ([cmd, "--data", digits, "--tokenizer", "default", "--preset", "mnist", "--run-dir", "run"] if cmd == "train"
+            else [cmd, "--data", digits, "--out", "run"])
+    _bad(base + ["--steps", "1", "--batch-size", "4", "--no-progress"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+def test_tiny_preset_with_the_default_tokenizer_names_the_preset_that_fits(digits, tmp_path, capsys, monkeypatch):
+    _bad(["train", "--data", digits, "--tokenizer", "default", "--preset", "tiny", "--run-dir", "r", "--steps", "1",
+          "--batch-size", "4", "--no-progress"], tmp_path, capsys, monkeypatch, "--preset mnist has the tokenizer's scales")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--workers", "-1"], "--workers must be >= 0"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--mid-reso", "nan"], "--mid-reso"),
+    (["--seed", "-1"], "--seed"),
+])
+def test_tokenize_bad_values(args, needle, digits, tmp_path, capsys, monkeypatch):
+    _bad(["tokenize", "--data", digits, "--tokenizer", "default", "--out", "cache"] + args, tmp_path, capsys, monkeypatch,
+         needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--mid-reso", "nan"], "--mid-reso"),
+    (["--picture", "p.xyz"], "--picture 'p.xyz': '.xyz' is not an image type"),
+])
+def test_eval_tokenizer_bad_values(args, needle, digits, tmp_path, capsys, monkeypatch):
+    _bad(["eval-tokenizer", "default", "--data", digits, "--no-rfid"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--per-class", "1000000000"], "--per-class must be <= 1,000,000"),  # was a MemoryError (the whole .npz up front)
+    (["--per-class", "200000"], "2,000,000 images, more than 1,000,000"),
+    (["--seed", "-1"], "--seed must be in [0, 2**63)"),
+    (["--device", "tpu"], "--device 'tpu'"),
+    (["--batch", "0"], "--batch"),
+    (["--cfg", "nan"], "--cfg must be a finite number"),
+])
+def test_sample_fid_bad_values(args, needle, tmp_path, capsys, monkeypatch):
+    _bad(["sample-fid", "--model", "default", "--out", "fid", "--no-progress"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+def test_fid_bad_device(digits, tmp_path, capsys, monkeypatch):
+    _bad(["fid", "--samples", digits, "--ref", digits, "--device", "tpu"], tmp_path, capsys, monkeypatch, "--device 'tpu'")
+
+
+MORE_SAMPLE_CASES = [
+    (["--num", "0"], "--num must be >= 1"),
+    (["--num", "60000", "--class", "1", "2"], "must be <= 100,000"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--cfg", "nan"], "--cfg must be a finite number"),
+    (["--top-p", "2"], "--top-p"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--seed", str(2 ** 63)], "--seed must be in [0, 2**63)"),
+]
+
+
+@pytest.mark.parametrize("args,needle", MORE_SAMPLE_CASES, ids=[" ".join(a) for a, _ in MORE_SAMPLE_CASES])
+def test_sample_more_bad_values(args, needle, tmp_path, capsys, monkeypatch):
+    _bad(["sample", "--device", "cpu"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--seed", "-1"], "--seed"), (["--num", "1000000000"], "--num"), (["--num", "0"], "--num"), (["--class", "99"], "99"),
+    (["--out", "o.docx"], "'.docx' is not an image type"), (["--mask", "nomask.png"], "--mask 'nomask.png': no such file"),
+])
+def test_edit_bad_values(args, needle, img, tmp_path, capsys, monkeypatch):
+    _bad(["edit", "--image", img, "--keep-scales", "1", "--device", "cpu"] + args, tmp_path, capsys, monkeypatch, needle)
+
+
+def test_out_under_a_file_is_refused_before_sampling(files, tmp_path, capsys, monkeypatch):
+    out = files / "afile" / "x.png"
+    line = _bad(["sample", "--class", "1", "--out", str(out)], tmp_path, capsys, monkeypatch, str(out), "is a file")
+    assert ".tmp" not in line and "it/s" not in capsys.readouterr().err  # refused before any sampling
+
+
+@pytest.mark.parametrize("ext,fmt", [(".webp", "WEBP"), (".png", "PNG"), (".jpeg", "JPEG")])
+def test_every_output_file_takes_the_extension(ext, fmt, tmp_path):
+    from PIL import Image
+    assert main(["sample", "--class", "1", "2", "--out", str(tmp_path / f"o{ext}"), "--strip", "--device", "cpu"]) == 0
+    names = sorted(os.listdir(tmp_path))
+    assert names == sorted(f"o{s}{ext}" for s in ("", "_000_class1", "_001_class2", "_strip")), names
+    assert {Image.open(tmp_path / n).format for n in names} == {fmt}
+
+
+def test_stale_temps_of_singles_go_other_files_stay(tmp_path):
+    dead = _dead_pid()
+    stale = [tmp_path / f".x.png.{dead}.a.tmp", tmp_path / f".x_000_class1.png.{dead}.b.tmp"]
+    other = tmp_path / f".notes.txt.{dead}.c.tmp"  # not an output of this run: untouched
+    for f in stale + [other]:
+        f.write_bytes(b"half")
+    assert main(["sample", "--class", "1", "--out", str(tmp_path / "x.png"), "--device", "cpu"]) == 0
+    assert not any(f.exists() for f in stale) and other.exists()
+
+
+def test_real_kill9_during_sample_then_rerun_leaves_only_the_outputs(tmp_path):
+    code = ("import os, signal, PIL.Image\n"
+            "orig = PIL.Image.Image.save\n"
+            "def save(self, fp, *a, **k):\n"
+            "    orig(self, fp, *a, **k); os.kill(os.getpid(), signal.SIGKILL)\n"  # killed inside the atomic write
+            "PIL.Image.Image.save = save\n"
+            "from nextscale.cli import main\n"
+            "main(['sample', '--class', '1', '--out', 'x.png', '--device', 'cpu'])\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True)
+    assert r.returncode == -9 and any(n.endswith(".tmp") for n in os.listdir(tmp_path)), os.listdir(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "nextscale", "sample", "--class", "1", "--out", "x.png", "--device", "cpu"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path)) == ["x.png", "x_000_class1.png"]
+
+
+@pytest.mark.parametrize("labels", [1.5, True, "7", torch.tensor([1.0]), torch.tensor(True), np.array([1.5])])
+def test_more_non_integer_class_labels(pipe, labels):
+    with pytest.raises(NextScaleError, match="class_labels must be an integer"):
+        pipe(class_labels=labels, seed=0)
+
+
+@pytest.mark.parametrize("labels", [np.int32(3), [np.int64(3)], torch.tensor(3), [torch.tensor(3)]])
+def test_more_integer_like_class_labels(pipe, labels):
+    assert pipe(class_labels=labels, seed=0, output_type="np").labels == [3]
+
+
+@pytest.mark.parametrize("seed", [True, "3", 1.0, torch.tensor(1.0)])
+def test_more_non_integer_seeds(pipe, seed):
+    with pytest.raises(NextScaleError, match="seed must be an integer"):
+        pipe(class_labels=[1], seed=seed)
+
+
+def test_num_images_must_be_an_integer(pipe):
+    with pytest.raises(NextScaleError, match="num_images must be an integer"):
+        pipe(num_images=1.5)
+
+
+def test_editing_pipeline_has_the_same_rules(pipe):
+    from nextscale.editing import NextScaleInpaintPipeline
+    ed = NextScaleInpaintPipeline.from_pipe(pipe)
+    x = torch.rand(3, 32, 32)
+    for bad in ([1.5], [True], ["7"], 2.5):
+        with pytest.raises(NextScaleError, match="class_labels must be an integer"):
+            ed(x, class_labels=bad, keep_scales=1, seed=0)
+    with pytest.raises(NextScaleError, match="class 10 is out of range"):
+        ed(x, class_labels=10, keep_scales=1, seed=0)
+    with pytest.raises(NextScaleError, match=r"seed must be in \[0, 2\*\*63\)"):
+        ed(x, keep_scales=1, seed=-1)
+    with pytest.raises(NextScaleError, match="either seed or generator"):
+        ed(x, keep_scales=1, seed=0, generator=torch.Generator())
+    assert ed(x, class_labels=np.int64(3), keep_scales=1, seed=0).labels == [3]
+
+
+def test_demo_uses_the_same_rules(pipe):
+    from nextscale.demo import DemoBackend, DemoLimits
+    b = DemoBackend(pipe, limits=DemoLimits(max_seed=2 ** 64))  # even a looser widget limit cannot pass a bad seed
+    with pytest.raises(NextScaleError, match=r"seed must be in \[0, 2\*\*63\)"):
+        b.check_sampling(1.0, 0, 0.0, False, 2 ** 63, False, 1)
+    with pytest.raises(NextScaleError, match="class"):
+        b.parse_class(True)
+
+
+@pytest.mark.parametrize("cmd", ["info", "sample"])
+def test_refused_pickle_is_one_line(cmd, files, tmp_path, capsys, monkeypatch):
+    argv = ["info", str(files / "objects.pth")] if cmd == "info" else ["sample", "--model", str(files / "objects.pth")]
+    line = _bad(argv, tmp_path, capsys, monkeypatch, "refused", "fractions.Fraction")
+    assert "beside it" not in line and "weights_only" not in line
+
+
+def test_only_a_real_transformer_asks_for_its_tokenizer(files, tmp_path, capsys, monkeypatch):
+    _bad(["info", str(files / "released" / "var_d1.pth")], tmp_path, capsys, monkeypatch, "needs its tokenizer", "vae_")
+
+
+def test_config_errors_are_user_errors():
+    from nextscale.configs import ConfigError, VQVAEConfig
+    assert issubclass(ConfigError, NextScaleError) and issubclass(ConfigError, ValueError)
+    with pytest.raises(NextScaleError, match="multiple of 32"):
+        VQVAEConfig(ch=33)
+
+
+def test_errors_in_a_subprocess_are_one_line_without_traceback(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for args, key in ((["sample", "--device", "tpu"], "tpu"), (["sample", "--out", "o.docx"], ".docx"),
+                      (["sample-fid", "--model", "default", "--out", "f", "--per-class", "1000000000"], "--per-class")):
+        r = subprocess.run([sys.executable, "-m", "nextscale"] + args, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and key in r.stderr, r.stderr
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------------ docs drift
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(*parts):
+    with open(os.path.join(ROOT, *parts)) as f:
+        return f.read()
+
+
+def test_readme_lists_every_command():
+    from nextscale.cli import _REGISTRY
+    readme = _read("README.md")
+    assert [n for n in _REGISTRY if f"`{n}`" not in readme] == []
+
+
+def test_every_command_has_a_description():
+    from nextscale.cli import build_parser
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert [n for n, p in sub.choices.items() if not p.description] == []
+
+
+def test_readme_says_guidance_scale_takes_the_per_scale_list():
+    readme = _read("README.md")
+    assert "`guidance_schedule=\"constant\"` or a per-scale list" not in readme
+    assert "`guidance_scale` may also be a list with one weight per scale" in readme
+
+
+def test_demo_doc_and_slider_agree():
+    import re
+
+    from nextscale.demo import DemoLimits
+    doc = _read("docs", "demo.md")
+    assert float(re.search(r"guidance 0\.\.(\d+)", doc).group(1)) == DemoLimits().max_guidance
+    assert "slider stops at 10" in doc
+
+
+def test_quickest_training_run_is_written_down_and_runs(digits, tmp_path, monkeypatch):
+    cmd = "nextscale train --data digits --tokenizer default --preset mnist --steps 20 --batch-size 16 --run-dir runs/quick"
+    assert cmd in _read("README.md") and cmd in _read("docs", "training.md")
+    monkeypatch.chdir(tmp_path)
+    os.symlink(digits, "digits")
+    argv = cmd.split()[1:]
+    argv[argv.index("--steps") + 1] = "2"  # the documented command, shortened
+    assert main(argv + ["--no-progress"]) == 0
+    assert os.listdir("runs/quick/checkpoints")

@@ -88,8 +88,13 @@ def _device_dtype(args):
 
 def _check_sampling_args(args) -> None:
     from nextscale.pipelines import validate_sampling_args
-    if args.cfg is not None and args.cfg < 0:
-        raise NextScaleError(f"--cfg must be >= 0, got {args.cfg}")
+    from nextscale.validate import check_float
+    if args.cfg is not None:
+        check_float(args.cfg, "--cfg", lo=0.0)
+    if args.top_k is not None and args.top_k < 0:
+        raise NextScaleError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if args.top_p is not None and not 0.0 <= args.top_p <= 1.0:  # NaN fails too
+        raise NextScaleError(f"--top-p must be in [0, 1] (0 = off), got {args.top_p}")
     validate_sampling_args(1.0 if args.cfg is None else args.cfg, 0 if args.top_k is None else args.top_k,
                            0.0 if args.top_p is None else args.top_p)
 
@@ -268,8 +273,20 @@ def _run_sample_fid(args) -> int:
     from nextscale import dist
     from nextscale.evaluation.sample import sample_for_fid
 
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise NextScaleError("--device cuda given but no CUDA device is available; use --device cpu")
+    from nextscale.validate import MAX_FID_IMAGES, check_count, check_device, check_float, check_seed
+    if args.device:
+        check_device(args.device, "--device")
+    check_count(args.per_class, "--per-class", hi=MAX_FID_IMAGES)
+    check_count(args.batch, "--batch")
+    check_seed(args.seed, "--seed")
+    if args.num_classes is not None:
+        check_count(args.num_classes, "--num-classes")
+    if args.cfg is not None:
+        check_float(args.cfg, "--cfg", lo=0.0)
+    if args.top_k is not None and args.top_k < 0:
+        raise NextScaleError(f"--top-k must be >= 0 (0 = off), got {args.top_k}")
+    if args.top_p is not None and not 0.0 <= args.top_p <= 1.0:  # NaN fails too
+        raise NextScaleError(f"--top-p must be in [0, 1] (0 = off), got {args.top_p}")
     dev = dist.init_distributed(args.device)
     dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype or "fp32")
     if dt is not None and dev.type == "cpu":
@@ -319,8 +336,6 @@ def _cmd_fid(sub):
 def _run_fid(args) -> int:
     import json
 
-    import torch
-
     from nextscale.evaluation.evaluate import evaluate
 
     if args.batch_size < 1:
@@ -329,8 +344,9 @@ def _run_fid(args) -> int:
         raise NextScaleError(f"--splits must be >= 1, got {args.splits}")
     if args.k < 1:
         raise NextScaleError(f"--k must be >= 1, got {args.k}")
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise NextScaleError("--device cuda given but no CUDA device is available; use --device cpu")
+    if args.device:
+        from nextscale.validate import check_device
+        check_device(args.device, "--device")
     for name in ("samples", "ref"):
         if not os.path.exists(getattr(args, name)):
             raise NextScaleError(f"--{name} not found: {getattr(args, name)}; pass a folder of PNGs or an .npz")
@@ -625,8 +641,14 @@ def _run_eval_tokenizer(args) -> int:
 
     from nextscale.evaluation.tokenizer import evaluate_tokenizer, format_report, save_json
     from nextscale.train.tokenizer import load_tokenizer
+    from nextscale.validate import check_device, check_mid_reso, image_format
     if args.batch_size <= 0 or (args.max_images is not None and args.max_images <= 0) or args.rows <= 0:
         raise NextScaleError("--batch-size, --max-images and --rows must be positive integers")
+    if args.device:
+        check_device(args.device, "--device")
+    check_mid_reso(args.mid_reso)
+    if args.picture is not None:  # its folder is created when missing
+        image_format(args.picture, "--picture")
     vae = load_tokenizer(args.model, v_patch_nums=tuple(args.patch_nums) if args.patch_nums else None)
     picture = args.picture
     if picture is None and os.path.isdir(args.model):

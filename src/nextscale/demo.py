@@ -166,7 +166,8 @@ class DemoBackend:
         except NextScaleError:
             raise NextScaleError(f"class must be {'random, ' if allow_random else ''}-1 (unconditional) or a class id "
                                  f"0..{nc - 1}, got {v!r}") from None
-        return c
+        from nextscale.validate import check_class_ids
+        return check_class_ids(c, nc, "class")  # the API's rule (the widget's whole-number float is an int by now)
 
     def _labels(self, cls, batch_size: int, seed: int) -> List[int]:
         if cls == RANDOM:
@@ -187,6 +188,8 @@ class DemoBackend:
         else:
             out["seed"] = check_int("seed", seed, 0, lim.max_seed)
         from nextscale.pipelines import validate_sampling_args
+        from nextscale.validate import check_seed
+        out["seed"] = check_seed(out["seed"])  # the API's rule too (a DemoLimits.max_seed above 2**63 is still refused)
         validate_sampling_args(out["guidance_scale"], out["top_k"], out["top_p"], out["more_smooth"])
         return out
 

@@ -373,19 +373,11 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         Other arguments as ``NextScalePipeline.__call__``. The same seed gives the same edit; a mask
         that regenerates everything gives exactly ``NextScalePipeline``'s image for that seed.
         """
-        if isinstance(class_labels, torch.Tensor):
-            class_labels = class_labels.tolist()
-        if class_labels is None:
-            labels = None
-        elif isinstance(class_labels, (int, np.integer)):
-            labels = [int(class_labels)]
-        else:
-            labels = [int(c) for c in class_labels]
-            if not labels:
-                raise NextScaleError("class_labels is empty")
-        for c in labels or []:
-            if not -1 <= c < self.num_classes:
-                raise NextScaleError(f"class {c} is out of range: this model has classes 0..{self.num_classes - 1} (-1 = unconditional)")
+        from nextscale.validate import check_class_ids
+        labels = None
+        if class_labels is not None:  # integers only (the pipeline's rule): 1.5, True, '7' are refused
+            labels = check_class_ids(class_labels, self.num_classes)
+            labels = [labels] if isinstance(labels, int) else labels
 
         imgs = _images_to_list(image)  # B x (3, H, W) in [0, 1]
         n_lab = len(labels) if labels is not None else 1

@@ -43,6 +43,8 @@ def check_writable(path, image: bool = False, name: str = "--out") -> Path:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
         raise NextScaleError(f"{p}: directory {parent} does not exist")
+    if not parent.is_dir():
+        raise NextScaleError(f"{p}: {parent} is a file, not a directory")
     if p.exists() and p.is_dir():
         raise NextScaleError(f"{p}: is a directory; give a file name such as {p / 'out.png'}")
     if not os.access(parent, os.W_OK):

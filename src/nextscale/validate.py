@@ -14,8 +14,8 @@ import torch
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["as_int", "check_seed", "check_class_ids", "check_count", "check_device", "image_format",
-           "IMAGE_FORMATS", "SEED_MAX", "MAX_IMAGES"]
+__all__ = ["as_int", "check_seed", "check_class_ids", "check_count", "check_device", "image_format", "check_float",
+           "check_mid_reso", "IMAGE_FORMATS", "SEED_MAX", "MAX_IMAGES", "MAX_FID_IMAGES"]
 
 #: Seeds are non-negative and fit a signed 64-bit integer (torch's ``manual_seed`` wraps negative
 #: seeds to 2**64 - |s|, so -1 would silently equal 18446744073709551615).
@@ -24,6 +24,10 @@ SEED_MAX = 2 ** 63
 #: The most images one ``sample`` call makes (a typo such as --num 1000000000 would start a
 #: months-long run); FID sampling has its own, larger bound.
 MAX_IMAGES = 100_000
+
+#: The most images one ``sample-fid`` run makes (50,000 for the ImageNet protocol; 20x that is still
+#: an FID run, 1,000,000,000 is a typo that would allocate the whole .npz up front).
+MAX_FID_IMAGES = 1_000_000
 
 #: Output extensions and the PIL format each is written in.
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
@@ -38,6 +42,30 @@ def as_int(value, name: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise NextScaleError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
+
+
+def check_float(value, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                lo_open: bool = False, hi_open: bool = False) -> float:
+    """A finite real number (ints and numpy/0-d tensor numbers too; never bool or str) in the range
+    ``lo``..``hi`` (open ends with ``lo_open`` / ``hi_open``; None = unbounded)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
+        value = value.item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
+        raise NextScaleError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not np.isfinite(v):
+        raise NextScaleError(f"{name} must be a finite number, got {v}")
+    if lo is not None and (v <= lo if lo_open else v < lo):
+        raise NextScaleError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
+    if hi is not None and (v >= hi if hi_open else v > hi):
+        raise NextScaleError(f"{name} must be {'<' if hi_open else '<='} {hi:g}, got {v:g}")
+    return v
+
+
+def check_mid_reso(value, name: str = "--mid-reso") -> float:
+    """The resize factor before the crop: the shorter side becomes ``value`` x the resolution, so it
+    is at least 1 (the crop must fit) and at most 4 (the reference uses 1.125)."""
+    return check_float(value, name, lo=1.0, hi=4.0)
 
 
 def check_seed(seed, name: str = "seed") -> int:

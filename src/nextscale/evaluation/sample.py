@@ -223,11 +223,13 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     the folder is then incomplete and a re-run finishes it.
     Returns a summary dict (on every rank; ``npz`` is set on rank 0 once packed).
     """
-    if per_class < 1:
-        raise NextScaleError(f"--per-class must be >= 1, got {per_class}")
-    if batch_size < 1:
-        raise NextScaleError(f"--batch must be >= 1, got {batch_size}")
+    from nextscale.pipelines import validate_sampling_args
+    from nextscale.validate import MAX_FID_IMAGES, check_count, check_seed
+    per_class = check_count(per_class, "--per-class", hi=MAX_FID_IMAGES)
+    batch_size = check_count(batch_size, "--batch")
+    seed = check_seed(seed, "--seed")
     proto = get_protocol(protocol, cfg, top_k, top_p, more_smooth)
+    validate_sampling_args(proto.cfg, proto.top_k, proto.top_p)
     ranks = _Ranks()
     rank, world = ranks.rank, ranks.world
     main = rank == 0
@@ -246,6 +248,9 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     if n_cls < 1 or n_cls > int(pipe.num_classes):
         raise NextScaleError(f"--num-classes must be between 1 and the model's {pipe.num_classes}, got {n_cls}")
     total = per_class * n_cls
+    if total > MAX_FID_IMAGES:
+        raise NextScaleError(f"--per-class {per_class} x {n_cls} classes = {total:,} images, more than {MAX_FID_IMAGES:,}; "
+                             f"use at most --per-class {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)")
     res = int(pipe.resolution)
 
     import torch

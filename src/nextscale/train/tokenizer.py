@@ -130,8 +130,14 @@ def _check_config(tc: TokenizerTrainConfig) -> None:
         raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
     if tc.steps is not None and tc.steps <= 0:
         raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
-    if tc.steps is None and not tc.epochs > 0:
-        raise NextScaleError(f"--epochs must be positive, got {tc.epochs}")
+    if not (math.isfinite(tc.epochs) and tc.epochs > 0):  # also with --steps: a bad value is never silently ignored
+        raise NextScaleError(f"--epochs must be a positive number, got {tc.epochs}")
+    from nextscale.validate import check_float, check_mid_reso
+    check_mid_reso(tc.mid_reso)
+    check_float(tc.eini, "--eini")
+    check_float(tc.dead_threshold, "--dead-threshold", lo=0.0)
+    if tc.beta is not None:
+        check_float(tc.beta, "--beta", lo=0.0)
     if tc.rec_loss not in ("l1", "l2"):
         raise NextScaleError(f"--rec-loss must be l1 or l2, got {tc.rec_loss!r}")
     if not tc.lr > 0 or (tc.disc_lr is not None and not tc.disc_lr > 0):

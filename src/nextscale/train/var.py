@@ -312,10 +312,24 @@ def _check_positive(tc: VARTrainConfig) -> None:
         raise NextScaleError(f"--warmup-steps must be >= 0, got {tc.warmup_steps}")
     if tc.steps is not None and tc.steps <= 0:
         raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
-    if tc.steps is None and not tc.epochs > 0:
-        raise NextScaleError(f"--epochs must be positive, got {tc.epochs}")
+    if not (math.isfinite(tc.epochs) and tc.epochs > 0):  # also with --steps: a bad value is never silently ignored
+        raise NextScaleError(f"--epochs must be a positive number, got {tc.epochs}")
     if tc.grad_accum <= 0:
         raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
+    from nextscale.validate import check_float, check_mid_reso
+    check_mid_reso(tc.mid_reso)
+    for flag, v in (("--init-adaln", tc.init_adaln), ("--init-adaln-gamma", tc.init_adaln_gamma),
+                    ("--init-head", tc.init_head), ("--init-std", tc.init_std)):
+        check_float(v, flag)
+    if tc.progressive >= 1:
+        raise NextScaleError(f"--progressive is the fraction of training that grows the scales: in [0, 1), got {tc.progressive}")
+    if tc.progressive_start < 0:
+        raise NextScaleError(f"--progressive-start must be >= 0 (index of the last scale of the first stage), got {tc.progressive_start}")
+    if tc.progressive_warmup_steps is not None and tc.progressive_warmup_steps < 0:
+        raise NextScaleError(f"--progressive-warmup-steps must be >= 0, got {tc.progressive_warmup_steps}")
+    if tc.schedule is not None:
+        from nextscale.train.optim import lr_factor
+        lr_factor(tc.schedule, 50, 0, 100)  # an unknown name raises here, before any folder exists
     if (tc.data is None) == (tc.cache is None):
         raise NextScaleError("pass exactly one of --data DIR (images) or --cache DIR (from nextscale tokenize)")
     if not 0 <= tc.label_smooth < 1:
@@ -386,7 +400,11 @@ def build_run(tc: VARTrainConfig, device: torch.device):
         if tc.attn_l2_norm is not None:
             var_cfg = var_cfg.replace(attn_l2_norm=tc.attn_l2_norm)
     if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
-        raise NextScaleError(f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's {list(var_cfg.patch_nums)}; use a matching --preset/--tokenizer")
+        from nextscale.configs import PRESETS
+        fit = [n for n, c in sorted(PRESETS.items()) if tuple(c.var.patch_nums) == tuple(vae.v_patch_nums)]
+        hint = f"--preset {' / '.join(fit)} has the tokenizer's scales" if fit and tc.init is None else "use a matching --preset/--tokenizer"
+        raise NextScaleError(f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's "
+                             f"{list(var_cfg.patch_nums)}; {hint}")
     vae.eval().requires_grad_(False)
     train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
     n_cls = max(1, len(classes))
@@ -498,8 +516,15 @@ def tokenize(data: str, tokenizer: str, out: str, preset: Optional[str] = None, 
              device: Optional[str] = None, workers: int = 0, mid_reso: float = 1.125, overwrite: bool = False,
              seed: int = 0, progress: bool = True) -> TokenCache:
     """Pre-encode every image of ``data`` (and its mirror image) into multi-scale token ids."""
+    from nextscale.validate import check_device, check_mid_reso, check_seed
     if batch_size <= 0:
         raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")
+    if workers < 0:
+        raise NextScaleError(f"--workers must be >= 0 (0 = load in the main process), got {workers}")
+    check_mid_reso(mid_reso)
+    check_seed(seed, "--seed")
+    if device is not None:
+        device = str(check_device(device, "--device"))
     p = None
     if preset is not None:
         try:
