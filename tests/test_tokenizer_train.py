@@ -163,6 +163,7 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path, one_thread):
     p.kill()
     p.wait()
     assert ck.steps(), "the run never wrote a checkpoint"
+    assert p.returncode == -9 and ck.steps()[-1] < 14, (p.returncode, ck.steps())  # killed mid-run, not after the end
     assert main(_cmd(digits, run, steps=14)) == 0
     (sa, a), (sb, b) = _final(ref), _final(run)
     assert sa == sb == 14
