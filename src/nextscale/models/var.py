@@ -307,8 +307,6 @@ class VAR(nn.Module):
                                 cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums))
         self.Cvae, self.V = vae_local.Cvae, vae_local.vocab_size
         self.depth, self.C, self.D, self.num_heads = depth, embed_dim, embed_dim, num_heads
-        self.cond_drop_rate = cond_drop_rate
-        self.prog_si = -1  # progressive training: >= 0 computes only scales 0..prog_si
         self.patch_nums: Tuple[int, ...] = tuple(patch_nums)
         self.L = sum(pn ** 2 for pn in self.patch_nums)
         self.first_l = self.patch_nums[0] ** 2
@@ -377,17 +375,21 @@ class VAR(nn.Module):
         return [b.modulation(g) for b in self.blocks]
 
     # ---- teacher forcing ----
-    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits (B, L, V) (or (B, end_of_prog_si, V) in progressive training).
+    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, prog_si: int = -1,
+                cond_drop_rate: Optional[float] = None) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V), or (B, end of scale ``prog_si``, V) in progressive training.
 
         ``x_BLCv_wo_first_l`` is ``vae.quantize.idxBl_to_var_input(gt_idx)``: (B, L - first_l, Cvae).
-        Class dropout (the null class with prob. ``cond_drop_rate``) is applied only in training.
+        ``prog_si`` >= 0 computes only scales 0..prog_si (progressive training; -1 = all).
+        Class dropout replaces labels by the null class with probability ``cond_drop_rate`` (None =
+        the config's), only in training mode; a trainer that draws its own dropout passes 0.
         """
-        ed = self.begin_ends[self.prog_si][1] if self.prog_si >= 0 else self.L
+        ed = self.begin_ends[prog_si][1] if prog_si >= 0 else self.L
         B = x_BLCv_wo_first_l.shape[0] if x_BLCv_wo_first_l is not None else label_B.shape[0]
+        p_drop = self.config.cond_drop_rate if cond_drop_rate is None else cond_drop_rate
         with torch.autocast(device_type=label_B.device.type, enabled=False):
-            if self.training and self.cond_drop_rate > 0:
-                label_B = torch.where(torch.rand(B, device=label_B.device) < self.cond_drop_rate, self.num_classes, label_B)
+            if self.training and p_drop > 0:
+                label_B = torch.where(torch.rand(B, device=label_B.device) < p_drop, self.num_classes, label_B)
             cond_BD = self.class_emb(label_B)
             sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, self.first_l, -1)
             if ed <= self.first_l:

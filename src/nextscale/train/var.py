@@ -151,9 +151,9 @@ class VARObjective(Objective):
         self.total_steps, self.warmup_steps, self.peak_lr = total_steps, warmup_steps, lr
         self.labels = labels
         self.cond_drop = var.config.cond_drop_rate if tc.cond_drop is None else float(tc.cond_drop)
-        # Class dropout is drawn here from each sample's seed; the module's own (global-RNG) dropout
-        # is switched off on this training instance so DDP == single process and resume is exact.
-        var.cond_drop_rate = 0.0
+        # Class dropout is drawn here from each sample's seed and the model is called with
+        # cond_drop_rate=0 (its own dropout draws from the global RNG), so DDP == single process
+        # and resume is exact.
         self.V, self.L, self.K = var.V, var.L, len(var.patch_nums)
         self.begin_ends = list(var.begin_ends)
         self.pg_warmup = tc.progressive_warmup_steps if tc.progressive_warmup_steps is not None else max(1, round(total_steps / 300))
@@ -224,12 +224,8 @@ class VARObjective(Objective):
         label_B = torch.where(drop_B, torch.full_like(label_B, self.var.num_classes), label_B)
         with torch.no_grad():
             x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)    # (B, L - first_l, Cvae)
-        self.var.prog_si = self.prog_si
-        try:
-            with ctx.autocast():
-                logits_BlV = self.wrapped["var"](label_B, x_BLCv)     # (B, ed, V); ed = L without progressive
-        finally:
-            self.var.prog_si = -1
+        with ctx.autocast():
+            logits_BlV = self.wrapped["var"](label_B, x_BLCv, prog_si=self.prog_si, cond_drop_rate=0.0)  # (B, ed, V)
         B, ed = logits_BlV.shape[:2]
         gt_Bl = gt_BL[:, :ed]
         loss_Bl = F.cross_entropy(logits_BlV.float().reshape(-1, self.V), gt_Bl.reshape(-1),
