@@ -1,4 +1,4 @@
-"""Direct 3x3 conv (F.conv2d, channels_last) vs Winograd F(4x4, 3x3) (nextscale.models.winograd) on CPU fp32.
+"""Direct 3x3 conv (F.conv2d, channels_last) vs Winograd F(4x4, 3x3) (nextscale.accel.winograd) on CPU fp32.
 
 One row per 3x3 conv shape of the d16 VQ-VAE decoder at 256 px (batch 1). Times are the best of --reps runs
 after a warm-up; err = max |winograd - direct|, rel = err / max |direct|.
@@ -12,7 +12,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from nextscale.models.winograd import transform_weight, winograd_conv3x3
+from nextscale.accel.winograd import transform_weight, winograd_conv3x3
 
 # (output H = W, Cin, Cout, count in one 256px decode)
 SHAPES = [

@@ -101,10 +101,10 @@ def main():
     res = {"crops": counts, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr}
 
     # untrained: the same seeded initialisation the multi-scale run starts from
-    from nextscale.hub import save_tokenizer_dir
+    from nextscale.hub import save_tokenizer
     from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
     vae = _build_vae(TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, vocab_size=256, z_channels=16, seed=0)).eval()
-    save_tokenizer_dir(os.path.join(a.out, "untrained"), vae)
+    save_tokenizer(vae, os.path.join(a.out, "untrained"))
 
     common = ["--data", data, "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
               "--disc-weight", "0", "--reinit-dead-every", "20", "--log-every", "20",

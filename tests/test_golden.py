@@ -6,7 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nextscale.models import VAR, VQVAE
+from nextscale import VAR  # the reference-compatible VAR (autoregressive_infer_cfg)
+from nextscale.accel import winograd as wg
+from nextscale.accel.cpu import WinogradConv2d, enable_cpu_kernels
+from nextscale.models import VQVAE
 from nextscale.models.quantizer import phi_index
 from nextscale.sampling import generate
 
@@ -96,10 +99,15 @@ def _case_call(var, a):
     return lab
 
 
+@pytest.mark.parametrize("kernels", ["plain", "cpu"])
 @pytest.mark.parametrize("name", ["var", "var_shared"])
-def test_sampling_matches_reference_every_case(golden, name):
+def test_sampling_matches_reference_every_case(golden, name, kernels):
+    """The plain modules and the accelerated ones (``accel.cpu``, what pipelines run) both match."""
     vae = _vae(golden)
     var = _var(golden, name, vae).eval()
+    if kernels == "cpu":
+        enable_cpu_kernels(vae)
+        enable_cpu_kernels(var)
     for case, ref in golden[name]["infer"].items():
         a = ref["args"]
         lab = _case_call(var, a)
@@ -121,8 +129,8 @@ def test_sampling_matches_reference_every_case(golden, name):
 
 
 def _winograd_convs(vae):
-    from nextscale.models.vqvae import Conv3x3
-    convs = [m for m in vae.decoder.modules() if isinstance(m, Conv3x3)]
+    convs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d) and wg.winograd_eligible(m)
+             and m is not vae.decoder.conv_out]
     return convs, [m for m in convs if "_winograd_cache" in m.__dict__]
 
 
@@ -131,12 +139,13 @@ def test_winograd_decoder_matches_reference(golden, monkeypatch):
     tokenizer (32..128 channels at <= 64 px) never qualifies, so the tests above prove only the direct path.
     Here the golden decoder is forced through Winograd for every 3x3 conv and must still give the
     reference's images (same tolerance as the direct path)."""
-    vae, ref = _vae(golden), golden["vae_out"]
+    vae, ref = enable_cpu_kernels(_vae(golden)), golden["vae_out"]
     with torch.no_grad():
         vae.fhat_to_img(ref["f_to_fhat"][-1])
     assert not _winograd_convs(vae)[1]  # by default: direct convs only (what the tests above checked)
-    import nextscale.models.vqvae as vqvae_mod
-    monkeypatch.setattr(vqvae_mod, "winograd_pays", lambda *a: True)
+    assert all(isinstance(m, WinogradConv2d) for m in _winograd_convs(vae)[0])
+    import nextscale.accel.cpu as cpu_mod
+    monkeypatch.setattr(cpu_mod, "winograd_pays", lambda *a: True)
     with torch.no_grad():
         img = vae.fhat_to_img(ref["f_to_fhat"][-1])
         imgs = vae.idxBl_to_img(ref["img_to_idxBl"], same_shape=True, last_one=False)
@@ -154,12 +163,11 @@ def test_default_winograd_decoder_equals_direct_decoder_where_it_pays(golden):
     kw = dict(golden["config"]["vae"], ch=128, ch_mult=(1, 1, 2, 2, 2))
     kw["v_patch_nums"] = tuple(kw["v_patch_nums"])
     torch.manual_seed(0)
-    vae = VQVAE(**kw).eval()
+    vae = enable_cpu_kernels(VQVAE(**kw).eval())
     f_hat = golden["vae_out"]["f_to_fhat"][-1]
     with torch.no_grad():
-        direct_vae = VQVAE(**kw).eval()
+        direct_vae = VQVAE(**kw).eval()  # the plain modules: direct convs
         direct_vae.load_state_dict(vae.state_dict())
-        direct_vae.decoder.set_winograd(False)
         want = direct_vae.decoder(direct_vae.post_quant_conv(f_hat))
         got = vae.decoder(vae.post_quant_conv(f_hat))
     convs, fast = _winograd_convs(vae)

@@ -1,11 +1,11 @@
-"""Winograd F(4x4, 3x3) conv (nextscale.models.winograd) against F.conv2d(padding=1)."""
+"""Winograd F(4x4, 3x3) conv (nextscale.accel.winograd) against F.conv2d(padding=1)."""
 from fractions import Fraction
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nextscale.models import winograd as wg
+from nextscale.accel import winograd as wg
 
 # Measured max |winograd - float64 conv| / max |output| on these shapes (20 seeds each): 1.4e-6
 # (F.conv2d fp32: 6e-7); the tolerance leaves a 15x margin.
@@ -125,14 +125,15 @@ def test_winograd_pays_only_with_enough_channels_and_pixels():
 def test_decoder_uses_winograd_only_where_enabled_and_frees_its_cache():
     from nextscale.configs import VQVAEConfig
     from nextscale.models import VQVAE
-    from nextscale.models.vqvae import Conv3x3
+    from nextscale.accel.cpu import WinogradConv2d, disable_cpu_kernels, enable_cpu_kernels
     torch.manual_seed(0)
     # channels 64 / 128 / 320 at 32 / 16 / 8 px: some decoder convs pay for Winograd, some do not
     vae = VQVAE.from_config(VQVAEConfig(vocab_size=64, z_channels=8, ch=64, ch_mult=(1, 2, 5), num_res_blocks=1,
                                         v_patch_nums=(1, 2, 4, 8), using_sa=False)).eval()
+    enable_cpu_kernels(vae)
     sizes = {}
     hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(m, a[0].shape[-2:]))
-             for m in vae.decoder.modules() if isinstance(m, Conv3x3)]
+             for m in vae.decoder.modules() if isinstance(m, WinogradConv2d)]
     f = torch.randn(1, vae.Cvae, 8, 8)
     with torch.no_grad():
         fast = vae.fhat_to_img(f)
@@ -142,7 +143,7 @@ def test_decoder_uses_winograd_only_where_enabled_and_frees_its_cache():
         assert any(cached.values()) and not all(cached.values())
         assert all(c == wg.winograd_pays(m.in_channels, m.out_channels, *sizes[m]) for m, c in cached.items())
         assert not any("_winograd_cache" in m.__dict__ for m in vae.encoder.modules())  # encoder stays direct
-        vae.decoder.set_winograd(False)
+        disable_cpu_kernels(vae)
         assert not any("_winograd_cache" in m.__dict__ for m in vae.decoder.modules())
         direct = vae.fhat_to_img(f)
     torch.testing.assert_close(fast, direct, atol=1e-4, rtol=0)

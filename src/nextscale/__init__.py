@@ -8,11 +8,12 @@ Drop-in for scripts written against the reference code::
 
     from nextscale import VQVAE, VAR, build_vae_var
 """
-__version__ = "0.1.0"
+from nextscale._version import __version__  # noqa: E402
 
 from nextscale.configs import PRESETS, ModelConfig, VARConfig, VQVAEConfig, get_preset  # noqa: E402
 from nextscale.errors import NextScaleError  # noqa: E402
-from nextscale.models import VAR, VQVAE, build_from_config, build_vae_var  # noqa: E402
+from nextscale.compat import VAR, VQVAE, build_vae_var  # noqa: E402
+from nextscale.models import build_from_config  # noqa: E402
 from nextscale.pipelines import NextScalePipeline, NextScalePipelineOutput, load_pipeline  # noqa: E402
 
 __all__ = ["__version__", "VQVAE", "VAR", "build_vae_var", "build_from_config", "NextScalePipeline",

@@ -640,7 +640,7 @@ def _run_eval_tokenizer(args) -> int:
     import torch
 
     from nextscale.evaluation.tokenizer import evaluate_tokenizer, format_report, save_json
-    from nextscale.train.tokenizer import load_tokenizer
+    from nextscale.hub import load_tokenizer
     from nextscale.validate import check_device, check_mid_reso, image_format
     if args.batch_size <= 0 or (args.max_images is not None and args.max_images <= 0) or args.rows <= 0:
         raise NextScaleError("--batch-size, --max-images and --rows must be positive integers")

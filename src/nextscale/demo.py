@@ -187,10 +187,11 @@ class DemoBackend:
             out["seed"] = secrets.randbelow(lim.max_seed + 1)
         else:
             out["seed"] = check_int("seed", seed, 0, lim.max_seed)
-        from nextscale.pipelines import validate_sampling_args
+        from nextscale.sampling import SamplingSettings
         from nextscale.validate import check_seed
         out["seed"] = check_seed(out["seed"])  # the API's rule too (a DemoLimits.max_seed above 2**63 is still refused)
-        validate_sampling_args(out["guidance_scale"], out["top_k"], out["top_p"], out["more_smooth"])
+        SamplingSettings(guidance_scale=out["guidance_scale"], top_k=out["top_k"], top_p=out["top_p"],
+                         more_smooth=out["more_smooth"])  # the API's rules (raises naming the field)
         return out
 
     # ---- running the model: a worker thread holds the lock, the caller streams its scales ----

@@ -354,11 +354,11 @@ class NextScaleInpaintPipeline(NextScalePipeline):
                  class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, *,
                  outpaint: Union[None, str, Sequence[int]] = None, keep_scales: Optional[int] = None,
                  mask_threshold: Optional[float] = None,
-                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: str = "linear",
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: bool = False,
+                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False) -> NextScalePipelineOutput:
+                 show_progress: bool = False, settings=None) -> NextScalePipelineOutput:
         """Edit image(s); white mask pixels are regenerated, black ones kept (diffusers convention).
 
         image: PIL image, path, np (H, W, 3) / (B, H, W, 3) or torch (3, H, W) / (B, 3, H, W) in
@@ -396,7 +396,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             warnings.warn("the mask keeps nothing (all white): this is plain generation; paint the region to keep black",
                           UserWarning, stacklevel=2)
         constraint = make_edit_constraint(plan.input_indices, plan.keep, self.vqvae.quantize.embedding)
-        return self._run(B, labels, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
-                         top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
+        return self._run(B, labels, settings=settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                         top_k=top_k, top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
                          output_type=output_type, return_indices=return_indices,
                          callback_on_scale=callback_on_scale, show_progress=show_progress, constraint=constraint)

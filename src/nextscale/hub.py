@@ -13,9 +13,13 @@ Pipeline directory layout (what ``save_pretrained`` writes and ``from_pretrained
     var/model.safetensors
     labels.json                 optional: list of class names
 
-A tokenizer-only directory (``nextscale train-tokenizer`` / ``export-tokenizer``) has the same
-layout without ``var/``; its ``model_index.json`` says ``"_class_name": "NextScaleTokenizer"``.
-``load_components`` returns ``(vqvae, None, meta)`` for it, ``load_tokenizer_dir`` the VQ-VAE.
+A tokenizer-only directory (``nextscale train-tokenizer`` / ``export-tokenizer`` / ``train``'s
+``RUN/tokenizer``) has the same layout without ``var/``; its ``model_index.json`` says
+``"_class_name": "NextScaleTokenizer"``. ``load_components`` returns ``(vqvae, None, meta)`` for it.
+
+Tokenizers have one loader and one saver: :func:`load_tokenizer` (every place a VQ-VAE can come
+from: "default", a pipeline or tokenizer directory, a released ``.pth`` / ``.safetensors``, a
+``train-tokenizer`` run folder or its ``step_*.pt``) and :func:`save_tokenizer` (atomic).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from nextscale.models.vqvae import VQVAE
 
 __all__ = ["load_state_dict_file", "infer_vqvae_config", "infer_var_config", "load_vqvae", "load_var",
            "load_components", "save_components", "resolve_model_path", "DEFAULT_MODEL_DIR", "check_state_dict",
-           "TOKENIZER_CLASS_NAME", "is_tokenizer_dir", "load_tokenizer_dir", "save_tokenizer_dir"]
+           "TOKENIZER_CLASS_NAME", "is_tokenizer_dir", "load_tokenizer", "save_tokenizer", "tokenizer_from_checkpoint"]
 
 #: ``model_index.json`` ``_class_name`` of a tokenizer-only directory (no ``var/``).
 TOKENIZER_CLASS_NAME = "NextScaleTokenizer"
@@ -292,7 +296,7 @@ def _write_model_dir(d: Path, model) -> None:
 
 
 def _write_index(d: Path, class_name: str, components: Dict[str, List[str]], extra: Optional[dict]) -> None:
-    from nextscale import __version__
+    from nextscale._version import __version__
     index = {"_class_name": class_name, "_nextscale_version": __version__, **components}
     if extra:
         index.update(extra)
@@ -313,7 +317,7 @@ def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] =
 
 # ------------------------------------------------------------------ tokenizer-only directories
 def is_tokenizer_dir(path) -> bool:
-    """True for a directory written by :func:`save_tokenizer_dir` (``model_index.json`` naming
+    """True for a directory written by :func:`save_tokenizer` (``model_index.json`` naming
     ``NextScaleTokenizer``, or ``vqvae/`` without ``var/`` beside a ``model_index.json``)."""
     p = Path(path)
     if not (p.is_dir() and (p / "model_index.json").is_file()):
@@ -333,18 +337,76 @@ def _load_tokenizer_dir(p: Path) -> Tuple[VQVAE, dict]:
     return load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg), index
 
 
-def load_tokenizer_dir(path) -> VQVAE:
-    """The (frozen, eval-mode) VQ-VAE of a tokenizer-only or full pipeline directory."""
-    p = Path(path)
-    if not (p / "vqvae" / "config.json").is_file():
-        raise NextScaleError(f"{p}: no vqvae/config.json; expected a tokenizer or pipeline directory")
+def _load_vqvae_dir(p: Path) -> VQVAE:
+    """The VQ-VAE of a directory holding ``vqvae/config.json`` (tokenizer or pipeline directory)."""
     if (p / "model_index.json").is_file():
         return _load_tokenizer_dir(p)[0]
     return load_vqvae(p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json")))
 
 
-def save_tokenizer_dir(out_dir, vae: VQVAE, extra: Optional[dict] = None) -> Path:
-    """Write a tokenizer-only directory atomically: ``model_index.json`` + ``vqvae/``."""
+def tokenizer_from_checkpoint(path, state: Optional[Dict[str, Any]] = None, weights: str = "auto") -> Tuple[VQVAE, str]:
+    """(frozen eval-mode VQ-VAE, "ema" | "raw") of a ``train-tokenizer`` checkpoint ``step_*.pt``
+    (``state``: the file's content when already read); ``weights`` "auto" takes the EMA when kept."""
+    from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, load_checkpoint
+    if state is None:
+        state = load_checkpoint(path)
+    cfg = (state.get("config") or {}).get("model", {}).get("vqvae") if isinstance(state, dict) else None
+    if cfg is None or state.get("format") != CKPT_FORMAT or "vae" not in state.get("modules", {}):
+        raise NextScaleError(f"{path} is not a tokenizer training checkpoint (nextscale train-tokenizer)")
+    sd, use = checkpoint_weights(state, "vae", weights, path)
+    vae = VQVAE.from_config(VQVAEConfig.from_dict(cfg), test_mode=True)
+    vae.load_state_dict(sd)
+    return vae.eval(), use
+
+
+def load_tokenizer(source, v_patch_nums=None, preset=None, seed: int = 0) -> VQVAE:
+    """A frozen VQ-VAE from anywhere one can come from:
+
+    - ``"default"``: the bundled model's tokenizer;
+    - a tokenizer directory (:func:`save_tokenizer`) or a pipeline directory;
+    - a ``train-tokenizer`` run folder: its latest checkpoint (``checkpoints/``), else its
+      exported ``tokenizer/``; or one of its ``step_*.pt`` checkpoints (EMA weights when kept);
+    - a released ``vae_*.pth`` or a ``.safetensors`` / ``.pth`` state dict (config inferred from the
+      shapes; ``v_patch_nums``, else ``preset``'s, names the scale schedule);
+    - ``"random"``: ``preset``'s architecture, randomly initialised from ``seed`` (smoke tests only).
+
+    Every file is read through :mod:`nextscale.safeload` (tensors only, no fallback)."""
+    if source == "random":
+        if preset is None:
+            raise NextScaleError("--tokenizer random needs --preset")
+        from nextscale.models import build_from_config
+        return build_from_config(preset, seed=seed, init_var=False)[0]
+    if source == "default":  # the bundled model's tokenizer, as every other command accepts
+        return _load_vqvae_dir(resolve_model_path("default"))
+    if source is None or not os.path.exists(os.fspath(source)):
+        raise NextScaleError(f"tokenizer {None if source is None else os.fspath(source)!r} not found; "
+                             f"pass a tokenizer/pipeline directory, a run folder or a vae_*.pth")
+    from nextscale.runfiles import CKPT_FORMAT, find_checkpoint, load_checkpoint
+    src = os.fspath(source)
+    p = Path(src)
+    if p.is_dir():
+        if (p / "vqvae" / "config.json").is_file():
+            return _load_vqvae_dir(p)
+        if (p / "checkpoints").is_dir():
+            path, state = find_checkpoint(src, "pass a train-tokenizer run folder or a step_*.pt file",
+                                          f"nextscale train-tokenizer --out {src}")
+            return tokenizer_from_checkpoint(path, state)[0]
+        if (p / "tokenizer" / "vqvae" / "config.json").is_file():
+            return _load_vqvae_dir(p / "tokenizer")
+        raise NextScaleError(f"{src!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)")
+    if src.endswith(".pt"):  # a training checkpoint, or a state dict saved as .pt
+        state = load_checkpoint(src)
+        if isinstance(state, dict) and state.get("format") == CKPT_FORMAT:
+            return tokenizer_from_checkpoint(src, state)[0]
+    if v_patch_nums is None and preset is not None:
+        v_patch_nums = preset.vqvae.v_patch_nums
+    return load_vqvae(src, v_patch_nums=v_patch_nums)
+
+
+def save_tokenizer(vae: VQVAE, out_dir, extra: Optional[dict] = None) -> Path:
+    """Write a tokenizer directory (``model_index.json`` + ``vqvae/``) atomically: it is filled in
+    a temp directory beside ``out_dir`` (umask modes) and renamed into place; a failure leaves
+    no partial folder. ``extra`` goes into ``model_index.json``."""
     out = Path(out_dir)
     with _atomic_dir(out) as tmp:
         _write_model_dir(tmp / "vqvae", vae)

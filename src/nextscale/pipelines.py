@@ -18,18 +18,22 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from nextscale.accel import CudaGraphs, disable_cpu_kernels, enable_cpu_kernels
 from nextscale.configs import ModelConfig, get_preset
 from nextscale.errors import NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
-from nextscale.sampling import CudaGraphs, generate
+from nextscale.sampling import SamplingSettings, generate
 from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_device, check_seed
 
-#: Sampling settings used when a call does not give them and the model directory recommends none:
-#: the reference README's ImageNet evaluation settings. A model directory may recommend its own in
-#: ``model_index.json`` under ``"sampling_defaults"`` (the bundled MNIST model does).
-DEFAULT_SAMPLING = {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96}
+#: The settings a model directory may recommend in ``model_index.json`` under
+#: ``"sampling_defaults"`` (the bundled MNIST model does), and what they are when it does not: the
+#: reference README's ImageNet evaluation settings (``SamplingSettings()``).
+RECOMMENDABLE = ("guidance_scale", "top_k", "top_p")
+DEFAULT_SAMPLING = {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE}
+OUTPUT_TYPES = ("pil", "np", "pt")
 
-__all__ = ["NextScalePipeline", "DEFAULT_SAMPLING", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output", "validate_sampling_args"]
+__all__ = ["NextScalePipeline", "DEFAULT_SAMPLING", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output",
+           "check_output_type"]
 
 
 @dataclass
@@ -49,29 +53,21 @@ class ScaleStep:
     indices: torch.Tensor  # (B, l_k) tokens of this scale
 
 
+def check_output_type(output_type) -> str:
+    if output_type not in OUTPUT_TYPES:
+        raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+    return output_type
+
+
 def to_output(img_B3HW_01: torch.Tensor, output_type: str):
     """[0, 1] float images (B, 3, H, W) -> 'pt' (same), 'np' (B, H, W, 3) float32, or 'pil' list."""
-    if output_type == "pt":
+    if check_output_type(output_type) == "pt":
         return img_B3HW_01
     arr = img_B3HW_01.detach().float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
     if output_type == "np":
         return arr
-    if output_type == "pil":
-        from PIL import Image
-        u8 = (arr * 255).round().astype(np.uint8)
-        return [Image.fromarray(a) for a in u8]
-    raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
-
-
-def validate_sampling_args(guidance_scale, top_k, top_p, more_smooth=False) -> None:
-    gs = guidance_scale if isinstance(guidance_scale, (list, tuple)) else [guidance_scale]
-    for g in gs:
-        if not isinstance(g, (int, float)) or not np.isfinite(g) or g < 0:
-            raise NextScaleError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
-    if not isinstance(top_k, (int, np.integer)) or isinstance(top_k, bool) or top_k < 0:
-        raise NextScaleError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not isinstance(top_p, (int, float)) or not 0.0 <= float(top_p) <= 1.0:
-        raise NextScaleError(f"top_p must be in [0, 1] (0 = off), got {top_p!r}")
+    from PIL import Image
+    return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]
 
 
 class NextScalePipeline:
@@ -81,22 +77,37 @@ class NextScalePipeline:
                  sampling_defaults: Optional[Dict[str, Any]] = None):
         if tuple(vqvae.v_patch_nums) != tuple(var.patch_nums):
             raise NextScaleError(f"tokenizer schedule {vqvae.v_patch_nums} != transformer schedule {var.patch_nums}")
-        if var.vae is not vqvae:  # keep the transformer's tokenizer proxy pointing at our tokenizer
-            var.vae_proxy, var.vae_quant_proxy = (vqvae,), (vqvae.quantize,)
         self.vqvae, self.var = vqvae.eval(), var.eval()
         if labels is not None and len(labels) != var.num_classes:
             raise NextScaleError(f"labels has {len(labels)} names but the model has {var.num_classes} classes")
         self.labels = list(labels) if labels is not None else None
-        unknown = set(sampling_defaults or {}) - set(DEFAULT_SAMPLING)
+        unknown = set(sampling_defaults or {}) - set(RECOMMENDABLE)
         if unknown:
-            raise NextScaleError(f"sampling_defaults: unknown keys {sorted(unknown)}; allowed: {sorted(DEFAULT_SAMPLING)}")
-        self.sampling_defaults = {**DEFAULT_SAMPLING, **(sampling_defaults or {})}
-        validate_sampling_args(self.sampling_defaults["guidance_scale"], self.sampling_defaults["top_k"], self.sampling_defaults["top_p"])
+            raise NextScaleError(f"sampling_defaults: unknown keys {sorted(unknown)}; allowed: {sorted(RECOMMENDABLE)}")
+        #: what a call samples with when it gives nothing: the model's recommendation
+        self.settings = SamplingSettings(**(sampling_defaults or {}))
         self.dtype = torch.float32
+        #: CPU float32 inference runs ``nextscale.accel.cpu``'s kernels (same function, faster);
+        #: ``disable_cpu_kernels()`` runs the plain reference modules instead.
+        self.enable_cpu_kernels()
         #: On CUDA, replay each scale's transformer as a captured CUDA graph (same tokens as eager
         #: execution, several times faster at small batches; captured on the first call per batch size).
         self.use_cuda_graphs = True
         self._cuda_graphs = CudaGraphs()
+
+    @property
+    def sampling_defaults(self) -> Dict[str, Any]:
+        return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
+
+    def enable_cpu_kernels(self) -> "NextScalePipeline":
+        enable_cpu_kernels(self.vqvae)
+        enable_cpu_kernels(self.var)
+        return self
+
+    def disable_cpu_kernels(self) -> "NextScalePipeline":
+        disable_cpu_kernels(self.vqvae)
+        disable_cpu_kernels(self.var)
+        return self
 
     # ---- construction ----
     @property
@@ -198,15 +209,13 @@ class NextScalePipeline:
             imgs = self.vqvae.idxBl_to_img([i.to(self.device) for i in indices], same_shape=True, last_one=False)
         return [im.float().add_(1).mul_(0.5) for im in imgs]
 
-    def _run(self, B, labels, *, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
+    def _run(self, B, labels, *, settings=None, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
              return_indices, callback_on_scale, show_progress, constraint=None) -> NextScalePipelineOutput:
-        d = self.sampling_defaults  # None = the model's recommended setting
-        guidance_scale = d["guidance_scale"] if guidance_scale is None else guidance_scale
-        top_k = d["top_k"] if top_k is None else top_k
-        top_p = d["top_p"] if top_p is None else top_p
-        validate_sampling_args(guidance_scale, top_k, top_p, more_smooth)
-        if output_type not in ("pil", "np", "pt"):
-            raise NextScaleError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
+        if settings is not None and not isinstance(settings, SamplingSettings):
+            raise NextScaleError(f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}")
+        settings = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
+                                         top_p=top_p, more_smooth=more_smooth)  # None = the model's recommendation
+        check_output_type(output_type)
         K = len(self.patch_nums)
         bar = None
         if show_progress:
@@ -222,9 +231,8 @@ class NextScalePipeline:
 
         try:
             with self._autocast():
-                out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, cfg=guidance_scale,
-                               top_k=int(top_k), top_p=float(top_p), more_smooth=bool(more_smooth),
-                               guidance_schedule=guidance_schedule, constraint=constraint, callback=on_scale,
+                out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, settings=settings,
+                               constraint=constraint, callback=on_scale,
                                cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
         finally:
             if bar is not None:
@@ -235,11 +243,11 @@ class NextScalePipeline:
 
     # ---- generation ----
     def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
-                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: str = "linear",
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: bool = False,
+                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False) -> NextScalePipelineOutput:
+                 show_progress: bool = False, settings: Optional[SamplingSettings] = None) -> NextScalePipelineOutput:
         """Generate images.
 
         class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
@@ -250,6 +258,8 @@ class NextScalePipeline:
             recommended setting (``self.sampling_defaults``; 1.5 / 900 / 0.96 unless the model says). more_smooth: Gumbel-softmax smoothing (visual, not for FID).
         generator or seed: randomness; the same seed on the same device gives the same images.
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
+        settings: a ``SamplingSettings`` to start from instead of the model's recommendation; the
+            keywords above still override single fields.
         """
         if num_images is not None:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
@@ -263,7 +273,7 @@ class NextScalePipeline:
                 if num_images is not None and num_images != len(labels):
                     raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
                 B = len(labels)
-        return self._run(B, labels, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
+        return self._run(B, labels, settings=settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
                          top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
                          output_type=output_type, return_indices=return_indices,
                          callback_on_scale=callback_on_scale, show_progress=show_progress)

@@ -1,6 +1,6 @@
 """THE generation loop: coarse-to-fine sampling with a KV cache, guidance, top-k/top-p and Gumbel smoothing.
 
-One loop serves plain sampling, the reference-compatible ``VAR.autoregressive_infer_cfg``, the
+One loop serves plain sampling, the reference-compatible ``autoregressive_infer_cfg`` (``nextscale.compat``), the
 pipelines and editing (which passes a ``constraint`` that teacher-forces kept tokens).
 
 Random numbers are drawn exactly as the reference draws them, so a seed gives the same tokens:
@@ -16,24 +16,100 @@ When every t_k is 0 the unconditional half of the batch is skipped (same tokens,
 """
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
-from nextscale.errors import NextScaleError
-from nextscale.models.var import VAR, KVCache, reference_numerics
+from nextscale.accel.cpu import reference_kernels
+from nextscale.accel.cuda_graphs import CudaGraphs
+from nextscale.errors import InputError, NextScaleError
+from nextscale.models.var import VAR, KVCache
 from nextscale.models.vqvae import VQVAE
+from nextscale.validate import as_int, check_class_ids, check_float
 
-__all__ = ["generate", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_", "gumbel_softmax_with_rng", "guidance_weights",
-           "resolve_labels"]
+__all__ = ["generate", "SamplingSettings", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_",
+           "gumbel_softmax_with_rng", "guidance_weights", "resolve_labels", "GUIDANCE_SCHEDULES"]
 
 #: constraint(si, idx_Bl, h_BlCv) -> (idx_Bl, h_BlCv): editing replaces kept tokens (and their code vectors).
 Constraint = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
 #: callback(si, pn, f_hat_BCvhw, idx_Bl): called after each scale (e.g. to stream partial images).
 ScaleCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
+
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How a generation samples: the one object ``generate``, the pipelines, editing, the CLI and
+    the demo validate and pass on. Bad values raise ``InputError`` naming the field; the CLI
+    rewrites the field into its flag (``metadata["flag"]``). Defaults: the reference README's
+    ImageNet evaluation settings; a model directory may recommend its own (``sampling_defaults``).
+    """
+    # the reference's cfg: guidance weight t_k per scale (module docstring); a sequence gives one
+    # weight per scale; 0 everywhere skips the unconditional half of the batch (half the work)
+    guidance_scale: Union[float, Tuple[float, ...]] = field(default=1.5, metadata=dict(
+        flag="--cfg", help="guidance weight (the reference's cfg; 0 = off)"))
+    # "linear" ramps t_k = cfg * k / (K - 1) as the reference does (weak guidance at the coarse scales
+    # keeps diversity); "constant" uses t_k = cfg at every scale
+    guidance_schedule: str = field(default="linear", metadata=dict(
+        flag="--guidance-schedule", help="how the guidance weight grows over scales", choices=GUIDANCE_SCHEDULES))
+    # keep the k most likely tokens per position (0 = off); the reference samples ImageNet with 900 of 4096
+    top_k: int = field(default=900, metadata=dict(flag="--top-k", help="top-k token filter (0 = off)"))
+    # then the smallest nucleus of probability top_p (0 = off); 0.96 in the reference's evaluation
+    top_p: float = field(default=0.96, metadata=dict(flag="--top-p", help="top-p nucleus filter (0 = off)"))
+    # soft codes from a tempered Gumbel-softmax: smoother pictures, not for FID (the reference's more_smooth)
+    more_smooth: bool = field(default=False, metadata=dict(flag="--smooth", help="Gumbel smoothing (visual; not for FID)"))
+
+    def __post_init__(self):
+        g = self.guidance_scale
+        if isinstance(g, (list, tuple)):
+            if not g:
+                raise InputError("guidance_scale is an empty list; give one weight, or one per scale")
+            g = tuple(check_float(t, "guidance_scale", lo=0.0) for t in g)
+        else:
+            g = check_float(g, "guidance_scale", lo=0.0)
+        object.__setattr__(self, "guidance_scale", g)
+        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
+            raise InputError(f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
+                             f"got {self.guidance_schedule!r}")
+        k = as_int(self.top_k, "top_k")
+        if k < 0:
+            raise InputError(f"top_k must be >= 0 (0 = off), got {k}")
+        object.__setattr__(self, "top_k", k)
+        object.__setattr__(self, "top_p", check_float(self.top_p, "top_p", lo=0.0, hi=1.0))
+        if self.more_smooth not in (True, False):
+            raise InputError(f"more_smooth must be True or False, got {self.more_smooth!r}")
+        object.__setattr__(self, "more_smooth", bool(self.more_smooth))
+
+    @classmethod
+    def fields(cls) -> Tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def check_keys(cls, keys, what: str = "sampling settings") -> None:
+        """Unknown keys are an error with the closest field name."""
+        names = [f.name for f in cls.fields()]
+        for k in keys:
+            if k not in names:
+                near = difflib.get_close_matches(k, names, n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(names)}"
+                raise InputError(f"{what}: unknown key {k!r}{hint}")
+
+    def replace(self, **changes: Any) -> "SamplingSettings":
+        """A copy with ``changes`` applied; None values keep the current setting."""
+        self.check_keys(changes)
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in self.fields()}
+
+
+#: What ``generate`` / ``autoregressive_infer_cfg`` use when a call gives nothing: the reference
+#: signature's defaults (cfg 1.5, no top-k / top-p filtering).
+CALL_DEFAULTS = SamplingSettings(top_k=0, top_p=0.0)
 
 
 @dataclass
@@ -78,42 +154,44 @@ def guidance_weights(cfg: Union[float, Sequence[float]], num_scales: int, schedu
         return [cfg * (si / (num_scales - 1) if num_scales > 1 else 0.0) for si in range(num_scales)]
     if schedule == "constant":
         return [cfg] * num_scales
-    raise NextScaleError(f"unknown guidance schedule {schedule!r}; use 'linear' (reference ramp) or 'constant'")
+    raise InputError(f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
+                     f"got {schedule!r}")
 
 
 def resolve_labels(label_B, B: int, num_classes: int, device, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """None -> random classes (drawn from ``generator``), int -> all that class (-1 = unconditional),
-    sequence/tensor -> those labels (-1 entries = unconditional). Returns (B,) long on ``device``."""
+    """None -> random classes (drawn from ``generator``), int -> all that class, sequence/tensor ->
+    those labels; -1 (and num_classes) = unconditional. Returns (B,) long on ``device``."""
     if label_B is None:
         uniform = torch.full((1, num_classes), 1.0 / num_classes, dtype=torch.float32, device=device)
         return torch.multinomial(uniform, num_samples=B, replacement=True, generator=generator).reshape(B)
-    if isinstance(label_B, int):
-        if label_B >= num_classes or label_B < -1:
-            raise NextScaleError(f"class {label_B} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)")
-        return torch.full((B,), num_classes if label_B < 0 else label_B, dtype=torch.long, device=device)
-    lab = torch.as_tensor(label_B, dtype=torch.long).to(device).reshape(-1)
-    if lab.numel() != B:
-        raise NextScaleError(f"got {lab.numel()} labels for a batch of {B}")
-    if (lab >= num_classes + 1).any() or (lab < -1).any():
-        raise NextScaleError(f"class labels must be in 0..{num_classes - 1} (-1 or {num_classes} = unconditional), got {lab.tolist()}")
-    return torch.where(lab < 0, num_classes, lab)
+    if isinstance(label_B, torch.Tensor) and label_B.ndim > 0:
+        label_B = label_B.reshape(-1).tolist()
+    lab = check_class_ids(label_B, num_classes, allow_null_index=True)
+    if isinstance(lab, int):
+        lab = [lab] * B
+    if len(lab) != B:
+        raise InputError(f"got {len(lab)} labels for a batch of {B}")
+    return torch.tensor([num_classes if c < 0 else c for c in lab], dtype=torch.long, device=device)
 
 
 @torch.no_grad()
 def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[torch.Generator] = None,
-             cfg: Union[float, Sequence[float]] = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False,
-             guidance_schedule: str = "linear", constraint: Optional[Constraint] = None,
-             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional["CudaGraphs"] = None) -> GenerationOutput:
+             settings: Optional[SamplingSettings] = None, cfg: Union[None, float, Sequence[float]] = None,
+             top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
+             guidance_schedule: Optional[str] = None, constraint: Optional[Constraint] = None,
+             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional[CudaGraphs] = None) -> GenerationOutput:
     """Sample token maps scale by scale. ``generator`` None uses the global RNG (as the reference).
 
+    ``settings`` (default ``CALL_DEFAULTS``) says how to sample; the reference-style keywords
+    ``cfg``, ``top_k``, ``top_p``, ``more_smooth``, ``guidance_schedule`` override single fields.
     Works on any device; under ``torch.autocast`` the blocks run in the autocast dtype while the
-    embeddings, head and sampling stay float32. ``cuda_graphs`` (a ``CudaGraphs`` kept by the caller
-    across calls) replays the transformer of each scale as one captured CUDA graph: the same kernels,
-    so the same tokens, without the per-kernel launch cost that dominates small batches on a GPU.
+    embeddings, head and sampling stay float32. ``cuda_graphs`` (an ``accel.CudaGraphs`` kept by the
+    caller across calls) replays each scale's transformer as one captured CUDA graph (same tokens).
     """
-    with reference_numerics(more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
-        return _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule,
-                         constraint, callback, cuda_graphs)
+    st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
+                                             guidance_schedule=guidance_schedule)
+    with reference_kernels(st.more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
+        return _generate(var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs)
 
 
 def _non_finite(si: int, pn: int) -> NextScaleError:
@@ -121,13 +199,12 @@ def _non_finite(si: int, pn: int) -> NextScaleError:
                           f"(a broken export or a diverged run); re-export from a good checkpoint")
 
 
-def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, guidance_schedule, constraint,
-              callback, cuda_graphs) -> GenerationOutput:
+def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs) -> GenerationOutput:
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize
     labels = resolve_labels(label_B, B, var.num_classes, dev, generator)
-    ts = guidance_weights(cfg, K, guidance_schedule)
+    ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
     use_cfg = any(t != 0.0 for t in ts)
     cls_in = torch.cat((labels, torch.full_like(labels, var.num_classes))) if use_cfg else labels
     B2 = cls_in.shape[0]
@@ -158,12 +235,12 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
         if si == 0 and not bool(torch.isfinite(logits_BlV).all()):  # one check (one sync) catches NaN weights
             raise _non_finite(si, pn)
         try:
-            idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=top_k, top_p=top_p, generator=generator)
+            idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)
         except RuntimeError as e:  # CPU multinomial refuses NaN/inf probabilities at a later scale
             if "inf" in str(e) or "nan" in str(e):
                 raise _non_finite(si, pn) from None
             raise
-        if not more_smooth:
+        if not st.more_smooth:
             h_BlCv = quant.embedding(idx_Bl)
         else:  # visual smoothing (not for FID): soft codes from a tempered Gumbel-softmax
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
@@ -184,99 +261,12 @@ def _generate(var, vae, B, label_B, generator, cfg, top_k, top_p, more_smooth, g
     return GenerationOutput(idx_per_scale=idx_per_scale, f_hat=f_hat, labels=labels)
 
 
-def _scale_logits(var: VAR, x_BlC, cache: KVCache, mods, cond_BD, head_mod) -> torch.Tensor:
-    """One scale through every block (writing its keys/values at ``cache.pos``) and the head."""
-    for b, blk in enumerate(var.blocks):
-        x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=cache, mod_B16C=mods[b])
-    return var.get_logits(x_BlC, cond_BD, head_mod)  # (B2, l, V)
-
-
 def _eager_runner(var: VAR, mods, cond_BD, head_mod):
     """run(si, x_BlC) -> logits (B2, l, V), through a fresh KV cache."""
     cache = KVCache(var.depth, var.L)
 
     def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
-        logits = _scale_logits(var, x_BlC, cache, mods, cond_BD, head_mod)
+        logits = var.next_scale_logits(x_BlC, cache, mods, cond_BD, head_mod)
         cache.advance(x_BlC.shape[1])
         return logits
     return run
-
-
-class CudaGraphs:
-    """Captured CUDA graphs of the transformer, one per scale, for repeated sampling on a GPU.
-
-    At batch 1-16 a d16 generation launches ~6,000 small kernels and the GPU mostly waits for them;
-    replaying one graph per scale removes that cost. Graphs are captured on the first call for a
-    (model, batch, autocast dtype) and replayed afterwards, with the KV cache, AdaLN modulations and
-    inputs/outputs in static buffers. Keep one instance per pipeline (``NextScalePipeline`` does, on
-    CUDA); ``clear()`` frees the graphs and their memory (needed after moving the model).
-    Weights may change in place between calls (the graphs read them by address), not be replaced.
-    """
-
-    def __init__(self):
-        self._sets = {}
-        self.failed = False
-
-    def clear(self) -> None:
-        self._sets.clear()
-
-    def runner(self, var: VAR, B2: int, mods, cond_BD, head_mod):
-        amp = torch.is_autocast_enabled()  # CUDA autocast
-        if not amp:
-            dt = torch.float32
-        elif hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
-            dt = torch.get_autocast_dtype("cuda")
-        else:
-            dt = torch.get_autocast_gpu_dtype()
-        key = (id(var), B2, dt, cond_BD.device)
-        gs = self._sets.get(key)
-        if gs is None or gs["var"] is not var:
-            # autocast's cache of cast weights lives only as long as the caller's autocast block: the
-            # graphs must cast the weights themselves, so warm-up and capture run with the cache off
-            if self.failed:
-                return None
-            try:
-                with torch.autocast("cuda", dtype=dt, enabled=amp, cache_enabled=False):
-                    gs = self._sets[key] = self._capture(var, B2, mods, cond_BD, head_mod)
-            except RuntimeError as e:  # e.g. a kernel that cannot be captured: run eagerly from now on
-                warnings.warn(f"CUDA graph capture failed ({e}); sampling without graphs")
-                self.failed = True
-                self._sets.clear()
-                return None
-        for dst, src in zip(gs["mods"], mods):
-            dst.copy_(src)
-        gs["cond"].copy_(cond_BD)
-        gs["head_mod"].copy_(head_mod)
-
-        def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
-            gs["x"][si].copy_(x_BlC)
-            gs["graphs"][si].replay()
-            return gs["logits"][si]
-        return run
-
-    @staticmethod
-    def _capture(var: VAR, B2: int, mods, cond_BD, head_mod):
-        static_mods = [m.clone() for m in mods]
-        cond, hmod = cond_BD.clone(), head_mod.clone()
-        xs = [cond_BD.new_zeros(B2, pn * pn, var.C) for pn in var.patch_nums]
-        cache = KVCache(var.depth, var.L)
-
-        def body(si):
-            cache.pos = var.begin_ends[si][0]
-            return _scale_logits(var, xs[si], cache, static_mods, cond, hmod)
-
-        side = torch.cuda.Stream(device=cond_BD.device)
-        side.wait_stream(torch.cuda.current_stream(cond_BD.device))
-        with torch.cuda.stream(side):  # warm-up (allocates the cache, initialises kernels) off the capture
-            for si in range(len(var.patch_nums)):
-                body(si)
-        torch.cuda.current_stream(cond_BD.device).wait_stream(side)
-        pool = torch.cuda.graph_pool_handle()
-        graphs, logits = [], []
-        for si in range(len(var.patch_nums)):
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool):
-                logits.append(body(si))
-            graphs.append(g)
-        return {"var": var, "mods": static_mods, "cond": cond, "head_mod": hmod, "x": xs, "graphs": graphs,
-                "logits": logits, "cache": cache}

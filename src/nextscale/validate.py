@@ -76,8 +76,9 @@ def check_seed(seed, name: str = "seed") -> int:
 
 
 def check_class_ids(labels: Union[int, Sequence, torch.Tensor, np.ndarray], num_classes: int,
-                    name: str = "class_labels") -> Union[int, List[int]]:
-    """An int or a list of ints in [-1, num_classes) (-1 = unconditional)."""
+                    name: str = "class_labels", allow_null_index: bool = False) -> Union[int, List[int]]:
+    """An int or a list of ints in [-1, num_classes) (-1 = unconditional); ``allow_null_index``
+    also accepts num_classes itself (the null class's embedding index, as the sampler returns it)."""
     if isinstance(labels, (torch.Tensor, np.ndarray)) and labels.ndim > 0:
         labels = list(labels)
     if isinstance(labels, (list, tuple)):
@@ -87,7 +88,7 @@ def check_class_ids(labels: Union[int, Sequence, torch.Tensor, np.ndarray], num_
     else:
         out = as_int(labels, name)
     for c in out if isinstance(out, list) else [out]:
-        if not -1 <= c < num_classes:
+        if not -1 <= c < num_classes + int(allow_null_index):
             raise NextScaleError(f"class {c} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)")
     return out
 

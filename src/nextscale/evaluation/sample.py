@@ -223,13 +223,13 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     the folder is then incomplete and a re-run finishes it.
     Returns a summary dict (on every rank; ``npz`` is set on rank 0 once packed).
     """
-    from nextscale.pipelines import validate_sampling_args
+    from nextscale.sampling import SamplingSettings
     from nextscale.validate import MAX_FID_IMAGES, check_count, check_seed
     per_class = check_count(per_class, "--per-class", hi=MAX_FID_IMAGES)
     batch_size = check_count(batch_size, "--batch")
     seed = check_seed(seed, "--seed")
     proto = get_protocol(protocol, cfg, top_k, top_p, more_smooth)
-    validate_sampling_args(proto.cfg, proto.top_k, proto.top_p)
+    SamplingSettings(guidance_scale=proto.cfg, top_k=proto.top_k, top_p=proto.top_p)  # raises naming the field
     ranks = _Ranks()
     rank, world = ranks.rank, ranks.world
     main = rank == 0

@@ -16,14 +16,50 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["evaluate_tokenizer", "format_report"]
+__all__ = ["evaluate_tokenizer", "format_report", "codebook_stats", "per_scale_reconstructions", "scale_grid"]
+
+
+@torch.no_grad()
+def codebook_stats(hits_SV: torch.Tensor) -> Tuple[List[float], List[float]]:
+    """(usage % of codes hit, perplexity) per scale from hit counts (S, V)."""
+    usage, ppl = [], []
+    for h in hits_SV.float():
+        tot = h.sum()
+        usage.append(float((h > 0).float().mean() * 100))
+        if tot <= 0:
+            ppl.append(0.0)
+            continue
+        p = h / tot
+        ent = -(p[p > 0] * p[p > 0].log()).sum()
+        ppl.append(float(ent.exp()))
+    return usage, ppl
+
+
+@torch.no_grad()
+def per_scale_reconstructions(vae, x: torch.Tensor) -> List[torch.Tensor]:
+    """Images rebuilt from the first 1, 2, ..., K scales (each in [-1, 1])."""
+    return vae.img_to_reconstructed_img(x, last_one=False)
+
+
+def scale_grid(vae, x: torch.Tensor, upscale: Optional[int] = None) -> np.ndarray:
+    """uint8 (rows*R, (K+1)*R, 3): per row the original, then the image rebuilt from 1..K scales."""
+    recs = per_scale_reconstructions(vae, x)
+    cols = [x] + recs
+    arr = torch.stack(cols, dim=1)                       # (N, K+1, 3, R, R)
+    arr = ((arr.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    N, K1, _, R, _ = arr.shape
+    img = arr.permute(0, 3, 1, 4, 2).reshape(N * R, K1 * R, 3).numpy()
+    up = upscale if upscale is not None else max(1, 128 // R)
+    if up > 1:
+        img = img.repeat(up, axis=0).repeat(up, axis=1)
+    return img
 
 
 @torch.no_grad()
@@ -32,7 +68,6 @@ def evaluate_tokenizer(vae, data: str, batch_size: int = 64, max_images: Optiona
                        mid_reso: float = 1.125, workers: int = 0, progress: bool = False) -> Dict[str, Any]:
     from nextscale.data import ImageFolder, find_split, scan_image_folder
     from nextscale.evaluation.recon import ReconstructionMetrics, psnr
-    from nextscale.train.tokenizer import codebook_stats, scale_grid
 
     if batch_size <= 0:
         raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")

@@ -125,7 +125,6 @@ class VectorQuantizer2(nn.Module):
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.v_patch_nums), vocab_size))
         self.record_hit = 0
         self.embedding = nn.Embedding(vocab_size, Cvae)
-        self.prog_si = -1  # kept for API compatibility; progressive training lives in the trainer
 
     # ---- helpers ----
     def phi(self, si: int, num_scales: Optional[int] = None) -> nn.Module:

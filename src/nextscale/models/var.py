@@ -17,20 +17,18 @@ load with ``strict=True``. The model holds no device, RNG or distributed state.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.configs import VARConfig
+from nextscale.models.kv_cache import KVCache
 from nextscale.models.vqvae import VQVAE
-from nextscale.models.workspace import workspace
 
-__all__ = ["VAR", "reference_numerics", "AdaLNSelfAttn", "AdaLNBeforeHead", "SelfAttention", "FFN", "KVCache", "SharedAdaLin"]
+__all__ = ["VAR", "AdaLNSelfAttn", "AdaLNBeforeHead", "SelfAttention", "FFN", "KVCache", "SharedAdaLin"]
 
 
 class DropPath(nn.Module):
@@ -47,131 +45,19 @@ class DropPath(nn.Module):
         mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
         return x * mask.div_(keep)
 
-    def extra_repr(self):
-        return f"drop_prob={self.drop_prob:g}"
-
-
-class KVCache:
-    """Preallocated key/value cache for all blocks (no re-allocation, no concatenation per scale).
-
-    Each block writes its new keys/values at ``[pos, pos + l)`` and attends over ``[0, pos + l)``;
-    ``advance(l)`` moves the write position once every block has processed the scale.
-    """
-
-    def __init__(self, depth: int, max_len: int):
-        self.depth, self.max_len, self.pos = depth, max_len, 0
-        self.k: List[Optional[torch.Tensor]] = [None] * depth
-        self.v: List[Optional[torch.Tensor]] = [None] * depth
-
-    def append(self, block_idx: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor):
-        l = k_BHlc.shape[2]
-        end = self.pos + l
-        if end > self.max_len:
-            raise RuntimeError(f"KV cache overflow: {end} > {self.max_len}")
-        if self.k[block_idx] is None:
-            B, H, _, c = k_BHlc.shape
-            self.k[block_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
-            self.v[block_idx] = v_BHlc.new_empty(B, H, self.max_len, c, dtype=v_BHlc.dtype)
-        kb, vb = self.k[block_idx], self.v[block_idx]
-        kb[:, :, self.pos:end].copy_(k_BHlc)
-        vb[:, :, self.pos:end].copy_(v_BHlc)
-        return kb[:, :, :end], vb[:, :, :end]
-
-    def advance(self, l: int) -> None:
-        self.pos += l
-
-
-#: Row count up to which CPU inference computes a linear layer as (W @ x^T)^T (see ``linear``).
-SMALL_ROWS = 128
-
-
-_numerics = threading.local()
-
-
-@contextlib.contextmanager
-def reference_numerics(enabled: bool = True):
-    """Within this block CPU inference uses exactly the reference's kernels and operation order
-    (``F.linear``, aten's GELU, multiply-then-add) instead of the faster equivalents below.
-
-    Both give the same tokens; the difference is float rounding (~1e-7 relative). Sampling with
-    Gumbel smoothing (``more_smooth``) turns logits into soft codes at temperatures down to 0.005,
-    which amplifies rounding ~200x, so ``generate`` switches this on there to keep smoothed images
-    within 1e-4 of the reference. Thread-local, like ``torch.no_grad``."""
-    prev = getattr(_numerics, "exact", False)
-    _numerics.exact = enabled
-    try:
-        yield
-    finally:
-        _numerics.exact = prev
-
-
-def _exact() -> bool:
-    return getattr(_numerics, "exact", False)
-
-
-def _cpu_inference(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and not _exact()
-
-
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``F.linear``, except for CPU inference on at most ``SMALL_ROWS`` rows.
-
-    Sampling runs the early scales on 2-72 rows (1x1 ... 6x6 tokens, twice for guidance), where
-    MKL's x @ W^T streams the weights at a third of the memory bandwidth on 2 threads; the same
-    product written W @ x^T (the weight as the left operand) runs up to 1.7x faster there
-    (benchmarks/bench_inference.py). Same values up to float summation order."""
-    rows = x.numel() // x.shape[-1]
-    if rows > SMALL_ROWS or not _cpu_inference(x):
-        return F.linear(x, weight, bias)
-    x_MK = x.reshape(rows, x.shape[-1])
-    y_NM = torch.addmm(bias.unsqueeze(1), weight, x_MK.t()) if bias is not None else weight @ x_MK.t()
-    return y_NM.t().reshape(*x.shape[:-1], weight.shape[0])
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` (same parameters, same state dict) whose forward is ``linear`` above."""
-
-    def forward(self, x):
-        return linear(x, self.weight, self.bias)
-
-
-def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    """GELU, tanh approximation. For CPU inference it is evaluated as x * sigmoid(2z) with
-    z = sqrt(2/pi) (x + 0.044715 x^3) -- the same function -- in one buffer, in place: 1.8x faster
-    than aten's kernel on this model's (rows, 4C) activations."""
-    if not _cpu_inference(x):
-        return F.gelu(x, approximate="tanh")
-    return _gelu_tanh_into(x, torch.empty_like(x))
-
-
-def _gelu_tanh_into(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """gelu_tanh(x) written into ``out`` (same shape, not ``x``) with in-place steps only."""
-    k = 2 * math.sqrt(2 / math.pi)
-    return torch.mul(x, x, out=out).mul_(0.044715 * k).add_(k).mul_(x).sigmoid_().mul_(x)
-
 
 class FFN(nn.Module):
+    """The MLP of a block: fc1 -> GELU (tanh approximation, as GPT-2 and the reference) -> fc2."""
+
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = Linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate="tanh")  # kept for the module tree; forward uses gelu_tanh
-        self.fc2 = Linear(hidden_features, in_features)
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
 
     def forward(self, x):
-        rows = x.numel() // x.shape[-1]
-        if rows > SMALL_ROWS and _cpu_inference(x) and not (self.fc1._forward_hooks or self.fc1._forward_pre_hooks):
-            return self.fc2(self._hidden_cpu(x.reshape(rows, -1)).view(*x.shape[:-1], -1))
-        return self.drop(self.fc2(gelu_tanh(self.fc1(x))))
-
-    def _hidden_cpu(self, x_MC: torch.Tensor) -> torch.Tensor:
-        """gelu(fc1(x)) for CPU inference, in two reused buffers (see ``models.workspace``): the
-        (rows, 4C) hidden layer is the largest activation, and fresh buffers for it cost page faults
-        on every call. The result is consumed by fc2 before the next call reuses the buffers."""
-        M, H = x_MC.shape[0], self.fc1.out_features
-        pre = workspace("ffn_pre", M * H, x_MC.device).view(M, H)
-        torch.addmm(self.fc1.bias, x_MC, self.fc1.weight.t(), out=pre)
-        return _gelu_tanh_into(pre, workspace("ffn_act", M * H, x_MC.device).view(M, H))
+        return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
 class SelfAttention(nn.Module):
@@ -193,14 +79,19 @@ class SelfAttention(nn.Module):
         self.mat_qkv = nn.Linear(embed_dim, embed_dim * 3, bias=False)
         self.q_bias, self.v_bias = nn.Parameter(torch.zeros(embed_dim)), nn.Parameter(torch.zeros(embed_dim))
         self.register_buffer("zero_k_bias", torch.zeros(embed_dim))  # k has no bias (softmax-invariant)
-        self.proj = Linear(embed_dim, embed_dim)
+        self.proj = nn.Linear(embed_dim, embed_dim)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
         self.attn_drop = attn_drop
 
+    def qkv_bias(self) -> torch.Tensor:
+        return torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))  # (3C,)
+
+    def qkv(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        return F.linear(x_BLC, self.mat_qkv.weight, self.qkv_bias())  # (B, L, 3C)
+
     def forward(self, x_BLC: torch.Tensor, attn_bias: Optional[torch.Tensor], kv_cache: Optional[KVCache] = None):
         B, L, C = x_BLC.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        qkv = linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        qkv = self.qkv(x_BLC).view(B, L, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, L, c)
         if self.attn_l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
@@ -223,11 +114,11 @@ class AdaLNSelfAttn(nn.Module):
     """Transformer block whose LayerNorms are modulated by the condition:
     x += gamma1 * attn(LN(x) * (1 + scale1) + shift1);  x += gamma2 * ffn(LN(x) * (1 + scale2) + shift2)."""
 
-    def __init__(self, block_idx: int, last_drop_p: float, embed_dim: int, cond_dim: int, shared_aln: bool,
-                 norm_layer, num_heads: int, mlp_ratio: float = 4.0, drop: float = 0.0, attn_drop: float = 0.0,
-                 drop_path: float = 0.0, attn_l2_norm: bool = False, **_ignored):
+    def __init__(self, block_idx: int, embed_dim: int, cond_dim: int, shared_aln: bool, norm_layer, num_heads: int,
+                 mlp_ratio: float = 4.0, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
+                 attn_l2_norm: bool = False):
         super().__init__()
-        self.block_idx, self.last_drop_p, self.C, self.D = block_idx, last_drop_p, embed_dim, cond_dim
+        self.block_idx, self.C, self.D = block_idx, embed_dim, cond_dim
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.attn = SelfAttention(block_idx, embed_dim, num_heads, attn_drop, drop, attn_l2_norm)
         self.ffn = FFN(embed_dim, round(embed_dim * mlp_ratio), drop)
@@ -248,14 +139,9 @@ class AdaLNSelfAttn(nn.Module):
         if mod_B16C is None:
             mod_B16C = self.modulation(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)  # 6 x (B, 1, C)
-        if self.training or _exact():  # the reference's operation order
-            h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), attn_bias=attn_bias, kv_cache=kv_cache)
-            x = x + self.drop_path(h.mul_(gamma1))
-            return x + self.drop_path(self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)).mul(gamma2))
-        # inference: modulation and gated residual each in one pass over (B, L, C) (fused multiply-add)
-        h = self.attn(torch.addcmul(shift1, self.ln_wo_grad(x), scale1 + 1), attn_bias=attn_bias, kv_cache=kv_cache)
-        x = torch.addcmul(x, h, gamma1)
-        return torch.addcmul(x, self.ffn(torch.addcmul(shift2, self.ln_wo_grad(x), scale2 + 1)), gamma2)
+        h = self.attn(self.ln_wo_grad(x).mul(scale1.add(1)).add_(shift1), attn_bias=attn_bias, kv_cache=kv_cache)
+        x = x + self.drop_path(h.mul_(gamma1))
+        return x + self.drop_path(self.ffn(self.ln_wo_grad(x).mul(scale2.add(1)).add_(shift2)).mul(gamma2))
 
     def extra_repr(self) -> str:
         return f"shared_aln={self.shared_aln}"
@@ -289,10 +175,10 @@ class SharedAdaLin(nn.Linear):
 class VAR(nn.Module):
     """Next-scale prediction transformer with the reference's constructor keywords.
 
-    ``vae_local`` supplies the codebook and the phi convs used by sampling; it is kept outside the
-    module tree (so it is not part of VAR's state dict), exactly as in the reference.
-    ``flash_if_available`` / ``fused_if_available`` are accepted for compatibility; attention always
-    goes through ``scaled_dot_product_attention``, which picks flash/efficient kernels on GPU.
+    ``vae_local`` gives the code width (Cvae) and codebook size (V); the tokenizer itself is not
+    kept (sampling takes it as an argument), so it is not part of VAR's state dict, as in the
+    reference. ``flash_if_available`` / ``fused_if_available`` are accepted and ignored (see
+    ``nextscale.compat``): attention is always ``scaled_dot_product_attention``.
     """
 
     def __init__(self, vae_local: VQVAE, num_classes=1000, depth=16, embed_dim=1024, num_heads=16, mlp_ratio=4.0,
@@ -307,18 +193,15 @@ class VAR(nn.Module):
                                 cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums))
         self.Cvae, self.V = vae_local.Cvae, vae_local.vocab_size
         self.depth, self.C, self.D, self.num_heads = depth, embed_dim, embed_dim, num_heads
+        self.num_classes = num_classes
         self.patch_nums: Tuple[int, ...] = tuple(patch_nums)
         self.L = sum(pn ** 2 for pn in self.patch_nums)
         self.first_l = self.patch_nums[0] ** 2
-        self.begin_ends: List[Tuple[int, int]] = []
+        self.begin_ends: List[Tuple[int, int]] = []  # [begin, end) of each scale in the L tokens
         cur = 0
         for pn in self.patch_nums:
             self.begin_ends.append((cur, cur + pn * pn))
             cur += pn * pn
-        self.num_stages_minus_1 = len(self.patch_nums) - 1
-        self.num_classes = num_classes
-        self.vae_proxy: Tuple[VQVAE] = (vae_local,)
-        self.vae_quant_proxy = (vae_local.quantize,)
 
         init_std = math.sqrt(1 / self.C / 3)
         # 1. word embedding of the teacher-forcing code maps
@@ -333,15 +216,15 @@ class VAR(nn.Module):
         nn.init.trunc_normal_(self.pos_1LC.data, mean=0, std=init_std)
         self.lvl_embed = nn.Embedding(len(self.patch_nums), self.C)
         nn.init.trunc_normal_(self.lvl_embed.weight.data, mean=0, std=init_std)
-        # 4. blocks
+        # 4. blocks (d36-s shares one AdaLN projection across all blocks)
         self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
         norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=elementwise_affine)  # noqa: E731
         self.drop_path_rate = drop_path_rate
         dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]  # linearly increasing stochastic depth
         self.blocks = nn.ModuleList([
-            AdaLNSelfAttn(block_idx=i, last_drop_p=0 if i == 0 else dpr[i - 1], embed_dim=self.C, cond_dim=self.D,
-                          shared_aln=shared_aln, norm_layer=norm_layer, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                          drop=drop_rate, attn_drop=attn_drop_rate, drop_path=dpr[i], attn_l2_norm=attn_l2_norm)
+            AdaLNSelfAttn(block_idx=i, embed_dim=self.C, cond_dim=self.D, shared_aln=shared_aln, norm_layer=norm_layer,
+                          num_heads=num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate,
+                          drop_path=dpr[i], attn_l2_norm=attn_l2_norm)
             for i in range(depth)
         ])
         # 5. block-causal mask for teacher forcing: token i sees token j iff level(j) <= level(i)
@@ -352,18 +235,13 @@ class VAR(nn.Module):
                              torch.where(d_1L1 >= dT_11L, 0.0, -torch.inf).reshape(1, 1, self.L, self.L).contiguous())
         # 6. head
         self.head_nm = AdaLNBeforeHead(self.C, self.D, norm_layer=norm_layer)
-        self.head = Linear(self.C, self.V)
+        self.head = nn.Linear(self.C, self.V)
 
-    # ---- construction helpers ----
     @classmethod
     def from_config(cls, config: VARConfig, vae: VQVAE) -> "VAR":
         if tuple(vae.v_patch_nums) != tuple(config.patch_nums):
             raise ValueError(f"VAR patch_nums {config.patch_nums} differ from the tokenizer's {vae.v_patch_nums}")
         return cls(vae_local=vae, **config.var_kwargs())
-
-    @property
-    def vae(self) -> VQVAE:
-        return self.vae_proxy[0]
 
     # ---- pieces shared by teacher forcing and sampling ----
     def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, head_mod: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -373,6 +251,14 @@ class VAR(nn.Module):
         """Each block's AdaLN modulation (B, 1, 6, C); constant over scales, so sampling computes it once."""
         g = self.shared_ada_lin(cond_BD)
         return [b.modulation(g) for b in self.blocks]
+
+    def next_scale_logits(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor], cond_BD: torch.Tensor,
+                          head_mod: torch.Tensor) -> torch.Tensor:
+        """One scale's tokens through every block and the head, attending over the cache (which each
+        block extends with this scale's keys/values; the caller advances it). Returns (B, l, V)."""
+        for b, blk in enumerate(self.blocks):
+            x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=kv_cache, mod_B16C=mods[b])
+        return self.get_logits(x_BlC, cond_BD, head_mod)
 
     # ---- teacher forcing ----
     def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, prog_si: int = -1,
@@ -405,23 +291,6 @@ class VAR(nn.Module):
         for b in self.blocks:
             x_BLC = b(x=x_BLC, cond_BD=g, attn_bias=attn_bias)
         return self.get_logits(x_BLC.float(), cond_BD)
-
-    # ---- sampling (reference entry point) ----
-    @torch.no_grad()
-    def autoregressive_infer_cfg(self, B: int, label_B: Optional[Union[int, torch.LongTensor]], g_seed: Optional[int] = None,
-                                 cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False) -> torch.Tensor:
-        """Sample B images in [0, 1], (B, 3, H, W), exactly like the reference for the same seed.
-
-        ``label_B``: None (random classes), an int (-1 = unconditional) or a (B,) LongTensor.
-        ``g_seed``: seeds a fresh generator on the model's device; None uses the global generator.
-        """
-        from nextscale.sampling import generate  # sampling builds on the model, not the other way round
-
-        dev = self.lvl_1L.device
-        gen = torch.Generator(device=dev).manual_seed(g_seed) if g_seed is not None else None
-        out = generate(self, self.vae, B=B, label_B=label_B, generator=gen, cfg=cfg, top_k=top_k, top_p=top_p,
-                       more_smooth=more_smooth)
-        return self.vae.fhat_to_img(out.f_hat).add_(1).mul_(0.5)
 
     # ---- init (reference recipe) ----
     def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=0.02, conv_std_or_gain=0.02):

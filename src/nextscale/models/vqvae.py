@@ -17,32 +17,13 @@ import torch.nn.functional as F
 
 from nextscale.configs import VQVAEConfig
 from nextscale.models.quantizer import VectorQuantizer2
-from nextscale.models.winograd import drop_winograd_cache, winograd_conv2d, winograd_pays
 
 __all__ = ["VQVAE", "Encoder", "Decoder"]
 
 
-class Conv3x3(nn.Conv2d):
-    """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters and state dict) that the decoder may
-    compute with Winograd F(4x4, 3x3) (``nextscale.models.winograd``): 4x fewer multiplies, about 2x
-    faster on CPU in float32, outputs within ~4e-6 (relative) of the direct convolution.
-
-    Used only where ``winograd`` is True (the decoder sets it; the encoder keeps the direct conv so
-    token ids stay bit-identical to the reference), without autograd, on CPU in float32, and where
-    it is faster (``winograd_pays``: every conv of the released tokenizer; few of a small model's).
-    The transformed weights (4x the conv's size: ~0.9 GB for the released tokenizer) are cached on
-    the module; ``vae.decoder.set_winograd(False)`` frees them and turns the path off."""
-
-    winograd = False
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(cin, cout, kernel_size=3, stride=1, padding=1)
-
-    def forward(self, x):
-        if (self.winograd and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-                and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1])):
-            return winograd_conv2d(self, x)
-        return super().forward(x)
+def Conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    """3x3, stride 1, padding 1: the conv every resolution level of the VQGAN layout uses."""
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=1, padding=1)
 
 
 def Normalize(ch: int) -> nn.GroupNorm:
@@ -80,12 +61,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x):
-        # Without autograd, SiLU and the residual sum run in place: no new full-size buffers (at
-        # 256px a decoder activation is 42 MB; fresh buffers cost page faults on every call).
-        inplace = not torch.is_grad_enabled()
-        h = self.conv1(F.silu(self.norm1(x), inplace=inplace))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=inplace)))
-        return h.add_(self.nin_shortcut(x)) if inplace else self.nin_shortcut(x) + h
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.nin_shortcut(x) + h
 
 
 class AttnBlock(nn.Module):
@@ -181,15 +159,6 @@ class Decoder(nn.Module):
             self.up.insert(0, up)  # index = resolution level, as in the reference
         self.norm_out = Normalize(block_in)
         self.conv_out = nn.Conv2d(block_in, in_channels, 3, 1, 1)
-        self.set_winograd(True)
-
-    def set_winograd(self, enabled: bool) -> None:
-        """Compute the 3x3 convs with Winograd in CPU inference (see ``Conv3x3``), or never."""
-        for m in self.modules():
-            if isinstance(m, Conv3x3):
-                m.winograd = enabled
-                if not enabled:
-                    drop_winograd_cache(m)
 
     def forward(self, z):  # (B, Cvae, h, w) -> (B, 3, h*ds, w*ds)
         h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
@@ -263,15 +232,8 @@ class VQVAE(nn.Module):
         return self.quant_conv(self.encoder(inp_B3HW))
 
     def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """f_hat (B, Cvae, h, w) -> image (B, 3, H, W) in [-1, 1].
-
-        On CPU it decodes in channels-last layout: oneDNN convolutions run ~10% faster in NHWC and the
-        Winograd path reads NHWC (values are the same up to float reordering). On an H100 the layout
-        made no difference in fp32 and cost 3 ms at batch 1 in bf16, so CUDA keeps NCHW."""
-        h = self.post_quant_conv(f_hat)
-        if h.device.type == "cpu":
-            h = h.contiguous(memory_format=torch.channels_last)
-        return self.decoder(h).clamp_(-1, 1).contiguous()
+        """f_hat (B, Cvae, h, w) -> image (B, 3, H, W) in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
     def img_to_idxBl(self, inp_img_no_grad: torch.Tensor,
                      v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None) -> List[torch.LongTensor]:

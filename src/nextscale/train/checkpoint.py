@@ -10,19 +10,14 @@ from __future__ import annotations
 import glob
 import os
 import random
-import re
-import warnings
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
-from nextscale.errors import NextScaleError
-from nextscale.safeload import UnsafeFileError, load_torch
+from nextscale.runfiles import checkpoint_path, checkpoint_steps, checkpoint_weights, latest_checkpoint, load_checkpoint
 
-__all__ = ["atomic_save", "load_checkpoint", "CheckpointManager", "capture_rng", "restore_rng", "checkpoint_weights"]
-
-_NAME = re.compile(r"^step_(\d{8,})\.pt$")
+__all__ = ["atomic_save", "load_checkpoint", "CheckpointManager", "capture_rng", "restore_rng", "seed_all", "checkpoint_weights"]
 
 
 def _fsync_dir(d: str) -> None:
@@ -55,11 +50,6 @@ def atomic_save(obj: Any, path: str) -> None:
             os.remove(tmp)
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """A training checkpoint, read tensors-only (:func:`nextscale.safeload.load_torch`, no fallback)."""
-    return load_torch(path, "nextscale training checkpoint (checkpoints/step_*.pt)")
-
-
 class CheckpointManager:
     """Save / find / prune ``step_XXXXXXXX.pt`` files in one folder."""
 
@@ -67,14 +57,11 @@ class CheckpointManager:
         self.folder, self.keep_last = folder, max(1, int(keep_last))
 
     def path(self, step: int) -> str:
-        return os.path.join(self.folder, f"step_{step:08d}.pt")
+        return checkpoint_path(self.folder, step)
 
     def steps(self) -> List[int]:
         """Steps of the complete checkpoints on disk, ascending (temp files are never listed)."""
-        if not os.path.isdir(self.folder):
-            return []
-        out = [int(m.group(1)) for f in os.listdir(self.folder) if (m := _NAME.match(f))]
-        return sorted(out)
+        return checkpoint_steps(self.folder)
 
     def save(self, step: int, state: Dict[str, Any]) -> str:
         p = self.path(step)
@@ -98,19 +85,9 @@ class CheckpointManager:
                 pass
 
     def latest(self) -> Optional[Tuple[int, Dict[str, Any]]]:
-        """``(step, state)`` of the newest readable checkpoint, or None."""
-        for s in reversed(self.steps()):
-            try:
-                state = load_checkpoint(self.path(s))
-            except UnsafeFileError as e:  # planted or foreign: never skip past it silently
-                raise NextScaleError(f"{e}; remove it or use a fresh run folder") from None
-            except Exception as e:
-                warnings.warn(f"ignoring unreadable checkpoint {self.path(s)} ({type(e).__name__}: {e}); trying an older one", RuntimeWarning)
-                continue
-            if isinstance(state, dict) and state.get("step") == s:
-                return s, state
-            warnings.warn(f"ignoring malformed checkpoint {self.path(s)}", RuntimeWarning)
-        return None
+        """``(step, state)`` of the newest readable checkpoint, or None (a refused pickle raises:
+        it stops a resume instead of being skipped)."""
+        return latest_checkpoint(self.folder)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -130,6 +107,14 @@ def capture_rng() -> Dict[str, Any]:
     return st
 
 
+def seed_all(seed: int, rank: int = 0) -> None:
+    """Seed Python, NumPy and torch for ``rank`` of a run seeded ``seed`` (distinct per rank)."""
+    s = seed * 1009 + rank
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
 def restore_rng(st: Dict[str, Any]) -> None:
     v, state, gauss = st["python"]
     random.setstate((v, tuple(state), gauss))
@@ -138,16 +123,3 @@ def restore_rng(st: Dict[str, Any]) -> None:
     torch.set_rng_state(st["torch"])
     if "cuda" in st and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(st["cuda"])
-
-
-def checkpoint_weights(state: Dict[str, Any], name: str, weights: str, path: str) -> Tuple[Dict[str, torch.Tensor], str]:
-    """Module ``name``'s weights in a training checkpoint ``state`` (floats as float32) and which were
-    taken: ``weights`` "ema", "raw", or "auto" (EMA when the run kept one)."""
-    if weights not in ("auto", "ema", "raw"):
-        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
-    has_ema = name in state.get("ema", {})
-    if weights == "ema" and not has_ema:
-        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
-    use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
-    sd = state["ema"][name] if use == "ema" else state["modules"][name]
-    return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()}, use

@@ -41,7 +41,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.configs import ConfigError, VQVAEConfig, get_preset
 from nextscale.errors import NextScaleError
-from nextscale.train.checkpoint import CheckpointManager, checkpoint_weights
+from nextscale.evaluation.tokenizer import codebook_stats, per_scale_reconstructions, scale_grid
+from nextscale.hub import load_tokenizer  # noqa: F401  (the one tokenizer loader; this name is kept for old imports)
 from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
@@ -211,28 +212,6 @@ class PatchDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
-
-
-@torch.no_grad()
-def codebook_stats(hits_SV: torch.Tensor) -> Tuple[List[float], List[float]]:
-    """(usage % of codes hit, perplexity) per scale from hit counts (S, V)."""
-    usage, ppl = [], []
-    for h in hits_SV.float():
-        tot = h.sum()
-        usage.append(float((h > 0).float().mean() * 100))
-        if tot <= 0:
-            ppl.append(0.0)
-            continue
-        p = h / tot
-        ent = -(p[p > 0] * p[p > 0].log()).sum()
-        ppl.append(float(ent.exp()))
-    return usage, ppl
-
-
-@torch.no_grad()
-def per_scale_reconstructions(vae, x: torch.Tensor) -> List[torch.Tensor]:
-    """Images rebuilt from the first 1, 2, ..., K scales (each in [-1, 1])."""
-    return vae.img_to_reconstructed_img(x, last_one=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -413,67 +392,9 @@ class TokenizerObjective(Objective):
         return grid[None]
 
 
-def scale_grid(vae, x: torch.Tensor, upscale: Optional[int] = None) -> np.ndarray:
-    """uint8 (rows*R, (K+1)*R, 3): per row the original, then the image rebuilt from 1..K scales."""
-    recs = per_scale_reconstructions(vae, x)
-    cols = [x] + recs
-    arr = torch.stack(cols, dim=1)                       # (N, K+1, 3, R, R)
-    arr = ((arr.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    N, K1, _, R, _ = arr.shape
-    img = arr.permute(0, 3, 1, 4, 2).reshape(N * R, K1 * R, 3).numpy()
-    up = upscale if upscale is not None else max(1, 128 // R)
-    if up > 1:
-        img = img.repeat(up, axis=0).repeat(up, axis=1)
-    return img
-
-
 # ------------------------------------------------------------------------------------------------
-# Tokenizer loading / building
+# Tokenizer building (loading: nextscale.hub.load_tokenizer)
 # ------------------------------------------------------------------------------------------------
-
-def _checkpoint_vae(path: str, state: Dict[str, Any], weights: str = "auto"):
-    from nextscale.models import VQVAE
-    cfg = (state.get("config") or {}).get("model", {}).get("vqvae")
-    if state.get("format") != "nextscale-train" or "vae" not in state.get("modules", {}) or cfg is None:
-        raise NextScaleError(f"{path} is not a tokenizer training checkpoint (nextscale train-tokenizer)")
-    sd, use = checkpoint_weights(state, "vae", weights, path)
-    vae = VQVAE.from_config(VQVAEConfig.from_dict(cfg), test_mode=True)
-    vae.load_state_dict(sd)
-    return vae.eval(), use
-
-
-def _latest(run: str) -> Tuple[str, Dict[str, Any]]:
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
-    found = ck.latest()
-    if found is None:
-        raise NextScaleError(f"no readable checkpoint in {os.path.join(run, 'checkpoints')!r}; train first (nextscale train-tokenizer --out {run})")
-    return ck.path(found[0]), found[1]
-
-
-def load_tokenizer(source: str, v_patch_nums: Optional[Sequence[int]] = None):
-    """A frozen VQ-VAE from a tokenizer directory, a pipeline directory, a ``train-tokenizer`` run
-    folder (its exported ``tokenizer/`` or latest checkpoint), a training ``step_*.pt``, or a
-    released ``vae_*.pth`` / ``.safetensors``."""
-    from nextscale import hub
-    if source == "default":  # the bundled model's tokenizer, as every other command accepts
-        return hub.load_components(hub.resolve_model_path("default"))[0]
-    if source is None or not os.path.exists(source):
-        raise NextScaleError(f"tokenizer {source!r} not found; pass a tokenizer/pipeline directory, a run folder or a vae_*.pth")
-    if os.path.isdir(source):
-        if os.path.isfile(os.path.join(source, "vqvae", "config.json")):
-            return hub.load_tokenizer_dir(source)
-        if os.path.isdir(os.path.join(source, "checkpoints")):
-            return _checkpoint_vae(*_latest(source))[0]
-        if os.path.isfile(os.path.join(source, "tokenizer", "vqvae", "config.json")):
-            return hub.load_tokenizer_dir(os.path.join(source, "tokenizer"))
-        raise NextScaleError(f"{source!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)")
-    if source.endswith(".pt"):
-        from nextscale.train.checkpoint import load_checkpoint
-        state = load_checkpoint(source)
-        if isinstance(state, dict) and state.get("format") == "nextscale-train":
-            return _checkpoint_vae(source, state)[0]
-    return hub.load_vqvae(source, v_patch_nums=v_patch_nums)
-
 
 def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
     """--patch-nums re-schedules the scales; the image side is last scale x downsample, so a last scale
@@ -606,14 +527,10 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
 def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """A ``train-tokenizer`` run folder (latest checkpoint) or ``step_*.pt`` -> a tokenizer directory
     (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize --tokenizer`` / ``train --tokenizer`` load."""
-    from nextscale.hub import save_tokenizer_dir
-    if os.path.isfile(run):
-        from nextscale.train.checkpoint import load_checkpoint
-        path, state = run, load_checkpoint(run)
-    elif os.path.isdir(run):
-        path, state = _latest(run)
-    else:
-        raise NextScaleError(f"run {run!r} not found; pass a train-tokenizer run folder or a step_*.pt file")
-    vae, use = _checkpoint_vae(path, state, weights)
-    save_tokenizer_dir(out, vae, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}})
+    from nextscale.hub import save_tokenizer, tokenizer_from_checkpoint
+    from nextscale.runfiles import find_checkpoint
+    path, state = find_checkpoint(run, "pass a train-tokenizer run folder or a step_*.pt file",
+                                  f"nextscale train-tokenizer --out {run}")
+    vae, use = tokenizer_from_checkpoint(path, state, weights)
+    save_tokenizer(vae, out, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}})
     return {"checkpoint": path, "step": int(state["step"]), "weights": use, "out": out}

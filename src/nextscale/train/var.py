@@ -32,12 +32,13 @@ from nextscale import dist
 from nextscale.configs import ConfigError, ModelConfig, VQVAEConfig, get_preset
 from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
 from nextscale.errors import NextScaleError
-from nextscale.train.checkpoint import CheckpointManager, checkpoint_weights
+from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
+from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
-           "save_tokenizer", "progressive_stage", "NO_DECAY_KEYS"]
+           "progressive_stage", "NO_DECAY_KEYS"]
 
 #: Parameter-name fragments without weight decay (the reference's ``nowd_keys``), on top of all 1-D
 #: tensors and biases: start/positional/level embeddings, AdaLN/LayerNorm gains, attention scales.
@@ -106,37 +107,6 @@ def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K
         progress = min(max((step - warmup) / max(total * pg - warmup, 1e-9), 0.0), 1.0)
         si = pg0 + round(progress * (K - 1 - pg0))
     return -1 if si >= K - 1 else int(si)
-
-
-# ------------------------------------------------------------------------------------------------
-# Tokenizer I/O (a VQ-VAE alone: used for the run folder and the token cache)
-# ------------------------------------------------------------------------------------------------
-
-def save_tokenizer(vae, out_dir: str) -> None:
-    from nextscale.imageio import atomic_path
-    from nextscale.safeload import save_safetensors
-    d = os.path.join(out_dir, "vqvae")
-    os.makedirs(d, exist_ok=True)
-    save_safetensors(vae.state_dict(), os.path.join(d, "model.safetensors"))
-    with atomic_path(os.path.join(d, "config.json")) as tmp, open(tmp, "w") as f:  # last: config.json marks it complete
-        f.write(vae.config.to_json())
-
-
-def load_tokenizer(source: str, preset: Optional[ModelConfig] = None, seed: int = 0):
-    """A frozen VQ-VAE from a tokenizer folder, a pipeline directory, a released ``.pth`` /
-    ``.safetensors``, "default", or "random" (the preset's architecture, randomly initialised:
-    for smoke tests only)."""
-    from nextscale import hub
-    from nextscale.models import VQVAE, build_from_config
-    if source == "random":
-        if preset is None:
-            raise NextScaleError("--tokenizer random needs --preset")
-        return build_from_config(preset, seed=seed, init_var=False)[0]
-    if source == "default":
-        return hub.load_components(hub.resolve_model_path("default"))[0]
-    from nextscale.train.tokenizer import load_tokenizer as load_any_tokenizer  # folders, run folders, step_*.pt, .pth
-    v = preset.vqvae.v_patch_nums if preset is not None else None
-    return load_any_tokenizer(source, v_patch_nums=v)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -359,7 +329,7 @@ def _build_data(tc: VARTrainConfig, vae, resolution: int):
 
 def _resolve_tokenizer(tc: VARTrainConfig, preset: Optional[ModelConfig]):
     if tc.tokenizer is not None:
-        return load_tokenizer(tc.tokenizer, preset, tc.seed)
+        return load_tokenizer(tc.tokenizer, preset=preset, seed=tc.seed)
     if tc.cache is not None:
         d = os.path.join(tc.cache, "tokenizer")
         if os.path.isdir(d):
@@ -452,8 +422,7 @@ def train_var(tc: VARTrainConfig) -> FitResult:
             if old.get("model", {}).get("var") != run_config["model"]["var"]:
                 raise NextScaleError(f"{run_dir!r} holds a run of another architecture; use a new --run-dir or the same --preset/--init")
         if not os.path.isdir(tok_dir):
-            save_tokenizer(ob.vae, tok_dir + ".tmp")
-            os.replace(tok_dir + ".tmp", tok_dir)
+            save_tokenizer(ob.vae, tok_dir)
     dist.barrier()
     trainer = Trainer(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config=run_config)
     ob.emas = trainer.emas
@@ -469,27 +438,15 @@ def train_var(tc: VARTrainConfig) -> FitResult:
 # Export and tokenize
 # ------------------------------------------------------------------------------------------------
 
-def _find_checkpoint(run: str) -> Tuple[str, Dict[str, Any]]:
-    if os.path.isfile(run):
-        from nextscale.train.checkpoint import load_checkpoint
-        return run, load_checkpoint(run)
-    if not os.path.isdir(run):
-        raise NextScaleError(f"run {run!r} not found; pass a run folder (with checkpoints/) or a step_*.pt file")
-    found = CheckpointManager(os.path.join(run, "checkpoints")).latest()
-    if found is None:
-        raise NextScaleError(f"no readable checkpoint in {os.path.join(run, 'checkpoints')!r}; train first (nextscale train --run-dir {run})")
-    step, state = found
-    return CheckpointManager(os.path.join(run, "checkpoints")).path(step), state
-
-
 def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """Turn a training checkpoint into a pipeline directory (``NextScalePipeline.from_pretrained(out)``).
 
     ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
     from nextscale.hub import save_components
     from nextscale.models import VAR
-    path, state = _find_checkpoint(run)
-    if state.get("format") != "nextscale-train" or "var" not in state.get("modules", {}):
+    path, state = find_checkpoint(run, "pass a run folder (with checkpoints/) or a step_*.pt file",
+                                  f"nextscale train --run-dir {run}")
+    if state.get("format") != CKPT_FORMAT or "var" not in state.get("modules", {}):
         raise NextScaleError(f"{path} is not a VAR training checkpoint")
     cfg = state.get("config", {})
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
@@ -528,7 +485,7 @@ def tokenize(data: str, tokenizer: str, out: str, preset: Optional[str] = None, 
         except ConfigError as e:
             raise NextScaleError(str(e)) from None
     find_split(data, "train")
-    vae = load_tokenizer(tokenizer, p, seed)
+    vae = load_tokenizer(tokenizer, preset=p, seed=seed)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     vae.to(dev).eval()
     return build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),

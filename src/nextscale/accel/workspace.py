@@ -14,7 +14,7 @@ from typing import Dict, Tuple
 
 import torch
 
-__all__ = ["workspace", "release_workspaces"]
+__all__ = ["workspace"]
 
 _tls = threading.local()
 
@@ -32,8 +32,3 @@ def workspace(name: str, numel: int, device) -> torch.Tensor:
         bufs.pop(key, None)
         buf = bufs[key] = torch.empty(numel, dtype=torch.float32, device=device)
     return buf[:numel]
-
-
-def release_workspaces() -> None:
-    """Free this thread's scratch buffers."""
-    _tls.bufs = {}

@@ -36,7 +36,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from nextscale.models.workspace import workspace
+from nextscale.accel.workspace import workspace
 
 __all__ = ["POINTS", "winograd_matrices", "transform_weight", "winograd_conv3x3", "WinogradWeightCache",
            "winograd_eligible", "winograd_pays", "winograd_conv2d", "drop_winograd_cache"]

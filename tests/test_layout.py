@@ -1,0 +1,133 @@
+"""The architecture, as checks: imports point one way, models/ is the math, the CLI stays thin."""
+import ast
+import pathlib
+
+SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "nextscale"
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = list(path.relative_to(SRC.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+
+def _imports(tree: ast.Module, name: str, top_level_only: bool):
+    """nextscale modules named by the import statements of one module (``from a import b`` names
+    ``a.b`` when that is a module, else ``a``); with ``top_level_only``, only statements that run
+    at import time (module body, including inside top-level if/try), not inside functions."""
+    is_pkg = MODULES[name].name == "__init__.py"
+    nodes = []
+    if top_level_only:
+        stack = list(tree.body)
+        while stack:
+            n = stack.pop()
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if isinstance(n, ast.ClassDef):
+                    stack.extend(n.body)  # a class body runs at import time
+                continue
+            nodes.append(n)
+            stack.extend(ast.iter_child_nodes(n))
+    else:
+        nodes = list(ast.walk(tree))
+    for n in nodes:
+        if isinstance(n, ast.Import):
+            targets = [a.name for a in n.names]
+        elif isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:  # relative import
+                pkg = name.split(".") if is_pkg else name.split(".")[:-1]
+                base = ".".join(pkg[:len(pkg) - n.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base for a in n.names]
+        else:
+            continue
+        for t in targets:
+            while t and t not in MODULES:  # `import nextscale.a.b.c` where c is an attribute
+                t = t.rpartition(".")[0]
+            if t.startswith("nextscale") and t != name:
+                yield t
+
+
+def _graph(top_level_only=True):
+    g = {}
+    for name, path in MODULES.items():
+        deps = set(_imports(ast.parse(path.read_text()), name, top_level_only))
+        # importing nextscale.a.b first imports the package nextscale.a (not counted for the root
+        # package, whose __init__ only re-exports the public API)
+        for d in list(deps):
+            parent = d.rpartition(".")[0]
+            while parent and parent != "nextscale":
+                if parent != name and not name.startswith(parent + "."):
+                    deps.add(parent)
+                parent = parent.rpartition(".")[0]
+        g[name] = deps
+    return g
+
+
+def _find_cycle(g):
+    state, stack = {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for d in sorted(g.get(n, ())):
+            if state.get(d) == 1:
+                return stack[stack.index(d):] + [d]
+            if d not in state:
+                c = visit(d)
+                if c:
+                    return c
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(g):
+        if n not in state:
+            c = visit(n)
+            if c:
+                return c
+    return None
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    assert _find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_at_import_time():
+    g = _graph(top_level_only=True)
+    assert len(g) > 30 and "nextscale.models.var" in g["nextscale.accel.cpu"]
+    cycle = _find_cycle(g)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_no_import_cycle_even_through_function_level_imports():
+    """Lazy (function-level) imports hide cycles from Python, not from a reader: none either,
+    apart from the package root, which re-exports the API and is imported by nothing inside."""
+    g = _graph(top_level_only=False)
+    cycle = _find_cycle(g)
+    assert cycle is None, " -> ".join(cycle)
+    assert not any("nextscale" in deps for name, deps in g.items() if name != "nextscale")
+
+
+def test_models_know_nothing_of_speed_paths_sampler_or_training():
+    g = _graph(top_level_only=False)
+    for name in [m for m in MODULES if m.startswith("nextscale.models")]:
+        bad = {d for d in g[name] if not d.startswith(("nextscale.models", "nextscale.configs", "nextscale.errors"))}
+        assert not bad, f"{name} imports {sorted(bad)}"
+    text = (SRC / "models" / "var.py").read_text()
+    for word in ("is_grad_enabled", "device.type ==", "threading", "workspace", "_forward_hooks", "winograd"):
+        assert word not in text, f"models/var.py mentions {word!r} (speed paths live in nextscale.accel)"
+    assert len(text.splitlines()) <= 340
+
+
+def test_library_never_imports_train():
+    g = _graph(top_level_only=False)
+    front_ends = {"nextscale.cli", "nextscale.cli_args", "nextscale.__main__"}
+    for name, deps in g.items():
+        if name.startswith("nextscale.train") or name in front_ends:
+            continue
+        assert not any(d.startswith("nextscale.train") for d in deps), f"{name} imports nextscale.train"
