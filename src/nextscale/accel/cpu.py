@@ -54,7 +54,7 @@ from nextscale.accel.workspace import workspace
 from nextscale.models.var import FFN, VAR, AdaLNSelfAttn, SelfAttention
 from nextscale.models.vqvae import VQVAE, ResnetBlock
 
-__all__ = ["enable_cpu_kernels", "disable_cpu_kernels", "cpu_kernels_enabled", "reference_kernels", "SMALL_ROWS",
+__all__ = ["enable_cpu_kernels", "disable_cpu_kernels", "cpu_kernels", "cpu_kernels_enabled", "reference_kernels", "SMALL_ROWS",
            "SmallRowsLinear", "CPUSelfAttention", "CPUFFN", "CPUAdaLNSelfAttn", "InplaceResnetBlock", "CPUVQVAE",
            "WinogradConv2d"]
 
@@ -225,6 +225,20 @@ def disable_cpu_kernels(module: nn.Module) -> nn.Module:
                 drop_winograd_cache(m)
             m.__class__ = base
     return module
+
+
+@contextlib.contextmanager
+def cpu_kernels(*modules: nn.Module):
+    """Run a block with the CPU kernels on for ``modules``; each is put back as it was on exit."""
+    was = [cpu_kernels_enabled(m) for m in modules]
+    for m in modules:
+        enable_cpu_kernels(m)
+    try:
+        yield
+    finally:
+        for m, on in zip(modules, was):
+            if not on:
+                disable_cpu_kernels(m)
 
 
 def cpu_kernels_enabled(module: nn.Module) -> bool:

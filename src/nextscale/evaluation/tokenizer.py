@@ -63,9 +63,17 @@ def scale_grid(vae, x: torch.Tensor, upscale: Optional[int] = None) -> np.ndarra
 
 
 @torch.no_grad()
-def evaluate_tokenizer(vae, data: str, batch_size: int = 64, max_images: Optional[int] = None, picture: Optional[str] = None,
-                       picture_rows: int = 4, inception_weights: Optional[str] = None, rfid: bool = True, device=None,
-                       mid_reso: float = 1.125, workers: int = 0, progress: bool = False) -> Dict[str, Any]:
+def evaluate_tokenizer(vae, data: str, **kw) -> Dict[str, Any]:
+    """Reconstruction report of a tokenizer on an image folder (see ``_evaluate``); decodes with
+    the CPU kernels of ``nextscale.accel`` (same images within 1e-4, ~2x faster decoding)."""
+    from nextscale.accel import cpu_kernels
+    with cpu_kernels(vae):
+        return _evaluate(vae, data, **kw)
+
+
+def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = None, picture: Optional[str] = None,
+              picture_rows: int = 4, inception_weights: Optional[str] = None, rfid: bool = True, device=None,
+              mid_reso: float = 1.125, workers: int = 0, progress: bool = False) -> Dict[str, Any]:
     from nextscale.data import ImageFolder, find_split, scan_image_folder
     from nextscale.evaluation.recon import ReconstructionMetrics, psnr
 
