@@ -1,0 +1,242 @@
+"""The AR baseline as a pipeline: single-scale VQ-VAE + raster-order transformer, saved and loaded
+like every nextscale model directory.
+
+    pipe = ARPipeline.from_pretrained("runs/ar/model")
+    out = pipe(class_labels=[0, 1, 2], guidance_scale=1.0, top_k=0, top_p=0.0, seed=0)
+    out.images[0].save("x.png"); pipe.save_pretrained("copy/")
+
+Directory layout (a pipeline directory with ``var/`` replaced by ``ar/``; ``model_type`` names the kind)::
+
+    model_index.json    {"_class_name": "NextScaleARPipeline", "model_type": "ar", "vqvae": [...], "ar": [...]}
+    vqvae/config.json   VQVAEConfig (a single-scale schedule, e.g. v_patch_nums [8])
+    vqvae/model.safetensors
+    ar/config.json      ARConfig
+    ar/model.safetensors
+    labels.json         optional class names
+
+Written atomically (a temp directory renamed into place); loaded with ``strict=True`` through
+:mod:`nextscale.safeload` (tensors only). :func:`is_ar_dir` tells such a directory from a VAR one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Union
+
+import torch
+
+from nextscale.configs import VQVAEConfig
+from nextscale.errors import CheckpointError, NextScaleError
+from nextscale.models.ar import ARConfig, ARTransformer
+from nextscale.models.vqvae import VQVAE
+from nextscale.pipelines import NextScalePipelineOutput, check_output_type, to_output
+from nextscale.sampling import SamplingSettings
+from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
+from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
+
+__all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline"]
+
+AR_CLASS_NAME = "NextScaleARPipeline"
+RECOMMENDABLE = ("guidance_scale", "top_k", "top_p")
+
+
+def is_ar_dir(path) -> bool:
+    """True for a directory written by :func:`save_ar_pipeline`."""
+    p = Path(path)
+    try:
+        index = json.loads((p / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(index, dict) and (index.get("model_type") == "ar" or index.get("_class_name") == AR_CLASS_NAME)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise NextScaleError(f"{path}: missing; is this an AR model directory (nextscale export of an AR run)?") from None
+    except json.JSONDecodeError as e:
+        raise NextScaleError(f"{path}: invalid JSON ({e})") from None
+
+
+def save_ar_pipeline(out_dir, vae: VQVAE, model: ARTransformer, labels: Optional[Sequence[str]] = None,
+                     extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Write the directory atomically: filled in a temp folder beside ``out_dir``, then renamed."""
+    from nextscale._version import __version__
+    from nextscale.safeload import save_safetensors
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NextScaleError(f"{out}: exists and is not a directory")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for sub, m in (("vqvae", vae), ("ar", model)):
+            (tmp / sub).mkdir()
+            (tmp / sub / "config.json").write_text(m.config.to_json())
+            save_safetensors(m.state_dict(), tmp / sub / "model.safetensors")
+        index = {"_class_name": AR_CLASS_NAME, "_nextscale_version": __version__, "model_type": "ar",
+                 "vqvae": ["nextscale", "VQVAE"], "ar": ["nextscale", "ARTransformer"], **(extra or {})}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if labels is not None:
+            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
+        from nextscale.imageio import apply_umask
+        apply_umask(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_ar_model(path, config: ARConfig) -> ARTransformer:
+    from nextscale.hub import check_state_dict
+    from nextscale.safeload import load_safetensors
+    sd = load_safetensors(path, "AR transformer")
+    model = ARTransformer(config)
+    check_state_dict(model, sd, path, f"AR transformer d{config.depth} ({config.width} wide, {config.num_classes} classes)")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def load_ar_pipeline(path):
+    """(vqvae, ar, meta) of an AR model directory."""
+    from nextscale.hub import load_vqvae
+    p = Path(path)
+    if not is_ar_dir(p):
+        raise NextScaleError(f"{p}: not an AR model directory (model_index.json with model_type 'ar')")
+    index = _read_json(p / "model_index.json")
+    vae = load_vqvae(p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json")))
+    model = load_ar_model(p / "ar" / "model.safetensors", ARConfig.from_dict(_read_json(p / "ar" / "config.json")))
+    try:
+        check_tokenizer_fits(model, vae)
+    except NextScaleError as e:
+        raise CheckpointError(f"{p}: {e}") from None
+    labels = _read_json(p / "labels.json") if (p / "labels.json").exists() else None
+    return vae, model, {"labels": labels, "index": index, "source": str(p)}
+
+
+class ARPipeline:
+    """Class-conditional generation with a single-scale VQ-VAE + the raster-order AR transformer.
+
+    The call mirrors :class:`~nextscale.pipelines.NextScalePipeline` (same sampling options, same
+    output); ``indices`` holds one (B, L) map. The same CPU kernels as VAR's pipeline are on
+    (``nextscale.accel``), so speed comparisons use the same implementation of the shared blocks.
+    """
+
+    def __init__(self, vqvae: VQVAE, ar: ARTransformer, labels: Optional[Sequence[str]] = None,
+                 sampling_defaults: Optional[Dict[str, Any]] = None):
+        check_tokenizer_fits(ar, vqvae)
+        self.vqvae, self.ar = vqvae.eval(), ar.eval()
+        if labels is not None and len(labels) != ar.num_classes:
+            raise NextScaleError(f"labels has {len(labels)} names but the model has {ar.num_classes} classes")
+        self.labels = list(labels) if labels is not None else None
+        unknown = set(sampling_defaults or {}) - set(RECOMMENDABLE)
+        if unknown:
+            raise NextScaleError(f"sampling_defaults: unknown keys {sorted(unknown)}; allowed: {sorted(RECOMMENDABLE)}")
+        self.settings = SamplingSettings(**(sampling_defaults or {}))
+        self.enable_cpu_kernels()
+
+    model_type = "ar"
+
+    def enable_cpu_kernels(self) -> "ARPipeline":
+        from nextscale.accel import enable_cpu_kernels
+        enable_cpu_kernels(self.vqvae)
+        enable_cpu_kernels(self.ar)
+        return self
+
+    def disable_cpu_kernels(self) -> "ARPipeline":
+        from nextscale.accel import disable_cpu_kernels
+        disable_cpu_kernels(self.vqvae)
+        disable_cpu_kernels(self.ar)
+        return self
+
+    @property
+    def sampling_defaults(self) -> Dict[str, Any]:
+        return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
+
+    @classmethod
+    def from_pretrained(cls, path, device=None) -> "ARPipeline":
+        vae, ar, meta = load_ar_pipeline(path)
+        pipe = cls(vae, ar, labels=meta["labels"], sampling_defaults=meta["index"].get("sampling_defaults"))
+        return pipe.to(device) if device is not None else pipe
+
+    def save_pretrained(self, out_dir) -> None:
+        extra = {"sampling_defaults": self.sampling_defaults} if self.sampling_defaults != {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE} else None
+        # save the plain modules' weights (the CPU kernel swaps keep parameter names, so this is only for clarity)
+        save_ar_pipeline(out_dir, self.vqvae, self.ar, labels=self.labels, extra=extra)
+
+    def to(self, device=None) -> "ARPipeline":
+        if device is not None:
+            self.vqvae.to(device)
+            self.ar.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.ar.pos_1LC.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.ar.num_classes
+
+    @property
+    def resolution(self) -> int:
+        return self.vqvae.resolution
+
+    def class_name(self, c: int) -> str:
+        if self.labels is not None and 0 <= c < len(self.labels):
+            return self.labels[c]
+        return str(c)
+
+    def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
+        if generator is not None and seed is not None:
+            raise NextScaleError("give either seed or generator, not both (a generator carries its own seed)")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise NextScaleError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            return generator
+        if seed is not None:
+            return torch.Generator(device=self.device).manual_seed(check_seed(seed))
+        return None
+
+    @torch.no_grad()
+    def decode(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """f_hat (B, Cvae, h, w) -> images in [0, 1] (B, 3, H, W), float32."""
+        return self.vqvae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
+
+    @torch.no_grad()
+    def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
+                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
+                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
+                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
+                 return_indices: bool = False, show_progress: bool = False, settings: Optional[SamplingSettings] = None,
+                 **_ignored) -> NextScalePipelineOutput:
+        """Generate images; the arguments are those of ``NextScalePipeline.__call__`` (a per-position
+        guidance list instead of a per-scale one; ``more_smooth`` is refused)."""
+        if num_images is not None:
+            num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
+        if class_labels is None:
+            B, labels = (num_images or 1), None
+        else:
+            labels = check_class_ids(class_labels, self.num_classes)
+            if isinstance(labels, int):
+                B = num_images or 1
+            else:
+                if num_images is not None and num_images != len(labels):
+                    raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
+                B = len(labels)
+        check_output_type(output_type)
+        st = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+                                                 top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        out = generate_ar(self.ar, self.vqvae, B, labels, generator=self.make_generator(generator, seed), settings=st)
+        images = to_output(self.decode(out.f_hat), output_type)
+        return NextScalePipelineOutput(images=images, labels=out.labels.tolist(), indices=[out.idx_BL] if return_indices else None)

@@ -1,0 +1,255 @@
+"""Training the raster-order AR baseline on the shared loop (:class:`~nextscale.train.loop.Trainer`):
+the same optimizer, schedules, EMA, checkpoints and resume as VAR's ``nextscale train``, with
+teacher forcing over the tokens of a single-scale tokenizer in raster order.
+
+    from nextscale.train.ar import train_ar
+    from nextscale.train.config import VARTrainConfig
+    tc = VARTrainConfig(cache="runs/ar-cache", preset="ar-mnist", run_dir="runs/ar", steps=1400,
+                        batch_size=32, lr=2e-3, warmup_steps=50, lr_end=0.05, ema=0.995)
+    train_ar(tc)                      # re-running continues from the newest checkpoint
+    export_ar_run("runs/ar", "runs/ar/model")   # -> ARPipeline.from_pretrained(...)
+
+The settings are :class:`~nextscale.train.config.VARTrainConfig`'s (one source of the recipe; the
+progressive-training fields do not apply); ``preset`` names an AR preset (``ar-mnist``, ``ar-d16`` …,
+``nextscale.models.ar.AR_PRESETS``) unless ``train_ar(tc, config=ARConfig(...))`` gives the model.
+The tokenizer must be single-scale (``train_tokenizer`` with ``patch_nums=(side,)``); the map side,
+codebook size and class count come from the tokenizer and the data.
+
+Loss: cross-entropy (with the config's label smoothing) over the L teacher-forced tokens, each
+weighted 1/L, summed per image and averaged over the batch: VAR's weighting with one scale. Class
+dropout is drawn from each sample's seed (``u_drop``), as VAR's, so resume and DDP are exact.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from nextscale import dist
+from nextscale.configs import ConfigError
+from nextscale.data import tokenizer_fingerprint
+from nextscale.errors import NextScaleError
+from nextscale.hub import save_tokenizer
+from nextscale.models.ar import ARConfig, ARTransformer, get_ar_preset
+from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
+from nextscale.train.config import VARTrainConfig
+from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
+from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+from nextscale.train.var import NO_DECAY_KEYS, _build_data, _resolve_tokenizer
+
+__all__ = ["ARObjective", "build_ar_run", "train_ar", "export_ar_run", "AR_NO_DECAY_KEYS"]
+
+#: VAR's no-decay names plus the token embedding's table (a lookup, like the position embeddings).
+AR_NO_DECAY_KEYS = NO_DECAY_KEYS + ("tok_embed",)
+
+
+class ARObjective(Objective):
+    """Teacher-forced next-token prediction over one raster-ordered token map."""
+
+    def __init__(self, vae, ar: ARTransformer, tc: VARTrainConfig, total_steps: int, warmup_steps: int, lr: float,
+                 labels: List[str]):
+        self.vae, self.ar, self.tc = vae, ar, tc
+        self.total_steps, self.warmup_steps, self.peak_lr = total_steps, warmup_steps, lr
+        self.labels = labels
+        self.cond_drop = ar.config.cond_drop_rate if tc.cond_drop is None else float(tc.cond_drop)
+        self.V, self.L = ar.V, ar.L
+        self.emas = {}
+
+    # ---- loop interface ----
+    def modules(self):
+        return {"ar": self.ar}
+
+    def distribute(self, wrapped):
+        self.wrapped = wrapped
+        self.vae.to(next(self.ar.parameters()).device)
+
+    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
+        model = self.wrapped["ar"]
+        opt = build_adamw(param_groups(model, AR_NO_DECAY_KEYS), lr=self.peak_lr)
+        sched = Schedule(lr=self.peak_lr, total=total_steps, warmup=self.warmup_steps, kind=self.tc.schedule or "lin0",
+                         wp0=self.tc.warmup_start, wpe=self.tc.lr_end, wd=self.tc.weight_decay, wd_end=self.tc.weight_decay_end)
+        clip_fn = (lambda c: model.clip_grad_norm_(c)) if self.tc.fsdp and dist.get_world_size() > 1 else None
+        return {"ar": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)}
+
+    def units_per_sample(self):
+        return {"tok": float(self.L)}
+
+    def ema_modules(self):
+        return ["ar"]
+
+    # ---- data -> teacher forcing ----
+    @torch.no_grad()
+    def _targets(self, batch, device) -> torch.Tensor:
+        """Raster-ordered ids (B, L): the cache's tokens or the encoder's (last = only scale)."""
+        if "tokens" in batch:
+            gt_BL = batch["tokens"].to(device, non_blocking=True)
+        else:
+            gt_BL = self.vae.img_to_idxBl(batch["image"].to(device, non_blocking=True))[-1]
+        if gt_BL.shape[1] != self.L:
+            raise NextScaleError(f"the data has {gt_BL.shape[1]} tokens per image, the AR model {self.L}: "
+                                 f"build the token cache with the single-scale tokenizer")
+        return gt_BL
+
+    def train_step(self, batch, ctx: StepContext):
+        dev = ctx.device
+        gt_BL = self._targets(batch, dev)
+        label_B = batch["label"].to(dev)
+        drop_B = batch["u_drop"].to(dev) < self.cond_drop
+        label_B = torch.where(drop_B, torch.full_like(label_B, self.ar.num_classes), label_B)
+        with ctx.autocast():
+            logits_BLV = self.wrapped["ar"](label_B, gt_BL, cond_drop_rate=0.0)
+        B = gt_BL.shape[0]
+        loss_BL = F.cross_entropy(logits_BLV.float().reshape(-1, self.V), gt_BL.reshape(-1),
+                                  label_smoothing=self.tc.label_smooth, reduction="none").view(B, self.L)
+        loss = loss_BL.mean(dim=-1).mean()  # weights 1/L summed per image = the mean over positions
+        ctx.backward(loss, "ar")
+        out = self._metrics(logits_BLV.detach(), gt_BL, mean=True)
+        out["loss_train"] = loss.detach()
+        return out
+
+    @torch.no_grad()
+    def _metrics(self, logits_BLV, gt_BL, mean: bool) -> Dict[str, Any]:
+        """loss / acc (%) over all tokens ("tail" = the same: the one map is the last scale)."""
+        B = gt_BL.shape[0]
+        ce_B = F.cross_entropy(logits_BLV.float().reshape(-1, self.V), gt_BL.reshape(-1), reduction="none").view(B, -1).mean(1)
+        acc_B = (logits_BLV.argmax(dim=-1) == gt_BL).float().mean(1) * 100
+        out = {}
+        for name in ("", "_tail"):
+            if mean:
+                out[f"loss{name}"], out[f"acc{name}"] = ce_B.mean(), acc_B.mean()
+            else:
+                out[f"loss{name}"], out[f"acc{name}"] = (ce_B.sum().item(), B), (acc_B.sum().item(), B)
+        return out
+
+    @torch.no_grad()
+    def eval_step(self, batch):
+        dev = next(self.ar.parameters()).device
+        gt_BL = self._targets(batch, dev)
+        return self._metrics(self.ar(batch["label"].to(dev), gt_BL), gt_BL, mean=False)
+
+    @torch.no_grad()
+    def sample_images(self, step: int):
+        from nextscale.pipeline_ar import ARPipeline
+        ar = self.ar
+        dev = next(ar.parameters()).device
+        if "ar" in self.emas:
+            ar = ARTransformer(self.ar.config).to(dev)
+            self.emas["ar"].copy_to(ar)
+        was = ar.training
+        pipe = ARPipeline(self.vae, ar)
+        try:
+            n = 8 if ar.num_classes > 1 else 4
+            out = pipe(class_labels=[c % ar.num_classes for c in range(n)], guidance_scale=1.5, top_k=0, top_p=0.0,
+                       generator=torch.Generator(device=dev).manual_seed(0), output_type="np")
+        finally:
+            pipe.disable_cpu_kernels()
+            ar.train(was)
+        return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def _ar_config(tc: VARTrainConfig, config: Optional[ARConfig], vae, n_cls: int) -> ARConfig:
+    if config is None:
+        try:
+            config = get_ar_preset(tc.preset)
+        except ConfigError as e:
+            raise NextScaleError(str(e)) from None
+    if len(vae.v_patch_nums) != 1:
+        raise NextScaleError(f"the AR baseline trains on a single-scale tokenizer; this one has scales {list(vae.v_patch_nums)} "
+                             f"(train one with: nextscale train-tokenizer --patch-nums {vae.v_patch_nums[-1]} ...)")
+    config = config.replace(vocab_size=int(vae.vocab_size), side=int(vae.v_patch_nums[-1]), num_classes=n_cls)
+    if tc.cond_drop is not None:
+        config = config.replace(cond_drop_rate=tc.cond_drop)
+    if tc.attn_l2_norm is not None:
+        config = config.replace(attn_l2_norm=tc.attn_l2_norm)
+    return config
+
+
+def build_ar_run(tc: VARTrainConfig, device: torch.device, config: Optional[ARConfig] = None):
+    """(objective, train_set, val_set, run_config, total_steps) of an AR run (no training)."""
+    tc.validate()
+    if tc.init is not None:
+        raise NextScaleError("fine-tuning (init) is not supported for the AR baseline; train it from scratch")
+    vae = _resolve_tokenizer(tc, None)
+    if vae is None:
+        raise NextScaleError("pass tokenizer=MODEL: a single-scale VQ-VAE (train-tokenizer --patch-nums N)")
+    vae.eval().requires_grad_(False)
+    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
+    n_cls = max(1, len(classes))
+    cfg = _ar_config(tc, config, vae, n_cls)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        ar = ARTransformer(cfg)
+        ar.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+    vae.to(device)
+    iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
+    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters_per_epoch)))
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
+    lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
+    labels = list(classes)
+    ob = ARObjective(vae, ar, tc, total, warmup, lr, labels)
+    run_config = {"kind": "ar", "train": tc.to_dict(), "model": {"vqvae": vae.config.to_dict(), "ar": cfg.to_dict()},
+                  "classes": labels,
+                  "derived": {"steps": total, "warmup_steps": warmup, "lr": lr, "world_size": dist.get_world_size(),
+                              "iters_per_epoch": iters_per_epoch, "train_samples": len(train_set),
+                              "val_samples": len(val_set) if val_set is not None else 0,
+                              "params": sum(p.numel() for p in ar.parameters()),
+                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    return ob, train_set, val_set, run_config, total
+
+
+def train_ar(tc: VARTrainConfig, config: Optional[ARConfig] = None) -> FitResult:
+    """Train (or resume) an AR run; under torchrun for DDP (the process group is joined here)."""
+    tc.validate()
+    device = dist.init_distributed(tc.device)
+    run_dir = tc.run_dir or os.path.join("runs", f"ar-{tc.preset}")
+    tc = dataclasses.replace(tc, run_dir=run_dir)
+    ob, train_set, val_set, run_config, total = build_ar_run(tc, device, config)
+    if dist.is_main():
+        cfg_path = os.path.join(run_dir, "config.json")
+        if os.path.isfile(cfg_path):
+            with open(cfg_path) as f:
+                old = json.load(f)
+            if old.get("kind") != "ar" or old.get("model", {}).get("ar") != run_config["model"]["ar"]:
+                raise NextScaleError(f"{run_dir!r} holds a run of another model; use a new run folder or the same preset")
+            if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, run_config["derived"]["tokenizer_fingerprint"]):
+                raise NextScaleError(f"{run_dir!r} was trained with another tokenizer; use a new run folder or the same tokenizer")
+        tok_dir = os.path.join(run_dir, "tokenizer")
+        if not os.path.isdir(tok_dir):
+            save_tokenizer(ob.vae, tok_dir)
+    dist.barrier()
+    trainer = Trainer(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config=run_config)
+    ob.emas = trainer.emas
+    try:
+        res = trainer.fit()
+    finally:
+        trainer.log.close()
+    ob.emas = trainer.emas
+    return res
+
+
+def export_ar_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
+    """An AR run's newest checkpoint -> an AR model directory (``ARPipeline.from_pretrained(out)``).
+    ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
+    from nextscale.hub import load_tokenizer
+    from nextscale.pipeline_ar import save_ar_pipeline
+    path, state = find_checkpoint(run, "pass an AR run folder (with checkpoints/) or a step_*.pt file",
+                                  f"train_ar(VARTrainConfig(run_dir={run!r}, ...))")
+    if state.get("format") != CKPT_FORMAT or "ar" not in state.get("modules", {}):
+        raise NextScaleError(f"{path} is not an AR training checkpoint")
+    cfg = state.get("config", {})
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    vae = load_tokenizer(os.path.join(run_dir, "tokenizer"))
+    ar = ARTransformer(ARConfig.from_dict(cfg["model"]["ar"]))
+    sd, use = checkpoint_weights(state, "ar", weights, path)
+    ar.load_state_dict(sd)
+    labels = cfg.get("classes")
+    labels = labels if labels and any(labels) else None
+    save_ar_pipeline(out, vae, ar.eval(), labels=labels,
+                     extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}})
+    return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}
