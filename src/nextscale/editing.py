@@ -358,7 +358,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
                  top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False, settings=None) -> NextScalePipelineOutput:
+                 show_progress: bool = False, settings=None, **speedups) -> NextScalePipelineOutput:
         """Edit image(s); white mask pixels are regenerated, black ones kept (diffusers convention).
 
         image: PIL image, path, np (H, W, 3) / (B, H, W, 3) or torch (3, H, W) / (B, 3, H, W) in
@@ -370,9 +370,13 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             label per image (a single image is repeated for every label).
         outpaint: (left, top, right, bottom) margins in pixels of the R x R canvas (or "l,t,r,b").
         keep_scales: keep the first k scales of the input entirely (k = 0..K): variations.
-        Other arguments as ``NextScalePipeline.__call__``. The same seed gives the same edit; a mask
+        Other arguments (``settings`` and the opt-in speed-ups ``guidance_cutoff``, ``prune_ratio``,
+        ``prune_last``, ``kv_budget``, ``refiner``, ``refine_from_scale``) as ``NextScalePipeline.__call__``. The same seed gives the same edit; a mask
         that regenerates everything gives exactly ``NextScalePipeline``'s image for that seed.
         """
+        unknown = set(speedups) - {"guidance_cutoff", "prune_ratio", "prune_last", "kv_budget", "refiner", "refine_from_scale"}
+        if unknown:
+            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}")
         from nextscale.validate import check_class_ids
         labels = None
         if class_labels is not None:  # integers only (the pipeline's rule): 1.5, True, '7' are refused
@@ -396,7 +400,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             warnings.warn("the mask keeps nothing (all white): this is plain generation; paint the region to keep black",
                           UserWarning, stacklevel=2)
         constraint = make_edit_constraint(plan.input_indices, plan.keep, self.vqvae.quantize.embedding)
-        return self._run(B, labels, settings=settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+        return self._run(B, labels, settings=settings, **speedups, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                          top_k=top_k, top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
                          output_type=output_type, return_indices=return_indices,
                          callback_on_scale=callback_on_scale, show_progress=show_progress, constraint=constraint)

@@ -210,11 +210,14 @@ class NextScalePipeline:
         return [im.float().add_(1).mul_(0.5) for im in imgs]
 
     def _run(self, B, labels, *, settings=None, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
+             guidance_cutoff=None, prune_ratio=None, prune_last=None, kv_budget=None, refiner=None, refine_from_scale=None,
              return_indices, callback_on_scale, show_progress, constraint=None) -> NextScalePipelineOutput:
         if settings is not None and not isinstance(settings, SamplingSettings):
             raise NextScaleError(f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}")
         settings = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
-                                         top_p=top_p, more_smooth=more_smooth)  # None = the model's recommendation
+                                         top_p=top_p, more_smooth=more_smooth, guidance_cutoff=guidance_cutoff,
+                                         prune_ratio=prune_ratio, prune_last=prune_last, kv_budget=kv_budget)  # None = as recommended
+        refiner = self._refiner(refiner)
         check_output_type(output_type)
         K = len(self.patch_nums)
         bar = None
@@ -232,7 +235,7 @@ class NextScalePipeline:
         try:
             with self._autocast():
                 out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, settings=settings,
-                               constraint=constraint, callback=on_scale,
+                               constraint=constraint, callback=on_scale, refiner=refiner, refine_from_scale=refine_from_scale,
                                cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
         finally:
             if bar is not None:
@@ -241,13 +244,29 @@ class NextScalePipeline:
         return NextScalePipelineOutput(images=images, labels=out.labels.tolist(),
                                        indices=out.idx_per_scale if return_indices else None)
 
+    def _refiner(self, refiner) -> Optional[VAR]:
+        """A refiner pipeline's transformer (its tokenizer must be ours: same codebook), or a VAR."""
+        if refiner is None or isinstance(refiner, VAR):
+            return refiner
+        if isinstance(refiner, NextScalePipeline):
+            same = refiner.vqvae is self.vqvae or torch.equal(refiner.vqvae.quantize.embedding.weight.cpu(),
+                                                            self.vqvae.quantize.embedding.weight.cpu())
+            if not same:
+                raise NextScaleError("the refiner pipeline has another tokenizer (its codebook differs): a refiner must "
+                                     "share this pipeline's tokenizer")
+            return refiner.var
+        raise NextScaleError(f"refiner must be a NextScalePipeline or a VAR, got {type(refiner).__name__}")
+
     # ---- generation ----
     def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
                  guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
                  top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
                  generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
                  return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False, settings: Optional[SamplingSettings] = None) -> NextScalePipelineOutput:
+                 show_progress: bool = False, settings: Optional[SamplingSettings] = None,
+                 guidance_cutoff: Optional[int] = None, prune_ratio: Optional[float] = None, prune_last: Optional[int] = None,
+                 kv_budget: Optional[Sequence[int]] = None, refiner=None, refine_from_scale: Optional[int] = None,
+                 ) -> NextScalePipelineOutput:
         """Generate images.
 
         class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
@@ -260,6 +279,10 @@ class NextScalePipeline:
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
         settings: a ``SamplingSettings`` to start from instead of the model's recommendation; the
             keywords above still override single fields.
+        guidance_cutoff, prune_ratio / prune_last, kv_budget, refiner + refine_from_scale: opt-in
+            speed-ups that change the images a little (``nextscale.accel.sampling_modes``; measured
+            in docs/speed.md). ``refiner`` is another pipeline (or VAR) on the same tokenizer that
+            predicts scales refine_from_scale..K. Off by default: the exact path.
         """
         if num_images is not None:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
@@ -273,7 +296,9 @@ class NextScalePipeline:
                 if num_images is not None and num_images != len(labels):
                     raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
                 B = len(labels)
-        return self._run(B, labels, settings=settings, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
+        return self._run(B, labels, settings=settings, guidance_cutoff=guidance_cutoff, prune_ratio=prune_ratio,
+                         prune_last=prune_last, kv_budget=kv_budget, refiner=refiner, refine_from_scale=refine_from_scale,
+                         guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
                          top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
                          output_type=output_type, return_indices=return_indices,
                          callback_on_scale=callback_on_scale, show_progress=show_progress)

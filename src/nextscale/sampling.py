@@ -25,12 +25,13 @@ import torch
 
 from nextscale.accel.cpu import reference_kernels
 from nextscale.accel.cuda_graphs import CudaGraphs
+from nextscale.accel.sampling_modes import ScaleWindowKVCache, pivotal_tokens, restore_hidden
 from nextscale.errors import InputError, NextScaleError
 from nextscale.models.var import VAR, KVCache
 from nextscale.models.vqvae import VQVAE
 from nextscale.validate import as_int, check_class_ids, check_float
 
-__all__ = ["generate", "SamplingSettings", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_",
+__all__ = ["generate", "SamplingSettings", "check_refiner", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_",
            "gumbel_softmax_with_rng", "guidance_weights", "resolve_labels", "GUIDANCE_SCHEDULES"]
 
 #: constraint(si, idx_Bl, h_BlCv) -> (idx_Bl, h_BlCv): editing replaces kept tokens (and their code vectors).
@@ -62,6 +63,20 @@ class SamplingSettings:
     top_p: float = field(default=0.96, metadata=dict(flag="--top-p", help="top-p nucleus filter (0 = off)"))
     # soft codes from a tempered Gumbel-softmax: smoother pictures, not for FID (the reference's more_smooth)
     more_smooth: bool = field(default=False, metadata=dict(flag="--smooth", help="Gumbel smoothing (visual; not for FID)"))
+    # --- opt-in speed-ups that change the result a little (nextscale.accel.sampling_modes; measured
+    # in docs/speed.md); the defaults are the exact path ---
+    # the last N scales sample without guidance: their unconditional rows are never computed (Switti)
+    guidance_cutoff: int = field(default=0, metadata=dict(
+        flag="--guidance-cutoff", help="the last N scales sample without guidance (faster; 0 = off)"))
+    # share of tokens at each pruned scale that skip the transformer (FastVAR); 0 = off, < 1
+    prune_ratio: float = field(default=0.0, metadata=dict(
+        flag="--prune-ratio", help="share of tokens of the last scales that skip the transformer (0 = off)"))
+    # how many of the last (largest) scales are pruned: they hold most tokens and change least
+    prune_last: int = field(default=2, metadata=dict(flag="--prune-last", help="how many of the last scales --prune-ratio prunes"))
+    # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
+    # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
+    kv_budget: Optional[Tuple[int, int]] = field(default=None, metadata=dict(
+        flag="--kv-budget", help="FIRST RECENT: attend to the first FIRST scales and the RECENT before each (less KV memory)"))
 
     def __post_init__(self):
         g = self.guidance_scale
@@ -83,6 +98,24 @@ class SamplingSettings:
         if self.more_smooth not in (True, False):
             raise InputError(f"more_smooth must be True or False, got {self.more_smooth!r}")
         object.__setattr__(self, "more_smooth", bool(self.more_smooth))
+        for name, lo in (("guidance_cutoff", 0), ("prune_last", 1)):
+            v = as_int(getattr(self, name), name)
+            if v < lo:
+                raise InputError(f"{name} must be >= {lo}, got {v}")
+            object.__setattr__(self, name, v)
+        object.__setattr__(self, "prune_ratio", check_float(self.prune_ratio, "prune_ratio", lo=0.0, hi=1.0, hi_open=True))
+        if self.kv_budget is not None:
+            kb = self.kv_budget
+            if not isinstance(kb, (list, tuple)) or len(kb) != 2:
+                raise InputError(f"kv_budget must be (first, recent) scale counts or None, got {kb!r}")
+            kb = (as_int(kb[0], "kv_budget first"), as_int(kb[1], "kv_budget recent"))
+            if min(kb) < 0:
+                raise InputError(f"kv_budget scale counts must be >= 0, got {kb}")
+            object.__setattr__(self, "kv_budget", kb)
+
+    def is_exact(self) -> bool:
+        """No approximate speed-up is on: the reference's tokens for the same seed."""
+        return self.guidance_cutoff == 0 and self.prune_ratio == 0.0 and self.kv_budget is None
 
     @classmethod
     def fields(cls) -> Tuple[dataclasses.Field, ...]:
@@ -179,19 +212,41 @@ def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[
              settings: Optional[SamplingSettings] = None, cfg: Union[None, float, Sequence[float]] = None,
              top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
              guidance_schedule: Optional[str] = None, constraint: Optional[Constraint] = None,
-             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional[CudaGraphs] = None) -> GenerationOutput:
+             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional[CudaGraphs] = None,
+             refiner: Optional[VAR] = None, refine_from_scale: Optional[int] = None) -> GenerationOutput:
     """Sample token maps scale by scale. ``generator`` None uses the global RNG (as the reference).
 
     ``settings`` (default ``CALL_DEFAULTS``) says how to sample; the reference-style keywords
     ``cfg``, ``top_k``, ``top_p``, ``more_smooth``, ``guidance_schedule`` override single fields.
     Works on any device; under ``torch.autocast`` the blocks run in the autocast dtype while the
     embeddings, head and sampling stay float32. ``cuda_graphs`` (an ``accel.CudaGraphs`` kept by the
-    caller across calls) replays each scale's transformer as one captured CUDA graph (same tokens).
+    caller across calls) replays each scale's transformer as one captured CUDA graph (same tokens;
+    exact settings only). ``refiner`` (another VAR on the same tokenizer, e.g. a smaller one)
+    predicts scales ``refine_from_scale``..K (Collaborative Decoding; ``accel.sampling_modes``).
     """
     st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
                                              guidance_schedule=guidance_schedule)
+    if refiner is not None:
+        check_refiner(var, refiner, refine_from_scale)
     with reference_kernels(st.more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
-        return _generate(var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs)
+        return _generate(var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs, refiner, refine_from_scale)
+
+
+def check_refiner(var: VAR, refiner, refine_from_scale) -> None:
+    """A refiner must read and write the same tokens as ``var``: same codebook size, code width,
+    scale schedule and classes; ``refine_from_scale`` is the first scale it predicts (0..K-1)."""
+    if not isinstance(refiner, VAR):
+        raise InputError(f"refiner must be a VAR transformer (or a pipeline holding one), got {type(refiner).__name__}")
+    for what in ("patch_nums", "V", "Cvae", "num_classes"):
+        if getattr(refiner, what) != getattr(var, what):
+            raise InputError(f"the refiner's {what} ({getattr(refiner, what)}) differs from the model's ({getattr(var, what)}): "
+                             f"a refiner must share the tokenizer and the classes")
+    K = len(var.patch_nums)
+    if refine_from_scale is None:
+        raise InputError(f"a refiner needs refine_from_scale: the first scale (0..{K - 1}) it predicts")
+    k = as_int(refine_from_scale, "refine_from_scale")
+    if not 0 <= k < K:
+        raise InputError(f"refine_from_scale must be in 0..{K - 1} (the model has {K} scales), got {k}")
 
 
 def _non_finite(si: int, pn: int) -> NextScaleError:
@@ -199,37 +254,109 @@ def _non_finite(si: int, pn: int) -> NextScaleError:
                           f"(a broken export or a diverged run); re-export from a good checkpoint")
 
 
-def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs) -> GenerationOutput:
+class _Stage:
+    """One transformer's side of a generation: its embeddings, AdaLN modulations (computed once),
+    KV cache and rows (B, or 2B with guidance: conditional rows first)."""
+
+    def __init__(self, var: VAR, cls_in: torch.Tensor, st: SamplingSettings, cuda_graphs: Optional[CudaGraphs]):
+        self.var, self.rows = var, cls_in.shape[0]
+        self.cond_BD = var.class_emb(cls_in)                          # (rows, D)
+        self.mods = var.block_modulations(self.cond_BD)               # depth x (rows, 1, 6, C)
+        self.head_mod = var.head_nm.modulation(self.cond_BD.float())  # (rows, 1, 2, C)
+        self.lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
+        self.cache = KVCache(var.depth, var.L) if st.kv_budget is None else ScaleWindowKVCache(var.depth, *st.kv_budget)
+        self.graph_run = None
+        if cuda_graphs is not None and self.cond_BD.device.type == "cuda" and st.is_exact():
+            self.graph_run = cuda_graphs.runner(var, self.rows, self.mods, self.cond_BD, self.head_mod)
+        self.h_prev: Optional[torch.Tensor] = None  # the last scale's hidden states (only kept for pruning)
+
+    def first_input(self) -> torch.Tensor:  # (rows, first_l, C): class embedding + sos position
+        var, n = self.var, self.var.first_l
+        return (self.cond_BD.unsqueeze(1).expand(self.rows, n, -1) + var.pos_start.expand(self.rows, n, -1)
+                + self.lvl_pos_1LC[:, :n])
+
+    def input(self, si: int, nxt_BlCv: torch.Tensor) -> torch.Tensor:  # (B, l, Cvae) codes -> (rows, l, C)
+        b, e = self.var.begin_ends[si]
+        x_BlC = self.var.word_embed(nxt_BlCv) + self.lvl_pos_1LC[:, b:e]
+        return x_BlC.repeat(self.rows // x_BlC.shape[0], 1, 1) if self.rows != x_BlC.shape[0] else x_BlC
+
+    def logits(self, si: int, x_BlC: torch.Tensor, keep_Bn: Optional[torch.Tensor] = None, keep_h: bool = False):
+        """(rows, l, V) float32 logits of scale si; with ``keep_Bn`` only those positions run the
+        blocks (pruning) and the rest are restored from the previous scale's hidden states."""
+        if self.graph_run is not None:
+            return self.graph_run(si, x_BlC)
+        var = self.var
+        if keep_Bn is None:
+            h_BlC = var.next_scale_hidden(x_BlC, self.cache, self.mods)
+        else:
+            idx = keep_Bn.repeat(self.rows // keep_Bn.shape[0], 1)
+            x_kept = x_BlC.gather(1, idx.unsqueeze(-1).expand(-1, -1, x_BlC.shape[-1]))
+            h_kept = var.next_scale_hidden(x_kept, self.cache, self.mods)
+            pn, pn_prev = var.patch_nums[si], var.patch_nums[si - 1]
+            h_BlC = restore_hidden(self.h_prev, pn_prev, pn, keep_Bn, h_kept)
+        self.cache.advance(x_BlC.shape[1] if keep_Bn is None else keep_Bn.shape[1])
+        if keep_h:
+            self.h_prev = h_BlC
+        return var.get_logits(h_BlC, self.cond_BD, self.head_mod)
+
+    def prefill(self, codes: List[torch.Tensor], keep_h: bool) -> None:
+        """Read scales 0..len(codes) (codes[j] = the input codes of scale j + 1) in one block-causal
+        pass, filling this stage's KV cache (a refiner joining the generation)."""
+        var = self.var
+        xs = [self.first_input()] + [self.input(j + 1, c) for j, c in enumerate(codes)]
+        L = sum(x.shape[1] for x in xs)
+        if isinstance(self.cache, ScaleWindowKVCache):
+            self.cache.prefill_scales([x.shape[1] for x in xs])
+        h = var.next_scale_hidden(torch.cat(xs, dim=1), self.cache, self.mods, attn_bias=var.attn_bias_for_masking[:, :, :L, :L])
+        self.cache.advance(L)
+        if keep_h:
+            self.h_prev = h[:, L - xs[-1].shape[1]:]
+
+    def keep_rows(self, n: int) -> None:
+        """Guidance is over: from now on only the n conditional rows are computed."""
+        self.rows = n
+        self.cond_BD, self.head_mod = self.cond_BD[:n], self.head_mod[:n]
+        self.mods = [m[:n] for m in self.mods]
+        self.cache.keep_rows(n)
+        if self.h_prev is not None:
+            self.h_prev = self.h_prev[:n]
+        self.graph_run = None
+
+
+def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs,
+              refiner: Optional[VAR] = None, refine_from_scale: Optional[int] = None) -> GenerationOutput:
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize
     labels = resolve_labels(label_B, B, var.num_classes, dev, generator)
     ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
+    if st.guidance_cutoff > K:
+        raise InputError(f"guidance_cutoff must be <= the number of scales ({K}), got {st.guidance_cutoff}")
+    ts = ts[:K - st.guidance_cutoff] + [0.0] * st.guidance_cutoff
     use_cfg = any(t != 0.0 for t in ts)
+    last_guided = max(si for si, t in enumerate(ts) if t != 0.0) if use_cfg else -1
     cls_in = torch.cat((labels, torch.full_like(labels, var.num_classes))) if use_cfg else labels
-    B2 = cls_in.shape[0]
+    switch = refine_from_scale if refiner is not None and refiner is not var else None
+    pruned = set(range(max(1, K - st.prune_last), K)) if st.prune_ratio > 0 else set()
 
-    cond_BD = var.class_emb(cls_in)                      # (B2, D)
-    mods = var.block_modulations(cond_BD)                # depth x (B2, 1, 6, C), computed once
-    head_mod = var.head_nm.modulation(cond_BD.float())   # (B2, 1, 2, C)
-    lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
-    first_l = var.first_l
-    x_BlC = cond_BD.unsqueeze(1).expand(B2, first_l, -1) + var.pos_start.expand(B2, first_l, -1) + lvl_pos_1LC[:, :first_l]
-
-    run_scale = None
-    if cuda_graphs is not None and dev.type == "cuda":
-        run_scale = cuda_graphs.runner(var, B2, mods, cond_BD, head_mod)
-    if run_scale is None:
-        run_scale = _eager_runner(var, mods, cond_BD, head_mod)
+    stage = _Stage(var, cls_in, st, cuda_graphs)
+    x_BlC = stage.first_input()
     pn_last = var.patch_nums[-1]
-    f_hat = cond_BD.new_zeros(B, var.Cvae, pn_last, pn_last, dtype=torch.float32)
+    f_hat = stage.cond_BD.new_zeros(B, var.Cvae, pn_last, pn_last, dtype=torch.float32)
     idx_per_scale: List[torch.Tensor] = []
-    cur = 0
+    codes: List[torch.Tensor] = []  # each later scale's input codes (B, l, Cvae), model-independent
     for si, pn in enumerate(var.patch_nums):
         ratio = si / (K - 1) if K > 1 else 0.0
-        l = pn * pn
-        logits_BlV = run_scale(si, x_BlC)                                # (B2, l, V) float32
-        if use_cfg:
+        if si == switch:  # the refiner takes over: it reads every scale so far into its own cache
+            stage = _Stage(refiner, cls_in[:stage.rows], st, None)
+            if si > 0:
+                stage.prefill(codes[:si - 1], keep_h=bool(pruned))
+                x_BlC = stage.input(si, codes[-1])
+            else:
+                x_BlC = stage.first_input()
+        keep_Bn = pivotal_tokens(codes[-1], st.prune_ratio) if si in pruned else None
+        logits_BlV = stage.logits(si, x_BlC, keep_Bn, keep_h=bool(pruned) and si + 1 in pruned)
+        if stage.rows != B:
             t = ts[si]
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         if si == 0 and not bool(torch.isfinite(logits_BlV).all()):  # one check (one sync) catches NaN weights
@@ -252,21 +379,11 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
         f_hat, next_BCvhw = quant.get_next_autoregressive_input(si, K, f_hat, h_BCvhw)
         if callback is not None:
             callback(si, pn, f_hat, idx_Bl)
-        cur += l
+        if si == last_guided and stage.rows != B and si != K - 1:
+            stage.keep_rows(B)  # guidance cut-off: the unconditional rows are done
         if si != K - 1:
-            nxt_BlCv = next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2)
-            x_BlC = var.word_embed(nxt_BlCv) + lvl_pos_1LC[:, cur:cur + var.patch_nums[si + 1] ** 2]
-            if use_cfg:
-                x_BlC = x_BlC.repeat(2, 1, 1)
+            codes.append(next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2))
+            x_BlC = stage.input(si + 1, codes[-1])
     return GenerationOutput(idx_per_scale=idx_per_scale, f_hat=f_hat, labels=labels)
 
 
-def _eager_runner(var: VAR, mods, cond_BD, head_mod):
-    """run(si, x_BlC) -> logits (B2, l, V), through a fresh KV cache."""
-    cache = KVCache(var.depth, var.L)
-
-    def run(si: int, x_BlC: torch.Tensor) -> torch.Tensor:
-        logits = var.next_scale_logits(x_BlC, cache, mods, cond_BD, head_mod)
-        cache.advance(x_BlC.shape[1])
-        return logits
-    return run

@@ -36,3 +36,8 @@ class KVCache:
 
     def advance(self, l: int) -> None:
         self.pos += l
+
+    def keep_rows(self, n: int) -> None:
+        """Keep the first n batch rows (sampling drops the unconditional half once guidance ends)."""
+        self.k = [k[:n] if k is not None else None for k in self.k]
+        self.v = [v[:n] if v is not None else None for v in self.v]

@@ -252,13 +252,19 @@ class VAR(nn.Module):
         g = self.shared_ada_lin(cond_BD)
         return [b.modulation(g) for b in self.blocks]
 
+    def next_scale_hidden(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor],
+                          attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Tokens of the next scale(s) through every block, attending over the cache, which each block
+        extends with their keys/values (the caller advances it). ``attn_bias`` is needed only when
+        several scales go in at once. Returns (B, l, C)."""
+        for b, blk in enumerate(self.blocks):
+            x_BlC = blk(x_BlC, None, attn_bias=attn_bias, kv_cache=kv_cache, mod_B16C=mods[b])
+        return x_BlC
+
     def next_scale_logits(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor], cond_BD: torch.Tensor,
                           head_mod: torch.Tensor) -> torch.Tensor:
-        """One scale's tokens through every block and the head, attending over the cache (which each
-        block extends with this scale's keys/values; the caller advances it). Returns (B, l, V)."""
-        for b, blk in enumerate(self.blocks):
-            x_BlC = blk(x_BlC, None, attn_bias=None, kv_cache=kv_cache, mod_B16C=mods[b])
-        return self.get_logits(x_BlC, cond_BD, head_mod)
+        """``next_scale_hidden`` and the head: (B, l, V)."""
+        return self.get_logits(self.next_scale_hidden(x_BlC, kv_cache, mods), cond_BD, head_mod)
 
     # ---- teacher forcing ----
     def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, prog_si: int = -1,
