@@ -120,6 +120,11 @@ def main():
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each scale as a captured CUDA graph (CUDA only)")
     ap.add_argument("--reference", default=None, help="path to a FoundationVision/VAR checkout to time side by side")
+    ap.add_argument("--mode", nargs="+", default=None, metavar="SPEC",
+                    help="time opt-in sampling modes against the exact path instead (interleaved): cutoff:N, prune:R, "
+                         "kv:FIRST,RECENT, refiner:DEPTH@K (a random-weight VAR of that depth predicts scales K..), "
+                         "or several joined with '+', e.g. cutoff:2+prune:0.5")
+    ap.add_argument("--max-batch", type=int, default=0, help="with --mode on CUDA: find the largest batch (doubling up to this) that fits")
     ap.add_argument("--plain", action="store_true",
                     help="time the plain nextscale.models modules (no nextscale.accel CPU kernels; what they buy)")
     args = ap.parse_args()
@@ -154,6 +159,8 @@ def main():
 
     peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == 'cpu' else 8192)
     ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
+    if args.mode:
+        return modes_main(args, vae, var, dev, ac, ref)
     graphs = CudaGraphs() if args.cuda_graphs else None
     rows = []
     for B in args.batch:
@@ -251,6 +258,110 @@ def main():
         for B, _, _, _, rs in rows:
             print(f"B={B}: end-to-end speed-up per interleaved round: median {statistics.median(rs):.2f}x "
                   f"(min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} rounds)")
+
+
+def parse_mode(spec: str, vae, var, dev):
+    """'cutoff:2+prune:0.5' -> (SamplingSettings changes, refiner or None, refine_from_scale)."""
+    from nextscale.configs import VARConfig
+    from nextscale.models import VAR
+    changes, refiner, k = {}, None, None
+    for part in spec.split("+"):
+        name, _, val = part.partition(":")
+        if name == "exact":
+            continue
+        if name == "cutoff":
+            changes["guidance_cutoff"] = int(val)
+        elif name == "prune":
+            changes["prune_ratio"] = float(val)
+        elif name == "kv":
+            changes["kv_budget"] = tuple(int(v) for v in val.split(","))
+        elif name == "refiner":
+            depth, _, k = val.partition("@")
+            k = int(k)
+            cfg = VARConfig(depth=int(depth), num_classes=var.num_classes, shared_aln=var.config.shared_aln,
+                            attn_l2_norm=var.config.attn_l2_norm, patch_nums=var.patch_nums)
+            torch.manual_seed(1)
+            refiner = VAR.from_config(cfg, vae).to(dev).eval()
+            refiner.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+            if next(iter(var.parameters())).device.type == "cpu":
+                enable_cpu_kernels(refiner)
+        else:
+            sys.exit(f"--mode {spec!r}: unknown part {name!r} (use cutoff:N, prune:R, kv:F,R, refiner:DEPTH@K)")
+    return changes, refiner, k
+
+
+def modes_main(args, vae, var, dev, ac, ref):
+    """Each mode and the exact path (and the reference, with --reference), interleaved per round;
+    end-to-end = generate + decode. On CUDA also peak memory and, with --max-batch, the largest batch."""
+    from nextscale.sampling import SamplingSettings
+    base = SamplingSettings(guidance_scale=1.5, top_k=min(900, var.V), top_p=0.96)
+    specs = ["exact"] + [m for m in args.mode if m != "exact"]
+    modes = {m: parse_mode(m, vae, var, dev) for m in specs}
+
+    def run(m, B, labels):
+        changes, refiner, k = modes[m]
+        with torch.no_grad(), ac:
+            out = generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0),
+                           settings=base.replace(**changes), refiner=refiner, refine_from_scale=k)
+            return out, vae.fhat_to_img(out.f_hat)
+
+    rows = []
+    for B in args.batch:
+        labels = torch.arange(B, device=dev) * 37 % var.num_classes
+        best, mem, exact_tokens, same = {}, {}, None, {}
+        for m in specs:  # warm-up (and the Winograd transforms) outside the timing
+            run(m, B, labels)
+        for _ in range(args.repeats):
+            for m in specs:
+                if dev.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(dev)
+                _sync(dev)
+                t0 = time.perf_counter()
+                out, _ = run(m, B, labels)
+                _sync(dev)
+                best[m] = min(best.get(m, 1e9), time.perf_counter() - t0)
+                if dev.type == "cuda":
+                    mem[m] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                if m == "exact":
+                    exact_tokens = out.idx_per_scale
+                same[m] = all(torch.equal(a, b) for a, b in zip(out.idx_per_scale, exact_tokens))
+            if ref:
+                _sync(dev)
+                t0 = time.perf_counter()
+                with torch.no_grad(), ac:
+                    ref[1].autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, cfg=1.5, top_k=min(900, var.V), top_p=0.96)
+                _sync(dev)
+                best["reference"] = min(best.get("reference", 1e9), time.perf_counter() - t0)
+        rows.append((B, best, mem, same))
+
+    print(f"\nd{var.depth} + tokenizer, {var.patch_nums[-1] * vae.downsample}px, device={dev} dtype={args.dtype} "
+          f"threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96; best of {args.repeats} interleaved rounds\n")
+    head = "| B | mode | end-to-end (s) | images/s | vs exact |" + (" vs reference |" if ref else "") + \
+        (" peak GiB |" if dev.type == "cuda" else "") + " exact tokens |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    for B, best, mem, same in rows:
+        for m in specs:
+            line = f"| {B} | {m} | {best[m]:.2f} | {B / best[m]:.1f} | {best['exact'] / best[m]:.2f}x |"
+            if ref:
+                line += f" {best['reference'] / best[m]:.2f}x |"
+            if dev.type == "cuda":
+                line += f" {mem[m]:.2f} |"
+            print(line + f" {same[m]} |")
+    if dev.type == "cuda" and args.max_batch:
+        print()
+        for m in specs:
+            B, fits = 1, 0
+            while B <= args.max_batch:
+                try:
+                    run(m, B, torch.arange(B, device=dev) % var.num_classes)
+                    fits = B
+                    B *= 2
+                except torch.cuda.OutOfMemoryError:
+                    break
+                finally:
+                    torch.cuda.empty_cache()
+            print(f"largest batch that fits ({m}): {fits}{' (or more)' if fits >= args.max_batch else ''}")
 
 
 if __name__ == "__main__":

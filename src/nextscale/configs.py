@@ -253,6 +253,12 @@ PRESETS: Dict[str, ModelConfig] = {
         vqvae=VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 6, 8), using_sa=False),
         var=VARConfig(depth=6, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0),
     ),
+    # A third of the mnist transformer (depth 2) on the same tokenizer: the refiner that predicts the
+    # last scales after the default model drafted the first ones (sampling's refiner mode).
+    "mnist-small": ModelConfig(
+        vqvae=VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 6, 8), using_sa=False),
+        var=VARConfig(depth=2, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0),
+    ),
 }
 
 
