@@ -63,6 +63,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     ap.add_argument("--floor-repeats", type=int, default=5, help="train subsets averaged for the FID floor")
     ap.add_argument("--sweep", action="store_true", help="evaluate a grid of settings instead of one")
+    ap.add_argument("--modes", nargs="+", default=None, metavar="SPEC",
+                    help="evaluate these opt-in sampling modes next to the exact path at the same settings: cutoff:N, "
+                         "prune:R[@LAST], kv:FIRST,RECENT, refiner:DIR@K, joined with '+' (docs/speed.md)")
     ap.add_argument("--sweep-cfg", default="0.5,1,2,3,4")
     ap.add_argument("--sweep-topk-topp", default="0:0,100:0.95,20:0.8", help="comma-separated top_k:top_p pairs")
     ap.add_argument("--sweep-per-class", type=int, default=20)
@@ -87,12 +90,12 @@ def class_index_map(pipe, classifier) -> List[int]:
 
 
 def sample_images(pipe, per_class: int, *, cfg: float, top_k: int, top_p: float, more_smooth: bool, seed: int,
-                  batch_size: int) -> Dict[str, object]:
+                  batch_size: int, extra: Optional[dict] = None) -> Dict[str, object]:
     """``per_class`` samples of every class -> {"images": float32 (N, R, R, 3) in [0, 1],
     "labels": (N,) model class ids, "seconds": time spent in the pipeline calls}."""
     C = pipe.num_classes
     labels = np.array([c for _ in range(per_class) for c in range(C)], dtype=np.int64)  # round-robin
-    kw = dict(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, output_type="np")
+    kw = dict(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, output_type="np", **(extra or {}))
     gen = pipe.make_generator(seed=seed)
     out, seconds = [], 0.0
     for i in range(0, len(labels), batch_size):
@@ -117,10 +120,35 @@ def fid_floor(classifier, train_dir: str, val_feats: np.ndarray, per_class: int,
     return {"mean": float(np.mean(vals)), "std": float(np.std(vals)), "values": [float(v) for v in vals], "n_train": n}
 
 
+def parse_mode(spec: str) -> dict:
+    """'cutoff:2+prune:0.5@2+kv:2,1+refiner:DIR@3' -> pipeline keywords (docs/speed.md)."""
+    kw: dict = {}
+    for part in spec.split("+"):
+        name, _, val = part.partition(":")
+        if name == "exact":
+            continue
+        if name == "cutoff":
+            kw["guidance_cutoff"] = int(val)
+        elif name == "prune":
+            r, _, last = val.partition("@")
+            kw["prune_ratio"] = float(r)
+            if last:
+                kw["prune_last"] = int(last)
+        elif name == "kv":
+            kw["kv_budget"] = tuple(int(v) for v in val.split(","))
+        elif name == "refiner":
+            from nextscale.pipelines import NextScalePipeline
+            path, _, k = val.rpartition("@")
+            kw["refiner"], kw["refine_from_scale"] = NextScalePipeline.from_pretrained(path, device="cpu"), int(k)
+        else:
+            raise NextScaleError(f"--modes {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:DIR@K)")
+    return kw
+
+
 def evaluate_setting(pipe, classifier, cls_map, val_feats, floor, *, per_class, cfg, top_k, top_p, more_smooth, seed,
-                     batch_size) -> Dict[str, object]:
+                     batch_size, extra: Optional[dict] = None) -> Dict[str, object]:
     s = sample_images(pipe, per_class, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, seed=seed,
-                      batch_size=batch_size)
+                      batch_size=batch_size, extra=extra)
     target = np.asarray(cls_map)[s["labels"]]                       # (N,) classifier indices
     pred = mc.predict(classifier, s["images"])                      # (N,)
     per_cls = {classifier.classes[c]: float((pred[target == c] == c).mean()) for c in np.unique(target)}
@@ -165,6 +193,16 @@ def markdown(report: Dict[str, object]) -> str:
                          f"{r['fid']:.2f} | {r['fid_floor']:.2f} | {r['fid_ratio']:.2f} | {r['images_per_s']:.1f} |")
         lines.append(f"\n{report['sweep'][0]['per_class']} samples per class per setting; FIDs vs. the "
                      f"{report['n_val']} held-out digits; floor: train subsets of the same size.")
+        return "\n".join(lines)
+    if "modes" in report:
+        ex = report["modes"][0]
+        s = ex["settings"]
+        lines += [f"cfg {s['cfg']:g}, top_k {s['top_k']}, top_p {s['top_p']:g}, seed {s['seed']}, {ex['n_samples']} samples per mode", "",
+                  "| mode | class acc. | change | FID / floor | change | img/s | speed-up |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in report["modes"]:
+            lines.append(f"| {r['mode']} | {100 * r['class_accuracy']:.1f} % | {100 * (r['class_accuracy'] - ex['class_accuracy']):+.1f} | "
+                         f"{r['fid_ratio']:.2f} | {100 * (r['fid_ratio'] / ex['fid_ratio'] - 1):+.0f} % | {r['images_per_s']:.1f} | "
+                         f"{r['images_per_s'] / ex['images_per_s']:.2f}x |")
         return "\n".join(lines)
     r = report
     s = r["settings"]
@@ -238,6 +276,15 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                     r = evaluate_setting(pipe, clf, cls_map, val_feats, floor, per_class=pc, cfg=cfg, top_k=k, top_p=p, **common)
                     rows.append({k2: v for k2, v in r.items() if not k2.startswith("_")})
             report.update(sweep=rows, floor=floor)
+        elif args.modes:
+            floor = fid_floor(clf, train_dir, val_feats, min(args.per_class, 450), args.floor_repeats, args.seed)
+            rows = []
+            for spec in ["exact"] + [m for m in args.modes if m != "exact"]:
+                log(f"mode {spec}: sampling {args.per_class} x {pipe.num_classes} images ...")
+                r = evaluate_setting(pipe, clf, cls_map, val_feats, floor, per_class=args.per_class, cfg=args.cfg,
+                                     top_k=args.top_k, top_p=args.top_p, extra=parse_mode(spec), **common)
+                rows.append({"mode": spec, **{k2: v for k2, v in r.items() if not k2.startswith("_")}})
+            report.update(modes=rows, floor=floor)
         else:
             log(f"real-vs-real floor ({args.floor_repeats} train subsets) ...")
             floor = fid_floor(clf, train_dir, val_feats, min(args.per_class, 450), args.floor_repeats, args.seed)
