@@ -1,0 +1,748 @@
+"""The paper's two measured claims, reproduced by the software (issue #15).
+
+:func:`scaling_study`
+    trains a sweep of VAR sizes (width = 64 x depth, heads = depth) on the same data and the same
+    token budget, each in its own resumable run folder, evaluates held-out test loss and token
+    error rate (all tokens and the last scale, as the paper's Fig. 5), fits ``L = (beta * N)^alpha``
+    by least squares on log-log axes and reports alpha, beta and Pearson's r; writes
+    ``scaling.json`` (every point), ``scaling.md`` (table) and ``scaling.png`` (log-log plots of
+    loss and error vs. parameters, and loss vs. training FLOPs).
+
+:func:`ar_vs_var_study`
+    VAR and the raster-order AR baseline (``nextscale.models.ar``) at (nearly) equal parameter
+    count, trained with the same recipe (steps, batch, lr schedule, EMA) on the same digits, each on
+    its own tokenizer with the same codebook and latent size (multi-scale for VAR, single-scale for
+    AR). Held-out loss is not comparable across prediction orders, so it reports what is: class
+    accuracy of samples by the independent MNIST classifier (``nextscale.evaluation.mnist_classifier``),
+    FID on that classifier's features against the held-out digits (with the real-vs-real floor),
+    precision/recall on the same features, Inception FID when weights are given, sampling steps,
+    measured sampling time per image at B=1 and B=50, and training time; writes
+    ``ar_vs_var.json``, ``ar_vs_var.md`` and ``ar_vs_var.png`` (sample grids side by side).
+
+Both are library functions (no CLI here); ``quick=True`` runs tiny sizes on a few digits in well
+under 90 s and checks the plumbing, not the numbers. Re-running either with the same ``out_dir``
+continues: finished runs are not retrained (the shared :class:`~nextscale.train.loop.Trainer`
+resumes from the newest checkpoint), and finished evaluations are read back from their JSON.
+
+Data: an ``export_mnist(split="both")`` folder (``train/`` 450 digits per class, ``val/`` the last
+50 per class, held out from every training), exported to ``out_dir/mnist32`` when ``data`` is None.
+Multi-GPU: the training runs are ordinary ``nextscale train`` runs; see ``docs/science.md`` for the
+torchrun commands of the same study on ImageNet.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from nextscale.errors import NextScaleError
+
+__all__ = ["scaling_study", "ar_vs_var_study", "fit_power_law", "var_train_flops_per_image", "ar_train_flops_per_image",
+           "loglog_plot", "StudyRecipe"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces: the fit, FLOPs, plots
+# ------------------------------------------------------------------------------------------------
+
+def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
+    """Least-squares fit of ``y = (beta * x)^alpha`` on log-log axes.
+
+    ``log y = alpha * log x + alpha * log beta``: a straight line of slope alpha and intercept
+    a = alpha log beta, so beta = exp(a / alpha). Returns alpha, beta, Pearson's r of
+    (log x, log y), the intercept and the rms residual (in log units)."""
+    lx, ly = np.log(np.asarray(x, dtype=np.float64)), np.log(np.asarray(y, dtype=np.float64))
+    if len(lx) < 2 or not np.all(np.isfinite(lx)) or not np.all(np.isfinite(ly)):
+        raise NextScaleError(f"a power-law fit needs >= 2 positive points, got x={list(x)}, y={list(y)}")
+    A = np.stack([lx, np.ones_like(lx)], 1)
+    (alpha, a), *_ = np.linalg.lstsq(A, ly, rcond=None)
+    r = float(np.corrcoef(lx, ly)[0, 1]) if len(lx) > 2 or np.ptp(ly) > 0 else float("nan")
+    res = ly - (alpha * lx + a)
+    beta = float(np.exp(a / alpha)) if alpha != 0 else float("nan")
+    return {"alpha": float(alpha), "beta": beta, "r": r, "intercept": float(a), "rms_log_residual": float(np.sqrt(np.mean(res ** 2))),
+            "n_points": int(len(lx))}
+
+
+def var_train_flops_per_image(var) -> float:
+    """Model FLOPs of one teacher-forced VAR training image, forward + backward (3 x forward):
+    per-token matmuls (word embedding, qkv/proj/MLP per block, head), block-causal attention
+    (2 x 2 x C x sum_k l_k S_k per block) and the AdaLN projections once per image
+    (``benchmarks/bench_train.py``'s count)."""
+    C, V, D, Cv, L = var.C, var.V, var.depth, var.Cvae, var.L
+    hidden = var.blocks[0].ffn.fc1.out_features
+    seen = causal = 0
+    for pn in var.patch_nums:
+        seen += pn * pn
+        causal += pn * pn * seen
+    fwd = (2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V) + 2 * (L - var.first_l) * Cv * C
+           + D * 2 * 2 * C * causal + 2 * C * 6 * C * D + 2 * C * 2 * C)
+    return float(3 * fwd)
+
+
+def ar_train_flops_per_image(ar) -> float:
+    """The same count for the AR baseline: causal attention sum_i (i + 1) = L (L + 1) / 2 keys."""
+    C, V, D, L = ar.C, ar.V, ar.depth, ar.L
+    hidden = ar.blocks[0].ffn.fc1.out_features
+    fwd = (2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V) + D * 2 * 2 * C * (L * (L + 1) // 2)
+           + 2 * C * 6 * C * D + 2 * C * 2 * C)
+    return float(3 * fwd)
+
+
+_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14)]
+
+
+def loglog_plot(series: List[Dict[str, Any]], xlabel: str, ylabel: str, title: str, size: Tuple[int, int] = (520, 400)):
+    """A log-log scatter plot with fitted lines, drawn with PIL (no matplotlib needed).
+
+    ``series``: dicts with ``x``, ``y`` (positive), optional ``label`` and ``fit`` (a
+    :func:`fit_power_law` result, drawn as a line). Returns a PIL image."""
+    from PIL import Image, ImageDraw, ImageFont
+    W, H = size
+    img = Image.new("RGB", (W, H), "white")
+    dr = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    left, right, top, bottom = 62, 14, 30, 46
+    xs = np.concatenate([np.asarray(s["x"], float) for s in series])
+    ys = np.concatenate([np.asarray(s["y"], float) for s in series])
+    lx0, lx1 = np.log10(xs.min()), np.log10(xs.max())
+    ly0, ly1 = np.log10(ys.min()), np.log10(ys.max())
+    padx, pady = max(0.08 * (lx1 - lx0), 0.05), max(0.12 * (ly1 - ly0), 0.02)
+    lx0, lx1, ly0, ly1 = lx0 - padx, lx1 + padx, ly0 - pady, ly1 + pady
+
+    def px(lx, ly):
+        return (left + (lx - lx0) / (lx1 - lx0) * (W - left - right), top + (ly1 - ly) / (ly1 - ly0) * (H - top - bottom))
+
+    dr.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    for lo, hi, axis in ((lx0, lx1, "x"), (ly0, ly1, "y")):  # ticks: decades, and 2, 5 inside a decade when few decades
+        span = hi - lo
+        mult = (1,) if span > 3 else (1, 2, 5) if span > 0.8 else (1, 1.5, 2, 3, 4, 5, 6, 7, 8, 9)
+        ticks = [math.log10(m) + dec for dec in range(int(math.floor(lo)) - 1, int(math.ceil(hi)) + 1) for m in mult]
+        ticks = [v for v in ticks if lo <= v <= hi]
+        if len(ticks) < 3:  # a narrow range (e.g. losses within 10 %): evenly spaced ticks instead
+            ticks = list(np.linspace(lo + 0.1 * span, hi - 0.1 * span, 4))
+        for v in ticks:
+            lab = f"{10.0 ** v:.3g}"
+            if axis == "x":
+                X, _ = px(v, ly0)
+                dr.line([X, top, X, H - bottom], fill=(225, 225, 225))
+                dr.text((X - 3 * len(lab), H - bottom + 4), lab, fill=(0, 0, 0), font=font)
+            else:
+                _, Y = px(lx0, v)
+                dr.line([left, Y, W - right, Y], fill=(225, 225, 225))
+                dr.text((left - 6 * len(lab) - 4, Y - 5), lab, fill=(0, 0, 0), font=font)
+    dr.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
+    dr.text((left, 8), title, fill=(0, 0, 0), font=font)
+    dr.text(((W - 6 * len(xlabel)) // 2, H - 18), xlabel, fill=(0, 0, 0), font=font)
+    dr.text((4, top - 14), ylabel, fill=(0, 0, 0), font=font)
+    for i, s in enumerate(series):
+        col = _COLORS[i % len(_COLORS)]
+        f = s.get("fit")
+        if f is not None and np.isfinite(f["alpha"]):
+            a = np.log10(np.asarray(s["x"], float))
+            x0, x1 = a.min() - padx / 2, a.max() + padx / 2
+            y0 = (f["alpha"] * x0 * math.log(10) + f["intercept"]) / math.log(10)
+            y1 = (f["alpha"] * x1 * math.log(10) + f["intercept"]) / math.log(10)
+            dr.line([px(x0, y0), px(x1, y1)], fill=col, width=2)
+        for x, y in zip(s["x"], s["y"]):
+            X, Y = px(math.log10(x), math.log10(y))
+            dr.ellipse([X - 4, Y - 4, X + 4, Y + 4], fill=col, outline=(0, 0, 0))
+        if s.get("label"):
+            dr.text((left + 8, top + 6 + 14 * i), s["label"], fill=col, font=font)
+    return img
+
+
+def _hstack(images, pad: int = 8):
+    from PIL import Image
+    W = sum(im.width for im in images) + pad * (len(images) - 1)
+    H = max(im.height for im in images)
+    out = Image.new("RGB", (W, H), "white")
+    x = 0
+    for im in images:
+        out.paste(im, (x, 0))
+        x += im.width + pad
+    return out
+
+
+class _threads:
+    """``torch.set_num_threads(n)`` for a block (None: leave as is). One thread is the stable choice on a
+    shared CPU: with more threads than free cores every parallel region waits for the slowest thread."""
+
+    def __init__(self, n: Optional[int]):
+        self.n = n
+
+    def __enter__(self):
+        self.old = torch.get_num_threads()
+        if self.n:
+            torch.set_num_threads(int(self.n))
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.old)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared set-up: data, tokenizers, token caches, runs
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StudyRecipe:
+    """The training recipe every run of a study shares (the default model's, docs/default_model.md)."""
+    steps: int = 1400            # optimizer steps (the same for every size / order: equal data and tokens seen per image)
+    batch_size: int = 32
+    lr: float = 2e-3             # one peak lr for every size (nothing tuned per point)
+    warmup_steps: int = 50
+    lr_end: float = 0.05
+    weight_decay: float = 0.05
+    grad_clip: float = 2.0
+    ema: float = 0.0             # 0: evaluate the raw weights
+    cond_drop: float = 0.1
+    seed: int = 0
+    hflip: bool = False
+
+    def train_config(self, cache: str, run_dir: str, device: Optional[str], progress: bool):
+        from nextscale.train.config import VARTrainConfig
+        return VARTrainConfig(cache=cache, run_dir=run_dir, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
+                              warmup_steps=self.warmup_steps, lr_end=self.lr_end, weight_decay=self.weight_decay,
+                              grad_clip=self.grad_clip, ema=self.ema, cond_drop=self.cond_drop, seed=self.seed,
+                              hflip=self.hflip, ckpt_every=max(1, min(100, self.steps)), keep_last=2,
+                              log_every=max(1, min(50, self.steps)), eval_every=0, sample_every=-1, device=device,
+                              progress=progress, workers=0)
+
+
+def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
+    if data is not None:
+        for sp in ("train", "val"):
+            if not os.path.isdir(os.path.join(data, sp)):
+                raise NextScaleError(f"{data!r} has no {sp}/ folder; the studies need a held-out split "
+                                     f"(nextscale.data.export_mnist(DIR, split='both'))")
+        return data
+    from nextscale.data import export_mnist
+    d = os.path.join(out_dir, "mnist32-quick" if quick else "mnist32")
+    if not os.path.isfile(os.path.join(d, ".complete")):
+        export_mnist(d, n_per_class=2 if quick else None, split="both", resolution=32, holdout_per_class=50)
+        open(os.path.join(d, ".complete"), "w").close()
+    return d
+
+
+def _ensure_cache(data: str, vae, out: str) -> str:
+    from nextscale.data import build_token_cache
+    from nextscale.hub import save_tokenizer
+    build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
+                      flip=True, mid_reso=1.0, batch_size=100, progress=False)
+    return out
+
+
+#: quick mode's scale schedule: 16 px images (4x4 latent) keep the decoder cheap
+QUICK_PATCH_NUMS = (1, 2, 4)
+
+
+def _quick_tokenizer(patch_nums=QUICK_PATCH_NUMS):
+    """A random, tiny 16 px tokenizer (quick mode: plumbing only)."""
+    from nextscale.configs import VQVAEConfig
+    from nextscale.models import VQVAE
+    cfg = VQVAEConfig(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=tuple(patch_nums),
+                      using_sa=False, using_mid_sa=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return VQVAE.from_config(cfg, test_mode=True)
+
+
+def _build_var_objective(tc, var_cfg, device):
+    """A VAR run of an explicit ``VARConfig`` (the study's sizes are not presets): (ob, train, val, run_config, total)."""
+    from nextscale.configs import ModelConfig
+    from nextscale.data import tokenizer_fingerprint
+    from nextscale.models import VAR
+    from nextscale.train.var import VARObjective, _build_data, _resolve_tokenizer
+    tc.validate()
+    vae = _resolve_tokenizer(tc, None).eval().requires_grad_(False)
+    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
+    var_cfg = var_cfg.replace(num_classes=max(1, len(classes)), patch_nums=tuple(vae.v_patch_nums), cond_drop_rate=tc.cond_drop)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        var = VAR.from_config(var_cfg, vae)
+        var.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+    vae.to(device)
+    total = int(tc.steps)
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
+    ob = VARObjective(vae, var, tc, total, warmup, tc.lr, list(classes))
+    run_config = {"kind": "var", "train": tc.to_dict(), "model": ModelConfig(vqvae=vae.config, var=var.config).to_dict(),
+                  "classes": list(classes),
+                  "derived": {"steps": total, "warmup_steps": warmup, "lr": tc.lr, "world_size": 1,
+                              "iters_per_epoch": math.ceil(len(train_set) / tc.batch_size), "train_samples": len(train_set),
+                              "val_samples": len(val_set) if val_set is not None else 0,
+                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    return ob, train_set, val_set, run_config, total
+
+
+def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
+    """Train (or resume, or find finished) one run; returns the objective (weights = the final ones),
+    the held-out dataset and what happened (steps before / after, seconds of this call and in all)."""
+    from nextscale.hub import save_tokenizer
+    from nextscale.runfiles import checkpoint_steps
+    from nextscale.train.loop import Trainer
+    dev = torch.device(device)
+    if kind == "var":
+        ob, train_set, val_set, run_config, total = _build_var_objective(tc, model_cfg, dev)
+        model = ob.var
+    else:
+        from nextscale.train.ar import build_ar_run
+        ob, train_set, val_set, run_config, total = build_ar_run(tc, dev, model_cfg)
+        model = ob.ar
+    run_dir = tc.run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    old = _read_json(os.path.join(run_dir, "config.json"))
+    if old is not None and old.get("model") != run_config["model"]:
+        raise NextScaleError(f"{run_dir!r} holds a run of another model; use another out_dir")
+    if not os.path.isdir(os.path.join(run_dir, "tokenizer")):
+        save_tokenizer(ob.vae, os.path.join(run_dir, "tokenizer"))
+    before = max(checkpoint_steps(os.path.join(run_dir, "checkpoints")) or [0])
+    trainer = Trainer(ob, tc.loop_config(run_dir, total, dev), train_set, None, run_config=run_config)
+    ob.emas = trainer.emas
+    t0 = time.perf_counter()
+    try:
+        res = trainer.fit()
+    finally:
+        trainer.log.close()
+    secs = time.perf_counter() - t0
+    ob.emas = trainer.emas
+    tpath = os.path.join(run_dir, "study_time.json")
+    times = _read_json(tpath) or {"train_seconds": 0.0, "calls": []}
+    if res.step > before:
+        times["train_seconds"] += secs
+        times["calls"].append({"from": before, "to": res.step, "seconds": secs})
+        _write_json(tpath, times)
+    if not res.finished:
+        raise NextScaleError(f"{run_dir}: training stopped at step {res.step} of {total} (interrupted); re-run to continue")
+    if tc.ema > 0 and kind in ob.emas:  # evaluate (and export) what an export would ship: the EMA weights
+        ob.emas[kind].copy_to(model)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return {"objective": ob, "model": model, "val": val_set, "step": res.step, "steps_before": before,
+            "trained_steps": res.step - before, "seconds_this_call": secs, "train_seconds": times["train_seconds"],
+            "params": n_params, "images_seen": res.step * tc.batch_size}
+
+
+@torch.no_grad()
+def _held_out_metrics(ob, val_set, batch_size: int = 100) -> Dict[str, float]:
+    """Test loss / token error rate (%) over the held-out split: all tokens and the last scale."""
+    ld = torch.utils.data.DataLoader(val_set, batch_size=batch_size, shuffle=False)
+    sums: Dict[str, List[float]] = {}
+    for batch in ld:
+        for k, (s, n) in ob.eval_step(batch).items():
+            acc = sums.setdefault(k, [0.0, 0])
+            acc[0] += s
+            acc[1] += n
+    m = {k: s / max(n, 1) for k, (s, n) in sums.items()}
+    return {"test_loss": m["loss"], "test_error": 100.0 - m["acc"], "test_loss_last": m.get("loss_tail", m["loss"]),
+            "test_error_last": 100.0 - m.get("acc_tail", m["acc"]), "n_test": int(sums["loss"][1])}
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. The scaling law
+# ------------------------------------------------------------------------------------------------
+
+def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = "default", depths: Sequence[int] = (1, 2, 3, 4, 5),
+                  width_per_depth: int = 64, recipe: Optional[StudyRecipe] = None, device: Optional[str] = None,
+                  quick: bool = False, progress: bool = True, threads: Optional[int] = None,
+                  log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """Train VAR at every depth in ``depths`` (width = ``width_per_depth`` x depth, heads = depth)
+    on the same data for the same steps x batch, evaluate on the held-out split, fit the power laws.
+
+    ``tokenizer``: the multi-scale VQ-VAE every size shares (default: the bundled model's, trained
+    on the same training digits). Runs live in ``out_dir/runs/var-d<depth>``; re-running continues.
+    ``quick``: 3 tiny sizes (width 16 x depth), 20 + 20 digits, a random tokenizer, 3 steps.
+    ``threads``: torch threads for the call (None: as set). Returns the report (also written to
+    ``out_dir/scaling.json``)."""
+    with _threads(threads):
+        return _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, device, quick, progress, log)
+
+
+def _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, device, quick, progress, log):
+    from tqdm.auto import tqdm
+    from nextscale.configs import VARConfig
+    say = log or (lambda s: None)
+    os.makedirs(out_dir, exist_ok=True)
+    if quick:
+        depths, width_per_depth = (1, 2, 3), 16
+        recipe = recipe or StudyRecipe(steps=3, batch_size=4, lr=1e-3, warmup_steps=1)
+    recipe = recipe or StudyRecipe(steps=400)
+    if len(depths) < 2:
+        raise NextScaleError("a scaling study needs at least 2 sizes (the issue asks for >= 5)")
+    data = _ensure_data(out_dir, data, quick)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from nextscale.hub import load_tokenizer
+    vae = _quick_tokenizer() if quick else load_tokenizer(tokenizer)
+    cache = _ensure_cache(data, vae, os.path.join(out_dir, "cache"))
+    points: List[Dict[str, Any]] = []
+    bar = tqdm(list(depths), desc="scaling study", unit="size", disable=not progress)
+    for d in bar:
+        run_dir = os.path.join(out_dir, "runs", f"var-d{d}")
+        bar.set_postfix_str(f"d{d}")
+        cfg = VARConfig(depth=d, embed_dim=width_per_depth * d, num_heads=d, num_classes=10, patch_nums=tuple(vae.v_patch_nums),
+                        drop_path_rate=0.0)
+        tc = recipe.train_config(cache, run_dir, device, progress=False)
+        r = _run("var", tc, cfg, device)
+        epath = os.path.join(run_dir, "study_eval.json")
+        ev = _read_json(epath)
+        if ev is None or ev.get("step") != r["step"]:
+            ev = {"step": r["step"], **_held_out_metrics(r["objective"], r["val"])}
+            _write_json(epath, ev)
+        flops = var_train_flops_per_image(r["model"]) * r["images_seen"]
+        p = {"depth": d, "width": cfg.width, "heads": cfg.heads, "params": r["params"],
+             "params_non_embedding": r["params"] - sum(p.numel() for n, p in r["model"].named_parameters()
+                                                       if n.startswith(("class_emb", "pos_", "lvl_embed", "word_embed"))),
+             "steps": r["step"], "batch_size": recipe.batch_size, "images_seen": r["images_seen"],
+             "tokens_seen": r["images_seen"] * r["model"].L, "train_flops": flops,
+             "train_seconds": r["train_seconds"], "trained_steps_this_call": r["trained_steps"],
+             "resumed_from": r["steps_before"], "run_dir": run_dir, **{k: v for k, v in ev.items() if k != "step"}}
+        points.append(p)
+        say(f"d{d}: {p['params'] / 1e6:.2f}M params, test loss {p['test_loss']:.4f}, error {p['test_error']:.2f} %")
+        bar.set_postfix_str(f"d{d} loss {p['test_loss']:.3f}")
+    bar.close()
+    N = [p["params"] for p in points]
+    fits = {name: fit_power_law(N, [p[name] for p in points])
+            for name in ("test_loss", "test_error", "test_loss_last", "test_error_last")}
+    fits["test_loss_vs_flops"] = fit_power_law([p["train_flops"] for p in points], [p["test_loss"] for p in points])
+    report = {"study": "scaling", "quick": quick, "data": os.path.abspath(data), "tokenizer": "random (quick)" if quick else tokenizer,
+              "patch_nums": list(vae.v_patch_nums), "vocab_size": int(vae.vocab_size), "width_per_depth": width_per_depth,
+              "recipe": recipe.__dict__, "points": points, "fits": fits,
+              "param_range": max(N) / min(N), "threads": torch.get_num_threads(), "device": device}
+    _write_json(os.path.join(out_dir, "scaling.json"), report)
+    with open(os.path.join(out_dir, "scaling.md"), "w") as f:
+        f.write(scaling_markdown(report))
+    fl = [p["train_flops"] for p in points]
+    panels = [
+        loglog_plot([{"x": N, "y": [p["test_loss"] for p in points], "fit": fits["test_loss"],
+                      "label": f"all: a={fits['test_loss']['alpha']:.3f} r={fits['test_loss']['r']:.3f}"},
+                     {"x": N, "y": [p["test_loss_last"] for p in points], "fit": fits["test_loss_last"],
+                      "label": f"last scale: a={fits['test_loss_last']['alpha']:.3f} r={fits['test_loss_last']['r']:.3f}"}],
+                    "parameters N", "test loss", "held-out test loss vs. parameters"),
+        loglog_plot([{"x": N, "y": [p["test_error"] for p in points], "fit": fits["test_error"],
+                      "label": f"all: a={fits['test_error']['alpha']:.3f} r={fits['test_error']['r']:.3f}"},
+                     {"x": N, "y": [p["test_error_last"] for p in points], "fit": fits["test_error_last"],
+                      "label": f"last scale: a={fits['test_error_last']['alpha']:.3f} r={fits['test_error_last']['r']:.3f}"}],
+                    "parameters N", "token error rate (%)", "held-out token error rate vs. parameters"),
+        loglog_plot([{"x": fl, "y": [p["test_loss"] for p in points], "fit": fits["test_loss_vs_flops"],
+                      "label": f"a={fits['test_loss_vs_flops']['alpha']:.3f} r={fits['test_loss_vs_flops']['r']:.3f}"}],
+                    "training FLOPs C", "test loss", "test loss vs. training compute"),
+    ]
+    _hstack(panels).save(os.path.join(out_dir, "scaling.png"))
+    return report
+
+
+def scaling_markdown(report: Dict[str, Any]) -> str:
+    rc = report["recipe"]
+    lines = [f"VAR scaling sweep: width = {report['width_per_depth']} x depth, heads = depth; {rc['steps']} steps x batch "
+             f"{rc['batch_size']} for every size (lr {rc['lr']:g}); tokenizer {report['tokenizer']} (scales "
+             f"{report['patch_nums']}, V = {report['vocab_size']}); held-out split for every number.", "",
+             "| depth | width | params | train GFLOPs | test loss | token error % | last-scale loss | last-scale error % | train time (s) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in report["points"]:
+        lines.append(f"| {p['depth']} | {p['width']} | {p['params'] / 1e6:.3f}M | {p['train_flops'] / 1e9:.1f} | {p['test_loss']:.4f} | "
+                     f"{p['test_error']:.2f} | {p['test_loss_last']:.4f} | {p['test_error_last']:.2f} | {p['train_seconds']:.0f} |")
+    lines += ["", "Fits L = (beta * X)^alpha, least squares on log-log axes:", "",
+              "| quantity | X | alpha | beta | Pearson r | rms log residual |", "|---|---|---:|---:|---:|---:|"]
+    for name, f in report["fits"].items():
+        x = "training FLOPs" if name.endswith("flops") else "parameters"
+        lines.append(f"| {name.replace('_vs_flops', '')} | {x} | {f['alpha']:.4f} | {f['beta']:.4g} | {f['r']:.4f} | {f['rms_log_residual']:.4f} |")
+    lines.append(f"\nParameter range: {report['param_range']:.1f}x.")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. VAR vs. the raster AR baseline
+# ------------------------------------------------------------------------------------------------
+
+def _train_single_scale_tokenizer(out_dir: str, data: str, like, steps: int, quick: bool, device, progress: bool) -> str:
+    """``train_tokenizer`` with ``patch_nums=(side,)`` and ``like``'s codebook, code width and
+    architecture: the AR baseline's tokenizer. Returns the tokenizer directory (resumable run)."""
+    from nextscale.train.config import TokenizerTrainConfig
+    from nextscale.train.tokenizer import train_tokenizer
+    run = os.path.join(out_dir, "ar-tokenizer")
+    c = like.config
+    if quick:
+        tc = TokenizerTrainConfig(data=data, preset="mnist", run_dir=run, vocab_size=c.vocab_size, z_channels=c.z_channels, ch=c.ch,
+                                  num_res_blocks=c.num_res_blocks, patch_nums=(c.v_patch_nums[-1],), steps=steps, batch_size=4,
+                                  lr=5e-4, disc_weight=0.0, mid_reso=1.0, eval_every=0, sample_every=-1, ckpt_every=steps,
+                                  log_every=steps, progress=False, device=device)
+    else:  # the default model's tokenizer recipe (recipes/default_model.sh), with one scale
+        tc = TokenizerTrainConfig(data=data, preset="mnist", run_dir=run, vocab_size=c.vocab_size, z_channels=c.z_channels, ch=c.ch,
+                                  num_res_blocks=c.num_res_blocks, patch_nums=(c.v_patch_nums[-1],), steps=steps, batch_size=32,
+                                  lr=5e-4, warmup_steps=50, lr_end=0.1, disc_weight=0.0, mid_reso=1.0, reinit_dead_every=100,
+                                  ckpt_every=100, eval_every=0, sample_every=-1, log_every=25, progress=progress, device=device)
+    if tuple(c.ch_mult) != (1, 2, 2) or c.using_sa:
+        raise NextScaleError("the AR tokenizer is trained with the mnist preset's layout (ch_mult 1 2 2, no attention); "
+                             "pass ar_tokenizer=DIR for another architecture")
+    res = train_tokenizer(tc)
+    if not res.finished:
+        raise NextScaleError(f"{run}: tokenizer training stopped at step {res.step}; re-run to continue")
+    return os.path.join(run, "tokenizer")
+
+
+def _sample(pipe, per_class: int, batch_size: int, settings: Dict[str, Any], seed: int):
+    """``per_class`` images of every class (round-robin batches) -> (float images (N, R, R, 3), labels, seconds)."""
+    C = pipe.num_classes
+    labels = np.array([c for _ in range(per_class) for c in range(C)], dtype=np.int64)
+    gen = pipe.make_generator(seed=seed)
+    out, secs = [], 0.0
+    for i in range(0, len(labels), batch_size):
+        t0 = time.perf_counter()
+        o = pipe(class_labels=labels[i:i + batch_size].tolist(), generator=gen, output_type="np", **settings)
+        secs += time.perf_counter() - t0
+        out.append(np.asarray(o.images, dtype=np.float32))
+    return np.concatenate(out), labels, secs
+
+
+def _time_per_image(pipe, B: int, n_calls: int, settings: Dict[str, Any], seed: int) -> float:
+    """Median seconds per image over ``n_calls`` calls of batch B (after one warm-up call)."""
+    C = pipe.num_classes
+    gen = pipe.make_generator(seed=seed)
+    labs = [c % C for c in range(B)]
+    pipe(class_labels=labs, generator=gen, output_type="np", **settings)
+    ts = []
+    for _ in range(n_calls):
+        t0 = time.perf_counter()
+        pipe(class_labels=labs, generator=gen, output_type="np", **settings)
+        ts.append((time.perf_counter() - t0) / B)
+    return float(np.median(ts))
+
+
+def _grid(images: np.ndarray, labels: np.ndarray, cols: int, title: str):
+    from PIL import Image, ImageDraw
+    C, R = int(labels.max()) + 1, images.shape[1]
+    grid = np.ones((C * R, cols * R, 3), dtype=np.float32)
+    for c in range(C):
+        for j, i in enumerate(np.flatnonzero(labels == c)[:cols]):
+            grid[c * R:(c + 1) * R, j * R:(j + 1) * R] = images[i]
+    im = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8))
+    scale = max(1, 256 // max(im.width, 1))
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    out = Image.new("RGB", (im.width, im.height + 16), "white")
+    out.paste(im, (0, 16))
+    ImageDraw.Draw(out).text((2, 2), title, fill=(0, 0, 0))
+    return out
+
+
+def ar_vs_var_study(out_dir: str, data: Optional[str] = None, *, var_tokenizer: str = "default", ar_tokenizer: Optional[str] = None,
+                    var_model: Optional[str] = None, depth: int = 6, width: Optional[int] = 128, heads: Optional[int] = 2,
+                    recipe: Optional[StudyRecipe] = None, tokenizer_steps: int = 800, per_class: int = 100,
+                    guidance_scale: float = 0.0, top_k: int = 0, top_p: float = 0.0, sample_batch: int = 50,
+                    timing_calls: int = 5, classifier: Optional[str] = None, inception_weights: Optional[str] = None,
+                    device: Optional[str] = None, quick: bool = False, progress: bool = True, threads: Optional[int] = None,
+                    log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """VAR vs. the raster AR baseline at equal size and equal training (see the module doc).
+
+    Sizes: depth ``depth``, width ``width`` (None: 64 x depth), ``heads`` for both models; the
+    defaults are the bundled model's (the ``mnist`` preset: depth 6, width 128, 2 heads). VAR uses
+    ``var_tokenizer`` (default: the bundled multi-scale tokenizer); the AR baseline a single-scale
+    tokenizer with the same codebook / code width / latent side, ``ar_tokenizer`` or trained here
+    with the same recipe (``tokenizer_steps``). ``var_model``: an already trained VAR pipeline
+    directory to evaluate instead of training one (e.g. "default", trained with the same recipe).
+    Both models are sampled with the same settings (``guidance_scale``, ``top_k``, ``top_p``).
+    ``quick``: tiny models, 20 + 20 digits, 2 samples per class, a few steps. ``threads``: torch
+    threads for the call (None: as set; the timings are per-thread-count)."""
+    kw = dict(locals())
+    with _threads(kw.pop("threads")):
+        return _ar_vs_var_study(**kw)
+
+
+def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, depth, width, heads, recipe, tokenizer_steps, per_class,
+                     guidance_scale, top_k, top_p, sample_batch, timing_calls, classifier, inception_weights, device, quick, progress,
+                     log):
+    from nextscale.configs import VARConfig
+    from nextscale.evaluation import feature_statistics, frechet_distance, precision_recall
+    from nextscale.evaluation import mnist_classifier as mc
+    from nextscale.hub import load_tokenizer
+    from nextscale.models.ar import ARConfig
+    from nextscale.pipeline_ar import ARPipeline
+    from nextscale.pipelines import NextScalePipeline
+    from nextscale.train.ar import export_ar_run
+    from nextscale.train.var import export_run
+    say = log or (lambda s: None)
+    os.makedirs(out_dir, exist_ok=True)
+    if quick:
+        depth, width, heads = 1, 32, 1
+        recipe = recipe or StudyRecipe(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, ema=0.9)
+        tokenizer_steps, per_class, sample_batch, timing_calls = 1, 2, 10, 1
+        var_model = None
+    recipe = recipe or StudyRecipe(steps=1400, ema=0.995)
+    data = _ensure_data(out_dir, data, quick)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    settings = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p)
+    width = width or 64 * depth
+    heads = heads or depth
+    t_start = time.perf_counter()
+
+    # --- tokenizers and caches
+    vae_var = _quick_tokenizer() if quick else load_tokenizer(var_tokenizer)
+    if ar_tokenizer is None:
+        say("training the single-scale tokenizer of the AR baseline ...")
+        ar_tokenizer = _train_single_scale_tokenizer(out_dir, data, vae_var, tokenizer_steps, quick, device, progress)
+    vae_ar = load_tokenizer(ar_tokenizer)
+    if vae_ar.vocab_size != vae_var.vocab_size or vae_ar.Cvae != vae_var.Cvae or vae_ar.v_patch_nums[-1] != vae_var.v_patch_nums[-1]:
+        raise NextScaleError(f"the AR tokenizer (V={vae_ar.vocab_size}, Cvae={vae_ar.Cvae}, side {vae_ar.v_patch_nums[-1]}) does not "
+                             f"match VAR's (V={vae_var.vocab_size}, Cvae={vae_var.Cvae}, side {vae_var.v_patch_nums[-1]})")
+    say("token caches ...")
+    cache_var = _ensure_cache(data, vae_var, os.path.join(out_dir, "cache-var"))
+    cache_ar = _ensure_cache(data, vae_ar, os.path.join(out_dir, "cache-ar"))
+
+    # --- training (resumable)
+    rows: Dict[str, Dict[str, Any]] = {}
+    models: Dict[str, Any] = {}
+    if var_model is not None:
+        pipe_var = NextScalePipeline.from_pretrained(var_model, device=device)
+        idx = _read_json(os.path.join(str(_model_path(var_model)), "model_index.json")) or {}
+        rows["VAR"] = {"params": sum(p.numel() for p in pipe_var.var.parameters()), "train_seconds": None,
+                       "steps": (idx.get("training") or {}).get("step"), "source": str(var_model)}
+    else:
+        say("training VAR ...")
+        cfg = VARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, patch_nums=tuple(vae_var.v_patch_nums),
+                        drop_path_rate=0.0)
+        run = os.path.join(out_dir, "runs", "var")
+        r = _run("var", recipe.train_config(cache_var, run, device, progress), cfg, device)
+        mdir = os.path.join(run, "model")
+        if not os.path.isfile(os.path.join(mdir, "model_index.json")) or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}:
+            export_run(run, mdir)
+            _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
+        pipe_var = NextScalePipeline.from_pretrained(mdir, device=device)
+        rows["VAR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
+                       "trained_steps_this_call": r["trained_steps"], "train_flops": var_train_flops_per_image(r["model"]) * r["images_seen"]}
+    say("training the AR baseline ...")
+    acfg = ARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, vocab_size=vae_ar.vocab_size,
+                    side=vae_ar.v_patch_nums[-1], drop_path_rate=0.0)
+    run = os.path.join(out_dir, "runs", "ar")
+    r = _run("ar", recipe.train_config(cache_ar, run, device, progress), acfg, device)
+    mdir = os.path.join(run, "model")
+    if not os.path.isfile(os.path.join(mdir, "model_index.json")) or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}:
+        export_ar_run(run, mdir)
+        _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
+    pipe_ar = ARPipeline.from_pretrained(mdir, device=device)
+    rows["AR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
+                  "trained_steps_this_call": r["trained_steps"], "train_flops": ar_train_flops_per_image(r["model"]) * r["images_seen"]}
+    pipes = {"VAR": pipe_var, "AR": pipe_ar}
+    rows["VAR"]["sampling_steps"] = len(pipe_var.patch_nums)
+    rows["AR"]["sampling_steps"] = pipe_ar.ar.L
+    rows["VAR"]["tokens_per_image"] = pipe_var.var.L
+    rows["AR"]["tokens_per_image"] = pipe_ar.ar.L
+
+    # --- the judge: the independent classifier (trained once, reused on re-runs)
+    train_dir, val_dir = os.path.join(data, "train"), os.path.join(data, "val")
+    cpath = classifier or os.path.join(out_dir, "classifier.safetensors")
+    if os.path.isfile(cpath):
+        clf = mc.load_classifier(cpath)
+    else:
+        say("training the MNIST classifier ...")
+        clf = mc.train_classifier(train_dir, epochs=1 if quick else 15, seed=0)
+        mc.save_classifier(clf, cpath)
+    xv, yv, _ = mc.load_split(val_dir)
+    val_feats = mc.features(clf, xv)
+    n_samples = per_class * 10
+    floor_vals = []
+    for rep in range(1 if quick else 5):
+        xt, _, _ = mc.load_split(train_dir, per_class=per_class, seed=rep)
+        floor_vals.append(frechet_distance(*feature_statistics(mc.features(clf, xt)), *feature_statistics(val_feats)))
+    floor = float(np.mean(floor_vals))
+    held_out_acc = mc.accuracy(clf, xv, yv)
+
+    # --- samples, quality, speed (cached per model, checkpoint step and settings)
+    grids = []
+    key = {"settings": settings, "per_class": per_class, "sample_batch": sample_batch, "seed": recipe.seed}
+    for name in ("VAR", "AR"):
+        pipe = pipes[name]
+        epath = os.path.join(out_dir, f"eval_{name.lower()}.json")
+        ev = _read_json(epath)
+        want = {**key, "steps": rows[name]["steps"], "source": rows[name]["source"]}
+        gpath = os.path.join(out_dir, f"samples_{name.lower()}.png")
+        if ev is None or ev.get("key") != want or not os.path.isfile(gpath):
+            say(f"sampling {name} ...")
+            imgs, labels, secs = _sample(pipe, per_class, sample_batch, settings, recipe.seed)
+            pred = mc.predict(clf, imgs)
+            feats = mc.features(clf, imgs)
+            fid = frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))
+            prec, rec = precision_recall(val_feats, feats, k=3)
+            ev = {"key": want, "class_accuracy": float((pred == labels).mean()), "fid": float(fid),
+                  "precision": float(prec), "recall": float(rec), "n_samples": int(len(labels)),
+                  "seconds_per_image_b50": secs / len(labels) if sample_batch == 50 else None,
+                  "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, settings, recipe.seed)}
+            if sample_batch != 50:
+                ev["seconds_per_image_b50"] = _time_per_image(pipe, 50, timing_calls, settings, recipe.seed)
+            if inception_weights is not None:
+                from nextscale.evaluation import evaluate
+                u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
+                xv_u8 = np.asarray(xv, dtype=np.uint8)
+                res = evaluate(u8(imgs), xv_u8, inception_weights=inception_weights, device=device, pr=False, sfid=False)
+                ev["inception_fid"] = float(res["fid"])
+            _grid(imgs, labels, min(per_class, 10), f"{name} ({rows[name]['params'] / 1e6:.2f}M params)").save(gpath)
+            _write_json(epath, ev)
+        from PIL import Image
+        grids.append(Image.open(gpath).convert("RGB"))
+        rows[name].update({k: v for k, v in ev.items() if k != "key"})
+        rows[name]["fid_ratio"] = rows[name]["fid"] / max(floor, 1e-12)
+    _hstack(grids, pad=16).save(os.path.join(out_dir, "ar_vs_var.png"))
+    report = {"study": "ar_vs_var", "quick": quick, "data": os.path.abspath(data), "settings": settings,
+              "recipe": recipe.__dict__, "model_size": {"depth": depth, "width": width, "heads": heads},
+              "tokenizers": {"VAR": "random (quick)" if quick else str(var_tokenizer), "AR": str(ar_tokenizer)},
+              "classifier": {"path": cpath, "held_out_accuracy": held_out_acc, "n_val": int(len(yv))},
+              "fid_floor": floor, "fid_floor_values": floor_vals, "n_samples": n_samples, "rows": rows,
+              "speedup_b1": rows["AR"]["seconds_per_image_b1"] / rows["VAR"]["seconds_per_image_b1"],
+              "speedup_b50": rows["AR"]["seconds_per_image_b50"] / rows["VAR"]["seconds_per_image_b50"],
+              "threads": torch.get_num_threads(), "device": device, "seconds_this_call": time.perf_counter() - t_start}
+    _write_json(os.path.join(out_dir, "ar_vs_var.json"), report)
+    with open(os.path.join(out_dir, "ar_vs_var.md"), "w") as f:
+        f.write(ar_vs_var_markdown(report))
+    return report
+
+
+def _model_path(name):
+    from nextscale.hub import resolve_model_path
+    return resolve_model_path(name)
+
+
+def ar_vs_var_markdown(report: Dict[str, Any]) -> str:
+    rv, ra = report["rows"]["VAR"], report["rows"]["AR"]
+    s = report["settings"]
+
+    def f(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+    lines = [f"VAR vs. raster AR at equal size (depth {report['model_size']['depth']}, width {report['model_size']['width']}, "
+             f"{report['model_size']['heads']} heads), same recipe ({report['recipe']['steps']} steps x batch "
+             f"{report['recipe']['batch_size']}); sampling cfg {s['guidance_scale']:g}, top_k {s['top_k']}, top_p {s['top_p']:g}; "
+             f"{report['n_samples']} samples each; classifier held-out accuracy {100 * report['classifier']['held_out_accuracy']:.1f} %.",
+             "", "| | VAR (next-scale) | AR (raster next-token) |", "|---|---:|---:|",
+             f"| parameters | {rv['params'] / 1e6:.3f}M | {ra['params'] / 1e6:.3f}M |",
+             f"| training steps | {f(rv['steps'], 'd')} | {f(ra['steps'], 'd')} |",
+             f"| tokens per image | {rv['tokens_per_image']} | {ra['tokens_per_image']} |",
+             f"| class accuracy of samples | {100 * rv['class_accuracy']:.1f} % | {100 * ra['class_accuracy']:.1f} % |",
+             f"| FID (classifier features) vs held-out | {rv['fid']:.2f} | {ra['fid']:.2f} |",
+             f"| FID / real-vs-real floor ({report['fid_floor']:.2f}) | {rv['fid_ratio']:.2f} | {ra['fid_ratio']:.2f} |",
+             f"| precision / recall (k=3) | {rv['precision']:.3f} / {rv['recall']:.3f} | {ra['precision']:.3f} / {ra['recall']:.3f} |"]
+    if "inception_fid" in rv:
+        lines.append(f"| Inception FID | {rv['inception_fid']:.2f} | {ra['inception_fid']:.2f} |")
+    lines += [f"| sampling steps (transformer passes) | {rv['sampling_steps']} | {ra['sampling_steps']} |",
+              f"| sampling time per image, B=1 | {1000 * rv['seconds_per_image_b1']:.1f} ms | {1000 * ra['seconds_per_image_b1']:.1f} ms |",
+              f"| sampling time per image, B=50 | {1000 * rv['seconds_per_image_b50']:.1f} ms | {1000 * ra['seconds_per_image_b50']:.1f} ms |",
+              f"| training time | {f(rv['train_seconds'], '.0f')} s | {f(ra['train_seconds'], '.0f')} s |",
+              "", f"AR / VAR time per image: {report['speedup_b1']:.1f}x at B=1, {report['speedup_b50']:.1f}x at B=50 "
+              f"({report['threads']} threads, {report['device']})."]
+    return "\n".join(lines) + "\n"
