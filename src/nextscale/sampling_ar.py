@@ -48,13 +48,14 @@ def check_tokenizer_fits(model: ARTransformer, vae: VQVAE) -> None:
 @torch.no_grad()
 def generate_ar(model: ARTransformer, vae: Optional[VQVAE], B: int, label_B=None, *, generator: Optional[torch.Generator] = None,
                 settings: Optional[SamplingSettings] = None, cfg: Union[None, float, Sequence[float]] = None,
-                top_k: Optional[int] = None, top_p: Optional[float] = None, guidance_schedule: Optional[str] = None,
-                callback: Optional[TokenCallback] = None) -> ARGenerationOutput:
+                top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
+                guidance_schedule: Optional[str] = None, callback: Optional[TokenCallback] = None) -> ARGenerationOutput:
     """Sample B token maps position by position. ``generator`` None uses the global RNG.
 
     ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; the keywords
     override single fields. ``vae`` None skips building ``f_hat`` (tokens only)."""
-    st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, guidance_schedule=guidance_schedule)
+    st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
+                                             guidance_schedule=guidance_schedule)
     if st.more_smooth:
         raise InputError("more_smooth (Gumbel smoothing of VAR's multi-scale codes) does not apply to the AR baseline; leave it off")
     if vae is not None:
