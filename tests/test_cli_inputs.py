@@ -194,7 +194,8 @@ def test_sample_writes_the_format_its_extension_names(tmp_path):
     (dict(seed=1.5), "seed must be an integer, got 1.5"),
     (dict(class_labels=[1.5]), "class_labels must be an integer, got 1.5"),
     (dict(class_labels=[True]), "class_labels must be an integer, got True"),
-    (dict(class_labels=["7"]), "class_labels must be an integer, got '7'"),
+    (dict(class_labels=["seven"]), "class_labels: no class named 'seven'"),
+    (dict(class_labels=[[7]]), r"class_labels must be an integer, got \[7\]"),
     (dict(class_labels=[]), "class_labels is empty"),
     (dict(class_labels=[10]), "class 10 is out of range"),
     (dict(seed=1, generator=torch.Generator()), "either seed or generator, not both"),
@@ -428,13 +429,13 @@ def test_real_kill9_during_sample_then_rerun_leaves_only_the_outputs(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["x.png", "x_000_class1.png"]
 
 
-@pytest.mark.parametrize("labels", [1.5, True, "7", torch.tensor([1.0]), torch.tensor(True), np.array([1.5])])
+@pytest.mark.parametrize("labels", [1.5, True, [["7"]], torch.tensor([1.0]), torch.tensor(True), np.array([1.5])])
 def test_more_non_integer_class_labels(pipe, labels):
     with pytest.raises(NextScaleError, match="class_labels must be an integer"):
         pipe(class_labels=labels, seed=0)
 
 
-@pytest.mark.parametrize("labels", [np.int32(3), [np.int64(3)], torch.tensor(3), [torch.tensor(3)]])
+@pytest.mark.parametrize("labels", [np.int32(3), [np.int64(3)], torch.tensor(3), [torch.tensor(3)], "3", ["3"]])  # "3": the class name
 def test_more_integer_like_class_labels(pipe, labels):
     assert pipe(class_labels=labels, seed=0, output_type="np").labels == [3]
 
@@ -454,9 +455,11 @@ def test_editing_pipeline_has_the_same_rules(pipe):
     from nextscale.editing import NextScaleInpaintPipeline
     ed = NextScaleInpaintPipeline.from_pipe(pipe)
     x = torch.rand(3, 32, 32)
-    for bad in ([1.5], [True], ["7"], 2.5):
+    for bad in ([1.5], [True], 2.5):
         with pytest.raises(NextScaleError, match="class_labels must be an integer"):
             ed(x, class_labels=bad, keep_scales=1, seed=0)
+    with pytest.raises(NextScaleError, match="class_labels: no class named 'seven'"):
+        ed(x, class_labels=["seven"], keep_scales=1, seed=0)
     with pytest.raises(NextScaleError, match="class 10 is out of range"):
         ed(x, class_labels=10, keep_scales=1, seed=0)
     with pytest.raises(NextScaleError, match=r"seed must be in \[0, 2\*\*63\)"):

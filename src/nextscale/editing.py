@@ -380,7 +380,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         from nextscale.validate import check_class_ids
         labels = None
         if class_labels is not None:  # integers only (the pipeline's rule): 1.5, True, '7' are refused
-            labels = check_class_ids(class_labels, self.num_classes)
+            labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
             labels = [labels] if isinstance(labels, int) else labels
 
         imgs = _images_to_list(image)  # B x (3, H, W) in [0, 1]

@@ -289,7 +289,7 @@ class NextScalePipeline:
         if class_labels is None:
             B, labels = (num_images or 1), None
         else:
-            labels = check_class_ids(class_labels, self.num_classes)
+            labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
             if isinstance(labels, int):
                 B = num_images or 1
             else:

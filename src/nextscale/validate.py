@@ -75,18 +75,26 @@ def check_seed(seed, name: str = "seed") -> int:
     return s
 
 
-def check_class_ids(labels: Union[int, Sequence, torch.Tensor, np.ndarray], num_classes: int,
-                    name: str = "class_labels", allow_null_index: bool = False) -> Union[int, List[int]]:
+def check_class_ids(labels: Union[int, str, Sequence, torch.Tensor, np.ndarray], num_classes: int,
+                    name: str = "class_labels", allow_null_index: bool = False,
+                    class_names: Optional[Sequence[str]] = None) -> Union[int, List[int]]:
     """An int or a list of ints in [-1, num_classes) (-1 = unconditional); ``allow_null_index``
-    also accepts num_classes itself (the null class's embedding index, as the sampler returns it)."""
+    also accepts num_classes itself (the null class's embedding index, as the sampler returns it).
+    A string is a class name of ``class_names`` (the model's labels; see ``nextscale.classes``)."""
+    def one(c):
+        if isinstance(c, str):
+            from nextscale.classes import resolve_class_name
+            return resolve_class_name(c, class_names, name)
+        return as_int(c, name)
+
     if isinstance(labels, (torch.Tensor, np.ndarray)) and labels.ndim > 0:
         labels = list(labels)
     if isinstance(labels, (list, tuple)):
-        out = [as_int(c, name) for c in labels]
+        out = [one(c) for c in labels]
         if not out:
             raise NextScaleError(f"{name} is empty; give at least one class id")
     else:
-        out = as_int(labels, name)
+        out = one(labels)
     for c in out if isinstance(out, list) else [out]:
         if not -1 <= c < num_classes + int(allow_null_index):
             raise NextScaleError(f"class {c} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)")
