@@ -19,12 +19,8 @@ Writing a new objective (see :class:`nextscale.train.var.VARObjective`)::
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 import os
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -34,15 +30,23 @@ import torch
 import torch.nn as nn
 
 from nextscale import dist
-from nextscale.data import ResumableBatchSampler, ShardedEvalSampler
-from nextscale.errors import NextScaleError, NonFiniteError
-from nextscale.train.checkpoint import CheckpointManager, capture_rng, restore_rng
-from nextscale.train.logging import RunLogger, format_duration
-from nextscale.train.optim import EMA, OptimSpec
+from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
+from nextscale.data import ResumableBatchSampler
+from nextscale.errors import NextScaleError
+from nextscale.train.checkpoint import seed_all
+from nextscale.train.checkpointer import Checkpointer
+from nextscale.train.ema import EMAHolder
+from nextscale.train.guard import FiniteGuard, first_bad_loss
+from nextscale.train.hooks import Hooks
+from nextscale.train.logging import RunLogger
+from nextscale.train.optim import OptimSpec
+from nextscale.train.parallel import Parallel
+from nextscale.train.precision import AMP_MODES, Precision
+from nextscale.train.signals import StopSignals
 
 __all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult"]
 
-CKPT_FORMAT = "nextscale-train"
+CKPT_FORMAT = _CKPT_FORMAT  # the format tag of the checkpoints (nextscale.runfiles)
 
 
 @dataclass
@@ -163,17 +167,12 @@ class StepContext:
 
     def autocast(self):
         """Mixed precision context for the forward pass (a no-op without --amp)."""
-        amp = self._t.cfg.amp
-        if amp == "none":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+        return self._t.precision.autocast()
 
     def backward(self, loss: torch.Tensor, optimizer: str) -> None:
         """Backward of ``loss`` (averaged over micro-batches, loss-scaled for fp16) into the grads
         of optimizer ``optimizer``'s parameters."""
-        loss = loss / self._t.cfg.grad_accum
-        scaler = self._t.scalers.get(optimizer)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self._t.precision.backward(loss, optimizer, self._t.cfg.grad_accum)
 
 
 class Objective:
@@ -232,18 +231,21 @@ class FitResult:
     last_metrics: Dict[str, float] = field(default_factory=dict)
 
 
-def _non_finite_loss(out: Dict[str, Any]) -> Optional[Tuple[str, float]]:
-    """(name, value) of the first NaN/inf loss in a train_step's outputs, else None."""
-    for k, v in out.items():
-        if "loss" in k.split("/")[-1] and torch.is_tensor(v) and not bool(torch.isfinite(v.detach().float()).all()):
-            return k, float(v.detach().float().reshape(-1)[0])
-    return None
-
-
 class Trainer:
+    """Runs an :class:`Objective` for ``cfg.max_steps`` optimizer steps, resuming from the run's
+    latest checkpoint. The work is split between collaborators with one job each:
+
+    ``checkpointer`` (:class:`~nextscale.train.checkpointer.Checkpointer`): state, save, resume;
+    ``parallel`` (:class:`~nextscale.train.parallel.Parallel`): DDP / FSDP wrapping, no_sync;
+    ``precision`` (:class:`~nextscale.train.precision.Precision`): autocast, loss scalers, the optimizer step;
+    ``ema`` (:class:`~nextscale.train.ema.EMAHolder`); ``guard`` (:class:`~nextscale.train.guard.FiniteGuard`):
+    the NaN rules; ``signals`` (:class:`~nextscale.train.signals.StopSignals`): SIGTERM / SIGINT;
+    ``hooks`` (:class:`~nextscale.train.hooks.Hooks`): logs, metrics, progress, evaluation, samples.
+    """
+
     def __init__(self, objective: Objective, cfg: LoopConfig, train_set, val_set=None,
                  run_config: Optional[Dict[str, Any]] = None, logger: Optional[RunLogger] = None):
-        if cfg.amp not in ("none", "bf16", "fp16"):
+        if cfg.amp not in AMP_MODES:
             raise NextScaleError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
         if cfg.max_steps <= 0:
             raise NextScaleError(f"the number of training steps must be positive, got {cfg.max_steps}")
@@ -256,418 +258,123 @@ class Trainer:
         if len(train_set) == 0:
             raise NextScaleError("the training set is empty; add images to the data folder")
         self.log = logger or RunLogger(cfg.run_dir, enabled=dist.is_main())
-        self.ckpt = CheckpointManager(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last)
-        self.scalers: Dict[str, torch.amp.GradScaler] = {}
-        self.emas: Dict[str, EMA] = {}
+        self.parallel = Parallel(self.device, self.world, cfg.fsdp)
+        self.precision = Precision(cfg.amp, self.device)
+        self.ema = EMAHolder(cfg.ema_decay, cfg.fsdp)
+        self.checkpointer = Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last, objective, self.parallel,
+                                         self.precision, self.ema, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                                         n_train=len(train_set), seed=cfg.seed, run_config=self.run_config, log=self.log)
+        self.ckpt = self.checkpointer.files
+        self.guard = FiniteGuard(self.log, self.checkpointer.last_good, self.world)
+        self.signals = StopSignals(self.world)
+        self.hooks = Hooks(cfg, objective, self.log, val_set, self.micro)
         self.step = 0
-        self._stop: Optional[int] = None
+        self.bad_images = 0
 
-    # ---------------------------------------------------------------- state
+    # the collaborators' state under the names the objectives and older code use
+    @property
+    def emas(self) -> Dict[str, Any]:
+        return self.ema.emas
+
+    @property
+    def scalers(self) -> Dict[str, torch.amp.GradScaler]:
+        return self.precision.scalers
+
+    @property
+    def wrapped(self) -> Dict[str, nn.Module]:
+        return self.parallel.wrapped
+
     def state_dict(self) -> Dict[str, Any]:
-        ob = self.objective
-        counter = self.step * self.cfg.grad_accum
-        epoch, index = divmod(self.step, math.ceil(len(self.train_set) / self.cfg.batch_size))
-        rngs = dist.all_gather_object(capture_rng())
-        return {
-            "format": CKPT_FORMAT, "step": self.step, "world_size": self.world,
-            "modules": {k: self._module_state(k) for k in ob.modules()},
-            "optimizers": {k: self._optim_state(k) for k in ob.optim_specs},
-            "scalers": {k: s.state_dict() for k, s in self.scalers.items()},
-            "ema": {k: e.state_dict() for k, e in self.emas.items()},
-            "objective": ob.state_dict(),
-            "data": {"counter": counter, "epoch": epoch, "index": index},
-            "rng": rngs,
-            "config": json.loads(json.dumps(self.run_config, default=str)),
-        }
-
-    def _module_state(self, name: str) -> Dict[str, torch.Tensor]:
-        m = self.wrapped[name]
-        if self.cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            return get_model_state_dict(m, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return {k: v.detach().cpu().clone() for k, v in self.objective.modules()[name].state_dict().items()}
-
-    def _optim_state(self, name: str) -> Dict[str, Any]:
-        spec = self.objective.optim_specs[name]
-        if self.cfg.fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            return get_optimizer_state_dict(self.wrapped[self._module_of(name)], spec.optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        return spec.optimizer.state_dict()
-
-    def _module_of(self, optim_name: str) -> str:
-        mods = self.objective.modules()
-        return optim_name if optim_name in mods else next(iter(mods))
-
-    def _load_modules(self, state: Dict[str, Any]) -> None:
-        for k, m in self.objective.modules().items():
-            if k not in state["modules"]:
-                raise NextScaleError(f"checkpoint has no weights for {k!r}; use a fresh --run-dir")
-            m.load_state_dict(state["modules"][k])
-
-    def _load_rest(self, state: Dict[str, Any]) -> None:
-        ob = self.objective
-        for k, spec in ob.optim_specs.items():
-            if k in state["optimizers"]:
-                if self.cfg.fsdp:
-                    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-                    set_optimizer_state_dict(self.wrapped[self._module_of(k)], spec.optimizer, state["optimizers"][k],
-                                             options=StateDictOptions(full_state_dict=True))
-                else:
-                    spec.optimizer.load_state_dict(state["optimizers"][k])
-        for k, s in self.scalers.items():
-            if k in state.get("scalers", {}):
-                s.load_state_dict(state["scalers"][k])
-        for k, e in self.emas.items():
-            if k in state.get("ema", {}):
-                e.load_state_dict(state["ema"][k])
-        ob.load_state_dict(state.get("objective", {}))
-        rngs = state.get("rng") or []
-        if len(rngs) == self.world:
-            restore_rng(rngs[self.rank])
-        else:
-            self.log.info(f"world size changed ({len(rngs)} -> {self.world}): RNG streams re-seeded; the run continues but is not bit-identical to an uninterrupted one")
-            self._seed(self.cfg.seed + 1000 * self.step)
-
-    # ---------------------------------------------------------------- set-up
-    def _seed(self, seed: int) -> None:
-        import random
-        s = seed * 1009 + self.rank
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.manual_seed(s)
-
-    def _wrap(self) -> Dict[str, nn.Module]:
-        mods = self.objective.modules()
-        if self.world == 1:
-            return dict(mods)
-        out = {}
-        for k, m in mods.items():
-            if self.cfg.fsdp:
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
-                out[k] = FSDP(m, sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                              device_id=self.device if self.device.type == "cuda" else None)
-            else:
-                import inspect
-
-                from torch.nn.parallel import DistributedDataParallel as DDP
-                # buffers are identical on every rank (masks, ids): no per-forward buffer sync
-                sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-                        else {"broadcast_buffers": False})
-                out[k] = DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             find_unused_parameters=False, **sync)
-        return out
-
-    def _loader(self, counter: int) -> Iterator[Dict[str, Any]]:
-        sampler = ResumableBatchSampler(len(self.train_set), self.micro, self.rank, self.world, self.cfg.seed,
-                                        start=counter, grad_accum=self.cfg.grad_accum)
-        self.iters_per_epoch = sampler.iters_per_epoch
-        ld = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.workers,
-                                         pin_memory=self.device.type == "cuda", persistent_workers=False,
-                                         generator=torch.Generator().manual_seed(self.cfg.seed))  # not the global RNG
-        return iter(ld)
-
-    def _write_run_config(self) -> None:
-        if not dist.is_main():
-            return
-        path = os.path.join(self.cfg.run_dir, "config.json")
-        cfg = json.loads(json.dumps(self.run_config, default=str))
-        if os.path.isfile(path):
-            with open(path) as f:
-                old = json.load(f)
-            changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
-            if changed:
-                self.log.info(f"resuming with changed settings: {', '.join(changed)}")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(cfg, f, indent=2)
-        os.replace(tmp, path)
-
-    # ---------------------------------------------------------------- signals
-    @contextlib.contextmanager
-    def _signals(self):
-        """SIGTERM / SIGINT request a checkpoint and a clean exit at the next step boundary."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum, frame):
-            if self._stop is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt  # second Ctrl-C: give up immediately
-            self._stop = signum
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            yield
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
+        return self.checkpointer.state_dict(self.step)
 
     # ---------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
-        cfg, ob = self.cfg, self.objective
-        os.makedirs(cfg.run_dir, exist_ok=True)
-        self._seed(cfg.seed)
-        if dist.is_main():
-            self.ckpt.clean_temp()
-        found = self.ckpt.latest()
-        dist.barrier()
-        if found is not None:
-            self.step, state = found
-            if state.get("format") != CKPT_FORMAT:
-                raise NextScaleError(f"{self.ckpt.path(self.step)} is not a nextscale training checkpoint; use a fresh --run-dir")
-            self._load_modules(state)
-        for m in ob.modules().values():
-            m.to(self.device)
-        self.wrapped = self._wrap()
-        ob.distribute(self.wrapped)
-        ob.optim_specs = ob.configure_optimizers(cfg.max_steps)
-        if cfg.amp == "fp16":
-            self.scalers = {k: torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 11, growth_interval=1000) for k in ob.optim_specs}
-        if cfg.ema_decay > 0:
-            if cfg.fsdp:
-                raise NextScaleError("--ema is not supported with --fsdp; drop one of them")
-            mods = ob.modules()
-            self.emas = {k: EMA(mods[k], cfg.ema_decay) for k in ob.ema_modules()}
-        if found is not None:
-            self._load_rest(state)
-            del state
-            self.log.info(f"resumed from {self.ckpt.path(self.step)} (step {self.step}/{cfg.max_steps})")
-        self._check_weights_finite(f"at step {self.step} (from the checkpoint)" if found is not None else "before training (from --init?)")
-        self._write_run_config()
+        cfg = self.cfg
+        self._prepare()
         res = FitResult(step=self.step, finished=self.step >= cfg.max_steps)
-        if self.step >= cfg.max_steps:
+        if res.finished:
             self.log.info(f"nothing to do: the run in {cfg.run_dir} already reached step {self.step} (raise --steps/--epochs to continue)")
-            res.checkpoint = self.ckpt.path(self.step) if self.step in self.ckpt.steps() else None
+            res.checkpoint = self.checkpointer.existing(self.step)
             return res
-        n_params = sum(p.numel() for m in ob.modules().values() for p in m.parameters() if p.requires_grad)
-        self.log.info(f"training {n_params / 1e6:.2f}M params on {self.world} x {self.device.type}: {len(self.train_set)} samples, "
-                      f"batch {cfg.batch_size} = {self.micro} x {self.world} rank(s) x {cfg.grad_accum} accum, steps {self.step} -> {cfg.max_steps}, amp {cfg.amp}")
+        self.hooks.start(self.step, len(self.train_set))
         data = self._loader(self.step * cfg.grad_accum)
         ctx = StepContext(self)
-        units = {"img": 1.0, **ob.units_per_sample()}
-        sums: Dict[str, torch.Tensor] = {}
-        n_sum, t_log, bad_images = 0, time.time(), 0
-        t_steps: List[float] = []
-        bar = None
-        if cfg.progress and dist.is_main():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        last_eval = last_sample = -1
-        with self._signals():
+        self.hooks.open_bar(self.step)
+        with self.signals:
             try:
                 while self.step < cfg.max_steps:
-                    t0 = time.time()
-                    ctx.step = self.step
-                    lrs = {k: spec.schedule.apply(spec.optimizer, self.step) for k, spec in ob.optim_specs.items()}
-                    for m in ob.modules().values():
-                        m.train()
-                    bad_loss = None
-                    for micro in range(cfg.grad_accum):
-                        ctx.micro = micro
-                        batch = next(data)
-                        bad_images += int(batch["n_bad"].sum()) if "n_bad" in batch else 0
-                        sync = micro == cfg.grad_accum - 1
-                        with contextlib.ExitStack() as stack:
-                            if not sync and self.world > 1:
-                                for m in self.wrapped.values():
-                                    if hasattr(m, "no_sync"):
-                                        stack.enter_context(m.no_sync())
-                            out = ob.train_step(batch, ctx)
-                        bad_loss = bad_loss or _non_finite_loss(out)
-                        for k, v in out.items():
-                            v = v.detach().float() if torch.is_tensor(v) else torch.tensor(float(v))
-                            sums[k] = sums.get(k, 0) + v / cfg.grad_accum
-                    self._check_finite(bad_loss)
-                    stats = self._optimizer_step()
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0) + v
-                    for k, e in self.emas.items():
-                        e.update(ob.modules()[k])
-                    self.step += 1
-                    n_sum += 1
-                    t_steps.append(time.time() - t0)
-                    if bar is not None:
-                        bar.update(1)
-                    stop = self._stop_requested()
-                    if self.step % cfg.log_every == 0 or self.step == cfg.max_steps or stop:
-                        res.last_metrics = self._log_train(sums, n_sum, lrs, t_steps, units, bar)
-                        sums, n_sum, t_steps = {}, 0, t_steps[-20:]
+                    lrs = self._train_step(data, ctx)
+                    stop = self.signals.requested()
+                    if self.hooks.log_due(self.step, stop):
+                        res.last_metrics = self.hooks.log_train(self.step, lrs)
                     if self.step % cfg.ckpt_every == 0 or self.step == cfg.max_steps or stop:
-                        res.checkpoint = self._save()
+                        res.checkpoint = self.checkpointer.save(self.step)
                     if stop:
                         res.interrupted = stop
                         self.log.info(f"stopped by signal {stop} at step {self.step}; re-run the same command to resume")
                         break
-                    if cfg.eval_every > 0 and self.step % cfg.eval_every == 0 and self.step < cfg.max_steps:
-                        with self._isolated_rng():
-                            self._evaluate()
-                        last_eval = self.step
-                    if cfg.sample_every > 0 and self.step % cfg.sample_every == 0 and self.step < cfg.max_steps:
-                        with self._isolated_rng():
-                            self._sample()
-                        last_sample = self.step
+                    self.hooks.periodic(self.step)
             finally:
-                if bar is not None:
-                    bar.close()
-        res.step = self.step
-        res.finished = self.step >= cfg.max_steps
-        bad_total = int(dist.all_reduce_sum(torch.tensor(float(bad_images))).item())
-        res.bad_images = bad_total
-        if bad_total:
-            self.log.info(f"skipped {bad_total} unreadable image(s) in total (replaced by the next readable one); see the first warning for a path")
-        if res.finished:
-            if self.val_set is not None and last_eval != self.step:
-                self._evaluate()
-            if cfg.sample_every >= 0 and last_sample != self.step:
-                self._sample()
-            self.log.info(f"finished: step {self.step}, checkpoint {res.checkpoint}")
+                self.hooks.close()
+        res.step, res.finished = self.step, self.step >= cfg.max_steps
+        res.bad_images = int(dist.all_reduce_sum(torch.tensor(float(self.bad_images))).item())
+        self.hooks.end(self.step, res.finished, res.bad_images, res.checkpoint)
         return res
 
-    @contextlib.contextmanager
-    def _isolated_rng(self):
-        """Evaluation and sampling must not move the training RNG streams (a resumed run skips
-        the ones that happened before its checkpoint)."""
-        st = capture_rng()
-        try:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                yield
-        finally:
-            restore_rng(st)
-
-    def _stop_requested(self) -> Optional[int]:
-        flag = torch.tensor(float(self._stop or 0))
-        if self.world > 1:  # every rank must stop at the same step
-            flag = dist.all_reduce_max(flag)
-        return int(flag.item()) or None
-
-    def _check_finite(self, bad: Optional[Tuple[str, float]]) -> None:
-        """Stop before the optimizer step when a loss is NaN/inf, on every rank at once: stepping
-        would write NaN into the weights, the EMA and every later checkpoint."""
-        flag = torch.tensor(1.0 if bad else 0.0)
-        if self.world > 1:
-            flag = dist.all_reduce_max(flag)
-        if float(flag) == 0.0:
-            return
-        what = f"{bad[0]} is {bad[1]}" if bad else "a loss on another rank is not finite"
-        self._fail(f"step {self.step + 1}: {what}; stopped before updating the weights{self._last_good()} "
-                   f"(lower --lr, set --grad-clip, prefer --amp bf16 over fp16, or check the data and --init weights)")
-
-    def _fail(self, msg: str) -> None:
-        self.log.info(f"error: {msg}", echo=False)  # the console gets it once, from the caller
-        raise NonFiniteError(msg)
-
-    def _last_good(self) -> str:
-        steps = self.ckpt.steps()
-        return f"; the last good checkpoint is {self.ckpt.path(steps[-1])}" if steps else "; no checkpoint was written"
-
-    def _check_weights_finite(self, source: str) -> None:
-        for name, m in self.objective.modules().items():
-            for k, p in m.named_parameters():
-                if not bool(torch.isfinite(p.detach()).all()):
-                    self._fail(f"{name}.{k} holds NaN/inf values {source}; train from finite weights "
-                               f"(a fresh run, or an --init model that samples)")
-
-    def _optimizer_step(self) -> Dict[str, torch.Tensor]:
-        ob, stats = self.objective, {}
-        active = set(ob.active_optimizers(self.step))
-        for k, spec in ob.optim_specs.items():
-            opt, scaler = spec.optimizer, self.scalers.get(k)
-            if k not in active:
-                opt.zero_grad(set_to_none=True)
-                continue
-            if scaler is not None:
-                scaler.unscale_(opt)
-            clip = spec.grad_clip if spec.grad_clip > 0 else float("inf")
-            if spec.clip_fn is not None:
-                norm = spec.clip_fn(clip)
-            else:
-                norm = torch.nn.utils.clip_grad_norm_([p for p in spec.params if p.grad is not None], clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-                if scaler.get_scale() > 32768.0:  # the reference caps the fp16 loss scale at 2**15
-                    scaler.update(new_scale=32768.0)
-                stats[f"{k}/scale_log2"] = torch.tensor(math.log2(max(scaler.get_scale(), 1e-30)))
-            else:
-                if not bool(torch.isfinite(norm)):  # no loss scaler to skip the step: never write NaN weights
-                    self._fail(f"step {self.step + 1}: the gradient norm of {k!r} is {float(norm)}; stopped before "
-                               f"updating the weights{self._last_good()} (lower --lr or set --grad-clip)")
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-            stats[f"{k}/grad_norm"] = norm.detach().float().cpu()
-        return stats
-
-    def _log_train(self, sums, n, lrs, t_steps, units, bar) -> Dict[str, float]:
-        keys = sorted(sums)
-        vec = torch.stack([sums[k].float().cpu().reshape(()) / n for k in keys]) if keys else torch.zeros(0)
-        vec = dist.all_reduce_sum(vec) / self.world
-        vals = {k: float(v) for k, v in zip(keys, vec.tolist())}
-        dt = float(np.mean(t_steps)) if t_steps else float("nan")
-        imgs = self.cfg.batch_size / dt if dt > 0 else float("nan")
-        for u, per in units.items():
-            vals[f"{u}_per_s"] = imgs * per
-        for k, (lr, wd) in lrs.items():
-            vals[f"{k}/lr"], vals[f"{k}/wd"] = lr, wd
-        eta = dt * (self.cfg.max_steps - self.step)
-        vals["eta_s"] = eta
-        vals["epoch"] = self.step / max(self.iters_per_epoch, 1)
-        if dist.is_main():
-            self.log.metrics(self.step, vals, "train")
-            main = [k for k in keys if "/" not in k][:4]
-            txt = "  ".join(f"{k} {vals[k]:.4f}" for k in main)
-            self.log.info(f"step {self.step}/{self.cfg.max_steps}  {txt}  {imgs:.1f} img/s  "
-                          + "  ".join(f"{vals[f'{u}_per_s']:.0f} {u}/s" for u in units if u != "img")
-                          + f"  eta {format_duration(eta)}")
-            if bar is not None and main:
-                bar.set_postfix({k: f"{vals[k]:.3f}" for k in main[:2]}, refresh=False)
-        return vals
-
-    def _save(self) -> str:
-        state = self.state_dict()  # collective (gathers RNG states / FSDP shards) on every rank
-        path = None
-        if dist.is_main():
-            path = self.ckpt.save(self.step, state)
-        dist.barrier()
-        return path or self.ckpt.path(self.step)
-
-    @torch.no_grad()
-    def _evaluate(self) -> Dict[str, float]:
-        if self.val_set is None:
-            return {}
-        ob = self.objective
+    def _prepare(self) -> None:
+        """Resume (or start): weights, wrapping, optimizers, loss scalers, EMA, the rest of the state;
+        refuse non-finite start weights; write the run's config.json."""
+        cfg, ob = self.cfg, self.objective
+        os.makedirs(cfg.run_dir, exist_ok=True)
+        seed_all(cfg.seed, self.rank)
+        found = self.checkpointer.find_latest()
+        resumed = found is not None
+        if resumed:
+            self.step = found[0]
+            self.checkpointer.load_modules(found[1])
         for m in ob.modules().values():
-            m.eval()
-        bs = self.cfg.eval_batch_size or self.micro
-        sampler = ShardedEvalSampler(len(self.val_set), bs, self.rank, self.world)
-        ld = torch.utils.data.DataLoader(self.val_set, batch_sampler=sampler, num_workers=self.cfg.workers,
-                                         generator=torch.Generator().manual_seed(0))
-        sums: Dict[str, float] = {}
-        counts: Dict[str, float] = {}
-        for batch in ld:
-            for k, (s, c) in ob.eval_step(batch).items():
-                sums[k] = sums.get(k, 0.0) + float(s)
-                counts[k] = counts.get(k, 0.0) + float(c)
-        keys = sorted(dist.broadcast_object(sorted(sums)))
-        vec = torch.tensor([[sums.get(k, 0.0), counts.get(k, 0.0)] for k in keys], dtype=torch.float64).reshape(-1, 2)
-        vec = dist.all_reduce_sum(vec)
-        vals = {k: (s / c if c else float("nan")) for k, (s, c) in zip(keys, vec.tolist())}
+            m.to(self.device)
+        ob.distribute(self.parallel.wrap(ob.modules()))
+        ob.optim_specs = ob.configure_optimizers(cfg.max_steps)
+        self.precision.build(ob.optim_specs)
+        self.ema.build(ob)
+        if resumed:
+            self.checkpointer.load_rest(found[1], self.step)
+            found = None
+            self.log.info(f"resumed from {self.checkpointer.path(self.step)} (step {self.step}/{cfg.max_steps})")
+        self.guard.check_weights(ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from --init?)")
+        self.hooks.write_run_config(self.run_config)
+
+    def _train_step(self, data: Iterator[Dict[str, Any]], ctx: "StepContext") -> Dict[str, Any]:
+        """One optimizer step: ``grad_accum`` micro-batches, the NaN check, the update, the EMA.
+        Returns the step's (lr, wd) per optimizer."""
+        cfg, ob = self.cfg, self.objective
+        t0 = time.time()
+        ctx.step = self.step
+        lrs = {k: spec.schedule.apply(spec.optimizer, self.step) for k, spec in ob.optim_specs.items()}
         for m in ob.modules().values():
             m.train()
-        if dist.is_main() and vals:
-            self.log.metrics(self.step, vals, "val")
-            main = [k for k in keys if "/" not in k]
-            self.log.info(f"val @ step {self.step}: " + "  ".join(f"{k} {vals[k]:.4f}" for k in main))
-        return vals
+        bad_loss = None
+        for micro in range(cfg.grad_accum):
+            ctx.micro = micro
+            batch = next(data)
+            self.bad_images += int(batch["n_bad"].sum()) if "n_bad" in batch else 0
+            with self.parallel.no_sync(last_micro=micro == cfg.grad_accum - 1):
+                out = ob.train_step(batch, ctx)
+            bad_loss = bad_loss or first_bad_loss(out)
+            self.hooks.add_micro(out, cfg.grad_accum)
+        self.guard.check_losses(bad_loss, self.step)
+        self.hooks.add_stats(self.precision.step(ob.optim_specs, ob.active_optimizers(self.step), self.step, self.guard))
+        self.ema.update(ob.modules())
+        self.step += 1
+        self.hooks.step_done(time.time() - t0)
+        return lrs
 
-    def _sample(self) -> None:
-        if self.cfg.fsdp or not dist.is_main():
-            return
-        try:
-            imgs = self.objective.sample_images(self.step)
-        except Exception as e:  # a progress picture must never kill a run
-            self.log.info(f"sampling failed at step {self.step}: {type(e).__name__}: {e}")
-            return
-        if imgs is not None:
-            p = self.log.image(self.step, imgs)
-            self.log.info(f"samples: {p}")
+    def _loader(self, counter: int) -> Iterator[Dict[str, Any]]:
+        sampler = ResumableBatchSampler(len(self.train_set), self.micro, self.rank, self.world, self.cfg.seed,
+                                        start=counter, grad_accum=self.cfg.grad_accum)
+        self.iters_per_epoch = self.hooks.iters_per_epoch = sampler.iters_per_epoch
+        ld = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.workers,
+                                         pin_memory=self.device.type == "cuda", persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(self.cfg.seed))  # not the global RNG
+        return iter(ld)

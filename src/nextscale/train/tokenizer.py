@@ -421,6 +421,8 @@ def _build_vae(tc: TokenizerTrainConfig):
         if over:
             raise NextScaleError(f"--{next(iter(over)).replace('_', '-')} cannot change a --init tokenizer's architecture; drop it")
         cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)
+        if tc.beta is not None:  # the commitment weight is a config field: the exported config.json records it
+            cfg = cfg.replace(beta=float(tc.beta))
         vae = VQVAE.from_config(cfg, test_mode=False)
         vae.load_state_dict(src.state_dict())
         vae.quantize.ema_vocab_hit_SV.zero_()
@@ -430,6 +432,8 @@ def _build_vae(tc: TokenizerTrainConfig):
         _check_fits_latent(pn, cfg)
         if pn is not None:
             over["v_patch_nums"] = pn
+        if tc.beta is not None:
+            over["beta"] = float(tc.beta)
         cfg = cfg.replace(**over) if over else cfg
     except ConfigError as e:
         raise NextScaleError(str(e)) from None
@@ -453,9 +457,7 @@ def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
     from nextscale.data import ImageFolder, find_split, scan_image_folder
     _check_config(tc)
     root = find_split(tc.data, "train")  # raises for a missing folder / a file
-    vae = _build_vae(tc)
-    if tc.beta is not None:
-        vae.quantize.beta = float(tc.beta)
+    vae = _build_vae(tc)  # --beta is in its config (not set on the module from outside)
     R = vae.resolution
     train_set = ImageFolder(root, R, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
     val_set = None
