@@ -1,7 +1,7 @@
 """Diffusers-style pipelines: the API new users learn.
 
     pipe = NextScalePipeline.from_pretrained("path/or/hub-id")         # or "default"
-    pipe = pipe.to("cuda", torch.bfloat16)                              # bf16 autocast on GPU
+    pipe = pipe.to("cuda", torch.bfloat16)     # bf16 weights (FLOAT32_PARTS stay fp32), bf16 autocast
     out = pipe(class_labels=[207, 360], guidance_scale=1.5, top_k=900, top_p=0.96,
                generator=torch.Generator("cuda").manual_seed(0), output_type="pil")
     out.images[0].save("x.png"); pipe.save_pretrained("copy/")
@@ -31,6 +31,32 @@ from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_d
 RECOMMENDABLE = ("guidance_scale", "top_k", "top_p")
 DEFAULT_SAMPLING = {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE}
 OUTPUT_TYPES = ("pil", "np", "pt")
+
+#: What keeps float32 weights when a pipeline's weights are cast to bfloat16 / float16 (``to(dtype)``,
+#: ``from_pretrained(torch_dtype=...)``): the parts whose precision decides which token is picked or
+#: how an image is encoded -- the transformer's embeddings and head (logits are sampled in float32),
+#: and the tokenizer's encoder and quantiser (token choice is an argmin over distances). The blocks
+#: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype.
+FLOAT32_PARTS = {"var": ("word_embed", "class_emb", "pos_start", "pos_1LC", "lvl_embed", "head_nm", "head"),
+                 "vqvae": ("encoder", "quant_conv", "quantize")}
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_dtype(dtype) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise NextScaleError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+    return dtype
+
+
+def cast_weights(model: torch.nn.Module, keep: Sequence[str], dtype: torch.dtype) -> None:
+    """``model.to(dtype)``, except the named children / parameters, which stay float32."""
+    model.to(dtype)
+    for name in keep:
+        part = getattr(model, name)
+        if isinstance(part, torch.nn.Parameter):
+            part.data = part.data.float()
+        else:
+            part.float()
 
 __all__ = ["NextScalePipeline", "DEFAULT_SAMPLING", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output",
            "check_output_type"]
@@ -86,6 +112,8 @@ class NextScalePipeline:
             raise NextScaleError(f"sampling_defaults: unknown keys {sorted(unknown)}; allowed: {sorted(RECOMMENDABLE)}")
         #: what a call samples with when it gives nothing: the model's recommendation
         self.settings = SamplingSettings(**(sampling_defaults or {}))
+        #: the compute dtype: float32, or bf16/fp16 run under autocast (``to(dtype)`` also casts the
+        #: weights; ``set_autocast(dtype)`` keeps float32 weights)
         self.dtype = torch.float32
         #: CPU float32 inference runs ``nextscale.accel.cpu``'s kernels (same function, faster);
         #: ``disable_cpu_kernels()`` runs the plain reference modules instead.
@@ -115,9 +143,14 @@ class NextScalePipeline:
         return {"vqvae": self.vqvae, "var": self.var, "labels": self.labels, "sampling_defaults": dict(self.sampling_defaults)}
 
     @classmethod
-    def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, **hub_kwargs) -> "NextScalePipeline":
+    def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, torch_dtype=None,
+                        **hub_kwargs) -> "NextScalePipeline":
         """Load from a pipeline directory, ``"default"``, a hub id, or a released ``var_d*.pth``
-        (with ``vae_ch160v4096z32.pth`` beside it or given as ``vae_path``)."""
+        (with ``vae_ch160v4096z32.pth`` beside it or given as ``vae_path``). ``torch_dtype`` (or
+        ``dtype``) casts the weights as ``to(dtype)`` does; float32 by default."""
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise NextScaleError("give either torch_dtype or dtype, not both")
+        dtype = torch_dtype if torch_dtype is not None else dtype
         from nextscale.hub import load_components, resolve_model_path
         path = resolve_model_path(name_or_path, **hub_kwargs)
         vae, var, meta = load_components(path, vae_path=vae_path)
@@ -141,19 +174,32 @@ class NextScalePipeline:
         save_components(out_dir, self.vqvae, self.var, labels=self.labels, extra=extra)
 
     def to(self, device=None, dtype=None) -> "NextScalePipeline":
-        """Move the models; ``dtype`` (bf16/fp16) is the autocast compute dtype, weights stay fp32."""
+        """Move the models and/or cast their weights to ``dtype`` (diffusers' convention): bf16 / fp16
+        halve the memory, the parts in ``FLOAT32_PARTS`` stay float32, and sampling runs under
+        autocast in ``dtype``. ``set_autocast(dtype)`` instead keeps float32 weights."""
         if isinstance(device, torch.dtype):
             device, dtype = None, device
+        dtype = None if dtype is None else _check_dtype(dtype)
         if device is not None:
             device = check_device(device)
             self.vqvae.to(device)
             self.var.to(device)
             self._cuda_graphs.clear()
         if dtype is not None:
-            if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-                raise NextScaleError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
+            cast_weights(self.var, FLOAT32_PARTS["var"], dtype)
+            cast_weights(self.vqvae, FLOAT32_PARTS["vqvae"], dtype)
             self.dtype = dtype
+            self._cuda_graphs.clear()
         return self
+
+    def set_autocast(self, dtype) -> "NextScalePipeline":
+        """Float32 weights, computed under autocast in ``dtype`` (bf16 / fp16; float32 = off)."""
+        self.dtype = _check_dtype(dtype)
+        return self
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        return self.var.blocks[0].attn.mat_qkv.weight.dtype
 
     @property
     def device(self) -> torch.device:

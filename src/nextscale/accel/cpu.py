@@ -79,7 +79,7 @@ def reference_kernels(enabled: bool = True):
 def _fast(x: torch.Tensor) -> bool:
     """Whether the CPU kernels apply: CPU, float32, no autograd, not inside ``reference_kernels``."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not getattr(_tls, "reference", False))
+            and not getattr(_tls, "reference", False) and not torch.is_autocast_enabled("cpu"))
 
 
 def small_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +164,7 @@ class WinogradConv2d(nn.Conv2d):
     for the released tokenizer) are cached on the module until ``disable_cpu_kernels``."""
 
     def forward(self, x):
-        if _fast(x) and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1]):
+        if _fast(x) and self.weight.dtype == torch.float32 and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1]):
             return winograd_conv2d(self, x)
         return super().forward(x)
 
