@@ -41,6 +41,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from nextscale import dist
 from nextscale.errors import NextScaleError
 
 __all__ = ["scaling_study", "ar_vs_var_study", "fit_power_law", "var_train_flops_per_image", "ar_train_flops_per_image",
@@ -238,17 +239,22 @@ def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
         return data
     from nextscale.data import export_mnist
     d = os.path.join(out_dir, "mnist32-quick" if quick else "mnist32")
-    if not os.path.isfile(os.path.join(d, ".complete")):
+    if dist.is_main() and not os.path.isfile(os.path.join(d, ".complete")):
         export_mnist(d, n_per_class=2 if quick else None, split="both", resolution=32, holdout_per_class=50)
         open(os.path.join(d, ".complete"), "w").close()
+    dist.barrier()
     return d
 
 
 def _ensure_cache(data: str, vae, out: str) -> str:
+    """The token cache of ``data`` by ``vae`` (built once, on the main rank; kept while the tokenizer is the same)."""
     from nextscale.data import build_token_cache
     from nextscale.hub import save_tokenizer
-    build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
-                      flip=True, mid_reso=1.0, batch_size=100, progress=False)
+    if dist.is_main():
+        dev = next(vae.parameters()).device if any(True for _ in vae.parameters()) else "cpu"
+        build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
+                          flip=True, mid_reso=1.0, batch_size=100, progress=False, device=str(dev))
+    dist.barrier()
     return out
 
 
@@ -287,7 +293,7 @@ def _build_var_objective(tc, var_cfg, device):
     ob = VARObjective(vae, var, tc, total, warmup, tc.lr, list(classes))
     run_config = {"kind": "var", "train": tc.to_dict(), "model": ModelConfig(vqvae=vae.config, var=var.config).to_dict(),
                   "classes": list(classes),
-                  "derived": {"steps": total, "warmup_steps": warmup, "lr": tc.lr, "world_size": 1,
+                  "derived": {"steps": total, "warmup_steps": warmup, "lr": tc.lr, "world_size": dist.get_world_size(),
                               "iters_per_epoch": math.ceil(len(train_set) / tc.batch_size), "train_samples": len(train_set),
                               "val_samples": len(val_set) if val_set is not None else 0,
                               "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
@@ -300,7 +306,7 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     from nextscale.hub import save_tokenizer
     from nextscale.runfiles import checkpoint_steps
     from nextscale.train.loop import Trainer
-    dev = torch.device(device)
+    dev = dist.init_distributed(device)  # torchrun: this rank's GPU (a no-op for a plain launch)
     if kind == "var":
         ob, train_set, val_set, run_config, total = _build_var_objective(tc, model_cfg, dev)
         model = ob.var
@@ -313,8 +319,9 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     old = _read_json(os.path.join(run_dir, "config.json"))
     if old is not None and old.get("model") != run_config["model"]:
         raise NextScaleError(f"{run_dir!r} holds a run of another model; use another out_dir")
-    if not os.path.isdir(os.path.join(run_dir, "tokenizer")):
+    if dist.is_main() and not os.path.isdir(os.path.join(run_dir, "tokenizer")):
         save_tokenizer(ob.vae, os.path.join(run_dir, "tokenizer"))
+    dist.barrier()
     before = max(checkpoint_steps(os.path.join(run_dir, "checkpoints")) or [0])
     trainer = Trainer(ob, tc.loop_config(run_dir, total, dev), train_set, None, run_config=run_config)
     ob.emas = trainer.emas
@@ -327,7 +334,7 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     ob.emas = trainer.emas
     tpath = os.path.join(run_dir, "study_time.json")
     times = _read_json(tpath) or {"train_seconds": 0.0, "calls": []}
-    if res.step > before:
+    if res.step > before and dist.is_main():
         times["train_seconds"] += secs
         times["calls"].append({"from": before, "to": res.step, "seconds": secs})
         _write_json(tpath, times)
@@ -361,7 +368,7 @@ def _held_out_metrics(ob, val_set, batch_size: int = 100) -> Dict[str, float]:
 # 1. The scaling law
 # ------------------------------------------------------------------------------------------------
 
-def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = "default", depths: Sequence[int] = (1, 2, 3, 4, 5),
+def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = "default", cache: Optional[str] = None, depths: Sequence[int] = (1, 2, 3, 4, 5),
                   width_per_depth: int = 64, recipe: Optional[StudyRecipe] = None, device: Optional[str] = None,
                   quick: bool = False, progress: bool = True, threads: Optional[int] = None,
                   log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
@@ -369,15 +376,16 @@ def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = 
     on the same data for the same steps x batch, evaluate on the held-out split, fit the power laws.
 
     ``tokenizer``: the multi-scale VQ-VAE every size shares (default: the bundled model's, trained
-    on the same training digits). Runs live in ``out_dir/runs/var-d<depth>``; re-running continues.
+    on the same training digits); ``cache``: a prebuilt ``nextscale tokenize`` cache of ``data`` by
+    it (train + val splits; default: built in ``out_dir/cache``). Runs live in ``out_dir/runs/var-d<depth>``; re-running continues.
     ``quick``: 3 tiny sizes (width 16 x depth), 20 + 20 digits, a random tokenizer, 3 steps.
     ``threads``: torch threads for the call (None: as set). Returns the report (also written to
     ``out_dir/scaling.json``)."""
     with _threads(threads):
-        return _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, device, quick, progress, log)
+        return _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, log)
 
 
-def _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, device, quick, progress, log):
+def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, log):
     from tqdm.auto import tqdm
     from nextscale.configs import VARConfig
     say = log or (lambda s: None)
@@ -388,13 +396,14 @@ def _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, de
     recipe = recipe or StudyRecipe(steps=400)
     if len(depths) < 2:
         raise NextScaleError("a scaling study needs at least 2 sizes (the issue asks for >= 5)")
+    device = str(dist.init_distributed(device))   # torchrun: this rank's GPU
     data = _ensure_data(out_dir, data, quick)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     from nextscale.hub import load_tokenizer
-    vae = _quick_tokenizer() if quick else load_tokenizer(tokenizer)
-    cache = _ensure_cache(data, vae, os.path.join(out_dir, "cache"))
+    vae = (_quick_tokenizer() if quick else load_tokenizer(tokenizer)).to(device)
+    if cache is None:
+        cache = _ensure_cache(data, vae, os.path.join(out_dir, "cache"))
     points: List[Dict[str, Any]] = []
-    bar = tqdm(list(depths), desc="scaling study", unit="size", disable=not progress)
+    bar = tqdm(list(depths), desc="scaling study", unit="size", disable=not progress or not dist.is_main())
     for d in bar:
         run_dir = os.path.join(out_dir, "runs", f"var-d{d}")
         bar.set_postfix_str(f"d{d}")
@@ -402,6 +411,8 @@ def _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, de
                         drop_path_rate=0.0)
         tc = recipe.train_config(cache, run_dir, device, progress=False)
         r = _run("var", tc, cfg, device)
+        if not dist.is_main():  # training ran on every rank; evaluation and files are the main rank's
+            continue
         epath = os.path.join(run_dir, "study_eval.json")
         ev = _read_json(epath)
         if ev is None or ev.get("step") != r["step"]:
@@ -419,6 +430,8 @@ def _scaling_study(out_dir, data, tokenizer, depths, width_per_depth, recipe, de
         say(f"d{d}: {p['params'] / 1e6:.2f}M params, test loss {p['test_loss']:.4f}, error {p['test_error']:.2f} %")
         bar.set_postfix_str(f"d{d} loss {p['test_loss']:.3f}")
     bar.close()
+    if not dist.is_main():
+        return {}
     N = [p["params"] for p in points]
     fits = {name: fit_power_law(N, [p[name] for p in points])
             for name in ("test_loss", "test_error", "test_loss_last", "test_error_last")}
@@ -549,7 +562,8 @@ def ar_vs_var_study(out_dir: str, data: Optional[str] = None, *, var_tokenizer: 
                     recipe: Optional[StudyRecipe] = None, tokenizer_steps: int = 800, per_class: int = 100,
                     guidance_scale: float = 0.0, top_k: int = 0, top_p: float = 0.0, sample_batch: int = 50,
                     timing_calls: int = 5, classifier: Optional[str] = None, inception_weights: Optional[str] = None,
-                    device: Optional[str] = None, quick: bool = False, progress: bool = True, threads: Optional[int] = None,
+                    inception_ref: Optional[str] = None, device: Optional[str] = None, quick: bool = False, progress: bool = True,
+                    threads: Optional[int] = None,
                     log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """VAR vs. the raster AR baseline at equal size and equal training (see the module doc).
 
@@ -560,16 +574,20 @@ def ar_vs_var_study(out_dir: str, data: Optional[str] = None, *, var_tokenizer: 
     with the same recipe (``tokenizer_steps``). ``var_model``: an already trained VAR pipeline
     directory to evaluate instead of training one (e.g. "default", trained with the same recipe).
     Both models are sampled with the same settings (``guidance_scale``, ``top_k``, ``top_p``).
-    ``quick``: tiny models, 20 + 20 digits, 2 samples per class, a few steps. ``threads``: torch
-    threads for the call (None: as set; the timings are per-thread-count)."""
+    ``classifier``: a saved MNIST classifier to reuse (default: trained once into
+    ``out_dir/classifier.safetensors``); on other data (not 10 classes) only Inception FID is
+    computed: ``inception_weights`` (pt_inception-2015-12-05) and ``inception_ref`` (reference
+    images or statistics, e.g. ADM's ``VIRTUAL_imagenet256_labeled.npz``; default: the held-out
+    digits). ``quick``: tiny models, 20 + 20 digits, 2 samples per class, a few steps.
+    ``threads``: torch threads for the call (None: as set; the timings are per-thread-count)."""
     kw = dict(locals())
     with _threads(kw.pop("threads")):
         return _ar_vs_var_study(**kw)
 
 
 def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, depth, width, heads, recipe, tokenizer_steps, per_class,
-                     guidance_scale, top_k, top_p, sample_batch, timing_calls, classifier, inception_weights, device, quick, progress,
-                     log):
+                     guidance_scale, top_k, top_p, sample_batch, timing_calls, classifier, inception_weights, inception_ref, device,
+                     quick, progress, log):
     from nextscale.configs import VARConfig
     from nextscale.evaluation import feature_statistics, frechet_distance, precision_recall
     from nextscale.evaluation import mnist_classifier as mc
@@ -587,19 +605,19 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         tokenizer_steps, per_class, sample_batch, timing_calls = 1, 2, 10, 1
         var_model = None
     recipe = recipe or StudyRecipe(steps=1400, ema=0.995)
+    device = str(dist.init_distributed(device))   # torchrun: this rank's GPU
     data = _ensure_data(out_dir, data, quick)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     settings = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p)
     width = width or 64 * depth
     heads = heads or depth
     t_start = time.perf_counter()
 
     # --- tokenizers and caches
-    vae_var = _quick_tokenizer() if quick else load_tokenizer(var_tokenizer)
+    vae_var = (_quick_tokenizer() if quick else load_tokenizer(var_tokenizer)).to(device)
     if ar_tokenizer is None:
         say("training the single-scale tokenizer of the AR baseline ...")
         ar_tokenizer = _train_single_scale_tokenizer(out_dir, data, vae_var, tokenizer_steps, quick, device, progress)
-    vae_ar = load_tokenizer(ar_tokenizer)
+    vae_ar = load_tokenizer(ar_tokenizer).to(device)
     if vae_ar.vocab_size != vae_var.vocab_size or vae_ar.Cvae != vae_var.Cvae or vae_ar.v_patch_nums[-1] != vae_var.v_patch_nums[-1]:
         raise NextScaleError(f"the AR tokenizer (V={vae_ar.vocab_size}, Cvae={vae_ar.Cvae}, side {vae_ar.v_patch_nums[-1]}) does not "
                              f"match VAR's (V={vae_var.vocab_size}, Cvae={vae_var.Cvae}, side {vae_var.v_patch_nums[-1]})")
@@ -607,25 +625,20 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     cache_var = _ensure_cache(data, vae_var, os.path.join(out_dir, "cache-var"))
     cache_ar = _ensure_cache(data, vae_ar, os.path.join(out_dir, "cache-ar"))
 
-    # --- training (resumable)
+    # --- training (resumable; under torchrun every rank trains, the main rank exports and evaluates)
     rows: Dict[str, Dict[str, Any]] = {}
-    models: Dict[str, Any] = {}
-    if var_model is not None:
-        pipe_var = NextScalePipeline.from_pretrained(var_model, device=device)
-        idx = _read_json(os.path.join(str(_model_path(var_model)), "model_index.json")) or {}
-        rows["VAR"] = {"params": sum(p.numel() for p in pipe_var.var.parameters()), "train_seconds": None,
-                       "steps": (idx.get("training") or {}).get("step"), "source": str(var_model)}
-    else:
+    if var_model is None:
         say("training VAR ...")
         cfg = VARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, patch_nums=tuple(vae_var.v_patch_nums),
                         drop_path_rate=0.0)
         run = os.path.join(out_dir, "runs", "var")
         r = _run("var", recipe.train_config(cache_var, run, device, progress), cfg, device)
         mdir = os.path.join(run, "model")
-        if not os.path.isfile(os.path.join(mdir, "model_index.json")) or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}:
+        if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
+                               or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
             export_run(run, mdir)
             _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
-        pipe_var = NextScalePipeline.from_pretrained(mdir, device=device)
+        var_model = mdir
         rows["VAR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
                        "trained_steps_this_call": r["trained_steps"], "train_flops": var_train_flops_per_image(r["model"]) * r["images_seen"]}
     say("training the AR baseline ...")
@@ -634,36 +647,49 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     run = os.path.join(out_dir, "runs", "ar")
     r = _run("ar", recipe.train_config(cache_ar, run, device, progress), acfg, device)
     mdir = os.path.join(run, "model")
-    if not os.path.isfile(os.path.join(mdir, "model_index.json")) or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}:
+    if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
+                           or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
         export_ar_run(run, mdir)
         _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
-    pipe_ar = ARPipeline.from_pretrained(mdir, device=device)
     rows["AR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
                   "trained_steps_this_call": r["trained_steps"], "train_flops": ar_train_flops_per_image(r["model"]) * r["images_seen"]}
+    dist.barrier()
+    if not dist.is_main():
+        return {}
+    pipe_var = NextScalePipeline.from_pretrained(var_model, device=device)
+    pipe_ar = ARPipeline.from_pretrained(mdir, device=device)
+    if "VAR" not in rows:  # an already trained VAR (e.g. the bundled model, trained with the same recipe)
+        idx = _read_json(os.path.join(str(_model_path(var_model)), "model_index.json")) or {}
+        rows["VAR"] = {"params": sum(p.numel() for p in pipe_var.var.parameters()), "train_seconds": None,
+                       "steps": (idx.get("training") or {}).get("step"), "source": str(var_model)}
     pipes = {"VAR": pipe_var, "AR": pipe_ar}
-    rows["VAR"]["sampling_steps"] = len(pipe_var.patch_nums)
-    rows["AR"]["sampling_steps"] = pipe_ar.ar.L
-    rows["VAR"]["tokens_per_image"] = pipe_var.var.L
-    rows["AR"]["tokens_per_image"] = pipe_ar.ar.L
+    for name, L, passes in (("VAR", pipe_var.var.L, len(pipe_var.patch_nums)), ("AR", pipe_ar.ar.L, pipe_ar.ar.L)):
+        rows[name]["sampling_steps"], rows[name]["tokens_per_image"] = passes, L
 
-    # --- the judge: the independent classifier (trained once, reused on re-runs)
+    # --- the judge: the independent MNIST classifier (trained once, reused on re-runs); other data: Inception FID only
     train_dir, val_dir = os.path.join(data, "train"), os.path.join(data, "val")
+    from nextscale.data import scan_image_folder
+    mnist_like = len(scan_image_folder(val_dir)[1]) == mc.NUM_CLASSES
+    clf, floor, floor_vals, held_out_acc, n_val, xv = None, None, [], None, None, None
     cpath = classifier or os.path.join(out_dir, "classifier.safetensors")
-    if os.path.isfile(cpath):
-        clf = mc.load_classifier(cpath)
-    else:
-        say("training the MNIST classifier ...")
-        clf = mc.train_classifier(train_dir, epochs=1 if quick else 15, seed=0)
-        mc.save_classifier(clf, cpath)
-    xv, yv, _ = mc.load_split(val_dir)
-    val_feats = mc.features(clf, xv)
-    n_samples = per_class * 10
-    floor_vals = []
-    for rep in range(1 if quick else 5):
-        xt, _, _ = mc.load_split(train_dir, per_class=per_class, seed=rep)
-        floor_vals.append(frechet_distance(*feature_statistics(mc.features(clf, xt)), *feature_statistics(val_feats)))
-    floor = float(np.mean(floor_vals))
-    held_out_acc = mc.accuracy(clf, xv, yv)
+    if mnist_like:
+        if os.path.isfile(cpath):
+            clf = mc.load_classifier(cpath)
+        else:
+            say("training the MNIST classifier ...")
+            clf = mc.train_classifier(train_dir, epochs=1 if quick else 15, seed=0)
+            mc.save_classifier(clf, cpath)
+        xv, yv, _ = mc.load_split(val_dir)
+        val_feats = mc.features(clf, xv)
+        for rep in range(1 if quick else 5):
+            xt, _, _ = mc.load_split(train_dir, per_class=per_class, seed=rep)
+            floor_vals.append(frechet_distance(*feature_statistics(mc.features(clf, xt)), *feature_statistics(val_feats)))
+        floor = float(np.mean(floor_vals))
+        held_out_acc, n_val = mc.accuracy(clf, xv, yv), int(len(yv))
+    elif inception_weights is None:
+        raise NextScaleError("this data is not the 10-class MNIST export, so the MNIST classifier cannot judge it: "
+                             "pass inception_weights (and inception_ref, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
+    n_samples = per_class * pipe_var.num_classes
 
     # --- samples, quality, speed (cached per model, checkpoint step and settings)
     grids = []
@@ -677,33 +703,34 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         if ev is None or ev.get("key") != want or not os.path.isfile(gpath):
             say(f"sampling {name} ...")
             imgs, labels, secs = _sample(pipe, per_class, sample_batch, settings, recipe.seed)
-            pred = mc.predict(clf, imgs)
-            feats = mc.features(clf, imgs)
-            fid = frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))
-            prec, rec = precision_recall(val_feats, feats, k=3)
-            ev = {"key": want, "class_accuracy": float((pred == labels).mean()), "fid": float(fid),
-                  "precision": float(prec), "recall": float(rec), "n_samples": int(len(labels)),
+            ev = {"key": want, "class_accuracy": None, "fid": None, "precision": None, "recall": None, "n_samples": int(len(labels)),
                   "seconds_per_image_b50": secs / len(labels) if sample_batch == 50 else None,
                   "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, settings, recipe.seed)}
+            if clf is not None:
+                pred = mc.predict(clf, imgs)
+                feats = mc.features(clf, imgs)
+                prec, rec = precision_recall(val_feats, feats, k=3)
+                ev.update(class_accuracy=float((pred == labels).mean()), precision=float(prec), recall=float(rec),
+                          fid=float(frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))))
             if sample_batch != 50:
                 ev["seconds_per_image_b50"] = _time_per_image(pipe, 50, timing_calls, settings, recipe.seed)
             if inception_weights is not None:
                 from nextscale.evaluation import evaluate
-                u8 = lambda a: np.clip(np.rint(a * 255), 0, 255).astype(np.uint8)  # noqa: E731
-                xv_u8 = np.asarray(xv, dtype=np.uint8)
-                res = evaluate(u8(imgs), xv_u8, inception_weights=inception_weights, device=device, pr=False, sfid=False)
+                u8 = np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8)
+                ref = inception_ref if inception_ref is not None else np.asarray(xv, dtype=np.uint8)
+                res = evaluate(u8, ref, inception_weights=inception_weights, device=device, pr=False, sfid=False)
                 ev["inception_fid"] = float(res["fid"])
-            _grid(imgs, labels, min(per_class, 10), f"{name} ({rows[name]['params'] / 1e6:.2f}M params)").save(gpath)
+            _grid(imgs[:100 * 10], labels[:100 * 10], min(per_class, 10), f"{name} ({rows[name]['params'] / 1e6:.2f}M params)").save(gpath)
             _write_json(epath, ev)
         from PIL import Image
         grids.append(Image.open(gpath).convert("RGB"))
         rows[name].update({k: v for k, v in ev.items() if k != "key"})
-        rows[name]["fid_ratio"] = rows[name]["fid"] / max(floor, 1e-12)
+        rows[name]["fid_ratio"] = rows[name]["fid"] / max(floor, 1e-12) if rows[name]["fid"] is not None else None
     _hstack(grids, pad=16).save(os.path.join(out_dir, "ar_vs_var.png"))
     report = {"study": "ar_vs_var", "quick": quick, "data": os.path.abspath(data), "settings": settings,
               "recipe": recipe.__dict__, "model_size": {"depth": depth, "width": width, "heads": heads},
               "tokenizers": {"VAR": "random (quick)" if quick else str(var_tokenizer), "AR": str(ar_tokenizer)},
-              "classifier": {"path": cpath, "held_out_accuracy": held_out_acc, "n_val": int(len(yv))},
+              "classifier": {"path": cpath if clf is not None else None, "held_out_accuracy": held_out_acc, "n_val": n_val},
               "fid_floor": floor, "fid_floor_values": floor_vals, "n_samples": n_samples, "rows": rows,
               "speedup_b1": rows["AR"]["seconds_per_image_b1"] / rows["VAR"]["seconds_per_image_b1"],
               "speedup_b50": rows["AR"]["seconds_per_image_b50"] / rows["VAR"]["seconds_per_image_b50"],
@@ -723,26 +750,34 @@ def ar_vs_var_markdown(report: Dict[str, Any]) -> str:
     rv, ra = report["rows"]["VAR"], report["rows"]["AR"]
     s = report["settings"]
 
-    def f(v, fmt):
-        return "n/a" if v is None else format(v, fmt)
+    def f(v, fmt, scale=1.0, unit=""):
+        return "n/a" if v is None else format(v * scale if scale != 1.0 else v, fmt) + unit
+
+    def both(key, fmt, scale=1.0, unit=""):
+        return f"| {f(rv.get(key), fmt, scale, unit)} | {f(ra.get(key), fmt, scale, unit)} |"
+    c = report["classifier"]
+    judge = (f"classifier held-out accuracy {100 * c['held_out_accuracy']:.1f} %" if c["held_out_accuracy"] is not None
+             else "no MNIST classifier (not 10-class MNIST data)")
+    floor = report["fid_floor"]
     lines = [f"VAR vs. raster AR at equal size (depth {report['model_size']['depth']}, width {report['model_size']['width']}, "
              f"{report['model_size']['heads']} heads), same recipe ({report['recipe']['steps']} steps x batch "
              f"{report['recipe']['batch_size']}); sampling cfg {s['guidance_scale']:g}, top_k {s['top_k']}, top_p {s['top_p']:g}; "
-             f"{report['n_samples']} samples each; classifier held-out accuracy {100 * report['classifier']['held_out_accuracy']:.1f} %.",
+             f"{report['n_samples']} samples each; {judge}.",
              "", "| | VAR (next-scale) | AR (raster next-token) |", "|---|---:|---:|",
-             f"| parameters | {rv['params'] / 1e6:.3f}M | {ra['params'] / 1e6:.3f}M |",
-             f"| training steps | {f(rv['steps'], 'd')} | {f(ra['steps'], 'd')} |",
-             f"| tokens per image | {rv['tokens_per_image']} | {ra['tokens_per_image']} |",
-             f"| class accuracy of samples | {100 * rv['class_accuracy']:.1f} % | {100 * ra['class_accuracy']:.1f} % |",
-             f"| FID (classifier features) vs held-out | {rv['fid']:.2f} | {ra['fid']:.2f} |",
-             f"| FID / real-vs-real floor ({report['fid_floor']:.2f}) | {rv['fid_ratio']:.2f} | {ra['fid_ratio']:.2f} |",
-             f"| precision / recall (k=3) | {rv['precision']:.3f} / {rv['recall']:.3f} | {ra['precision']:.3f} / {ra['recall']:.3f} |"]
+             "| parameters " + both("params", ".3f", 1e-6, "M"),
+             "| training steps " + both("steps", "d"),
+             "| tokens per image " + both("tokens_per_image", "d"),
+             "| class accuracy of samples " + both("class_accuracy", ".1f", 100, " %"),
+             "| FID (classifier features) vs held-out " + both("fid", ".2f"),
+             f"| FID / real-vs-real floor ({f(floor, '.2f')}) " + both("fid_ratio", ".2f"),
+             "| precision (k=3) " + both("precision", ".3f"),
+             "| recall (k=3) " + both("recall", ".3f")]
     if "inception_fid" in rv:
-        lines.append(f"| Inception FID | {rv['inception_fid']:.2f} | {ra['inception_fid']:.2f} |")
-    lines += [f"| sampling steps (transformer passes) | {rv['sampling_steps']} | {ra['sampling_steps']} |",
-              f"| sampling time per image, B=1 | {1000 * rv['seconds_per_image_b1']:.1f} ms | {1000 * ra['seconds_per_image_b1']:.1f} ms |",
-              f"| sampling time per image, B=50 | {1000 * rv['seconds_per_image_b50']:.1f} ms | {1000 * ra['seconds_per_image_b50']:.1f} ms |",
-              f"| training time | {f(rv['train_seconds'], '.0f')} s | {f(ra['train_seconds'], '.0f')} s |",
+        lines.append("| Inception FID " + both("inception_fid", ".2f"))
+    lines += ["| sampling steps (transformer passes) " + both("sampling_steps", "d"),
+              "| sampling time per image, B=1 " + both("seconds_per_image_b1", ".1f", 1000, " ms"),
+              "| sampling time per image, B=50 " + both("seconds_per_image_b50", ".1f", 1000, " ms"),
+              "| training time " + both("train_seconds", ".0f", 1, " s"),
               "", f"AR / VAR time per image: {report['speedup_b1']:.1f}x at B=1, {report['speedup_b50']:.1f}x at B=50 "
               f"({report['threads']} threads, {report['device']})."]
     return "\n".join(lines) + "\n"
