@@ -37,7 +37,7 @@ from nextscale.sampling import SamplingSettings
 from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
 from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
 
-__all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline"]
+__all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline", "load_any_pipeline"]
 
 AR_CLASS_NAME = "NextScaleARPipeline"
 RECOMMENDABLE = ("guidance_scale", "top_k", "top_p")
@@ -164,21 +164,34 @@ class ARPipeline:
         return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
 
     @classmethod
-    def from_pretrained(cls, path, device=None) -> "ARPipeline":
+    def from_pretrained(cls, path, device=None, dtype=None) -> "ARPipeline":
         vae, ar, meta = load_ar_pipeline(path)
         pipe = cls(vae, ar, labels=meta["labels"], sampling_defaults=meta["index"].get("sampling_defaults"))
-        return pipe.to(device) if device is not None else pipe
+        return pipe.to(device, dtype)
 
     def save_pretrained(self, out_dir) -> None:
         extra = {"sampling_defaults": self.sampling_defaults} if self.sampling_defaults != {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE} else None
         # save the plain modules' weights (the CPU kernel swaps keep parameter names, so this is only for clarity)
         save_ar_pipeline(out_dir, self.vqvae, self.ar, labels=self.labels, extra=extra)
 
-    def to(self, device=None) -> "ARPipeline":
+    def to(self, device=None, dtype=None) -> "ARPipeline":
+        """Move to ``device``; the baseline samples in float32 (``dtype`` None or float32)."""
+        if dtype is not None and dtype != torch.float32:
+            raise NextScaleError(f"the AR baseline samples in float32; got dtype {dtype} (leave --dtype out)")
         if device is not None:
             self.vqvae.to(device)
             self.ar.to(device)
         return self
+
+    @property
+    def patch_nums(self):
+        """The one scale (a tuple, as ``NextScalePipeline.patch_nums``)."""
+        return tuple(self.vqvae.v_patch_nums)
+
+    @torch.no_grad()
+    def decode_scales(self, indices) -> list:
+        """The images of ``indices`` ([(B, L)]): a single-scale model has one "scale", the final image."""
+        return [self.decode(self.vqvae.idxBl_to_fhat([indices[-1].to(self.device)]))]
 
     @property
     def device(self) -> torch.device:
@@ -240,3 +253,19 @@ class ARPipeline:
         out = generate_ar(self.ar, self.vqvae, B, labels, generator=self.make_generator(generator, seed), settings=st)
         images = to_output(self.decode(out.f_hat), output_type)
         return NextScalePipelineOutput(images=images, labels=out.labels.tolist(), indices=[out.idx_BL] if return_indices else None)
+
+
+def load_any_pipeline(model=None, device=None, dtype=None, **kw):
+    """An :class:`ARPipeline` for an AR model directory, else ``nextscale.pipelines.load_pipeline``'s
+    pipeline (VAR: a directory, "default", a hub id or a released ``var_d*.pth``). What ``nextscale
+    sample`` loads."""
+    if model is not None and model != "default":
+        from nextscale.hub import resolve_model_path
+        try:
+            path = resolve_model_path(model)
+        except NextScaleError:
+            path = None
+        if path is not None and is_ar_dir(path):
+            return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
+    from nextscale.pipelines import load_pipeline
+    return load_pipeline(model, device=device, dtype=dtype, **kw)
