@@ -65,7 +65,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--sweep", action="store_true", help="evaluate a grid of settings instead of one")
     ap.add_argument("--modes", nargs="+", default=None, metavar="SPEC",
                     help="evaluate these opt-in sampling modes next to the exact path at the same settings: cutoff:N, "
-                         "prune:R[@LAST], kv:FIRST,RECENT, refiner:DIR@K, joined with '+' (docs/speed.md)")
+                         "prune:R[@LAST], kv:FIRST,RECENT, refiner:DIR@K, candidates:N[@SCORER] (rejection sampling), "
+                         "joined with '+' (docs/speed.md, docs/evaluation.md)")
     ap.add_argument("--sweep-cfg", default="0.5,1,2,3,4")
     ap.add_argument("--sweep-topk-topp", default="0:0,100:0.95,20:0.8", help="comma-separated top_k:top_p pairs")
     ap.add_argument("--sweep-per-class", type=int, default=20)
@@ -136,12 +137,16 @@ def parse_mode(spec: str) -> dict:
                 kw["prune_last"] = int(last)
         elif name == "kv":
             kw["kv_budget"] = tuple(int(v) for v in val.split(","))
+        elif name == "candidates":  # rejection sampling with the built-in (or a given) scorer
+            n, _, sc = val.partition("@")
+            kw["num_candidates"], kw["scorer"] = int(n), sc or "default"
         elif name == "refiner":
             from nextscale.pipelines import NextScalePipeline
             path, _, k = val.rpartition("@")
             kw["refiner"], kw["refine_from_scale"] = NextScalePipeline.from_pretrained(path, device="cpu"), int(k)
         else:
-            raise NextScaleError(f"--modes {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:DIR@K)")
+            raise NextScaleError(f"--modes {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:DIR@K, "
+                                 f"candidates:N[@SCORER])")
     return kw
 
 

@@ -407,3 +407,12 @@ def test_serve_loads_the_model_and_serves_the_page(tiny_pipe_dir):
         demo.close()
     with pytest.raises(NextScaleError, match="--port"):
         serve(str(tiny_pipe_dir), port=70000, print_fn=msgs.append, block=False)
+
+
+def test_generate_speed_ups_are_checked_and_passed(backend):
+    outs = list(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 2, 0.5))
+    assert outs[-1][2].startswith("done")
+    with pytest.raises(NextScaleError, match="guidance cut-off"):
+        next(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 99, 0.0))
+    with pytest.raises(NextScaleError, match="token pruning"):
+        next(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 0, 1.5))

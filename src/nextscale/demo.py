@@ -267,17 +267,21 @@ class DemoBackend:
         yield self._tile(out.images), strip, f"done: {what} · {self.num_scales} scales · {dt:.1f} s"
 
     # ---- Generate ----
-    def generate(self, class_choice, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size):
-        """Validate, then yield ``(image, strip, status)`` per scale and once more at the end."""
+    def generate(self, class_choice, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size,
+                 guidance_cutoff=0, prune_ratio=0.0):
+        """Validate, then yield ``(image, strip, status)`` per scale and once more at the end.
+        ``guidance_cutoff`` / ``prune_ratio``: the opt-in sampling speed-ups (0 = the exact path)."""
         cls = self.parse_class(class_choice)
         a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
+        fast = dict(guidance_cutoff=check_int("guidance cut-off", guidance_cutoff, 0, self.num_scales),
+                    prune_ratio=check_float("token pruning", prune_ratio, 0.0, 0.95))
         labels = self._labels(cls, a["batch_size"], a["seed"])
         pipe = self.pipe
 
         def run(cb):
             return pipe(class_labels=labels, guidance_scale=a["guidance_scale"], top_k=a["top_k"], top_p=a["top_p"],
                         more_smooth=a["more_smooth"], generator=torch.Generator(device=pipe.device).manual_seed(a["seed"]),
-                        output_type="pil", callback_on_scale=cb)
+                        output_type="pil", callback_on_scale=cb, **fast)
 
         names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
         yield from self._run_streaming(run, f"seed {a['seed']} · class {names}")
@@ -473,7 +477,7 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
     runs one request at a time behind a lock). Start it with :func:`launch_demo`.
 
     API endpoints (``gradio_client``): ``/generate`` (class, guidance, top_k, top_p, more_smooth,
-    seed, random_seed, batch_size) and ``/edit`` (editor value, mode, class, out-paint side,
+    seed, random_seed, batch_size, then optionally guidance_cutoff and prune_ratio) and ``/edit`` (editor value, mode, class, out-paint side,
     out-paint px, keep scales, then the same sampling values); both stream (image, strip, status).
     """
     gr = _gradio()
@@ -513,6 +517,13 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
                         cls = gr.Dropdown(backend.class_choices(), value="0" if pipe.num_classes else RANDOM,
                                           label="class", filterable=True, elem_id="gen-class")
                         gen_controls = sampling_controls("gen")
+                        with gr.Accordion("speed-ups (approximate, docs/speed.md)", open=False):
+                            with gr.Row():
+                                cutoff = gr.Slider(0, K, value=0, step=1, label="guidance cut-off",
+                                                   info="the last N scales without guidance (0 = off)", elem_id="gen-cutoff")
+                                prune = gr.Slider(0, 0.95, value=0.0, step=0.05, label="token pruning",
+                                                  info="share of the last scales' tokens that skip the transformer (0 = off)",
+                                                  elem_id="gen-prune")
                         gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
                     with gr.Column(scale=1):
                         gen_img = gr.Image(label="image (streamed scale by scale)", type="pil", format="png",
@@ -554,7 +565,7 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
                                       interactive=False, elem_id="edit-strip")
 
         common = dict(concurrency_id="model")
-        gen_btn.click(_guard(backend.generate), inputs=[cls] + gen_controls, outputs=[gen_img, gen_strip, gen_status],
+        gen_btn.click(_guard(backend.generate), inputs=[cls] + gen_controls + [cutoff, prune], outputs=[gen_img, gen_strip, gen_status],
                       api_name="generate", **common)
         edit_btn.click(_guard(backend.edit), inputs=[editor, mode, e_cls, side, amount, keep] + edit_controls,
                        outputs=[edit_img, edit_strip, edit_status], api_name="edit", **common)

@@ -67,6 +67,7 @@ class NextScalePipelineOutput:
     images: Any                                   # list of PIL images, np (B, H, W, 3) or torch (B, 3, H, W) in [0, 1]
     labels: List[int]                             # class used per image (num_classes = unconditional)
     indices: Optional[List[torch.Tensor]] = None  # K x (B, l_k) token ids, when return_indices=True
+    scores: Optional[List[float]] = None          # the kept candidates' scores, with num_candidates > 1
 
 
 @dataclass
@@ -257,7 +258,8 @@ class NextScalePipeline:
 
     def _run(self, B, labels, *, settings=None, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
              guidance_cutoff=None, prune_ratio=None, prune_last=None, kv_budget=None, refiner=None, refine_from_scale=None,
-             return_indices, callback_on_scale, show_progress, constraint=None) -> NextScalePipelineOutput:
+             return_indices, callback_on_scale, show_progress, constraint=None, num_candidates=1,
+             scorer=None) -> NextScalePipelineOutput:
         if settings is not None and not isinstance(settings, SamplingSettings):
             raise NextScaleError(f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}")
         settings = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
@@ -265,11 +267,18 @@ class NextScalePipeline:
                                          prune_ratio=prune_ratio, prune_last=prune_last, kv_budget=kv_budget)  # None = as recommended
         refiner = self._refiner(refiner)
         check_output_type(output_type)
+        N = check_count(num_candidates, "num_candidates", hi=1024)
+        if N > 1 and scorer is None:
+            raise NextScaleError("num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, or 'default' "
+                                 "(nextscale.scorers)")
+        if N > 1:
+            from nextscale.scorers import resolve_scorer
+            scorer = resolve_scorer(scorer, self.num_classes)
         K = len(self.patch_nums)
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=K, desc="scales", leave=False)
+            bar = tqdm(total=K * N, desc="scales" if N == 1 else f"scales x {N} candidates", leave=False)
 
         def on_scale(si, pn, f_hat, idx_Bl):
             if callback_on_scale is not None:
@@ -278,17 +287,34 @@ class NextScalePipeline:
                 bar.update(1)
                 bar.set_postfix_str(f"{pn}x{pn}")
 
-        try:
+        def sample(label_B):
             with self._autocast():
-                out = generate(self.var, self.vqvae, B=B, label_B=labels, generator=generator, settings=settings,
-                               constraint=constraint, callback=on_scale, refiner=refiner, refine_from_scale=refine_from_scale,
-                               cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
+                return generate(self.var, self.vqvae, B=B, label_B=label_B, generator=generator, settings=settings,
+                                constraint=constraint, callback=on_scale, refiner=refiner, refine_from_scale=refine_from_scale,
+                                cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
+
+        scores = None
+        try:
+            out = sample(labels)
+            img = self.decode(out.f_hat)                                     # (B, 3, H, W) in [0, 1]
+            if N > 1:  # rejection sampling: N - 1 more candidates per image, same classes, the best kept
+                scores = scorer(img, out.labels).float().reshape(B)
+                idx = [t.clone() for t in out.idx_per_scale]
+                for _ in range(N - 1):
+                    cand = sample(out.labels)
+                    cand_img = self.decode(cand.f_hat)
+                    s = scorer(cand_img, cand.labels).float().reshape(B)
+                    better = s > scores                                      # ties keep the earlier candidate
+                    img[better], scores = cand_img[better], torch.where(better, s, scores)
+                    for t, c in zip(idx, cand.idx_per_scale):
+                        t[better] = c[better]
+                out.idx_per_scale = idx
         finally:
             if bar is not None:
                 bar.close()
-        images = to_output(self.decode(out.f_hat), output_type)
-        return NextScalePipelineOutput(images=images, labels=out.labels.tolist(),
-                                       indices=out.idx_per_scale if return_indices else None)
+        return NextScalePipelineOutput(images=to_output(img, output_type), labels=out.labels.tolist(),
+                                       indices=out.idx_per_scale if return_indices else None,
+                                       scores=None if scores is None else scores.tolist())
 
     def _refiner(self, refiner) -> Optional[VAR]:
         """A refiner pipeline's transformer (its tokenizer must be ours: same codebook), or a VAR."""
@@ -312,7 +338,7 @@ class NextScalePipeline:
                  show_progress: bool = False, settings: Optional[SamplingSettings] = None,
                  guidance_cutoff: Optional[int] = None, prune_ratio: Optional[float] = None, prune_last: Optional[int] = None,
                  kv_budget: Optional[Sequence[int]] = None, refiner=None, refine_from_scale: Optional[int] = None,
-                 ) -> NextScalePipelineOutput:
+                 num_candidates: int = 1, scorer=None) -> NextScalePipelineOutput:
         """Generate images.
 
         class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
@@ -329,6 +355,10 @@ class NextScalePipeline:
             speed-ups that change the images a little (``nextscale.accel.sampling_modes``; measured
             in docs/speed.md). ``refiner`` is another pipeline (or VAR) on the same tokenizer that
             predicts scales refine_from_scale..K. Off by default: the exact path.
+        num_candidates, scorer: rejection sampling (the reference's d30-re protocol): N candidates per
+            image, the one with the highest ``scorer(images, labels)`` kept (``nextscale.scorers``;
+            "default" = the MNIST scorer for the default model). Deterministic for a seed; N = 1 is
+            plain sampling. ``callback_on_scale`` then streams every candidate.
         """
         if num_images is not None:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
@@ -342,7 +372,8 @@ class NextScalePipeline:
                 if num_images is not None and num_images != len(labels):
                     raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
                 B = len(labels)
-        return self._run(B, labels, settings=settings, guidance_cutoff=guidance_cutoff, prune_ratio=prune_ratio,
+        return self._run(B, labels, settings=settings, num_candidates=num_candidates, scorer=scorer,
+                         guidance_cutoff=guidance_cutoff, prune_ratio=prune_ratio,
                          prune_last=prune_last, kv_budget=kv_budget, refiner=refiner, refine_from_scale=refine_from_scale,
                          guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
                          top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),

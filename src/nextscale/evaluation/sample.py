@@ -214,18 +214,23 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
                    more_smooth: Optional[bool] = None, seed: int = 0, batch_size: int = 25,
                    num_classes: Optional[int] = None, npz: Optional[str] = "", device=None, dtype=None,
                    progress: bool = True, max_chunks: Optional[int] = None,
-                   log: Callable[[str], None] = print) -> Dict[str, Any]:
+                   log: Callable[[str], None] = print, candidates: int = 1, scorer: Any = None) -> Dict[str, Any]:
     """Sample ``per_class`` images of every class into ``out_dir`` (see the module docstring).
 
     ``model``: anything :func:`nextscale.pipelines.load_pipeline` accepts, or a pipeline object.
     ``npz``: "" -> ``<out_dir>.npz``; None -> do not pack; a path -> pack there.
     ``max_chunks``: stop after sampling that many chunks on this rank (testing / time-sliced jobs);
     the folder is then incomplete and a re-run finishes it.
+    ``candidates`` > 1 with a ``scorer`` is rejection sampling (the reference's d30-re protocol): every
+    image is the best of that many candidates (``NextScalePipeline.__call__``'s ``num_candidates``).
     Returns a summary dict (on every rank; ``npz`` is set on rank 0 once packed).
     """
     from nextscale.sampling import SamplingSettings
     from nextscale.validate import MAX_FID_IMAGES, check_count, check_seed
     per_class = check_count(per_class, "--per-class", hi=MAX_FID_IMAGES)
+    candidates = check_count(candidates, "--candidates", hi=1024)
+    if candidates > 1 and scorer is None:
+        raise NextScaleError("--candidates > 1 needs --scorer (default: the MNIST scorer; or a scorer file)")
     batch_size = check_count(batch_size, "--batch")
     seed = check_seed(seed, "--seed")
     proto = get_protocol(protocol, cfg, top_k, top_p, more_smooth)
@@ -261,6 +266,8 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
         "labels": "index // per_class", "chunk_seed": "seed + chunk_index", "model": model_name,
         "torch": torch.__version__, "device_type": torch.device(gen_device).type, "dtype": str(dtype or "float32"),
     }
+    if candidates != 1:  # recorded only when on, so folders written before stay valid
+        meta.update(candidates=candidates, scorer=scorer if isinstance(scorer, str) else type(scorer).__name__)
     os.makedirs(out_dir, exist_ok=True)
     err = _check_meta(out_dir, meta)
     if main and err is None:
@@ -295,7 +302,8 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
             labels = [i // per_class for i in idx]
             gen = torch.Generator(device=gen_device).manual_seed(seed + j)
             out = pipe(class_labels=labels, guidance_scale=proto.cfg, top_k=proto.top_k, top_p=proto.top_p,
-                       more_smooth=proto.more_smooth, generator=gen, output_type="np", show_progress=False)
+                       more_smooth=proto.more_smooth, generator=gen, output_type="np", show_progress=False,
+                       num_candidates=candidates, scorer=scorer)
             imgs = _to_uint8(out.images)
             if imgs.shape != (len(idx), res, res, 3):
                 raise RuntimeError(f"pipeline returned images of shape {imgs.shape}, expected {(len(idx), res, res, 3)}")
