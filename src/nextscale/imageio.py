@@ -190,3 +190,21 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     """PIL RGB -> float (3, H, W) in [-1, 1] (the models' range)."""
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).mul(2).sub(1)
+
+
+def save_image_set(out, images: Sequence, singles: Optional[Sequence[str]] = None, extras: Sequence = (),
+                   **grid) -> List[Path]:
+    """Write ``images`` to ``out`` (the image itself when there is one and no ``captions`` in ``grid``,
+    else a :func:`make_grid` of them with the ``grid`` options), then beside it: one file
+    ``OUT_STEM<suffix><OUT_EXT>`` per image for the suffixes in ``singles``, and each
+    ``(suffix_with_extension, image)`` of ``extras`` as ``OUT_STEM<suffix_with_extension>``.
+    Every file is written atomically. Returns the paths written, ``out`` first."""
+    out = Path(out)
+    stem = out.with_suffix("")
+    whole = images[0] if len(images) == 1 and not grid.get("captions") else make_grid(images, **grid)
+    written = [save_image_atomic(whole, out)]
+    for suffix, im in zip(singles or (), images):
+        written.append(save_image_atomic(im, Path(f"{stem}{suffix}{out.suffix}")))
+    for suffix, im in extras:
+        written.append(save_image_atomic(im, Path(f"{stem}{suffix}")))
+    return written

@@ -22,7 +22,7 @@ from nextscale.errors import NextScaleError
 from nextscale.evaluation.io import ImageSource, load_npz_stats, open_image_source, save_stats, _npz_keys
 from nextscale.evaluation.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
 
-__all__ = ["extract_features", "evaluate", "load_reference", "compute_reference_stats", "features_to_stats"]
+__all__ = ["extract_features", "evaluate", "load_reference", "compute_reference_stats", "features_to_stats", "format_results"]
 
 Source = Union[str, np.ndarray, ImageSource]
 
@@ -210,3 +210,14 @@ def evaluate(samples: Source, ref: Source, extractor: Optional[torch.nn.Module] 
         res["precision"], res["recall"] = precision_recall(refd["features"], sample_stats["features"], k=k,
                                                            device=dev, dtype=dtype)
     return res
+
+
+def format_results(res: Dict[str, Any], splits: Optional[int] = None) -> str:
+    """The lines ``nextscale fid`` prints for an :func:`evaluate` result (metrics that are None are left out)."""
+    lines = []
+    for key, label in (("fid", "FID"), ("sfid", "sFID"), ("is", "Inception Score"), ("precision", "Precision"), ("recall", "Recall")):
+        if res.get(key) is not None:
+            extra = f" ± {res['is_std']:.4f}" + (f" ({splits} splits)" if splits else "") if key == "is" else ""
+            lines.append(f"{label}: {res[key]:.4f}{extra}")
+    lines.append(f"samples: {res['num_samples']}, reference: {res['num_ref'] or '-'} images ({res['ref_origin']})")
+    return "\n".join(lines)

@@ -32,9 +32,10 @@ import torch.nn as nn
 from nextscale import dist
 from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
 from nextscale.data import ResumableBatchSampler
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.train.checkpoint import seed_all
 from nextscale.train.checkpointer import Checkpointer
+from nextscale.train.config import TrainConfigBase  # noqa: F401  (moved; re-exported)
 from nextscale.train.ema import EMAHolder
 from nextscale.train.guard import FiniteGuard, first_bad_loss
 from nextscale.train.hooks import Hooks
@@ -72,80 +73,14 @@ class LoopConfig:
 
     def micro_batch(self, world_size: int) -> int:
         if self.batch_size <= 0:
-            raise NextScaleError(f"--batch-size must be a positive integer, got {self.batch_size}")
+            raise FieldError(FieldName("batch_size"), f" must be a positive integer, got {self.batch_size}")
         if self.grad_accum <= 0:
-            raise NextScaleError(f"--grad-accum must be a positive integer, got {self.grad_accum}")
+            raise FieldError(FieldName("grad_accum"), f" must be a positive integer, got {self.grad_accum}")
         per = self.batch_size / (world_size * self.grad_accum)
         if per != int(per) or per < 1:
-            raise NextScaleError(f"--batch-size {self.batch_size} is not divisible by world size {world_size} x --grad-accum {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
+            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by world size {world_size} x ",
+                             FieldName("grad_accum"), f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
         return int(per)
-
-
-@dataclass
-class TrainConfigBase:
-    """Loop knobs shared by the command configs (``VARTrainConfig``, ``TokenizerTrainConfig``).
-
-    Subclasses add the rest, including the fields :meth:`loop_config` reads: ``batch_size``,
-    ``grad_accum``, ``amp``, ``ema``, ``eval_every`` and ``sample_every`` (their defaults differ
-    per command or belong to its optimisation settings)."""
-    seed: int = 0
-    workers: Optional[int] = None          # None: 4 on CUDA, 0 on CPU
-    device: Optional[str] = None
-    ckpt_every: int = 1000
-    keep_last: int = 3
-    log_every: int = 20
-    progress: bool = True
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    def check_loop(self) -> None:
-        """The loop settings' rules, checked before a run creates any folder or file."""
-        from nextscale.validate import check_device, check_seed
-        check_seed(self.seed, "--seed")
-        if self.workers is not None and self.workers < 0:
-            raise NextScaleError(f"--workers must be >= 0 (0 = load in the main process), got {self.workers}")
-        for flag, v in (("--ckpt-every", self.ckpt_every), ("--keep", self.keep_last), ("--log-every", self.log_every)):
-            if v < 1:
-                raise NextScaleError(f"{flag} must be >= 1, got {v}")
-        if self.eval_every < 0:
-            raise NextScaleError(f"--eval-every must be >= 0 (0 = at the end only), got {self.eval_every}")
-        if self.sample_every < -1:
-            raise NextScaleError(f"--sample-every must be >= -1 (0 = at the end only, -1 = never), got {self.sample_every}")
-        if self.amp not in ("none", "bf16", "fp16"):
-            raise NextScaleError(f"--amp must be none, bf16 or fp16, got {self.amp!r}")
-        if self.device is not None and not os.environ.get("LOCAL_RANK"):
-            check_device(self.device, "--device")
-        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-        if self.batch_size is None or self.batch_size <= 0:
-            raise NextScaleError(f"--batch-size must be a positive integer, got {self.batch_size}")
-        if self.grad_accum <= 0:
-            raise NextScaleError(f"--grad-accum must be a positive integer, got {self.grad_accum}")
-        if self.batch_size % (world * self.grad_accum):
-            raise NextScaleError(f"--batch-size {self.batch_size} is not divisible by world size {world} x --grad-accum "
-                                 f"{self.grad_accum}; pick a multiple of {world * self.grad_accum}")
-
-    def check_rates(self, *names: str) -> None:
-        """Each named float field is finite and >= 0 (None allowed); ``lr``-like ones > 0."""
-        for n in names:
-            v = getattr(self, n)
-            if v is None:
-                continue
-            flag = "--" + n.replace("_", "-")
-            if not math.isfinite(float(v)):
-                raise NextScaleError(f"{flag} must be a finite number, got {v}")
-            if n.endswith("lr") and v <= 0:
-                raise NextScaleError(f"{flag} must be > 0, got {v}")
-            if v < 0:
-                raise NextScaleError(f"{flag} must be >= 0, got {v}")
-
-    def loop_config(self, run_dir: str, max_steps: int, device: torch.device, fsdp: bool = False) -> LoopConfig:
-        """The :class:`LoopConfig` of this run on ``device`` (resolves the default worker count)."""
-        workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
-        return LoopConfig(run_dir=run_dir, max_steps=max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                          amp=self.amp, ema_decay=self.ema, ckpt_every=self.ckpt_every, keep_last=self.keep_last,
-                          log_every=self.log_every, eval_every=self.eval_every, sample_every=self.sample_every,
-                          seed=self.seed, workers=workers, device=str(device), fsdp=fsdp, progress=self.progress)
 
 
 class StepContext:

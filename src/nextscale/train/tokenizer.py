@@ -40,7 +40,6 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -53,7 +52,8 @@ from nextscale.configs import ConfigError, VQVAEConfig, get_preset
 from nextscale.errors import NextScaleError
 from nextscale.evaluation.tokenizer import codebook_stats, per_scale_reconstructions, scale_grid
 from nextscale.hub import load_tokenizer  # noqa: F401  (the one tokenizer loader; this name is kept for old imports)
-from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
+from nextscale.train.config import TokenizerTrainConfig  # defined there; re-exported
+from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "hinge_d_loss", "hinge_g_loss",
@@ -65,95 +65,9 @@ __all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "
 # Configuration
 # ------------------------------------------------------------------------------------------------
 
-@dataclass
-class TokenizerTrainConfig(TrainConfigBase):
-    """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see the module doc)."""
-    data: Optional[str] = None             # image folder (DIR/train + DIR/val, class sub-folders, or flat)
-    preset: str = "mnist"                  # architecture of a fresh tokenizer (the preset's vqvae part; unused with init)
-    init: Optional[str] = None             # fine-tune: released vae_*.pth, tokenizer/pipeline dir, run dir
-    run_dir: Optional[str] = None          # default runs/tokenizer-<preset>
-    # architecture overrides of a fresh tokenizer (None = the preset's)
-    vocab_size: Optional[int] = None
-    z_channels: Optional[int] = None
-    ch: Optional[int] = None
-    num_res_blocks: Optional[int] = None
-    patch_nums: Optional[Tuple[int, ...]] = None   # e.g. (8,) = a single-scale baseline
-    eini: float = -1.0                     # codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc normal std, 0 = N(0,1)
-    # schedule length
-    steps: Optional[int] = None
-    epochs: float = 40
-    batch_size: int = 32
-    grad_accum: int = 1
-    # optimisation
-    lr: float = 1e-4
-    disc_lr: Optional[float] = None        # None = lr
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    warmup_steps: int = 0
-    lr_end: float = 1.0                    # final lr factor of the cosine; 1.0 = constant (LlamaGen)
-    amp: str = "none"
-    ema: float = 0.0
-    # losses
-    rec_loss: str = "l2"                   # l2 | l1
-    rec_weight: float = 1.0
-    codebook_weight: float = 1.0
-    beta: Optional[float] = None           # commitment; None = the config's (0.25)
-    perceptual_weight: float = 1.0         # used only with lpips_weights
-    lpips_weights: Optional[str] = None
-    disc_weight: float = 0.5               # 0 = no GAN at all
-    disc_start: int = 20000
-    adaptive_weight: bool = True
-    disc_layers: int = 3
-    disc_ch: int = 64
-    # codebook restart
-    reinit_dead_every: int = 0             # 0 = off
-    dead_threshold: float = 1e-3           # a code is dead when its running hits summed over scales are below this
-    # data / loop
-    hflip: bool = False
-    mid_reso: float = 1.125
-    # (the other loop knobs: TrainConfigBase)
-    eval_every: int = 2000
-    sample_every: int = 2000
-
-
 def _check_config(tc: TokenizerTrainConfig) -> None:
-    if tc.data is None:
-        raise NextScaleError("pass --data DIR (a folder of images)")
-    tc.check_loop()
-    tc.check_rates("lr", "disc_lr", "weight_decay", "lr_end", "rec_weight", "codebook_weight", "perceptual_weight", "disc_weight")
-    if not math.isfinite(tc.grad_clip):
-        raise NextScaleError(f"--grad-clip must be a finite number (<= 0 = off), got {tc.grad_clip}")
-    if tc.warmup_steps < 0:
-        raise NextScaleError(f"--warmup-steps must be >= 0, got {tc.warmup_steps}")
-    if tc.batch_size is None or tc.batch_size <= 0:
-        raise NextScaleError(f"--batch-size must be a positive integer, got {tc.batch_size}")
-    if tc.grad_accum <= 0:
-        raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
-    if tc.steps is not None and tc.steps <= 0:
-        raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
-    if not (math.isfinite(tc.epochs) and tc.epochs > 0):  # also with --steps: a bad value is never silently ignored
-        raise NextScaleError(f"--epochs must be a positive number, got {tc.epochs}")
-    from nextscale.validate import check_float, check_mid_reso
-    check_mid_reso(tc.mid_reso)
-    check_float(tc.eini, "--eini")
-    check_float(tc.dead_threshold, "--dead-threshold", lo=0.0)
-    if tc.beta is not None:
-        check_float(tc.beta, "--beta", lo=0.0)
-    if tc.rec_loss not in ("l1", "l2"):
-        raise NextScaleError(f"--rec-loss must be l1 or l2, got {tc.rec_loss!r}")
-    if not tc.lr > 0 or (tc.disc_lr is not None and not tc.disc_lr > 0):
-        raise NextScaleError("--lr / --disc-lr must be positive")
-    for name in ("rec_weight", "codebook_weight", "perceptual_weight", "disc_weight", "weight_decay"):
-        if getattr(tc, name) < 0:
-            raise NextScaleError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(tc, name)}")
-    if tc.disc_start < 0 or tc.reinit_dead_every < 0:
-        raise NextScaleError("--disc-start / --reinit-dead-every must be >= 0")
-    if tc.disc_layers < 1 or tc.disc_ch < 1:
-        raise NextScaleError("--disc-layers and --disc-ch must be positive")
-    if not 0 <= tc.ema < 1:
-        raise NextScaleError(f"--ema must be a decay in [0, 1), got {tc.ema}")
-    if tc.lpips_weights is not None and not os.path.exists(tc.lpips_weights):
-        raise NextScaleError(f"--lpips-weights {tc.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; it is off without the flag)")
+    """Every setting's rule (:meth:`TokenizerTrainConfig.validate`), before any folder or file exists."""
+    tc.validate()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -34,7 +33,8 @@ from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_spli
 from nextscale.errors import NextScaleError
 from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
 from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
-from nextscale.train.loop import FitResult, Objective, StepContext, TrainConfigBase, Trainer
+from nextscale.train.config import VARTrainConfig  # defined there; re-exported
+from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
@@ -44,55 +44,6 @@ __all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokeniz
 #: tensors and biases: start/positional/level embeddings, AdaLN/LayerNorm gains, attention scales.
 NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
                  "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
-
-
-@dataclass
-class VARTrainConfig(TrainConfigBase):
-    """Every knob of ``nextscale train``; defaults are the reference recipe (reference flag in brackets)."""
-    # data / model
-    data: Optional[str] = None             # image folder (class sub-folders; DIR/train + DIR/val)
-    cache: Optional[str] = None            # token cache from `nextscale tokenize` (skips the encoder)
-    tokenizer: Optional[str] = None        # VQ-VAE: pipeline dir, released vae .pth, "default", "random"
-    init: Optional[str] = None             # fine-tune from a released/exported model
-    preset: str = "d16"                    # architecture when not --init [depth]
-    run_dir: Optional[str] = None          # default runs/var-<preset>
-    # schedule length
-    steps: Optional[int] = None            # optimizer steps (overrides epochs)
-    epochs: float = 250                    # [ep]
-    batch_size: int = 768                  # global batch per optimizer step [bs]
-    grad_accum: int = 1                    # [ac]
-    # optimisation
-    base_lr: float = 1e-4                  # lr = base_lr * batch_size / 256 [tblr]
-    lr: Optional[float] = None             # absolute peak lr (overrides base_lr) [tlr]
-    weight_decay: float = 0.05             # [twd]
-    weight_decay_end: Optional[float] = None  # cosine to this; None = weight_decay [twde]
-    grad_clip: float = 2.0                 # <= 0: off [tclip]
-    label_smooth: float = 0.0              # [ls]
-    warmup_steps: Optional[int] = None     # None: 2% of the steps (reference wp = ep/50) [wp]
-    warmup_start: float = 0.005            # lr factor at step 0 [wp0]
-    lr_end: float = 0.01                   # final lr factor [wpe]
-    schedule: Optional[str] = None         # None: lin0, or lin<progressive> when progressive [sche]
-    amp: str = "none"                      # none | bf16 | fp16 [fp16: 0 | 2 | 1]
-    ema: float = 0.0                       # EMA decay, 0 = off
-    cond_drop: Optional[float] = None      # class dropout; None = the model config's (0.1)
-    # init of a fresh model [aln, alng, hd, ini]
-    init_adaln: float = 0.5
-    init_adaln_gamma: float = 1e-5
-    init_head: float = 0.02
-    init_std: float = -1.0
-    shared_aln: Optional[bool] = None      # None = the preset's [saln]
-    attn_l2_norm: Optional[bool] = None    # None = the preset's [anorm]
-    # progressive training [pg, pg0, pgwp]
-    progressive: float = 0.0               # > 0: grow the scales during the first fraction of training
-    progressive_start: int = 4             # first stage (index of the last scale trained)
-    progressive_warmup_steps: Optional[int] = None  # None: steps/300 (reference pgwp = ep/300)
-    # augmentation [hflip, mid_reso]
-    hflip: bool = False
-    mid_reso: float = 1.125
-    # loop (the rest: TrainConfigBase)
-    eval_every: int = 5000
-    sample_every: int = 5000
-    fsdp: bool = False
 
 
 def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K: int) -> int:
@@ -270,40 +221,8 @@ class VARObjective(Objective):
 # ------------------------------------------------------------------------------------------------
 
 def _check_positive(tc: VARTrainConfig) -> None:
-    tc.check_loop()
-    tc.check_rates("base_lr", "lr", "weight_decay", "weight_decay_end", "warmup_start", "lr_end", "progressive")
-    if not math.isfinite(tc.grad_clip):
-        raise NextScaleError(f"--grad-clip must be a finite number (<= 0 = off), got {tc.grad_clip}")
-    if tc.warmup_steps is not None and tc.warmup_steps < 0:
-        raise NextScaleError(f"--warmup-steps must be >= 0, got {tc.warmup_steps}")
-    if tc.steps is not None and tc.steps <= 0:
-        raise NextScaleError(f"--steps must be a positive integer, got {tc.steps}")
-    if not (math.isfinite(tc.epochs) and tc.epochs > 0):  # also with --steps: a bad value is never silently ignored
-        raise NextScaleError(f"--epochs must be a positive number, got {tc.epochs}")
-    if tc.grad_accum <= 0:
-        raise NextScaleError(f"--grad-accum must be a positive integer, got {tc.grad_accum}")
-    from nextscale.validate import check_float, check_mid_reso
-    check_mid_reso(tc.mid_reso)
-    for flag, v in (("--init-adaln", tc.init_adaln), ("--init-adaln-gamma", tc.init_adaln_gamma),
-                    ("--init-head", tc.init_head), ("--init-std", tc.init_std)):
-        check_float(v, flag)
-    if tc.progressive >= 1:
-        raise NextScaleError(f"--progressive is the fraction of training that grows the scales: in [0, 1), got {tc.progressive}")
-    if tc.progressive_start < 0:
-        raise NextScaleError(f"--progressive-start must be >= 0 (index of the last scale of the first stage), got {tc.progressive_start}")
-    if tc.progressive_warmup_steps is not None and tc.progressive_warmup_steps < 0:
-        raise NextScaleError(f"--progressive-warmup-steps must be >= 0, got {tc.progressive_warmup_steps}")
-    if tc.schedule is not None:
-        from nextscale.train.optim import lr_factor
-        lr_factor(tc.schedule, 50, 0, 100)  # an unknown name raises here, before any folder exists
-    if (tc.data is None) == (tc.cache is None):
-        raise NextScaleError("pass exactly one of --data DIR (images) or --cache DIR (from nextscale tokenize)")
-    if not 0 <= tc.label_smooth < 1:
-        raise NextScaleError(f"--label-smooth must be in [0, 1), got {tc.label_smooth}")
-    if tc.cond_drop is not None and not 0 <= tc.cond_drop < 1:
-        raise NextScaleError(f"--cond-drop must be in [0, 1), got {tc.cond_drop}")
-    if not 0 <= tc.ema < 1:
-        raise NextScaleError(f"--ema must be a decay in [0, 1), got {tc.ema}")
+    """Every setting's rule (:meth:`VARTrainConfig.validate`), before any folder or file exists."""
+    tc.validate()
 
 
 def _build_data(tc: VARTrainConfig, vae, resolution: int):

@@ -1,0 +1,378 @@
+"""The training configs: every setting of ``nextscale train`` / ``nextscale train-tokenizer``, once.
+
+Each field carries its own documentation and rules as dataclass ``metadata``:
+
+* ``help``: what it does (the CLI's help text; the default is appended from the field itself),
+* ``alias``: the official FoundationVision/VAR trainer's argument name (``bs``, ``tblr`` ...), if any,
+* ``min`` / ``max`` (``min_open`` / ``max_open``: exclusive), ``choices``: the allowed values,
+* ``must``: the rule in words when a range alone would read badly ("a decay in [0, 1)"),
+* ``note``: what special values mean ("0 = off"), repeated in the error message,
+* ``group``: the CLI's argument group; ``flags``: extra CLI spellings kept for compatibility.
+
+The CLI flags are generated from these fields (``nextscale.cli_args``), so a setting, its default,
+its help and its check exist in one place. Values are checked on construction (``__post_init__``:
+types, ranges, choices, rules between fields) and again by :meth:`TrainConfigBase.validate` before
+a run starts (the rules that depend on the machine: devices, world size, files). Errors are
+:class:`~nextscale.errors.FieldError` s that name the field (``batch_size must be >= 1``); the CLI
+prints the flag instead (``--batch-size must be >= 1``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import numbers
+import os
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
+
+from nextscale.errors import FieldError, FieldName, NextScaleError
+
+__all__ = ["TrainConfigBase", "VARTrainConfig", "TokenizerTrainConfig", "setting", "field_type"]
+
+_AMP = ("none", "bf16", "fp16")
+
+
+def setting(default: Any, help: str, *, alias: Optional[str] = None, group: Optional[str] = None, **rules) -> Any:
+    """A config field with its help text, reference alias, CLI group and rules (see the module doc)."""
+    md = dict(help=help, **rules)
+    if alias:
+        md["alias"] = alias
+    if group:
+        md["group"] = group
+    return field(default=default, metadata=md)
+
+
+def field_type(cls, name: str) -> Tuple[type, bool]:
+    """(base type, optional) of field ``name``: ``Optional[int]`` -> (int, True); tuples -> (tuple, ...)."""
+    hint = typing.get_type_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = typing.get_origin(hint) is typing.Union and len(args) < len(typing.get_args(hint))
+    base = args[0] if optional or typing.get_origin(hint) is typing.Union else hint  # Union[float, Tuple]: float
+    return (typing.get_origin(base) or base), optional
+
+
+def _fail(name: str, *rest: str) -> FieldError:
+    return FieldError(FieldName(name), *rest)
+
+
+def _show(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+def _check_value(cls, f: dataclasses.Field, v) -> Any:
+    """``v`` checked against field ``f``'s type and rules; returns it normalised (tuples, floats)."""
+    md, name = f.metadata, f.name
+    kind, optional = field_type(cls, name)
+    note = f" ({md['note']})" if md.get("note") else ""
+    must = md.get("must")
+
+    def bad(rule: str, typed: bool = False):  # typed: a value of the wrong type, shown with its type
+        got = f"{v!r} ({type(v).__name__})" if typed else _show(v)
+        return _fail(name, f" must be {must if must and not typed else rule}{note if typed or not must else ''}, got {got}")
+
+    if v is None:
+        if optional:
+            return None
+        raise bad({bool: "true or false", int: "an integer", float: "a number"}.get(kind, "given"), True)
+    if kind is bool:
+        if not isinstance(v, bool):
+            raise bad("true or false", True)
+        return v
+    if kind is str:
+        if not isinstance(v, str):
+            raise bad("a string", True)
+    elif kind is tuple:
+        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or not v or \
+                any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in v):
+            raise bad("a non-empty list of integers", True)
+        v = tuple(int(x) for x in v)
+        if md.get("min") is not None and min(v) < md["min"]:
+            raise bad(f"integers >= {md['min']}")
+        return v
+    elif kind is int:
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise bad("an integer", True)
+        v = int(v)
+    elif kind is float:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise bad("a number", True)
+        v = float(v)
+        if not math.isfinite(v):
+            raise bad("a finite number")
+    if md.get("choices") is not None and v not in md["choices"]:
+        raise bad("one of " + ", ".join(map(str, md["choices"])))
+    lo, hi = md.get("min"), md.get("max")
+    if lo is not None and (v <= lo if md.get("min_open") else v < lo):
+        raise bad("a positive integer" if kind is int and lo == 1 and hi is None
+                  else f"{'>' if md.get('min_open') else '>='} {_show(lo)}")
+    if hi is not None and (v >= hi if md.get("max_open") else v > hi):
+        raise bad(f"{'<' if md.get('max_open') else '<='} {_show(hi)}")
+    return v
+
+
+def _wrap(check: Callable, name: str, *args, **kw):
+    """Run a ``nextscale.validate`` check that names its argument; re-raise naming the field."""
+    mark = "\x00"
+    try:
+        return check(*args, mark, **kw)
+    except NextScaleError as e:
+        head, _, tail = str(e).partition(mark)
+        raise FieldError(head, FieldName(name), tail) from None
+
+
+# CLI groups (shown in this order)
+DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP = ("data and model", "length and batch", "optimisation", "initialisation of a fresh model",
+                                               "progressive training", "losses (defaults: VQGAN / LlamaGen)", "loop")
+
+
+@dataclass
+class TrainConfigBase:
+    """Loop knobs shared by the command configs (``VARTrainConfig``, ``TokenizerTrainConfig``).
+
+    Subclasses add the rest, including the fields :meth:`loop_config` reads: ``batch_size``,
+    ``grad_accum``, ``amp``, ``ema``, ``eval_every`` and ``sample_every`` (their defaults differ
+    per command or belong to its optimisation settings)."""
+    #: Field groups in CLI order.
+    GROUPS: ClassVar[Tuple[str, ...]] = (DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP)
+
+    # Everything random (init, data order, augmentation, class dropout) derives from it: same seed, same run.
+    seed: int = setting(0, "random seed of the run (init, data order, augmentation)", alias="seed", group=LOOP,
+                        min=0, max=2 ** 63, max_open=True, must="in [0, 2**63)")
+    # Loader processes cost memory per rank; 0 keeps the data in the main process (debuggable, slow).
+    workers: Optional[int] = setting(None, "data loader workers per process; default 4 on GPU, 0 on CPU", alias="workers",
+                                     group=LOOP, min=0, note="0 = load in the main process")
+    # None: the rank's GPU under torchrun (cuda:LOCAL_RANK), else cuda if available, else cpu.
+    device: Optional[str] = setting(None, "default: cuda:LOCAL_RANK if available, else cpu", group=LOOP)
+    # Checkpoints bound the work lost to a crash; each is a full state (weights, optimizer, RNGs).
+    ckpt_every: int = setting(1000, "steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)", group=LOOP, min=1)
+    # Older checkpoints are pruned: disk use stays bounded on long runs.
+    keep_last: int = setting(3, "checkpoints kept", group=LOOP, min=1, flags=("--keep",))
+    # Log lines are cheap, but each one synchronises the loss across ranks.
+    log_every: int = setting(20, "steps between log lines", group=LOOP, min=1)
+    # The bar is drawn on the main rank only; off for logs that go to files.
+    progress: bool = setting(True, "tqdm progress bar", group=LOOP)
+
+    def __post_init__(self):
+        self.check_values()
+
+    # -- checks --------------------------------------------------------------------------------------
+    def check_values(self) -> None:
+        """Every field against its type and rules, then the rules between fields (no machine state)."""
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _check_value(type(self), f, getattr(self, f.name)))
+        self._check_batch(world=1)
+        self.check_more()
+
+    def check_more(self) -> None:
+        """Rules between fields of a subclass (called by :meth:`check_values`)."""
+
+    def validate(self) -> None:
+        """All rules, including those of this machine and run (devices, world size, input files);
+        called before a run creates any folder or file."""
+        from nextscale.validate import check_device
+        self.check_values()
+        if self.device is not None and not os.environ.get("LOCAL_RANK"):
+            _wrap(check_device, "device", self.device)
+        self._check_batch(world=int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+    def _check_batch(self, world: int) -> None:
+        if self.batch_size % (world * self.grad_accum):
+            by = f"world size {world} x " if world > 1 else ""
+            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by {by}", FieldName("grad_accum"),
+                             f" {self.grad_accum}; pick a multiple of {world * self.grad_accum}")
+
+    # -- conversions ---------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        """A config from a mapping (e.g. a run's ``config.json``); unknown keys are errors with a suggestion."""
+        cls.check_keys(d)
+        return cls(**dict(d))
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (checked like :meth:`from_dict`)."""
+        self.check_keys(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def check_keys(cls, keys) -> None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        for k in keys:
+            if k in names:
+                continue
+            ref = [f.name for f in dataclasses.fields(cls) if f.metadata.get("alias") == k]
+            near = ref or difflib.get_close_matches(str(k), names, n=1)
+            if ref:
+                hint = f"that is the reference trainer's name of {ref[0]!r}"
+            else:
+                hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(sorted(names))}"
+            raise FieldError(f"{cls.__name__}: unknown setting {k!r}; {hint}")
+
+    def loop_config(self, run_dir: str, max_steps: int, device, fsdp: bool = False):
+        """The :class:`~nextscale.train.loop.LoopConfig` of this run on ``device`` (resolves the default worker count)."""
+        from nextscale.train.loop import LoopConfig
+        workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
+        return LoopConfig(run_dir=run_dir, max_steps=max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
+                          amp=self.amp, ema_decay=self.ema, ckpt_every=self.ckpt_every, keep_last=self.keep_last,
+                          log_every=self.log_every, eval_every=self.eval_every, sample_every=self.sample_every,
+                          seed=self.seed, workers=workers, device=str(device), fsdp=fsdp, progress=self.progress)
+
+
+@dataclass
+class VARTrainConfig(TrainConfigBase):
+    """Every knob of ``nextscale train``; defaults are the reference recipe (reference name: ``alias``)."""
+    # -- data / model --
+    # A folder of class sub-folders (DIR/train + DIR/val, or one folder); images directly in DIR = unconditional.
+    data: Optional[str] = setting(None, "image folder: one sub-folder per class (DIR/train + DIR/val, or a single folder); "
+                                  "images directly in DIR = unconditional", alias="data_path", group=DATA)
+    # Pre-encoded tokens: no VQ-VAE encoder at train time (the reference encodes on the fly).
+    cache: Optional[str] = setting(None, "token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)", group=DATA)
+    tokenizer: Optional[str] = setting(None, "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (smoke tests); "
+                                       "default: the cache's / the init model's", group=DATA)
+    init: Optional[str] = setting(None, "fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')", group=DATA)
+    # A named preset, not a depth: the presets also fix the scale schedule and the AdaLN kind.
+    preset: str = setting("d16", "architecture of a fresh model (tiny, mnist, d16, d20, d24, d30, d36)", alias="depth", group=DATA)
+    run_dir: Optional[str] = setting(None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA)
+    # Flipped copies double the data; off in the reference's ImageNet recipe.
+    hflip: bool = setting(False, "random horizontal flips", alias="hflip", group=DATA)
+    # Resize the shorter side to mid_reso x the resolution, then random-crop (at least 1: the crop must fit).
+    mid_reso: float = setting(1.125, "resize the shorter side to this x resolution, then random-crop", alias="mid_reso",
+                              group=DATA, min=1.0, max=4.0)
+    # -- schedule length --
+    steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
+    # Checked even with steps given: a bad value is never silently ignored.
+    epochs: float = setting(250.0, "passes over the data", alias="ep", group=LENGTH, min=0.0, min_open=True,
+                            must="a positive number")
+    # Global: all GPUs together; the per-GPU micro-batch is batch_size / (world x grad_accum).
+    batch_size: int = setting(768, "global batch per optimizer step, all GPUs together", alias="bs", group=LENGTH, min=1)
+    grad_accum: int = setting(1, "micro-batches per step", alias="ac", group=LENGTH, min=1)
+    # -- optimisation --
+    # The reference scales the lr linearly with the batch (base at 256 images).
+    base_lr: float = setting(1e-4, "peak lr = base_lr x batch_size / 256", alias="tblr", group=OPTIM, min=0.0, min_open=True)
+    lr: Optional[float] = setting(None, "absolute peak lr (overrides base_lr)", alias="tlr", group=OPTIM, min=0.0, min_open=True)
+    weight_decay: float = setting(0.05, "AdamW weight decay", alias="twd", group=OPTIM, min=0.0)
+    weight_decay_end: Optional[float] = setting(None, "cosine-annealed to this; default = weight_decay", alias="twde",
+                                                group=OPTIM, min=0.0)
+    grad_clip: float = setting(2.0, "max grad norm", alias="tclip", group=OPTIM, note="<= 0 = off")
+    label_smooth: float = setting(0.0, "label smoothing of the cross-entropy", alias="ls", group=OPTIM, min=0.0, max=1.0,
+                                  max_open=True, must="in [0, 1)")
+    # In steps, not epochs (the reference's wp = ep/50 is 2% of the run).
+    warmup_steps: Optional[int] = setting(None, "linear lr warm-up; default 2% of the steps", alias="wp", group=OPTIM, min=0)
+    warmup_start: float = setting(0.005, "lr factor at step 0", alias="wp0", group=OPTIM, min=0.0)
+    lr_end: float = setting(0.01, "final lr factor", alias="wpe", group=OPTIM, min=0.0)
+    schedule: Optional[str] = setting(None, "lr schedule: cos, lin, lin0, lin00, exp, linT; default lin0 "
+                                      "(lin<progressive> with progressive)", alias="sche", group=OPTIM)
+    # The reference's fp16=0/1/2 is none/fp16/bf16; fp16 uses loss scaling.
+    amp: str = setting("none", "mixed precision; fp16 uses loss scaling", alias="fp16", group=OPTIM, choices=_AMP)
+    ema: float = setting(0.0, "EMA decay of the weights, 0 = off (export uses EMA when kept)", group=OPTIM, min=0.0, max=1.0,
+                         max_open=True, must="a decay in [0, 1)")
+    cond_drop: Optional[float] = setting(None, "class dropout for guidance; default the model's (0.1)", group=OPTIM, min=0.0,
+                                         max=1.0, max_open=True, must="in [0, 1)")
+    # -- init of a fresh model --
+    init_adaln: float = setting(0.5, "AdaLN init scale", alias="aln", group=INIT)
+    init_adaln_gamma: float = setting(1e-5, "AdaLN gamma init scale", alias="alng", group=INIT)
+    init_head: float = setting(0.02, "head init scale", alias="hd", group=INIT)
+    init_std: float = setting(-1.0, "weight init std; -1 = sqrt(1/3C)", alias="ini", group=INIT)
+    shared_aln: Optional[bool] = setting(None, "one AdaLN shared by all blocks; default: the preset's", alias="saln", group=INIT)
+    attn_l2_norm: Optional[bool] = setting(None, "cosine attention; default: the preset's", alias="anorm", group=INIT)
+    # -- progressive training --
+    progressive: float = setting(0.0, "grow the scales during this fraction of training, 0 = off", alias="pg", group=PROG,
+                                 min=0.0, max=1.0, max_open=True, must="the fraction of training that grows the scales, in [0, 1)")
+    progressive_start: int = setting(4, "first stage: index of the last scale trained", alias="pg0", group=PROG, min=0)
+    # In steps (the reference's pgwp = ep/300).
+    progressive_warmup_steps: Optional[int] = setting(None, "fade-in of a new scale; default steps/300", alias="pgwp",
+                                                      group=PROG, min=0)
+    # -- loop (the rest: TrainConfigBase) --
+    # A validation pass / a sample grid costs about as much as a few steps: every few thousand steps.
+    eval_every: int = setting(5000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
+    sample_every: int = setting(5000, "steps between sample grids", group=LOOP, min=-1, note="0 = at the end only, -1 = never")
+    # FSDP for the largest models (d30/d36); DDP otherwise.
+    fsdp: bool = setting(False, "shard parameters/optimizer across GPUs (d30/d36) instead of DDP", group=LOOP)
+
+    def check_more(self) -> None:
+        if self.schedule is not None:
+            from nextscale.train.optim import lr_factor
+            try:
+                lr_factor(self.schedule, 50, 0, 100)  # an unknown name raises here
+            except NextScaleError as e:
+                raise _fail("schedule", f": {e}") from None
+
+    def validate(self) -> None:
+        super().validate()
+        if (self.data is None) == (self.cache is None):
+            raise FieldError("pass exactly one of ", FieldName("data"), " DIR (images) or ", FieldName("cache"),
+                             " DIR (from nextscale tokenize)")
+
+
+@dataclass
+class TokenizerTrainConfig(TrainConfigBase):
+    """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see ``nextscale.train.tokenizer``)."""
+    data: Optional[str] = setting(None, "image folder (DIR/train + DIR/val, class sub-folders, or images directly in DIR)",
+                                  group=DATA, required=True)
+    # Only the preset's vqvae part is used (and not with init).
+    preset: str = setting("mnist", "architecture of a fresh tokenizer (tiny, mnist, d16 ...)", group=DATA)
+    init: Optional[str] = setting(None, "fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder", group=DATA)
+    run_dir: Optional[str] = setting(None, "run folder (checkpoints, logs, pictures, tokenizer/); default runs/tokenizer-PRESET",
+                                     group=DATA, flags=("--out",))
+    # Architecture overrides of a fresh tokenizer (None = the preset's).
+    vocab_size: Optional[int] = setting(None, "codebook size V (default: the preset's)", group=DATA, min=1)
+    z_channels: Optional[int] = setting(None, "code vector width Cvae (default: the preset's)", group=DATA, min=1)
+    ch: Optional[int] = setting(None, "encoder/decoder base width, a multiple of 32 (default: the preset's)", group=DATA, min=1)
+    num_res_blocks: Optional[int] = setting(None, "residual blocks per level (default: the preset's)", group=DATA, min=1)
+    patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule, e.g. 1 2 4 6 8 (a single number = 1-scale baseline)",
+                                                    group=DATA, min=1)
+    # VQGAN's uniform init by default; the others are for experiments.
+    eini: float = setting(-1.0, "codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc-normal std, 0 N(0,1)",
+                          group=DATA)
+    hflip: bool = setting(False, "random horizontal flips", group=DATA)
+    mid_reso: float = setting(1.125, "shorter side -> this x resolution, then random crop", group=DATA, min=1.0, max=4.0)
+    # -- schedule length --
+    steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
+    epochs: float = setting(40.0, "passes over the data", group=LENGTH, min=0.0, min_open=True, must="a positive number")
+    batch_size: int = setting(32, "global batch per optimizer step", group=LENGTH, min=1)
+    grad_accum: int = setting(1, "micro-batches per step", group=LENGTH, min=1)
+    # -- optimisation (LlamaGen vq_train: AdamW 0.9/0.95, constant lr, no decay, clip 1) --
+    lr: float = setting(1e-4, "autoencoder lr (AdamW 0.9/0.95)", group=OPTIM, min=0.0, min_open=True)
+    disc_lr: Optional[float] = setting(None, "discriminator lr; default = lr", group=OPTIM, min=0.0, min_open=True)
+    weight_decay: float = setting(0.0, "AdamW weight decay", group=OPTIM, min=0.0)
+    grad_clip: float = setting(1.0, "max grad norm per network", group=OPTIM, note="<= 0 = off")
+    warmup_steps: int = setting(0, "linear lr warm-up", group=OPTIM, min=0)
+    lr_end: float = setting(1.0, "final lr factor of a cosine decay; 1 = constant", group=OPTIM, min=0.0)
+    amp: str = setting("none", "mixed precision", group=OPTIM, choices=_AMP)
+    ema: float = setting(0.0, "EMA decay of the autoencoder, 0 = off (export uses EMA when kept)", group=OPTIM, min=0.0,
+                         max=1.0, max_open=True, must="a decay in [0, 1)")
+    # -- losses --
+    rec_loss: str = setting("l2", "pixel loss (LlamaGen: l2)", group=LOSS, choices=("l2", "l1"))
+    rec_weight: float = setting(1.0, "weight of the pixel loss", group=LOSS, min=0.0)
+    codebook_weight: float = setting(1.0, "weight of the VQ loss", group=LOSS, min=0.0)
+    beta: Optional[float] = setting(None, "commitment weight; default the config's 0.25", group=LOSS, min=0.0)
+    # LPIPS needs local VGG16 + LPIPS weights: off without them (nothing is downloaded).
+    lpips_weights: Optional[str] = setting(None, "local LPIPS weights (file or folder: VGG16 features.* + lin*.model.1.weight); "
+                                           "off without it", group=LOSS)
+    perceptual_weight: float = setting(1.0, "LPIPS weight (with lpips_weights)", group=LOSS, min=0.0)
+    disc_weight: float = setting(0.5, "GAN weight, 0 = no discriminator (LlamaGen: 0.5)", group=LOSS, min=0.0)
+    # The GAN starts late (LlamaGen: 20000): early on it only fights the reconstruction.
+    disc_start: int = setting(20000, "step at which the GAN starts", group=LOSS, min=0)
+    adaptive_weight: bool = setting(True, "VQGAN's adaptive GAN weight at the last decoder layer", group=LOSS)
+    disc_layers: int = setting(3, "PatchGAN depth", group=LOSS, min=1)
+    disc_ch: int = setting(64, "PatchGAN base width", group=LOSS, min=1)
+    # -- codebook restart --
+    reinit_dead_every: int = setting(0, "re-initialise dead codes every N steps (codebook restart), 0 = off", group=LOSS, min=0)
+    dead_threshold: float = setting(1e-3, "dead = running hits summed over scales below this", group=LOSS, min=0.0)
+    # -- loop (the rest: TrainConfigBase) --
+    # Shorter runs than VAR's: validate and draw pictures more often.
+    eval_every: int = setting(2000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
+    sample_every: int = setting(2000, "steps between per-scale pictures", group=LOOP, min=-1,
+                                note="0 = at the end only, -1 = never")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data is None:
+            raise FieldError("pass ", FieldName("data"), " DIR (a folder of images)")
+        if self.lpips_weights is not None and not os.path.exists(self.lpips_weights):
+            raise _fail("lpips_weights", f" {self.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; "
+                                         "it is off without it)")
