@@ -260,34 +260,19 @@ def main():
                   f"(min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} rounds)")
 
 
-def parse_mode(spec: str, vae, var, dev):
-    """'cutoff:2+prune:0.5' -> (SamplingSettings changes, refiner or None, refine_from_scale)."""
+def make_refiner(vae, var, dev):
+    """refiner:DEPTH@K -> a random-weight VAR of that depth on the same tokenizer and schedule."""
     from nextscale.configs import VARConfig
     from nextscale.models import VAR
-    changes, refiner, k = {}, None, None
-    for part in spec.split("+"):
-        name, _, val = part.partition(":")
-        if name == "exact":
-            continue
-        if name == "cutoff":
-            changes["guidance_cutoff"] = int(val)
-        elif name == "prune":
-            changes["prune_ratio"] = float(val)
-        elif name == "kv":
-            changes["kv_budget"] = tuple(int(v) for v in val.split(","))
-        elif name == "refiner":
-            depth, _, k = val.partition("@")
-            k = int(k)
-            cfg = VARConfig(depth=int(depth), num_classes=var.num_classes, shared_aln=var.config.shared_aln,
-                            attn_l2_norm=var.config.attn_l2_norm, patch_nums=var.patch_nums)
-            torch.manual_seed(1)
-            refiner = VAR.from_config(cfg, vae).to(dev).eval()
-            refiner.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
-            if next(iter(var.parameters())).device.type == "cpu":
-                enable_cpu_kernels(refiner)
-        else:
-            sys.exit(f"--mode {spec!r}: unknown part {name!r} (use cutoff:N, prune:R, kv:F,R, refiner:DEPTH@K)")
-    return changes, refiner, k
+
+    def make(depth: str):
+        cfg = VARConfig(depth=int(depth), num_classes=var.num_classes, shared_aln=var.config.shared_aln,
+                        attn_l2_norm=var.config.attn_l2_norm, patch_nums=var.patch_nums)
+        torch.manual_seed(1)
+        refiner = VAR.from_config(cfg, vae).to(dev).eval()
+        refiner.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
+        return enable_cpu_kernels(refiner) if dev.type == "cpu" else refiner
+    return make
 
 
 def modes_main(args, vae, var, dev, ac, ref):
@@ -295,22 +280,25 @@ def modes_main(args, vae, var, dev, ac, ref):
     end-to-end = generate + decode. On CUDA also peak memory and, with --max-batch, the largest batch."""
     from nextscale.sampling import SamplingSettings
     base = SamplingSettings(guidance_scale=1.5, top_k=min(900, var.V), top_p=0.96)
+    from modes import SETTINGS_KEYS, parse_mode  # benchmarks/modes.py
     specs = ["exact"] + [m for m in args.mode if m != "exact"]
-    modes = {m: parse_mode(m, vae, var, dev) for m in specs}
+    modes = {m: parse_mode(m, make_refiner(vae, var, dev)) for m in specs}
 
     def run(m, B, labels):
-        changes, refiner, k = modes[m]
+        kw = modes[m]
         with torch.no_grad(), ac:
             out = generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0),
-                           settings=base.replace(**changes), refiner=refiner, refine_from_scale=k)
+                           settings=base.replace(**{k: v for k, v in kw.items() if k in SETTINGS_KEYS}),
+                           refiner=kw.get("refiner"), refine_from_scale=kw.get("refine_from_scale"))
             return out, vae.fhat_to_img(out.f_hat)
 
     rows = []
     for B in args.batch:
         labels = torch.arange(B, device=dev) * 37 % var.num_classes
         best, mem, exact_tokens, same = {}, {}, None, {}
-        for m in specs:  # warm-up (and the Winograd transforms) outside the timing
-            run(m, B, labels)
+        if B == args.batch[0]:
+            for m in specs:  # warm-up (and the Winograd transforms) outside the timing, once
+                run(m, B, labels)
         for _ in range(args.repeats):
             for m in specs:
                 if dev.type == "cuda":

@@ -122,32 +122,10 @@ def fid_floor(classifier, train_dir: str, val_feats: np.ndarray, per_class: int,
 
 
 def parse_mode(spec: str) -> dict:
-    """'cutoff:2+prune:0.5@2+kv:2,1+refiner:DIR@3' -> pipeline keywords (docs/speed.md)."""
-    kw: dict = {}
-    for part in spec.split("+"):
-        name, _, val = part.partition(":")
-        if name == "exact":
-            continue
-        if name == "cutoff":
-            kw["guidance_cutoff"] = int(val)
-        elif name == "prune":
-            r, _, last = val.partition("@")
-            kw["prune_ratio"] = float(r)
-            if last:
-                kw["prune_last"] = int(last)
-        elif name == "kv":
-            kw["kv_budget"] = tuple(int(v) for v in val.split(","))
-        elif name == "candidates":  # rejection sampling with the built-in (or a given) scorer
-            n, _, sc = val.partition("@")
-            kw["num_candidates"], kw["scorer"] = int(n), sc or "default"
-        elif name == "refiner":
-            from nextscale.pipelines import NextScalePipeline
-            path, _, k = val.rpartition("@")
-            kw["refiner"], kw["refine_from_scale"] = NextScalePipeline.from_pretrained(path, device="cpu"), int(k)
-        else:
-            raise NextScaleError(f"--modes {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:DIR@K, "
-                                 f"candidates:N[@SCORER])")
-    return kw
+    """``benchmarks/modes.py``'s spec; ``refiner:DIR@K`` loads the pipeline directory DIR."""
+    from modes import parse_mode as parse  # benchmarks/modes.py
+    from nextscale.pipelines import NextScalePipeline
+    return parse(spec, lambda path: NextScalePipeline.from_pretrained(path, device="cpu"))
 
 
 def evaluate_setting(pipe, classifier, cls_map, val_feats, floor, *, per_class, cfg, top_k, top_p, more_smooth, seed,
