@@ -7,6 +7,7 @@ library errors name the field and the CLI prints the flag instead. The sampling 
 """
 import argparse
 import dataclasses
+import functools
 from pathlib import Path
 
 import pytest
@@ -30,8 +31,13 @@ def _actions(name):
     return {a.dest: a for a in _sub(name)._actions if a.dest not in ("help",)}
 
 
+@functools.lru_cache(maxsize=None)
+def _parser():
+    return build_parser()
+
+
 def _parse(cmd, argv):
-    return build_parser().parse_args([cmd, *COMMANDS[cmd][1], *argv])
+    return _parser().parse_args([cmd, *COMMANDS[cmd][1], *argv])
 
 
 def _config_default(cls, f):

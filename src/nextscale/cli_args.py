@@ -41,7 +41,8 @@ def _field_type(cls, name: str):
 
 def _tuple_spec(cls, name: str):
     """(element type, nargs) of a tuple field: ``Tuple[int, ...]`` -> (int, "+"), ``Tuple[int, int]`` -> (int, 2)."""
-    hint = typing.get_type_hints(cls)[name]
+    from nextscale.train.config import type_hints
+    hint = type_hints(cls)[name]
     for h in (hint, *typing.get_args(hint)):
         if typing.get_origin(h) is tuple:
             a = typing.get_args(h)

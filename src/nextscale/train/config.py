@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import numbers
 import os
@@ -44,9 +45,15 @@ def setting(default: Any, help: str, *, alias: Optional[str] = None, group: Opti
     return field(default=default, metadata=md)
 
 
+@functools.lru_cache(maxsize=None)
+def type_hints(cls) -> Dict[str, Any]:
+    """``typing.get_type_hints(cls)``, once per class (the annotations are strings)."""
+    return typing.get_type_hints(cls)
+
+
 def field_type(cls, name: str) -> Tuple[type, bool]:
     """(base type, optional) of field ``name``: ``Optional[int]`` -> (int, True); tuples -> (tuple, ...)."""
-    hint = typing.get_type_hints(cls)[name]
+    hint = type_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     optional = typing.get_origin(hint) is typing.Union and len(args) < len(typing.get_args(hint))
     base = args[0] if optional or typing.get_origin(hint) is typing.Union else hint  # Union[float, Tuple]: float
