@@ -146,6 +146,10 @@ def test_quick_scaling_study_writes_files_and_resumes(digits_split, tmp_path):
     more = scaling_study(out, data=digits_split, quick=True, progress=False,
                          recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1))
     assert all(p["resumed_from"] == 3 and p["trained_steps_this_call"] == 1 and p["steps"] == 4 for p in more["points"])
+    # the CLI front end: the same study (quick recipe: 3 steps, all done -> evaluation only), one line of result
+    from nextscale.cli import main
+    assert main(["study", "scaling", "--out", out, "--data", digits_split, "--quick", "--no-progress"]) == 0
+    assert main(["study", "scaling", "--out", out, "--steps", "0"]) == 2
 
 
 def test_quick_ar_vs_var_study_writes_files_and_resumes(digits_split, tmp_path):
@@ -166,6 +170,9 @@ def test_quick_ar_vs_var_study_writes_files_and_resumes(digits_split, tmp_path):
     pipe = ARPipeline.from_pretrained(a["source"])
     assert pipe.vqvae.v_patch_nums == (4,) and pipe(class_labels=[1], seed=0, output_type="np").images.shape == (1, 16, 16, 3)
     assert "| sampling steps" in open(os.path.join(out, "ar_vs_var.md")).read()
+    from nextscale.cli import main  # nextscale sample works on an AR directory
+    assert main(["sample", "--model", a["source"], "--class", "1", "2", "--seed", "0", "--out", str(tmp_path / "g.png"), "--strip"]) == 0
+    assert os.path.isfile(tmp_path / "g.png") and os.path.isfile(tmp_path / "g_strip.png")
     again = ar_vs_var_study(out, data=digits_split, quick=True, progress=False)
     assert again["rows"]["VAR"]["trained_steps_this_call"] == again["rows"]["AR"]["trained_steps_this_call"] == 0
     assert again["rows"]["AR"]["fid"] == a["fid"] and again["rows"]["VAR"]["class_accuracy"] == v["class_accuracy"]

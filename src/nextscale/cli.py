@@ -91,7 +91,7 @@ def _run_sample(args) -> int:
     from tqdm.auto import tqdm
 
     from nextscale.imageio import check_writable, make_grid, save_image_set
-    from nextscale.pipelines import load_pipeline
+    from nextscale.pipeline_ar import load_any_pipeline as load_pipeline  # VAR, or an AR baseline directory
     from nextscale.validate import MAX_IMAGES, check_count, check_seed
 
     sampling = sampling_changes(args)
@@ -396,3 +396,8 @@ def _run_demo(args) -> int:
           concurrency_limit=args.concurrency, max_queue=args.queue_size, scale_delay=args.scale_delay,
           print_fn=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
+
+
+# == study: the paper's claims (nextscale.study; arguments in nextscale.cli_study) ==
+command("study", _lazy("nextscale.cli_study:add_arguments"), "reproduce the paper's claims: the scaling law, VAR vs a raster AR baseline",
+        "nextscale study scaling --out DIR ... | nextscale study ar-vs-var --out DIR ... (see docs/science.md)")(_lazy("nextscale.cli_study:run"))
