@@ -51,6 +51,23 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
 
 _KNOWN_SCHEDULES = {sum(p * p for p in s): s for s in (scale_schedule_256, scale_schedule_512)}
 
+#: The reference's released files (Hugging Face repo ``FoundationVision/var``): one tokenizer and a
+#: transformer per depth. ``variant="d16"`` picks ``var_d16.pth``.
+RELEASED_REPO = "FoundationVision/var"
+RELEASED_TOKENIZER = "vae_ch160v4096z32.pth"
+RELEASED_VARIANTS = ("d16", "d20", "d24", "d30", "d36")
+
+
+def _variants_in(folder: Path) -> List[str]:
+    return sorted((p.stem[len("var_"):] for p in folder.glob("var_d*.pth")), key=lambda v: (len(v), v))
+
+
+def _check_variant(variant) -> str:
+    if not isinstance(variant, str) or not re.fullmatch(r"d\d+", variant):
+        raise NextScaleError(f"variant {variant!r} is not a transformer depth; the reference released "
+                             f"{', '.join(RELEASED_VARIANTS)}")
+    return variant
+
 
 # ------------------------------------------------------------------ raw files
 def load_state_dict_file(path) -> Dict[str, torch.Tensor]:
@@ -225,7 +242,7 @@ def _read_json(path: Path) -> dict:
         raise NextScaleError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
+def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str] = None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
     """(vqvae, var, meta) from a pipeline directory, a released ``.pth`` (tokenizer found beside it or
     given as ``vae_path``), or a directory holding released ``.pth`` files. ``meta['labels']`` may
     hold class names. A tokenizer-only directory gives ``(vqvae, None, meta)`` with
@@ -245,10 +262,16 @@ def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, D
             labels = _read_json(p / "labels.json")
         return vae, var, {"labels": labels, "index": index, "source": str(p)}
     if p.is_dir():
-        vars_ = sorted(p.glob("var_d*.pth"))
-        if not vars_:
+        found = _variants_in(p)
+        if not found:
             raise NextScaleError(f"{p}: neither a nextscale model directory (no model_index.json) nor a folder with var_d*.pth")
-        return load_components(vars_[0], vae_path=vae_path, patch_nums=patch_nums)
+        if variant is None and len(found) > 1:
+            raise NextScaleError(f"{p} holds {len(found)} transformers ({', '.join(found)}): choose one with "
+                                 f"variant= / --variant (e.g. --variant {found[0]})")
+        variant = found[0] if variant is None else _check_variant(variant)
+        if variant not in found:
+            raise NextScaleError(f"{p} has no var_{variant}.pth; it holds {', '.join(found)}")
+        return load_components(p / f"var_{variant}.pth", vae_path=vae_path, patch_nums=patch_nums)
     if not p.exists():
         raise NextScaleError(f"{p}: no such file or directory")
     sd = load_state_dict_file(p)  # first: a file that is no checkpoint at all must say so, not ask for a tokenizer
@@ -260,7 +283,11 @@ def load_components(path, vae_path=None, patch_nums=None) -> Tuple[VQVAE, VAR, D
         vae_path = cands[0]
     vae = load_vqvae(vae_path, v_patch_nums=tcfg.patch_nums)
     var = load_var(p, vae, config=tcfg)
-    return vae, var, {"labels": None, "source": str(p)}
+    labels = None
+    if var.num_classes == 1000:  # the released models: ImageNet-1k in its standard order
+        from nextscale.classes import imagenet_class_names
+        labels = imagenet_class_names()
+    return vae, var, {"labels": labels, "source": str(p)}
 
 
 @contextlib.contextmanager
@@ -414,29 +441,76 @@ def save_tokenizer(vae: VQVAE, out_dir, extra: Optional[dict] = None) -> Path:
     return out
 
 
-def resolve_model_path(name_or_path, cache_dir=None, revision=None) -> Path:
+def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Optional[str] = None) -> Path:
     """A local path, "default" (the bundled model), or a Hugging Face hub id ("org/name").
 
-    Hub ids go through ``huggingface_hub.snapshot_download``; with ``HF_HUB_OFFLINE=1`` only the
-    local cache is used. Nothing is downloaded for local paths or "default".
+    ``variant`` ("d16" ... "d36") picks one released transformer: from a folder of released ``.pth``
+    files, or from a hub repo of them (``FoundationVision/var``), where only the tokenizer and that
+    transformer are fetched (``hf_hub_download``, with its progress bar) and converted once into a
+    cached pipeline directory (``<hub cache>/nextscale-converted/...``, written atomically), so the
+    next load is a plain safetensors load. Other hub ids (pipeline directories) go through
+    ``snapshot_download``. ``HF_HUB_OFFLINE=1`` searches only the local cache; nothing is downloaded
+    for local paths or "default".
     """
     if name_or_path in (None, "default"):
+        if variant is not None:
+            raise NextScaleError("variant= picks one of several released transformers; the default model has one")
         if not (DEFAULT_MODEL_DIR / "model_index.json").exists():
             raise NextScaleError("the bundled default model is not installed; pass --model DIR (a pipeline directory or var_d*.pth)")
         return DEFAULT_MODEL_DIR
     p = Path(os.path.expanduser(str(name_or_path)))
     if p.exists():
+        if variant is not None:
+            variant = _check_variant(variant)
+            if not p.is_dir() or (p / "model_index.json").exists():
+                raise NextScaleError(f"{p}: variant= picks a var_d*.pth in a folder of released files; this is not one")
+            if not (p / f"var_{variant}.pth").exists():
+                raise NextScaleError(f"{p} has no var_{variant}.pth; it holds {', '.join(_variants_in(p)) or 'no var_d*.pth'}")
+            return p / f"var_{variant}.pth"
         return p
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(name_or_path)) and not str(name_or_path).startswith((".", "/")):
         try:
-            from huggingface_hub import snapshot_download
+            import huggingface_hub
         except ImportError:
             raise NextScaleError(f"{name_or_path}: not a local path; to load hub ids install huggingface_hub (pip install 'nextscale[hub]')") from None
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
+        if variant is not None:
+            return _hub_variant(str(name_or_path), _check_variant(variant), cache_dir, revision, offline)
         try:
-            return Path(snapshot_download(repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir,
-                                          local_files_only=offline))
+            return Path(huggingface_hub.snapshot_download(repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir,
+                                                          local_files_only=offline))
         except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
-            hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
             raise NextScaleError(f"{name_or_path}: could not get it from the hub{hint}: {type(e).__name__}") from None
     raise NextScaleError(f"{name_or_path}: no such file or directory")
+
+
+def _hub_variant(repo: str, variant: str, cache_dir, revision, offline: bool) -> Path:
+    """The tokenizer and ``var_<variant>.pth`` of a hub repo of released files, converted once."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    def get(filename: str) -> Path:
+        try:
+            return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir,
+                                        local_files_only=offline))
+        except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
+            why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else "the hub cannot be reached"
+            raise NextScaleError(f"{repo}: {filename} is not available ({why}); run once online, or fetch it with "
+                                 f"huggingface-cli download {repo} {filename}") from None
+        except EntryNotFoundError:
+            raise NextScaleError(f"{repo} has no {filename}" + (f" (the reference released {', '.join(RELEASED_VARIANTS)})"
+                                                                if filename.startswith("var_") else "")) from None
+        except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
+            raise NextScaleError(f"{repo}: could not get {filename} from the hub: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+    var_file = get(f"var_{variant}.pth")
+    vae_file = get(RELEASED_TOKENIZER)
+    commit = var_file.parent.name  # .../snapshots/<commit>/var_d16.pth
+    root = Path(cache_dir) if cache_dir else Path(constants.HF_HUB_CACHE)
+    out = root / "nextscale-converted" / repo.replace("/", "--") / commit / variant
+    if not (out / "model_index.json").exists():
+        vae, var, meta = load_components(var_file, vae_path=vae_file)
+        save_components(out, vae, var, labels=meta["labels"],
+                        extra={"converted_from": {"repo": repo, "commit": commit, "files": [RELEASED_TOKENIZER, var_file.name]}})
+    return out

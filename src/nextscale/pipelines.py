@@ -145,15 +145,18 @@ class NextScalePipeline:
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, torch_dtype=None,
-                        **hub_kwargs) -> "NextScalePipeline":
+                        variant: Optional[str] = None, **hub_kwargs) -> "NextScalePipeline":
         """Load from a pipeline directory, ``"default"``, a hub id, or a released ``var_d*.pth``
         (with ``vae_ch160v4096z32.pth`` beside it or given as ``vae_path``). ``torch_dtype`` (or
-        ``dtype``) casts the weights as ``to(dtype)`` does; float32 by default."""
+        ``dtype``) casts the weights as ``to(dtype)`` does; float32 by default. ``variant`` ("d16" ...
+        "d36") picks one transformer of a folder or hub repo of released files (``FoundationVision/var``:
+        only the tokenizer and that transformer are downloaded; see ``hub.resolve_model_path``);
+        ``cache_dir`` and ``revision`` go to the hub."""
         if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
             raise NextScaleError("give either torch_dtype or dtype, not both")
         dtype = torch_dtype if torch_dtype is not None else dtype
         from nextscale.hub import load_components, resolve_model_path
-        path = resolve_model_path(name_or_path, **hub_kwargs)
+        path = resolve_model_path(name_or_path, variant=variant, **hub_kwargs)
         vae, var, meta = load_components(path, vae_path=vae_path)
         if var is None:
             raise NextScaleError(f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize")
