@@ -150,6 +150,14 @@ def test_quick_scaling_study_writes_files_and_resumes(digits_split, tmp_path):
     from nextscale.cli import main
     assert main(["study", "scaling", "--out", out, "--data", digits_split, "--quick", "--no-progress"]) == 0
     assert main(["study", "scaling", "--out", out, "--steps", "0"]) == 2
+    # report-only: a size whose run is not finished is left out, nothing trains
+    done = scaling_study(out, data=digits_split, quick=True, progress=False, train=False,
+                         recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1))
+    assert done["complete"] and all(p["trained_steps_this_call"] == 0 for p in done["points"])
+    from nextscale.errors import NextScaleError
+    with pytest.raises(NextScaleError, match="only 0 finished"):
+        scaling_study(out, data=digits_split, quick=True, progress=False, train=False,
+                      recipe=StudyRecipe(steps=5, batch_size=4, lr=1e-3, warmup_steps=1))
 
 
 def test_quick_ar_vs_var_study_writes_files_and_resumes(digits_split, tmp_path):

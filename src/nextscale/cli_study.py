@@ -47,6 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--cache", default=None, help="a prebuilt `nextscale tokenize` cache of --data by --tokenizer")
     s.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3, 4, 5], help="model depths (default %(default)s)")
     s.add_argument("--width-per-depth", type=int, default=64, help="width = this x depth (the paper: 64)")
+    s.add_argument("--report-only", dest="train", action="store_false",
+                   help="train nothing: report the sizes whose runs are finished (others may still train elsewhere)")
     _recipe_flags(s, steps=400, ema=0.0)
     a = sub.add_parser("ar-vs-var", help="VAR vs the raster-order AR baseline at equal size and training",
                        description="Train the AR baseline (and VAR unless --var-model) with the same recipe; report class "
@@ -86,7 +88,7 @@ def run(args) -> int:
     if args.study == "scaling":
         r = scaling_study(args.out, args.data, tokenizer=args.tokenizer, cache=args.cache, depths=tuple(args.depths),
                           width_per_depth=args.width_per_depth, recipe=recipe, device=args.device, quick=args.quick,
-                          progress=args.progress, threads=args.threads, log=log)
+                          progress=args.progress, threads=args.threads, train=args.train, log=log)
         if r:
             f = r["fits"]["test_loss"]
             print(f"test loss = ({f['beta']:.4g} N)^{f['alpha']:.4f}, Pearson r = {f['r']:.4f} over {len(r['points'])} sizes; "

@@ -370,7 +370,7 @@ def _held_out_metrics(ob, val_set, batch_size: int = 100) -> Dict[str, float]:
 
 def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = "default", cache: Optional[str] = None, depths: Sequence[int] = (1, 2, 3, 4, 5),
                   width_per_depth: int = 64, recipe: Optional[StudyRecipe] = None, device: Optional[str] = None,
-                  quick: bool = False, progress: bool = True, threads: Optional[int] = None,
+                  quick: bool = False, progress: bool = True, threads: Optional[int] = None, train: bool = True,
                   log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Train VAR at every depth in ``depths`` (width = ``width_per_depth`` x depth, heads = depth)
     on the same data for the same steps x batch, evaluate on the held-out split, fit the power laws.
@@ -379,13 +379,15 @@ def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = 
     on the same training digits); ``cache``: a prebuilt ``nextscale tokenize`` cache of ``data`` by
     it (train + val splits; default: built in ``out_dir/cache``). Runs live in ``out_dir/runs/var-d<depth>``; re-running continues.
     ``quick``: 3 tiny sizes (width 16 x depth), 20 + 20 digits, a random tokenizer, 3 steps.
-    ``threads``: torch threads for the call (None: as set). Returns the report (also written to
-    ``out_dir/scaling.json``)."""
+    ``threads``: torch threads for the call (None: as set). ``train=False`` trains nothing: it
+    reports the sizes whose runs are finished (e.g. while the others still train in another
+    process). Returns the report (also written to ``out_dir/scaling.json``)."""
     with _threads(threads):
-        return _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, log)
+        return _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log)
 
 
-def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, log):
+def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log):
+    from nextscale.runfiles import checkpoint_steps
     from tqdm.auto import tqdm
     from nextscale.configs import VARConfig
     say = log or (lambda s: None)
@@ -410,6 +412,9 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
         cfg = VARConfig(depth=d, embed_dim=width_per_depth * d, num_heads=d, num_classes=10, patch_nums=tuple(vae.v_patch_nums),
                         drop_path_rate=0.0)
         tc = recipe.train_config(cache, run_dir, device, progress=False)
+        if not train and max(checkpoint_steps(os.path.join(run_dir, "checkpoints")) or [0]) < recipe.steps:
+            say(f"d{d}: not finished, left out (train=False)")
+            continue
         r = _run("var", tc, cfg, device)
         if not dist.is_main():  # training ran on every rank; evaluation and files are the main rank's
             continue
@@ -432,11 +437,13 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
     bar.close()
     if not dist.is_main():
         return {}
+    if len(points) < 2:
+        raise NextScaleError(f"only {len(points)} finished size(s): a fit needs 2 (run with train=True)")
     N = [p["params"] for p in points]
     fits = {name: fit_power_law(N, [p[name] for p in points])
             for name in ("test_loss", "test_error", "test_loss_last", "test_error_last")}
     fits["test_loss_vs_flops"] = fit_power_law([p["train_flops"] for p in points], [p["test_loss"] for p in points])
-    report = {"study": "scaling", "quick": quick, "data": os.path.abspath(data), "tokenizer": "random (quick)" if quick else tokenizer,
+    report = {"study": "scaling", "quick": quick, "complete": len(points) == len(depths), "depths_asked": list(depths), "data": os.path.abspath(data), "tokenizer": "random (quick)" if quick else tokenizer,
               "patch_nums": list(vae.v_patch_nums), "vocab_size": int(vae.vocab_size), "width_per_depth": width_per_depth,
               "recipe": recipe.__dict__, "points": points, "fits": fits,
               "param_range": max(N) / min(N), "threads": torch.get_num_threads(), "device": device}
@@ -479,6 +486,10 @@ def scaling_markdown(report: Dict[str, Any]) -> str:
         x = "training FLOPs" if name.endswith("flops") else "parameters"
         lines.append(f"| {name.replace('_vs_flops', '')} | {x} | {f['alpha']:.4f} | {f['beta']:.4g} | {f['r']:.4f} | {f['rms_log_residual']:.4f} |")
     lines.append(f"\nParameter range: {report['param_range']:.1f}x.")
+    if not report.get("complete", True):
+        done = [p["depth"] for p in report["points"]]
+        lines.append(f"Incomplete: {len(done)} of the {len(report['depths_asked'])} sizes asked ({report['depths_asked']}) "
+                     f"are finished and fitted (depths {done}).")
     return "\n".join(lines) + "\n"
 
 
