@@ -485,7 +485,8 @@ def scaling_markdown(report: Dict[str, Any]) -> str:
     for name, f in report["fits"].items():
         x = "training FLOPs" if name.endswith("flops") else "parameters"
         lines.append(f"| {name.replace('_vs_flops', '')} | {x} | {f['alpha']:.4f} | {f['beta']:.4g} | {f['r']:.4f} | {f['rms_log_residual']:.4f} |")
-    lines.append(f"\nParameter range: {report['param_range']:.1f}x.")
+    lines.append(f"\nParameter range: {report['param_range']:.1f}x over {len(report['points'])} sizes"
+                 + (" (two points: r = -1 or 1 by construction)." if len(report["points"]) == 2 else "."))
     if not report.get("complete", True):
         done = [p["depth"] for p in report["points"]]
         lines.append(f"Incomplete: {len(done)} of the {len(report['depths_asked'])} sizes asked ({report['depths_asked']}) "
@@ -702,6 +703,19 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
                              "pass inception_weights (and inception_ref, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
     n_samples = per_class * pipe_var.num_classes
 
+    # --- each tokenizer's held-out reconstruction (what each order has to work with)
+    from nextscale.data import tokenizer_fingerprint
+    from nextscale.evaluation.tokenizer import evaluate_tokenizer
+    tpath = os.path.join(out_dir, "tokenizer_eval.json")
+    tev = _read_json(tpath) or {}
+    for name, vae in (("VAR", pipe_var.vqvae), ("AR", pipe_ar.vqvae)):
+        fp = tokenizer_fingerprint(vae, vae.v_patch_nums)
+        if (tev.get(name) or {}).get("fingerprint") != fp:
+            r = evaluate_tokenizer(vae, data, rfid=False, mid_reso=1.0, max_images=None if not quick else 20)
+            tev[name] = {"fingerprint": fp, "psnr": r["psnr"], "ssim": r["ssim"], "usage_any": r["usage_any"], "num_images": r["num_images"]}
+            _write_json(tpath, tev)
+        rows[name]["tokenizer_psnr"], rows[name]["tokenizer_ssim"] = tev[name]["psnr"], tev[name]["ssim"]
+
     # --- samples, quality, speed (cached per model, checkpoint step and settings)
     grids = []
     key = {"settings": settings, "per_class": per_class, "sample_batch": sample_batch, "seed": recipe.seed}
@@ -776,6 +790,7 @@ def ar_vs_var_markdown(report: Dict[str, Any]) -> str:
              f"{report['n_samples']} samples each; {judge}.",
              "", "| | VAR (next-scale) | AR (raster next-token) |", "|---|---:|---:|",
              "| parameters " + both("params", ".3f", 1e-6, "M"),
+             "| tokenizer: held-out reconstruction PSNR (dB) " + both("tokenizer_psnr", ".2f"),
              "| training steps " + both("steps", "d"),
              "| tokens per image " + both("tokens_per_image", "d"),
              "| class accuracy of samples " + both("class_accuracy", ".1f", 100, " %"),
