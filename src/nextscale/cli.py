@@ -9,7 +9,6 @@ from the config dataclasses of :mod:`nextscale.train.config`).
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import os
 import sys
@@ -30,20 +29,9 @@ def command(name: str, arguments: Callable[[argparse.ArgumentParser], None], hel
     return deco
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's own usage errors: one line too, exit 2 (an unknown flag: the closest one)
-        if message.startswith("unrecognized arguments: "):
-            known = [o for a in self._actions for o in a.option_strings]
-            for sp in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
-                known += [o for c in sp.choices.values() for a in c._actions for o in a.option_strings]
-            near = difflib.get_close_matches(message.split()[2].split("=")[0], known, n=1)
-            message += f" (did you mean {near[0]}?)" if near else ""
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nextscale", description="VAR next-scale prediction: sample, edit, train, evaluate.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    p = A.Parser(prog="nextscale", description="VAR next-scale prediction: sample, edit, train, evaluate.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=A.Parser)
     for name, (arguments, help, description, run) in _REGISTRY.items():
         sp = sub.add_parser(name, help=help, description=description)
         arguments(sp)
@@ -79,10 +67,7 @@ def _lazy(path: str) -> Callable:
     return call
 
 
-# ---------------------------------------------------------------------------------------------
-# Commands. Each lives in its own section; keep imports of heavy modules inside the functions.
-# ---------------------------------------------------------------------------------------------
-
+# == Commands, one section each; heavy modules are imported inside the functions ==
 # == core: sample / info / convert (nextscale.pipelines, nextscale.hub) ==
 @command("sample", A.sample, "generate class-conditional images (grid + one PNG per image)",
          "Generate images. Example: nextscale sample --class 207 360 --cfg 1.5 --top-k 900 --top-p 0.96 --seed 0 --out grid.png")
@@ -186,7 +171,6 @@ def _run_sample_fid(args) -> int:
 
     from nextscale import dist
     from nextscale.evaluation.sample import sample_for_fid
-
     from nextscale.validate import MAX_FID_IMAGES, check_count, check_device, check_seed
     sampling = sampling_changes(args)
     if args.device:
@@ -317,9 +301,7 @@ def _run_eval_tokenizer(args) -> int:
     if args.picture is not None:  # its folder is created when missing
         image_format(args.picture, "--picture")
     vae = load_tokenizer(args.model, v_patch_nums=tuple(args.patch_nums) if args.patch_nums else None)
-    picture = args.picture
-    if picture is None and os.path.isdir(args.model):
-        picture = os.path.join(args.model, "eval_scales.png")
+    picture = args.picture if args.picture or not os.path.isdir(args.model) else os.path.join(args.model, "eval_scales.png")
     dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     r = evaluate_tokenizer(vae, args.data, batch_size=args.batch_size, max_images=args.max_images, picture=picture,
                            picture_rows=args.rows, inception_weights=args.inception_weights, rfid=not args.no_rfid,

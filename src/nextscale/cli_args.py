@@ -11,13 +11,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import re
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from nextscale.errors import FieldError, FieldName
 
-__all__ = ["flag_of", "flag_names", "add_config_args", "config_from_args", "error_line"]
+__all__ = ["Parser", "flag_of", "flag_names", "add_config_args", "config_from_args", "error_line"]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's own usage errors: one line too, exit 2; an unknown flag is answered with the closest one."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments: "):
+            known = [o for a in self._actions for o in a.option_strings]
+            for sp in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
+                known += [o for c in sp.choices.values() for a in c._actions for o in a.option_strings]
+            near = difflib.get_close_matches(message.split()[2].split("=")[0], known, n=1)
+            message += f" (did you mean {near[0]}?)" if near else ""
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def flag_of(name: str) -> str:
