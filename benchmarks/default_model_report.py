@@ -125,7 +125,11 @@ def parse_mode(spec: str) -> dict:
     """``benchmarks/modes.py``'s spec; ``refiner:DIR@K`` loads the pipeline directory DIR."""
     from modes import parse_mode as parse  # benchmarks/modes.py
     from nextscale.pipelines import NextScalePipeline
-    return parse(spec, lambda path: NextScalePipeline.from_pretrained(path, device="cpu"))
+    from nextscale.evaluation.scorers import resolve_scorer
+    kw = parse(spec, lambda path: NextScalePipeline.from_pretrained(path, device="cpu"))
+    if isinstance(kw.get("scorer"), str):
+        kw["scorer"] = resolve_scorer(kw["scorer"], 10)
+    return kw
 
 
 def evaluate_setting(pipe, classifier, cls_map, val_feats, floor, *, per_class, cfg, top_k, top_p, more_smooth, seed,

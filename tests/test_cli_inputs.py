@@ -323,7 +323,7 @@ def test_training_command_specific_flags(cmd, args, needle, digits, tmp_path, ca
 
 def test_tiny_preset_with_the_default_tokenizer_names_the_preset_that_fits(digits, tmp_path, capsys, monkeypatch):
     _bad(["train", "--data", digits, "--tokenizer", "default", "--preset", "tiny", "--run-dir", "r", "--steps", "1",
-          "--batch-size", "4", "--no-progress"], tmp_path, capsys, monkeypatch, "--preset mnist has the tokenizer's scales")
+          "--batch-size", "4", "--no-progress"], tmp_path, capsys, monkeypatch, "--preset mnist / mnist-small has the tokenizer's scales")
 
 
 @pytest.mark.parametrize("args,needle", [

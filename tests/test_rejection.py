@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from nextscale.configs import get_preset
 from nextscale.errors import NextScaleError
 from nextscale.pipelines import NextScalePipeline
-from nextscale.scorers import ClassifierScorer, MNISTScorer
+from nextscale.evaluation.scorers import ClassifierScorer, MNISTScorer
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_classifier_scorer_adapter():
 
 def test_default_scorer_on_the_default_model():
     pipe = NextScalePipeline.from_pretrained("default")
-    out = pipe(class_labels=[3, 8], seed=0, num_candidates=2, scorer="default", output_type="np")
+    out = pipe(class_labels=[3, 8], seed=0, num_candidates=2, scorer=MNISTScorer(), output_type="np")
     assert len(out.scores) == 2 and all(0 <= s <= 1 for s in out.scores)
     sc = MNISTScorer()
     assert sc.classifier.train_info.get("held_out_accuracy", 0) > 0.95
@@ -72,9 +71,11 @@ def test_default_scorer_on_the_default_model():
 def test_bad_candidate_arguments(pipe):
     with pytest.raises(NextScaleError, match="needs a scorer"):
         pipe(class_labels=[1], seed=0, num_candidates=2)
+    with pytest.raises(NextScaleError, match="needs a scorer"):
+        pipe(class_labels=[1], seed=0, num_candidates=2, scorer="default")  # names are for the CLI: resolve_scorer
     with pytest.raises(NextScaleError, match="num_candidates must be >= 1"):
         pipe(class_labels=[1], seed=0, num_candidates=0, scorer=brightness)
-    cfg = get_preset("tiny")
-    imagenet_sized = NextScalePipeline.from_preset(cfg.replace(var=cfg.var.replace(num_classes=1000)))
+    from nextscale.evaluation.scorers import resolve_scorer
     with pytest.raises(NextScaleError, match="built-in scorer is for the 10-class MNIST models"):
-        imagenet_sized(class_labels=[1], seed=0, num_candidates=2, scorer="default")
+        resolve_scorer("default", 1000)
+    assert isinstance(resolve_scorer("default", 10), MNISTScorer) and resolve_scorer(brightness, 1000) is brightness

@@ -271,12 +271,9 @@ class NextScalePipeline:
         refiner = self._refiner(refiner)
         check_output_type(output_type)
         N = check_count(num_candidates, "num_candidates", hi=1024)
-        if N > 1 and scorer is None:
-            raise NextScaleError("num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, or 'default' "
-                                 "(nextscale.scorers)")
-        if N > 1:
-            from nextscale.scorers import resolve_scorer
-            scorer = resolve_scorer(scorer, self.num_classes)
+        if N > 1 and not callable(scorer):
+            raise NextScaleError("num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, e.g. "
+                                 "nextscale.evaluation.scorers.MNISTScorer() for the default model or ClassifierScorer(your_classifier)")
         K = len(self.patch_nums)
         bar = None
         if show_progress:
@@ -359,9 +356,10 @@ class NextScalePipeline:
             in docs/speed.md). ``refiner`` is another pipeline (or VAR) on the same tokenizer that
             predicts scales refine_from_scale..K. Off by default: the exact path.
         num_candidates, scorer: rejection sampling (the reference's d30-re protocol): N candidates per
-            image, the one with the highest ``scorer(images, labels)`` kept (``nextscale.scorers``;
-            "default" = the MNIST scorer for the default model). Deterministic for a seed; N = 1 is
-            plain sampling. ``callback_on_scale`` then streams every candidate.
+            image, the one with the highest ``scorer(images, labels)`` kept (``nextscale.evaluation.scorers``:
+            ``MNISTScorer()`` for the default model, ``ClassifierScorer(net)`` for any classifier).
+            Deterministic for a seed; N = 1 is plain sampling. ``callback_on_scale`` then streams
+            every candidate.
         """
         if num_images is not None:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)

@@ -231,6 +231,10 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     candidates = check_count(candidates, "--candidates", hi=1024)
     if candidates > 1 and scorer is None:
         raise NextScaleError("--candidates > 1 needs --scorer (default: the MNIST scorer; or a scorer file)")
+    scorer_name = scorer if isinstance(scorer, str) else type(scorer).__name__
+    if candidates > 1 and not callable(scorer):
+        from nextscale.evaluation.scorers import resolve_scorer
+        scorer = None  # resolved below, once the model (and its class count) is known
     batch_size = check_count(batch_size, "--batch")
     seed = check_seed(seed, "--seed")
     proto = get_protocol(protocol, cfg, top_k, top_p, more_smooth)
@@ -267,7 +271,9 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
         "torch": torch.__version__, "device_type": torch.device(gen_device).type, "dtype": str(dtype or "float32"),
     }
     if candidates != 1:  # recorded only when on, so folders written before stay valid
-        meta.update(candidates=candidates, scorer=scorer if isinstance(scorer, str) else type(scorer).__name__)
+        meta.update(candidates=candidates, scorer=scorer_name)
+        if scorer is None:
+            scorer = resolve_scorer(scorer_name, int(pipe.num_classes))
     os.makedirs(out_dir, exist_ok=True)
     err = _check_meta(out_dir, meta)
     if main and err is None:

@@ -135,6 +135,39 @@ DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP = ("data and model", "length and bat
 
 
 @dataclass
+class LoopConfig:
+    """Loop settings (objective-independent). Batch sizes are per optimizer step, all ranks together."""
+    run_dir: str
+    max_steps: int
+    batch_size: int                  # global batch per optimizer step (reference: --bs)
+    grad_accum: int = 1              # micro-batches per step (reference: --ac)
+    amp: str = "none"                # none | bf16 | fp16 (fp16 uses a loss scaler)
+    ema_decay: float = 0.0           # 0: no EMA
+    ckpt_every: int = 1000           # steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)
+    keep_last: int = 3               # checkpoints kept on disk
+    log_every: int = 10
+    eval_every: int = 0              # 0: evaluate only at the end (when there is validation data)
+    sample_every: int = 0            # 0: sample grid only at the end; < 0: never
+    eval_batch_size: int = 0         # per rank; 0: the training micro-batch
+    seed: int = 0
+    workers: int = 0                 # DataLoader worker processes per rank
+    device: str = "cpu"
+    fsdp: bool = False               # shard parameters/grads/optimizer (FULL_SHARD) instead of DDP
+    progress: bool = True            # tqdm bar on the main rank
+
+    def micro_batch(self, world_size: int) -> int:
+        if self.batch_size <= 0:
+            raise FieldError(FieldName("batch_size"), f" must be a positive integer, got {self.batch_size}")
+        if self.grad_accum <= 0:
+            raise FieldError(FieldName("grad_accum"), f" must be a positive integer, got {self.grad_accum}")
+        per = self.batch_size / (world_size * self.grad_accum)
+        if per != int(per) or per < 1:
+            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by world size {world_size} x ",
+                             FieldName("grad_accum"), f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
+        return int(per)
+
+
+@dataclass
 class TrainConfigBase:
     """Loop knobs shared by the command configs (``VARTrainConfig``, ``TokenizerTrainConfig``).
 
@@ -221,7 +254,6 @@ class TrainConfigBase:
 
     def loop_config(self, run_dir: str, max_steps: int, device, fsdp: bool = False):
         """The :class:`~nextscale.train.loop.LoopConfig` of this run on ``device`` (resolves the default worker count)."""
-        from nextscale.train.loop import LoopConfig
         workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
         return LoopConfig(run_dir=run_dir, max_steps=max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
                           amp=self.amp, ema_decay=self.ema, ckpt_every=self.ckpt_every, keep_last=self.keep_last,

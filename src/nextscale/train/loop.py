@@ -35,7 +35,7 @@ from nextscale.data import ResumableBatchSampler
 from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.train.checkpoint import seed_all
 from nextscale.train.checkpointer import Checkpointer
-from nextscale.train.config import TrainConfigBase  # noqa: F401  (moved; re-exported)
+from nextscale.train.config import LoopConfig, TrainConfigBase  # noqa: F401  (moved; re-exported)
 from nextscale.train.ema import EMAHolder
 from nextscale.train.guard import FiniteGuard, first_bad_loss
 from nextscale.train.hooks import Hooks
@@ -48,39 +48,6 @@ from nextscale.train.signals import StopSignals
 __all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult"]
 
 CKPT_FORMAT = _CKPT_FORMAT  # the format tag of the checkpoints (nextscale.runfiles)
-
-
-@dataclass
-class LoopConfig:
-    """Loop settings (objective-independent). Batch sizes are per optimizer step, all ranks together."""
-    run_dir: str
-    max_steps: int
-    batch_size: int                  # global batch per optimizer step (reference: --bs)
-    grad_accum: int = 1              # micro-batches per step (reference: --ac)
-    amp: str = "none"                # none | bf16 | fp16 (fp16 uses a loss scaler)
-    ema_decay: float = 0.0           # 0: no EMA
-    ckpt_every: int = 1000           # steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)
-    keep_last: int = 3               # checkpoints kept on disk
-    log_every: int = 10
-    eval_every: int = 0              # 0: evaluate only at the end (when there is validation data)
-    sample_every: int = 0            # 0: sample grid only at the end; < 0: never
-    eval_batch_size: int = 0         # per rank; 0: the training micro-batch
-    seed: int = 0
-    workers: int = 0                 # DataLoader worker processes per rank
-    device: str = "cpu"
-    fsdp: bool = False               # shard parameters/grads/optimizer (FULL_SHARD) instead of DDP
-    progress: bool = True            # tqdm bar on the main rank
-
-    def micro_batch(self, world_size: int) -> int:
-        if self.batch_size <= 0:
-            raise FieldError(FieldName("batch_size"), f" must be a positive integer, got {self.batch_size}")
-        if self.grad_accum <= 0:
-            raise FieldError(FieldName("grad_accum"), f" must be a positive integer, got {self.grad_accum}")
-        per = self.batch_size / (world_size * self.grad_accum)
-        if per != int(per) or per < 1:
-            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by world size {world_size} x ",
-                             FieldName("grad_accum"), f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
-        return int(per)
 
 
 class StepContext:

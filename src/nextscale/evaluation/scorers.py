@@ -93,6 +93,6 @@ def resolve_scorer(scorer, num_classes: int) -> Scorer:
     if isinstance(scorer, str):
         if num_classes != 10:
             raise InputError(f"scorer {scorer!r}: the built-in scorer is for the 10-class MNIST models; this model has "
-                             f"{num_classes} classes, pass scorer=ClassifierScorer(your_classifier) (nextscale.scorers)")
+                             f"{num_classes} classes, pass scorer=ClassifierScorer(your_classifier) (nextscale.evaluation.scorers)")
         return MNISTScorer(None if scorer == "default" else scorer)
     raise InputError(f"scorer must be a callable (images, labels) -> scores, 'default', or a scorer file; got {type(scorer).__name__}")
