@@ -356,7 +356,9 @@ def test_ema_holder(tmp_path):
     with pytest.raises(NextScaleError, match="--ema is not supported with --fsdp"):
         EMAHolder(0.9, fsdp=True).build(ob)
     h = EMAHolder(0.5)
+    held = h.emas  # what an objective keeps from before fit() (its training samples use the EMA)
     h.build(ob)
+    assert held is h.emas and list(held) == ["net"]
     before = {k: v.clone() for k, v in ob.net.state_dict().items()}
     with torch.no_grad():
         for p in ob.net.parameters():

@@ -24,7 +24,9 @@ class EMAHolder:
         if self.fsdp:
             raise NextScaleError("--ema is not supported with --fsdp; drop one of them")
         mods = objective.modules()
-        self.emas = {k: EMA(mods[k], self.decay) for k in objective.ema_modules()}
+        # filled in place: objectives hold this dict from before fit() (their sample pictures use the EMA)
+        self.emas.clear()
+        self.emas.update({k: EMA(mods[k], self.decay) for k in objective.ema_modules()})
 
     def update(self, modules: Dict[str, nn.Module]) -> None:
         for k, e in self.emas.items():
