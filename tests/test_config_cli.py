@@ -209,3 +209,12 @@ def test_sampling_flags_come_from_sampling_settings():
 def test_cli_stays_thin():
     n = len((ROOT / "src" / "nextscale" / "cli.py").read_text().splitlines())
     assert n <= 400, f"src/nextscale/cli.py has {n} lines; keep it a thin layer (library code belongs in the library)"
+
+
+def test_run_building_errors_name_fields_too():
+    from nextscale.configs import get_preset
+    from nextscale.train.tokenizer import _check_fits_latent
+    with pytest.raises(FieldError) as e:
+        _check_fits_latent((1, 2, 99), get_preset("mnist").vqvae)
+    assert str(e.value).startswith("patch_nums 1 2 99 does not fit") and "--" not in str(e.value)
+    assert e.value.render(lambda n: "--" + n.replace("_", "-")).endswith("e.g. --patch-nums 1 2 4 6 8 (a larger resolution needs a larger preset)")

@@ -137,7 +137,7 @@ def error_line(e: BaseException, args: Optional[argparse.Namespace]) -> str:
     """The first line of ``e``'s message, with field names written as the command's flags."""
     flags = getattr(args, "_flags", None) or {}
     if isinstance(e, FieldError):
-        msg = e.render(lambda n: flags.get(n, n))
+        msg = e.render(lambda n: flags.get(n) or flag_of(n))
     else:
         msg = str(e)
         m = re.match(r"(\w+)\b", msg)  # "top_k must be >= 0" -> "--top-k must be >= 0"

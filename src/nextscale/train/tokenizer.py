@@ -49,7 +49,7 @@ import torch.nn.functional as F
 
 from nextscale import dist
 from nextscale.configs import ConfigError, VQVAEConfig, get_preset
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.evaluation.tokenizer import codebook_stats, per_scale_reconstructions, scale_grid
 from nextscale.hub import load_tokenizer  # noqa: F401  (the one tokenizer loader; this name is kept for old imports)
 from nextscale.train.config import TokenizerTrainConfig  # defined there; re-exported
@@ -318,9 +318,9 @@ def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
         return
     side = cfg.v_patch_nums[-1]
     if pn[-1] > side or any(b <= a for a, b in zip(pn, pn[1:])) or pn[0] < 1:
-        raise NextScaleError(f"--patch-nums {' '.join(map(str, pn))} does not fit this tokenizer's {side}x{side} latent "
-                             f"({cfg.resolution} px images): give increasing sides ending in at most {side}, "
-                             f"e.g. --patch-nums {' '.join(map(str, cfg.v_patch_nums))} (a larger resolution needs a larger preset)")
+        raise FieldError(FieldName("patch_nums"), f" {' '.join(map(str, pn))} does not fit this tokenizer's {side}x{side} latent "
+                         f"({cfg.resolution} px images): give increasing sides ending in at most {side}, e.g. ",
+                         FieldName("patch_nums"), f" {' '.join(map(str, cfg.v_patch_nums))} (a larger resolution needs a larger preset)")
 
 
 def _build_vae(tc: TokenizerTrainConfig):
@@ -333,7 +333,7 @@ def _build_vae(tc: TokenizerTrainConfig):
         src = load_tokenizer(tc.init, v_patch_nums=pn)
         _check_fits_latent(pn, src.config)
         if over:
-            raise NextScaleError(f"--{next(iter(over)).replace('_', '-')} cannot change a --init tokenizer's architecture; drop it")
+            raise FieldError(FieldName(next(iter(over))), " cannot change an ", FieldName("init"), " tokenizer's architecture; drop it")
         cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)
         if tc.beta is not None:  # the commitment weight is a config field: the exported config.json records it
             cfg = cfg.replace(beta=float(tc.beta))
@@ -390,7 +390,7 @@ def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
         except RuntimeError:
             ok = False
         if not ok:
-            raise NextScaleError(f"--disc-layers {tc.disc_layers} is too deep for {R}px images; use fewer")
+            raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
     src = val_set if val_set is not None else ImageFolder(root, R, train=False, mid_reso=tc.mid_reso,
                                                           samples=train_set.samples, classes=train_set.classes)
     n_prev = min(4, len(src))
@@ -423,7 +423,8 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
             with open(cfg_path) as f:
                 old = json.load(f)
             if old.get("kind") not in (None, "tokenizer") or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]:
-                raise NextScaleError(f"{run_dir!r} holds a run of another model; use a new --out or the same --preset/--init")
+                raise FieldError(f"{run_dir!r} holds a run of another model; use a new ", FieldName("run_dir"), " or the same ",
+                                 FieldName("preset"), "/", FieldName("init"))
     dist.barrier()
     trainer = Trainer(ob, tc.loop_config(run_dir, total, device), train_set, val_set, run_config=run_config)
     ob.emas = trainer.emas

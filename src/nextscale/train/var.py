@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.configs import ConfigError, ModelConfig, VQVAEConfig, get_preset
 from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
 from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.config import VARTrainConfig  # defined there; re-exported
@@ -253,7 +253,7 @@ def _resolve_tokenizer(tc: VARTrainConfig, preset: Optional[ModelConfig]):
         d = os.path.join(tc.cache, "tokenizer")
         if os.path.isdir(d):
             return load_tokenizer(d)
-        raise NextScaleError(f"token cache {tc.cache!r} has no tokenizer/ folder; pass --tokenizer MODEL")
+        raise FieldError(f"token cache {tc.cache!r} has no tokenizer/ folder; pass ", FieldName("tokenizer"), " MODEL")
     return None
 
 
@@ -272,13 +272,14 @@ def build_run(tc: VARTrainConfig, device: torch.device):
         from nextscale import hub
         path = str(hub.resolve_model_path(tc.init)) if tc.init == "default" else tc.init
         if not os.path.exists(path):
-            raise NextScaleError(f"--init {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'")
+            raise FieldError(FieldName("init"), f" {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'")
         ivae, init_var, _meta = hub.load_components(path)
         vae = vae if vae is not None else ivae
         var_cfg = init_var.config
     else:
         if vae is None:
-            raise NextScaleError("pass --tokenizer MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or --tokenizer random for a smoke test")
+            raise FieldError("pass ", FieldName("tokenizer"), " MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or ",
+                             FieldName("tokenizer"), " random for a smoke test")
         var_cfg = preset.var
         if tc.shared_aln is not None:
             var_cfg = var_cfg.replace(shared_aln=tc.shared_aln)
@@ -287,15 +288,17 @@ def build_run(tc: VARTrainConfig, device: torch.device):
     if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
         from nextscale.configs import PRESETS
         fit = [n for n, c in sorted(PRESETS.items()) if tuple(c.var.patch_nums) == tuple(vae.v_patch_nums)]
-        hint = f"--preset {' / '.join(fit)} has the tokenizer's scales" if fit and tc.init is None else "use a matching --preset/--tokenizer"
-        raise NextScaleError(f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's "
-                             f"{list(var_cfg.patch_nums)}; {hint}")
+        head = f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's {list(var_cfg.patch_nums)}; "
+        if fit and tc.init is None:  # the presets that fit, named as the setting to change
+            raise FieldError(head, FieldName("preset"), f" {' / '.join(fit)} has the tokenizer's scales")
+        raise FieldError(head, "use a matching ", FieldName("preset"), " / ", FieldName("tokenizer"))
     vae.eval().requires_grad_(False)
     train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
     n_cls = max(1, len(classes))
     if init_var is not None:
         if init_var.num_classes != n_cls:
-            raise NextScaleError(f"--init model has {init_var.num_classes} classes, the data has {n_cls}; fine-tune on data with the same classes")
+            raise FieldError(FieldName("init"), f" model has {init_var.num_classes} classes, the data has {n_cls}; "
+                             "fine-tune on data with the same classes")
         var = init_var
     else:
         var_cfg = var_cfg.replace(num_classes=n_cls)
@@ -337,9 +340,11 @@ def train_var(tc: VARTrainConfig) -> FitResult:
             with open(cfg_path) as f:
                 old = json.load(f)
             if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, fp):
-                raise NextScaleError(f"{run_dir!r} was trained with another tokenizer; use a new --run-dir or the same --tokenizer")
+                raise FieldError(f"{run_dir!r} was trained with another tokenizer; use a new ", FieldName("run_dir"), " or the same ",
+                                 FieldName("tokenizer"))
             if old.get("model", {}).get("var") != run_config["model"]["var"]:
-                raise NextScaleError(f"{run_dir!r} holds a run of another architecture; use a new --run-dir or the same --preset/--init")
+                raise FieldError(f"{run_dir!r} holds a run of another architecture; use a new ", FieldName("run_dir"), " or the same ",
+                                 FieldName("preset"), "/", FieldName("init"))
         if not os.path.isdir(tok_dir):
             save_tokenizer(ob.vae, tok_dir)
     dist.barrier()
