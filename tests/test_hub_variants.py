@@ -96,3 +96,24 @@ def test_folder_of_released_files_needs_a_variant(hub_cache):
         NextScalePipeline.from_pretrained(snap, variant="d36")
     with pytest.raises(NextScaleError, match="the default model has one"):
         NextScalePipeline.from_pretrained("default", variant="d16")
+
+
+def test_cli_sample_a_hub_variant_by_class_name(hub_cache, offline, monkeypatch, tmp_path, capsys):
+    """The acceptance command, against the on-disk hub cache (tiny weights)."""
+    import huggingface_hub
+
+    from nextscale.cli import main
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache[0]))
+    out = tmp_path / "g.png"
+    assert main(["sample", "--model", REPO, "--variant", "d16", "--class", "golden retriever", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "g_000_class207_golden-retriever.png"]
+    assert main(["classes", REPO, "--variant", "d16", "--grep", "retriever"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert " 207  golden retriever" in lines and all("retriever" in ln for ln in lines if ln.strip()[:1].isdigit())
+    assert main(["sample", "--model", REPO, "--variant", "d99", "--out", str(tmp_path / "h.png"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "var_d99.pth is not available" in err[0] and not (tmp_path / "h.png").exists()
+    assert main(["sample", "--model", REPO, "--variant", "d16", "--class", "golden retreiver", "--out", str(tmp_path / "h.png"),
+                 "--device", "cpu"]) == 2
+    assert "did you mean 'golden retriever' (207)" in capsys.readouterr().err

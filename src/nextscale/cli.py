@@ -46,8 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        rc = args.func(args)
-        return int(rc or 0)
+        return int(args.func(args) or 0)
     except (NextScaleError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         # user errors only: any other exception is a bug and keeps its traceback
         if os.environ.get("NEXTSCALE_DEBUG"):
@@ -67,8 +66,7 @@ def _lazy(path: str) -> Callable:
     return call
 
 
-# == Commands, one section each; heavy modules are imported inside the functions ==
-# == core: sample / info / convert (nextscale.pipelines, nextscale.hub) ==
+# == Commands, one section each (heavy modules imported inside) == core: sample / info / convert ==
 @command("sample", A.sample, "generate class-conditional images (grid + one PNG per image)",
          "Generate images. Example: nextscale sample --class 207 360 --cfg 1.5 --top-k 900 --top-p 0.96 --seed 0 --out grid.png")
 def _run_sample(args) -> int:
@@ -77,7 +75,7 @@ def _run_sample(args) -> int:
 
     from nextscale.imageio import check_writable, make_grid, save_image_set
     from nextscale.pipeline_ar import load_any_pipeline as load_pipeline  # VAR, or an AR baseline directory
-    from nextscale.validate import MAX_IMAGES, check_count, check_seed
+    from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
 
     sampling = sampling_changes(args)
     check_seed(args.seed, "--seed")
@@ -89,13 +87,13 @@ def _run_sample(args) -> int:
         check_count(args.nrow, "--nrow")
     out = check_writable(args.out, image=True)
     dev, dt = device_dtype(args)
-    pipe = load_pipeline(args.model, device=dev, dtype=dt)
+    pipe, fast = load_pipeline(args.model, device=dev, dtype=dt, variant=args.variant), A.refiner_kwargs(args, dev)
     nc = pipe.num_classes
     if args.classes:
-        bad = [c for c in args.classes if not -1 <= c < nc]
+        bad = [c for c in args.classes if isinstance(c, int) and not -1 <= c < nc]
         if bad:
             raise NextScaleError(f"unknown class id {bad[0]}: this model has classes 0..{nc - 1} (-1 = unconditional)")
-        labels = [c for c in args.classes for _ in range(args.num or 1)]
+        labels = [c for c in check_class_ids(args.classes, nc, "--class", class_names=pipe.labels) for _ in range(args.num or 1)]
     elif nc <= 16:
         labels = [c for c in range(nc) for _ in range(args.num or 1)]
     else:
@@ -104,16 +102,30 @@ def _run_sample(args) -> int:
     images, used, strips, one = [], [], [], len(labels) <= args.batch_size
     for s in tqdm(range(0, len(labels), args.batch_size), desc="sampling", unit="batch", disable=one and not sys.stderr.isatty()):
         o = pipe(class_labels=labels[s:s + args.batch_size], settings=settings, generator=gen, output_type="pil",
-                 return_indices=args.strip, show_progress=one)
+                 return_indices=args.strip, show_progress=one, **fast)
         images, used = images + o.images, used + o.labels
         if args.strip:
             per_scale = pipe.decode_scales(o.indices)  # K x (b, 3, H, W)
             strips += [im[i] for i in range(len(o.images)) for im in per_scale]
     extras = [(f"_strip{out.suffix}", make_grid(strips, nrow=len(pipe.patch_nums), min_cell=64))] if args.strip else []
-    written = save_image_set(out, images, singles=None if args.no_singles else [f"_{i:03d}_class{c}" for i, c in enumerate(used)],
+    names = [pipe.class_name(c) for c in used]
+    written = save_image_set(out, images, singles=None if args.no_singles else A.single_names(used, names),
                              extras=extras, nrow=args.nrow or (10 if len(images) >= 10 else None),
-                             captions=[pipe.class_name(c) for c in used], min_cell=64)
+                             captions=names, min_cell=64)
     print(f"wrote {written[0]} ({len(images)} images{', ' + str(len(written) - 1) + ' more files' if len(written) > 1 else ''})")
+    return 0
+
+
+@command("classes", A.classes, "list a model's classes (id and name), e.g. to find the id of a golden retriever",
+         "Print every class of a model, or those matching --grep. Example: nextscale classes FoundationVision/var --variant d16 --grep retriever")
+def _run_classes(args) -> int:
+    from nextscale.classes import grep_classes
+    from nextscale.pipelines import load_pipeline
+    pipe = load_pipeline(args.model, variant=args.variant)
+    hits = grep_classes(pipe.labels or [str(c) for c in range(pipe.num_classes)], args.grep)
+    if not hits:
+        raise NextScaleError(f"no class of this model matches {args.grep!r}")
+    print("\n".join(f"{c:4d}  {n}" for c, n in hits))
     return 0
 
 
@@ -124,7 +136,7 @@ def _run_info(args) -> int:
     import json
 
     from nextscale.pipelines import load_pipeline
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, variant=args.variant)
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {"resolution": pipe.resolution, "num_classes": pipe.num_classes, "patch_nums": list(pipe.patch_nums),
@@ -171,6 +183,7 @@ def _run_sample_fid(args) -> int:
 
     from nextscale import dist
     from nextscale.evaluation.sample import sample_for_fid
+    from nextscale.pipelines import load_pipeline
     from nextscale.validate import MAX_FID_IMAGES, check_count, check_device, check_seed
     sampling = sampling_changes(args)
     if args.device:
@@ -185,8 +198,10 @@ def _run_sample_fid(args) -> int:
     if dt is not None and dev.type == "cpu":
         raise NextScaleError(f"--dtype {args.dtype} needs a GPU; use --dtype fp32 on CPU")
     try:
-        res = sample_for_fid(args.model, args.out, per_class=args.per_class, protocol=args.protocol, cfg=sampling.get("guidance_scale"),
+        model = load_pipeline(args.model, device=dev, dtype=dt, variant=args.variant) if args.variant else args.model
+        res = sample_for_fid(model, args.out, per_class=args.per_class, protocol=args.protocol, cfg=sampling.get("guidance_scale"),
                              top_k=sampling.get("top_k"), top_p=sampling.get("top_p"), seed=args.seed, batch_size=args.batch,
+                             candidates=args.candidates, scorer=args.scorer, speedups={**A.speedup_changes(sampling), **A.refiner_kwargs(args, dev)},
                              num_classes=args.num_classes, npz=None if args.no_npz else args.npz, device=dev,
                              dtype=dt, progress=not args.no_progress, max_chunks=args.max_chunks,
                              log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -374,7 +389,7 @@ def _run_demo(args) -> int:
     if not 0 <= args.scale_delay <= 10:
         raise NextScaleError(f"--scale-delay must be in [0, 10] seconds, got {args.scale_delay}")
     dev, dt = device_dtype(args)
-    serve(args.model, host=args.host, port=args.port, device=dev, dtype=dt, max_batch_size=args.max_batch_size,
+    serve(args.model, host=args.host, port=args.port, device=dev, dtype=dt, max_batch_size=args.max_batch_size, variant=args.variant,
           concurrency_limit=args.concurrency, max_queue=args.queue_size, scale_delay=args.scale_delay,
           print_fn=lambda m: print(m, file=sys.stderr, flush=True))
     return 0

@@ -16,7 +16,7 @@ import re
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from nextscale.errors import FieldError, FieldName
+from nextscale.errors import FieldError, FieldName, NextScaleError
 
 __all__ = ["Parser", "flag_of", "flag_names", "add_config_args", "config_from_args", "error_line"]
 
@@ -170,9 +170,6 @@ def sampling_changes(args: argparse.Namespace) -> Dict[str, Any]:
     from nextscale.sampling import SamplingSettings
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSettings) if getattr(args, f.name, None) is not None}
     kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
-    top_p = kw.get("top_p")
-    if top_p is not None and not 0.0 <= top_p <= 1.0:  # the range in words (SamplingSettings: "top_p must be <= 1")
-        raise FieldError(FieldName("top_p"), f" must be in [0, 1] (0 = off), got {top_p}")
     SamplingSettings(**kw)
     return kw
 
@@ -200,16 +197,65 @@ def device_dtype(args: argparse.Namespace):
 _MODEL = "pipeline directory, released var_d*.pth (with vae_*.pth beside it), hub id, or 'default' (the bundled model; the default)"
 
 
+def class_id(v: str):
+    """--class values: an id (207, -1) or a class name ("golden retriever"; see nextscale classes)."""
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def model_args(p: argparse.ArgumentParser, required: bool = False, help: str = _MODEL, positional: bool = False) -> None:
+    """--model (or a positional MODEL) and --variant (one transformer of a folder / hub repo of released files)."""
+    if positional:
+        p.add_argument("model", nargs="?", default="default", help=help)
+    else:
+        p.add_argument("--model", required=required, default=None, help=help)
+    p.add_argument("--variant", default=None, metavar="dNN",
+                   help="which released transformer (d16 d20 d24 d30 d36) of a folder or hub repo of released .pth files, "
+                        "e.g. --model FoundationVision/var --variant d16: only it and the tokenizer are downloaded")
+
+
+def single_names(ids: List[int], names: List[str]) -> List[str]:
+    """File-name suffixes of single images: _000_class207_golden-retriever (the name only when it is not the id)."""
+    return [f"_{i:03d}_class{c}" + ("" if n == str(c) else "_" + re.sub(r"[^\w-]+", "-", n).strip("-")[:40])
+            for i, (c, n) in enumerate(zip(ids, names))]
+
+
+def speedup_changes(sampling: Dict[str, Any]) -> Dict[str, Any]:
+    """The opt-in speed-ups turned on among ``sampling_changes`` (sample-fid passes them on separately)."""
+    from nextscale.sampling import SamplingSettings
+    off = SamplingSettings()
+    return {k: v for k, v in sampling.items()
+            if k in ("guidance_cutoff", "prune_ratio", "prune_last", "kv_budget") and v != getattr(off, k)}
+
+
+def refiner_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--refiner", default=None, metavar="MODEL",
+                   help="a second model on the same tokenizer that predicts the last scales (approximate speed-up)")
+    p.add_argument("--refine-from-scale", type=int, default=None, metavar="K", help="first scale (0-based) the --refiner predicts")
+
+
+def refiner_kwargs(args: argparse.Namespace, device=None) -> Dict[str, Any]:
+    if args.refiner is None:
+        if args.refine_from_scale is not None:
+            raise NextScaleError("--refine-from-scale needs --refiner MODEL")
+        return {}
+    from nextscale.pipelines import load_pipeline
+    return {"refiner": load_pipeline(args.refiner, device=device), "refine_from_scale": args.refine_from_scale}
+
+
 def _sampling(p: argparse.ArgumentParser) -> None:
     """sample / edit: the model, the SamplingSettings flags, seed, device and dtype."""
-    p.add_argument("--model", default=None, help=_MODEL)
+    model_args(p)
     add_sampling_args(p)
+    refiner_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed + device = same image); default 0")
     add_device_args(p)
 
 
 def sample(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--class", dest="classes", type=int, nargs="*", default=None, help="class ids (-1 = unconditional); default: all classes of a model with <= 16 classes, else 8 random")
+    p.add_argument("--class", dest="classes", type=class_id, nargs="*", default=None, help="class ids or names (-1 = unconditional; see nextscale classes); default: all classes of a model with <= 16 classes, else 8 random")
     p.add_argument("--num", type=int, default=None, help="images per class given (default 1), or the number of random-class images")
     _sampling(p)
     p.add_argument("--out", default="samples.png", help="grid image path; single images go to OUT_STEM_<i>.png beside it")
@@ -222,7 +268,7 @@ def sample(p: argparse.ArgumentParser) -> None:
 def edit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="image to edit (center-cropped to a square and resized to the model resolution)")
     p.add_argument("--mask", default=None, help="same size as --image; white = regenerate, black = keep (binary; see --mask-threshold)")
-    p.add_argument("--class", dest="class_label", type=int, default=None, help="class of the regenerated content (-1 = unconditional, the default)")
+    p.add_argument("--class", dest="class_label", type=class_id, default=None, help="class (id or name) of the regenerated content (-1 = unconditional, the default)")
     p.add_argument("--outpaint", default=None, metavar="L,T,R,B",
                    help="place the image inside the model canvas with these margins in canvas pixels (negative = beyond the edge: "
                          "write --outpaint=-32,0,32,0); the rest is generated")
@@ -235,7 +281,7 @@ def edit(p: argparse.ArgumentParser) -> None:
 
 
 def info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", default="default", help="pipeline directory, var_d*.pth, hub id or 'default'")
+    model_args(p, positional=True, help="pipeline directory, var_d*.pth, hub id or 'default'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -247,15 +293,23 @@ def convert(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-nums", type=int, nargs="+", default=None, help="scale schedule, only for non-released token counts")
 
 
+def classes(p: argparse.ArgumentParser) -> None:
+    model_args(p, positional=True, help="pipeline directory, var_d*.pth, hub id or 'default'")
+    p.add_argument("--grep", default=None, metavar="WORD", help="only the classes whose name (or ImageNet alias) contains WORD")
+
+
 def sample_fid(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="pipeline directory, released var_d*.pth, or hub id")
+    model_args(p, required=True, help="pipeline directory, released var_d*.pth, or hub id")
     p.add_argument("--out", required=True, help="folder for the PNGs (created; re-running resumes)")
     p.add_argument("--per-class", type=int, default=50, help="images per class (default 50 -> 50,000 for ImageNet)")
     p.add_argument("--protocol", default="var-readme",
                    help="var-readme (cfg 1.5, top-p 0.96, top-k 900; default) or var-paper (cfg 2.0, top-k 600)")
-    add_sampling_args(p, only=("guidance_scale", "top_k", "top_p"),
+    add_sampling_args(p, only=("guidance_scale", "top_k", "top_p", "guidance_cutoff", "prune_ratio", "prune_last", "kv_budget"),
                       helps={"guidance_scale": "override the protocol's cfg (the run is then named PROTOCOL+custom)",
                              "top_k": "override the protocol's top-k (0 = off)", "top_p": "override the protocol's top-p (0 = off)"})
+    refiner_args(p)
+    p.add_argument("--candidates", type=int, default=1, metavar="N", help="rejection sampling: each image is the best of N by --scorer (default 1 = off)")
+    p.add_argument("--scorer", default=None, help="'default' (the MNIST scorer of the default model) or an MNIST scorer .safetensors")
     p.add_argument("--seed", type=int, default=0, help="base seed; chunk j uses seed + j (default 0)")
     p.add_argument("--batch", "--batch-size", dest="batch", type=int, default=25,
                    help="images per chunk/forward pass; part of the seeding, keep it fixed to reproduce (default 25)")
@@ -337,7 +391,7 @@ def eval_tokenizer(p: argparse.ArgumentParser) -> None:
 
 
 def demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="pipeline directory, var_d*.pth, hub id or 'default' (the bundled model; the default)")
+    model_args(p, help="pipeline directory, var_d*.pth, hub id or 'default' (the bundled model; the default)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; anything else is reachable by others: a warning is printed)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     add_device_args(p)

@@ -606,7 +606,7 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
 
 def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, *, device=None, dtype=None,
           max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32, scale_delay: float = 0.0,
-          print_fn: Callable[[str], None] = print, block: bool = True):
+          print_fn: Callable[[str], None] = print, block: bool = True, variant: Optional[str] = None):
     """Load the model once and serve the demo (``nextscale demo``). Loopback by default; any
     other address is an explicit choice and gets a warning (there is no authentication).
     Returns the running ``gr.Blocks`` when ``block=False`` (``.close()`` stops it)."""
@@ -620,7 +620,7 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860
         raise NextScaleError(f"--concurrency must be in 1..16, got {concurrency_limit}")
     if not 1 <= max_queue <= 10_000:
         raise NextScaleError(f"--queue-size must be in 1..10000, got {max_queue}")
-    pipe = load_pipeline(model, device=device, dtype=dtype)
+    pipe = load_pipeline(model, device=device, dtype=dtype, variant=variant)
     demo = build_demo(pipe, max_batch_size=max_batch_size, concurrency_limit=concurrency_limit, max_queue=max_queue,
                       scale_delay=scale_delay)
     for line in startup_messages(host, port, f"model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"):

@@ -255,11 +255,11 @@ class ARPipeline:
         return NextScalePipelineOutput(images=images, labels=out.labels.tolist(), indices=[out.idx_BL] if return_indices else None)
 
 
-def load_any_pipeline(model=None, device=None, dtype=None, **kw):
+def load_any_pipeline(model=None, device=None, dtype=None, variant=None, **kw):
     """An :class:`ARPipeline` for an AR model directory, else ``nextscale.pipelines.load_pipeline``'s
     pipeline (VAR: a directory, "default", a hub id or a released ``var_d*.pth``). What ``nextscale
     sample`` loads."""
-    if model is not None and model != "default":
+    if model is not None and model != "default" and variant is None:
         from nextscale.hub import resolve_model_path
         try:
             path = resolve_model_path(model)
@@ -268,4 +268,4 @@ def load_any_pipeline(model=None, device=None, dtype=None, **kw):
         if path is not None and is_ar_dir(path):
             return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
     from nextscale.pipelines import load_pipeline
-    return load_pipeline(model, device=device, dtype=dtype, **kw)
+    return load_pipeline(model, device=device, dtype=dtype, variant=variant, **kw)

@@ -94,7 +94,10 @@ class SamplingSettings:
         if k < 0:
             raise InputError(f"top_k must be >= 0 (0 = off), got {k}")
         object.__setattr__(self, "top_k", k)
-        object.__setattr__(self, "top_p", check_float(self.top_p, "top_p", lo=0.0, hi=1.0))
+        tp = check_float(self.top_p, "top_p")
+        if not 0.0 <= tp <= 1.0:
+            raise InputError(f"top_p must be in [0, 1] (0 = off), got {tp:g}")
+        object.__setattr__(self, "top_p", tp)
         if self.more_smooth not in (True, False):
             raise InputError(f"more_smooth must be True or False, got {self.more_smooth!r}")
         object.__setattr__(self, "more_smooth", bool(self.more_smooth))

@@ -214,7 +214,8 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
                    more_smooth: Optional[bool] = None, seed: int = 0, batch_size: int = 25,
                    num_classes: Optional[int] = None, npz: Optional[str] = "", device=None, dtype=None,
                    progress: bool = True, max_chunks: Optional[int] = None,
-                   log: Callable[[str], None] = print, candidates: int = 1, scorer: Any = None) -> Dict[str, Any]:
+                   log: Callable[[str], None] = print, candidates: int = 1, scorer: Any = None,
+                   speedups: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Sample ``per_class`` images of every class into ``out_dir`` (see the module docstring).
 
     ``model``: anything :func:`nextscale.pipelines.load_pipeline` accepts, or a pipeline object.
@@ -223,6 +224,8 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     the folder is then incomplete and a re-run finishes it.
     ``candidates`` > 1 with a ``scorer`` is rejection sampling (the reference's d30-re protocol): every
     image is the best of that many candidates (``NextScalePipeline.__call__``'s ``num_candidates``).
+    ``speedups``: the opt-in sampling speed-ups (``guidance_cutoff``, ``prune_ratio``, ``prune_last``,
+    ``kv_budget``, ``refiner`` + ``refine_from_scale``), recorded in ``sample_fid.json``.
     Returns a summary dict (on every rank; ``npz`` is set on rank 0 once packed).
     """
     from nextscale.sampling import SamplingSettings
@@ -270,7 +273,10 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
         "labels": "index // per_class", "chunk_seed": "seed + chunk_index", "model": model_name,
         "torch": torch.__version__, "device_type": torch.device(gen_device).type, "dtype": str(dtype or "float32"),
     }
-    if candidates != 1:  # recorded only when on, so folders written before stay valid
+    speedups = dict(speedups or {})
+    if speedups:  # recorded only when on, so folders written before stay valid
+        meta["speedups"] = {k: (type(v).__name__ if k == "refiner" else v) for k, v in speedups.items()}
+    if candidates != 1:
         meta.update(candidates=candidates, scorer=scorer_name)
         if scorer is None:
             scorer = resolve_scorer(scorer_name, int(pipe.num_classes))
@@ -309,7 +315,7 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
             gen = torch.Generator(device=gen_device).manual_seed(seed + j)
             out = pipe(class_labels=labels, guidance_scale=proto.cfg, top_k=proto.top_k, top_p=proto.top_p,
                        more_smooth=proto.more_smooth, generator=gen, output_type="np", show_progress=False,
-                       num_candidates=candidates, scorer=scorer)
+                       num_candidates=candidates, scorer=scorer, **speedups)
             imgs = _to_uint8(out.images)
             if imgs.shape != (len(idx), res, res, 3):
                 raise RuntimeError(f"pipeline returned images of shape {imgs.shape}, expected {(len(idx), res, res, 3)}")
