@@ -358,14 +358,14 @@ def _run_edit(args) -> int:
         raise NextScaleError(f"{args.mask}: the mask is all black, so nothing would be regenerated; "
                              "paint the region to regenerate white (black = keep)")
     dev, dt = device_dtype(args)
-    pipe = NextScaleInpaintPipeline.from_pretrained(args.model or "default", device=dev, dtype=dt)
-    if args.class_label is not None and not -1 <= args.class_label < pipe.num_classes:
+    pipe = NextScaleInpaintPipeline.from_pretrained(args.model or "default", device=dev, dtype=dt, variant=args.variant)
+    if isinstance(args.class_label, int) and not -1 <= args.class_label < pipe.num_classes:
         raise NextScaleError(f"unknown class id {args.class_label}: this model has classes 0..{pipe.num_classes - 1} (-1 = unconditional)")
     label = -1 if args.class_label is None else args.class_label
     with warnings.catch_warnings(record=True) as caught:  # all-black / all-white masks: one-line notes
         warnings.simplefilter("always", UserWarning)
         o = pipe(image, mask, class_labels=[label] * args.num, outpaint=outpaint, keep_scales=args.keep_scales,
-                 mask_threshold=args.mask_threshold, settings=pipe.settings.replace(**sampling),
+                 mask_threshold=args.mask_threshold, settings=pipe.settings.replace(**sampling), **A.refiner_kwargs(args, dev),
                  generator=torch.Generator(device=pipe.device).manual_seed(args.seed), output_type="pil")
     for w in caught:
         print(f"nextscale: note: {w.message}", file=sys.stderr)
