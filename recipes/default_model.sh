@@ -12,13 +12,7 @@ mkdir -p "$W"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 # 1. data: RGB 32x32 PNGs, W/mnist32/{train,val}/<digit>/
-python - "$W" <<'PY'
-import os, sys
-from nextscale.data import export_mnist
-out = os.path.join(sys.argv[1], "mnist32")
-if not os.path.isdir(os.path.join(out, "val")):
-    export_mnist(out, split="both", resolution=32, holdout_per_class=50)
-PY
+bash "$(dirname "$0")/mnist_data.sh" "$W"
 
 # 2. tokenizer: the `mnist` preset (V=256, Cvae=16, 8x8 latent, scales 1 2 4 6 8), L2 + VQ loss, no GAN
 nextscale train-tokenizer --data "$W/mnist32" --preset mnist --out "$W/tok" --steps 800 --batch-size 32 \

@@ -6,13 +6,7 @@ set -euo pipefail
 W=${1:-runs/refiner}
 mkdir -p "$W"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-python - "$W" <<'PY'
-import os, sys
-from nextscale.data import export_mnist
-out = os.path.join(sys.argv[1], "mnist32")
-if not os.path.isdir(os.path.join(out, "val")):
-    export_mnist(out, split="both", resolution=32, holdout_per_class=50)
-PY
+bash "$(dirname "$0")/mnist_data.sh" "$W"
 [ -d "$W/cache" ] || nextscale tokenize --data "$W/mnist32" --tokenizer default --out "$W/cache" --mid-reso 1.0
 nextscale train --cache "$W/cache" --preset mnist-small --run-dir "$W/var" --steps 1400 --batch-size 32 --lr 2e-3 --warmup-steps 50 --lr-end 0.05 --weight-decay 0.05 --grad-clip 2 --ema 0.995 --cond-drop 0.1 --ckpt-every 100 --keep 3 --log-every 50 --eval-every 700 --sample-every 700 --no-progress
 nextscale export "$W/var" --out "$W/model"
