@@ -7,7 +7,7 @@ from typing import Any, Dict
 import torch.nn as nn
 
 from nextscale.errors import NextScaleError
-from nextscale.train.optim import EMA
+from nextscale.train.optim import EMA, load_parts_state_dict, parts_state_dict
 
 __all__ = ["EMAHolder"]
 
@@ -33,9 +33,7 @@ class EMAHolder:
             e.update(modules[k])
 
     def state_dict(self) -> Dict[str, Any]:
-        return {k: e.state_dict() for k, e in self.emas.items()}
+        return parts_state_dict(self.emas)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for k, e in self.emas.items():
-            if k in state:
-                e.load_state_dict(state[k])
+        load_parts_state_dict(self.emas, state)

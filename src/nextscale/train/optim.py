@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -162,3 +162,15 @@ class EMA:
     def copy_to(self, module: nn.Module) -> None:
         sd = module.state_dict()
         module.load_state_dict({k: self.shadow[k].to(sd[k].dtype) for k in sd})
+
+
+def parts_state_dict(parts: Dict[str, Any]) -> Dict[str, Any]:
+    """``{name: part.state_dict()}`` of a dict of stateful parts (EMAs, loss scalers)."""
+    return {k: p.state_dict() for k, p in parts.items()}
+
+
+def load_parts_state_dict(parts: Dict[str, Any], state: Dict[str, Any]) -> None:
+    """The inverse of :func:`parts_state_dict`; parts missing from ``state`` keep their state."""
+    for k, p in parts.items():
+        if k in state:
+            p.load_state_dict(state[k])

@@ -16,7 +16,7 @@ import torch
 
 from nextscale.errors import NextScaleError
 from nextscale.train.guard import FiniteGuard
-from nextscale.train.optim import OptimSpec
+from nextscale.train.optim import OptimSpec, load_parts_state_dict, parts_state_dict
 
 __all__ = ["Precision", "AMP_MODES"]
 
@@ -80,9 +80,7 @@ class Precision:
         return stats
 
     def state_dict(self) -> Dict[str, Any]:
-        return {k: s.state_dict() for k, s in self.scalers.items()}
+        return parts_state_dict(self.scalers)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        for k, s in self.scalers.items():
-            if k in state:
-                s.load_state_dict(state[k])
+        load_parts_state_dict(self.scalers, state)
