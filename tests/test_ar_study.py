@@ -77,6 +77,10 @@ def test_save_load_gives_identical_samples(tmp_path):
     b = back(class_labels=[0, 3, 5], seed=7, output_type="np", return_indices=True)
     assert torch.equal(a.indices[0], b.indices[0]) and np.array_equal(a.images, b.images)
     assert back.sampling_defaults == pipe.sampling_defaults and back.class_name(3) == "3"
+    from nextscale.errors import NextScaleError
+    from nextscale.pipelines import NextScalePipeline
+    with pytest.raises(NextScaleError, match=r"is a raster-order AR baseline \(issue #15\), not a VAR pipeline: load it with nextscale.pipeline_ar.ARPipeline"):
+        NextScalePipeline.from_pretrained(tmp_path / "m")  # not "a tokenizer-only directory"
     # strict load: a file of another size is refused with the reason
     from nextscale.errors import CheckpointError
     from nextscale.pipeline_ar import save_ar_pipeline

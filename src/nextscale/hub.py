@@ -253,6 +253,9 @@ def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str]
         return vae, None, {"labels": None, "index": index, "source": str(p), "tokenizer_only": True}
     if p.is_dir() and (p / "model_index.json").exists():
         index = _read_json(p / "model_index.json")
+        if index.get("model_type") == "ar":
+            raise NextScaleError(f"{p} is a raster-order AR baseline (issue #15), not a VAR pipeline: load it with "
+                                 f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample --model {p}")
         vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
         tcfg = VARConfig.from_dict(_read_json(p / "var" / "config.json"))
         vae = load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg)
@@ -355,6 +358,8 @@ def is_tokenizer_dir(path) -> bool:
         return False
     if isinstance(index, dict) and index.get("_class_name") == TOKENIZER_CLASS_NAME:
         return True
+    if isinstance(index, dict) and index.get("model_type") == "ar":  # the raster-AR baseline has vqvae/ + ar/
+        return False
     return (p / "vqvae" / "config.json").is_file() and not (p / "var").exists()
 
 
