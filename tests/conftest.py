@@ -129,3 +129,14 @@ def tiny_cache(digits64, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("tiny_cache") / "cache")
     assert main(["tokenize", "--data", digits64, "--tokenizer", "random", "--preset", "tiny", "--out", out]) == 0
     return out
+
+
+# the names the training and trust tests use for the shared data fixtures above
+@pytest.fixture(scope="module")
+def digits(digits64):
+    return digits64
+
+
+@pytest.fixture(scope="module")
+def cache(tiny_cache):
+    return tiny_cache

@@ -21,16 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
 
 
-@pytest.fixture(scope="module")
-def digits(digits64):
-    return digits64
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_cache):
-    return tiny_cache
-
-
 def _final(run):
     step, st = CheckpointManager(os.path.join(run, "checkpoints")).latest()
     return step, st

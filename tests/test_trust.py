@@ -41,16 +41,6 @@ def plant(path, marker, wrap=lambda e: {"state_dict": e}):
 
 
 @pytest.fixture(scope="module")
-def digits(digits64):
-    return digits64
-
-
-@pytest.fixture(scope="module")
-def cache(tiny_cache):
-    return tiny_cache
-
-
-@pytest.fixture(scope="module")
 def var_run(cache, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("vr") / "run")
     assert main(["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "1", "--batch-size", "4",
