@@ -20,9 +20,6 @@ Written atomically (a temp directory renamed into place); loaded with ``strict=T
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -64,36 +61,16 @@ def _read_json(path: Path):
 
 def save_ar_pipeline(out_dir, vae: VQVAE, model: ARTransformer, labels: Optional[Sequence[str]] = None,
                      extra: Optional[Dict[str, Any]] = None) -> Path:
-    """Write the directory atomically: filled in a temp folder beside ``out_dir``, then renamed."""
-    from nextscale._version import __version__
-    from nextscale.safeload import save_safetensors
+    """Write the directory atomically (``nextscale.hub``'s temp-folder-and-rename writer)."""
+    from nextscale.hub import _atomic_dir, _write_index, _write_model_dir
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise NextScaleError(f"{out}: exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        for sub, m in (("vqvae", vae), ("ar", model)):
-            (tmp / sub).mkdir()
-            (tmp / sub / "config.json").write_text(m.config.to_json())
-            save_safetensors(m.state_dict(), tmp / sub / "model.safetensors")
-        index = {"_class_name": AR_CLASS_NAME, "_nextscale_version": __version__, "model_type": "ar",
-                 "vqvae": ["nextscale", "VQVAE"], "ar": ["nextscale", "ARTransformer"], **(extra or {})}
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+    with _atomic_dir(out) as tmp:
+        _write_model_dir(tmp / "vqvae", vae)
+        _write_model_dir(tmp / "ar", model)
+        _write_index(tmp, AR_CLASS_NAME, {"model_type": "ar", "vqvae": ["nextscale", "VQVAE"],
+                                          "ar": ["nextscale", "ARTransformer"]}, extra)
         if labels is not None:
             (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
-        from nextscale.imageio import apply_umask
-        apply_umask(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
