@@ -29,7 +29,7 @@ from nextscale.configs import VQVAEConfig
 from nextscale.errors import CheckpointError, NextScaleError
 from nextscale.models.ar import ARConfig, ARTransformer
 from nextscale.models.vqvae import VQVAE
-from nextscale.pipelines import NextScalePipelineOutput, check_output_type, to_output
+from nextscale.pipelines import RECOMMENDABLE, NextScalePipelineOutput, PipelineBase, check_output_type, to_output
 from nextscale.sampling import SamplingSettings
 from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
 from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
@@ -37,7 +37,6 @@ from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_s
 __all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline", "load_any_pipeline"]
 
 AR_CLASS_NAME = "NextScaleARPipeline"
-RECOMMENDABLE = ("guidance_scale", "top_k", "top_p")
 
 
 def is_ar_dir(path) -> bool:
@@ -101,7 +100,7 @@ def load_ar_pipeline(path):
     return vae, model, {"labels": labels, "index": index, "source": str(p)}
 
 
-class ARPipeline:
+class ARPipeline(PipelineBase):
     """Class-conditional generation with a single-scale VQ-VAE + the raster-order AR transformer.
 
     The call mirrors :class:`~nextscale.pipelines.NextScalePipeline` (same sampling options, same
@@ -124,21 +123,8 @@ class ARPipeline:
 
     model_type = "ar"
 
-    def enable_cpu_kernels(self) -> "ARPipeline":
-        from nextscale.accel import enable_cpu_kernels
-        enable_cpu_kernels(self.vqvae)
-        enable_cpu_kernels(self.ar)
-        return self
-
-    def disable_cpu_kernels(self) -> "ARPipeline":
-        from nextscale.accel import disable_cpu_kernels
-        disable_cpu_kernels(self.vqvae)
-        disable_cpu_kernels(self.ar)
-        return self
-
-    @property
-    def sampling_defaults(self) -> Dict[str, Any]:
-        return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
+    def _models(self):
+        return self.vqvae, self.ar
 
     @classmethod
     def from_pretrained(cls, path, device=None, dtype=None) -> "ARPipeline":

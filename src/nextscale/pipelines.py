@@ -97,7 +97,26 @@ def to_output(img_B3HW_01: torch.Tensor, output_type: str):
     return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]
 
 
-class NextScalePipeline:
+class PipelineBase:
+    """What every nextscale pipeline shares (this one and the AR baseline's): the recommended
+    sampling settings and the CPU kernels of its tokenizer + transformer (``_models()``)."""
+
+    @property
+    def sampling_defaults(self) -> Dict[str, Any]:
+        return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
+
+    def enable_cpu_kernels(self):
+        for m in self._models():
+            enable_cpu_kernels(m)
+        return self
+
+    def disable_cpu_kernels(self):
+        for m in self._models():
+            disable_cpu_kernels(m)
+        return self
+
+
+class NextScalePipeline(PipelineBase):
     """Class-conditional image generation with a VQ-VAE + VAR pair."""
 
     def __init__(self, vqvae: VQVAE, var: VAR, labels: Optional[Sequence[str]] = None,
@@ -124,19 +143,8 @@ class NextScalePipeline:
         self.use_cuda_graphs = True
         self._cuda_graphs = CudaGraphs()
 
-    @property
-    def sampling_defaults(self) -> Dict[str, Any]:
-        return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
-
-    def enable_cpu_kernels(self) -> "NextScalePipeline":
-        enable_cpu_kernels(self.vqvae)
-        enable_cpu_kernels(self.var)
-        return self
-
-    def disable_cpu_kernels(self) -> "NextScalePipeline":
-        disable_cpu_kernels(self.vqvae)
-        disable_cpu_kernels(self.var)
-        return self
+    def _models(self):
+        return self.vqvae, self.var
 
     # ---- construction ----
     @property
