@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from nextscale.configs import ConfigError, _Base, _positive
 from nextscale.models.kv_cache import KVCache
-from nextscale.models.var import AdaLNBeforeHead, AdaLNSelfAttn
+from nextscale.models.var import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 
 __all__ = ["ARConfig", "ARTransformer", "AR_PRESETS", "get_ar_preset"]
 
@@ -214,27 +214,9 @@ class ARTransformer(nn.Module):
 
     # ---- init (VAR's reference recipe) ----
     def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=0.02):
-        """VAR's initialisation (``VAR.init_weights``): truncated-normal linears/embeddings (std
-        sqrt(1/3C) when ``init_std < 0``), residual projections scaled by 1/sqrt(2*depth), a small
-        head, AdaLN gammas near zero so every block starts close to the identity."""
-        if init_std < 0:
-            init_std = (1 / self.C / 3) ** 0.5
-        for m in self.modules():
-            if isinstance(m, (nn.Linear, nn.Embedding)):
-                nn.init.trunc_normal_(m.weight.data, std=init_std)
-                if isinstance(m, nn.Linear) and m.bias is not None:
-                    m.bias.data.zero_()
-        if init_head >= 0:
-            self.head.weight.data.mul_(init_head)
-            self.head.bias.data.zero_()
-        self.head_nm.ada_lin[-1].weight.data.mul_(init_adaln)
-        self.head_nm.ada_lin[-1].bias.data.zero_()
-        for sab in self.blocks:
-            sab.attn.proj.weight.data.div_(math.sqrt(2 * self.depth))
-            sab.ffn.fc2.weight.data.div_(math.sqrt(2 * self.depth))
-            sab.ada_lin[-1].weight.data[2 * self.C:].mul_(init_adaln)
-            sab.ada_lin[-1].weight.data[:2 * self.C].mul_(init_adaln_gamma)
-            sab.ada_lin[-1].bias.data.zero_()
+        """VAR's initialisation, the same function (``VAR.init_weights``: the blocks, head and AdaLN
+        layers have VAR's names here, and the AR has nothing VAR's recipe would not cover)."""
+        VAR.init_weights(self, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std)
 
     def extra_repr(self) -> str:
         return f"side={self.side}, L={self.L}, V={self.V}"
