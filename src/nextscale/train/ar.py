@@ -39,7 +39,7 @@ from nextscale.hub import save_tokenizer
 from nextscale.models.ar import ARConfig, ARTransformer, get_ar_preset
 from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.config import VARTrainConfig
-from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
+from nextscale.train.loop import FitResult, Objective, StepContext, run_fit
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 from nextscale.train.var import NO_DECAY_KEYS, _build_data, _resolve_tokenizer
 
@@ -223,14 +223,7 @@ def train_ar(tc: VARTrainConfig, config: Optional[ARConfig] = None) -> FitResult
         if not os.path.isdir(tok_dir):
             save_tokenizer(ob.vae, tok_dir)
     dist.barrier()
-    trainer = Trainer(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config=run_config)
-    ob.emas = trainer.emas
-    try:
-        res = trainer.fit()
-    finally:
-        trainer.log.close()
-    ob.emas = trainer.emas
-    return res
+    return run_fit(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config)
 
 
 def export_ar_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:

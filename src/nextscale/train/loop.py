@@ -45,7 +45,7 @@ from nextscale.train.parallel import Parallel
 from nextscale.train.precision import AMP_MODES, Precision
 from nextscale.train.signals import StopSignals
 
-__all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult"]
+__all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult", "run_fit"]
 
 CKPT_FORMAT = _CKPT_FORMAT  # the format tag of the checkpoints (nextscale.runfiles)
 
@@ -280,3 +280,18 @@ class Trainer:
                                          pin_memory=self.device.type == "cuda", persistent_workers=False,
                                          generator=torch.Generator().manual_seed(self.cfg.seed))  # not the global RNG
         return iter(ld)
+
+
+def run_fit(objective: "Objective", cfg: LoopConfig, train_set, val_set=None, run_config: Optional[Dict[str, Any]] = None,
+            after_fit=None) -> FitResult:
+    """Build the :class:`Trainer`, give the objective its EMAs (filled in place once built: its sample
+    pictures use them), fit, run ``after_fit(trainer, result)`` if given, and close the log."""
+    trainer = Trainer(objective, cfg, train_set, val_set, run_config=run_config)
+    objective.emas = trainer.emas
+    try:
+        res = trainer.fit()
+        if after_fit is not None:
+            after_fit(trainer, res)
+        return res
+    finally:
+        trainer.log.close()

@@ -34,7 +34,7 @@ from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
 from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.config import VARTrainConfig  # defined there; re-exported
-from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
+from nextscale.train.loop import FitResult, Objective, StepContext, run_fit
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
 __all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
@@ -348,14 +348,7 @@ def train_var(tc: VARTrainConfig) -> FitResult:
         if not os.path.isdir(tok_dir):
             save_tokenizer(ob.vae, tok_dir)
     dist.barrier()
-    trainer = Trainer(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config=run_config)
-    ob.emas = trainer.emas
-    try:
-        res = trainer.fit()
-    finally:
-        trainer.log.close()
-    ob.emas = trainer.emas
-    return res
+    return run_fit(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config)
 
 
 # ------------------------------------------------------------------------------------------------
