@@ -233,11 +233,11 @@ def _reschedule(vae: VQVAE, patch_nums) -> VQVAE:
     return new
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(path: Path, what: str = "a nextscale model directory") -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise NextScaleError(f"{path}: missing; is this a nextscale model directory?") from None
+        raise NextScaleError(f"{path}: missing; is this {what}?") from None
     except json.JSONDecodeError as e:
         raise NextScaleError(f"{path}: invalid JSON ({e})") from None
 

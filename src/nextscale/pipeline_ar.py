@@ -50,12 +50,8 @@ def is_ar_dir(path) -> bool:
 
 
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise NextScaleError(f"{path}: missing; is this an AR model directory (nextscale export of an AR run)?") from None
-    except json.JSONDecodeError as e:
-        raise NextScaleError(f"{path}: invalid JSON ({e})") from None
+    from nextscale.hub import _read_json as read
+    return read(path, "an AR model directory (nextscale export of an AR run)")
 
 
 def save_ar_pipeline(out_dir, vae: VQVAE, model: ARTransformer, labels: Optional[Sequence[str]] = None,
