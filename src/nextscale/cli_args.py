@@ -16,7 +16,7 @@ import re
 import typing
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
-from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.errors import FieldError, NextScaleError
 
 __all__ = ["Parser", "flag_of", "flag_names", "add_config_args", "config_from_args", "error_line"]
 

@@ -32,7 +32,7 @@ from nextscale.models.vqvae import VQVAE
 from nextscale.pipelines import RECOMMENDABLE, NextScalePipelineOutput, PipelineBase, check_output_type, to_output
 from nextscale.sampling import SamplingSettings
 from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
-from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
+from nextscale.validate import MAX_IMAGES, check_class_ids, check_count
 
 __all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline", "load_any_pipeline"]
 
@@ -168,17 +168,6 @@ class ARPipeline(PipelineBase):
         if self.labels is not None and 0 <= c < len(self.labels):
             return self.labels[c]
         return str(c)
-
-    def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
-        if generator is not None and seed is not None:
-            raise NextScaleError("give either seed or generator, not both (a generator carries its own seed)")
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise NextScaleError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-            return generator
-        if seed is not None:
-            return torch.Generator(device=self.device).manual_seed(check_seed(seed))
-        return None
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,19 @@ class PipelineBase:
             disable_cpu_kernels(m)
         return self
 
+    def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
+        """``generator`` as given, or a fresh one on the model's device seeded with ``seed``; giving
+        both is an error (which one would win is not obvious)."""
+        if generator is not None and seed is not None:
+            raise NextScaleError("give either seed or generator, not both (a generator carries its own seed)")
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise NextScaleError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+            return generator
+        if seed is not None:
+            return torch.Generator(device=self.device).manual_seed(check_seed(seed))
+        return None
+
 
 class NextScalePipeline(PipelineBase):
     """Class-conditional image generation with a VQ-VAE + VAR pair."""
@@ -239,19 +252,6 @@ class NextScalePipeline(PipelineBase):
         if self.dtype == torch.float32:
             return torch.autocast(device_type=self.device.type, enabled=False)
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def make_generator(self, generator=None, seed=None) -> Optional[torch.Generator]:
-        """``generator`` as given, or a fresh one on the model's device seeded with ``seed``; giving
-        both is an error (which one would win is not obvious)."""
-        if generator is not None and seed is not None:
-            raise NextScaleError("give either seed or generator, not both (a generator carries its own seed)")
-        if generator is not None:
-            if not isinstance(generator, torch.Generator):
-                raise NextScaleError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-            return generator
-        if seed is not None:
-            return torch.Generator(device=self.device).manual_seed(check_seed(seed))
-        return None
 
     @torch.no_grad()
     def decode(self, f_hat: torch.Tensor) -> torch.Tensor:

@@ -19,11 +19,10 @@ Writing a new objective (see :class:`nextscale.train.var.VARObjective`)::
 """
 from __future__ import annotations
 
-import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,7 +31,7 @@ import torch.nn as nn
 from nextscale import dist
 from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
 from nextscale.data import ResumableBatchSampler
-from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.errors import NextScaleError
 from nextscale.train.checkpoint import seed_all
 from nextscale.train.checkpointer import Checkpointer
 from nextscale.train.config import LoopConfig, TrainConfigBase  # noqa: F401  (moved; re-exported)

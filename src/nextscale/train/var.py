@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale import dist
-from nextscale.configs import ConfigError, ModelConfig, VQVAEConfig, get_preset
+from nextscale.configs import ConfigError, ModelConfig, get_preset
 from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
 from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
