@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from nextscale.data import export_mnist
