@@ -32,7 +32,6 @@ from nextscale.models.vqvae import VQVAE
 from nextscale.pipelines import RECOMMENDABLE, NextScalePipelineOutput, PipelineBase, check_output_type, to_output
 from nextscale.sampling import SamplingSettings
 from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
-from nextscale.validate import MAX_IMAGES, check_class_ids, check_count
 
 __all__ = ["ARPipeline", "AR_CLASS_NAME", "is_ar_dir", "save_ar_pipeline", "load_ar_pipeline", "load_any_pipeline"]
 
@@ -183,18 +182,7 @@ class ARPipeline(PipelineBase):
                  **_ignored) -> NextScalePipelineOutput:
         """Generate images; the arguments are those of ``NextScalePipeline.__call__`` (a per-position
         guidance list instead of a per-scale one; ``more_smooth`` is refused)."""
-        if num_images is not None:
-            num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
-        if class_labels is None:
-            B, labels = (num_images or 1), None
-        else:
-            labels = check_class_ids(class_labels, self.num_classes)
-            if isinstance(labels, int):
-                B = num_images or 1
-            else:
-                if num_images is not None and num_images != len(labels):
-                    raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
-                B = len(labels)
+        B, labels = self.batch_labels(class_labels, num_images)
         check_output_type(output_type)
         st = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
                                                  top_k=top_k, top_p=top_p, more_smooth=more_smooth)

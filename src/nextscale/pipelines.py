@@ -13,7 +13,7 @@ Values: models work in [-1, 1]; pipelines return [0, 1] (``np``/``pt``) or PIL i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -127,6 +127,20 @@ class PipelineBase:
         if seed is not None:
             return torch.Generator(device=self.device).manual_seed(check_seed(seed))
         return None
+
+    def batch_labels(self, class_labels, num_images) -> Tuple[int, Any]:
+        """(batch size, labels) for ``__call__``: an int class with ``num_images`` copies, a list (one
+        image each; names allowed), or None = ``num_images`` random classes (default 1)."""
+        if num_images is not None:
+            num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
+        if class_labels is None:
+            return (num_images or 1), None
+        labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
+        if isinstance(labels, int):
+            return (num_images or 1), labels
+        if num_images is not None and num_images != len(labels):
+            raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
+        return len(labels), labels
 
 
 class NextScalePipeline(PipelineBase):
@@ -369,18 +383,7 @@ class NextScalePipeline(PipelineBase):
             Deterministic for a seed; N = 1 is plain sampling. ``callback_on_scale`` then streams
             every candidate.
         """
-        if num_images is not None:
-            num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
-        if class_labels is None:
-            B, labels = (num_images or 1), None
-        else:
-            labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
-            if isinstance(labels, int):
-                B = num_images or 1
-            else:
-                if num_images is not None and num_images != len(labels):
-                    raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
-                B = len(labels)
+        B, labels = self.batch_labels(class_labels, num_images)
         return self._run(B, labels, settings=settings, num_candidates=num_candidates, scorer=scorer,
                          guidance_cutoff=guidance_cutoff, prune_ratio=prune_ratio,
                          prune_last=prune_last, kv_budget=kv_budget, refiner=refiner, refine_from_scale=refine_from_scale,
