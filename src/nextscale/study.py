@@ -597,6 +597,18 @@ def ar_vs_var_study(out_dir: str, data: Optional[str] = None, *, var_tokenizer: 
         return _ar_vs_var_study(**kw)
 
 
+def _train_and_export(kind: str, run: str, tc, cfg, device, export, flops_per_image) -> Dict[str, Any]:
+    """Train (resuming) one model of the VAR-vs-AR study and export it once per trained step."""
+    r = _run(kind, tc, cfg, device)
+    mdir = os.path.join(run, "model")
+    if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
+                           or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
+        export(run, mdir)
+        _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
+    return {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
+            "trained_steps_this_call": r["trained_steps"], "train_flops": flops_per_image(r["model"]) * r["images_seen"]}
+
+
 def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, depth, width, heads, recipe, tokenizer_steps, per_class,
                      guidance_scale, top_k, top_p, sample_batch, timing_calls, classifier, inception_weights, inception_ref, device,
                      quick, progress, log):
@@ -643,33 +655,19 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         say("training VAR ...")
         cfg = VARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, patch_nums=tuple(vae_var.v_patch_nums),
                         drop_path_rate=0.0)
-        run = os.path.join(out_dir, "runs", "var")
-        r = _run("var", recipe.train_config(cache_var, run, device, progress), cfg, device)
-        mdir = os.path.join(run, "model")
-        if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
-                               or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
-            export_run(run, mdir)
-            _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
-        var_model = mdir
-        rows["VAR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
-                       "trained_steps_this_call": r["trained_steps"], "train_flops": var_train_flops_per_image(r["model"]) * r["images_seen"]}
+        rows["VAR"] = _train_and_export("var", os.path.join(out_dir, "runs", "var"), recipe.train_config(
+            cache_var, os.path.join(out_dir, "runs", "var"), device, progress), cfg, device, export_run, var_train_flops_per_image)
+        var_model = rows["VAR"]["source"]
     say("training the AR baseline ...")
     acfg = ARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, vocab_size=vae_ar.vocab_size,
                     side=vae_ar.v_patch_nums[-1], drop_path_rate=0.0)
-    run = os.path.join(out_dir, "runs", "ar")
-    r = _run("ar", recipe.train_config(cache_ar, run, device, progress), acfg, device)
-    mdir = os.path.join(run, "model")
-    if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
-                           or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
-        export_ar_run(run, mdir)
-        _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
-    rows["AR"] = {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
-                  "trained_steps_this_call": r["trained_steps"], "train_flops": ar_train_flops_per_image(r["model"]) * r["images_seen"]}
+    rows["AR"] = _train_and_export("ar", os.path.join(out_dir, "runs", "ar"), recipe.train_config(
+        cache_ar, os.path.join(out_dir, "runs", "ar"), device, progress), acfg, device, export_ar_run, ar_train_flops_per_image)
     dist.barrier()
     if not dist.is_main():
         return {}
     pipe_var = NextScalePipeline.from_pretrained(var_model, device=device)
-    pipe_ar = ARPipeline.from_pretrained(mdir, device=device)
+    pipe_ar = ARPipeline.from_pretrained(rows["AR"]["source"], device=device)
     if "VAR" not in rows:  # an already trained VAR (e.g. the bundled model, trained with the same recipe)
         idx = _read_json(os.path.join(str(_model_path(var_model)), "model_index.json")) or {}
         rows["VAR"] = {"params": sum(p.numel() for p in pipe_var.var.parameters()), "train_seconds": None,
