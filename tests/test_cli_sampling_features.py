@@ -30,3 +30,15 @@ def test_classes_of_the_default_model(capsys):
     assert capsys.readouterr().out.split() == [t for c in range(10) for t in (str(c), str(c))]
     assert main(["classes", "--grep", "x"]) == 2
     assert "no class of this model matches 'x'" in capsys.readouterr().err
+
+
+def test_a_misspelt_class_name_names_the_flag(tmp_path, capsys):
+    img = tmp_path / "in.png"
+    assert main(["sample", "--class", "3", "--out", str(img), "--no-singles", "--device", "cpu"]) == 0
+    capsys.readouterr()  # that run's progress bar
+    for argv in (["sample", "--class", "seven", "--out", str(tmp_path / "a.png")],
+                 ["edit", "--image", str(img), "--keep-scales", "2", "--class", "seven", "--out", str(tmp_path / "b.png")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("nextscale: error: --class: no class named 'seven'") and "\n" not in err
+    assert not (tmp_path / "a.png").exists() and not (tmp_path / "b.png").exists()

@@ -250,6 +250,7 @@ def _sampling(p: argparse.ArgumentParser) -> None:
     model_args(p)
     add_sampling_args(p)
     refiner_args(p)
+    p.set_defaults(_flags={**(p.get_default("_flags") or {}), "class_labels": "--class"})  # the pipeline's name for --class
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed + device = same image); default 0")
     add_device_args(p)
 
