@@ -121,8 +121,41 @@ class VQVAEConfig(_Base):
         return self.v_patch_nums[-1] * self.downsample
 
 
+class _TransformerSizes:
+    """The sizes derived from ``depth`` and their checks, shared by the VAR config and the AR
+    baseline's (``models/ar.py``): the one place they are computed."""
+
+    def _check_transformer(self) -> None:
+        n = type(self).__name__
+        _positive(self, "depth", "num_classes")
+        if self.embed_dim is not None and self.embed_dim <= 0:
+            raise ConfigError(f"{n}.embed_dim must be positive (or None for 64*depth)")
+        if self.num_heads is not None and self.num_heads <= 0:
+            raise ConfigError(f"{n}.num_heads must be positive (or None for depth)")
+        if self.width % self.heads != 0:
+            raise ConfigError(f"{n}: embed_dim {self.width} is not divisible by num_heads {self.heads}; pick num_heads dividing it")
+        for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate"):
+            v = getattr(self, name)
+            if not 0.0 <= v < 1.0:
+                raise ConfigError(f"{n}.{name} must be in [0, 1), got {v}")
+        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
+            raise ConfigError(f"{n}.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+
+    @property
+    def width(self) -> int:  # C: 64*depth unless given (the paper's scaling rule)
+        return self.embed_dim if self.embed_dim is not None else 64 * self.depth
+
+    @property
+    def heads(self) -> int:  # depth unless given, so head_dim stays 64
+        return self.num_heads if self.num_heads is not None else self.depth
+
+    @property
+    def dpr(self) -> float:  # stochastic depth at the last block
+        return self.drop_path_rate if self.drop_path_rate is not None else 0.1 * self.depth / 24
+
+
 @dataclass(frozen=True)
-class VARConfig(_Base):
+class VARConfig(_TransformerSizes, _Base):
     """The next-scale prediction transformer. ``None`` sizes are derived from ``depth``."""
     # Number of AdaLN transformer blocks; the release family is d16/d20/d24/d30/d36.
     depth: int = 16
@@ -152,33 +185,8 @@ class VARConfig(_Base):
     patch_nums: Tuple[int, ...] = scale_schedule_256
 
     def __post_init__(self):
-        _positive(self, "depth", "num_classes")
-        if self.embed_dim is not None and self.embed_dim <= 0:
-            raise ConfigError("VARConfig.embed_dim must be positive (or None for 64*depth)")
-        if self.num_heads is not None and self.num_heads <= 0:
-            raise ConfigError("VARConfig.num_heads must be positive (or None for depth)")
-        if self.width % self.heads != 0:
-            raise ConfigError(f"VARConfig: embed_dim {self.width} is not divisible by num_heads {self.heads}; pick num_heads dividing it")
-        for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"VARConfig.{name} must be in [0, 1), got {v}")
-        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"VARConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
+        self._check_transformer()
         _check_schedule(self.patch_nums, "VARConfig.patch_nums")
-
-    # ---- derived sizes: the one place they are computed ----
-    @property
-    def width(self) -> int:
-        return self.embed_dim if self.embed_dim is not None else 64 * self.depth
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else self.depth
-
-    @property
-    def dpr(self) -> float:
-        return self.drop_path_rate if self.drop_path_rate is not None else 0.1 * self.depth / 24
 
     @property
     def L(self) -> int:

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from nextscale.configs import ConfigError, _Base, _positive
+from nextscale.configs import ConfigError, _Base, _positive, _TransformerSizes
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.var import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 
@@ -40,7 +40,7 @@ __all__ = ["ARConfig", "ARTransformer", "AR_PRESETS", "get_ar_preset"]
 
 
 @dataclass(frozen=True)
-class ARConfig(_Base):
+class ARConfig(_TransformerSizes, _Base):
     """The raster-order baseline. ``None`` sizes are derived from ``depth`` (VAR's rule)."""
     # Number of AdaLN transformer blocks: the size knob, as for VAR (d16 ... d30 in the paper).
     depth: int = 16
@@ -70,31 +70,8 @@ class ARConfig(_Base):
     attn_l2_norm: bool = True
 
     def __post_init__(self):
-        _positive(self, "depth", "num_classes", "vocab_size", "side")
-        if self.embed_dim is not None and self.embed_dim <= 0:
-            raise ConfigError("ARConfig.embed_dim must be positive (or None for 64*depth)")
-        if self.num_heads is not None and self.num_heads <= 0:
-            raise ConfigError("ARConfig.num_heads must be positive (or None for depth)")
-        if self.width % self.heads != 0:
-            raise ConfigError(f"ARConfig: embed_dim {self.width} is not divisible by num_heads {self.heads}; pick num_heads dividing it")
-        for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ConfigError(f"ARConfig.{name} must be in [0, 1), got {v}")
-        if self.drop_path_rate is not None and not 0.0 <= self.drop_path_rate < 1.0:
-            raise ConfigError(f"ARConfig.drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-    @property
-    def width(self) -> int:
-        return self.embed_dim if self.embed_dim is not None else 64 * self.depth
-
-    @property
-    def heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else self.depth
-
-    @property
-    def dpr(self) -> float:
-        return self.drop_path_rate if self.drop_path_rate is not None else 0.1 * self.depth / 24
+        _positive(self, "vocab_size", "side")
+        self._check_transformer()
 
     @property
     def L(self) -> int:
