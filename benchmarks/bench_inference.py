@@ -20,6 +20,7 @@ caches dropped, next to the reference's first call. Both decoders run in the sam
 
 Timings on a shared CPU are noisy: compare ratios measured in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def matmul_peak_gflops(device, dtype=torch.float32, n=2048, reps=5) -> float:
         a @ b
         _sync(device)
         best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def _sync(device):
@@ -76,6 +77,7 @@ def decoder_gflops(vae, B: int) -> float:
     and in each spatial self-attention block q @ k^T and p @ v, 2 x 2 x B x (h w)^2 x C (its 1x1 qkv / proj
     convs are counted as convs)."""
     from nextscale.models.vqvae import AttnBlock
+
     total = [0]
 
     def hook(m, i, o):
@@ -85,7 +87,10 @@ def decoder_gflops(vae, B: int) -> float:
         elif isinstance(m, AttnBlock):
             b, c, h, w = i[0].shape
             total[0] += 2 * 2 * b * (h * w) ** 2 * c
-    hs = [m.register_forward_hook(hook) for m in vae.decoder.modules()] + [vae.post_quant_conv.register_forward_hook(hook)]
+
+    hs = [m.register_forward_hook(hook) for m in vae.decoder.modules()] + [
+        vae.post_quant_conv.register_forward_hook(hook)
+    ]
     pn = vae.v_patch_nums[-1]
     with torch.no_grad():
         vae.fhat_to_img(torch.zeros(B, vae.Cvae, pn, pn, device=vae.post_quant_conv.weight.device))
@@ -120,13 +125,26 @@ def main():
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each scale as a captured CUDA graph (CUDA only)")
     ap.add_argument("--reference", default=None, help="path to a FoundationVision/VAR checkout to time side by side")
-    ap.add_argument("--mode", nargs="+", default=None, metavar="SPEC",
-                    help="time opt-in sampling modes against the exact path instead (interleaved): cutoff:N, prune:R, "
-                         "kv:FIRST,RECENT, refiner:DEPTH@K (a random-weight VAR of that depth predicts scales K..), "
-                         "or several joined with '+', e.g. cutoff:2+prune:0.5")
-    ap.add_argument("--max-batch", type=int, default=0, help="with --mode on CUDA: find the largest batch (doubling up to this) that fits")
-    ap.add_argument("--plain", action="store_true",
-                    help="time the plain nextscale.models modules (no nextscale.accel CPU kernels; what they buy)")
+    ap.add_argument(
+        "--mode",
+        nargs="+",
+        default=None,
+        metavar="SPEC",
+        help="time opt-in sampling modes against the exact path instead (interleaved): cutoff:N, prune:R, "
+        "kv:FIRST,RECENT, refiner:DEPTH@K (a random-weight VAR of that depth predicts scales K..), "
+        "or several joined with '+', e.g. cutoff:2+prune:0.5",
+    )
+    ap.add_argument(
+        "--max-batch",
+        type=int,
+        default=0,
+        help="with --mode on CUDA: find the largest batch (doubling up to this) that fits",
+    )
+    ap.add_argument(
+        "--plain",
+        action="store_true",
+        help="time the plain nextscale.models modules (no nextscale.accel CPU kernels; what they buy)",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -142,13 +160,18 @@ def main():
         fixed = dict(ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, in_channels=3, using_sa=True, using_mid_sa=True)
         differs = {k: getattr(vae.config, k) for k, v in fixed.items() if getattr(vae.config, k) != v}
         if differs:
-            sys.exit(f"--reference: the reference's VQVAE has a fixed layout {fixed}; preset {args.preset!r} "
-                     f"differs in {differs}. Use a preset with the reference's tokenizer layout (d16 ... d36, tiny).")
+            sys.exit(
+                f"--reference: the reference's VQVAE has a fixed layout {fixed}; preset {args.preset!r} "
+                f"differs in {differs}. Use a preset with the reference's tokenizer layout (d16 ... d36, tiny)."
+            )
         sys.path.insert(0, args.reference)
         import contextlib
         import io
+
         with contextlib.redirect_stdout(io.StringIO()):
-            from models import VAR as RefVAR, VQVAE as RefVQVAE  # noqa: N811 - the reference's names
+            from models import VAR as RefVAR  # noqa: N811 - the reference's names
+            from models import VQVAE as RefVQVAE
+
             c = var.config
             rvae = RefVQVAE(**{k: v for k, v in vae.config.to_dict().items() if k not in fixed}, test_mode=True).to(dev)
             rvar = RefVAR(vae_local=rvae, flash_if_available=False, fused_if_available=False, **c.var_kwargs()).to(dev)
@@ -157,7 +180,7 @@ def main():
         rvar.eval()
         ref = (rvae, rvar)
 
-    peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == 'cpu' else 8192)
+    peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == "cpu" else 8192)
     ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
     if args.mode:
         return modes_main(args, vae, var, dev, ac, ref)
@@ -169,8 +192,15 @@ def main():
 
         def ours_t():
             with ac:
-                return generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0),
-                                cuda_graphs=graphs, **kw)
+                return generate(
+                    var,
+                    vae,
+                    B=B,
+                    label_B=labels,
+                    generator=torch.Generator(device=dev).manual_seed(0),
+                    cuda_graphs=graphs,
+                    **kw,
+                )
 
         def ours_d(f_hat):
             with torch.no_grad(), ac:
@@ -184,7 +214,7 @@ def main():
         # cold start: the first decode of a process also computes the Winograd weight transforms
         if not args.plain:
             disable_cpu_kernels(vae)  # drops the cached transforms ...
-            enable_cpu_kernels(vae)   # ... and turns the (default) path back on
+            enable_cpu_kernels(vae)  # ... and turns the (default) path back on
         _, out0 = best_of(ours_t, 1, dev)
         times["d_cold"], _ = best_of(lambda: ours_d(out0.f_hat), 1, dev)
         times["wino"] = winograd_used(vae)
@@ -198,13 +228,16 @@ def main():
             ours_round = t + t2
             if ref:
                 rvae, rvar = ref
-                import models.var as ref_var_module  # the reference's module (not torch): wrap its sampler to read tokens
+                # the reference's module (not torch): wrap its sampler to read tokens
+                import models.var as ref_var_module
+
                 real_sampler, ref_tokens = ref_var_module.sample_with_top_k_top_p_, []
 
                 def grab(*a, **k):
                     r = real_sampler(*a, **k)
                     ref_tokens.append(r[:, :, 0].clone())
                     return r
+
                 ref_var_module.sample_with_top_k_top_p_ = grab
                 # the reference samples and decodes in one call: its decode is stubbed out for this
                 # timing (and timed separately below), so noise in one part cannot leak into the other
@@ -225,20 +258,31 @@ def main():
                 times["rd"] = min(times.get("rd", 1e9), t)
                 rounds.append((rt + t) / ours_round)  # this round's end-to-end speed-up
                 times["same"] = len(ref_tokens) == len(out.idx_per_scale) and all(
-                    torch.equal(a, b) for a, b in zip(ref_tokens, out.idx_per_scale))
+                    torch.equal(a, b) for a, b in zip(ref_tokens, out.idx_per_scale)
+                )
         gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
         rows.append((B, times, gt, gd, rounds))
 
-    print(f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, {var.patch_nums[-1] * vae.downsample}px, "
-          f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96")
+    print(
+        f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, "
+        f"{var.patch_nums[-1] * vae.downsample}px, "
+        f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg "
+        f"1.5, top-k {min(900, var.V)}, top-p 0.96"
+    )
     print(f"measured {args.dtype} matmul peak: {peak:.0f} GFLOP/s\n")
-    head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (" reference (s) | speed-up | same tokens |" if ref else "")
+    head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (
+        " reference (s) | speed-up | same tokens |" if ref else ""
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     nominal = False
     for B, t, gt, gd, _ in rows:
-        for part, key, gf in (("transformer", "t", gt), ("decoder", "d", gd), ("end-to-end", None, gt + gd),
-                              ("decoder, 1st call", "d_cold", gd)):
+        for part, key, gf in (
+            ("transformer", "t", gt),
+            ("decoder", "d", gd),
+            ("end-to-end", None, gt + gd),
+            ("decoder, 1st call", "d_cold", gd),
+        ):
             s = t[key] if key else t["t"] + t["d"]
             nom = t["wino"] and part != "transformer"  # Winograd: fewer multiplies than the count assumes
             nominal |= nom
@@ -249,15 +293,21 @@ def main():
                 line += f" {r:.2f} | {r / s:.2f}x | {t['same'] if part in ('transformer', 'end-to-end') else ''} |"
             print(line)
     if nominal:
-        print("\nnominal: direct-convolution FLOPs / time. The decoder's 3x3 convs ran as Winograd F(4x4, 3x3), "
-              "which does ~1/4 of those multiplies, so nominal GFLOP/s can exceed the matmul peak.")
-    print("decoder, 1st call: a fresh process's first decode (Winograd weight transforms computed and cached); "
-          "the other rows are best-of-repeats, warm.")
+        print(
+            "\nnominal: direct-convolution FLOPs / time. The decoder's 3x3 convs ran as Winograd F(4x4, 3x3), "
+            "which does ~1/4 of those multiplies, so nominal GFLOP/s can exceed the matmul peak."
+        )
+    print(
+        "decoder, 1st call: a fresh process's first decode (Winograd weight transforms computed and cached); "
+        "the other rows are best-of-repeats, warm."
+    )
     if ref:  # the table takes each part's best time; the per-round ratios show how much noise moved it
         print()
         for B, _, _, _, rs in rows:
-            print(f"B={B}: end-to-end speed-up per interleaved round: median {statistics.median(rs):.2f}x "
-                  f"(min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} rounds)")
+            print(
+                f"B={B}: end-to-end speed-up per interleaved round: median {statistics.median(rs):.2f}x "
+                f"(min {min(rs):.2f}x, max {max(rs):.2f}x, {len(rs)} rounds)"
+            )
 
 
 def make_refiner(vae, var, dev):
@@ -266,12 +316,18 @@ def make_refiner(vae, var, dev):
     from nextscale.models import VAR
 
     def make(depth: str):
-        cfg = VARConfig(depth=int(depth), num_classes=var.num_classes, shared_aln=var.config.shared_aln,
-                        attn_l2_norm=var.config.attn_l2_norm, patch_nums=var.patch_nums)
+        cfg = VARConfig(
+            depth=int(depth),
+            num_classes=var.num_classes,
+            shared_aln=var.config.shared_aln,
+            attn_l2_norm=var.config.attn_l2_norm,
+            patch_nums=var.patch_nums,
+        )
         torch.manual_seed(1)
         refiner = VAR.from_config(cfg, vae).to(dev).eval()
         refiner.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
         return enable_cpu_kernels(refiner) if dev.type == "cpu" else refiner
+
     return make
 
 
@@ -279,17 +335,26 @@ def modes_main(args, vae, var, dev, ac, ref):
     """Each mode and the exact path (and the reference, with --reference), interleaved per round;
     end-to-end = generate + decode. On CUDA also peak memory and, with --max-batch, the largest batch."""
     from nextscale.sampling import SamplingSettings
+
     base = SamplingSettings(guidance_scale=1.5, top_k=min(900, var.V), top_p=0.96)
     from modes import SETTINGS_KEYS, parse_mode  # benchmarks/modes.py
+
     specs = ["exact"] + [m for m in args.mode if m != "exact"]
     modes = {m: parse_mode(m, make_refiner(vae, var, dev)) for m in specs}
 
     def run(m, B, labels):
         kw = modes[m]
         with torch.no_grad(), ac:
-            out = generate(var, vae, B=B, label_B=labels, generator=torch.Generator(device=dev).manual_seed(0),
-                           settings=base.replace(**{k: v for k, v in kw.items() if k in SETTINGS_KEYS}),
-                           refiner=kw.get("refiner"), refine_from_scale=kw.get("refine_from_scale"))
+            out = generate(
+                var,
+                vae,
+                B=B,
+                label_B=labels,
+                generator=torch.Generator(device=dev).manual_seed(0),
+                settings=base.replace(**{k: v for k, v in kw.items() if k in SETTINGS_KEYS}),
+                refiner=kw.get("refiner"),
+                refine_from_scale=kw.get("refine_from_scale"),
+            )
             return out, vae.fhat_to_img(out.f_hat)
 
     rows = []
@@ -309,7 +374,7 @@ def modes_main(args, vae, var, dev, ac, ref):
                 _sync(dev)
                 best[m] = min(best.get(m, 1e9), time.perf_counter() - t0)
                 if dev.type == "cuda":
-                    mem[m] = torch.cuda.max_memory_allocated(dev) / 2 ** 30
+                    mem[m] = torch.cuda.max_memory_allocated(dev) / 2**30
                 if m == "exact":
                     exact_tokens = out.idx_per_scale
                 same[m] = all(torch.equal(a, b) for a, b in zip(out.idx_per_scale, exact_tokens))
@@ -317,15 +382,24 @@ def modes_main(args, vae, var, dev, ac, ref):
                 _sync(dev)
                 t0 = time.perf_counter()
                 with torch.no_grad(), ac:
-                    ref[1].autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, cfg=1.5, top_k=min(900, var.V), top_p=0.96)
+                    ref[1].autoregressive_infer_cfg(
+                        B=B, label_B=labels, g_seed=0, cfg=1.5, top_k=min(900, var.V), top_p=0.96
+                    )
                 _sync(dev)
                 best["reference"] = min(best.get("reference", 1e9), time.perf_counter() - t0)
         rows.append((B, best, mem, same))
 
-    print(f"\nd{var.depth} + tokenizer, {var.patch_nums[-1] * vae.downsample}px, device={dev} dtype={args.dtype} "
-          f"threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96; best of {args.repeats} interleaved rounds\n")
-    head = "| B | mode | end-to-end (s) | images/s | vs exact |" + (" vs reference |" if ref else "") + \
-        (" peak GiB |" if dev.type == "cuda" else "") + " exact tokens |"
+    print(
+        f"\nd{var.depth} + tokenizer, {var.patch_nums[-1] * vae.downsample}px, device={dev} dtype={args.dtype} "
+        f"threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96; best of {args.repeats} "
+        "interleaved rounds\n"
+    )
+    head = (
+        "| B | mode | end-to-end (s) | images/s | vs exact |"
+        + (" vs reference |" if ref else "")
+        + (" peak GiB |" if dev.type == "cuda" else "")
+        + " exact tokens |"
+    )
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for B, best, mem, same in rows:

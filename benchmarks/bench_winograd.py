@@ -5,6 +5,7 @@ after a warm-up; err = max |winograd - direct|, rel = err / max |direct|.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_winograd.py --threads 1
 """
+
 import argparse
 import os
 import time
@@ -16,8 +17,16 @@ from nextscale.accel.winograd import transform_weight, winograd_conv3x3
 
 # (output H = W, Cin, Cout, count in one 256px decode)
 SHAPES = [
-    (256, 160, 160, 7), (128, 160, 160, 5), (128, 320, 160, 1), (128, 320, 320, 1), (64, 320, 320, 7),
-    (32, 640, 640, 1), (32, 640, 320, 1), (32, 320, 320, 5), (16, 640, 640, 10), (16, 32, 640, 1),
+    (256, 160, 160, 7),
+    (128, 160, 160, 5),
+    (128, 320, 160, 1),
+    (128, 320, 320, 1),
+    (64, 320, 320, 7),
+    (32, 640, 640, 1),
+    (32, 640, 320, 1),
+    (32, 320, 320, 5),
+    (16, 640, 640, 10),
+    (16, 32, 640, 1),
     (256, 160, 3, 1),
 ]
 
@@ -46,8 +55,10 @@ def main():
         shapes = [tuple(int(v) for v in s.split("x")) + (1,) for s in args.shapes.split(",")]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"threads={torch.get_num_threads()} batch={args.batch} torch={torch.__version__} load avg(1 min)={load:.2f}")
-    print(f"{'HxW':>9} {'Cin':>4} {'Cout':>4} {'n':>3} {'direct ms':>10} {'wino ms':>9} {'speed-up':>8} "
-          f"{'max abs err':>11} {'rel':>8}")
+    print(
+        f"{'HxW':>9} {'Cin':>4} {'Cout':>4} {'n':>3} {'direct ms':>10} {'wino ms':>9} {'speed-up':>8} "
+        f"{'max abs err':>11} {'rel':>8}"
+    )
     tot_d = tot_w = tot_best = 0.0
     with torch.inference_mode():
         for hw, cin, cout, count in shapes:
@@ -66,10 +77,14 @@ def main():
             tot_d += count * td
             tot_w += count * tw
             tot_best += count * min(td, tw)
-            print(f"{hw:>4}x{hw:<4} {cin:>4} {cout:>4} {count:>3} {td:>10.2f} {tw:>9.2f} {td / tw:>7.2f}x "
-                  f"{err:>11.2e} {rel:>8.1e}")
-    print(f"decoder 3x3 total (weighted by count): direct {tot_d:.0f} ms, winograd {tot_w:.0f} ms, "
-          f"best-of-both {tot_best:.0f} ms")
+            print(
+                f"{hw:>4}x{hw:<4} {cin:>4} {cout:>4} {count:>3} {td:>10.2f} {tw:>9.2f} {td / tw:>7.2f}x "
+                f"{err:>11.2e} {rel:>8.1e}"
+            )
+    print(
+        f"decoder 3x3 total (weighted by count): direct {tot_d:.0f} ms, winograd {tot_w:.0f} ms, "
+        f"best-of-both {tot_best:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ token is decoded, not copied), and the independent classifier's accuracy on the 
 (the true label for in/out-painting, the target label for class editing). One seed, cfg 0 (the
 default model's recommended setting), batch 50, CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,47 +56,75 @@ def main(argv=None):
     R = ed.resolution
     with tempfile.TemporaryDirectory(prefix="nextscale-edit-") as tmp:
         data = args.data or export_mnist(tmp, split="both", resolution=32, holdout_per_class=50)
-        clf = mc.load_classifier(args.classifier) if args.classifier else mc.train_classifier(os.path.join(data, "train"))
-        x_u8, y, _ = mc.load_split(os.path.join(data, "val"))           # (N, R, R, 3) uint8, (N,)
-    x = torch.from_numpy(x_u8).permute(0, 3, 1, 2).float() / 255.0      # (N, 3, R, R) in [0, 1]
+        clf = (
+            mc.load_classifier(args.classifier) if args.classifier else mc.train_classifier(os.path.join(data, "train"))
+        )
+        x_u8, y, _ = mc.load_split(os.path.join(data, "val"))  # (N, R, R, 3) uint8, (N,)
+    x = torch.from_numpy(x_u8).permute(0, 3, 1, 2).float() / 255.0  # (N, 3, R, R) in [0, 1]
     y = torch.as_tensor(y)
     centre = torch.zeros(1, 1, R, R)
-    centre[..., R // 4:3 * R // 4, R // 4:3 * R // 4] = 1.0             # white = regenerate
+    centre[..., R // 4 : 3 * R // 4, R // 4 : 3 * R // 4] = 1.0  # white = regenerate
     lower = torch.zeros(1, 1, R, R)
-    lower[..., R // 2:, :] = 1.0
+    lower[..., R // 2 :, :] = 1.0
     tasks = {
         "in-painting (centre 16x16)": dict(mask=centre, outpaint=None, label=lambda t: t, want=lambda t: t),
-        "out-painting (8 px strip)": dict(mask=None, outpaint=(R // 4, 0, -R // 4, 0), label=lambda t: t, want=lambda t: t),
-        "class editing (lower half)": dict(mask=lower, outpaint=None, label=lambda t: (t + 1) % 10, want=lambda t: (t + 1) % 10),
+        "out-painting (8 px strip)": dict(
+            mask=None, outpaint=(R // 4, 0, -R // 4, 0), label=lambda t: t, want=lambda t: t
+        ),
+        "class editing (lower half)": dict(
+            mask=lower, outpaint=None, label=lambda t: (t + 1) % 10, want=lambda t: (t + 1) % 10
+        ),
     }
     report = {"model": args.model, "n": int(len(y)), "seed": args.seed, "tasks": {}}
     gen = torch.Generator().manual_seed(args.seed)
     for name, t in tasks.items():
         edited, canvases, keeps, recon, t0 = [], [], [], [], time.perf_counter()
         for s in range(0, len(y), args.batch_size):
-            xb, yb = x[s:s + args.batch_size], y[s:s + args.batch_size]
+            xb, yb = x[s : s + args.batch_size], y[s : s + args.batch_size]
             mask = None if t["mask"] is None else t["mask"].expand(len(xb), -1, -1, -1)
             plan = ed.prepare(list(xb), mask, outpaint=t["outpaint"], batch_size=len(xb))
-            out = ed(list(xb), mask, class_labels=t["label"](yb).tolist(), outpaint=t["outpaint"], generator=gen,
-                     guidance_scale=0.0, top_k=0, top_p=0.0, output_type="pt")
-            canvas = plan.image.add(1).div(2)                                   # the original, placed on the canvas
+            out = ed(
+                list(xb),
+                mask,
+                class_labels=t["label"](yb).tolist(),
+                outpaint=t["outpaint"],
+                generator=gen,
+                guidance_scale=0.0,
+                top_k=0,
+                top_p=0.0,
+                output_type="pt",
+            )
+            canvas = plan.image.add(1).div(2)  # the original, placed on the canvas
             with torch.no_grad():
-                rec = ed.decode(ed.vqvae.idxBl_to_fhat(plan.input_indices))      # the tokenizer's reconstruction
+                rec = ed.decode(ed.vqvae.idxBl_to_fhat(plan.input_indices))  # the tokenizer's reconstruction
             edited.append(out.images), canvases.append(canvas), keeps.append(plan.keep_pixels), recon.append(rec)
         e, c, k, r = (torch.cat(v) for v in (edited, canvases, keeps, recon))
         pred = torch.as_tensor(mc.predict(clf, e.permute(0, 2, 3, 1).numpy()))
         acc = float((pred == t["want"](y)).float().mean())
-        base = torch.as_tensor(mc.predict(clf, c.permute(0, 2, 3, 1).numpy()))   # the unedited canvas, true label
-        report["tasks"][name] = {"psnr_kept": psnr_in(e, c, k), "psnr_kept_tokenizer": psnr_in(r, c, k),
-                                 "classifier_accuracy": acc, "classifier_accuracy_unedited": float((base == y).float().mean()),
-                                 "seconds": time.perf_counter() - t0}
-        print(f"{name}: kept-region PSNR {report['tasks'][name]['psnr_kept']:.2f} dB (tokenizer reconstruction "
-              f"{report['tasks'][name]['psnr_kept_tokenizer']:.2f} dB), classifier accuracy {100 * acc:.1f} %", file=sys.stderr)
-    lines = ["| task | PSNR, kept region | tokenizer reconstruction, same region | classifier accuracy | same, unedited canvas (true label) |",
-             "|---|---:|---:|---:|---:|"]
+        base = torch.as_tensor(mc.predict(clf, c.permute(0, 2, 3, 1).numpy()))  # the unedited canvas, true label
+        report["tasks"][name] = {
+            "psnr_kept": psnr_in(e, c, k),
+            "psnr_kept_tokenizer": psnr_in(r, c, k),
+            "classifier_accuracy": acc,
+            "classifier_accuracy_unedited": float((base == y).float().mean()),
+            "seconds": time.perf_counter() - t0,
+        }
+        print(
+            f"{name}: kept-region PSNR {report['tasks'][name]['psnr_kept']:.2f} dB (tokenizer reconstruction "
+            f"{report['tasks'][name]['psnr_kept_tokenizer']:.2f} dB), classifier accuracy {100 * acc:.1f} %",
+            file=sys.stderr,
+        )
+    lines = [
+        "| task | PSNR, kept region | tokenizer reconstruction, same region | classifier accuracy | same, unedited "
+        "canvas (true label) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for name, m in report["tasks"].items():
-        lines.append(f"| {name} | {m['psnr_kept']:.2f} dB | {m['psnr_kept_tokenizer']:.2f} dB | {100 * m['classifier_accuracy']:.1f} % "
-                     f"| {100 * m['classifier_accuracy_unedited']:.1f} % |")
+        lines.append(
+            f"| {name} | {m['psnr_kept']:.2f} dB | {m['psnr_kept_tokenizer']:.2f} dB | "
+            f"{100 * m['classifier_accuracy']:.1f} % "
+            f"| {100 * m['classifier_accuracy_unedited']:.1f} % |"
+        )
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

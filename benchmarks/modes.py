@@ -1,12 +1,13 @@
 """The --mode / --modes spec shared by bench_inference.py and default_model_report.py.
 
-    cutoff:N          guidance_cutoff=N           (the last N scales without guidance)
-    prune:R[@LAST]    prune_ratio=R, prune_last   (token pruning at the last scales)
-    kv:FIRST,RECENT   kv_budget=(FIRST, RECENT)
-    refiner:X@K       refiner=make_refiner(X), refine_from_scale=K
-    candidates:N[@S]  num_candidates=N, scorer=S or "default"   (rejection sampling; pipelines only)
-    exact             nothing; parts join with '+', e.g. cutoff:2+prune:0.5
+cutoff:N          guidance_cutoff=N           (the last N scales without guidance)
+prune:R[@LAST]    prune_ratio=R, prune_last   (token pruning at the last scales)
+kv:FIRST,RECENT   kv_budget=(FIRST, RECENT)
+refiner:X@K       refiner=make_refiner(X), refine_from_scale=K
+candidates:N[@S]  num_candidates=N, scorer=S or "default"   (rejection sampling; pipelines only)
+exact             nothing; parts join with '+', e.g. cutoff:2+prune:0.5
 """
+
 from typing import Callable, Dict
 
 SETTINGS_KEYS = ("guidance_cutoff", "prune_ratio", "prune_last", "kv_budget")
@@ -35,6 +36,8 @@ def parse_mode(spec: str, make_refiner: Callable[[str], object]) -> Dict[str, ob
             n, _, scorer = val.partition("@")
             kw["num_candidates"], kw["scorer"] = int(n), scorer or "default"
         else:
-            raise SystemExit(f"mode {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:X@K, "
-                             f"candidates:N[@SCORER])")
+            raise SystemExit(
+                f"mode {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:X@K, "
+                f"candidates:N[@SCORER])"
+            )
     return kw

@@ -19,6 +19,7 @@ are far below that, and an adversarial term only lowers PSNR)::
 
     python benchmarks/train_tokenizer_demo.py --out /tmp/tokdemo --steps 600
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,28 @@ ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--vocab-siz
 def photos():
     import skimage
     from sklearn.datasets import load_sample_images
+
     d = os.path.join(os.path.dirname(skimage.__file__), "data")
-    names = ["astronaut.png", "brick.png", "camera.png", "chelsea.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
-             "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png", "retina.jpg", "rocket.jpg", "page.png",
-             "text.png", "horse.png", "color.png"]
+    names = [
+        "astronaut.png",
+        "brick.png",
+        "camera.png",
+        "chelsea.png",
+        "coffee.png",
+        "coins.png",
+        "grass.png",
+        "gravel.png",
+        "hubble_deep_field.jpg",
+        "ihc.png",
+        "moon.png",
+        "motorcycle_left.png",
+        "retina.jpg",
+        "rocket.jpg",
+        "page.png",
+        "text.png",
+        "horse.png",
+        "color.png",
+    ]
     out = []
     for n in names:
         p = os.path.join(d, n)
@@ -67,7 +86,7 @@ def make_crops(root: str, size: int = 36, short: int = 192, n_train: int = 200, 
             for j in range(n):
                 y = int(rng.integers(y0, max(y0 + 1, y1 - size + 1)))
                 x = int(rng.integers(0, W - size + 1))
-                crop = a[y:y + size, x:x + size]
+                crop = a[y : y + size, x : x + size]
                 if crop.shape[:2] != (size, size):
                     continue
                 Image.fromarray(crop).save(os.path.join(root, split, "photos", f"{name}_{j:03d}.png"))
@@ -78,7 +97,9 @@ def make_crops(root: str, size: int = 36, short: int = 192, n_train: int = 200, 
 def run(cmd, log):
     t = time.time()
     with open(log, "w") as f:
-        rc = subprocess.call([sys.executable, "-m", "nextscale"] + cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        rc = subprocess.call(
+            [sys.executable, "-m", "nextscale"] + cmd, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
     if rc != 0:
         raise SystemExit(f"failed ({rc}): nextscale {' '.join(cmd)}; see {log}")
     return time.time() - t
@@ -103,29 +124,62 @@ def main():
     # untrained: the same seeded initialisation the multi-scale run starts from
     from nextscale.hub import save_tokenizer
     from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
-    vae = _build_vae(TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, vocab_size=256, z_channels=16, seed=0)).eval()
+
+    vae = _build_vae(
+        TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, vocab_size=256, z_channels=16, seed=0)
+    ).eval()
     save_tokenizer(vae, os.path.join(a.out, "untrained"))
 
-    common = ["--data", data, "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--lr", str(a.lr),
-              "--disc-weight", "0", "--reinit-dead-every", "20", "--log-every", "20",
-              "--eval-every", "0", "--sample-every", "0", "--ckpt-every", str(a.steps), "--no-progress"] + ARCH
+    common = [
+        "--data",
+        data,
+        "--steps",
+        str(a.steps),
+        "--batch-size",
+        str(a.batch_size),
+        "--lr",
+        str(a.lr),
+        "--disc-weight",
+        "0",
+        "--reinit-dead-every",
+        "20",
+        "--log-every",
+        "20",
+        "--eval-every",
+        "0",
+        "--sample-every",
+        "0",
+        "--ckpt-every",
+        str(a.steps),
+        "--no-progress",
+    ] + ARCH
     runs = {"multi-scale": [], "1-scale": ["--patch-nums", "8"]}
     for name, extra in runs.items():
         d = os.path.join(a.out, name)
         dt = run(["train-tokenizer", "--out", d] + common + extra, os.path.join(a.out, f"{name}.train.log"))
         res.setdefault("train_seconds", {})[name] = round(dt, 1)
         print(f"trained {name} in {dt:.0f}s", flush=True)
-    models = {"untrained": os.path.join(a.out, "untrained"), "multi-scale": os.path.join(a.out, "multi-scale", "tokenizer"),
-              "1-scale": os.path.join(a.out, "1-scale", "tokenizer")}
+    models = {
+        "untrained": os.path.join(a.out, "untrained"),
+        "multi-scale": os.path.join(a.out, "multi-scale", "tokenizer"),
+        "1-scale": os.path.join(a.out, "1-scale", "tokenizer"),
+    }
     for name, m in models.items():
         js = os.path.join(a.out, f"{name}.eval.json")
         pic = os.path.join(a.out, f"{name}.scales.png")
-        run(["eval-tokenizer", m, "--data", data, "--json", js, "--picture", pic, "--no-rfid"], os.path.join(a.out, f"{name}.eval.log"))
+        run(
+            ["eval-tokenizer", m, "--data", data, "--json", js, "--picture", pic, "--no-rfid"],
+            os.path.join(a.out, f"{name}.eval.log"),
+        )
         with open(js) as f:
             res[name] = json.load(f)
         r = res[name]
-        print(f"{name:12s} PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  usage/scale {[round(u, 1) for u in r['usage_by_scale']]}  "
-              f"any {r['usage_any']:.1f}%  PSNR by scales {[round(p, 2) for p in r['psnr_by_scale']]}", flush=True)
+        print(
+            f"{name:12s} PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}  usage/scale "
+            f"{[round(u, 1) for u in r['usage_by_scale']]}  "
+            f"any {r['usage_any']:.1f}%  PSNR by scales {[round(p, 2) for p in r['psnr_by_scale']]}",
+            flush=True,
+        )
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
     print("results:", os.path.join(a.out, "results.json"))

@@ -1,6 +1,7 @@
 """Shared fixtures. The reference golden file is large (31 MB), so it is read from the workspace's
 ``shared/fixtures/official`` (beside the repository, as in CI) unless ``NEXTSCALE_GOLDEN`` or
 ``tests/fixtures/official/small_golden.pt`` provides it."""
+
 import os
 from pathlib import Path
 
@@ -22,8 +23,9 @@ REQUIRED = {w.strip() for w in os.environ.get("NEXTSCALE_REQUIRE", "").split(","
 def pytest_configure(config):
     unknown = REQUIRED - KNOWN_REQUIREMENTS
     if unknown:  # a typo would silently require nothing
-        raise pytest.UsageError(f"NEXTSCALE_REQUIRE: unknown {', '.join(sorted(unknown))}; "
-                                f"known: {', '.join(sorted(KNOWN_REQUIREMENTS))}")
+        raise pytest.UsageError(
+            f"NEXTSCALE_REQUIRE: unknown {', '.join(sorted(unknown))}; known: {', '.join(sorted(KNOWN_REQUIREMENTS))}"
+        )
 
 
 def need(what: str, reason: str):
@@ -36,6 +38,7 @@ def need(what: str, reason: str):
 def need_modules(what: str, *modules: str):
     """Import ``modules`` or :func:`need` them."""
     import importlib
+
     for m in modules:
         try:
             importlib.import_module(m)
@@ -43,14 +46,20 @@ def need_modules(what: str, *modules: str):
             need(what, f"{m} is not installed (pip install -e '.[dev]')")
 
 
-_BROWSER_SKIPPED = "!!! BROWSER TESTS SKIPPED: the demo page was not driven in a real browser (no chromium or playwright) !!!"
+_BROWSER_SKIPPED = (
+    "!!! BROWSER TESTS SKIPPED: the demo page was not driven in a real browser (no chromium or playwright) !!!"
+)
 
 
 def pytest_terminal_summary(terminalreporter, config):
     """A loud line when the browser tests did not run (Chromium comes from apt, best effort): here, and
     again as the very last line of the run (``pytest_unconfigure``, after pytest's own counts)."""
-    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "test_demo_browser" in str(getattr(r, "nodeid", "")) or
-               "test_demo_browser" in str(getattr(r, "longrepr", ""))]
+    skipped = [
+        r
+        for r in terminalreporter.stats.get("skipped", [])
+        if "test_demo_browser" in str(getattr(r, "nodeid", ""))
+        or "test_demo_browser" in str(getattr(r, "longrepr", ""))
+    ]
     if skipped:
         terminalreporter.write_line(_BROWSER_SKIPPED, red=True, bold=True)
         config._nextscale_browser_skipped = True
@@ -63,8 +72,11 @@ def pytest_unconfigure(config):
 
 
 def golden_path():
-    for cand in (os.environ.get("NEXTSCALE_GOLDEN"), FIXTURES / "official" / "small_golden.pt",
-                 ROOT.parent / "shared" / "fixtures" / "official" / "small_golden.pt"):
+    for cand in (
+        os.environ.get("NEXTSCALE_GOLDEN"),
+        FIXTURES / "official" / "small_golden.pt",
+        ROOT.parent / "shared" / "fixtures" / "official" / "small_golden.pt",
+    ):
         if cand and Path(cand).exists():
             return Path(cand)
     return None
@@ -82,6 +94,7 @@ def golden():
 def tiny_pipe_dir(tmp_path_factory):
     """A saved random-weight tiny pipeline (64px, 10 classes)."""
     from nextscale.pipelines import NextScalePipeline
+
     d = tmp_path_factory.mktemp("tiny") / "model"
     NextScalePipeline.from_preset("tiny", seed=0).save_pretrained(d)
     return d
@@ -105,6 +118,7 @@ def one_thread():
 
 def _mnist(tmp_path_factory, resolution):
     from nextscale.data import export_mnist
+
     d = tmp_path_factory.mktemp(f"digits{resolution}")
     export_mnist(str(d), n_per_class=2, split="train", resolution=resolution)  # 20 real digits, 10 classes
     return str(d)
@@ -125,7 +139,8 @@ def digits32(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_cache(digits64, tmp_path_factory):
     """A token cache of ``digits64`` by a random tiny-preset tokenizer."""
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     out = str(tmp_path_factory.mktemp("tiny_cache") / "cache")
     assert main(["tokenize", "--data", digits64, "--tokenizer", "random", "--preset", "tiny", "--out", out]) == 0
     return out

@@ -2,6 +2,7 @@
 
 Tolerances (accel/cpu.py docstring): transformer blocks and logits 1e-5 (float summation order),
 sampled tokens identical, decoded images 1e-4 (Winograd rounding), encoder token ids identical."""
+
 import pytest
 import torch
 
@@ -45,8 +46,11 @@ def test_block_kernels_equal_reference_kernels(rows, monkeypatch):
         with reference_kernels():
             exact_again = blk(x, None, attn_bias=None, mod_B16C=mod)
         took_fast_in_reference = any(fast_calls)
-        ref_ffn = blk.ffn.fc2(torch.nn.functional.gelu(torch.nn.functional.linear(x, blk.ffn.fc1.weight, blk.ffn.fc1.bias),
-                                                        approximate="tanh"))
+        ref_ffn = blk.ffn.fc2(
+            torch.nn.functional.gelu(
+                torch.nn.functional.linear(x, blk.ffn.fc1.weight, blk.ffn.fc1.bias), approximate="tanh"
+            )
+        )
         fast_ffn = blk.ffn(x)
     blk.train()
     train_path = blk(x, None, attn_bias=None, mod_B16C=mod)
@@ -82,8 +86,15 @@ def test_winograd_decoder_and_direct_encoder_equal_plain():
     """A tokenizer wide enough that Winograd pays for some decoder convs: images within 1e-4 of the
     plain decoder, encoder token ids bit-identical (the encoder keeps direct convs)."""
     torch.manual_seed(0)
-    cfg = VQVAEConfig(vocab_size=64, z_channels=8, ch=64, ch_mult=(1, 2, 5), num_res_blocks=1, v_patch_nums=(1, 2, 4, 8),
-                      using_sa=False)
+    cfg = VQVAEConfig(
+        vocab_size=64,
+        z_channels=8,
+        ch=64,
+        ch_mult=(1, 2, 5),
+        num_res_blocks=1,
+        v_patch_nums=(1, 2, 4, 8),
+        using_sa=False,
+    )
     plain = VQVAE.from_config(cfg).eval()
     fast = enable_cpu_kernels(VQVAE.from_config(cfg).eval())
     fast.load_state_dict(plain.state_dict())
@@ -99,8 +110,10 @@ def test_winograd_decoder_and_direct_encoder_equal_plain():
 
 def test_swaps_keep_state_dict_and_are_undone():
     vae, var = _pair()
+
     def mods():
         return [*vae.named_modules(prefix="vae"), *var.named_modules(prefix="var")]
+
     names = {n: (type(m), m) for n, m in mods()}
     sd = {k: v.clone() for k, v in {**vae.state_dict(), **var.state_dict()}.items()}
     enable_cpu_kernels(vae)

@@ -1,5 +1,6 @@
 """The raster AR baseline (models/ar.py, sampling_ar.py, pipeline_ar.py, train/ar.py) and the
 paper-claim studies (study.py) in their quick modes, on real MNIST digits."""
+
 import json
 import os
 
@@ -17,13 +18,16 @@ def _model(seed=0, **over):
     cfg = AR_PRESETS["ar-tiny"].replace(**over) if over else AR_PRESETS["ar-tiny"]
     torch.manual_seed(seed)
     m = ARTransformer(cfg)
-    m.init_weights(init_head=1.0, init_adaln=1.0, init_adaln_gamma=1.0, init_std=-1)  # non-trivial logits and modulations
+    m.init_weights(
+        init_head=1.0, init_adaln=1.0, init_adaln_gamma=1.0, init_std=-1
+    )  # non-trivial logits and modulations
     return m.eval()
 
 
 def _vae(patch_nums=(4,), V=64):
     from nextscale.configs import get_preset
     from nextscale.models import VQVAE
+
     torch.manual_seed(1)
     return VQVAE.from_config(get_preset("tiny").vqvae.replace(v_patch_nums=tuple(patch_nums), vocab_size=V))
 
@@ -34,9 +38,17 @@ def test_kv_cache_decoding_equals_full_forward(cfg):
     of the sampled sequence; with guidance, == (1+t) cond - t uncond of two full forwards."""
     m = _model()
     rec = []
-    out = generate_ar(m, None, 3, [1, 4, 7], generator=torch.Generator().manual_seed(0), cfg=cfg, guidance_schedule="linear",
-                      callback=lambda i, lg, idx: rec.append(lg))
-    cached = torch.stack(rec, 1)                                       # (B, L, V)
+    out = generate_ar(
+        m,
+        None,
+        3,
+        [1, 4, 7],
+        generator=torch.Generator().manual_seed(0),
+        cfg=cfg,
+        guidance_schedule="linear",
+        callback=lambda i, lg, idx: rec.append(lg),
+    )
+    cached = torch.stack(rec, 1)  # (B, L, V)
     with torch.no_grad():
         full = m(out.labels, out.idx_BL)
         if cfg:
@@ -55,7 +67,7 @@ def test_batch_of_two_equals_two_batches_of_one():
     lab = torch.tensor([2, 9])
     with torch.no_grad():
         both = m(lab, idx)
-        one = torch.cat([m(lab[i:i + 1], idx[i:i + 1]) for i in range(2)])
+        one = torch.cat([m(lab[i : i + 1], idx[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(both, one, atol=1e-5, rtol=0)
     # greedy sampling (top_k=1): no random draw depends on the batch composition
     kw = dict(cfg=1.0, top_k=1, top_p=0.0)
@@ -66,7 +78,13 @@ def test_batch_of_two_equals_two_batches_of_one():
 
 def test_save_load_gives_identical_samples(tmp_path):
     from nextscale.pipeline_ar import ARPipeline, is_ar_dir
-    pipe = ARPipeline(_vae(), _model(), labels=[str(i) for i in range(10)], sampling_defaults={"guidance_scale": 1.0, "top_k": 8, "top_p": 0.9})
+
+    pipe = ARPipeline(
+        _vae(),
+        _model(),
+        labels=[str(i) for i in range(10)],
+        sampling_defaults={"guidance_scale": 1.0, "top_k": 8, "top_p": 0.9},
+    )
     a = pipe(class_labels=[0, 3, 5], seed=7, output_type="np", return_indices=True)
     pipe.save_pretrained(tmp_path / "m")
     assert is_ar_dir(tmp_path / "m")
@@ -79,11 +97,17 @@ def test_save_load_gives_identical_samples(tmp_path):
     assert back.sampling_defaults == pipe.sampling_defaults and back.class_name(3) == "3"
     from nextscale.errors import NextScaleError
     from nextscale.pipelines import NextScalePipeline
-    with pytest.raises(NextScaleError, match=r"is a raster-order AR baseline \(issue #15\), not a VAR pipeline: load it with nextscale.pipeline_ar.ARPipeline"):
+
+    with pytest.raises(
+        NextScaleError,
+        match=r"is a raster-order AR baseline \(issue #15\), not a VAR pipeline: "
+        r"load it with nextscale.pipeline_ar.ARPipeline",
+    ):
         NextScalePipeline.from_pretrained(tmp_path / "m")  # not "a tokenizer-only directory"
     # strict load: a file of another size is refused with the reason
     from nextscale.errors import CheckpointError
     from nextscale.pipeline_ar import save_ar_pipeline
+
     save_ar_pipeline(tmp_path / "bad", _vae(), _model())
     (tmp_path / "bad" / "ar" / "config.json").write_text(AR_PRESETS["ar-tiny"].replace(embed_dim=64).to_json())
     with pytest.raises(CheckpointError, match="shape mismatch"):
@@ -92,10 +116,13 @@ def test_save_load_gives_identical_samples(tmp_path):
 
 def test_sampler_options_and_refusals():
     from nextscale.errors import InputError, NextScaleError
+
     m = _model()
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    assert torch.equal(generate_ar(m, None, 2, None, generator=g1, top_k=5, top_p=0.9).idx_BL,
-                       generate_ar(m, None, 2, None, generator=g2, top_k=5, top_p=0.9).idx_BL)
+    assert torch.equal(
+        generate_ar(m, None, 2, None, generator=g1, top_k=5, top_p=0.9).idx_BL,
+        generate_ar(m, None, 2, None, generator=g2, top_k=5, top_p=0.9).idx_BL,
+    )
     with pytest.raises(InputError, match="more_smooth"):
         generate_ar(m, None, 1, [0], more_smooth=True)
     with pytest.raises(NextScaleError, match="single-scale tokenizer"):
@@ -105,30 +132,34 @@ def test_sampler_options_and_refusals():
 
 
 def test_fit_recovers_a_known_power_law():
-    from nextscale.study import fit_power_law
+    from nextscale.app.study import fit_power_law
+
     N = np.logspace(5, 7.5, 6)
     alpha, beta = -0.07, 2.5e-4
     L = (beta * N) ** alpha
     f = fit_power_law(N, L)
     assert f["alpha"] == pytest.approx(alpha, abs=1e-9) and f["beta"] == pytest.approx(beta, rel=1e-6)
     assert f["r"] == pytest.approx(-1.0, abs=1e-12) and f["n_points"] == 6
-    noisy = L * np.exp(np.random.default_rng(0).normal(0, 0.002, len(N)))   # 0.2 % multiplicative noise
+    noisy = L * np.exp(np.random.default_rng(0).normal(0, 0.002, len(N)))  # 0.2 % multiplicative noise
     g = fit_power_law(N, noisy)
     assert abs(g["alpha"] - alpha) < 0.005 and g["r"] < -0.99
-    assert fit_power_law(N, N ** 0.3)["r"] == pytest.approx(1.0)
+    assert fit_power_law(N, N**0.3)["r"] == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
 def digits_split(tmp_path_factory):
     """20 training + 20 held-out real digits at 32 px (export_mnist split='both')."""
     from nextscale.data import export_mnist
+
     d = str(tmp_path_factory.mktemp("digits_split"))
     return export_mnist(d, n_per_class=2, split="both", resolution=32)
 
 
 def test_quick_scaling_study_writes_files_and_resumes(digits_split, tmp_path):
     from PIL import Image
-    from nextscale.study import scaling_study
+
+    from nextscale.app.study import scaling_study
+
     out = str(tmp_path / "scaling")
     r = scaling_study(out, data=digits_split, quick=True, progress=False)
     for f in ("scaling.json", "scaling.md", "scaling.png"):
@@ -146,44 +177,95 @@ def test_quick_scaling_study_writes_files_and_resumes(digits_split, tmp_path):
     assert all(p["trained_steps_this_call"] == 0 and p["resumed_from"] == 3 for p in again["points"])
     assert [p["test_loss"] for p in again["points"]] == [p["test_loss"] for p in pts]
     # a longer budget continues the same runs from their checkpoints
-    from nextscale.study import StudyRecipe
-    more = scaling_study(out, data=digits_split, quick=True, progress=False,
-                         recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1))
+    from nextscale.app.study import StudyRecipe
+
+    more = scaling_study(
+        out,
+        data=digits_split,
+        quick=True,
+        progress=False,
+        recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1),
+    )
     assert all(p["resumed_from"] == 3 and p["trained_steps_this_call"] == 1 and p["steps"] == 4 for p in more["points"])
     # the CLI front end: the same study (quick recipe: 3 steps, all done -> evaluation only), one line of result
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     assert main(["study", "scaling", "--out", out, "--data", digits_split, "--quick", "--no-progress"]) == 0
     assert main(["study", "scaling", "--out", out, "--steps", "0"]) == 2
     # report-only: a size whose run is not finished is left out, nothing trains
-    done = scaling_study(out, data=digits_split, quick=True, progress=False, train=False,
-                         recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1))
+    done = scaling_study(
+        out,
+        data=digits_split,
+        quick=True,
+        progress=False,
+        train=False,
+        recipe=StudyRecipe(steps=4, batch_size=4, lr=1e-3, warmup_steps=1),
+    )
     assert done["complete"] and all(p["trained_steps_this_call"] == 0 for p in done["points"])
     from nextscale.errors import NextScaleError
+
     with pytest.raises(NextScaleError, match="only 0 finished"):
-        scaling_study(out, data=digits_split, quick=True, progress=False, train=False,
-                      recipe=StudyRecipe(steps=5, batch_size=4, lr=1e-3, warmup_steps=1))
+        scaling_study(
+            out,
+            data=digits_split,
+            quick=True,
+            progress=False,
+            train=False,
+            recipe=StudyRecipe(steps=5, batch_size=4, lr=1e-3, warmup_steps=1),
+        )
 
 
 def test_quick_ar_vs_var_study_writes_files_and_resumes(digits_split, tmp_path):
+    from nextscale.app.study import ar_vs_var_study
     from nextscale.pipeline_ar import ARPipeline
-    from nextscale.study import ar_vs_var_study
+
     out = str(tmp_path / "arvar")
     r = ar_vs_var_study(out, data=digits_split, quick=True, progress=False)
-    for f in ("ar_vs_var.json", "ar_vs_var.md", "ar_vs_var.png", "samples_var.png", "samples_ar.png", "classifier.safetensors"):
+    for f in (
+        "ar_vs_var.json",
+        "ar_vs_var.md",
+        "ar_vs_var.png",
+        "samples_var.png",
+        "samples_ar.png",
+        "classifier.safetensors",
+    ):
         assert os.path.isfile(os.path.join(out, f)), f
     v, a = r["rows"]["VAR"], r["rows"]["AR"]
     assert v["steps"] == a["steps"] == 3 and v["trained_steps_this_call"] == a["trained_steps_this_call"] == 3
-    assert abs(v["params"] - a["params"]) / v["params"] < 0.15          # equal size, up to the embeddings
+    assert abs(v["params"] - a["params"]) / v["params"] < 0.15  # equal size, up to the embeddings
     assert v["sampling_steps"] == 3 and a["sampling_steps"] == 16
     for row in (v, a):
         assert 0 <= row["class_accuracy"] <= 1 and np.isfinite(row["fid"]) and 0 <= row["precision"] <= 1
         assert row["seconds_per_image_b1"] > 0 and row["seconds_per_image_b50"] > 0
     # the AR run's export is an AR pipeline directory, trained on a single-scale tokenizer
     pipe = ARPipeline.from_pretrained(a["source"])
-    assert pipe.vqvae.v_patch_nums == (4,) and pipe(class_labels=[1], seed=0, output_type="np").images.shape == (1, 16, 16, 3)
+    assert pipe.vqvae.v_patch_nums == (4,) and pipe(class_labels=[1], seed=0, output_type="np").images.shape == (
+        1,
+        16,
+        16,
+        3,
+    )
     assert "| sampling steps" in open(os.path.join(out, "ar_vs_var.md")).read()
-    from nextscale.cli import main  # nextscale sample works on an AR directory
-    assert main(["sample", "--model", a["source"], "--class", "1", "2", "--seed", "0", "--out", str(tmp_path / "g.png"), "--strip"]) == 0
+    from nextscale.app.cli import main  # nextscale sample works on an AR directory
+
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                a["source"],
+                "--class",
+                "1",
+                "2",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path / "g.png"),
+                "--strip",
+            ]
+        )
+        == 0
+    )
     assert os.path.isfile(tmp_path / "g.png") and os.path.isfile(tmp_path / "g_strip.png")
     again = ar_vs_var_study(out, data=digits_split, quick=True, progress=False)
     assert again["rows"]["VAR"]["trained_steps_this_call"] == again["rows"]["AR"]["trained_steps_this_call"] == 0

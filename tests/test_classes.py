@@ -1,4 +1,5 @@
 """ImageNet-1k class names shipped with the package, and class names wherever a class id goes."""
+
 import pytest
 
 from nextscale.classes import grep_classes, imagenet_class_names, resolve_class_name
@@ -11,15 +12,23 @@ def test_imagenet_names_in_the_released_models_index_order():
     names = imagenet_class_names()
     assert len(names) == 1000 and len(set(names)) == 1000
     assert (names[0], names[1], names[207], names[360], names[980], names[999]) == (
-        "tench", "goldfish", "golden retriever", "otter", "volcano", "toilet tissue")
+        "tench",
+        "goldfish",
+        "golden retriever",
+        "otter",
+        "volcano",
+        "toilet tissue",
+    )
 
 
 def test_names_aliases_and_close_matches():
     names = imagenet_class_names()
     assert resolve_class_name("Golden  Retriever", names) == 207
-    assert resolve_class_name("Tinca tinca", names) == 0          # a WordNet lemma
+    assert resolve_class_name("Tinca tinca", names) == 0  # a WordNet lemma
     assert resolve_class_name("toilet paper", names) == 999
-    with pytest.raises(NextScaleError, match=r"no class named 'golden retreiver'; did you mean 'golden retriever' \(207\)"):
+    with pytest.raises(
+        NextScaleError, match=r"no class named 'golden retreiver'; did you mean 'golden retriever' \(207\)"
+    ):
         resolve_class_name("golden retreiver", names)
     with pytest.raises(NextScaleError, match="has no class names; give an integer"):
         resolve_class_name("cat", None)

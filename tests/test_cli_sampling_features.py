@@ -1,14 +1,40 @@
 """CLI surface of the sampling features: speed-up flags, refiner, rejection sampling in sample-fid, classes."""
+
 import json
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 
 
 def test_sample_with_speedups_and_a_refiner(tmp_path, capsys):
     out = tmp_path / "s.png"
-    assert main(["sample", "--class", "1", "2", "--cfg", "1", "--guidance-cutoff", "1", "--prune-ratio", "0.5",
-                 "--kv-budget", "2", "1", "--refiner", "default", "--refine-from-scale", "3", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--class",
+                "1",
+                "2",
+                "--cfg",
+                "1",
+                "--guidance-cutoff",
+                "1",
+                "--prune-ratio",
+                "0.5",
+                "--kv-budget",
+                "2",
+                "1",
+                "--refiner",
+                "default",
+                "--refine-from-scale",
+                "3",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert out.exists()
     assert main(["sample", "--refine-from-scale", "3", "--out", str(tmp_path / "t.png")]) == 2
     assert "--refine-from-scale needs --refiner" in capsys.readouterr().err
@@ -18,8 +44,31 @@ def test_sample_with_speedups_and_a_refiner(tmp_path, capsys):
 
 def test_sample_fid_records_rejection_and_speedups(tmp_path):
     out = tmp_path / "fid"
-    assert main(["sample-fid", "--model", "default", "--out", str(out), "--per-class", "1", "--num-classes", "2",
-                 "--candidates", "2", "--scorer", "default", "--guidance-cutoff", "1", "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample-fid",
+                "--model",
+                "default",
+                "--out",
+                str(out),
+                "--per-class",
+                "1",
+                "--num-classes",
+                "2",
+                "--candidates",
+                "2",
+                "--scorer",
+                "default",
+                "--guidance-cutoff",
+                "1",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "sample_fid.json").read_text())
     assert meta["candidates"] == 2 and meta["scorer"] == "default" and meta["speedups"] == {"guidance_cutoff": 1}
     assert len(list(out.glob("*.png"))) == 2
@@ -36,8 +85,10 @@ def test_a_misspelt_class_name_names_the_flag(tmp_path, capsys):
     img = tmp_path / "in.png"
     assert main(["sample", "--class", "3", "--out", str(img), "--no-singles", "--device", "cpu"]) == 0
     capsys.readouterr()  # that run's progress bar
-    for argv in (["sample", "--class", "seven", "--out", str(tmp_path / "a.png")],
-                 ["edit", "--image", str(img), "--keep-scales", "2", "--class", "seven", "--out", str(tmp_path / "b.png")]):
+    for argv in (
+        ["sample", "--class", "seven", "--out", str(tmp_path / "a.png")],
+        ["edit", "--image", str(img), "--keep-scales", "2", "--class", "seven", "--out", str(tmp_path / "b.png")],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("nextscale: error: --class: no class named 'seven'") and "\n" not in err

@@ -5,6 +5,7 @@ one flag, generated from it with its help and default; the flag maps back into t
 library errors name the field and the CLI prints the flag instead. The sampling flags come from
 ``nextscale.sampling.SamplingSettings`` the same way. ``cli.py`` stays a thin layer.
 """
+
 import argparse
 import dataclasses
 import functools
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from nextscale.cli import build_parser, main
-from nextscale.cli_args import config_from_args, flag_names
+from nextscale.app.cli import build_parser, main
+from nextscale.app.cli_args import config_from_args, flag_names
 from nextscale.errors import FieldError, NextScaleError
 from nextscale.train.config import TokenizerTrainConfig, VARTrainConfig, field_type
 
@@ -62,8 +63,13 @@ def _other_value(cls, f):
     """A valid value other than the default, as (argv after the flag, expected field value)."""
     kind, optional = field_type(cls, f.name)
     d = _config_default(cls, f)
-    special = {"grad_accum": (["2"], 2), "schedule": (["cos"], "cos"), "preset": (["tiny"], "tiny"),
-               "device": (["cpu"], "cpu"), "patch_nums": (["1", "2", "4"], (1, 2, 4))}
+    special = {
+        "grad_accum": (["2"], 2),
+        "schedule": (["cos"], "cos"),
+        "preset": (["tiny"], "tiny"),
+        "device": (["cpu"], "cpu"),
+        "patch_nums": (["1", "2", "4"], (1, 2, 4)),
+    }
     if f.name in special:
         return special[f.name]
     if kind is bool:
@@ -95,7 +101,9 @@ def test_each_flag_round_trips_into_its_field(cmd):
         for argv, want in cases:
             tc = config_from_args(cls, _parse(cmd, argv))
             assert getattr(tc, f.name) == want, (argv, getattr(tc, f.name), want)
-            assert dataclasses.replace(tc, **{f.name: getattr(base, f.name)}) == base  # that flag changed that field only
+            assert (
+                dataclasses.replace(tc, **{f.name: getattr(base, f.name)}) == base
+            )  # that flag changed that field only
 
 
 @pytest.mark.parametrize("cmd", sorted(COMMANDS))
@@ -119,6 +127,7 @@ def test_configs_still_import_from_their_old_modules():
     from nextscale.train.loop import TrainConfigBase
     from nextscale.train.tokenizer import TokenizerTrainConfig as T
     from nextscale.train.var import VARTrainConfig as V
+
     assert V is VARTrainConfig and T is TokenizerTrainConfig and issubclass(V, TrainConfigBase)
 
 
@@ -139,27 +148,83 @@ def test_unknown_keys_get_a_suggestion(capsys):
 
 
 BAD = [  # (config, field values, library message, CLI flags, CLI message)
-    (VARTrainConfig, dict(batch_size=0), "batch_size must be a positive integer, got 0",
-     ["--batch-size", "0"], "--batch-size must be a positive integer, got 0"),
-    (VARTrainConfig, dict(batch_size=5, grad_accum=2), "batch_size 5 is not divisible by grad_accum 2",
-     ["--batch-size", "5", "--grad-accum", "2"], "--batch-size 5 is not divisible by --grad-accum 2"),
-    (VARTrainConfig, dict(keep_last=0), "keep_last must be a positive integer", ["--keep", "0"], "--keep-last must be a positive integer"),
-    (VARTrainConfig, dict(lr=float("nan")), "lr must be a finite number", ["--lr", "nan"], "--lr must be a finite number"),
-    (VARTrainConfig, dict(label_smooth=1.0), "label_smooth must be in [0, 1)", ["--label-smooth", "1"], "--label-smooth must be in [0, 1)"),
-    (VARTrainConfig, dict(schedule="wobbly"), "schedule: unknown lr schedule 'wobbly'", ["--schedule", "wobbly"],
-     "--schedule: unknown lr schedule 'wobbly'"),
-    (VARTrainConfig, dict(sample_every=-2), "sample_every must be >= -1 (0 = at the end only, -1 = never)",
-     ["--sample-every", "-2"], "--sample-every must be >= -1"),
-    (TokenizerTrainConfig, dict(dead_threshold=float("inf")), "dead_threshold must be a finite number",
-     ["--dead-threshold", "inf"], "--dead-threshold must be a finite number"),
-    (TokenizerTrainConfig, dict(disc_layers=0), "disc_layers must be a positive integer", ["--disc-layers", "0"],
-     "--disc-layers must be a positive integer"),
-    (TokenizerTrainConfig, dict(seed=-1), "seed must be in [0, 2**63)", ["--seed", "-1"], "--seed must be in [0, 2**63)"),
+    (
+        VARTrainConfig,
+        dict(batch_size=0),
+        "batch_size must be a positive integer, got 0",
+        ["--batch-size", "0"],
+        "--batch-size must be a positive integer, got 0",
+    ),
+    (
+        VARTrainConfig,
+        dict(batch_size=5, grad_accum=2),
+        "batch_size 5 is not divisible by grad_accum 2",
+        ["--batch-size", "5", "--grad-accum", "2"],
+        "--batch-size 5 is not divisible by --grad-accum 2",
+    ),
+    (
+        VARTrainConfig,
+        dict(keep_last=0),
+        "keep_last must be a positive integer",
+        ["--keep", "0"],
+        "--keep-last must be a positive integer",
+    ),
+    (
+        VARTrainConfig,
+        dict(lr=float("nan")),
+        "lr must be a finite number",
+        ["--lr", "nan"],
+        "--lr must be a finite number",
+    ),
+    (
+        VARTrainConfig,
+        dict(label_smooth=1.0),
+        "label_smooth must be in [0, 1)",
+        ["--label-smooth", "1"],
+        "--label-smooth must be in [0, 1)",
+    ),
+    (
+        VARTrainConfig,
+        dict(schedule="wobbly"),
+        "schedule: unknown lr schedule 'wobbly'",
+        ["--schedule", "wobbly"],
+        "--schedule: unknown lr schedule 'wobbly'",
+    ),
+    (
+        VARTrainConfig,
+        dict(sample_every=-2),
+        "sample_every must be >= -1 (0 = at the end only, -1 = never)",
+        ["--sample-every", "-2"],
+        "--sample-every must be >= -1",
+    ),
+    (
+        TokenizerTrainConfig,
+        dict(dead_threshold=float("inf")),
+        "dead_threshold must be a finite number",
+        ["--dead-threshold", "inf"],
+        "--dead-threshold must be a finite number",
+    ),
+    (
+        TokenizerTrainConfig,
+        dict(disc_layers=0),
+        "disc_layers must be a positive integer",
+        ["--disc-layers", "0"],
+        "--disc-layers must be a positive integer",
+    ),
+    (
+        TokenizerTrainConfig,
+        dict(seed=-1),
+        "seed must be in [0, 2**63)",
+        ["--seed", "-1"],
+        "--seed must be in [0, 2**63)",
+    ),
 ]
 
 
 @pytest.mark.parametrize("cls,kw,lib,argv,cli", BAD, ids=[" ".join(b[3]) for b in BAD])
-def test_bad_value_names_the_field_in_the_library_and_the_flag_in_the_cli(cls, kw, lib, argv, cli, tmp_path, capsys, monkeypatch):
+def test_bad_value_names_the_field_in_the_library_and_the_flag_in_the_cli(
+    cls, kw, lib, argv, cli, tmp_path, capsys, monkeypatch
+):
     base = dict(data="d") if cls is TokenizerTrainConfig else {}
     with pytest.raises(FieldError) as e:
         cls(**base, **kw)
@@ -195,6 +260,7 @@ def test_reference_names_in_the_docs_table_are_the_aliases():
 def test_sampling_flags_come_from_sampling_settings():
     from nextscale.pipelines import RECOMMENDABLE
     from nextscale.sampling import SamplingSettings
+
     for cmd in ("sample", "edit"):
         acts = _actions(cmd)
         for f in dataclasses.fields(SamplingSettings):
@@ -207,14 +273,20 @@ def test_sampling_flags_come_from_sampling_settings():
 
 
 def test_cli_stays_thin():
-    n = len((ROOT / "src" / "nextscale" / "cli.py").read_text().splitlines())
-    assert n <= 400, f"src/nextscale/cli.py has {n} lines; keep it a thin layer (library code belongs in the library)"
+    # measured on the ruff-formatted file (line length 120); the old 400-line cap was met by 200-character lines
+    n = len((ROOT / "src" / "nextscale" / "app" / "cli.py").read_text().splitlines())
+    assert n <= 620, (
+        f"src/nextscale/app/cli.py has {n} lines; keep it a thin layer (library code belongs in the library)"
+    )
 
 
 def test_run_building_errors_name_fields_too():
     from nextscale.configs import get_preset
     from nextscale.train.tokenizer import _check_fits_latent
+
     with pytest.raises(FieldError) as e:
         _check_fits_latent((1, 2, 99), get_preset("mnist").vqvae)
     assert str(e.value).startswith("patch_nums 1 2 99 does not fit") and "--" not in str(e.value)
-    assert e.value.render(lambda n: "--" + n.replace("_", "-")).endswith("e.g. --patch-nums 1 2 4 6 8 (a larger resolution needs a larger preset)")
+    assert e.value.render(lambda n: "--" + n.replace("_", "-")).endswith(
+        "e.g. --patch-nums 1 2 4 6 8 (a larger resolution needs a larger preset)"
+    )

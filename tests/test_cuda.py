@@ -4,6 +4,7 @@ SDPA flash/efficient kernels), training with AMP, torchrun (NCCL) and FSDP.
 Skipped where there is no CUDA device (CI has none); run on a GPU machine with
 ``python -m pytest -q tests/test_cuda.py``.
 """
+
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 from nextscale.configs import get_preset
 from nextscale.data import export_mnist
 from nextscale.models import build_from_config
@@ -43,6 +44,7 @@ def tiny():
 
 def _to(models, dev):
     import copy
+
     vae, var = (copy.deepcopy(m) for m in models)
     vae.to(dev)
     var.to(dev)
@@ -57,7 +59,8 @@ def _rel(a, b):
 
 def test_golden_on_cuda_fp32(golden):
     """The reference's golden teacher-forced logits and decoded images, computed on the GPU."""
-    from test_golden import _var, _vae
+    from test_golden import _vae, _var
+
     vae = _vae(golden).cuda()
     var = _var(golden, "var", vae).cuda().eval()
     ref = golden["var"]["forward"]
@@ -91,8 +94,15 @@ def test_kv_cache_generation_equals_full_forward_on_cuda(tiny, amp):
     hook = var.head.register_forward_hook(lambda m, i, o: heads.append(o.detach().float()))
     ac = torch.autocast("cuda", dtype=DTYPES.get(amp, torch.float32), enabled=amp != "fp32")
     with ac:
-        out = generate(var, vae, B=2, label_B=torch.tensor([3, 5]), generator=torch.Generator("cuda").manual_seed(0),
-                       cfg=2.0, top_k=10)
+        out = generate(
+            var,
+            vae,
+            B=2,
+            label_B=torch.tensor([3, 5]),
+            generator=torch.Generator("cuda").manual_seed(0),
+            cfg=2.0,
+            top_k=10,
+        )
     hook.remove()
     with torch.no_grad(), ac:
         x = vae.quantize.idxBl_to_var_input(out.idx_per_scale)
@@ -105,12 +115,13 @@ def test_kv_cache_generation_equals_full_forward_on_cuda(tiny, amp):
 
 def test_pipeline_on_cuda_bf16_repeatable_and_close_to_fp32(tiny_pipe_dir):
     from nextscale import NextScalePipeline
+
     p = NextScalePipeline.from_pretrained(tiny_pipe_dir).to("cuda")
-    a = p(class_labels=[1, 7], seed=3, output_type="pt", return_indices=True)          # fp32
+    a = p(class_labels=[1, 7], seed=3, output_type="pt", return_indices=True)  # fp32
     pb = NextScalePipeline.from_pretrained(tiny_pipe_dir).to("cuda", torch.bfloat16)
     b1 = pb(class_labels=[1, 7], seed=3, output_type="pt", return_indices=True)
     b2 = pb(class_labels=[1, 7], seed=3, output_type="pt", return_indices=True)
-    assert torch.equal(b1.images, b2.images)                                           # same seed, same image
+    assert torch.equal(b1.images, b2.images)  # same seed, same image
     assert b1.images.shape == a.images.shape and torch.isfinite(b1.images).all()
     assert 0 <= b1.images.min() and b1.images.max() <= 1
     # the same tokens decode to nearly the same image in bf16 and fp32
@@ -128,7 +139,7 @@ def test_batch_of_two_equals_two_batches_of_one_on_cuda(tiny):
     with torch.no_grad():
         inp = vae.quantize.idxBl_to_var_input(vae.img_to_idxBl(x))
         two = var(lab, inp)
-        ones = torch.cat([var(lab[i:i + 1], inp[i:i + 1]) for i in range(2)])
+        ones = torch.cat([var(lab[i : i + 1], inp[i : i + 1]) for i in range(2)])
     torch.testing.assert_close(two, ones, atol=1e-4, rtol=1e-4)
 
 
@@ -141,6 +152,7 @@ def digits(tmp_path_factory):
 
 def _losses(run):
     import json
+
     with open(os.path.join(run, "metrics.jsonl")) as f:
         return [r["loss"] for r in map(json.loads, f) if r["kind"] == "train"]
 
@@ -148,9 +160,37 @@ def _losses(run):
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_train_var_on_cuda_with_amp(digits, tmp_path, amp):
     run = str(tmp_path / "run")
-    assert main(["train", "--data", digits, "--tokenizer", "random", "--preset", "tiny", "--run-dir", run,
-                 "--steps", "40", "--batch-size", "20", "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "5",
-                 "--amp", amp, "--device", "cuda"] + QUIET) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                digits,
+                "--tokenizer",
+                "random",
+                "--preset",
+                "tiny",
+                "--run-dir",
+                run,
+                "--steps",
+                "40",
+                "--batch-size",
+                "20",
+                "--lr",
+                "3e-3",
+                "--warmup-steps",
+                "5",
+                "--log-every",
+                "5",
+                "--amp",
+                amp,
+                "--device",
+                "cuda",
+            ]
+            + QUIET
+        )
+        == 0
+    )
     loss = _losses(run)
     assert all(map(lambda v: v == v, loss)) and loss[-1] < 0.6 * loss[0]
     assert main(["export", run, "--out", str(tmp_path / "model")]) == 0
@@ -160,17 +200,49 @@ def test_train_var_on_cuda_with_amp(digits, tmp_path, amp):
 def test_torchrun_nccl_one_gpu(digits, tmp_path, fsdp):
     """torchrun + NCCL (DDP, or FSDP full sharding) trains and exports a loadable model."""
     run = str(tmp_path / "run")
-    args = ["train", "--data", digits, "--tokenizer", "random", "--preset", "tiny", "--run-dir", run, "--steps", "20",
-            "--batch-size", "10", "--lr", "3e-3", "--warmup-steps", "2", "--log-every", "5", "--ckpt-every", "10",
-            "--amp", "bf16"] + QUIET + (["--fsdp"] if fsdp else [])
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29517",
-                        "-m", "nextscale"] + args, capture_output=True, text=True, timeout=600)
+    args = (
+        [
+            "train",
+            "--data",
+            digits,
+            "--tokenizer",
+            "random",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            run,
+            "--steps",
+            "20",
+            "--batch-size",
+            "10",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "2",
+            "--log-every",
+            "5",
+            "--ckpt-every",
+            "10",
+            "--amp",
+            "bf16",
+        ]
+        + QUIET
+        + (["--fsdp"] if fsdp else [])
+    )
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29517", "-m", "nextscale"]
+        + args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     loss = _losses(run)
     assert loss[-1] < loss[0]
     out = str(tmp_path / "model")
     assert main(["export", run, "--out", out]) == 0
     from nextscale import NextScalePipeline
+
     img = NextScalePipeline.from_pretrained(out).to("cuda")(class_labels=[3], seed=0, output_type="pt").images
     assert img.shape == (1, 3, 64, 64) and torch.isfinite(img).all()
 
@@ -179,23 +251,82 @@ def test_train_tokenizer_on_cuda_bf16(tmp_path):
     d = str(tmp_path / "digits")
     export_mnist(d, n_per_class=2, split="both", resolution=16)
     run = str(tmp_path / "tok")
-    assert main(["train-tokenizer", "--data", d, "--out", run, "--steps", "20", "--batch-size", "8", "--lr", "3e-3",
-                 "--disc-start", "10", "--log-every", "5", "--amp", "bf16", "--device", "cuda",
-                 "--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--vocab-size", "32",
-                 "--patch-nums", "1", "2", "4", "--disc-ch", "16", "--disc-layers", "2"] + QUIET) == 0
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--data",
+                d,
+                "--out",
+                run,
+                "--steps",
+                "20",
+                "--batch-size",
+                "8",
+                "--lr",
+                "3e-3",
+                "--disc-start",
+                "10",
+                "--log-every",
+                "5",
+                "--amp",
+                "bf16",
+                "--device",
+                "cuda",
+                "--preset",
+                "mnist",
+                "--ch",
+                "32",
+                "--num-res-blocks",
+                "1",
+                "--vocab-size",
+                "32",
+                "--patch-nums",
+                "1",
+                "2",
+                "4",
+                "--disc-ch",
+                "16",
+                "--disc-layers",
+                "2",
+            ]
+            + QUIET
+        )
+        == 0
+    )
     loss = _losses(run)
     assert all(v == v for v in loss)
 
 
 def test_sample_cli_on_cuda(tmp_path):
     out = str(tmp_path / "grid.png")
-    assert main(["sample", "--model", "default", "--class", "3", "7", "--seed", "0", "--device", "cuda",
-                 "--dtype", "bf16", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                "default",
+                "--class",
+                "3",
+                "7",
+                "--seed",
+                "0",
+                "--device",
+                "cuda",
+                "--dtype",
+                "bf16",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     assert os.path.getsize(out) > 0
 
 
 def test_fid_inception_cuda_equals_cpu():
     from nextscale.evaluation.inception import FIDInceptionV3
+
     torch.manual_seed(0)
     net = FIDInceptionV3()
     x = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
@@ -211,6 +342,7 @@ def test_fid_inception_cuda_equals_cpu():
 def test_cuda_graphs_give_the_same_tokens_as_eager(tiny, amp):
     """Replaying captured per-scale graphs == eager execution, bit for bit, across calls and batch sizes."""
     from nextscale.sampling import CudaGraphs
+
     vae, var = _to(tiny, "cuda")
     graphs = CudaGraphs()
     ac = torch.autocast("cuda", dtype=DTYPES.get(amp, torch.float32), enabled=amp != "fp32")
@@ -226,6 +358,7 @@ def test_cuda_graphs_give_the_same_tokens_as_eager(tiny, amp):
 
 def test_pipeline_uses_cuda_graphs_with_eager_results(tiny_pipe_dir):
     from nextscale import NextScalePipeline
+
     p = NextScalePipeline.from_pretrained(tiny_pipe_dir).to("cuda", torch.bfloat16)
     assert p.use_cuda_graphs
     a = p(class_labels=[1, 7], seed=3, output_type="pt", return_indices=True)

@@ -1,4 +1,5 @@
 """Image folders, transforms, the resumable sampler, the token cache, the MNIST export."""
+
 import os
 
 import numpy as np
@@ -6,10 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from nextscale.data import (CachedTokens, ImageFolder, ResumableBatchSampler, TokenCache, build_token_cache, export_mnist,
-                            find_split, scan_image_folder, smallest_uint_dtype, tokenizer_fingerprint)
+from nextscale.data import (
+    CachedTokens,
+    ImageFolder,
+    ResumableBatchSampler,
+    TokenCache,
+    build_token_cache,
+    export_mnist,
+    find_split,
+    scan_image_folder,
+    smallest_uint_dtype,
+    tokenizer_fingerprint,
+)
 from nextscale.errors import NextScaleError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,14 +51,17 @@ def test_export_mnist_layout(mnist_dir):
 
 
 def test_layouts(tmp_path):
-    _img(str(tmp_path / "inet/train/cat/a.png")); _img(str(tmp_path / "inet/val/cat/b.png"))
+    _img(str(tmp_path / "inet/train/cat/a.png"))
+    _img(str(tmp_path / "inet/val/cat/b.png"))
     assert find_split(str(tmp_path / "inet"), "train").endswith("train")
     assert find_split(str(tmp_path / "inet"), "val").endswith("val")
-    _img(str(tmp_path / "single/dog/a.jpg")); _img(str(tmp_path / "single/cat/sub/b.png"))
+    _img(str(tmp_path / "single/dog/a.jpg"))
+    _img(str(tmp_path / "single/cat/sub/b.png"))
     assert find_split(str(tmp_path / "single"), "val") is None
     s, c = scan_image_folder(str(tmp_path / "single"))
     assert c == ["cat", "dog"] and [y for _, y in s] == [0, 1]
-    _img(str(tmp_path / "uncond/a.png")); _img(str(tmp_path / "uncond/b.png"))
+    _img(str(tmp_path / "uncond/a.png"))
+    _img(str(tmp_path / "uncond/b.png"))
     s, c = scan_image_folder(str(tmp_path / "uncond"))
     assert c == [""] and len(s) == 2
 
@@ -84,6 +97,7 @@ def test_transforms_deterministic_and_flip(tmp_path):
 
 def test_unreadable_images_are_skipped_and_counted(tmp_path, monkeypatch):
     import nextscale.data
+
     monkeypatch.setattr(nextscale.data, "_WARNED_BAD", False)
     _img(str(tmp_path / "a/0.png"))
     _img(str(tmp_path / "a/1.png"))
@@ -122,13 +136,18 @@ def test_sampler_sharding_accumulation_and_resume():
 
 def test_smallest_dtype():
     assert smallest_uint_dtype(64) == np.uint8 and smallest_uint_dtype(256) == np.uint8
-    assert smallest_uint_dtype(257) == np.uint16 and smallest_uint_dtype(4096) == np.uint16 and smallest_uint_dtype(70000) == np.uint32
+    assert (
+        smallest_uint_dtype(257) == np.uint16
+        and smallest_uint_dtype(4096) == np.uint16
+        and smallest_uint_dtype(70000) == np.uint32
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny_vae():
     from nextscale.configs import get_preset
     from nextscale.models import build_from_config
+
     return build_from_config(get_preset("tiny"), seed=0, init_var=False)[0]
 
 
@@ -136,10 +155,16 @@ def test_token_cache_matches_encoder(mnist_dir, tiny_vae, tmp_path):
     vae = tiny_vae
     out = str(tmp_path / "cache")
     c = build_token_cache(mnist_dir, vae, vae.v_patch_nums, 64, out, batch_size=8, progress=False)
-    assert c.meta["splits"] == {"train": 20, "val": 10} and c.meta["dtype"] == "uint8" and c.classes == [str(i) for i in range(10)]
+    assert (
+        c.meta["splits"] == {"train": 20, "val": 10}
+        and c.meta["dtype"] == "uint8"
+        and c.classes == [str(i) for i in range(10)]
+    )
     assert not any(".partial" in f for f in os.listdir(tmp_path))
     ds = c.dataset("train", train=False)
-    assert isinstance(ds, CachedTokens) and np.load(os.path.join(out, "train/tokens.npy"), mmap_mode="r").dtype == np.uint8
+    assert (
+        isinstance(ds, CachedTokens) and np.load(os.path.join(out, "train/tokens.npy"), mmap_mode="r").dtype == np.uint8
+    )
     ev = ImageFolder(os.path.join(mnist_dir, "train"), 64, train=False)
     x = torch.stack([ev[(i, -1)]["image"] for i in (0, 5)])
     with torch.no_grad():

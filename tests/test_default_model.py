@@ -1,16 +1,18 @@
 """The bundled default model (MNIST, 32 px): loads offline and samples deterministically."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import FIXTURES
 from nextscale import NextScalePipeline
 from nextscale.hub import DEFAULT_MODEL_DIR
 
-from conftest import FIXTURES
-
-pytestmark = pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="default model not bundled")
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_MODEL_DIR / "model_index.json").exists(), reason="default model not bundled"
+)
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +23,7 @@ def pipe():
 def test_default_model_layout_and_size(pipe):
     assert pipe.resolution == 32 and pipe.num_classes == 10 and pipe.labels == [str(d) for d in range(10)]
     total = sum(p.stat().st_size for p in DEFAULT_MODEL_DIR.rglob("*") if p.is_file())
-    assert total <= 25 * 2 ** 20
+    assert total <= 25 * 2**20
 
 
 def test_default_model_tokens_are_pinned(pipe):
@@ -30,11 +32,24 @@ def test_default_model_tokens_are_pinned(pipe):
     Sampling is float32 with exact multinomial draws, so another CPU kind or thread count could in principle
     flip a near-tied draw; 1 and 2 threads give these tokens."""
     pinned = json.loads((FIXTURES / "default_model_tokens.json").read_text())
-    out = pipe(class_labels=pinned["class_labels"], guidance_scale=pinned["guidance_scale"], top_k=pinned["top_k"],
-               top_p=pinned["top_p"], seed=pinned["seed"], output_type="np", return_indices=True)
+    out = pipe(
+        class_labels=pinned["class_labels"],
+        guidance_scale=pinned["guidance_scale"],
+        top_k=pinned["top_k"],
+        top_p=pinned["top_p"],
+        seed=pinned["seed"],
+        output_type="np",
+        return_indices=True,
+    )
     assert [t.tolist() for t in out.indices] == pinned["tokens"]
-    again = pipe(class_labels=pinned["class_labels"], guidance_scale=pinned["guidance_scale"], top_k=pinned["top_k"],
-                 top_p=pinned["top_p"], generator=torch.Generator().manual_seed(pinned["seed"]), output_type="np")
+    again = pipe(
+        class_labels=pinned["class_labels"],
+        guidance_scale=pinned["guidance_scale"],
+        top_k=pinned["top_k"],
+        top_p=pinned["top_p"],
+        generator=torch.Generator().manual_seed(pinned["seed"]),
+        output_type="np",
+    )
     assert np.array_equal(out.images, again.images)
 
 

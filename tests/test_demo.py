@@ -1,24 +1,22 @@
-"""The demo (nextscale.demo): the backend (validation + pipeline calls) directly, then the Gradio
+"""The demo (nextscale.app.demo): the backend (validation + pipeline calls) directly, then the Gradio
 app through its API (gradio_client) on 127.0.0.1: streaming, 20 concurrent requests (each gets its
 own seed's image, memory bounded), a bounded queue, and bad values sent straight to the API.
 
 Backend tests need no Gradio; the server tests are skipped when gradio / gradio_client are absent.
 Model: the random-weight tiny preset (64 px, 10 classes, scales 1, 2, 3, 4).
 """
-import concurrent.futures as cf
+
 import gc
-import os
 import re
 import socket
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import need_modules
 import torch
 from PIL import Image, ImageDraw
 
+from conftest import need_modules
 from nextscale.errors import NextScaleError
 
 K = 4  # scales of the tiny preset
@@ -36,19 +34,28 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def pipe(tiny_pipe_dir):
     from nextscale.pipelines import NextScalePipeline
+
     return NextScalePipeline.from_pretrained(tiny_pipe_dir)
 
 
 @pytest.fixture(scope="module")
 def backend(pipe):
-    from nextscale.demo import DemoBackend
+    from nextscale.app.demo import DemoBackend
+
     return DemoBackend(pipe)
 
 
 def _reference(pipe, seed, cls=3, batch=1, guidance=1.5, top_k=50, top_p=0.96, smooth=False):
     """What the demo must return for these values: the pipeline called directly."""
-    return pipe(class_labels=[cls] * batch, guidance_scale=guidance, top_k=top_k, top_p=top_p, more_smooth=smooth,
-                generator=torch.Generator().manual_seed(seed), output_type="pil").images
+    return pipe(
+        class_labels=[cls] * batch,
+        guidance_scale=guidance,
+        top_k=top_k,
+        top_p=top_p,
+        more_smooth=smooth,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pil",
+    ).images
 
 
 def _painted(size, box):
@@ -68,22 +75,23 @@ def test_generate_streams_each_scale_then_the_result(backend, pipe):
         assert status.startswith(f"scale {k + 1}/{K} ({k + 1}x{k + 1})")
     img, strip, status = outs[-1]
     assert "seed 7" in status and status.startswith("done")
-    assert np.array_equal(np.asarray(img), np.asarray(_reference(pipe, 7)[0]))   # the pipeline's image, exactly
-    assert np.array_equal(np.asarray(outs[K - 1][0]), np.asarray(img))            # last scale = the result
-    assert strip.size[0] > 4 * 128 and strip.size[1] > 128                         # K captioned 128 px cells
+    assert np.array_equal(np.asarray(img), np.asarray(_reference(pipe, 7)[0]))  # the pipeline's image, exactly
+    assert np.array_equal(np.asarray(outs[K - 1][0]), np.asarray(img))  # last scale = the result
+    assert strip.size[0] > 4 * 128 and strip.size[1] > 128  # K captioned 128 px cells
 
 
 def test_generate_batch_random_class_and_seed(backend):
     outs = list(backend.generate("random", 0, 0, 0, True, 0, True, 2))
     img, strip, status = outs[-1]
-    assert img.size[0] > 64 and strip.size[1] > 2 * 128         # a 2-image tile, a 2-row strip
+    assert img.size[0] > 64 and strip.size[1] > 2 * 128  # a 2-image tile, a 2-row strip
     seed = int(re.search(r"seed (\d+)", status).group(1))
     assert 0 <= seed <= backend.limits.max_seed
 
 
 def test_class_choices_have_names_when_the_model_has_them(pipe):
-    from nextscale.demo import DemoBackend
+    from nextscale.app.demo import DemoBackend
     from nextscale.pipelines import NextScalePipeline
+
     named = NextScalePipeline(**{**pipe.components, "labels": [f"thing{i}" for i in range(10)]})
     choices = DemoBackend(named).class_choices()
     assert ("random class", "random") in choices and ("unconditional", "-1") in choices
@@ -92,22 +100,44 @@ def test_class_choices_have_names_when_the_model_has_them(pipe):
 
 
 BAD_GENERATE = [
-    (dict(class_choice="x"), "class"), (dict(class_choice=10), "class"), (dict(class_choice=-2), "class"),
-    (dict(class_choice=None), "class"), (dict(class_choice=1.5), "class"),
-    (dict(guidance=-0.1), "guidance"), (dict(guidance=float("nan")), "guidance"), (dict(guidance=float("inf")), "guidance"),
-    (dict(guidance=1e9), "guidance"), (dict(guidance="a"), "guidance"), (dict(guidance=None), "guidance"),
-    (dict(top_k=-1), "top-k"), (dict(top_k=65), "top-k"), (dict(top_k=2.5), "top-k"), (dict(top_k=True), "top-k"),
-    (dict(top_p=-0.01), "top-p"), (dict(top_p=1.01), "top-p"), (dict(top_p=[0.5]), "top-p"),
-    (dict(more_smooth="yes"), "smoothing"), (dict(more_smooth=None), "smoothing"),
-    (dict(seed=-1), "seed"), (dict(seed=2**31), "seed"), (dict(seed=0.5), "seed"), (dict(seed={}), "seed"),
+    (dict(class_choice="x"), "class"),
+    (dict(class_choice=10), "class"),
+    (dict(class_choice=-2), "class"),
+    (dict(class_choice=None), "class"),
+    (dict(class_choice=1.5), "class"),
+    (dict(guidance=-0.1), "guidance"),
+    (dict(guidance=float("nan")), "guidance"),
+    (dict(guidance=float("inf")), "guidance"),
+    (dict(guidance=1e9), "guidance"),
+    (dict(guidance="a"), "guidance"),
+    (dict(guidance=None), "guidance"),
+    (dict(top_k=-1), "top-k"),
+    (dict(top_k=65), "top-k"),
+    (dict(top_k=2.5), "top-k"),
+    (dict(top_k=True), "top-k"),
+    (dict(top_p=-0.01), "top-p"),
+    (dict(top_p=1.01), "top-p"),
+    (dict(top_p=[0.5]), "top-p"),
+    (dict(more_smooth="yes"), "smoothing"),
+    (dict(more_smooth=None), "smoothing"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=2**31), "seed"),
+    (dict(seed=0.5), "seed"),
+    (dict(seed={}), "seed"),
     (dict(random_seed="no"), "random seed"),
-    (dict(batch_size=0), "batch size"), (dict(batch_size=5), "batch size"), (dict(batch_size=10**12), "batch size"),
+    (dict(batch_size=0), "batch size"),
+    (dict(batch_size=5), "batch size"),
+    (dict(batch_size=10**12), "batch size"),
 ]
 
 
-@pytest.mark.parametrize("bad,what", BAD_GENERATE, ids=[f"{next(iter(b))}={next(iter(b.values()))!r}" for b, _ in BAD_GENERATE])
+@pytest.mark.parametrize(
+    "bad,what", BAD_GENERATE, ids=[f"{next(iter(b))}={next(iter(b.values()))!r}" for b, _ in BAD_GENERATE]
+)
 def test_generate_rejects_bad_values(backend, bad, what):
-    args = dict(class_choice="3", guidance=1.5, top_k=50, top_p=0.96, more_smooth=False, seed=0, random_seed=False, batch_size=1)
+    args = dict(
+        class_choice="3", guidance=1.5, top_k=50, top_p=0.96, more_smooth=False, seed=0, random_seed=False, batch_size=1
+    )
     args.update(bad)
     with pytest.raises(NextScaleError, match=what):
         next(backend.generate(**args))
@@ -122,7 +152,7 @@ def test_edit_modes(backend):
         assert len(outs) == K + 1, mode
         img, strip, status = outs[-1]
         assert img.size == (64, 64) and status.startswith(f"done: {mode}"), status
-        assert strip.size[0] > (K + 2) * 128                                        # input, regen, K scales
+        assert strip.size[0] > (K + 2) * 128  # input, regen, K scales
     # in-paint of the painted square: 4x4 finest tokens of 16 px on the 64 px canvas; the square covers 2x2 of them
     assert "25% of the finest tokens regenerated" in list(backend.edit(value, "in-paint", "-1", *common))[-1][2]
     # a plain PIL image works for the modes that need no painting
@@ -130,18 +160,25 @@ def test_edit_modes(backend):
 
 
 BAD_EDIT = [
-    (dict(editor_value=None), "no image"), (dict(editor_value="/etc/passwd"), "editor value"),
+    (dict(editor_value=None), "no image"),
+    (dict(editor_value="/etc/passwd"), "editor value"),
     (dict(editor_value={"background": None, "layers": []}), "no image"),
     (dict(editor_value={"background": "x", "layers": []}), "no image"),
-    (dict(layers="oops"), "layers"), (dict(layers=[Image.new("RGBA", (10, 10))]), "layer 0 is 10x10"),
-    (dict(layers=[]), "paint the region"),                                             # in-paint needs a painted region
+    (dict(layers="oops"), "layers"),
+    (dict(layers=[Image.new("RGBA", (10, 10))]), "layer 0 is 10x10"),
+    (dict(layers=[]), "paint the region"),  # in-paint needs a painted region
     (dict(mode="class edit", class_choice="-1"), "class edit: pick"),
     (dict(mode="class edit", class_choice="random"), "class edit: pick"),
-    (dict(mode="smudge"), "mode"), (dict(mode=None), "mode"),
+    (dict(mode="smudge"), "mode"),
+    (dict(mode=None), "mode"),
     (dict(mode="out-paint", outpaint_side="middle"), "out-paint side"),
-    (dict(mode="out-paint", outpaint_px=0), "out-paint width"), (dict(mode="out-paint", outpaint_px=64), "out-paint width"),
-    (dict(mode="variations", keep_scales=5), "keep scales"), (dict(mode="variations", keep_scales=-1), "keep scales"),
-    (dict(class_choice="11", mode="variations"), "class"), (dict(top_p=2), "top-p"), (dict(batch_size=0), "batch size"),
+    (dict(mode="out-paint", outpaint_px=0), "out-paint width"),
+    (dict(mode="out-paint", outpaint_px=64), "out-paint width"),
+    (dict(mode="variations", keep_scales=5), "keep scales"),
+    (dict(mode="variations", keep_scales=-1), "keep scales"),
+    (dict(class_choice="11", mode="variations"), "class"),
+    (dict(top_p=2), "top-p"),
+    (dict(batch_size=0), "batch size"),
 ]
 
 
@@ -150,20 +187,37 @@ def test_edit_rejects_bad_values(backend, bad, what):
     ex = backend.example("stripes")
     bad = dict(bad)
     layers = bad.pop("layers", [_painted(ex.size, (0, 0, 100, 100))])
-    args = dict(editor_value={"background": ex, "layers": layers, "composite": ex}, mode="in-paint", class_choice="-1",
-                outpaint_side="left", outpaint_px=16, keep_scales=2, guidance=1.5, top_k=50, top_p=0.96, more_smooth=False,
-                seed=0, random_seed=False, batch_size=1)
+    args = dict(
+        editor_value={"background": ex, "layers": layers, "composite": ex},
+        mode="in-paint",
+        class_choice="-1",
+        outpaint_side="left",
+        outpaint_px=16,
+        keep_scales=2,
+        guidance=1.5,
+        top_k=50,
+        top_p=0.96,
+        more_smooth=False,
+        seed=0,
+        random_seed=False,
+        batch_size=1,
+    )
     args.update(bad)
     with pytest.raises(NextScaleError, match=what):
         next(backend.edit(**args))
 
 
 def test_edit_refuses_huge_uploads(pipe):
-    from nextscale.demo import DemoBackend, DemoLimits
+    from nextscale.app.demo import DemoBackend, DemoLimits
+
     b = DemoBackend(pipe, limits=DemoLimits(max_image_pixels=100 * 100))
     big = Image.new("RGB", (101, 100))
     with pytest.raises(NextScaleError, match="pixels"):
-        next(b.edit({"background": big, "layers": []}, "variations", "-1", "left", 16, 2, 1.5, 50, 0.96, False, 0, False, 1))
+        next(
+            b.edit(
+                {"background": big, "layers": []}, "variations", "-1", "left", 16, 2, 1.5, 50, 0.96, False, 0, False, 1
+            )
+        )
 
 
 def test_examples_and_bad_example(backend):
@@ -177,21 +231,31 @@ def test_examples_and_bad_example(backend):
 def test_model_errors_reach_the_caller_and_release_the_lock(backend, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("kaboom")
-    monkeypatch.setattr(backend, "pipe", type("P", (), {"__call__": boom, "num_classes": 10,
-                                                        "class_name": lambda self, c: str(c), "device": torch.device("cpu")})())
+
+    monkeypatch.setattr(
+        backend,
+        "pipe",
+        type(
+            "P",
+            (),
+            {"__call__": boom, "num_classes": 10, "class_name": lambda self, c: str(c), "device": torch.device("cpu")},
+        )(),
+    )
     with pytest.raises(RuntimeError, match="kaboom"):
         list(backend.generate("3", 1.5, 50, 0.96, False, 0, False, 1))
     assert not backend.lock.locked()
 
 
 def test_is_loopback():
-    from nextscale.demo import is_loopback
+    from nextscale.app.demo import is_loopback
+
     assert all(is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"))
     assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "192.168.1.5", "example.org", ""))
 
 
 def test_cli_demo_help_and_bad_values(capsys):
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     with pytest.raises(SystemExit) as e:
         main(["demo", "--help"])
     assert e.value.code == 0
@@ -204,7 +268,8 @@ def test_cli_demo_help_and_bad_values(capsys):
 def test_cli_demo_without_gradio_says_how_to_install(monkeypatch, capsys, tiny_pipe_dir):
     import sys
 
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
     assert main(["demo", "--model", str(tiny_pipe_dir)]) == 2
     assert "nextscale[demo]" in capsys.readouterr().err
@@ -222,7 +287,8 @@ def _free_port() -> int:
 
 
 def _launch(demo):
-    from nextscale.demo import launch_demo
+    from nextscale.app.demo import launch_demo
+
     last = None
     for _ in range(3):  # the port picked may be taken in between: try another
         try:
@@ -244,7 +310,8 @@ def _rss_mb() -> float:
 @pytest.fixture(scope="module")
 def server(pipe):
     need_modules("gradio", "gradio", "gradio_client")
-    from nextscale.demo import build_demo
+    from nextscale.app.demo import build_demo
+
     demo = build_demo(pipe, concurrency_limit=2, max_queue=32)  # 2 at once: the model lock must keep them apart
     url = _launch(demo)
     yield demo, url
@@ -254,12 +321,22 @@ def server(pipe):
 @pytest.fixture(scope="module")
 def client(server):
     from gradio_client import Client
+
     _, url = server
     return Client(url, verbose=False, analytics_enabled=False, download_files=False)  # fetch only what is checked
 
 
 def _gen_args(seed, **kw):
-    a = dict(class_choice="3", guidance=1.5, top_k=50, top_p=0.96, more_smooth=False, seed=seed, random_seed=False, batch_size=1)
+    a = dict(
+        class_choice="3",
+        guidance=1.5,
+        top_k=50,
+        top_p=0.96,
+        more_smooth=False,
+        seed=seed,
+        random_seed=False,
+        batch_size=1,
+    )
     a.update(kw)
     return list(a.values())
 
@@ -269,6 +346,7 @@ def _png(x) -> np.ndarray:
     if isinstance(x, dict):
         import io
         import urllib.request
+
         assert x["url"].startswith("http://127.0.0.1:")
         with urllib.request.urlopen(x["url"], timeout=30) as r:
             x = io.BytesIO(r.read())
@@ -317,19 +395,31 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
     print(f"20 concurrent requests: {dt:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
 
 
-@pytest.mark.parametrize("field,value,msg", [  # Gradio's own component checks answer first where they apply (\b: the bound itself, not a prefix of it)
-    ("guidance", -1.0, r"Value -1\.0 is less than minimum value 0\b"), ("guidance", 1e6, r"Value 1000000\.0 is greater than maximum value 10\b"),
-    ("top_k", -5, r"Value -5 is less than minimum value 0\b"), ("top_k", 10**9, r"Value 1000000000 is greater than maximum value 64\b"),
-    ("top_p", 7.0, r"Value 7\.0 is greater than maximum value 1\b"), ("seed", -3, r"Value -3 is less than minimum value 0\b"),
-    ("batch_size", 64, r"Value 64 is greater than maximum value 4\b"),
-    ("class_choice", "not-a-class", r"Value: not-a-class is not in the list of choices"),
-    ("class_choice", "999", r"Value: 999 is not in the list of choices"),
-    ("more_smooth", "maybe", "Gumbel smoothing must be true or false, got 'maybe'"),
-    ("batch_size", "many", r"Expected a `float`, but the value passed to the event handler was: 'many'"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [  # Gradio's own component checks answer first where they apply (\b: the bound itself, not a prefix of it)
+        ("guidance", -1.0, r"Value -1\.0 is less than minimum value 0\b"),
+        ("guidance", 1e6, r"Value 1000000\.0 is greater than maximum value 10\b"),
+        ("top_k", -5, r"Value -5 is less than minimum value 0\b"),
+        ("top_k", 10**9, r"Value 1000000000 is greater than maximum value 64\b"),
+        ("top_p", 7.0, r"Value 7\.0 is greater than maximum value 1\b"),
+        ("seed", -3, r"Value -3 is less than minimum value 0\b"),
+        ("batch_size", 64, r"Value 64 is greater than maximum value 4\b"),
+        ("class_choice", "not-a-class", r"Value: not-a-class is not in the list of choices"),
+        ("class_choice", "999", r"Value: 999 is not in the list of choices"),
+        ("more_smooth", "maybe", "Gumbel smoothing must be true or false, got 'maybe'"),
+        ("batch_size", "many", r"Expected a `float`, but the value passed to the event handler was: 'many'"),
+    ],
+)
 def test_api_rejects_out_of_range_values(client, field, value, msg):
     from gradio_client.exceptions import AppError
-    args = dict(zip(["class_choice", "guidance", "top_k", "top_p", "more_smooth", "seed", "random_seed", "batch_size"], _gen_args(0)))
+
+    args = dict(
+        zip(
+            ["class_choice", "guidance", "top_k", "top_p", "more_smooth", "seed", "random_seed", "batch_size"],
+            _gen_args(0),
+        )
+    )
     args[field] = value
     with pytest.raises(AppError, match=msg):
         client.predict(*args.values(), api_name="/generate")
@@ -338,12 +428,17 @@ def test_api_rejects_out_of_range_values(client, field, value, msg):
 def test_api_survives_bad_values_and_edit_round_trip(client, pipe, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
+
     bg = Image.new("RGB", (96, 96), (200, 60, 50))
     ImageDraw.Draw(bg).ellipse((20, 20, 76, 76), fill=(40, 190, 90))
     bg.save(tmp_path / "bg.png")
     _painted(bg.size, (0, 0, 47, 95)).save(tmp_path / "layer.png")
-    value = {"background": handle_file(str(tmp_path / "bg.png")), "layers": [handle_file(str(tmp_path / "layer.png"))],
-             "composite": None, "id": None}
+    value = {
+        "background": handle_file(str(tmp_path / "bg.png")),
+        "layers": [handle_file(str(tmp_path / "layer.png"))],
+        "composite": None,
+        "id": None,
+    }
     sampling = [1.5, 50, 0.96, False, 5, False, 1]
     job = client.submit(value, "in-paint", "-1", "right", 16, 2, *sampling, api_name="/edit")
     img, strip, status = job.result(timeout=120)
@@ -364,7 +459,8 @@ def test_full_queue_is_refused_with_a_message(pipe, tmp_path):
     need_modules("gradio", "gradio", "gradio_client")
     from gradio_client import Client
 
-    from nextscale.demo import build_demo
+    from nextscale.app.demo import build_demo
+
     demo = build_demo(pipe, concurrency_limit=1, max_queue=1, scale_delay=0.3)  # slow requests, room for one waiting
     try:
         c = Client(_launch(demo), verbose=False, analytics_enabled=False, download_files=False)
@@ -383,7 +479,8 @@ def test_full_queue_is_refused_with_a_message(pipe, tmp_path):
 
 
 def test_startup_messages_warn_off_loopback():
-    from nextscale.demo import startup_messages
+    from nextscale.app.demo import startup_messages
+
     local = startup_messages("127.0.0.1", 7860)
     assert len(local) == 1 and "http://127.0.0.1:7860/" in local[0]
     for host in ("0.0.0.0", "192.168.1.5", "::"):
@@ -395,7 +492,8 @@ def test_serve_loads_the_model_and_serves_the_page(tiny_pipe_dir):
     need_modules("gradio", "gradio")
     import urllib.request
 
-    from nextscale.demo import serve
+    from nextscale.app.demo import serve
+
     msgs = []
     port = _free_port()
     demo = serve(str(tiny_pipe_dir), host="127.0.0.1", port=port, print_fn=msgs.append, block=False)

@@ -7,16 +7,17 @@ not the local server (fonts, CDNs, analytics) is blocked and fails the test.
 
 Set NEXTSCALE_DEMO_SCREENSHOT=docs/images/demo.png to refresh the README picture.
 """
+
 import os
 import re
-import shutil
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from conftest import need_modules
 import torch
+
+from conftest import need_modules
 
 pytestmark = [pytest.mark.browser, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
@@ -27,8 +28,16 @@ pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip
 need_modules("gradio", "gradio")
 
 K = 4  # scales of the tiny preset
-ARGS = ["--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--no-first-run", "--disable-quic", "--disable-dev-shm-usage", "--no-default-browser-check"]
+ARGS = [
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-dev-shm-usage",
+    "--no-default-browser-check",
+]
 if hasattr(os, "geteuid") and os.geteuid() == 0:
     ARGS.insert(0, "--no-sandbox")  # chromium refuses to run as root with its sandbox
 
@@ -41,8 +50,9 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def server(tiny_pipe_dir):
-    from nextscale.demo import build_demo, launch_demo
+    from nextscale.app.demo import build_demo, launch_demo
     from nextscale.pipelines import NextScalePipeline
+
     pipe = NextScalePipeline.from_pretrained(tiny_pipe_dir)
     demo = build_demo(pipe, scale_delay=0.25)  # the tiny model is fast: pause so that every scale is seen
     s = socket.socket()
@@ -58,11 +68,17 @@ def server(tiny_pipe_dir):
 def browser(server, tmp_path_factory):
     """A fresh chromium profile; returns (context, blocked) where blocked lists non-local requests."""
     from playwright.sync_api import sync_playwright
+
     blocked = []
     with sync_playwright() as p:
-        ctx = p.chromium.launch_persistent_context(str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM,
-                                                   headless=True, args=ARGS, viewport={"width": 1280, "height": 900},
-                                                   timeout=60_000)
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=ARGS,
+            viewport={"width": 1280, "height": 900},
+            timeout=60_000,
+        )
 
         def route(r):
             u = r.request.url
@@ -91,7 +107,8 @@ def page(server, browser):
 WATCH = """([status, image]) => {
   window.__st = []; window.__src = [];
   const st = document.querySelector(status), im = document.querySelector(image);
-  new MutationObserver(() => window.__st.push(st.innerText.trim())).observe(st, {subtree: true, childList: true, characterData: true});
+  new MutationObserver(() => window.__st.push(st.innerText.trim()))
+    .observe(st, {subtree: true, childList: true, characterData: true});
   new MutationObserver(() => {
     const i = im.querySelector('img');
     if (i && i.src && window.__src[window.__src.length - 1] !== i.src) window.__src.push(i.src);
@@ -113,9 +130,9 @@ def test_generate_in_the_browser_streams_every_scale(page, browser, tmp_path):
     page.click("#gen-button")
     status = _wait_done(page, "#gen-status")
     statuses, srcs = page.evaluate("window.__st"), page.evaluate("window.__src")
-    assert sorted(set(_scales_seen(statuses))) == list(range(1, K + 1)), statuses   # 1x1, 2x2, ... arrived one by one
+    assert sorted(set(_scales_seen(statuses))) == list(range(1, K + 1)), statuses  # 1x1, 2x2, ... arrived one by one
     assert _scales_seen(statuses) == sorted(_scales_seen(statuses))
-    assert len(srcs) >= K, srcs                                                      # K different pictures shown
+    assert len(srcs) >= K, srcs  # K different pictures shown
     assert all(s.startswith(page.url.split("?")[0].rstrip("/")) for s in srcs)
     assert "seed 0" in status
     page.wait_for_selector("#gen-strip img")
@@ -124,8 +141,11 @@ def test_generate_in_the_browser_streams_every_scale(page, browser, tmp_path):
     assert shot.stat().st_size > 10_000
     if os.environ.get("NEXTSCALE_DEMO_SCREENSHOT"):
         strip = page.locator("#gen-strip").bounding_box()
-        page.screenshot(path=os.environ["NEXTSCALE_DEMO_SCREENSHOT"], full_page=True,
-                        clip={"x": 0, "y": 0, "width": 1280, "height": strip["y"] + strip["height"] + 16})
+        page.screenshot(
+            path=os.environ["NEXTSCALE_DEMO_SCREENSHOT"],
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": 1280, "height": strip["y"] + strip["height"] + 16},
+        )
     assert not browser[1]
 
 
@@ -152,7 +172,7 @@ def test_edit_round_trip_in_the_browser(page, browser, tmp_path):
     statuses = page.evaluate("window.__st")
     assert sorted(set(_scales_seen(statuses))) == list(range(1, K + 1)), statuses
     pct = int(re.search(r"(\d+)% of the finest tokens regenerated", status).group(1))
-    assert 0 < pct < 100, status                                                     # the painted stroke, not all
+    assert 0 < pct < 100, status  # the painted stroke, not all
     page.wait_for_selector("#edit-strip img")
     page.screenshot(path=str(tmp_path / "demo_edit.png"), full_page=True)
     # a value the widgets cannot produce (via the page's own API client path) gives a message, not a crash

@@ -1,4 +1,5 @@
 """DDP (gloo, 2 CPU processes) == one process with the same global batch; dist helpers alone."""
+
 import os
 import socket
 import subprocess
@@ -8,10 +9,9 @@ import pytest
 import torch
 
 from nextscale import dist
-from nextscale.cli import main
+from nextscale.app.cli import main
 from nextscale.data import export_mnist
 from nextscale.train.checkpoint import CheckpointManager
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -36,13 +36,51 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     with class dropout, random crops and flips on (they are drawn per sample, not per process)."""
     data = str(tmp_path / "digits")
     export_mnist(data, n_per_class=2, split="train", resolution=64)
-    common = ["train", "--data", data, "--tokenizer", "random", "--preset", "tiny", "--steps", "5", "--batch-size", "8",
-              "--hflip", "--lr", "1e-3", "--warmup-steps", "1", "--ckpt-every", "5", "--log-every", "5",
-              "--no-progress", "--eval-every", "0", "--sample-every", "-1"]
+    common = [
+        "train",
+        "--data",
+        data,
+        "--tokenizer",
+        "random",
+        "--preset",
+        "tiny",
+        "--steps",
+        "5",
+        "--batch-size",
+        "8",
+        "--hflip",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        "--ckpt-every",
+        "5",
+        "--log-every",
+        "5",
+        "--no-progress",
+        "--eval-every",
+        "0",
+        "--sample-every",
+        "-1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-                        "-m", "nextscale"] + common + ["--run-dir", str(tmp_path / "ddp")],
-                       env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "-m",
+            "nextscale",
+        ]
+        + common
+        + ["--run-dir", str(tmp_path / "ddp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 x cpu" in p.stderr
     assert main(common + ["--run-dir", str(tmp_path / "one")]) == 0
@@ -61,6 +99,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 def _init_params():
     from nextscale.configs import get_preset
     from nextscale.models import VAR, build_from_config
+
     vae = build_from_config(get_preset("tiny"), seed=0, init_var=False)[0]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """dtype as diffusers users expect: to(dtype) / from_pretrained(torch_dtype=) cast the weights,
 FLOAT32_PARTS stay float32; set_autocast keeps float32 weights; float32 is the default on CPU."""
+
 import pytest
 import torch
 

@@ -6,8 +6,13 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from nextscale.editing import (NextScaleInpaintPipeline, finest_keep_mask, make_edit_constraint, parse_outpaint,
-                               scale_keep_masks)
+from nextscale.editing import (
+    NextScaleInpaintPipeline,
+    finest_keep_mask,
+    make_edit_constraint,
+    parse_outpaint,
+    scale_keep_masks,
+)
 from nextscale.errors import NextScaleError
 from nextscale.pipelines import NextScalePipeline
 
@@ -50,12 +55,12 @@ def _sampling(**kw):
 # ---------------------------------------------------------------- mask rule
 def test_mask_rule_per_scale_matches_reference_semantics():
     keep_px = torch.ones(1, 1, R, R, dtype=torch.bool)
-    keep_px[:, :, 20:40, 0:64] = False            # rows 20..39 regenerated: finest token rows 1 and 2 touch it
+    keep_px[:, :, 20:40, 0:64] = False  # rows 20..39 regenerated: finest token rows 1 and 2 touch it
     fine = finest_keep_mask(keep_px, 4)
     assert fine[0].tolist() == [[True] * 4, [False] * 4, [False] * 4, [True] * 4]  # any white pixel regenerates a token
     keep = scale_keep_masks(fine, (1, 2, 3, 4))
     # bilinear (align_corners=False) to 2x2: row means 0.5 -> not > 0.5 -> regenerated; 3x3 middle row only
-    assert keep[0].tolist() == [[True]]            # 1x1: forced (<= 3 tokens), as the reference
+    assert keep[0].tolist() == [[True]]  # 1x1: forced (<= 3 tokens), as the reference
     assert keep[1].tolist() == [[False] * 4]
     assert keep[2].reshape(3, 3).tolist() == [[True] * 3, [False] * 3, [True] * 3]
     assert torch.equal(keep[3].reshape(4, 4), fine[0])
@@ -109,7 +114,7 @@ def test_class_conditional_edit_changes_only_the_region(edit):
     r = ed.resolution
     x2 = torch.rand(1, 3, r, r, generator=torch.Generator().manual_seed(0))
     m2 = torch.zeros(1, r, r)
-    m2[:, :, r // 2:] = 1
+    m2[:, :, r // 2 :] = 1
     p2 = ed.prepare(x2, m2)
     kw = dict(guidance_scale=0.0, top_k=0, top_p=0.0, output_type="pt", return_indices=True)
     a2, b2 = (ed(x2, m2, class_labels=c, seed=0, **kw) for c in (1, 8))
@@ -118,7 +123,7 @@ def test_class_conditional_edit_changes_only_the_region(edit):
     changed = [bool((ia[~k] != ib[~k]).any()) for ia, ib, k in zip(a2.indices, b2.indices, p2.keep) if (~k).any()]
     assert any(changed), "the region's tokens do not depend on the class"
     c = edit(x, m, class_labels=1, seed=0, **_sampling())
-    assert all(torch.equal(i, j) for i, j in zip(a.indices, c.indices))      # the seed decides
+    assert all(torch.equal(i, j) for i, j in zip(a.indices, c.indices))  # the seed decides
 
 
 def test_keep_everything_returns_input_tokens_and_reconstruction(edit):
@@ -163,11 +168,20 @@ def test_keep_scales_extremes_and_variations(pipe, edit):
 def test_outpaint_size_placement_and_kept_tokens(edit):
     # a 32 x 64 (w x h) image into the right half of the canvas: margins left=32, top=0, right=0, bottom=0
     half = _image(1)[:, :, :, :32]
-    out = edit(half[0], outpaint=(32, 0, 0, 0), class_labels=2, seed=0, more_smooth=True, top_k=0, top_p=0.0,
-               output_type="pil", return_indices=True)
+    out = edit(
+        half[0],
+        outpaint=(32, 0, 0, 0),
+        class_labels=2,
+        seed=0,
+        more_smooth=True,
+        top_k=0,
+        top_p=0.0,
+        output_type="pil",
+        return_indices=True,
+    )
     assert out.images[0].size == (R, R)
     plan = edit.prepare(half[0], outpaint=(32, 0, 0, 0))
-    assert torch.equal(plan.image[0, :, :, 32:], half[0].mul(2).sub(1))          # original pixels in place
+    assert torch.equal(plan.image[0, :, :, 32:], half[0].mul(2).sub(1))  # original pixels in place
     assert plan.keep_pixels[0, 0, :, 32:].all() and not plan.keep_pixels[0, 0, :, :32].any()
     assert plan.keep[-1].reshape(4, 4)[:, 2:].all() and not plan.keep[-1].reshape(4, 4)[:, :2].any()
     _assert_kept(out.indices, plan)
@@ -198,12 +212,14 @@ def test_resizing_batching_and_input_types(edit, tmp_path):
     assert out.images.shape[0] == 3 and out.labels == [1, 2, 3]
     # a gray mask is accepted with mask_threshold
     soft = _box_mask(1) * 0.7
-    assert torch.equal(edit.prepare(_image(1), soft, mask_threshold=0.5).keep[-1],
-                       edit.prepare(_image(1), _box_mask(1)).keep[-1])
+    assert torch.equal(
+        edit.prepare(_image(1), soft, mask_threshold=0.5).keep[-1], edit.prepare(_image(1), _box_mask(1)).keep[-1]
+    )
 
 
 def test_components_are_shared_and_loading(pipe, tiny_pipe_dir):
     import nextscale
+
     e = nextscale.NextScaleInpaintPipeline(**pipe.components)
     assert e.var is pipe.var and e.vqvae is pipe.vqvae
     e2 = NextScaleInpaintPipeline.from_pipe(pipe)
@@ -215,6 +231,7 @@ def test_components_are_shared_and_loading(pipe, tiny_pipe_dir):
 # ---------------------------------------------------------------- golden (reference) model
 def _golden_edit(g, name="var"):
     from nextscale.models import VAR, VQVAE
+
     kw = dict(g["config"]["vae"])
     kw["v_patch_nums"] = tuple(kw["v_patch_nums"])
     vae = VQVAE(**kw)
@@ -234,46 +251,78 @@ def test_golden_model_regenerate_all_matches_reference_and_kept_tokens(golden):
         ref = golden["var"]["infer"][case]
         a = ref["args"]
         with pytest.warns(UserWarning):
-            out = edit(x, torch.ones(2, R, R), class_labels=a["label_B"], seed=a["g_seed"], guidance_scale=a["cfg"],
-                       top_k=a["top_k"], top_p=a["top_p"], more_smooth=a["more_smooth"], output_type="pt",
-                       return_indices=True)
+            out = edit(
+                x,
+                torch.ones(2, R, R),
+                class_labels=a["label_B"],
+                seed=a["g_seed"],
+                guidance_scale=a["cfg"],
+                top_k=a["top_k"],
+                top_p=a["top_p"],
+                more_smooth=a["more_smooth"],
+                output_type="pt",
+                return_indices=True,
+            )
         for si, (got, want) in enumerate(zip(out.indices, ref["idx_per_scale"])):
             assert torch.equal(got, want), f"{case}: tokens differ from the reference at scale {si}"
     plan = edit.prepare(x, _box_mask(2, 0, 40, 8, 64))
     assert all(torch.equal(a, b) for a, b in zip(plan.input_indices, golden["vae_out"]["img_to_idxBl"]))
-    out = edit(x, _box_mask(2, 0, 40, 8, 64), class_labels=[1, 7], seed=0, guidance_scale=4.0, top_k=0, top_p=0.0,
-               more_smooth=True, output_type="pt", return_indices=True)
+    out = edit(
+        x,
+        _box_mask(2, 0, 40, 8, 64),
+        class_labels=[1, 7],
+        seed=0,
+        guidance_scale=4.0,
+        top_k=0,
+        top_p=0.0,
+        more_smooth=True,
+        output_type="pt",
+        return_indices=True,
+    )
     _assert_kept(out.indices, plan)
     # class-conditional editing: another class regenerates the region differently, the rest stays
-    other = edit(x, _box_mask(2, 0, 40, 8, 64), class_labels=[4, 4], seed=0, guidance_scale=4.0, top_k=0, top_p=0.0,
-                 more_smooth=True, output_type="pt", return_indices=True)
+    other = edit(
+        x,
+        _box_mask(2, 0, 40, 8, 64),
+        class_labels=[4, 4],
+        seed=0,
+        guidance_scale=4.0,
+        top_k=0,
+        top_p=0.0,
+        more_smooth=True,
+        output_type="pt",
+        return_indices=True,
+    )
     _assert_kept(other.indices, plan)
     assert any(not torch.equal(a, b) for a, b in zip(out.indices, other.indices))
 
 
 # ---------------------------------------------------------------- bad inputs
-@pytest.mark.parametrize("call, match", [
-    (lambda e: e(_image(1), torch.zeros(1, 32, 32)), "mask 0 is 32x32 but image 0 is 64x64"),
-    (lambda e: e(_image(1), _box_mask(1) * 0.5), "not binary"),
-    (lambda e: e(_image(1)), "nothing to edit"),
-    (lambda e: e(_image(1), keep_scales=5), "keep_scales must be an integer in 0..4"),
-    (lambda e: e(_image(1), keep_scales=-1), "keep_scales"),
-    (lambda e: e(_image(1), outpaint=(1, 2, 3)), "four margins"),
-    (lambda e: e(_image(1), outpaint="a,b,c,d"), "four integers"),
-    (lambda e: e(_image(1), outpaint=(40, 0, 30, 0)), "leaves no room"),
-    (lambda e: e(_image(1), outpaint=(64, 0, 0, 0)), r"must be in \(-64, 64\)"),
-    (lambda e: e(_image(1), outpaint=(0, 0, 56, 0)), "covers no whole 16-pixel token"),
-    (lambda e: e(_image(1), _box_mask(1), class_labels=10), "class 10 is out of range"),
-    (lambda e: e(_image(2), _box_mask(1), class_labels=[1, 2, 3]), "3 class labels for 2 images"),
-    (lambda e: e(_image(2), _box_mask(3)), "3 masks for a batch of 2"),
-    (lambda e: e(_image(1) * 2 - 1, _box_mask(1)), r"\[0, 1\]"),
-    (lambda e: e(torch.zeros(1, 4, 64, 64), _box_mask(1)), "must be"),
-    (lambda e: e(_image(1), _box_mask(1) * 2), "mask values must be in"),
-    (lambda e: e(_image(1), _box_mask(1), mask_threshold=0), "mask_threshold"),
-    (lambda e: e(None, _box_mask(1)), "image is required"),
-    (lambda e: e("/nonexistent/x.png", _box_mask(1)), "no such file"),
-    (lambda e: e(_image(1), _box_mask(1), top_k=-1), "top_k"),
-])
+@pytest.mark.parametrize(
+    "call, match",
+    [
+        (lambda e: e(_image(1), torch.zeros(1, 32, 32)), "mask 0 is 32x32 but image 0 is 64x64"),
+        (lambda e: e(_image(1), _box_mask(1) * 0.5), "not binary"),
+        (lambda e: e(_image(1)), "nothing to edit"),
+        (lambda e: e(_image(1), keep_scales=5), "keep_scales must be an integer in 0..4"),
+        (lambda e: e(_image(1), keep_scales=-1), "keep_scales"),
+        (lambda e: e(_image(1), outpaint=(1, 2, 3)), "four margins"),
+        (lambda e: e(_image(1), outpaint="a,b,c,d"), "four integers"),
+        (lambda e: e(_image(1), outpaint=(40, 0, 30, 0)), "leaves no room"),
+        (lambda e: e(_image(1), outpaint=(64, 0, 0, 0)), r"must be in \(-64, 64\)"),
+        (lambda e: e(_image(1), outpaint=(0, 0, 56, 0)), "covers no whole 16-pixel token"),
+        (lambda e: e(_image(1), _box_mask(1), class_labels=10), "class 10 is out of range"),
+        (lambda e: e(_image(2), _box_mask(1), class_labels=[1, 2, 3]), "3 class labels for 2 images"),
+        (lambda e: e(_image(2), _box_mask(3)), "3 masks for a batch of 2"),
+        (lambda e: e(_image(1) * 2 - 1, _box_mask(1)), r"\[0, 1\]"),
+        (lambda e: e(torch.zeros(1, 4, 64, 64), _box_mask(1)), "must be"),
+        (lambda e: e(_image(1), _box_mask(1) * 2), "mask values must be in"),
+        (lambda e: e(_image(1), _box_mask(1), mask_threshold=0), "mask_threshold"),
+        (lambda e: e(None, _box_mask(1)), "image is required"),
+        (lambda e: e("/nonexistent/x.png", _box_mask(1)), "no such file"),
+        (lambda e: e(_image(1), _box_mask(1), top_k=-1), "top_k"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(edit, call, match):
     with pytest.raises(NextScaleError, match=match):
         call(edit)
@@ -305,7 +354,8 @@ def files(tmp_path_factory):
 
 
 def test_cli_edit_inpaint_outpaint_variations(tiny_pipe_dir, files, capsys):
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     d = files
     base = ["edit", "--model", str(tiny_pipe_dir), "--image", str(d / "in.png"), "--seed", "0", "--device", "cpu"]
     assert main(base + ["--mask", str(d / "mask.png"), "--class", "3", "--out", str(d / "o.png"), "--compare"]) == 0
@@ -319,42 +369,102 @@ def test_cli_edit_inpaint_outpaint_variations(tiny_pipe_dir, files, capsys):
     assert np.array_equal(np.asarray(Image.open(d / "o.png")), np.asarray(Image.open(d / "o2.png")))
 
 
-@pytest.mark.parametrize("extra, match", [
-    (["--mask", "black.png"], "all black"),
-    (["--mask", "small.png"], "mask 0 is 32x32 but image 0 is 64x64"),
-    (["--mask", "mask.jpg"], "not binary"),
-    ([], "nothing to edit"),
-    (["--mask", "mask.png", "--class", "12"], "unknown class id 12"),
-    (["--keep-scales", "9"], "keep_scales must be an integer in 0..4"),
-    (["--outpaint", "1,2"], "four margins"),
-    (["--mask", "missing.png"], "no such file"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--mask", "black.png"], "all black"),
+        (["--mask", "small.png"], "mask 0 is 32x32 but image 0 is 64x64"),
+        (["--mask", "mask.jpg"], "not binary"),
+        ([], "nothing to edit"),
+        (["--mask", "mask.png", "--class", "12"], "unknown class id 12"),
+        (["--keep-scales", "9"], "keep_scales must be an integer in 0..4"),
+        (["--outpaint", "1,2"], "four margins"),
+        (["--mask", "missing.png"], "no such file"),
+    ],
+)
 def test_cli_edit_errors(tiny_pipe_dir, files, capsys, extra, match):
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     extra = [str(files / x) if x.endswith((".png", ".jpg")) else x for x in extra]
-    rc = main(["edit", "--model", str(tiny_pipe_dir), "--image", str(files / "in.png"), "--device", "cpu",
-               "--out", str(files / "err.png")] + extra)
+    rc = main(
+        [
+            "edit",
+            "--model",
+            str(tiny_pipe_dir),
+            "--image",
+            str(files / "in.png"),
+            "--device",
+            "cpu",
+            "--out",
+            str(files / "err.png"),
+        ]
+        + extra
+    )
     err = capsys.readouterr().err
     assert rc == 2 and match in err and err.startswith("nextscale: error:")
     assert not (files / "err.png").exists()
 
 
 def test_cli_gray_mask_with_threshold(tiny_pipe_dir, files):
-    from nextscale.cli import main
-    assert main(["edit", "--model", str(tiny_pipe_dir), "--image", str(files / "in.png"), "--mask", str(files / "mask.jpg"),
-                 "--mask-threshold", "0.5", "--device", "cpu", "--out", str(files / "t.png")]) == 0
+    from nextscale.app.cli import main
+
+    assert (
+        main(
+            [
+                "edit",
+                "--model",
+                str(tiny_pipe_dir),
+                "--image",
+                str(files / "in.png"),
+                "--mask",
+                str(files / "mask.jpg"),
+                "--mask-threshold",
+                "0.5",
+                "--device",
+                "cpu",
+                "--out",
+                str(files / "t.png"),
+            ]
+        )
+        == 0
+    )
     # the CLI is the in-process edit with that threshold (CLI defaults: seed 0, the model's sampling settings)
     from nextscale.editing import NextScaleInpaintPipeline
     from nextscale.imageio import load_image
+
     ed = NextScaleInpaintPipeline.from_pretrained(tiny_pipe_dir)
 
     def in_process(mask, threshold):
-        return ed(load_image(files / "in.png"), load_image(mask), class_labels=[-1], mask_threshold=threshold,
-                  generator=torch.Generator().manual_seed(0), output_type="np").images[0]
+        return ed(
+            load_image(files / "in.png"),
+            load_image(mask),
+            class_labels=[-1],
+            mask_threshold=threshold,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        ).images[0]
 
     def cli(mask, threshold, out):
-        assert main(["edit", "--model", str(tiny_pipe_dir), "--image", str(files / "in.png"), "--mask", str(mask),
-                     "--mask-threshold", str(threshold), "--device", "cpu", "--out", str(out)]) == 0
+        assert (
+            main(
+                [
+                    "edit",
+                    "--model",
+                    str(tiny_pipe_dir),
+                    "--image",
+                    str(files / "in.png"),
+                    "--mask",
+                    str(mask),
+                    "--mask-threshold",
+                    str(threshold),
+                    "--device",
+                    "cpu",
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 0
+        )
         return np.asarray(Image.open(out), dtype=np.float32) / 255
 
     want = in_process(files / "mask.jpg", 0.5)
@@ -366,7 +476,13 @@ def test_cli_gray_mask_with_threshold(tiny_pipe_dir, files):
     ImageDraw.Draw(gray).rectangle((0, 0, 15, 15), fill=90)
     ImageDraw.Draw(gray).rectangle((32, 32, 47, 47), fill=190)
     gray.save(files / "gray.png")
-    keep = {t: ed.prepare(load_image(files / "in.png"), load_image(files / "gray.png"), mask_threshold=t).keep[-1] for t in (0.5, 0.3)}
+    keep = {
+        t: ed.prepare(load_image(files / "in.png"), load_image(files / "gray.png"), mask_threshold=t).keep[-1]
+        for t in (0.5, 0.3)
+    }
     assert int((~keep[0.5]).sum()) == 1 and int((~keep[0.3]).sum()) == 2
     for t in (0.5, 0.3):
-        assert np.abs(cli(files / "gray.png", t, files / f"g{t}.png") - in_process(files / "gray.png", t)).max() <= 1 / 255 + 1e-6
+        assert (
+            np.abs(cli(files / "gray.png", t, files / f"g{t}.png") - in_process(files / "gray.png", t)).max()
+            <= 1 / 255 + 1e-6
+        )

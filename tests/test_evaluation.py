@@ -1,5 +1,6 @@
 """Evaluation: Fréchet distance, IS, precision/recall, the FID Inception module, npz/stats I/O,
 the `fid` command and reconstruction metrics. (sample-fid: tests/test_evaluation_sample.py)"""
+
 import json
 import os
 import zipfile
@@ -45,6 +46,7 @@ def _random_orthogonal(d, rng):
 # Fréchet distance
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("method", ["eigh", "sqrtm"])
 def test_frechet_closed_form_commuting_gaussians(method):
     # Sigma1 = Q diag(a) Q^T, Sigma2 = Q diag(b) Q^T  =>  FD = |mu1-mu2|^2 + sum (sqrt a - sqrt b)^2
@@ -77,7 +79,8 @@ def test_frechet_methods_agree_on_general_covariances():
     s1, s2 = a.T @ a / 64, b.T @ b / 64 + 0.1 * np.eye(32)  # non-commuting
     mu = np.zeros(32)
     assert frechet_distance(mu, s1, mu, s2, method="eigh") == pytest.approx(
-        frechet_distance(mu, s1, mu, s2, method="sqrtm"), rel=1e-8)
+        frechet_distance(mu, s1, mu, s2, method="sqrtm"), rel=1e-8
+    )
 
 
 @pytest.mark.parametrize("method", ["eigh", "sqrtm"])
@@ -118,6 +121,7 @@ def test_frechet_rejects_mismatched_and_nonfinite():
 # Inception Score
 # ---------------------------------------------------------------------------------------------
 
+
 def test_inception_score_known_answers():
     c, splits = 20, 10
     labels = np.arange(c * splits * 3) % c  # every split holds every class equally often
@@ -144,6 +148,7 @@ def test_inception_score_known_answers():
 # Precision / recall
 # ---------------------------------------------------------------------------------------------
 
+
 def test_manifold_radii_hand_computed_and_blocked():
     pts = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])
     # 3rd-nearest other point: 0 -> 6, 1 -> 5, 3 -> 3, 6 -> 5, 10 -> 9 (squared distances returned)
@@ -168,7 +173,7 @@ def test_precision_recall_known_answers():
 
 def test_precision_hand_computed_1d():
     real = np.array([[0.0], [1.0], [3.0], [6.0], [10.0]])  # radii 6, 5, 3, 5, 9
-    fake = np.array([[20.0], [18.0], [-7.0], [-5.5]])      # out (10 > 9), in (8 <= 9), out, in (5.5 <= 6)
+    fake = np.array([[20.0], [18.0], [-7.0], [-5.5]])  # out (10 > 9), in (8 <= 9), out, in (5.5 <= 6)
     p, _ = precision_recall(real, fake, k=3, batch_size=2)
     assert p == pytest.approx(0.5)
 
@@ -176,6 +181,7 @@ def test_precision_hand_computed_1d():
 # ---------------------------------------------------------------------------------------------
 # The FID Inception module
 # ---------------------------------------------------------------------------------------------
+
 
 def test_inception_state_dict_matches_manifest():
     manifest = json.loads(MANIFEST.read_text())
@@ -229,7 +235,10 @@ def test_inception_forward_at_299_random_init():
 def _fixture_maker():
     """tests/fixtures/make_inception_fixture.py as a module (its seeded, well-conditioned state dict)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("make_inception_fixture", MANIFEST.parent / "make_inception_fixture.py")
+
+    spec = importlib.util.spec_from_file_location(
+        "make_inception_fixture", MANIFEST.parent / "make_inception_fixture.py"
+    )
     mk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mk)
     return mk
@@ -255,8 +264,9 @@ def test_inception_matches_independent_fixture():
 def test_resize_tf1_hand_computed():
     x = torch.tensor([[[[0.0, 10.0], [20.0, 30.0]]]])
     # TF1: output i samples source i * in/out (no half-pixel shift), right/bottom neighbour clamped
-    expected = torch.tensor([[[[0, 5, 10, 10], [10, 15, 20, 20], [20, 25, 30, 30], [20, 25, 30, 30]]]],
-                            dtype=torch.float32)
+    expected = torch.tensor(
+        [[[[0, 5, 10, 10], [10, 15, 20, 20], [20, 25, 30, 30], [20, 25, 30, 30]]]], dtype=torch.float32
+    )
     torch.testing.assert_close(resize_bilinear_tf1(x, 4), expected)
     # differs from torch's half-pixel bilinear (so the rule matters)
     assert not torch.allclose(F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False), expected)
@@ -264,8 +274,9 @@ def test_resize_tf1_hand_computed():
     row = torch.tensor([[[[0.0, 3.0, 6.0, 9.0]]]])
     torch.testing.assert_close(resize_bilinear_tf1(row, (1, 3)), torch.tensor([[[[0.0, 4.0, 8.0]]]]))
     # align_corners=True maps the corners onto each other
-    torch.testing.assert_close(resize_bilinear_tf1(x, 3, align_corners=True),
-                               torch.tensor([[[[0.0, 5, 10], [10, 15, 20], [20, 25, 30]]]]))
+    torch.testing.assert_close(
+        resize_bilinear_tf1(x, 3, align_corners=True), torch.tensor([[[[0.0, 5, 10], [10, 15, 20], [20, 25, 30]]]])
+    )
     # the network applies it, then (x - 128) / 128
     m = FIDInceptionV3()
     img = torch.randint(0, 256, (1, 3, 20, 30), dtype=torch.uint8)
@@ -295,6 +306,7 @@ def test_inception_weights_file_resolution(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # npz / stats I/O
 # ---------------------------------------------------------------------------------------------
+
 
 def test_samples_npz_layout_matches_adm(tmp_path):
     rng = np.random.default_rng(0)
@@ -335,6 +347,7 @@ def test_stats_roundtrip(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # evaluate() with a pluggable extractor
 # ---------------------------------------------------------------------------------------------
+
 
 class ColorStats(torch.nn.Module):
     """A toy extractor: per-channel mean and std of the uint8 image (N, 6)."""
@@ -393,14 +406,16 @@ def test_evaluate_sfid_and_is_with_dict_extractor():
     res = evaluate(a, b, extractor=ToyInception(), splits=2)
     fa, fb = extract_features(ToyInception(), a), extract_features(ToyInception(), b)
     assert set(fa) == {"pool", "logits_unbiased", "spatial"} and fa["spatial"].shape == (20, 12)
-    assert res["sfid"] == pytest.approx(frechet_distance(*feature_statistics(fa["spatial"]),
-                                                         *feature_statistics(fb["spatial"])), rel=1e-9)
+    assert res["sfid"] == pytest.approx(
+        frechet_distance(*feature_statistics(fa["spatial"]), *feature_statistics(fb["spatial"])), rel=1e-9
+    )
     assert res["is"] == pytest.approx(inception_score(fa["logits_unbiased"], splits=2)[0], rel=1e-9)
     assert evaluate(a, b, extractor=ToyInception(), sfid=False, pr=False, splits=2)["sfid"] is None
 
 
 def test_evaluate_folder_source_and_errors(tmp_path):
     from PIL import Image
+
     imgs = _images(2, 6)
     d = tmp_path / "imgs"
     d.mkdir()
@@ -422,11 +437,12 @@ def test_evaluate_folder_source_and_errors(tmp_path):
 # `nextscale fid` end to end (random-weight Inception in the manifest layout)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow  # Inception forwards at 299 + a 2048-d eigendecomposition: ~5-10 s on 2 idle CPU cores
 def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    from nextscale.cli import main
+    from nextscale.app.cli import main
 
     weights = tmp_path / INCEPTION_WEIGHTS_FILE
     torch.save(_fixture_maker().seeded_state_dict(3), weights)  # activations that tell images apart (IS > 1)
@@ -437,9 +453,27 @@ def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
         Image.fromarray(im).save(samples / f"{i:06d}.png")
     np.savez(tmp_path / "ref.npz", arr_0=_images(5, 4, 0, 200, size=32))
     out_json = tmp_path / "res.json"
-    rc = main(["fid", "--samples", str(samples), "--ref", str(tmp_path / "ref.npz"), "--batch-size", "4",
-               "--splits", "2", "--device", "cpu", "--no-progress", "--json", str(out_json),
-               "--save-ref-stats", str(tmp_path / "refstats.npz"), "--no-sfid"])  # sFID: a 2nd 2048-d FD, slow on CPU
+    rc = main(
+        [
+            "fid",
+            "--samples",
+            str(samples),
+            "--ref",
+            str(tmp_path / "ref.npz"),
+            "--batch-size",
+            "4",
+            "--splits",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--json",
+            str(out_json),
+            "--save-ref-stats",
+            str(tmp_path / "refstats.npz"),
+            "--no-sfid",
+        ]
+    )  # sFID: a 2nd 2048-d FD, slow on CPU
     assert rc == 0
     text = capsys.readouterr().out
     for label in ("FID:", "Inception Score:", "Precision:", "Recall:"):
@@ -447,8 +481,16 @@ def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
     res = json.loads(out_json.read_text())
     assert np.isfinite(res["fid"]) and res["fid"] > 0 and res["sfid"] is None
     # the command is evaluate() on the same inputs, printed and saved as such
-    want = evaluate(str(samples), str(tmp_path / "ref.npz"), inception_weights=str(weights), device="cpu", batch_size=4,
-                    splits=2, sfid=False, save_ref_stats=str(tmp_path / "want_refstats.npz"))
+    want = evaluate(
+        str(samples),
+        str(tmp_path / "ref.npz"),
+        inception_weights=str(weights),
+        device="cpu",
+        batch_size=4,
+        splits=2,
+        sfid=False,
+        save_ref_stats=str(tmp_path / "want_refstats.npz"),
+    )
     assert res["sfid"] is want["sfid"] is None
     for key in ("fid", "is", "is_std", "precision", "recall", "num_samples", "num_ref"):
         assert res[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
@@ -470,6 +512,7 @@ def test_fid_cli_end_to_end(tmp_path, monkeypatch, capsys):
 # Reconstruction metrics
 # ---------------------------------------------------------------------------------------------
 
+
 def test_psnr_ssim_known_values():
     a = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 0.8
     assert float(psnr(a, a + 0.1)) == pytest.approx(20.0)  # MSE 0.01 -> 20 dB
@@ -477,7 +520,7 @@ def test_psnr_ssim_known_values():
     assert float(ssim(a, a)) == pytest.approx(1.0)
     assert float(ssim(a, a[:, [2, 1, 0]])) == pytest.approx(float(ssim(a[:, [2, 1, 0]], a)))  # symmetric
     # constant images u, v: SSIM = (2uv + C1) / (u^2 + v^2 + C1)
-    u, v, c1 = 0.3, 0.6, 0.01 ** 2
+    u, v, c1 = 0.3, 0.6, 0.01**2
     got = ssim(torch.full((1, 3, 12, 12), u), torch.full((1, 3, 12, 12), v))
     assert float(got) == pytest.approx((2 * u * v + c1) / (u * u + v * v + c1), rel=1e-9)
     noisy = (a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)

@@ -1,4 +1,5 @@
 """`nextscale sample-fid`: deterministic per-image seeds, sharding, resume, ADM npz."""
+
 import json
 import os
 import subprocess
@@ -29,12 +30,28 @@ def _run(model, out, *extra):
     launch modes use one thread for exact equality."""
     import torch
 
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return main(["sample-fid", "--model", model, "--out", str(out), "--per-class", str(PER_CLASS),
-                     "--batch", str(BATCH), "--no-progress", "--seed", "7", *extra])
+        return main(
+            [
+                "sample-fid",
+                "--model",
+                model,
+                "--out",
+                str(out),
+                "--per-class",
+                str(PER_CLASS),
+                "--batch",
+                str(BATCH),
+                "--no-progress",
+                "--seed",
+                "7",
+                *extra,
+            ]
+        )
     finally:
         torch.set_num_threads(n)
 
@@ -45,6 +62,7 @@ def _pngs(d):
 
 def _pixels(d):
     from PIL import Image
+
     return {n: np.asarray(Image.open(os.path.join(d, n))) for n in _pngs(d)}
 
 
@@ -129,10 +147,26 @@ def test_sample_fid_killed_process_resumes(tiny_model, tmp_path):
     model, n_cls, _ = tiny_model
     out = tmp_path / "samples"
     per_class = 5  # 50 images, 13 chunks
-    cmd = [sys.executable, "-m", "nextscale", "sample-fid", "--model", model, "--out", str(out), "--per-class",
-           str(per_class), "--batch", str(BATCH), "--seed", "7", "--no-progress"]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nextscale",
+        "sample-fid",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--per-class",
+        str(per_class),
+        "--batch",
+        str(BATCH),
+        "--seed",
+        "7",
+        "--no-progress",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 90
         while time.time() < deadline and proc.poll() is None:
@@ -159,9 +193,26 @@ def test_sample_fid_killed_process_resumes(tiny_model, tmp_path):
 
 def test_sample_fid_refuses_mixed_settings(tiny_model, reference_run, capsys):
     model, _, _ = tiny_model
-    from nextscale.cli import main
-    rc = main(["sample-fid", "--model", model, "--out", str(reference_run), "--per-class", str(PER_CLASS),
-               "--batch", str(BATCH), "--seed", "7", "--protocol", "var-paper", "--no-progress"])
+    from nextscale.app.cli import main
+
+    rc = main(
+        [
+            "sample-fid",
+            "--model",
+            model,
+            "--out",
+            str(reference_run),
+            "--per-class",
+            str(PER_CLASS),
+            "--batch",
+            str(BATCH),
+            "--seed",
+            "7",
+            "--protocol",
+            "var-paper",
+            "--no-progress",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "protocol" in err and "new --out" in err and err.count("\n") == 1
@@ -172,9 +223,27 @@ def test_sample_fid_two_process_gloo(tiny_model, reference_run, tmp_path):
     model, n_cls, _ = tiny_model
     out = tmp_path / "samples"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "nextscale", "sample-fid", "--model", model, "--out", str(out), "--per-class", str(PER_CLASS),
-           "--batch", str(BATCH), "--seed", "7", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "nextscale",
+        "sample-fid",
+        "--model",
+        model,
+        "--out",
+        str(out),
+        "--per-class",
+        str(PER_CLASS),
+        "--batch",
+        str(BATCH),
+        "--seed",
+        "7",
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     total = PER_CLASS * n_cls

@@ -2,6 +2,7 @@
 
 Tolerances follow shared/fixtures/official/README.md: token ids / labels / phi indices exact;
 features and logits atol=rtol=1e-4; images atol=1e-4; grads rtol=1e-3, atol=1e-6."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -51,11 +52,17 @@ def test_vqvae_matches_reference(golden):
         for a, b in zip(vae.quantize.f_to_idxBl_or_fhat(f, to_fhat=True), ref["f_to_fhat"]):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=ATOL)
         torch.testing.assert_close(vae.fhat_to_img(ref["f_to_fhat"][-1]), ref["fhat_to_img"], atol=ATOL, rtol=0)
-        torch.testing.assert_close(vae.idxBl_to_img(idx, same_shape=True, last_one=True), ref["idxBl_to_img_last"], atol=ATOL, rtol=0)
+        torch.testing.assert_close(
+            vae.idxBl_to_img(idx, same_shape=True, last_one=True), ref["idxBl_to_img_last"], atol=ATOL, rtol=0
+        )
         for a, b in zip(vae.idxBl_to_img(idx, same_shape=True, last_one=False), ref["idxBl_to_img_all"]):
             torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
-        torch.testing.assert_close(vae.img_to_reconstructed_img(x, last_one=True), ref["img_to_reconstructed_img_last"], atol=ATOL, rtol=0)
-        torch.testing.assert_close(vae.quantize.idxBl_to_var_input(idx), ref["idxBl_to_var_input"], atol=ATOL, rtol=ATOL)
+        torch.testing.assert_close(
+            vae.img_to_reconstructed_img(x, last_one=True), ref["img_to_reconstructed_img_last"], atol=ATOL, rtol=0
+        )
+        torch.testing.assert_close(
+            vae.quantize.idxBl_to_var_input(idx), ref["idxBl_to_var_input"], atol=ATOL, rtol=ATOL
+        )
     K = len(vae.v_patch_nums)
     assert [phi_index(si, K, 4) for si in range(K)] == list(ref["quant_resi_index_per_scale"])
 
@@ -81,7 +88,13 @@ def test_teacher_forcing_blocks_loss_grads(golden, name):
     torch.testing.assert_close(var.class_emb(ref["label_B"]), ref["cond_BD"])
     torch.testing.assert_close(var.shared_ada_lin(ref["cond_BD"]), ref["shared_ada_lin_out"], atol=ATOL, rtol=ATOL)
     B, L, V = logits.shape
-    loss = F.cross_entropy(logits.view(-1, V), ref["gt_BL"].view(-1), reduction="none").view(B, -1).mul(1 / L).sum(-1).mean()
+    loss = (
+        F.cross_entropy(logits.view(-1, V), ref["gt_BL"].view(-1), reduction="none")
+        .view(B, -1)
+        .mul(1 / L)
+        .sum(-1)
+        .mean()
+    )
     torch.testing.assert_close(loss, ref["loss"], atol=1e-5, rtol=1e-5)
     loss.backward()
     grads = {n: p.grad for n, p in var.named_parameters()}
@@ -111,15 +124,31 @@ def test_sampling_matches_reference_every_case(golden, name, kernels):
     for case, ref in golden[name]["infer"].items():
         a = ref["args"]
         lab = _case_call(var, a)
-        img = var.autoregressive_infer_cfg(B=a["B"], label_B=lab, g_seed=a["g_seed"], cfg=a["cfg"], top_k=a["top_k"],
-                                           top_p=a["top_p"], more_smooth=a["more_smooth"])
+        img = var.autoregressive_infer_cfg(
+            B=a["B"],
+            label_B=lab,
+            g_seed=a["g_seed"],
+            cfg=a["cfg"],
+            top_k=a["top_k"],
+            top_p=a["top_p"],
+            more_smooth=a["more_smooth"],
+        )
         atol = SMOOTH_ATOL if a["more_smooth"] else ATOL
         torch.testing.assert_close(img, ref["img"], atol=atol, rtol=0, msg=lambda m: f"{case}: {m}")
         # the same through the generation loop directly: labels, tokens, f_hat and generator state
         gen = torch.Generator().manual_seed(a["g_seed"]) if a["g_seed"] is not None else None
         lab = _case_call(var, a)
-        out = generate(var, vae, B=a["B"], label_B=lab, generator=gen, cfg=a["cfg"], top_k=a["top_k"], top_p=a["top_p"],
-                       more_smooth=a["more_smooth"])
+        out = generate(
+            var,
+            vae,
+            B=a["B"],
+            label_B=lab,
+            generator=gen,
+            cfg=a["cfg"],
+            top_k=a["top_k"],
+            top_p=a["top_p"],
+            more_smooth=a["more_smooth"],
+        )
         assert torch.equal(out.labels, ref["labels"]), case
         for si, (got, want) in enumerate(zip(out.idx_per_scale, ref["idx_per_scale"])):
             assert torch.equal(got, want), f"{case}: tokens differ at scale {si}"
@@ -129,8 +158,11 @@ def test_sampling_matches_reference_every_case(golden, name, kernels):
 
 
 def _winograd_convs(vae):
-    convs = [m for m in vae.decoder.modules() if isinstance(m, torch.nn.Conv2d) and wg.winograd_eligible(m)
-             and m is not vae.decoder.conv_out]
+    convs = [
+        m
+        for m in vae.decoder.modules()
+        if isinstance(m, torch.nn.Conv2d) and wg.winograd_eligible(m) and m is not vae.decoder.conv_out
+    ]
     return convs, [m for m in convs if "_winograd_cache" in m.__dict__]
 
 
@@ -145,6 +177,7 @@ def test_winograd_decoder_matches_reference(golden, monkeypatch):
     assert not _winograd_convs(vae)[1]  # by default: direct convs only (what the tests above checked)
     assert all(isinstance(m, WinogradConv2d) for m in _winograd_convs(vae)[0])
     import nextscale.accel.cpu as cpu_mod
+
     monkeypatch.setattr(cpu_mod, "winograd_pays", lambda *a: True)
     with torch.no_grad():
         img = vae.fhat_to_img(ref["f_to_fhat"][-1])
@@ -171,7 +204,7 @@ def test_default_winograd_decoder_equals_direct_decoder_where_it_pays(golden):
         want = direct_vae.decoder(direct_vae.post_quant_conv(f_hat))
         got = vae.decoder(vae.post_quant_conv(f_hat))
     convs, fast = _winograd_convs(vae)
-    assert fast and len(fast) < len(convs)                      # the 32/64 px convs take Winograd, the rest do not
+    assert fast and len(fast) < len(convs)  # the 32/64 px convs take Winograd, the rest do not
     assert not _winograd_convs(direct_vae)[1]
     assert got.shape == (2, 3, 64, 64)
     scale = want.abs().max()

@@ -1,5 +1,6 @@
 """Released models the way users reach them: hub variants from a real Hugging Face cache layout
 (tiny weights under the released file names), loaded through huggingface_hub with HF_HUB_OFFLINE=1."""
+
 import os
 
 import pytest
@@ -20,8 +21,21 @@ REPO = "FoundationVision/var"
 def _tiny_release(seed: int, depth: int):
     """A tokenizer and a transformer with the released layout (256 px, 10 scales, 1000 classes), tiny widths."""
     torch.manual_seed(seed)
-    vae = VQVAE.from_config(VQVAEConfig(vocab_size=64, z_channels=8, ch=32, ch_mult=(1, 1, 1, 1, 1), num_res_blocks=1, using_sa=False, using_mid_sa=False, v_patch_nums=scale_schedule_256))
-    var = VAR.from_config(VARConfig(depth=depth, embed_dim=64, num_heads=1, num_classes=1000, patch_nums=scale_schedule_256), vae)
+    vae = VQVAE.from_config(
+        VQVAEConfig(
+            vocab_size=64,
+            z_channels=8,
+            ch=32,
+            ch_mult=(1, 1, 1, 1, 1),
+            num_res_blocks=1,
+            using_sa=False,
+            using_mid_sa=False,
+            v_patch_nums=scale_schedule_256,
+        )
+    )
+    var = VAR.from_config(
+        VARConfig(depth=depth, embed_dim=64, num_heads=1, num_classes=1000, patch_nums=scale_schedule_256), vae
+    )
     var.init_weights(init_std=-1)
     return vae, var
 
@@ -51,6 +65,7 @@ def offline(monkeypatch):
 
 def test_variant_from_the_hub_cache_reads_two_files_and_converts_once(hub_cache, offline, monkeypatch):
     import huggingface_hub
+
     root, snap, vae, var16 = hub_cache
     asked = []
     real = huggingface_hub.hf_hub_download
@@ -70,15 +85,22 @@ def test_variant_from_the_hub_cache_reads_two_files_and_converts_once(hub_cache,
     before = {p: p.stat().st_mtime_ns for p in conv.rglob("*")}
     again = NextScalePipeline.from_pretrained(REPO, variant="d16", cache_dir=str(root))
     assert {p: p.stat().st_mtime_ns for p in conv.rglob("*")} == before
-    assert torch.equal(again(class_labels=[207], seed=0, output_type="pt").images,
-                       pipe(class_labels=[207], seed=0, output_type="pt").images)
+    assert torch.equal(
+        again(class_labels=[207], seed=0, output_type="pt").images,
+        pipe(class_labels=[207], seed=0, output_type="pt").images,
+    )
 
 
 def test_variant_errors_are_one_clear_line(hub_cache, offline):
     root = str(hub_cache[0])
-    with pytest.raises(NextScaleError, match=r"variant 'd-16' is not a transformer depth; the reference released d16, d20"):
+    with pytest.raises(
+        NextScaleError, match=r"variant 'd-16' is not a transformer depth; the reference released d16, d20"
+    ):
         NextScalePipeline.from_pretrained(REPO, variant="d-16", cache_dir=root)
-    with pytest.raises(NextScaleError, match=r"var_d24.pth is not available \(HF_HUB_OFFLINE is set and it is not in the local hub cache\)"):
+    with pytest.raises(
+        NextScaleError,
+        match=r"var_d24.pth is not available \(HF_HUB_OFFLINE is set and it is not in the local hub cache\)",
+    ):
         NextScalePipeline.from_pretrained(REPO, variant="d24", cache_dir=root)
     with pytest.raises(NextScaleError, match="someone/empty: var_d16.pth is not available"):  # offline, not cached
         NextScalePipeline.from_pretrained("someone/empty", variant="d16", cache_dir=root)
@@ -89,7 +111,9 @@ def test_variant_errors_are_one_clear_line(hub_cache, offline):
 
 def test_folder_of_released_files_needs_a_variant(hub_cache):
     _, snap, _, _ = hub_cache
-    with pytest.raises(NextScaleError, match=r"holds 3 transformers \(d16, d20, d30\): choose one with variant= / --variant"):
+    with pytest.raises(
+        NextScaleError, match=r"holds 3 transformers \(d16, d20, d30\): choose one with variant= / --variant"
+    ):
         NextScalePipeline.from_pretrained(snap)
     assert NextScalePipeline.from_pretrained(snap, variant="d20").var.depth == 2
     with pytest.raises(NextScaleError, match="has no var_d36.pth; it holds d16, d20, d30"):
@@ -102,18 +126,53 @@ def test_cli_sample_a_hub_variant_by_class_name(hub_cache, offline, monkeypatch,
     """The acceptance command, against the on-disk hub cache (tiny weights)."""
     import huggingface_hub
 
-    from nextscale.cli import main
+    from nextscale.app.cli import main
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub_cache[0]))
     out = tmp_path / "g.png"
-    assert main(["sample", "--model", REPO, "--variant", "d16", "--class", "golden retriever", "--out", str(out),
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                REPO,
+                "--variant",
+                "d16",
+                "--class",
+                "golden retriever",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.png", "g_000_class207_golden-retriever.png"]
     assert main(["classes", REPO, "--variant", "d16", "--grep", "retriever"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert " 207  golden retriever" in lines and all("retriever" in ln for ln in lines if ln.strip()[:1].isdigit())
-    assert main(["sample", "--model", REPO, "--variant", "d99", "--out", str(tmp_path / "h.png"), "--device", "cpu"]) == 2
+    assert (
+        main(["sample", "--model", REPO, "--variant", "d99", "--out", str(tmp_path / "h.png"), "--device", "cpu"]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "var_d99.pth is not available" in err[0] and not (tmp_path / "h.png").exists()
-    assert main(["sample", "--model", REPO, "--variant", "d16", "--class", "golden retreiver", "--out", str(tmp_path / "h.png"),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "sample",
+                "--model",
+                REPO,
+                "--variant",
+                "d16",
+                "--class",
+                "golden retreiver",
+                "--out",
+                str(tmp_path / "h.png"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "did you mean 'golden retriever' (207)" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The MNIST classifier and the default-model quality report (benchmarks/default_model_report.py),
 on a small MNIST export and a random-weight ``mnist``-preset pipeline."""
+
 import importlib.util
 import json
 from pathlib import Path
@@ -41,7 +42,9 @@ def val(mnist_dir):
 
 @pytest.fixture(scope="module")
 def report_script():
-    spec = importlib.util.spec_from_file_location("default_model_report", ROOT / "benchmarks" / "default_model_report.py")
+    spec = importlib.util.spec_from_file_location(
+        "default_model_report", ROOT / "benchmarks" / "default_model_report.py"
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -50,6 +53,7 @@ def report_script():
 @pytest.fixture(scope="module")
 def standin_dir(tmp_path_factory):
     from nextscale.pipelines import NextScalePipeline
+
     d = tmp_path_factory.mktemp("standin") / "model"
     NextScalePipeline.from_preset("mnist", seed=0).save_pretrained(d)
     return d
@@ -59,10 +63,11 @@ def test_to_gray_same_path_for_png_and_float():
     rng = np.random.default_rng(0)
     u8 = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     x_u8 = mc.to_gray(u8)
-    x_f = mc.to_gray(u8.astype(np.float32) / 255.0)      # pipe(..., output_type="np") form
+    x_f = mc.to_gray(u8.astype(np.float32) / 255.0)  # pipe(..., output_type="np") form
     assert x_u8.shape == (3, 1, 32, 32) and x_u8.dtype == torch.float32
     assert torch.equal(x_u8, x_f)
-    from PIL import Image                                 # PIL's convert("L") weights
+    from PIL import Image  # PIL's convert("L") weights
+
     ref = np.asarray(Image.fromarray(u8[0]).convert("L"), dtype=np.float32) / 255.0
     np.testing.assert_array_equal(x_u8[0, 0].numpy(), ref)
     assert mc.to_gray(np.zeros((2, 28, 28), np.uint8)).shape == (2, 1, 32, 32)
@@ -97,7 +102,7 @@ def test_features_and_fid(classifier, val, mnist_dir):
 def test_save_load_roundtrip(classifier, val, tmp_path):
     path = mc.save_classifier(classifier, str(tmp_path / "classifier.safetensors"))
     assert Path(path).stat().st_size < 1_000_000
-    loaded = mc.load_classifier(str(tmp_path))            # a folder works too
+    loaded = mc.load_classifier(str(tmp_path))  # a folder works too
     x, _, _ = val
     np.testing.assert_array_equal(mc.features(loaded, x[:20]), mc.features(classifier, x[:20]))
     assert loaded.classes == classifier.classes and loaded.train_info["seed"] == 0
@@ -111,12 +116,53 @@ def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path, monk
     monkeypatch.setattr(report_script, "FID_RATIO_TARGET", 0.0)
     out = tmp_path / "report.json"
     clf = tmp_path / "clf.safetensors"
-    rep = report_script.main(["--model", str(standin_dir), "--data", mnist_dir, "--per-class", "2", "--classifier-epochs", "1",
-                              "--floor-repeats", "2", "--batch-size", "20", "--cfg", "2", "--top-k", "50", "--top-p", "0.9",
-                              "--save-classifier", str(clf), "--grid", str(tmp_path / "grid.png"), "--json", str(out), "--quiet"])
+    rep = report_script.main(
+        [
+            "--model",
+            str(standin_dir),
+            "--data",
+            mnist_dir,
+            "--per-class",
+            "2",
+            "--classifier-epochs",
+            "1",
+            "--floor-repeats",
+            "2",
+            "--batch-size",
+            "20",
+            "--cfg",
+            "2",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.9",
+            "--save-classifier",
+            str(clf),
+            "--grid",
+            str(tmp_path / "grid.png"),
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     saved = json.loads(out.read_text())
-    for k in ("classifier", "class_accuracy", "per_class_accuracy", "fid", "fid_floor", "fid_ratio", "floor",
-              "images_per_s", "batch_size", "threads", "n_samples", "n_val", "settings", "accuracy_ok", "fid_ok"):
+    for k in (
+        "classifier",
+        "class_accuracy",
+        "per_class_accuracy",
+        "fid",
+        "fid_floor",
+        "fid_ratio",
+        "floor",
+        "images_per_s",
+        "batch_size",
+        "threads",
+        "n_samples",
+        "n_val",
+        "settings",
+        "accuracy_ok",
+        "fid_ok",
+    ):
         assert k in saved, k
     assert saved["n_samples"] == 20 and saved["floor"]["n_train"] == 20 and saved["n_val"] == 10 * PER_CLASS
     assert 0.0 <= saved["class_accuracy"] <= 1.0 and len(saved["per_class_accuracy"]) == 10
@@ -125,7 +171,9 @@ def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path, monk
     assert rep["fid"] == saved["fid"] and clf.exists() and (tmp_path / "grid.png").exists()
     # the verdicts follow from the numbers and the targets
     assert saved["fid_ratio"] == pytest.approx(saved["fid"] / saved["fid_floor"], rel=1e-12)
-    assert saved["class_accuracy"] == pytest.approx(np.mean(list(saved["per_class_accuracy"].values())), rel=1e-12)  # 2 per class
+    assert saved["class_accuracy"] == pytest.approx(
+        np.mean(list(saved["per_class_accuracy"].values())), rel=1e-12
+    )  # 2 per class
     assert saved["accuracy_ok"] is (saved["class_accuracy"] >= 0.0) is True
     assert saved["fid_ok"] is (saved["fid_ratio"] <= 0.0) is False
     text = capsys.readouterr().out
@@ -134,8 +182,27 @@ def test_report_end_to_end(report_script, standin_dir, mnist_dir, tmp_path, monk
 
 def test_report_sweep(report_script, standin_dir, mnist_dir, classifier, tmp_path):
     clf = mc.save_classifier(classifier, str(tmp_path / "clf.safetensors"))
-    sw = report_script.main(["--model", str(standin_dir), "--data", mnist_dir, "--classifier", clf, "--sweep",
-                             "--sweep-cfg", "0.5,3", "--sweep-topk-topp", "0:0", "--sweep-per-class", "1",
-                             "--floor-repeats", "1", "--batch-size", "10", "--quiet"])
+    sw = report_script.main(
+        [
+            "--model",
+            str(standin_dir),
+            "--data",
+            mnist_dir,
+            "--classifier",
+            clf,
+            "--sweep",
+            "--sweep-cfg",
+            "0.5,3",
+            "--sweep-topk-topp",
+            "0:0",
+            "--sweep-per-class",
+            "1",
+            "--floor-repeats",
+            "1",
+            "--batch-size",
+            "10",
+            "--quiet",
+        ]
+    )
     assert [r["settings"]["cfg"] for r in sw["sweep"]] == [0.5, 3.0] and sw["sweep"][0]["n_samples"] == 10
     assert all({"class_accuracy", "fid", "fid_ratio", "images_per_s"} <= set(r) for r in sw["sweep"])

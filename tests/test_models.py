@@ -1,21 +1,23 @@
 """Model specification: released layouts, round trips and equivalences on tiny configs."""
+
 import json
 
 import pytest
 import torch
 
-from nextscale.configs import ConfigError, ModelConfig, VARConfig, VQVAEConfig, get_preset
+from conftest import FIXTURES
 from nextscale import build_vae_var
+from nextscale.configs import ConfigError, ModelConfig, VARConfig, VQVAEConfig, get_preset
 from nextscale.models import VAR, VQVAE, build_from_config
 from nextscale.sampling import generate
-
-from conftest import FIXTURES
 
 MANIFESTS = FIXTURES / "official" / "manifests"
 
 
-@pytest.mark.parametrize("preset,manifest", [("d16", "var_d16"), ("d20", "var_d20"), ("d24", "var_d24"),
-                                             ("d30", "var_d30"), ("d36", "var_d36_512")])
+@pytest.mark.parametrize(
+    "preset,manifest",
+    [("d16", "var_d16"), ("d20", "var_d20"), ("d24", "var_d24"), ("d30", "var_d30"), ("d36", "var_d36_512")],
+)
 def test_presets_equal_released_manifests(preset, manifest):
     cfg = get_preset(preset)
     with torch.device("meta"):
@@ -68,7 +70,7 @@ def tiny():
 
 def _image(B, seed=0, size=64):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(B, 3, size, size, generator=g) * 2 - 1)
+    return torch.rand(B, 3, size, size, generator=g) * 2 - 1
 
 
 @pytest.mark.parametrize("share", [0, 1, 2, 4])
@@ -84,7 +86,9 @@ def test_encode_decode_round_trip_all_phi_variants(share):
         fhat = vae.quantize.f_to_idxBl_or_fhat(f, to_fhat=True)[-1]
         # tokens -> f_hat reproduces the encoder-side cumulative f_hat, and decoding agrees
         torch.testing.assert_close(vae.idxBl_to_fhat(idx), fhat, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(vae.idxBl_to_img(idx, same_shape=True, last_one=True), vae.fhat_to_img(fhat), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            vae.idxBl_to_img(idx, same_shape=True, last_one=True), vae.fhat_to_img(fhat), atol=1e-4, rtol=0
+        )
         # re-encoding the code-sum f_hat's tokens is a fixed point of the nearest-code search at scale 1
         again = vae.quantize.f_to_idxBl_or_fhat(fhat, to_fhat=False)
         assert torch.equal(again[0], idx[0])
@@ -115,11 +119,13 @@ def test_kv_cache_generation_equals_full_teacher_forcing(tiny):
     vae, var = tiny
     heads = []
     h = var.head.register_forward_hook(lambda m, i, o: heads.append(o.detach()))
-    out = generate(var, vae, B=2, label_B=torch.tensor([3, 5]), generator=torch.Generator().manual_seed(0), cfg=2.0, top_k=10)
+    out = generate(
+        var, vae, B=2, label_B=torch.tensor([3, 5]), generator=torch.Generator().manual_seed(0), cfg=2.0, top_k=10
+    )
     h.remove()
     with torch.no_grad():
         x = vae.quantize.idxBl_to_var_input(out.idx_per_scale)
-        full_BLV = var(out.labels, x)                       # conditional half
+        full_BLV = var(out.labels, x)  # conditional half
         unc_BLV = var(torch.full_like(out.labels, var.num_classes), x)
     for si, (b, e) in enumerate(var.begin_ends):
         torch.testing.assert_close(heads[si][:2], full_BLV[:, b:e], atol=1e-5, rtol=1e-5)
@@ -133,12 +139,12 @@ def test_batch_of_two_equals_two_batches_of_one(tiny):
     x = _image(2, seed=3)
     with torch.no_grad():
         idx2 = vae.img_to_idxBl(x)
-        idx1 = [vae.img_to_idxBl(x[i:i + 1]) for i in range(2)]
+        idx1 = [vae.img_to_idxBl(x[i : i + 1]) for i in range(2)]
         for s in range(len(idx2)):
             assert torch.equal(idx2[s], torch.cat([idx1[0][s], idx1[1][s]]))
         lab = torch.tensor([1, 8])
         lg2 = var(lab, vae.quantize.idxBl_to_var_input(idx2))
-        lg1 = torch.cat([var(lab[i:i + 1], vae.quantize.idxBl_to_var_input(idx1[i])) for i in range(2)])
+        lg1 = torch.cat([var(lab[i : i + 1], vae.quantize.idxBl_to_var_input(idx1[i])) for i in range(2)])
         torch.testing.assert_close(lg2, lg1, atol=1e-5, rtol=1e-5)
         im2 = vae.idxBl_to_img(idx2, same_shape=True, last_one=True)
         im1 = torch.cat([vae.idxBl_to_img(idx1[i], same_shape=True, last_one=True) for i in range(2)])
@@ -185,6 +191,7 @@ def test_no_guidance_skips_uncond_half_with_same_tokens(tiny):
         rows.clear()
         out = generate(var, vae, B=2, label_B=[1, 2], generator=torch.Generator().manual_seed(4), cfg=cfg, top_k=5)
         return out, list(rows)
+
     try:
         guided, guided_rows = run([1e-30] * 4)
         skipped = [run(0.0), run([0.0] * 4)]
@@ -192,13 +199,14 @@ def test_no_guidance_skips_uncond_half_with_same_tokens(tiny):
         h.remove()
     assert guided_rows == [4] * 4  # every scale through the head with the unconditional half
     for out, r in skipped:
-        assert r == [2] * 4, r     # ... which the skip path never computes
+        assert r == [2] * 4, r  # ... which the skip path never computes
         for si, (x, y) in enumerate(zip(out.idx_per_scale, guided.idx_per_scale)):
             assert torch.equal(x, y), f"scale {si}"
 
 
 def test_guidance_schedules():
     from nextscale.sampling import guidance_weights
+
     assert guidance_weights(1.5, 4) == [0.0, 0.5, 1.0, 1.5]
     assert guidance_weights(2.0, 3, "constant") == [2.0, 2.0, 2.0]
     assert guidance_weights([0, 1, 2], 3) == [0.0, 1.0, 2.0]
@@ -206,6 +214,7 @@ def test_guidance_schedules():
 
 def test_top_k_top_p_masks():
     from nextscale.sampling import sample_top_k_top_p_
+
     logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
     lg = logits.clone()
     sample_top_k_top_p_(lg, top_k=2, generator=torch.Generator().manual_seed(0))

@@ -1,11 +1,12 @@
 """Rejection sampling (the reference's d30-re protocol): best of N candidates by a scorer."""
+
 import numpy as np
 import pytest
 import torch
 
 from nextscale.errors import NextScaleError
-from nextscale.pipelines import NextScalePipeline
 from nextscale.evaluation.scorers import ClassifierScorer, MNISTScorer
+from nextscale.pipelines import NextScalePipeline
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +31,8 @@ def test_one_candidate_is_plain_sampling(pipe):
 def test_best_of_n_is_the_scorers_argmax_and_deterministic(pipe):
     N = 4
     g = torch.Generator().manual_seed(11)
-    cands = [pipe(**KW, generator=g) for _ in range(N)]          # the same random stream, call by call
-    scores = torch.stack([brightness(c.images, None) for c in cands])   # (N, B)
+    cands = [pipe(**KW, generator=g) for _ in range(N)]  # the same random stream, call by call
+    scores = torch.stack([brightness(c.images, None) for c in cands])  # (N, B)
     best = scores.argmax(dim=0)
     got = pipe(**KW, seed=11, num_candidates=N, scorer=brightness)
     for b in range(3):
@@ -54,9 +55,11 @@ def test_classifier_scorer_adapter():
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
     sc = ClassifierScorer(net, size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), num_classes=5)
     x = torch.rand(2, 3, 16, 16)
-    probs = net((torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)
-                 - 0.5) / 0.5).softmax(-1)
-    s = sc(x, torch.tensor([3, 5]))          # 5 = unconditional: the top probability
+    probs = net(
+        (torch.nn.functional.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True) - 0.5)
+        / 0.5
+    ).softmax(-1)
+    s = sc(x, torch.tensor([3, 5]))  # 5 = unconditional: the top probability
     torch.testing.assert_close(s, torch.stack([probs[0, 3], probs[1].max()]))
 
 
@@ -76,6 +79,7 @@ def test_bad_candidate_arguments(pipe):
     with pytest.raises(NextScaleError, match="num_candidates must be >= 1"):
         pipe(class_labels=[1], seed=0, num_candidates=0, scorer=brightness)
     from nextscale.evaluation.scorers import resolve_scorer
+
     with pytest.raises(NextScaleError, match="built-in scorer is for the 10-class MNIST models"):
         resolve_scorer("default", 1000)
     assert isinstance(resolve_scorer("default", 10), MNISTScorer) and resolve_scorer(brightness, 1000) is brightness

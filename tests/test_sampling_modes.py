@@ -1,5 +1,6 @@
 """The opt-in sampling speed-ups (nextscale.accel.sampling_modes): off, or at their neutral
 setting, each gives exactly the exact path's tokens; on, each does less work."""
+
 import copy
 
 import pytest
@@ -12,8 +13,10 @@ from nextscale.models import build_from_config
 from nextscale.pipelines import NextScalePipeline
 from nextscale.sampling import SamplingSettings, generate
 
-PRESET = get_preset("tiny").replace(var=get_preset("tiny").var.replace(patch_nums=(1, 2, 3, 4, 6, 8)),
-                                    vqvae=get_preset("tiny").vqvae.replace(v_patch_nums=(1, 2, 3, 4, 6, 8)))
+PRESET = get_preset("tiny").replace(
+    var=get_preset("tiny").var.replace(patch_nums=(1, 2, 3, 4, 6, 8)),
+    vqvae=get_preset("tiny").vqvae.replace(v_patch_nums=(1, 2, 3, 4, 6, 8)),
+)
 K = 6
 
 
@@ -33,8 +36,9 @@ def pair():
 
 def _run(pair, seed=0, cfg=2.0, **kw):
     vae, var = pair
-    return generate(vae=vae, var=var, B=2, label_B=[1, 4], generator=torch.Generator().manual_seed(seed), cfg=cfg,
-                    top_k=20, **kw)
+    return generate(
+        vae=vae, var=var, B=2, label_B=[1, 4], generator=torch.Generator().manual_seed(seed), cfg=cfg, top_k=20, **kw
+    )
 
 
 def _tokens(out):
@@ -42,7 +46,9 @@ def _tokens(out):
 
 
 def _same(a, b):
-    return len(a.idx_per_scale) == len(b.idx_per_scale) and all(torch.equal(x, y) for x, y in zip(a.idx_per_scale, b.idx_per_scale))
+    return len(a.idx_per_scale) == len(b.idx_per_scale) and all(
+        torch.equal(x, y) for x, y in zip(a.idx_per_scale, b.idx_per_scale)
+    )
 
 
 def _rows_through_blocks(var):
@@ -98,10 +104,11 @@ def test_guidance_cutoff_skips_the_unconditional_rows_of_the_last_scales(pair):
     h.remove()
     ls = [p * p for p in var.patch_nums]
     assert rows == [4 * l for l in ls[:-2]] + [2 * l for l in ls[-2:]]
-    assert all(torch.equal(a, b) for a, b in zip(exact.idx_per_scale[:K - 2], cut.idx_per_scale[:K - 2]))
+    assert all(torch.equal(a, b) for a, b in zip(exact.idx_per_scale[: K - 2], cut.idx_per_scale[: K - 2]))
     no_cfg = _run(pair, 3, cfg=0.0)
-    assert _same(no_cfg, _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0,
-                                                                 guidance_cutoff=K)))
+    assert _same(
+        no_cfg, _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, guidance_cutoff=K))
+    )
     with pytest.raises(NextScaleError, match="guidance_cutoff must be <= the number of scales"):
         _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, guidance_cutoff=K + 1))
 
@@ -109,7 +116,9 @@ def test_guidance_cutoff_skips_the_unconditional_rows_of_the_last_scales(pair):
 def test_pruning_runs_fewer_tokens_and_still_samples_every_position(pair):
     vae, var = pair
     rows, h = _rows_through_blocks(var)
-    out = _run(pair, 1, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, prune_ratio=0.75, prune_last=2))
+    out = _run(
+        pair, 1, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, prune_ratio=0.75, prune_last=2)
+    )
     h.remove()
     ls = [p * p for p in var.patch_nums]
     assert rows[:-2] == [4 * l for l in ls[:-2]]
@@ -133,6 +142,7 @@ def test_kv_budget_evicts_the_middle_scales(pair):
     def spy(self, l):
         real(self, l)
         sizes.append(sorted({j for chunks in self.chunks for j, _, _ in chunks}))
+
     ScaleWindowKVCache.advance = spy
     try:
         out = _run(pair, 2, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, kv_budget=(1, 1)))
@@ -143,16 +153,19 @@ def test_kv_budget_evicts_the_middle_scales(pair):
     assert len(out.idx_per_scale) == K
 
 
-@pytest.mark.parametrize("kw,msg", [
-    (dict(guidance_cutoff=-1), "guidance_cutoff must be >= 0"),
-    (dict(prune_ratio=1.0), "prune_ratio must be < 1"),
-    (dict(prune_last=0), "prune_last must be >= 1"),
-    (dict(kv_budget=(1,)), r"kv_budget must be \(first, recent\)"),
-    (dict(kv_budget=(1, -1)), "must be >= 0"),
-    (dict(top_k=-1), "top_k must be >= 0"),
-    (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
-    (dict(guidance_schedule="cosine"), "guidance_schedule must be one of linear, constant"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        (dict(guidance_cutoff=-1), "guidance_cutoff must be >= 0"),
+        (dict(prune_ratio=1.0), "prune_ratio must be < 1"),
+        (dict(prune_last=0), "prune_last must be >= 1"),
+        (dict(kv_budget=(1,)), r"kv_budget must be \(first, recent\)"),
+        (dict(kv_budget=(1, -1)), "must be >= 0"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+        (dict(guidance_schedule="cosine"), "guidance_schedule must be one of linear, constant"),
+    ],
+)
 def test_settings_refuse_bad_values_naming_the_field(kw, msg):
     with pytest.raises(NextScaleError, match=msg):
         SamplingSettings(**kw)

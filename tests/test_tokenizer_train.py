@@ -1,5 +1,6 @@
 """`nextscale train-tokenizer / export-tokenizer / eval-tokenizer` on real MNIST digits with a tiny
 16 px tokenizer (the mnist preset at width 32, one residual block, V = 32, scales 1-2-4)."""
+
 import json
 import os
 import random
@@ -11,13 +12,29 @@ import time
 import pytest
 import torch
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 from nextscale.data import export_mnist
 from nextscale.errors import NextScaleError
 from nextscale.train.checkpoint import CheckpointManager
 
-ARCH = ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--vocab-size", "32", "--patch-nums", "1", "2", "4",
-        "--disc-ch", "16", "--disc-layers", "2"]
+ARCH = [
+    "--preset",
+    "mnist",
+    "--ch",
+    "32",
+    "--num-res-blocks",
+    "1",
+    "--vocab-size",
+    "32",
+    "--patch-nums",
+    "1",
+    "2",
+    "4",
+    "--disc-ch",
+    "16",
+    "--disc-layers",
+    "2",
+]
 QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
 
 
@@ -31,9 +48,35 @@ def digits(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(digits, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("tok") / "run")
-    rc = main(["train-tokenizer", "--data", digits, "--out", run, "--steps", "20", "--batch-size", "8", "--lr", "3e-3",
-               "--disc-start", "14", "--reinit-dead-every", "5", "--log-every", "2", "--ckpt-every", "10",
-               "--no-progress", "--eval-every", "10", "--sample-every", "0"] + ARCH)
+    rc = main(
+        [
+            "train-tokenizer",
+            "--data",
+            digits,
+            "--out",
+            run,
+            "--steps",
+            "20",
+            "--batch-size",
+            "8",
+            "--lr",
+            "3e-3",
+            "--disc-start",
+            "14",
+            "--reinit-dead-every",
+            "5",
+            "--log-every",
+            "2",
+            "--ckpt-every",
+            "10",
+            "--no-progress",
+            "--eval-every",
+            "10",
+            "--sample-every",
+            "0",
+        ]
+        + ARCH
+    )
     assert rc == 0
     return run
 
@@ -49,10 +92,19 @@ def _final(run):
 
 def test_loss_falls_codebook_and_gan_are_logged(trained):
     m = _metrics(trained)
-    before = [r for r in m if r["step"] <= 14]   # the GAN starts at step 14 (first logged at 16)
+    before = [r for r in m if r["step"] <= 14]  # the GAN starts at step 14 (first logged at 16)
     after = [r for r in m if r["step"] >= 16]
     assert before[-1]["rec"] < 0.5 * before[0]["rec"] and before[-1]["psnr"] > before[0]["psnr"] + 3
-    assert {"loss", "vq", "usage", "codes/usage_1x1", "codes/usage_4x4", "codes/ppl_2x2", "vae/grad_norm", "vae/lr"} <= set(m[-1])
+    assert {
+        "loss",
+        "vq",
+        "usage",
+        "codes/usage_1x1",
+        "codes/usage_4x4",
+        "codes/ppl_2x2",
+        "vae/grad_norm",
+        "vae/lr",
+    } <= set(m[-1])
     assert all("gan/d_loss" not in r for r in before)
     assert all({"gan/d_loss", "gan/g_loss", "gan/d_weight", "disc/grad_norm"} <= set(r) for r in after)
     assert all(r["gan/d_weight"] >= 0 for r in after)
@@ -61,7 +113,7 @@ def test_loss_falls_codebook_and_gan_are_logged(trained):
     step, st = _final(trained)
     assert step == 20 and set(st["modules"]) == {"vae", "disc"} and set(st["optimizers"]) == {"vae", "disc"}
     assert st["objective"]["record_hit"] == 20 and st["objective"]["n_reinit"] > 0
-    assert os.path.isfile(os.path.join(trained, "samples", "step_00000020.png"))   # per-scale progress picture
+    assert os.path.isfile(os.path.join(trained, "samples", "step_00000020.png"))  # per-scale progress picture
     assert os.path.isfile(os.path.join(trained, "tokenizer", "model_index.json"))  # exported on completion
 
 
@@ -70,11 +122,17 @@ def test_export_loads_back_and_feeds_tokenize(trained, digits, tmp_path, capsys)
     from nextscale.pipelines import NextScalePipeline
     from nextscale.train import var as var_train
     from nextscale.train.tokenizer import load_tokenizer
+
     out = str(tmp_path / "tok")
     assert main(["export-tokenizer", trained, "--out", out]) == 0
     assert json.load(open(os.path.join(out, "model_index.json")))["_class_name"] == hub.TOKENIZER_CLASS_NAME
     _, st = _final(trained)
-    for vae in (var_train.load_tokenizer(out), hub.load_components(out)[0], load_tokenizer(trained), load_tokenizer(out)):
+    for vae in (
+        var_train.load_tokenizer(out),
+        hub.load_components(out)[0],
+        load_tokenizer(trained),
+        load_tokenizer(out),
+    ):
         assert vae.v_patch_nums == (1, 2, 4) and vae.vocab_size == 32
         for k, v in vae.state_dict().items():
             assert torch.equal(v, st["modules"]["vae"][k]), k
@@ -82,15 +140,38 @@ def test_export_loads_back_and_feeds_tokenize(trained, digits, tmp_path, capsys)
     with pytest.raises(NextScaleError, match="tokenizer-only"):
         NextScalePipeline.from_pretrained(out)
     cache = str(tmp_path / "cache")
-    assert main(["tokenize", "--data", digits, "--tokenizer", out, "--out", cache]) == 0   # the VAR trainer's loader
+    assert main(["tokenize", "--data", digits, "--tokenizer", out, "--out", cache]) == 0  # the VAR trainer's loader
     meta = json.load(open(os.path.join(cache, "meta.json")))
     assert meta["L"] == 1 + 4 + 16 and meta["splits"] == {"train": 20, "val": 20}
-    ft = str(tmp_path / "ft")   # fine-tuning starts from the exported weights (--init)
-    assert main(["train-tokenizer", "--data", digits, "--init", out, "--out", ft, "--steps", "1", "--batch-size", "2",
-                 "--disc-weight", "0", "--lr", "1e-12"] + QUIET) == 0
+    ft = str(tmp_path / "ft")  # fine-tuning starts from the exported weights (--init)
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--data",
+                digits,
+                "--init",
+                out,
+                "--out",
+                ft,
+                "--steps",
+                "1",
+                "--batch-size",
+                "2",
+                "--disc-weight",
+                "0",
+                "--lr",
+                "1e-12",
+            ]
+            + QUIET
+        )
+        == 0
+    )
     _, st_ft = _final(ft)
     assert st_ft["config"]["model"]["vqvae"] == st["config"]["model"]["vqvae"]
-    assert torch.allclose(st_ft["modules"]["vae"]["decoder.conv_out.weight"], st["modules"]["vae"]["decoder.conv_out.weight"], atol=1e-6)
+    assert torch.allclose(
+        st_ft["modules"]["vae"]["decoder.conv_out.weight"], st["modules"]["vae"]["decoder.conv_out.weight"], atol=1e-6
+    )
 
 
 def test_eval_tokenizer_reports_and_draws_scales(trained, digits, tmp_path, capsys):
@@ -102,18 +183,49 @@ def test_eval_tokenizer_reports_and_draws_scales(trained, digits, tmp_path, caps
     assert r["num_images"] == 20 and len(r["usage_by_scale"]) == len(r["psnr_by_scale"]) == 3
     assert r["psnr"] == pytest.approx(r["psnr_by_scale"][-1], abs=1e-6) and 0 < r["ssim"] <= 1
     from PIL import Image
-    assert Image.open(pic).size == (4 * 16 * 8, 3 * 16 * 8)        # [original, 1, 2, 3 scales] x 3 rows, 8x upscaled
+
+    assert Image.open(pic).size == (4 * 16 * 8, 3 * 16 * 8)  # [original, 1, 2, 3 scales] x 3 rows, 8x upscaled
     # the untrained model is far worse
     from nextscale.evaluation.tokenizer import evaluate_tokenizer
     from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
-    fresh = _build_vae(TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4))).eval()
+
+    fresh = _build_vae(
+        TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4))
+    ).eval()
     assert evaluate_tokenizer(fresh, digits, rfid=False)["psnr"] < r["psnr"] - 2
 
 
 def _cmd(data, run, steps=6):
-    return ["train-tokenizer", "--data", data, "--out", run, "--steps", str(steps), "--batch-size", "4", "--lr", "2e-3",
-            "--disc-start", "2", "--reinit-dead-every", "2", "--hflip", "--ema", "0.9", "--ckpt-every", "2", "--keep", "10",
-            "--log-every", "3"] + ARCH + QUIET
+    return (
+        [
+            "train-tokenizer",
+            "--data",
+            data,
+            "--out",
+            run,
+            "--steps",
+            str(steps),
+            "--batch-size",
+            "4",
+            "--lr",
+            "2e-3",
+            "--disc-start",
+            "2",
+            "--reinit-dead-every",
+            "2",
+            "--hflip",
+            "--ema",
+            "0.9",
+            "--ckpt-every",
+            "2",
+            "--keep",
+            "10",
+            "--log-every",
+            "3",
+        ]
+        + ARCH
+        + QUIET
+    )
 
 
 def _assert_same(a, b):
@@ -143,8 +255,8 @@ def test_resume_is_bit_identical(digits, tmp_path):
     step, again = _final(run)
     assert step == 6 and "resumed from" in open(os.path.join(run, "log.txt")).read()
     _assert_same(ref, again)
-    assert ref["objective"]["n_reinit"] > 0   # the restart path really ran
-    assert main(_cmd(digits, run)) == 0       # finished run: nothing to do
+    assert ref["objective"]["n_reinit"] > 0  # the restart path really ran
+    assert main(_cmd(digits, run)) == 0  # finished run: nothing to do
 
 
 @pytest.mark.slow
@@ -153,8 +265,13 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path, one_thread):
     ref = str(tmp_path / "ref")
     assert main(_cmd(digits, ref, steps=14)) == 0
     run = str(tmp_path / "cut")
-    p = subprocess.Popen([sys.executable, "-m", "nextscale"] + _cmd(digits, run, steps=14), stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nextscale"] + _cmd(digits, run, steps=14),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     ck = CheckpointManager(os.path.join(run, "checkpoints"))
     t0 = time.time()
     while not ck.steps() and p.poll() is None and time.time() - t0 < 120:
@@ -172,38 +289,85 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path, one_thread):
 
 def test_one_scale_baseline_l1_without_gan(digits, tmp_path):
     run = str(tmp_path / "one")
-    rc = main(["train-tokenizer", "--data", digits, "--out", run, "--steps", "2", "--batch-size", "4", "--patch-nums", "4",
-               "--rec-loss", "l1", "--disc-weight", "0", "--preset", "mnist", "--ch", "32", "--num-res-blocks", "1",
-               "--vocab-size", "32"] + QUIET)
+    rc = main(
+        [
+            "train-tokenizer",
+            "--data",
+            digits,
+            "--out",
+            run,
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--patch-nums",
+            "4",
+            "--rec-loss",
+            "l1",
+            "--disc-weight",
+            "0",
+            "--preset",
+            "mnist",
+            "--ch",
+            "32",
+            "--num-res-blocks",
+            "1",
+            "--vocab-size",
+            "32",
+        ]
+        + QUIET
+    )
     assert rc == 0
     _, st = _final(run)
     assert set(st["modules"]) == {"vae"} and st["config"]["model"]["vqvae"]["v_patch_nums"] == [4]
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--data", "{tmp}/missing"], "does not exist"),
-    (["--data", "{tmp}/empty"], "no images"),
-    (["--data", "{digits}", "--batch-size", "0"], "batch-size"),
-    (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
-    (["--data", "{digits}", "--lpips-weights", "{tmp}/nope.pth"], "lpips"),
-    (["--data", "{digits}", "--disc-layers", "3"], "too deep"),
-    (["--data", "{digits}", "--init", "{tmp}/missing.pth"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--data", "{tmp}/missing"], "does not exist"),
+        (["--data", "{tmp}/empty"], "no images"),
+        (["--data", "{digits}", "--batch-size", "0"], "batch-size"),
+        (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
+        (["--data", "{digits}", "--lpips-weights", "{tmp}/nope.pth"], "lpips"),
+        (["--data", "{digits}", "--disc-layers", "3"], "too deep"),
+        (["--data", "{digits}", "--init", "{tmp}/missing.pth"], "not found"),
+    ],
+)
 def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, capsys):
     (tmp_path / "empty").mkdir()
     args = [a.format(tmp=tmp_path, digits=digits) for a in args]
     if "--preset" not in args:
-        args = args + ["--preset", "mnist", "--ch", "32", "--num-res-blocks", "1", "--patch-nums", "1", "2", "4",
-                       "--disc-ch", "16"] + (["--disc-layers", "2"] if "--disc-layers" not in args else [])
+        args = (
+            args
+            + [
+                "--preset",
+                "mnist",
+                "--ch",
+                "32",
+                "--num-res-blocks",
+                "1",
+                "--patch-nums",
+                "1",
+                "2",
+                "4",
+                "--disc-ch",
+                "16",
+            ]
+            + (["--disc-layers", "2"] if "--disc-layers" not in args else [])
+        )
     rc = main(["train-tokenizer"] + args + ["--out", str(tmp_path / "r"), "--steps", "1"] + QUIET)
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("nextscale: error:") and msg in err[0], err
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["{tmp}/missing", "--data", "{tmp}"], "not found"),
-    (["{tmp}", "--data", "{tmp}"], "holds no tokenizer"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["{tmp}/missing", "--data", "{tmp}"], "not found"),
+        (["{tmp}", "--data", "{tmp}"], "holds no tokenizer"),
+    ],
+)
 def test_eval_bad_input_is_one_line_error(args, msg, tmp_path, capsys):
     rc = main(["eval-tokenizer"] + [a.format(tmp=tmp_path) for a in args])
     err = capsys.readouterr().err.strip().splitlines()
@@ -212,7 +376,14 @@ def test_eval_bad_input_is_one_line_error(args, msg, tmp_path, capsys):
 
 # ------------------------------------------------------------------ unit checks of the recipe
 def test_losses_discriminator_and_codebook_stats():
-    from nextscale.train.tokenizer import PatchDiscriminator, adaptive_weight, codebook_stats, hinge_d_loss, hinge_g_loss
+    from nextscale.train.tokenizer import (
+        PatchDiscriminator,
+        adaptive_weight,
+        codebook_stats,
+        hinge_d_loss,
+        hinge_g_loss,
+    )
+
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * ((0 + 0.5) / 2 + (0 + 1) / 2))
     assert hinge_g_loss(fake).item() == pytest.approx(1.0)
@@ -231,9 +402,12 @@ def test_losses_discriminator_and_codebook_stats():
 
 
 def test_dead_codes_are_reinitialised_to_batch_residuals(digits):
-    from nextscale.train.tokenizer import TokenizerObjective, TokenizerTrainConfig, _build_vae
     from nextscale.data import ImageFolder
-    tc = TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4), reinit_dead_every=1)
+    from nextscale.train.tokenizer import TokenizerObjective, TokenizerTrainConfig, _build_vae
+
+    tc = TokenizerTrainConfig(
+        data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4), reinit_dead_every=1
+    )
     vae = _build_vae(tc)
     ob = TokenizerObjective(vae, None, tc)
     ds = ImageFolder(os.path.join(digits, "train"), 16, train=False)
@@ -241,7 +415,7 @@ def test_dead_codes_are_reinitialised_to_batch_residuals(digits):
     q = vae.quantize
     q.record_hit = 5
     q.ema_vocab_hit_SV.fill_(1.0)
-    q.ema_vocab_hit_SV[:, :10] = 0.0        # codes 0..9 never hit on any scale
+    q.ema_vocab_hit_SV[:, :10] = 0.0  # codes 0..9 never hit on any scale
     before = q.embedding.weight.detach().clone()
     # the batch's residuals, computed here from the quantiser's cumulative f_hat: the vector scale k
     # quantises is area(f - f_hat_{k-1}) at k x k (the last scale: f - f_hat_{K-2} itself)
@@ -263,7 +437,7 @@ def test_dead_codes_are_reinitialised_to_batch_residuals(digits):
     assert ob.n_reinit == 10 and torch.unique(after[:10], dim=0).shape[0] == 10
     # each restarted code is one of those residuals plus a 1e-3 * std jitter (|jitter| ~ 1e-3 sqrt(C) std)
     d = torch.cdist(after[:10], pool).min(dim=1).values
-    jitter = 1e-3 * C ** 0.5 * pool.std()
+    jitter = 1e-3 * C**0.5 * pool.std()
     assert (d < 5 * jitter).all(), (d / jitter).tolist()
     # ... which is far closer than the residuals are to each other (so "near" singles one out)
     dp = torch.cdist(pool, pool) + torch.eye(len(pool)) * 1e9
@@ -278,6 +452,7 @@ def _lpips_by_definition(sd, x, y):
     (relu1_2 ... relu5_3); each tap unit-normalised over channels (eps 1e-10), squared difference,
     weighted by the 1x1 lin weights (a channel sum), spatial mean; summed over the 5 taps."""
     import torch.nn.functional as F
+
     shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
     scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
     blocks = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]  # torchvision vgg16.features conv indices
@@ -304,6 +479,7 @@ def _lpips_by_definition(sd, x, y):
 def test_lpips_from_local_weights(tmp_path, digits):
     from nextscale.train.lpips import LPIPS
     from nextscale.train.tokenizer import TokenizerTrainConfig, build_tokenizer_run
+
     torch.manual_seed(0)
     ref = LPIPS()
     for m in ref.modules():
@@ -311,14 +487,17 @@ def test_lpips_from_local_weights(tmp_path, digits):
             m.weight.data.abs_()  # lin weights are non-negative in LPIPS
         elif isinstance(m, torch.nn.Conv2d):  # variance-preserving VGG: every tap (down to relu5_3 at 1x1)
             torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")  # still tells x from y, so each
-            torch.nn.init.normal_(m.bias, std=0.01)                         # of the 5 terms counts (>= 5e-3 of d)
+            torch.nn.init.normal_(m.bias, std=0.01)  # of the 5 terms counts (>= 5e-3 of d)
     sd = {k: v for k, v in ref.state_dict().items() if k not in ("shift", "scale")}
     torch.save({k: v for k, v in sd.items() if k.startswith("features.")}, tmp_path / "vgg16.pth")
     torch.save({k: v for k, v in sd.items() if k.startswith("lin")}, tmp_path / "vgg.pth")
-    lp = LPIPS.from_weights(str(tmp_path))             # a folder holding both files
+    lp = LPIPS.from_weights(str(tmp_path))  # a folder holding both files
     g = torch.Generator().manual_seed(1)
     x, y = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1, torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
-    files = {**torch.load(tmp_path / "vgg16.pth", weights_only=True), **torch.load(tmp_path / "vgg.pth", weights_only=True)}
+    files = {
+        **torch.load(tmp_path / "vgg16.pth", weights_only=True),
+        **torch.load(tmp_path / "vgg.pth", weights_only=True),
+    }
     want = _lpips_by_definition(files, x, y)
     got = lp(x, y)
     assert got.shape == (2, 1, 1, 1) and (want > 0).all()
@@ -326,7 +505,16 @@ def test_lpips_from_local_weights(tmp_path, digits):
     assert lp(x, x).abs().max() < 1e-6
     with pytest.raises(NextScaleError, match="lacks"):
         LPIPS.from_weights(str(tmp_path / "vgg.pth"))  # lin weights alone are not enough
-    tc = TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4), disc_weight=0,
-                              lpips_weights=str(tmp_path), steps=1, batch_size=2)
+    tc = TokenizerTrainConfig(
+        data=digits,
+        ch=32,
+        num_res_blocks=1,
+        vocab_size=32,
+        patch_nums=(1, 2, 4),
+        disc_weight=0,
+        lpips_weights=str(tmp_path),
+        steps=1,
+        batch_size=2,
+    )
     ob = build_tokenizer_run(tc, torch.device("cpu"))[0]
     assert isinstance(ob.lpips, LPIPS)

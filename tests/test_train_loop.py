@@ -1,5 +1,6 @@
 """The generic training loop with a toy objective: resume is bit-identical, checkpoints are atomic,
 schedules match the reference, accumulation is exact, signals stop cleanly."""
+
 import math
 import os
 import signal
@@ -9,9 +10,18 @@ import torch
 import torch.nn as nn
 
 from nextscale.errors import NextScaleError
-from nextscale.train import CheckpointManager, LoopConfig, Objective, OptimSpec, Schedule, Trainer, build_adamw, lr_factor, param_groups
+from nextscale.train import (
+    CheckpointManager,
+    LoopConfig,
+    Objective,
+    OptimSpec,
+    Schedule,
+    Trainer,
+    build_adamw,
+    lr_factor,
+    param_groups,
+)
 from nextscale.train.checkpoint import atomic_save, capture_rng, restore_rng
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,7 +51,14 @@ class ToyObjective(Objective):
 
     def configure_optimizers(self, total):
         opt = build_adamw(param_groups(self.net), lr=1e-2)
-        return {"net": OptimSpec(opt, list(self.net.parameters()), Schedule(lr=1e-2, total=total, warmup=2, wd=0.05, wd_end=0.01), grad_clip=1.0)}
+        return {
+            "net": OptimSpec(
+                opt,
+                list(self.net.parameters()),
+                Schedule(lr=1e-2, total=total, warmup=2, wd=0.05, wd_end=0.01),
+                grad_clip=1.0,
+            )
+        }
 
     def train_step(self, batch, ctx):
         if self.kill_at is not None and ctx.step == self.kill_at and ctx.micro == 0:
@@ -58,7 +75,15 @@ class ToyObjective(Objective):
 
 
 def _fit(run_dir, steps=6, kill_at=None, **kw):
-    cfg = LoopConfig(run_dir=str(run_dir), max_steps=steps, batch_size=kw.pop("batch_size", 4), ckpt_every=2, log_every=1, progress=False, **kw)
+    cfg = LoopConfig(
+        run_dir=str(run_dir),
+        max_steps=steps,
+        batch_size=kw.pop("batch_size", 4),
+        ckpt_every=2,
+        log_every=1,
+        progress=False,
+        **kw,
+    )
     ob = ToyObjective(kill_at=kill_at)
     res = Trainer(ob, cfg, ToyData(), val_set=ToyData(4), run_config={"toy": 1}).fit()
     return res, ob
@@ -102,6 +127,7 @@ def test_grad_accum_equals_big_batch(tmp_path):
         ob = ToyObjective(dropout=0.0)
         Trainer(ob, cfg, ToyData()).fit()
         return ob.net.state_dict()
+
     a, b = run(tmp_path / "a", 1), run(tmp_path / "b", 2)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
@@ -117,7 +143,11 @@ def test_rerun_of_finished_run_is_a_noop(tmp_path):
     assert res.finished and res.step == 2
     after = os.stat(p)
     assert ck.steps() == [2]
-    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)  # not rewritten
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )  # not rewritten
     assert (tmp_path / "metrics.jsonl").read_bytes() == metrics  # no step trained, evaluated or logged again
 
 
@@ -131,9 +161,9 @@ def test_checkpoint_manager_ignores_partial_and_corrupt(tmp_path):
     m = CheckpointManager(str(tmp_path), keep_last=2)
     for s in (2, 4, 6):
         m.save(s, {"step": s, "w": torch.full((3,), float(s))})
-    assert m.steps() == [4, 6]                              # pruned to the last 2
+    assert m.steps() == [4, 6]  # pruned to the last 2
     (tmp_path / ".step_00000008.pt.tmp-123").write_bytes(b"half a checkp")  # a killed writer's temp file
-    (tmp_path / "step_00000010.pt").write_bytes(b"\x80garbage")            # unreadable
+    (tmp_path / "step_00000010.pt").write_bytes(b"\x80garbage")  # unreadable
     with pytest.warns(RuntimeWarning):
         step, st = m.latest()
     assert step == 6 and torch.equal(st["w"], torch.full((3,), 6.0))
@@ -148,6 +178,7 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path):
     class Boom:
         def __reduce__(self):
             raise RuntimeError("boom")
+
     with pytest.raises(Exception):
         atomic_save({"a": Boom()}, str(p))
     assert torch.load(p) == {"a": 1} and os.listdir(tmp_path) == ["x.pt"]
@@ -155,7 +186,9 @@ def test_atomic_save_leaves_old_file_on_failure(tmp_path):
 
 def test_rng_capture_restore_roundtrip():
     import random
+
     import numpy as np
+
     st = capture_rng()
     a = (random.random(), np.random.rand(), torch.rand(2))
     restore_rng(st)
@@ -170,13 +203,14 @@ def test_rng_capture_restore_roundtrip():
 #: wpe^((p - 0.15) / 0.85).  lin0.8: mid = (1 + wpe + (1 - wpe) 0.2) / 2 = 0.604; 1 - (1 - mid) p / 0.8
 #: while p < 0.8, then wpe + (mid - wpe)(1 - p) / 0.2.
 _C1, _C9 = math.cos(0.1 * math.pi), math.cos(0.9 * math.pi)
-KNOWN_LR = {  # t:  0      5       10   20 (p = 0.1)                 60 (p = 0.5)              100 (p = 0.9)             110
-    "cos":    [0.005, 0.5025, 1.0, 0.01 + 0.99 * (1 + _C1) / 2, 0.505,                    0.01 + 0.99 * (1 + _C9) / 2, 0.01],
-    "lin":    [0.005, 0.5025, 1.0, 1.0,                         0.01 + 0.99 * 0.5 / 0.85, 0.01 + 0.99 * 0.1 / 0.85, 0.01],
-    "lin0":   [0.005, 0.5025, 1.0, 0.01 + 0.99 * 0.9 / 0.95,    0.01 + 0.99 * 0.5 / 0.95, 0.01 + 0.99 * 0.1 / 0.95, 0.01],
-    "lin00":  [0.005, 0.5025, 1.0, 0.901,                       0.505,                    0.109,                    0.01],
-    "exp":    [0.005, 0.5025, 1.0, 1.0,                         0.01 ** (7 / 17),         0.01 ** (15 / 17),        0.01],
-    "lin0.8": [0.005, 0.5025, 1.0, 0.9505,                      0.7525,                   0.307,                    0.01],
+# t:        0      5       10   20 (p = 0.1)                 60 (p = 0.5)              100 (p = 0.9)             110
+KNOWN_LR = {
+    "cos": [0.005, 0.5025, 1.0, 0.01 + 0.99 * (1 + _C1) / 2, 0.505, 0.01 + 0.99 * (1 + _C9) / 2, 0.01],
+    "lin": [0.005, 0.5025, 1.0, 1.0, 0.01 + 0.99 * 0.5 / 0.85, 0.01 + 0.99 * 0.1 / 0.85, 0.01],
+    "lin0": [0.005, 0.5025, 1.0, 0.01 + 0.99 * 0.9 / 0.95, 0.01 + 0.99 * 0.5 / 0.95, 0.01 + 0.99 * 0.1 / 0.95, 0.01],
+    "lin00": [0.005, 0.5025, 1.0, 0.901, 0.505, 0.109, 0.01],
+    "exp": [0.005, 0.5025, 1.0, 1.0, 0.01 ** (7 / 17), 0.01 ** (15 / 17), 0.01],
+    "lin0.8": [0.005, 0.5025, 1.0, 0.9505, 0.7525, 0.307, 0.01],
 }
 
 

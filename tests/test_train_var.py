@@ -1,4 +1,5 @@
 """`nextscale train / tokenize / export` end to end on real MNIST digits with the tiny preset."""
+
 import json
 import os
 import random
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 from nextscale.data import TokenCache
 from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.var import progressive_stage
@@ -35,13 +36,40 @@ def test_overfit_export_and_sample_classes(cache, tmp_path):
     """Acceptance: the loss falls far below its start and the exported model reproduces the classes."""
     from nextscale.pipelines import NextScalePipeline
     from nextscale.sampling import generate
+
     run = str(tmp_path / "run")
-    rc = main(["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "80", "--batch-size", "20",
-               "--lr", "3e-3", "--warmup-steps", "5", "--log-every", "10", "--ckpt-every", "40", "--ema", "0.9"] + QUIET)
+    rc = main(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--preset",
+            "tiny",
+            "--run-dir",
+            run,
+            "--steps",
+            "80",
+            "--batch-size",
+            "20",
+            "--lr",
+            "3e-3",
+            "--warmup-steps",
+            "5",
+            "--log-every",
+            "10",
+            "--ckpt-every",
+            "40",
+            "--ema",
+            "0.9",
+        ]
+        + QUIET
+    )
     assert rc == 0
     m = _metrics(run)
     assert m[-1]["loss"] < 0.3 * m[0]["loss"] and m[-1]["acc"] > 80
-    assert {"scale/loss_4x4", "scale/acc_1x1", "tok_per_s", "img_per_s", "eta_s", "var/lr", "var/grad_norm"} <= set(m[-1])
+    assert {"scale/loss_4x4", "scale/acc_1x1", "tok_per_s", "img_per_s", "eta_s", "var/lr", "var/grad_norm"} <= set(
+        m[-1]
+    )
     out = str(tmp_path / "model")
     assert main(["export", run, "--out", out, "--weights", "raw"]) == 0
     pipe = NextScalePipeline.from_pretrained(out)
@@ -49,16 +77,40 @@ def test_overfit_export_and_sample_classes(cache, tmp_path):
     ds = TokenCache.open(cache).dataset("train", train=False)
     toks = torch.stack([ds[(i, -1)]["tokens"] for i in range(len(ds))])
     labels = np.array([ds[(i, -1)]["label"] for i in range(len(ds))])
-    g = generate(pipe.var, pipe.vqvae, 10, torch.arange(10), generator=torch.Generator().manual_seed(0), cfg=1.5, top_k=1)
-    agree = (torch.cat(g.idx_per_scale, 1)[:, None] == toks[None]).float().mean(-1)   # (10 samples, 20 training maps)
+    g = generate(
+        pipe.var, pipe.vqvae, 10, torch.arange(10), generator=torch.Generator().manual_seed(0), cfg=1.5, top_k=1
+    )
+    agree = (torch.cat(g.idx_per_scale, 1)[:, None] == toks[None]).float().mean(-1)  # (10 samples, 20 training maps)
     nearest = labels[agree.argmax(1).numpy()]
     assert (nearest == np.arange(10)).sum() >= 8 and agree.max(1).values.mean() > 0.8
-    imgs = pipe(class_labels=[0, 1], guidance_scale=1.5, top_k=1, top_p=0.0, generator=torch.Generator().manual_seed(0),
-                output_type="np", show_progress=False).images
+    imgs = pipe(
+        class_labels=[0, 1],
+        guidance_scale=1.5,
+        top_k=1,
+        top_p=0.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        show_progress=False,
+    ).images
     assert imgs.shape == (2, 64, 64, 3)
     # EMA export and fine-tuning from the exported model (--init)
     assert main(["export", run, "--out", str(tmp_path / "ema"), "--weights", "ema"]) == 0
-    rc = main(["train", "--cache", cache, "--init", out, "--run-dir", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "4"] + QUIET)
+    rc = main(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--init",
+            out,
+            "--run-dir",
+            str(tmp_path / "ft"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+        ]
+        + QUIET
+    )
     assert rc == 0 and _final(str(tmp_path / "ft"))[0] == 2
 
 
@@ -66,9 +118,32 @@ def test_progressive_training_runs(cache, tmp_path):
     assert [progressive_stage(s, 100, 10, 0.5, 1, 4) for s in (0, 10, 20, 30, 50, 99)] == [1, 1, 1, 2, -1, -1]
     assert progressive_stage(5, 100, 10, 0.0, 1, 4) == -1
     run = str(tmp_path / "pg")
-    rc = main(["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "8", "--batch-size", "4",
-               "--progressive", "0.75", "--progressive-start", "0", "--warmup-steps", "2", "--progressive-warmup-steps", "2",
-               "--log-every", "1"] + QUIET)
+    rc = main(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--preset",
+            "tiny",
+            "--run-dir",
+            run,
+            "--steps",
+            "8",
+            "--batch-size",
+            "4",
+            "--progressive",
+            "0.75",
+            "--progressive-start",
+            "0",
+            "--warmup-steps",
+            "2",
+            "--progressive-warmup-steps",
+            "2",
+            "--log-every",
+            "1",
+        ]
+        + QUIET
+    )
     assert rc == 0
     stages = [r.get("prog/stage", 3) for r in _metrics(run)]
     assert stages[0] == 0 and stages[-1] == 3 and stages == sorted(stages)
@@ -77,6 +152,7 @@ def test_progressive_training_runs(cache, tmp_path):
 
 def test_images_with_validation_samples_and_bad_files(digits, tmp_path):
     import shutil
+
     data = str(tmp_path / "d")
     shutil.copytree(os.path.join(digits, "train"), os.path.join(data, "train"))
     for c in range(10):
@@ -85,8 +161,31 @@ def test_images_with_validation_samples_and_bad_files(digits, tmp_path):
         shutil.copy(os.path.join(data, "train", str(c), first), os.path.join(data, "val", str(c), "v.png"))
     (tmp_path / "d/train/3/broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     run = str(tmp_path / "run")
-    rc = main(["train", "--data", data, "--tokenizer", "random", "--preset", "tiny", "--run-dir", run, "--steps", "4",
-               "--batch-size", "21", "--hflip", "--eval-every", "2", "--sample-every", "4", "--log-every", "2", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            data,
+            "--tokenizer",
+            "random",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            run,
+            "--steps",
+            "4",
+            "--batch-size",
+            "21",
+            "--hflip",
+            "--eval-every",
+            "2",
+            "--sample-every",
+            "4",
+            "--log-every",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     val = _metrics(run, "val")
     assert [v["step"] for v in val] == [2, 4] and {"loss", "acc", "loss_tail", "scale/acc_2x2"} <= set(val[0])
@@ -96,15 +195,18 @@ def test_images_with_validation_samples_and_bad_files(digits, tmp_path):
     assert cfg["derived"]["steps"] == 4 and cfg["classes"] == [str(i) for i in range(10)]
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--data", "{tmp}/missing"], "does not exist"),
-    (["--data", "{tmp}/empty"], "no images"),
-    (["--data", "{tmp}/txt"], "no images"),
-    (["--data", "{digits}", "--batch-size", "0"], "batch-size"),
-    (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
-    (["--cache", "{cache}", "--tokenizer", "random", "--preset", "tiny", "--seed", "1"], "another tokenizer"),
-    (["--data", "{digits}", "--preset", "tiny"], "--tokenizer"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--data", "{tmp}/missing"], "does not exist"),
+        (["--data", "{tmp}/empty"], "no images"),
+        (["--data", "{tmp}/txt"], "no images"),
+        (["--data", "{digits}", "--batch-size", "0"], "batch-size"),
+        (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
+        (["--cache", "{cache}", "--tokenizer", "random", "--preset", "tiny", "--seed", "1"], "another tokenizer"),
+        (["--data", "{digits}", "--preset", "tiny"], "--tokenizer"),
+    ],
+)
 def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, cache, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "txt/a").mkdir(parents=True)
@@ -121,14 +223,40 @@ def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, cache, capsys)
 def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
     """Acceptance: kill -9 at a random moment after a checkpoint exists, re-run the same command ->
     final weights, optimizer state and RNG equal those of an uninterrupted run (torch.equal)."""
+
     def cmd(run):
-        return ["train", "--data", digits, "--tokenizer", "random", "--preset", "tiny", "--run-dir", run, "--steps", "14",
-                "--batch-size", "6", "--hflip", "--ckpt-every", "2", "--keep", "2", "--log-every", "7", "--lr", "1e-3"] + QUIET
+        return [
+            "train",
+            "--data",
+            digits,
+            "--tokenizer",
+            "random",
+            "--preset",
+            "tiny",
+            "--run-dir",
+            run,
+            "--steps",
+            "14",
+            "--batch-size",
+            "6",
+            "--hflip",
+            "--ckpt-every",
+            "2",
+            "--keep",
+            "2",
+            "--log-every",
+            "7",
+            "--lr",
+            "1e-3",
+        ] + QUIET
+
     ref = str(tmp_path / "ref")
     assert main(cmd(ref)) == 0
     run = str(tmp_path / "cut")
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "nextscale"] + cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "nextscale"] + cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ck = CheckpointManager(os.path.join(run, "checkpoints"))
     t0 = time.time()
     while not ck.steps() and p.poll() is None and time.time() - t0 < 300:

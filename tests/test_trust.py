@@ -5,6 +5,7 @@ A malicious pickle (its ``__reduce__`` would write a marker file) is planted in 
 project reads a file; every command must refuse it with one line, exit non-zero, and the marker
 must not exist afterwards.
 """
+
 import json
 import os
 import shutil
@@ -13,7 +14,7 @@ import stat
 import pytest
 import torch
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 from nextscale.errors import NonFiniteError
 from nextscale.safeload import UnsafeFileError, load_torch
 from nextscale.train.checkpoint import CheckpointManager
@@ -43,16 +44,56 @@ def plant(path, marker, wrap=lambda e: {"state_dict": e}):
 @pytest.fixture(scope="module")
 def var_run(cache, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("vr") / "run")
-    assert main(["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "1", "--batch-size", "4",
-                 "--ema", "0.9"] + QUIET) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--cache",
+                cache,
+                "--preset",
+                "tiny",
+                "--run-dir",
+                run,
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--ema",
+                "0.9",
+            ]
+            + QUIET
+        )
+        == 0
+    )
     return run
 
 
 @pytest.fixture(scope="module")
 def tok_run(digits, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("tr") / "run")
-    assert main(["train-tokenizer", "--data", digits, "--preset", "tiny", "--out", run, "--steps", "1", "--batch-size", "4",
-                 "--disc-weight", "0", "--perceptual-weight", "0"] + QUIET) == 0
+    assert (
+        main(
+            [
+                "train-tokenizer",
+                "--data",
+                digits,
+                "--preset",
+                "tiny",
+                "--out",
+                run,
+                "--steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--disc-weight",
+                "0",
+                "--perceptual-weight",
+                "0",
+            ]
+            + QUIET
+        )
+        == 0
+    )
     return run
 
 
@@ -61,8 +102,11 @@ def _copy_run(run, tmp_path, evil_step=99):
     dst = str(tmp_path / "run")
     shutil.copytree(run, dst)
     marker = tmp_path / "PWNED"
-    plant(CheckpointManager(os.path.join(dst, "checkpoints")).path(evil_step), marker,
-          wrap=lambda e: {"format": "nextscale-train", "step": evil_step, "modules": e})
+    plant(
+        CheckpointManager(os.path.join(dst, "checkpoints")).path(evil_step),
+        marker,
+        wrap=lambda e: {"format": "nextscale-train", "step": evil_step, "modules": e},
+    )
     return dst, marker
 
 
@@ -93,8 +137,21 @@ def test_safe_loader_refuses_and_never_runs_code(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("place", ["sample_model", "info", "convert_var", "convert_vae", "tokenize_tokenizer",
-                                   "train_tokenizer", "train_init", "fid_inception", "lpips_weights", "sample_default_dir"])
+@pytest.mark.parametrize(
+    "place",
+    [
+        "sample_model",
+        "info",
+        "convert_var",
+        "convert_vae",
+        "tokenize_tokenizer",
+        "train_tokenizer",
+        "train_init",
+        "fid_inception",
+        "lpips_weights",
+        "sample_default_dir",
+    ],
+)
 def test_planted_pickle_in_model_and_weight_paths(place, tmp_path, digits, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "PWNED"
@@ -109,13 +166,51 @@ def test_planted_pickle_in_model_and_weight_paths(place, tmp_path, digits, capsy
         "convert_var": ["convert", "--vae", evil_vae, "--var", evil_var, "--out", out],
         "convert_vae": ["convert", "--vae", evil_vae, "--var", evil, "--out", out],
         "tokenize_tokenizer": ["tokenize", "--data", digits, "--tokenizer", evil_vae, "--out", out],
-        "train_tokenizer": ["train", "--data", digits, "--tokenizer", evil_vae, "--preset", "tiny", "--run-dir", out,
-                            "--steps", "1"] + QUIET,
-        "train_init": ["train", "--data", digits, "--tokenizer", "default", "--init", evil, "--run-dir", out,
-                       "--steps", "1"] + QUIET,
+        "train_tokenizer": [
+            "train",
+            "--data",
+            digits,
+            "--tokenizer",
+            evil_vae,
+            "--preset",
+            "tiny",
+            "--run-dir",
+            out,
+            "--steps",
+            "1",
+        ]
+        + QUIET,
+        "train_init": [
+            "train",
+            "--data",
+            digits,
+            "--tokenizer",
+            "default",
+            "--init",
+            evil,
+            "--run-dir",
+            out,
+            "--steps",
+            "1",
+        ]
+        + QUIET,
         "fid_inception": ["fid", "--samples", digits, "--ref", digits, "--inception-weights", evil, "--no-progress"],
-        "lpips_weights": ["train-tokenizer", "--data", digits, "--preset", "tiny", "--out", out, "--steps", "1",
-                          "--lpips-weights", evil, "--perceptual-weight", "1"] + QUIET,
+        "lpips_weights": [
+            "train-tokenizer",
+            "--data",
+            digits,
+            "--preset",
+            "tiny",
+            "--out",
+            out,
+            "--steps",
+            "1",
+            "--lpips-weights",
+            evil,
+            "--perceptual-weight",
+            "1",
+        ]
+        + QUIET,
     }[place]
     _refused(argv, marker, capsys, tmp_path)
 
@@ -127,27 +222,74 @@ def test_planted_pickle_in_var_run_folder(place, var_run, cache, tmp_path, capsy
     argv = {
         "export": ["export", run, "--out", str(tmp_path / "m")],
         "export_step_file": ["export", ck.path(99), "--out", str(tmp_path / "m")],
-        "resume": ["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "2", "--batch-size", "4"] + QUIET,
+        "resume": ["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--steps", "2", "--batch-size", "4"]
+        + QUIET,
     }[place]
     _refused(argv, marker, capsys, tmp_path)
     assert not (tmp_path / "m").exists()
     assert ck.steps() == [1, 99]  # nothing was trained or written on top of the planted file
 
 
-@pytest.mark.parametrize("place", ["export_tokenizer", "eval_tokenizer_step", "eval_tokenizer_run", "resume_tokenizer",
-                                   "train_with_tokenizer_run"])
+@pytest.mark.parametrize(
+    "place",
+    ["export_tokenizer", "eval_tokenizer_step", "eval_tokenizer_run", "resume_tokenizer", "train_with_tokenizer_run"],
+)
 def test_planted_pickle_in_tokenizer_run_folder(place, tok_run, digits, tmp_path, capsys):
     run, marker = _copy_run(tok_run, tmp_path)
     shutil.rmtree(os.path.join(run, "tokenizer"), ignore_errors=True)  # force the checkpoint path
     step = CheckpointManager(os.path.join(run, "checkpoints")).path(99)
     argv = {
         "export_tokenizer": ["export-tokenizer", run, "--out", str(tmp_path / "m")],
-        "eval_tokenizer_step": ["eval-tokenizer", step, "--data", digits, "--no-rfid", "--picture", str(tmp_path / "p.png")],
-        "eval_tokenizer_run": ["eval-tokenizer", run, "--data", digits, "--no-rfid", "--picture", str(tmp_path / "p.png")],
-        "resume_tokenizer": ["train-tokenizer", "--data", digits, "--preset", "tiny", "--out", run, "--steps", "2",
-                             "--batch-size", "4", "--disc-weight", "0", "--perceptual-weight", "0"] + QUIET,
-        "train_with_tokenizer_run": ["train", "--data", digits, "--tokenizer", run, "--preset", "tiny",
-                                     "--run-dir", str(tmp_path / "v"), "--steps", "1"] + QUIET,
+        "eval_tokenizer_step": [
+            "eval-tokenizer",
+            step,
+            "--data",
+            digits,
+            "--no-rfid",
+            "--picture",
+            str(tmp_path / "p.png"),
+        ],
+        "eval_tokenizer_run": [
+            "eval-tokenizer",
+            run,
+            "--data",
+            digits,
+            "--no-rfid",
+            "--picture",
+            str(tmp_path / "p.png"),
+        ],
+        "resume_tokenizer": [
+            "train-tokenizer",
+            "--data",
+            digits,
+            "--preset",
+            "tiny",
+            "--out",
+            run,
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--disc-weight",
+            "0",
+            "--perceptual-weight",
+            "0",
+        ]
+        + QUIET,
+        "train_with_tokenizer_run": [
+            "train",
+            "--data",
+            digits,
+            "--tokenizer",
+            run,
+            "--preset",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "v"),
+            "--steps",
+            "1",
+        ]
+        + QUIET,
     }[place]
     _refused(argv, marker, capsys, tmp_path)
     assert not (tmp_path / "m").exists() and not (tmp_path / "p.png").exists()
@@ -155,6 +297,7 @@ def test_planted_pickle_in_tokenizer_run_folder(place, tok_run, digits, tmp_path
 
 def test_token_cache_with_pickled_arrays_is_refused(cache, tmp_path, capsys):
     import numpy as np
+
     dst = str(tmp_path / "cache")
     shutil.copytree(cache, dst)
     marker = tmp_path / "PWNED"
@@ -179,6 +322,7 @@ def test_training_checkpoints_load_tensors_only(var_run, tok_run):
 def test_ema_copies_buffers_and_keeps_minus_inf_mask():
     from nextscale.models.var import VAR  # noqa: F401  (the real mask comes from the model below)
     from nextscale.pipelines import NextScalePipeline
+
     var = NextScalePipeline.from_preset("tiny", seed=0).var
     mask = var.attn_bias_for_masking.clone()
     assert torch.isinf(mask).any()
@@ -199,6 +343,7 @@ def test_bundled_default_model_has_no_nan():
     from safetensors.torch import load_file
 
     from nextscale.hub import DEFAULT_MODEL_DIR
+
     for part in ("vqvae", "var"):
         sd = load_file(str(DEFAULT_MODEL_DIR / part / "model.safetensors"))
         assert not any(torch.isnan(v).any() for v in sd.values() if v.is_floating_point()), part
@@ -206,8 +351,10 @@ def test_bundled_default_model_has_no_nan():
 
 def test_nan_mask_export_is_repaired_on_load(tmp_path):
     """Exports written before the EMA fix (NaN mask) load with the schedule's mask and a warning."""
-    from nextscale.pipelines import NextScalePipeline
     from safetensors.torch import load_file, save_file
+
+    from nextscale.pipelines import NextScalePipeline
+
     pipe = NextScalePipeline.from_preset("tiny", seed=0)
     pipe.save_pretrained(tmp_path / "m")
     p = tmp_path / "m" / "var" / "model.safetensors"
@@ -221,6 +368,7 @@ def test_nan_mask_export_is_repaired_on_load(tmp_path):
 
 def _finite_dir(d):
     from safetensors.torch import load_file
+
     for part in ("vqvae", "var"):
         sd = load_file(os.path.join(d, part, "model.safetensors"))
         bad = [k for k, v in sd.items() if v.is_floating_point() and torch.isnan(v).any()]
@@ -230,13 +378,33 @@ def _finite_dir(d):
 def test_fine_tune_from_default_and_from_ema_export(digits, tmp_path, capsys):
     """`--init default` (the report's case), then `--init` of that run's EMA export: finite loss,
     finite exported weights, and the export samples."""
+
     def tune(init, run):
-        rc = main(["train", "--data", digits, "--tokenizer", "default", "--init", init, "--run-dir", run, "--steps", "3",
-                   "--batch-size", "4", "--ema", "0.9"] + QUIET)
+        rc = main(
+            [
+                "train",
+                "--data",
+                digits,
+                "--tokenizer",
+                "default",
+                "--init",
+                init,
+                "--run-dir",
+                run,
+                "--steps",
+                "3",
+                "--batch-size",
+                "4",
+                "--ema",
+                "0.9",
+            ]
+            + QUIET
+        )
         assert rc == 0
         with open(os.path.join(run, "metrics.jsonl")) as f:
             losses = [r["loss"] for r in map(json.loads, f) if r["kind"] == "train"]
         assert losses and all(v == v and abs(v) < 1e3 for v in losses), losses
+
     run1, m1 = str(tmp_path / "r1"), str(tmp_path / "m1")
     tune("default", run1)
     assert main(["export", run1, "--out", m1, "--weights", "ema"]) == 0
@@ -245,15 +413,30 @@ def test_fine_tune_from_default_and_from_ema_export(digits, tmp_path, capsys):
     tune(m1, run2)
     assert main(["export", run2, "--out", m2, "--weights", "ema"]) == 0
     _finite_dir(m2)
-    assert main(["sample", "--model", m2, "--class", "1", "2", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    assert (
+        main(["sample", "--model", m2, "--class", "1", "2", "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
+    )
     assert (tmp_path / "s.png").is_file()
 
 
 # ------------------------------------------------------------------ NaN never trains
 def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(cache, tmp_path, capsys, monkeypatch):
     from nextscale.train import var as train_var
+
     run = str(tmp_path / "run")
-    base = ["train", "--cache", cache, "--preset", "tiny", "--run-dir", run, "--batch-size", "4", "--ckpt-every", "1"] + QUIET
+    base = [
+        "train",
+        "--cache",
+        cache,
+        "--preset",
+        "tiny",
+        "--run-dir",
+        run,
+        "--batch-size",
+        "4",
+        "--ckpt-every",
+        "1",
+    ] + QUIET
     assert main(base + ["--steps", "2"]) == 0
     ck = CheckpointManager(os.path.join(run, "checkpoints"))
     good = ck.path(2)
@@ -266,6 +449,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(cache, tmp_
         if ctx.step == 3:  # the 4th step (0-based 3) goes NaN
             out["loss"] = torch.tensor(float("nan"))
         return out
+
     monkeypatch.setattr(train_var.VARObjective, "train_step", poisoned)
     capsys.readouterr()
     rc = main(base + ["--steps", "6"])
@@ -282,12 +466,27 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(cache, tmp_
 
 def test_non_finite_init_weights_are_refused_before_training(cache, tmp_path, capsys):
     from nextscale.pipelines import NextScalePipeline
+
     pipe = NextScalePipeline.from_preset("tiny", seed=0)
     with torch.no_grad():
         pipe.var.head.weight[0, 0] = float("nan")
     pipe.save_pretrained(tmp_path / "bad")
-    rc = main(["train", "--cache", cache, "--init", str(tmp_path / "bad"), "--run-dir", str(tmp_path / "r"),
-               "--steps", "2", "--batch-size", "4"] + QUIET)
+    rc = main(
+        [
+            "train",
+            "--cache",
+            cache,
+            "--init",
+            str(tmp_path / "bad"),
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+        ]
+        + QUIET
+    )
     err = _error_line(capsys.readouterr().err)
     assert rc != 0 and "head.weight" in err and "NaN" in err, err
     assert not os.path.isdir(tmp_path / "r" / "checkpoints") or not os.listdir(tmp_path / "r" / "checkpoints")
@@ -297,6 +496,7 @@ def test_non_finite_init_weights_are_refused_before_training(cache, tmp_path, ca
 @pytest.mark.parametrize("mask", [0o022, 0o002])
 def test_outputs_follow_the_umask(mask, tmp_path):
     from nextscale.pipelines import NextScalePipeline
+
     old = os.umask(mask)
     try:
         assert main(["sample", "--class", "1", "--out", str(tmp_path / "g.png"), "--device", "cpu"]) == 0
@@ -304,8 +504,12 @@ def test_outputs_follow_the_umask(mask, tmp_path):
     finally:
         os.umask(old)
     want_f, want_d = 0o666 & ~mask, 0o777 & ~mask
-    files = [tmp_path / "g.png", tmp_path / "g_000_class1.png", tmp_path / "m" / "var" / "model.safetensors",
-             tmp_path / "m" / "model_index.json"]
+    files = [
+        tmp_path / "g.png",
+        tmp_path / "g_000_class1.png",
+        tmp_path / "m" / "var" / "model.safetensors",
+        tmp_path / "m" / "model_index.json",
+    ]
     for f in files:
         assert stat.S_IMODE(os.stat(f).st_mode) == want_f, (f, oct(os.stat(f).st_mode))
     for d in (tmp_path / "m", tmp_path / "m" / "var"):
@@ -314,4 +518,5 @@ def test_outputs_follow_the_umask(mask, tmp_path):
 
 def test_nonfinite_error_is_a_user_error():
     from nextscale.errors import NextScaleError
+
     assert issubclass(NonFiniteError, NextScaleError)

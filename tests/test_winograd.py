@@ -1,4 +1,5 @@
 """Winograd F(4x4, 3x3) conv (nextscale.accel.winograd) against F.conv2d(padding=1)."""
+
 from fractions import Fraction
 
 import pytest
@@ -17,12 +18,13 @@ def _ref(x, w, b):
 
 
 def test_matrices_exact_correlation():
-    at, g, bt = (torch.tensor([[float(v) for v in row] for row in m], dtype=torch.float64)
-                 for m in wg.winograd_matrices())
+    at, g, bt = (
+        torch.tensor([[float(v) for v in row] for row in m], dtype=torch.float64) for m in wg.winograd_matrices()
+    )
     gen = torch.Generator().manual_seed(0)
     d, k = torch.randn(6, generator=gen, dtype=torch.float64), torch.randn(3, generator=gen, dtype=torch.float64)
     y = at @ ((g @ k) * (bt @ d))
-    assert torch.allclose(y, torch.stack([d[i:i + 3] @ k for i in range(4)]), atol=1e-12)
+    assert torch.allclose(y, torch.stack([d[i : i + 3] @ k for i in range(4)]), atol=1e-12)
     # B^T rows are scaled to integers (exact in fp32); Lavin's points give the same function
     assert all(v.denominator == 1 for row in wg.winograd_matrices()[2] for v in row)
     lav = wg.winograd_matrices((Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), None))
@@ -30,14 +32,17 @@ def test_matrices_exact_correlation():
     assert torch.allclose(at2 @ ((g2 @ k) * (bt2 @ d)), y, atol=1e-12)
 
 
-@pytest.mark.parametrize("B,Cin,Cout,H,W,cl,bias", [
-    (1, 8, 8, 8, 8, True, True),
-    (2, 5, 7, 5, 7, True, True),       # odd sizes, Cin != Cout, batch 2
-    (2, 16, 12, 13, 10, False, True),  # contiguous (NCHW) input, H and W not multiples of 4
-    (1, 12, 16, 6, 17, True, False),   # no bias
-    (2, 3, 4, 1, 1, True, True),       # a single pixel
-    (1, 24, 20, 3, 9, False, False),
-])
+@pytest.mark.parametrize(
+    "B,Cin,Cout,H,W,cl,bias",
+    [
+        (1, 8, 8, 8, 8, True, True),
+        (2, 5, 7, 5, 7, True, True),  # odd sizes, Cin != Cout, batch 2
+        (2, 16, 12, 13, 10, False, True),  # contiguous (NCHW) input, H and W not multiples of 4
+        (1, 12, 16, 6, 17, True, False),  # no bias
+        (2, 3, 4, 1, 1, True, True),  # a single pixel
+        (1, 24, 20, 3, 9, False, False),
+    ],
+)
 @pytest.mark.parametrize("chunked", [False, True])
 def test_matches_conv2d(B, Cin, Cout, H, W, cl, bias, chunked):
     gen = torch.Generator().manual_seed(B * 1000 + Cin * 31 + H * 7 + W)
@@ -75,8 +80,7 @@ def test_realistic_layer_and_inference_mode():
 def test_requires_no_grad():
     conv = torch.nn.Conv2d(4, 4, 3, 1, 1)
     with pytest.raises(RuntimeError, match="inference-only"):
-        wg.winograd_conv3x3(torch.randn(1, 4, 5, 5, requires_grad=True), wg.transform_weight(conv.weight),
-                            conv.bias, 4)
+        wg.winograd_conv3x3(torch.randn(1, 4, 5, 5, requires_grad=True), wg.transform_weight(conv.weight), conv.bias, 4)
 
 
 def test_eligibility():
@@ -123,17 +127,30 @@ def test_winograd_pays_only_with_enough_channels_and_pixels():
 
 
 def test_decoder_uses_winograd_only_where_enabled_and_frees_its_cache():
+    from nextscale.accel.cpu import WinogradConv2d, disable_cpu_kernels, enable_cpu_kernels
     from nextscale.configs import VQVAEConfig
     from nextscale.models import VQVAE
-    from nextscale.accel.cpu import WinogradConv2d, disable_cpu_kernels, enable_cpu_kernels
+
     torch.manual_seed(0)
     # channels 64 / 128 / 320 at 32 / 16 / 8 px: some decoder convs pay for Winograd, some do not
-    vae = VQVAE.from_config(VQVAEConfig(vocab_size=64, z_channels=8, ch=64, ch_mult=(1, 2, 5), num_res_blocks=1,
-                                        v_patch_nums=(1, 2, 4, 8), using_sa=False)).eval()
+    vae = VQVAE.from_config(
+        VQVAEConfig(
+            vocab_size=64,
+            z_channels=8,
+            ch=64,
+            ch_mult=(1, 2, 5),
+            num_res_blocks=1,
+            v_patch_nums=(1, 2, 4, 8),
+            using_sa=False,
+        )
+    ).eval()
     enable_cpu_kernels(vae)
     sizes = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(m, a[0].shape[-2:]))
-             for m in vae.decoder.modules() if isinstance(m, WinogradConv2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(m, a[0].shape[-2:]))
+        for m in vae.decoder.modules()
+        if isinstance(m, WinogradConv2d)
+    ]
     f = torch.randn(1, vae.Cvae, 8, 8)
     with torch.no_grad():
         fast = vae.fhat_to_img(f)

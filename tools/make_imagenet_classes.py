@@ -9,6 +9,7 @@ order of the released VAR models (the standard sorted-synset order), from packag
   (WordNet lemmas, e.g. "tench, Tinca tinca"), used to match other spellings.
 Nothing is fetched at run time: the JSON is committed and shipped with the package.
 """
+
 import ast
 import json
 import sys
@@ -23,16 +24,32 @@ def _read(whl: str, suffix: str) -> str:
 
 def main(tv_whl: str, timm_whl: str, out: str = "src/nextscale/assets/imagenet_classes.json") -> None:
     tree = ast.parse(_read(tv_whl, "torchvision/models/_meta.py"))
-    names = next(ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-                 and getattr(n.targets[0], "id", "") == "_IMAGENET_CATEGORIES")
+    names = next(
+        ast.literal_eval(n.value)
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "_IMAGENET_CATEGORIES"
+    )
     synsets = _read(timm_whl, "_info/imagenet_synsets.txt").split()
-    lemma = dict(line.split("\t", 1) for line in _read(timm_whl, "_info/imagenet_synset_to_lemma.txt").splitlines() if "\t" in line)
+    lemma = dict(
+        line.split("\t", 1)
+        for line in _read(timm_whl, "_info/imagenet_synset_to_lemma.txt").splitlines()
+        if "\t" in line
+    )
     assert len(names) == len(synsets) == 1000 and len(set(names)) == 1000, (len(names), len(synsets))
-    rows = [{"name": n, "synset": s, "aliases": [a.strip() for a in lemma[s].split(",") if a.strip() and a.strip() != n]}
-            for n, s in zip(names, synsets)]
+    rows = [
+        {"name": n, "synset": s, "aliases": [a.strip() for a in lemma[s].split(",") if a.strip() and a.strip() != n]}
+        for n, s in zip(names, synsets)
+    ]
     with open(out, "w") as f:
-        json.dump({"source": "torchvision _IMAGENET_CATEGORIES (names), timm imagenet_synsets / synset_to_lemma "
-                             "(synsets, aliases); tools/make_imagenet_classes.py", "classes": rows}, f, indent=0)
+        json.dump(
+            {
+                "source": "torchvision _IMAGENET_CATEGORIES (names), timm imagenet_synsets / synset_to_lemma "
+                "(synsets, aliases); tools/make_imagenet_classes.py",
+                "classes": rows,
+            },
+            f,
+            indent=0,
+        )
         f.write("\n")
     print(f"wrote {out}: {len(rows)} classes; 207 = {rows[207]['name']!r}, 360 = {rows[360]['name']!r}")
 

@@ -1,7 +1,8 @@
 """``python -m nextscale ...`` (also what ``torchrun -m nextscale train ...`` runs)."""
+
 import sys
 
-from nextscale.cli import main
+from nextscale.app.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

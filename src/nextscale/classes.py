@@ -6,6 +6,7 @@ timm's data files; never fetched at run time): 207 is "golden retriever", 360 "o
 names are its pipeline's ``labels``; for ImageNet models the WordNet lemmas are accepted as
 aliases ("Tinca tinca" = "tench").
 """
+
 from __future__ import annotations
 
 import difflib
@@ -63,8 +64,11 @@ def resolve_class_name(name: str, labels: Optional[Sequence[str]], what: str = "
     if key in table:
         return table[key]
     near = difflib.get_close_matches(key, list(table), n=3, cutoff=0.6)
-    hint = ("; did you mean " + " or ".join(f"{labels[table[k]]!r} ({table[k]})" for k in near) + "?") if near else \
-        "; list them with: nextscale classes MODEL --grep WORD"
+    hint = (
+        ("; did you mean " + " or ".join(f"{labels[table[k]]!r} ({table[k]})" for k in near) + "?")
+        if near
+        else "; list them with: nextscale classes MODEL --grep WORD"
+    )
     raise InputError(f"{what}: no class named {name!r}{hint}")
 
 

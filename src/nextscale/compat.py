@@ -16,6 +16,7 @@ Reference keywords accepted and ignored, in one place:
   kernels on a GPU by itself; there is no fused-MLP kernel to choose.
 - ``test_mode`` (VQVAE) is honoured (eval mode, frozen parameters).
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple, Union
@@ -40,8 +41,16 @@ class VAR(models.VAR):
         self.vae_quant_proxy = (vae_local.quantize,)
 
     @torch.no_grad()
-    def autoregressive_infer_cfg(self, B: int, label_B: Optional[Union[int, torch.LongTensor]], g_seed: Optional[int] = None,
-                                 cfg: float = 1.5, top_k: int = 0, top_p: float = 0.0, more_smooth: bool = False) -> torch.Tensor:
+    def autoregressive_infer_cfg(
+        self,
+        B: int,
+        label_B: Optional[Union[int, torch.LongTensor]],
+        g_seed: Optional[int] = None,
+        cfg: float = 1.5,
+        top_k: int = 0,
+        top_p: float = 0.0,
+        more_smooth: bool = False,
+    ) -> torch.Tensor:
         """Sample B images in [0, 1], (B, 3, H, W), exactly like the reference for the same seed.
 
         ``label_B``: None (random classes), an int (-1 = unconditional) or a (B,) LongTensor.
@@ -49,22 +58,44 @@ class VAR(models.VAR):
         """
         vae = self.vae_proxy[0]
         gen = torch.Generator(device=self.lvl_1L.device).manual_seed(g_seed) if g_seed is not None else None
-        out = generate(self, vae, B=B, label_B=label_B, generator=gen, cfg=cfg, top_k=top_k, top_p=top_p,
-                       more_smooth=more_smooth)
+        out = generate(
+            self, vae, B=B, label_B=label_B, generator=gen, cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth
+        )
         return vae.fhat_to_img(out.f_hat).add_(1).mul_(0.5)
 
 
-def build_vae_var(device="cpu", patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), V=4096, Cvae=32, ch=160,
-                  share_quant_resi=4, num_classes=1000, depth=16, shared_aln=False, attn_l2_norm=True,
-                  flash_if_available=True, fused_if_available=True, init_adaln=0.5, init_adaln_gamma=1e-5,
-                  init_head=0.02, init_std=-1, cpu_kernels: bool = True) -> Tuple[VQVAE, VAR]:
+def build_vae_var(
+    device="cpu",
+    patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+    V=4096,
+    Cvae=32,
+    ch=160,
+    share_quant_resi=4,
+    num_classes=1000,
+    depth=16,
+    shared_aln=False,
+    attn_l2_norm=True,
+    flash_if_available=True,
+    fused_if_available=True,
+    init_adaln=0.5,
+    init_adaln_gamma=1e-5,
+    init_head=0.02,
+    init_std=-1,
+    cpu_kernels: bool = True,
+) -> Tuple[VQVAE, VAR]:
     """The reference's builder, same keywords and derived sizes (width 64*depth, heads = depth,
     drop_path 0.1*depth/24), without patching torch's ``reset_parameters`` process-wide.
     ``cpu_kernels`` swaps in ``nextscale.accel.cpu``'s inference kernels (same function)."""
-    vae = VQVAE(vocab_size=V, z_channels=Cvae, ch=ch, test_mode=True, share_quant_resi=share_quant_resi,
-                v_patch_nums=patch_nums).to(device)
-    vc = VARConfig(depth=depth, num_classes=num_classes, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm,
-                   patch_nums=tuple(patch_nums))
+    vae = VQVAE(
+        vocab_size=V, z_channels=Cvae, ch=ch, test_mode=True, share_quant_resi=share_quant_resi, v_patch_nums=patch_nums
+    ).to(device)
+    vc = VARConfig(
+        depth=depth,
+        num_classes=num_classes,
+        shared_aln=shared_aln,
+        attn_l2_norm=attn_l2_norm,
+        patch_nums=tuple(patch_nums),
+    )
     var = VAR(vae_local=vae, **vc.var_kwargs()).to(device)
     var.init_weights(init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std)
     if cpu_kernels:

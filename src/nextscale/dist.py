@@ -9,6 +9,7 @@ Works the same with one process (nothing initialised: rank 0 of 1) and under ``t
 The backend is NCCL when CUDA is available, gloo otherwise (CPU). Nothing here patches builtins:
 use :func:`print0` where only rank 0 should speak.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,9 +20,22 @@ import torch
 import torch.distributed as tdist
 
 __all__ = [
-    "init_distributed", "destroy", "initialized", "get_rank", "get_world_size", "get_local_rank",
-    "is_main", "is_local_main", "barrier", "all_reduce_sum", "all_reduce_max", "all_gather_object",
-    "broadcast_object", "print0", "get_device", "launched_by_torchrun",
+    "init_distributed",
+    "destroy",
+    "initialized",
+    "get_rank",
+    "get_world_size",
+    "get_local_rank",
+    "is_main",
+    "is_local_main",
+    "barrier",
+    "all_reduce_sum",
+    "all_reduce_max",
+    "all_gather_object",
+    "broadcast_object",
+    "print0",
+    "get_device",
+    "launched_by_torchrun",
 ]
 
 _DEVICE: Optional[torch.device] = None
@@ -32,7 +46,9 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def init_distributed(device: Optional[str] = None, backend: Optional[str] = None, timeout_min: float = 30.0) -> torch.device:
+def init_distributed(
+    device: Optional[str] = None, backend: Optional[str] = None, timeout_min: float = 30.0
+) -> torch.device:
     """Join the process group described by torchrun's environment (no-op for a plain launch).
 
     Returns the device this rank should use: ``cuda:LOCAL_RANK`` with CUDA, else ``cpu``

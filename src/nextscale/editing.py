@@ -28,6 +28,7 @@ Mask semantics (documented in docs/editing.md; the reference is ``demo_zero_shot
 
 Shapes: B batch, R model resolution (pixels), K scales, l = pn*pn tokens of one scale, Cv code dim.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -43,14 +44,21 @@ import torch.nn.functional as F
 from nextscale.errors import NextScaleError
 from nextscale.pipelines import NextScalePipeline, NextScalePipelineOutput, ScaleStep
 
-__all__ = ["NextScaleInpaintPipeline", "EditPlan", "finest_keep_mask", "scale_keep_masks", "make_edit_constraint",
-           "parse_outpaint", "FORCE_KEEP_MAX_TOKENS"]
+__all__ = [
+    "NextScaleInpaintPipeline",
+    "EditPlan",
+    "finest_keep_mask",
+    "scale_keep_masks",
+    "make_edit_constraint",
+    "parse_outpaint",
+    "FORCE_KEEP_MAX_TOKENS",
+]
 
 #: The reference keeps every token of scales with at most this many tokens (``ph * pw <= 3``: the 1x1 scale).
 FORCE_KEEP_MAX_TOKENS = 3
 
 ImageInput = Any  # PIL image, path, np (H, W, 3) / (B, H, W, 3), torch (3, H, W) / (B, 3, H, W) in [0, 1], or a list
-MaskInput = Any   # PIL image, path, np / torch (H, W), (B, H, W), (B, 1, H, W) in [0, 1] (or bool / uint8), or a list
+MaskInput = Any  # PIL image, path, np / torch (H, W), (B, H, W), (B, 1, H, W) in [0, 1] (or bool / uint8), or a list
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,8 +73,12 @@ def finest_keep_mask(keep_B1HW: torch.Tensor, pn_last: int) -> torch.Tensor:
     return regen_B1hw[:, 0] == 0
 
 
-def scale_keep_masks(keep_Bhw: torch.Tensor, patch_nums: Sequence[int], keep_scales: int = 0,
-                     force_keep_max_tokens: int = FORCE_KEEP_MAX_TOKENS) -> List[torch.Tensor]:
+def scale_keep_masks(
+    keep_Bhw: torch.Tensor,
+    patch_nums: Sequence[int],
+    keep_scales: int = 0,
+    force_keep_max_tokens: int = FORCE_KEEP_MAX_TOKENS,
+) -> List[torch.Tensor]:
     """Finest keep map (B, pn_K, pn_K) bool -> K keep masks (B, l_k) bool, one per scale.
 
     Scale k: ``bilinear(keep, (pn_k, pn_k), align_corners=False) > 0.5`` (the reference's rule; the
@@ -118,7 +130,9 @@ def parse_outpaint(value: Union[str, Sequence[int], None]) -> Optional[Tuple[int
         try:
             vals = [int(p) for p in parts]
         except ValueError:
-            raise NextScaleError(f"outpaint must be four integers 'left,top,right,bottom' (pixels), got {value!r}") from None
+            raise NextScaleError(
+                f"outpaint must be four integers 'left,top,right,bottom' (pixels), got {value!r}"
+            ) from None
     else:
         vals = list(value)
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in vals):
@@ -134,6 +148,7 @@ def parse_outpaint(value: Union[str, Sequence[int], None]) -> Optional[Tuple[int
 def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
     """-> list of (3, H, W) float32 in [0, 1] (sizes may differ)."""
     from PIL import Image
+
     if image is None:
         raise NextScaleError("image is required: pass a PIL image, a path, or a [0, 1] tensor (3, H, W)")
     if isinstance(image, (list, tuple)):
@@ -145,6 +160,7 @@ def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
         return out
     if isinstance(image, (str, Path)):
         from nextscale.imageio import load_image
+
         image = load_image(image)
     if isinstance(image, Image.Image):
         arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
@@ -163,16 +179,21 @@ def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
         if t.ndim != 4 or t.shape[1] != 3:
             raise NextScaleError(f"image tensors must be (3, H, W) or (B, 3, H, W), got shape {tuple(image.shape)}")
     else:
-        raise NextScaleError(f"unsupported image type {type(image).__name__}: pass a PIL image, a path, a numpy array or a tensor")
+        raise NextScaleError(
+            f"unsupported image type {type(image).__name__}: pass a PIL image, a path, a numpy array or a tensor"
+        )
     if t.numel() and (t.min() < -1e-4 or t.max() > 1 + 1e-4):
-        raise NextScaleError(f"image values must be in [0, 1] (got {t.min().item():.3g}..{t.max().item():.3g}); "
-                             "for a [-1, 1] tensor pass (x + 1) / 2")
+        raise NextScaleError(
+            f"image values must be in [0, 1] (got {t.min().item():.3g}..{t.max().item():.3g}); "
+            "for a [-1, 1] tensor pass (x + 1) / 2"
+        )
     return [x.clamp(0, 1) for x in t]
 
 
 def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     """-> list of (H, W) float32 in [0, 1] (1 = white = regenerate)."""
     from PIL import Image
+
     if isinstance(mask, (list, tuple)):
         if not mask:
             raise NextScaleError("mask_image is an empty list")
@@ -182,6 +203,7 @@ def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
         return out
     if isinstance(mask, (str, Path)):
         from nextscale.imageio import load_image
+
         mask = load_image(mask)
     if isinstance(mask, Image.Image):
         if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
@@ -190,7 +212,9 @@ def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     if isinstance(mask, np.ndarray):
         mask = torch.from_numpy(mask.astype(np.float32) / 255.0 if mask.dtype == np.uint8 else mask.astype(np.float32))
     if not isinstance(mask, torch.Tensor):
-        raise NextScaleError(f"unsupported mask_image type {type(mask).__name__}: pass a PIL image, a path, a numpy array or a tensor")
+        raise NextScaleError(
+            f"unsupported mask_image type {type(mask).__name__}: pass a PIL image, a path, a numpy array or a tensor"
+        )
     t = mask.detach().cpu()
     t = t.float() if t.dtype == torch.bool else (t.float() / 255.0 if t.dtype == torch.uint8 else t.float())
     if t.ndim == 2:
@@ -200,7 +224,9 @@ def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     if t.ndim != 3:
         raise NextScaleError(f"mask tensors must be (H, W), (B, H, W) or (B, 1, H, W), got shape {tuple(mask.shape)}")
     if t.numel() and (t.min() < -1e-4 or t.max() > 1 + 1e-4):
-        raise NextScaleError(f"mask values must be in [0, 1] (white = 1 = regenerate), got {t.min().item():.3g}..{t.max().item():.3g}")
+        raise NextScaleError(
+            f"mask values must be in [0, 1] (white = 1 = regenerate), got {t.min().item():.3g}..{t.max().item():.3g}"
+        )
     return list(t.clamp(0, 1))
 
 
@@ -213,7 +239,8 @@ def _binarize(m_hw: torch.Tensor, threshold: Optional[float], i: int) -> torch.T
             raise NextScaleError(
                 f"mask {i} is not binary: {n} of {m_hw.numel()} pixels are gray (neither black nor white); "
                 "use pure black (keep) / white (regenerate), e.g. save it as PNG, not JPEG, "
-                "or pass mask_threshold=0.5 (CLI: --mask-threshold 0.5) to regenerate pixels >= 0.5")
+                "or pass mask_threshold=0.5 (CLI: --mask-threshold 0.5) to regenerate pixels >= 0.5"
+            )
         return m_hw >= 1
     return m_hw >= threshold
 
@@ -244,10 +271,11 @@ def _resize(x_CHW: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
 @dataclass
 class EditPlan:
     """Everything an edit is made of (``NextScaleInpaintPipeline.prepare``)."""
-    image: torch.Tensor             # (B, 3, R, R) in [-1, 1]: the canvas the model sees (input placed in it)
-    keep_pixels: torch.Tensor       # (B, 1, R, R) bool: pixels whose content is kept
+
+    image: torch.Tensor  # (B, 3, R, R) in [-1, 1]: the canvas the model sees (input placed in it)
+    keep_pixels: torch.Tensor  # (B, 1, R, R) bool: pixels whose content is kept
     input_indices: List[torch.Tensor]  # K x (B, l_k): the canvas's tokens
-    keep: List[torch.Tensor]        # K x (B, l_k) bool: tokens teacher-forced from input_indices
+    keep: List[torch.Tensor]  # K x (B, l_k) bool: tokens teacher-forced from input_indices
 
 
 class NextScaleInpaintPipeline(NextScalePipeline):
@@ -275,8 +303,15 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         with torch.autocast(device_type=self.device.type, enabled=False):
             return self.vqvae.img_to_idxBl(image_B3HW.to(self.device, torch.float32))
 
-    def prepare(self, image: ImageInput, mask_image: MaskInput = None, outpaint=None, keep_scales: Optional[int] = None,
-                mask_threshold: Optional[float] = None, batch_size: Optional[int] = None) -> EditPlan:
+    def prepare(
+        self,
+        image: ImageInput,
+        mask_image: MaskInput = None,
+        outpaint=None,
+        keep_scales: Optional[int] = None,
+        mask_threshold: Optional[float] = None,
+        batch_size: Optional[int] = None,
+    ) -> EditPlan:
         """Place the image(s) on the model canvas, build the per-scale keep masks, tokenise.
 
         Without ``outpaint`` the image is center-cropped to a square and resized to R x R (bicubic,
@@ -291,13 +326,23 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         masks = _masks_to_list(mask_image) if mask_image is not None else None
         outpaint = parse_outpaint(outpaint)
         if keep_scales is not None:
-            if isinstance(keep_scales, bool) or not isinstance(keep_scales, (int, np.integer)) or not 0 <= keep_scales <= K:
-                raise NextScaleError(f"keep_scales must be an integer in 0..{K} (this model has {K} scales), got {keep_scales!r}")
+            if (
+                isinstance(keep_scales, bool)
+                or not isinstance(keep_scales, (int, np.integer))
+                or not 0 <= keep_scales <= K
+            ):
+                raise NextScaleError(
+                    f"keep_scales must be an integer in 0..{K} (this model has {K} scales), got {keep_scales!r}"
+                )
         if masks is None and outpaint is None and keep_scales is None:
-            raise NextScaleError("nothing to edit: pass mask_image (white = regenerate), outpaint=(left, top, right, bottom) "
-                                 "or keep_scales=k (variations)")
+            raise NextScaleError(
+                "nothing to edit: pass mask_image (white = regenerate), outpaint=(left, top, right, bottom) "
+                "or keep_scales=k (variations)"
+            )
         if mask_threshold is not None and not (isinstance(mask_threshold, (int, float)) and 0 < mask_threshold <= 1):
-            raise NextScaleError(f"mask_threshold must be in (0, 1] (pixels >= it are regenerated), got {mask_threshold!r}")
+            raise NextScaleError(
+                f"mask_threshold must be in (0, 1] (pixels >= it are regenerated), got {mask_threshold!r}"
+            )
 
         B = batch_size or max(len(imgs), len(masks or []))
         for name, n in (("images", len(imgs)), ("masks", len(masks) if masks is not None else 1)):
@@ -311,11 +356,15 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         if outpaint is not None:
             left, top, right, bottom = outpaint
             if any(not -R < m < R for m in outpaint):
-                raise NextScaleError(f"outpaint margins must be in ({-R}, {R}) pixels of the {R}x{R} canvas, got {outpaint}")
+                raise NextScaleError(
+                    f"outpaint margins must be in ({-R}, {R}) pixels of the {R}x{R} canvas, got {outpaint}"
+                )
             x0, y0, x1, y1 = left, top, R - right, R - bottom
             if x1 - x0 < 1 or y1 - y0 < 1:
-                raise NextScaleError(f"outpaint {outpaint} leaves no room for the image: left + right and top + bottom "
-                                     f"must be < {R} (the canvas size)")
+                raise NextScaleError(
+                    f"outpaint {outpaint} leaves no room for the image: left + right and top + bottom "
+                    f"must be < {R} (the canvas size)"
+                )
         bw, bh = x1 - x0, y1 - y0
         # the visible part of the box on the canvas, in box and in canvas coordinates
         vy0, vy1, vx0, vx1 = max(0, -y0), bh - max(0, y1 - R), max(0, -x0), bw - max(0, x1 - R)
@@ -327,38 +376,56 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             regen_hw = torch.full((H, W), outpaint is None, dtype=torch.bool)
             if masks is not None:
                 if tuple(masks[i].shape) != (H, W):
-                    raise NextScaleError(f"mask {i} is {masks[i].shape[1]}x{masks[i].shape[0]} but image {i} is {W}x{H} "
-                                         "(width x height): give a mask of the image's size")
+                    raise NextScaleError(
+                        f"mask {i} is {masks[i].shape[1]}x{masks[i].shape[0]} but image {i} is {W}x{H} "
+                        "(width x height): give a mask of the image's size"
+                    )
                 regen_hw = _binarize(masks[i], mask_threshold, i)
             cy0, cy1, cx0, cx1 = _crop_to_aspect(img, bw, bh)
-            box_img = _resize(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")                       # (3, bh, bw)
+            box_img = _resize(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")  # (3, bh, bw)
             box_regen = _resize(regen_hw[None, cy0:cy1, cx0:cx1].float(), bh, bw, "area")[0] > 0  # (bh, bw)
             vis = box_img[:, vy0:vy1, vx0:vx1]
             pad = (max(0, x0), max(0, R - x1), max(0, y0), max(0, R - y1))
             canvas.append(F.pad(vis[None], pad, mode="replicate")[0] if any(pad) else vis)
             k_HW = torch.zeros(R, R, dtype=torch.bool)
-            k_HW[max(0, y0):min(R, y1), max(0, x0):min(R, x1)] = ~box_regen[vy0:vy1, vx0:vx1]
+            k_HW[max(0, y0) : min(R, y1), max(0, x0) : min(R, x1)] = ~box_regen[vy0:vy1, vx0:vx1]
             keep_px.append(k_HW)
-        image_B3HW = torch.stack(canvas).mul(2).sub(1).to(self.device)   # (B, 3, R, R) in [-1, 1]
-        keep_B1HW = torch.stack(keep_px).unsqueeze(1).to(self.device)   # (B, 1, R, R) bool
+        image_B3HW = torch.stack(canvas).mul(2).sub(1).to(self.device)  # (B, 3, R, R) in [-1, 1]
+        keep_B1HW = torch.stack(keep_px).unsqueeze(1).to(self.device)  # (B, 1, R, R) bool
 
         finest_Bhw = finest_keep_mask(keep_B1HW, self.patch_nums[-1])
         if outpaint is not None and not finest_Bhw.reshape(B, -1).any(dim=1).all():
-            raise NextScaleError(f"outpaint {outpaint}: the placed image covers no whole {R // self.patch_nums[-1]}-pixel "
-                                 "token of the canvas, so nothing of it would be kept; use smaller margins")
+            raise NextScaleError(
+                f"outpaint {outpaint}: the placed image covers no whole {R // self.patch_nums[-1]}-pixel "
+                "token of the canvas, so nothing of it would be kept; use smaller margins"
+            )
         keep = scale_keep_masks(finest_Bhw, self.patch_nums, keep_scales or 0, self.force_keep_max_tokens)
         return EditPlan(image=image_B3HW, keep_pixels=keep_B1HW, input_indices=self.encode(image_B3HW), keep=keep)
 
     # ---- editing ----
-    def __call__(self, image: ImageInput, mask_image: MaskInput = None,
-                 class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, *,
-                 outpaint: Union[None, str, Sequence[int]] = None, keep_scales: Optional[int] = None,
-                 mask_threshold: Optional[float] = None,
-                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
-                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
-                 return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False, settings=None, **speedups) -> NextScalePipelineOutput:
+    def __call__(
+        self,
+        image: ImageInput,
+        mask_image: MaskInput = None,
+        class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
+        *,
+        outpaint: Union[None, str, Sequence[int]] = None,
+        keep_scales: Optional[int] = None,
+        mask_threshold: Optional[float] = None,
+        guidance_scale: Union[None, float, Sequence[float]] = None,
+        guidance_schedule: Optional[str] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        more_smooth: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        output_type: str = "pil",
+        return_indices: bool = False,
+        callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
+        show_progress: bool = False,
+        settings=None,
+        **speedups,
+    ) -> NextScalePipelineOutput:
         """Edit image(s); white mask pixels are regenerated, black ones kept (diffusers convention).
 
         image: PIL image, path, np (H, W, 3) / (B, H, W, 3) or torch (3, H, W) / (B, 3, H, W) in
@@ -371,13 +438,22 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         outpaint: (left, top, right, bottom) margins in pixels of the R x R canvas (or "l,t,r,b").
         keep_scales: keep the first k scales of the input entirely (k = 0..K): variations.
         Other arguments (``settings`` and the opt-in speed-ups ``guidance_cutoff``, ``prune_ratio``,
-        ``prune_last``, ``kv_budget``, ``refiner``, ``refine_from_scale``) as ``NextScalePipeline.__call__``. The same seed gives the same edit; a mask
+        ``prune_last``, ``kv_budget``, ``refiner``, ``refine_from_scale``) as ``NextScalePipeline.__call__``. The
+        same seed gives the same edit; a mask
         that regenerates everything gives exactly ``NextScalePipeline``'s image for that seed.
         """
-        unknown = set(speedups) - {"guidance_cutoff", "prune_ratio", "prune_last", "kv_budget", "refiner", "refine_from_scale"}
+        unknown = set(speedups) - {
+            "guidance_cutoff",
+            "prune_ratio",
+            "prune_last",
+            "kv_budget",
+            "refiner",
+            "refine_from_scale",
+        }
         if unknown:
             raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}")
         from nextscale.validate import check_class_ids
+
         labels = None
         if class_labels is not None:  # integers only (the pipeline's rule): 1.5, True, '7' are refused
             labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
@@ -387,20 +463,43 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         n_lab = len(labels) if labels is not None else 1
         B = max(len(imgs), n_lab)
         if n_lab not in (1, B) or len(imgs) not in (1, B):
-            raise NextScaleError(f"got {n_lab} class labels for {len(imgs)} images: give one label (used for all) or {len(imgs)}")
+            raise NextScaleError(
+                f"got {n_lab} class labels for {len(imgs)} images: give one label (used for all) or {len(imgs)}"
+            )
         labels = [-1] * B if labels is None else (labels * B if len(labels) == 1 else labels)
 
-        plan = self.prepare(imgs, mask_image, outpaint=outpaint, keep_scales=keep_scales,
-                            mask_threshold=mask_threshold, batch_size=B)
+        plan = self.prepare(
+            imgs, mask_image, outpaint=outpaint, keep_scales=keep_scales, mask_threshold=mask_threshold, batch_size=B
+        )
         kept = torch.stack([k.float().mean() for k in plan.keep])
         if bool((kept == 1).all()):
-            warnings.warn("every token is kept (an all-black mask, or keep_scales = number of scales): the result is "
-                          "the input's reconstruction; paint the region to regenerate white", UserWarning, stacklevel=2)
+            warnings.warn(
+                "every token is kept (an all-black mask, or keep_scales = number of scales): the result is "
+                "the input's reconstruction; paint the region to regenerate white",
+                UserWarning,
+                stacklevel=2,
+            )
         elif bool((kept == 0).all()):
-            warnings.warn("the mask keeps nothing (all white): this is plain generation; paint the region to keep black",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                "the mask keeps nothing (all white): this is plain generation; paint the region to keep black",
+                UserWarning,
+                stacklevel=2,
+            )
         constraint = make_edit_constraint(plan.input_indices, plan.keep, self.vqvae.quantize.embedding)
-        return self._run(B, labels, settings=settings, **speedups, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-                         top_k=top_k, top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
-                         output_type=output_type, return_indices=return_indices,
-                         callback_on_scale=callback_on_scale, show_progress=show_progress, constraint=constraint)
+        return self._run(
+            B,
+            labels,
+            settings=settings,
+            **speedups,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            more_smooth=more_smooth,
+            generator=self.make_generator(generator, seed),
+            output_type=output_type,
+            return_indices=return_indices,
+            callback_on_scale=callback_on_scale,
+            show_progress=show_progress,
+            constraint=constraint,
+        )

@@ -1,7 +1,8 @@
 """Loading and saving weights: released reference ``.pth`` files, safetensors, pipeline directories, hub ids.
 
 Every file is read through :mod:`nextscale.safeload` (``torch.load(weights_only=True)``, no fallback):
-a checkpoint can never run code. Configurations are inferred from tensor shapes, so ``var_d16.pth`` ... ``var_d36.pth`` and
+a checkpoint can never run code. Configurations are inferred from tensor shapes, so ``var_d16.pth`` ...
+``var_d36.pth`` and
 ``vae_ch160v4096z32.pth`` need no extra arguments.
 
 Pipeline directory layout (what ``save_pretrained`` writes and ``from_pretrained`` reads)::
@@ -21,6 +22,7 @@ Tokenizers have one loader and one saver: :func:`load_tokenizer` (every place a 
 from: "default", a pipeline or tokenizer directory, a released ``.pth`` / ``.safetensors``, a
 ``train-tokenizer`` run folder or its ``step_*.pt``) and :func:`save_tokenizer` (atomic).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,14 +36,28 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
-from nextscale.configs import VARConfig, VQVAEConfig, scale_schedule_256, scale_schedule_512, ConfigError
+from nextscale.configs import ConfigError, VARConfig, VQVAEConfig, scale_schedule_256, scale_schedule_512
 from nextscale.errors import CheckpointError, NextScaleError
 from nextscale.models.var import VAR
 from nextscale.models.vqvae import VQVAE
 
-__all__ = ["load_state_dict_file", "infer_vqvae_config", "infer_var_config", "load_vqvae", "load_var",
-           "load_components", "save_components", "resolve_model_path", "DEFAULT_MODEL_DIR", "check_state_dict",
-           "TOKENIZER_CLASS_NAME", "is_tokenizer_dir", "load_tokenizer", "save_tokenizer", "tokenizer_from_checkpoint"]
+__all__ = [
+    "load_state_dict_file",
+    "infer_vqvae_config",
+    "infer_var_config",
+    "load_vqvae",
+    "load_var",
+    "load_components",
+    "save_components",
+    "resolve_model_path",
+    "DEFAULT_MODEL_DIR",
+    "check_state_dict",
+    "TOKENIZER_CLASS_NAME",
+    "is_tokenizer_dir",
+    "load_tokenizer",
+    "save_tokenizer",
+    "tokenizer_from_checkpoint",
+]
 
 #: ``model_index.json`` ``_class_name`` of a tokenizer-only directory (no ``var/``).
 TOKENIZER_CLASS_NAME = "NextScaleTokenizer"
@@ -59,13 +75,14 @@ RELEASED_VARIANTS = ("d16", "d20", "d24", "d30", "d36")
 
 
 def _variants_in(folder: Path) -> List[str]:
-    return sorted((p.stem[len("var_"):] for p in folder.glob("var_d*.pth")), key=lambda v: (len(v), v))
+    return sorted((p.stem[len("var_") :] for p in folder.glob("var_d*.pth")), key=lambda v: (len(v), v))
 
 
 def _check_variant(variant) -> str:
     if not isinstance(variant, str) or not re.fullmatch(r"d\d+", variant):
-        raise NextScaleError(f"variant {variant!r} is not a transformer depth; the reference released "
-                             f"{', '.join(RELEASED_VARIANTS)}")
+        raise NextScaleError(
+            f"variant {variant!r} is not a transformer depth; the reference released {', '.join(RELEASED_VARIANTS)}"
+        )
     return variant
 
 
@@ -77,6 +94,7 @@ def load_state_dict_file(path) -> Dict[str, torch.Tensor]:
     the reference trainer's ``{'trainer': {'var_wo_ddp': sd}}``).
     """
     from nextscale.safeload import load_weights
+
     path = Path(path)
     obj = load_weights(path, "checkpoint")
     return _unwrap(obj, path)
@@ -110,18 +128,25 @@ def check_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], source
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{source}: does not fit a {what}: {'; '.join(parts)}")
-    bad = [(k, tuple(sd[k].shape), tuple(v.shape)) for k, v in own.items() if tuple(sd[k].shape) != tuple(v.shape)
-           and k != "quantize.ema_vocab_hit_SV"]
+    bad = [
+        (k, tuple(sd[k].shape), tuple(v.shape))
+        for k, v in own.items()
+        if tuple(sd[k].shape) != tuple(v.shape) and k != "quantize.ema_vocab_hit_SV"
+    ]
     if bad:
         k, got, want = bad[0]
-        raise CheckpointError(f"{source}: shape mismatch for {what}: {k} is {got}, expected {want} ({len(bad)} mismatching tensors)")
+        raise CheckpointError(
+            f"{source}: shape mismatch for {what}: {k} is {got}, expected {want} ({len(bad)} mismatching tensors)"
+        )
 
 
 # ------------------------------------------------------------------ config inference
 def _require_keys(sd: Dict[str, torch.Tensor], keys, what: str, source) -> None:
     for k in keys:
         if k not in sd:
-            raise CheckpointError(f"{source}: not a {what} state dict (no {k!r}); did you swap the tokenizer and transformer files?")
+            raise CheckpointError(
+                f"{source}: not a {what} state dict (no {k!r}); did you swap the tokenizer and transformer files?"
+            )
 
 
 def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="checkpoint") -> VQVAEConfig:
@@ -136,7 +161,11 @@ def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="c
     using_mid_sa = "encoder.mid.attn_1.qkv.weight" in sd
     ks = sd["quant_conv.weight"].shape[-1]
     if any(k.startswith("quantize.quant_resi.qresi_ls.") for k in sd):
-        share = 1 + max(int(re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k).group(1)) for k in sd if k.startswith("quantize.quant_resi.qresi_ls."))
+        share = 1 + max(
+            int(re.match(r"quantize\.quant_resi\.qresi_ls\.(\d+)\.", k).group(1))
+            for k in sd
+            if k.startswith("quantize.quant_resi.qresi_ls.")
+        )
         counts = 0
     elif any(k.startswith("quantize.quant_resi.qresi.") for k in sd):
         share, counts = 1, 0
@@ -147,11 +176,23 @@ def infer_vqvae_config(sd: Dict[str, torch.Tensor], v_patch_nums=None, source="c
     if v_patch_nums is None:
         v_patch_nums = scale_schedule_256 if K in (None, 10) else None
         if v_patch_nums is None:
-            raise CheckpointError(f"{source}: cannot tell the scale schedule of a {K}-scale tokenizer; pass v_patch_nums")
+            raise CheckpointError(
+                f"{source}: cannot tell the scale schedule of a {K}-scale tokenizer; pass v_patch_nums"
+            )
     try:
-        return VQVAEConfig(vocab_size=int(V), z_channels=int(Cvae), ch=int(ch), ch_mult=ch_mult, num_res_blocks=nrb,
-                           quant_conv_ks=int(ks), share_quant_resi=share, default_qresi_counts=counts,
-                           v_patch_nums=tuple(v_patch_nums), using_sa=using_sa, using_mid_sa=using_mid_sa)
+        return VQVAEConfig(
+            vocab_size=int(V),
+            z_channels=int(Cvae),
+            ch=int(ch),
+            ch_mult=ch_mult,
+            num_res_blocks=nrb,
+            quant_conv_ks=int(ks),
+            share_quant_resi=share,
+            default_qresi_counts=counts,
+            v_patch_nums=tuple(v_patch_nums),
+            using_sa=using_sa,
+            using_mid_sa=using_mid_sa,
+        )
     except ConfigError as e:
         raise CheckpointError(f"{source}: {e}") from None
 
@@ -169,13 +210,26 @@ def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="check
     if patch_nums is None:
         patch_nums = _KNOWN_SCHEDULES.get(int(L))
         if patch_nums is None:
-            raise CheckpointError(f"{source}: {L} tokens match no released scale schedule; convert it once with its schedule: "
-                                  f"nextscale convert --vae VAE --var {Path(str(source)).name} --patch-nums 1 2 3 ... --out DIR")
+            raise CheckpointError(
+                f"{source}: {L} tokens match no released scale schedule; convert it once with its schedule: "
+                f"nextscale convert --vae VAE --var {Path(str(source)).name} --patch-nums 1 2 3 ... --out DIR"
+            )
     if sum(p * p for p in patch_nums) != L:
-        raise CheckpointError(f"{source}: has {L} tokens but patch_nums {tuple(patch_nums)} give {sum(p * p for p in patch_nums)} (wrong resolution?)")
-    return VARConfig(depth=depth, embed_dim=int(C), num_heads=int(heads), num_classes=int(n_cls) - 1, mlp_ratio=mlp_ratio,
-                     shared_aln=shared, attn_l2_norm=l2, patch_nums=tuple(patch_nums),
-                     drop_path_rate=0.1 * depth / 24)
+        raise CheckpointError(
+            f"{source}: has {L} tokens but patch_nums {tuple(patch_nums)} give {sum(p * p for p in patch_nums)} "
+            "(wrong resolution?)"
+        )
+    return VARConfig(
+        depth=depth,
+        embed_dim=int(C),
+        num_heads=int(heads),
+        num_classes=int(n_cls) - 1,
+        mlp_ratio=mlp_ratio,
+        shared_aln=shared,
+        attn_l2_norm=l2,
+        patch_nums=tuple(patch_nums),
+        drop_path_rate=0.1 * depth / 24,
+    )
 
 
 # ------------------------------------------------------------------ building + loading
@@ -197,12 +251,16 @@ def load_var(path, vae: VQVAE, config: Optional[VARConfig] = None) -> VAR:
         elif config is None:
             vae = _reschedule(vae, cfg.patch_nums)
         else:
-            raise CheckpointError(f"{path}: transformer schedule {cfg.patch_nums} does not match the tokenizer's {vae.v_patch_nums}")
+            raise CheckpointError(
+                f"{path}: transformer schedule {cfg.patch_nums} does not match the tokenizer's {vae.v_patch_nums}"
+            )
     var = VAR.from_config(cfg, vae)
     check_state_dict(var, sd, path, f"VAR d{cfg.depth} ({cfg.width} wide, {cfg.num_classes} classes)")
     if sd["word_embed.weight"].shape[1] != vae.Cvae or sd["head.weight"].shape[0] != vae.vocab_size:
-        raise CheckpointError(f"{path}: transformer expects Cvae={sd['word_embed.weight'].shape[1]}, V={sd['head.weight'].shape[0]} "
-                              f"but the tokenizer has Cvae={vae.Cvae}, V={vae.vocab_size}")
+        raise CheckpointError(
+            f"{path}: transformer expects Cvae={sd['word_embed.weight'].shape[1]}, V={sd['head.weight'].shape[0]} "
+            f"but the tokenizer has Cvae={vae.Cvae}, V={vae.vocab_size}"
+        )
     sd = _repair_derived_buffers(var, sd, path)
     var.load_state_dict(sd, strict=True)
     return var
@@ -217,12 +275,16 @@ def _repair_derived_buffers(var: VAR, sd: Dict[str, torch.Tensor], path) -> Dict
     mask and level ids follow from the schedule alone, so a file whose copy differs from the one the
     schedule gives is loaded with the right one (and says so) instead of training or sampling on NaN."""
     import warnings
+
     own = var.state_dict()
     bad = [k for k in _DERIVED_VAR_BUFFERS if k in sd and not torch.equal(sd[k].to(own[k].dtype), own[k])]
     if not bad:
         return sd
-    warnings.warn(f"{path}: {', '.join(bad)} did not match the scale schedule (an export from before nextscale's "
-                  f"EMA fix); using the values the schedule gives. Re-export the model to silence this.", RuntimeWarning)
+    warnings.warn(
+        f"{path}: {', '.join(bad)} did not match the scale schedule (an export from before nextscale's "
+        f"EMA fix); using the values the schedule gives. Re-export the model to silence this.",
+        RuntimeWarning,
+    )
     return {**sd, **{k: own[k] for k in bad}}
 
 
@@ -242,7 +304,9 @@ def _read_json(path: Path, what: str = "a nextscale model directory") -> dict:
         raise NextScaleError(f"{path}: invalid JSON ({e})") from None
 
 
-def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str] = None) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
+def load_components(
+    path, vae_path=None, patch_nums=None, variant: Optional[str] = None
+) -> Tuple[VQVAE, VAR, Dict[str, Any]]:
     """(vqvae, var, meta) from a pipeline directory, a released ``.pth`` (tokenizer found beside it or
     given as ``vae_path``), or a directory holding released ``.pth`` files. ``meta['labels']`` may
     hold class names. A tokenizer-only directory gives ``(vqvae, None, meta)`` with
@@ -254,8 +318,10 @@ def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str]
     if p.is_dir() and (p / "model_index.json").exists():
         index = _read_json(p / "model_index.json")
         if index.get("model_type") == "ar":
-            raise NextScaleError(f"{p} is a raster-order AR baseline (issue #15), not a VAR pipeline: load it with "
-                                 f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample --model {p}")
+            raise NextScaleError(
+                f"{p} is a raster-order AR baseline (issue #15), not a VAR pipeline: load it with "
+                f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample --model {p}"
+            )
         vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
         tcfg = VARConfig.from_dict(_read_json(p / "var" / "config.json"))
         vae = load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg)
@@ -267,10 +333,14 @@ def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str]
     if p.is_dir():
         found = _variants_in(p)
         if not found:
-            raise NextScaleError(f"{p}: neither a nextscale model directory (no model_index.json) nor a folder with var_d*.pth")
+            raise NextScaleError(
+                f"{p}: neither a nextscale model directory (no model_index.json) nor a folder with var_d*.pth"
+            )
         if variant is None and len(found) > 1:
-            raise NextScaleError(f"{p} holds {len(found)} transformers ({', '.join(found)}): choose one with "
-                                 f"variant= / --variant (e.g. --variant {found[0]})")
+            raise NextScaleError(
+                f"{p} holds {len(found)} transformers ({', '.join(found)}): choose one with "
+                f"variant= / --variant (e.g. --variant {found[0]})"
+            )
         variant = found[0] if variant is None else _check_variant(variant)
         if variant not in found:
             raise NextScaleError(f"{p} has no var_{variant}.pth; it holds {', '.join(found)}")
@@ -282,13 +352,17 @@ def load_components(path, vae_path=None, patch_nums=None, variant: Optional[str]
     if vae_path is None:
         cands = sorted(p.parent.glob("vae_*.pth"))
         if not cands:
-            raise NextScaleError(f"{p}: a released transformer needs its tokenizer: put vae_ch160v4096z32.pth beside it or pass it explicitly")
+            raise NextScaleError(
+                f"{p}: a released transformer needs its tokenizer: put vae_ch160v4096z32.pth beside it or pass it "
+                "explicitly"
+            )
         vae_path = cands[0]
     vae = load_vqvae(vae_path, v_patch_nums=tcfg.patch_nums)
     var = load_var(p, vae, config=tcfg)
     labels = None
     if var.num_classes == 1000:  # the released models: ImageNet-1k in its standard order
         from nextscale.classes import imagenet_class_names
+
         labels = imagenet_class_names()
     return vae, var, {"labels": labels, "source": str(p)}
 
@@ -304,6 +378,7 @@ def _atomic_dir(out: Path) -> Iterator[Path]:
     try:
         yield tmp
         from nextscale.imageio import apply_umask
+
         apply_umask(tmp)
         if out.exists():
             old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -320,6 +395,7 @@ def _atomic_dir(out: Path) -> Iterator[Path]:
 def _write_model_dir(d: Path, model) -> None:
     """``d/config.json`` + ``d/model.safetensors`` (CPU copies of the weights) of a VQVAE / VAR."""
     from nextscale.safeload import save_safetensors
+
     d.mkdir()
     (d / "config.json").write_text(model.config.to_json())
     save_safetensors(model.state_dict(), d / "model.safetensors")
@@ -327,13 +403,16 @@ def _write_model_dir(d: Path, model) -> None:
 
 def _write_index(d: Path, class_name: str, components: Dict[str, List[str]], extra: Optional[dict]) -> None:
     from nextscale._version import __version__
+
     index = {"_class_name": class_name, "_nextscale_version": __version__, **components}
     if extra:
         index.update(extra)
     (d / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def save_components(out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None) -> Path:
+def save_components(
+    out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None
+) -> Path:
     """Write a pipeline directory atomically (a temp dir renamed into place)."""
     out = Path(out_dir)
     with _atomic_dir(out) as tmp:
@@ -373,13 +452,16 @@ def _load_vqvae_dir(p: Path) -> VQVAE:
     """The VQ-VAE of a directory holding ``vqvae/config.json`` (tokenizer or pipeline directory)."""
     if (p / "model_index.json").is_file():
         return _load_tokenizer_dir(p)[0]
-    return load_vqvae(p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json")))
+    return load_vqvae(
+        p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+    )
 
 
 def tokenizer_from_checkpoint(path, state: Optional[Dict[str, Any]] = None, weights: str = "auto") -> Tuple[VQVAE, str]:
     """(frozen eval-mode VQ-VAE, "ema" | "raw") of a ``train-tokenizer`` checkpoint ``step_*.pt``
     (``state``: the file's content when already read); ``weights`` "auto" takes the EMA when kept."""
     from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, load_checkpoint
+
     if state is None:
         state = load_checkpoint(path)
     cfg = (state.get("config") or {}).get("model", {}).get("vqvae") if isinstance(state, dict) else None
@@ -407,25 +489,32 @@ def load_tokenizer(source, v_patch_nums=None, preset=None, seed: int = 0) -> VQV
         if preset is None:
             raise NextScaleError("--tokenizer random needs --preset")
         from nextscale.models import build_from_config
+
         return build_from_config(preset, seed=seed, init_var=False)[0]
     if source == "default":  # the bundled model's tokenizer, as every other command accepts
         return _load_vqvae_dir(resolve_model_path("default"))
     if source is None or not os.path.exists(os.fspath(source)):
-        raise NextScaleError(f"tokenizer {None if source is None else os.fspath(source)!r} not found; "
-                             f"pass a tokenizer/pipeline directory, a run folder or a vae_*.pth")
+        raise NextScaleError(
+            f"tokenizer {None if source is None else os.fspath(source)!r} not found; "
+            f"pass a tokenizer/pipeline directory, a run folder or a vae_*.pth"
+        )
     from nextscale.runfiles import CKPT_FORMAT, find_checkpoint, load_checkpoint
+
     src = os.fspath(source)
     p = Path(src)
     if p.is_dir():
         if (p / "vqvae" / "config.json").is_file():
             return _load_vqvae_dir(p)
         if (p / "checkpoints").is_dir():
-            path, state = find_checkpoint(src, "pass a train-tokenizer run folder or a step_*.pt file",
-                                          f"nextscale train-tokenizer --out {src}")
+            path, state = find_checkpoint(
+                src, "pass a train-tokenizer run folder or a step_*.pt file", f"nextscale train-tokenizer --out {src}"
+            )
             return tokenizer_from_checkpoint(path, state)[0]
         if (p / "tokenizer" / "vqvae" / "config.json").is_file():
             return _load_vqvae_dir(p / "tokenizer")
-        raise NextScaleError(f"{src!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)")
+        raise NextScaleError(
+            f"{src!r} holds no tokenizer (expected vqvae/config.json, model_index.json or checkpoints/)"
+        )
     if src.endswith(".pt"):  # a training checkpoint, or a state dict saved as .pt
         state = load_checkpoint(src)
         if isinstance(state, dict) and state.get("format") == CKPT_FORMAT:
@@ -461,7 +550,9 @@ def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Opt
         if variant is not None:
             raise NextScaleError("variant= picks one of several released transformers; the default model has one")
         if not (DEFAULT_MODEL_DIR / "model_index.json").exists():
-            raise NextScaleError("the bundled default model is not installed; pass --model DIR (a pipeline directory or var_d*.pth)")
+            raise NextScaleError(
+                "the bundled default model is not installed; pass --model DIR (a pipeline directory or var_d*.pth)"
+            )
         return DEFAULT_MODEL_DIR
     p = Path(os.path.expanduser(str(name_or_path)))
     if p.exists():
@@ -470,21 +561,29 @@ def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Opt
             if not p.is_dir() or (p / "model_index.json").exists():
                 raise NextScaleError(f"{p}: variant= picks a var_d*.pth in a folder of released files; this is not one")
             if not (p / f"var_{variant}.pth").exists():
-                raise NextScaleError(f"{p} has no var_{variant}.pth; it holds {', '.join(_variants_in(p)) or 'no var_d*.pth'}")
+                raise NextScaleError(
+                    f"{p} has no var_{variant}.pth; it holds {', '.join(_variants_in(p)) or 'no var_d*.pth'}"
+                )
             return p / f"var_{variant}.pth"
         return p
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", str(name_or_path)) and not str(name_or_path).startswith((".", "/")):
         try:
             import huggingface_hub
         except ImportError:
-            raise NextScaleError(f"{name_or_path}: not a local path; to load hub ids install huggingface_hub (pip install 'nextscale[hub]')") from None
+            raise NextScaleError(
+                f"{name_or_path}: not a local path; to load hub ids install huggingface_hub (pip install "
+                "'nextscale[hub]')"
+            ) from None
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
         if variant is not None:
             return _hub_variant(str(name_or_path), _check_variant(variant), cache_dir, revision, offline)
         try:
-            return Path(huggingface_hub.snapshot_download(repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir,
-                                                          local_files_only=offline))
+            return Path(
+                huggingface_hub.snapshot_download(
+                    repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir, local_files_only=offline
+                )
+            )
         except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
             raise NextScaleError(f"{name_or_path}: could not get it from the hub{hint}: {type(e).__name__}") from None
     raise NextScaleError(f"{name_or_path}: no such file or directory")
@@ -497,17 +596,28 @@ def _hub_variant(repo: str, variant: str, cache_dir, revision, offline: bool) ->
 
     def get(filename: str) -> Path:
         try:
-            return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir,
-                                        local_files_only=offline))
+            return Path(
+                hf_hub_download(
+                    repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=offline
+                )
+            )
         except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
-            why = "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else "the hub cannot be reached"
-            raise NextScaleError(f"{repo}: {filename} is not available ({why}); run once online, or fetch it with "
-                                 f"huggingface-cli download {repo} {filename}") from None
+            why = (
+                "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else "the hub cannot be reached"
+            )
+            raise NextScaleError(
+                f"{repo}: {filename} is not available ({why}); run once online, or fetch it with "
+                f"huggingface-cli download {repo} {filename}"
+            ) from None
         except EntryNotFoundError:
-            raise NextScaleError(f"{repo} has no {filename}" + (f" (the reference released {', '.join(RELEASED_VARIANTS)})"
-                                                                if filename.startswith("var_") else "")) from None
+            raise NextScaleError(
+                f"{repo} has no {filename}"
+                + (f" (the reference released {', '.join(RELEASED_VARIANTS)})" if filename.startswith("var_") else "")
+            ) from None
         except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
-            raise NextScaleError(f"{repo}: could not get {filename} from the hub: {type(e).__name__}: {e}".splitlines()[0]) from None
+            raise NextScaleError(
+                f"{repo}: could not get {filename} from the hub: {type(e).__name__}: {e}".splitlines()[0]
+            ) from None
 
     var_file = get(f"var_{variant}.pth")
     vae_file = get(RELEASED_TOKENIZER)
@@ -516,6 +626,11 @@ def _hub_variant(repo: str, variant: str, cache_dir, revision, offline: bool) ->
     out = root / "nextscale-converted" / repo.replace("/", "--") / commit / variant
     if not (out / "model_index.json").exists():
         vae, var, meta = load_components(var_file, vae_path=vae_file)
-        save_components(out, vae, var, labels=meta["labels"],
-                        extra={"converted_from": {"repo": repo, "commit": commit, "files": [RELEASED_TOKENIZER, var_file.name]}})
+        save_components(
+            out,
+            vae,
+            var,
+            labels=meta["labels"],
+            extra={"converted_from": {"repo": repo, "commit": commit, "files": [RELEASED_TOKENIZER, var_file.name]}},
+        )
     return out

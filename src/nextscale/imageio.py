@@ -1,4 +1,5 @@
 """Image I/O with PIL + numpy only: atomic saves, grids with captions, per-scale strips, loading."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["atomic_path", "apply_umask", "save_image_atomic", "make_grid", "to_pil", "load_image", "check_writable", "pil_to_tensor"]
+__all__ = [
+    "atomic_path",
+    "apply_umask",
+    "save_image_atomic",
+    "make_grid",
+    "to_pil",
+    "load_image",
+    "check_writable",
+    "pil_to_tensor",
+]
 
 
 def to_pil(img) -> Image.Image:
@@ -39,6 +49,7 @@ def check_writable(path, image: bool = False, name: str = "--out") -> Path:
     p = Path(path)
     if image:
         from nextscale.validate import image_format
+
         image_format(p, name)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.exists():
@@ -95,7 +106,7 @@ def _remove_stale_temps(d: str, base: str) -> None:
     for n in names:
         if not (n.startswith(prefix) and n.endswith(".tmp")):
             continue
-        pid = n[len(prefix):].split(".", 1)[0]
+        pid = n[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             try:
                 os.remove(os.path.join(d, n))
@@ -129,6 +140,7 @@ def atomic_path(path) -> Iterator[str]:
 def save_image_atomic(img, path, format: Optional[str] = None) -> Path:
     """Save via a temp file in the same directory, then rename: never a half-written image."""
     from nextscale.validate import image_format
+
     p = Path(path)
     fmt = format or image_format(p, "output image")
     with atomic_path(p) as tmp, open(tmp, "wb") as f:
@@ -136,8 +148,14 @@ def save_image_atomic(img, path, format: Optional[str] = None) -> Path:
     return p
 
 
-def make_grid(images: Sequence, nrow: Optional[int] = None, captions: Optional[Sequence[str]] = None,
-              pad: int = 2, bg=(255, 255, 255), min_cell: int = 0) -> Image.Image:
+def make_grid(
+    images: Sequence,
+    nrow: Optional[int] = None,
+    captions: Optional[Sequence[str]] = None,
+    pad: int = 2,
+    bg=(255, 255, 255),
+    min_cell: int = 0,
+) -> Image.Image:
     """Tile images row-major into one picture; optional caption under each cell.
 
     ``min_cell`` upsamples small images (nearest) so that captions fit, e.g. 32px digits.
@@ -182,7 +200,9 @@ def load_image(path, size: Optional[int] = None) -> Image.Image:
     if size is not None and img.size != (size, size):
         w, h = img.size
         s = min(w, h)
-        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.LANCZOS)
+        img = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize(
+            (size, size), Image.LANCZOS
+        )
     return img
 
 
@@ -192,8 +212,9 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).mul(2).sub(1)
 
 
-def save_image_set(out, images: Sequence, singles: Optional[Sequence[str]] = None, extras: Sequence = (),
-                   **grid) -> List[Path]:
+def save_image_set(
+    out, images: Sequence, singles: Optional[Sequence[str]] = None, extras: Sequence = (), **grid
+) -> List[Path]:
     """Write ``images`` to ``out`` (the image itself when there is one and no ``captions`` in ``grid``,
     else a :func:`make_grid` of them with the ``grid`` options), then beside it: one file
     ``OUT_STEM<suffix><OUT_EXT>`` per image for the suffixes in ``singles``, and each

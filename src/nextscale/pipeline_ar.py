@@ -17,6 +17,7 @@ Directory layout (a pipeline directory with ``var/`` replaced by ``ar/``; ``mode
 Written atomically (a temp directory renamed into place); loaded with ``strict=True`` through
 :mod:`nextscale.safeload` (tensors only). :func:`is_ar_dir` tells such a directory from a VAR one.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,19 +51,30 @@ def is_ar_dir(path) -> bool:
 
 def _read_json(path: Path):
     from nextscale.hub import _read_json as read
+
     return read(path, "an AR model directory (nextscale export of an AR run)")
 
 
-def save_ar_pipeline(out_dir, vae: VQVAE, model: ARTransformer, labels: Optional[Sequence[str]] = None,
-                     extra: Optional[Dict[str, Any]] = None) -> Path:
+def save_ar_pipeline(
+    out_dir,
+    vae: VQVAE,
+    model: ARTransformer,
+    labels: Optional[Sequence[str]] = None,
+    extra: Optional[Dict[str, Any]] = None,
+) -> Path:
     """Write the directory atomically (``nextscale.hub``'s temp-folder-and-rename writer)."""
     from nextscale.hub import _atomic_dir, _write_index, _write_model_dir
+
     out = Path(out_dir)
     with _atomic_dir(out) as tmp:
         _write_model_dir(tmp / "vqvae", vae)
         _write_model_dir(tmp / "ar", model)
-        _write_index(tmp, AR_CLASS_NAME, {"model_type": "ar", "vqvae": ["nextscale", "VQVAE"],
-                                          "ar": ["nextscale", "ARTransformer"]}, extra)
+        _write_index(
+            tmp,
+            AR_CLASS_NAME,
+            {"model_type": "ar", "vqvae": ["nextscale", "VQVAE"], "ar": ["nextscale", "ARTransformer"]},
+            extra,
+        )
         if labels is not None:
             (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
     return out
@@ -71,9 +83,12 @@ def save_ar_pipeline(out_dir, vae: VQVAE, model: ARTransformer, labels: Optional
 def load_ar_model(path, config: ARConfig) -> ARTransformer:
     from nextscale.hub import check_state_dict
     from nextscale.safeload import load_safetensors
+
     sd = load_safetensors(path, "AR transformer")
     model = ARTransformer(config)
-    check_state_dict(model, sd, path, f"AR transformer d{config.depth} ({config.width} wide, {config.num_classes} classes)")
+    check_state_dict(
+        model, sd, path, f"AR transformer d{config.depth} ({config.width} wide, {config.num_classes} classes)"
+    )
     model.load_state_dict(sd, strict=True)
     return model.eval()
 
@@ -81,11 +96,14 @@ def load_ar_model(path, config: ARConfig) -> ARTransformer:
 def load_ar_pipeline(path):
     """(vqvae, ar, meta) of an AR model directory."""
     from nextscale.hub import load_vqvae
+
     p = Path(path)
     if not is_ar_dir(p):
         raise NextScaleError(f"{p}: not an AR model directory (model_index.json with model_type 'ar')")
     index = _read_json(p / "model_index.json")
-    vae = load_vqvae(p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json")))
+    vae = load_vqvae(
+        p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+    )
     model = load_ar_model(p / "ar" / "model.safetensors", ARConfig.from_dict(_read_json(p / "ar" / "config.json")))
     try:
         check_tokenizer_fits(model, vae)
@@ -103,8 +121,13 @@ class ARPipeline(PipelineBase):
     (``nextscale.accel``), so speed comparisons use the same implementation of the shared blocks.
     """
 
-    def __init__(self, vqvae: VQVAE, ar: ARTransformer, labels: Optional[Sequence[str]] = None,
-                 sampling_defaults: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        vqvae: VQVAE,
+        ar: ARTransformer,
+        labels: Optional[Sequence[str]] = None,
+        sampling_defaults: Optional[Dict[str, Any]] = None,
+    ):
         check_tokenizer_fits(ar, vqvae)
         self.vqvae, self.ar = vqvae.eval(), ar.eval()
         if labels is not None and len(labels) != ar.num_classes:
@@ -128,7 +151,11 @@ class ARPipeline(PipelineBase):
         return pipe.to(device, dtype)
 
     def save_pretrained(self, out_dir) -> None:
-        extra = {"sampling_defaults": self.sampling_defaults} if self.sampling_defaults != {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE} else None
+        extra = (
+            {"sampling_defaults": self.sampling_defaults}
+            if self.sampling_defaults != {k: getattr(SamplingSettings(), k) for k in RECOMMENDABLE}
+            else None
+        )
         # save the plain modules' weights (the CPU kernel swaps keep parameter names, so this is only for clarity)
         save_ar_pipeline(out_dir, self.vqvae, self.ar, labels=self.labels, extra=extra)
 
@@ -174,21 +201,39 @@ class ARPipeline(PipelineBase):
         return self.vqvae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
 
     @torch.no_grad()
-    def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
-                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
-                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
-                 return_indices: bool = False, show_progress: bool = False, settings: Optional[SamplingSettings] = None,
-                 **_ignored) -> NextScalePipelineOutput:
+    def __call__(
+        self,
+        class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
+        num_images: Optional[int] = None,
+        guidance_scale: Union[None, float, Sequence[float]] = None,
+        guidance_schedule: Optional[str] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        more_smooth: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        output_type: str = "pil",
+        return_indices: bool = False,
+        show_progress: bool = False,
+        settings: Optional[SamplingSettings] = None,
+        **_ignored,
+    ) -> NextScalePipelineOutput:
         """Generate images; the arguments are those of ``NextScalePipeline.__call__`` (a per-position
         guidance list instead of a per-scale one; ``more_smooth`` is refused)."""
         B, labels = self.batch_labels(class_labels, num_images)
         check_output_type(output_type)
-        st = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
-                                                 top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+        st = (settings or self.settings).replace(
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            more_smooth=more_smooth,
+        )
         out = generate_ar(self.ar, self.vqvae, B, labels, generator=self.make_generator(generator, seed), settings=st)
         images = to_output(self.decode(out.f_hat), output_type)
-        return NextScalePipelineOutput(images=images, labels=out.labels.tolist(), indices=[out.idx_BL] if return_indices else None)
+        return NextScalePipelineOutput(
+            images=images, labels=out.labels.tolist(), indices=[out.idx_BL] if return_indices else None
+        )
 
 
 def load_any_pipeline(model=None, device=None, dtype=None, variant=None, **kw):
@@ -197,6 +242,7 @@ def load_any_pipeline(model=None, device=None, dtype=None, variant=None, **kw):
     sample`` loads."""
     if model is not None and model != "default" and variant is None:
         from nextscale.hub import resolve_model_path
+
         try:
             path = resolve_model_path(model)
         except NextScaleError:
@@ -204,4 +250,5 @@ def load_any_pipeline(model=None, device=None, dtype=None, variant=None, **kw):
         if path is not None and is_ar_dir(path):
             return ARPipeline.from_pretrained(path, device=device, dtype=dtype)
     from nextscale.pipelines import load_pipeline
+
     return load_pipeline(model, device=device, dtype=dtype, variant=variant, **kw)

@@ -10,6 +10,7 @@ Values: models work in [-1, 1]; pipelines return [0, 1] (``np``/``pt``) or PIL i
 ``guidance_scale`` is the reference's cfg: guidance weight t_k = cfg * k/(K-1) at scale k
 (``guidance_schedule="linear"``) or t_k = cfg ("constant"); DiT-style scale = 1 + t_k.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 #: how an image is encoded -- the transformer's embeddings and head (logits are sampled in float32),
 #: and the tokenizer's encoder and quantiser (token choice is an argmin over distances). The blocks
 #: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype.
-FLOAT32_PARTS = {"var": ("word_embed", "class_emb", "pos_start", "pos_1LC", "lvl_embed", "head_nm", "head"),
-                 "vqvae": ("encoder", "quant_conv", "quantize")}
+FLOAT32_PARTS = {
+    "var": ("word_embed", "class_emb", "pos_start", "pos_1LC", "lvl_embed", "head_nm", "head"),
+    "vqvae": ("encoder", "quant_conv", "quantize"),
+}
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -58,25 +61,34 @@ def cast_weights(model: torch.nn.Module, keep: Sequence[str], dtype: torch.dtype
         else:
             part.float()
 
-__all__ = ["NextScalePipeline", "DEFAULT_SAMPLING", "NextScalePipelineOutput", "ScaleStep", "load_pipeline", "to_output",
-           "check_output_type"]
+
+__all__ = [
+    "NextScalePipeline",
+    "DEFAULT_SAMPLING",
+    "NextScalePipelineOutput",
+    "ScaleStep",
+    "load_pipeline",
+    "to_output",
+    "check_output_type",
+]
 
 
 @dataclass
 class NextScalePipelineOutput:
-    images: Any                                   # list of PIL images, np (B, H, W, 3) or torch (B, 3, H, W) in [0, 1]
-    labels: List[int]                             # class used per image (num_classes = unconditional)
+    images: Any  # list of PIL images, np (B, H, W, 3) or torch (B, 3, H, W) in [0, 1]
+    labels: List[int]  # class used per image (num_classes = unconditional)
     indices: Optional[List[torch.Tensor]] = None  # K x (B, l_k) token ids, when return_indices=True
-    scores: Optional[List[float]] = None          # the kept candidates' scores, with num_candidates > 1
+    scores: Optional[List[float]] = None  # the kept candidates' scores, with num_candidates > 1
 
 
 @dataclass
 class ScaleStep:
     """What ``callback_on_scale`` receives after each scale."""
-    scale_index: int       # 0-based k
-    num_scales: int        # K
-    patch_num: int         # side of this scale's token map
-    images: Any            # the partial images decoded from f_hat so far, in the call's output_type
+
+    scale_index: int  # 0-based k
+    num_scales: int  # K
+    patch_num: int  # side of this scale's token map
+    images: Any  # the partial images decoded from f_hat so far, in the call's output_type
     indices: torch.Tensor  # (B, l_k) tokens of this scale
 
 
@@ -94,6 +106,7 @@ def to_output(img_B3HW_01: torch.Tensor, output_type: str):
     if output_type == "np":
         return arr
     from PIL import Image
+
     return [Image.fromarray(a) for a in (arr * 255).round().astype(np.uint8)]
 
 
@@ -146,8 +159,13 @@ class PipelineBase:
 class NextScalePipeline(PipelineBase):
     """Class-conditional image generation with a VQ-VAE + VAR pair."""
 
-    def __init__(self, vqvae: VQVAE, var: VAR, labels: Optional[Sequence[str]] = None,
-                 sampling_defaults: Optional[Dict[str, Any]] = None):
+    def __init__(
+        self,
+        vqvae: VQVAE,
+        var: VAR,
+        labels: Optional[Sequence[str]] = None,
+        sampling_defaults: Optional[Dict[str, Any]] = None,
+    ):
         if tuple(vqvae.v_patch_nums) != tuple(var.patch_nums):
             raise NextScaleError(f"tokenizer schedule {vqvae.v_patch_nums} != transformer schedule {var.patch_nums}")
         self.vqvae, self.var = vqvae.eval(), var.eval()
@@ -176,11 +194,24 @@ class NextScalePipeline(PipelineBase):
     # ---- construction ----
     @property
     def components(self) -> Dict[str, Any]:
-        return {"vqvae": self.vqvae, "var": self.var, "labels": self.labels, "sampling_defaults": dict(self.sampling_defaults)}
+        return {
+            "vqvae": self.vqvae,
+            "var": self.var,
+            "labels": self.labels,
+            "sampling_defaults": dict(self.sampling_defaults),
+        }
 
     @classmethod
-    def from_pretrained(cls, name_or_path="default", device=None, dtype=None, vae_path=None, torch_dtype=None,
-                        variant: Optional[str] = None, **hub_kwargs) -> "NextScalePipeline":
+    def from_pretrained(
+        cls,
+        name_or_path="default",
+        device=None,
+        dtype=None,
+        vae_path=None,
+        torch_dtype=None,
+        variant: Optional[str] = None,
+        **hub_kwargs,
+    ) -> "NextScalePipeline":
         """Load from a pipeline directory, ``"default"``, a hub id, or a released ``var_d*.pth``
         (with ``vae_ch160v4096z32.pth`` beside it or given as ``vae_path``). ``torch_dtype`` (or
         ``dtype``) casts the weights as ``to(dtype)`` does; float32 by default. ``variant`` ("d16" ...
@@ -191,11 +222,16 @@ class NextScalePipeline(PipelineBase):
             raise NextScaleError("give either torch_dtype or dtype, not both")
         dtype = torch_dtype if torch_dtype is not None else dtype
         from nextscale.hub import load_components, resolve_model_path
+
         path = resolve_model_path(name_or_path, variant=variant, **hub_kwargs)
         vae, var, meta = load_components(path, vae_path=vae_path)
         if var is None:
-            raise NextScaleError(f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize")
-        pipe = cls(vae, var, labels=meta.get("labels"), sampling_defaults=(meta.get("index") or {}).get("sampling_defaults"))
+            raise NextScaleError(
+                f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize"
+            )
+        pipe = cls(
+            vae, var, labels=meta.get("labels"), sampling_defaults=(meta.get("index") or {}).get("sampling_defaults")
+        )
         if device is not None or dtype is not None:
             pipe.to(device, dtype)
         return pipe
@@ -209,6 +245,7 @@ class NextScalePipeline(PipelineBase):
 
     def save_pretrained(self, out_dir) -> None:
         from nextscale.hub import save_components
+
         extra = {"sampling_defaults": self.sampling_defaults} if self.sampling_defaults != DEFAULT_SAMPLING else None
         save_components(out_dir, self.vqvae, self.var, labels=self.labels, extra=extra)
 
@@ -281,25 +318,60 @@ class NextScalePipeline(PipelineBase):
             imgs = self.vqvae.idxBl_to_img([i.to(self.device) for i in indices], same_shape=True, last_one=False)
         return [im.float().add_(1).mul_(0.5) for im in imgs]
 
-    def _run(self, B, labels, *, settings=None, guidance_scale, guidance_schedule, top_k, top_p, more_smooth, generator, output_type,
-             guidance_cutoff=None, prune_ratio=None, prune_last=None, kv_budget=None, refiner=None, refine_from_scale=None,
-             return_indices, callback_on_scale, show_progress, constraint=None, num_candidates=1,
-             scorer=None) -> NextScalePipelineOutput:
+    def _run(
+        self,
+        B,
+        labels,
+        *,
+        settings=None,
+        guidance_scale,
+        guidance_schedule,
+        top_k,
+        top_p,
+        more_smooth,
+        generator,
+        output_type,
+        guidance_cutoff=None,
+        prune_ratio=None,
+        prune_last=None,
+        kv_budget=None,
+        refiner=None,
+        refine_from_scale=None,
+        return_indices,
+        callback_on_scale,
+        show_progress,
+        constraint=None,
+        num_candidates=1,
+        scorer=None,
+    ) -> NextScalePipelineOutput:
         if settings is not None and not isinstance(settings, SamplingSettings):
-            raise NextScaleError(f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}")
-        settings = (settings or self.settings).replace(guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
-                                         top_p=top_p, more_smooth=more_smooth, guidance_cutoff=guidance_cutoff,
-                                         prune_ratio=prune_ratio, prune_last=prune_last, kv_budget=kv_budget)  # None = as recommended
+            raise NextScaleError(
+                f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}"
+            )
+        settings = (settings or self.settings).replace(
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            more_smooth=more_smooth,
+            guidance_cutoff=guidance_cutoff,
+            prune_ratio=prune_ratio,
+            prune_last=prune_last,
+            kv_budget=kv_budget,
+        )  # None = as recommended
         refiner = self._refiner(refiner)
         check_output_type(output_type)
         N = check_count(num_candidates, "num_candidates", hi=1024)
         if N > 1 and not callable(scorer):
-            raise NextScaleError("num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, e.g. "
-                                 "nextscale.evaluation.scorers.MNISTScorer() for the default model or ClassifierScorer(your_classifier)")
+            raise NextScaleError(
+                "num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, e.g. "
+                "nextscale.evaluation.scorers.MNISTScorer() for the default model or ClassifierScorer(your_classifier)"
+            )
         K = len(self.patch_nums)
         bar = None
         if show_progress:
             from tqdm.auto import tqdm
+
             bar = tqdm(total=K * N, desc="scales" if N == 1 else f"scales x {N} candidates", leave=False)
 
         def on_scale(si, pn, f_hat, idx_Bl):
@@ -311,14 +383,24 @@ class NextScalePipeline(PipelineBase):
 
         def sample(label_B):
             with self._autocast():
-                return generate(self.var, self.vqvae, B=B, label_B=label_B, generator=generator, settings=settings,
-                                constraint=constraint, callback=on_scale, refiner=refiner, refine_from_scale=refine_from_scale,
-                                cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None)
+                return generate(
+                    self.var,
+                    self.vqvae,
+                    B=B,
+                    label_B=label_B,
+                    generator=generator,
+                    settings=settings,
+                    constraint=constraint,
+                    callback=on_scale,
+                    refiner=refiner,
+                    refine_from_scale=refine_from_scale,
+                    cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None,
+                )
 
         scores = None
         try:
             out = sample(labels)
-            img = self.decode(out.f_hat)                                     # (B, 3, H, W) in [0, 1]
+            img = self.decode(out.f_hat)  # (B, 3, H, W) in [0, 1]
             if N > 1:  # rejection sampling: N - 1 more candidates per image, same classes, the best kept
                 scores = scorer(img, out.labels).float().reshape(B)
                 idx = [t.clone() for t in out.idx_per_scale]
@@ -326,7 +408,7 @@ class NextScalePipeline(PipelineBase):
                     cand = sample(out.labels)
                     cand_img = self.decode(cand.f_hat)
                     s = scorer(cand_img, cand.labels).float().reshape(B)
-                    better = s > scores                                      # ties keep the earlier candidate
+                    better = s > scores  # ties keep the earlier candidate
                     img[better], scores = cand_img[better], torch.where(better, s, scores)
                     for t, c in zip(idx, cand.idx_per_scale):
                         t[better] = c[better]
@@ -334,33 +416,55 @@ class NextScalePipeline(PipelineBase):
         finally:
             if bar is not None:
                 bar.close()
-        return NextScalePipelineOutput(images=to_output(img, output_type), labels=out.labels.tolist(),
-                                       indices=out.idx_per_scale if return_indices else None,
-                                       scores=None if scores is None else scores.tolist())
+        return NextScalePipelineOutput(
+            images=to_output(img, output_type),
+            labels=out.labels.tolist(),
+            indices=out.idx_per_scale if return_indices else None,
+            scores=None if scores is None else scores.tolist(),
+        )
 
     def _refiner(self, refiner) -> Optional[VAR]:
         """A refiner pipeline's transformer (its tokenizer must be ours: same codebook), or a VAR."""
         if refiner is None or isinstance(refiner, VAR):
             return refiner
         if isinstance(refiner, NextScalePipeline):
-            same = refiner.vqvae is self.vqvae or torch.equal(refiner.vqvae.quantize.embedding.weight.cpu(),
-                                                            self.vqvae.quantize.embedding.weight.cpu())
+            same = refiner.vqvae is self.vqvae or torch.equal(
+                refiner.vqvae.quantize.embedding.weight.cpu(), self.vqvae.quantize.embedding.weight.cpu()
+            )
             if not same:
-                raise NextScaleError("the refiner pipeline has another tokenizer (its codebook differs): a refiner must "
-                                     "share this pipeline's tokenizer")
+                raise NextScaleError(
+                    "the refiner pipeline has another tokenizer (its codebook differs): a refiner must "
+                    "share this pipeline's tokenizer"
+                )
             return refiner.var
         raise NextScaleError(f"refiner must be a NextScalePipeline or a VAR, got {type(refiner).__name__}")
 
     # ---- generation ----
-    def __call__(self, class_labels: Union[None, int, Sequence[int], torch.Tensor] = None, num_images: Optional[int] = None,
-                 guidance_scale: Union[None, float, Sequence[float]] = None, guidance_schedule: Optional[str] = None,
-                 top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
-                 generator: Optional[torch.Generator] = None, seed: Optional[int] = None, output_type: str = "pil",
-                 return_indices: bool = False, callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
-                 show_progress: bool = False, settings: Optional[SamplingSettings] = None,
-                 guidance_cutoff: Optional[int] = None, prune_ratio: Optional[float] = None, prune_last: Optional[int] = None,
-                 kv_budget: Optional[Sequence[int]] = None, refiner=None, refine_from_scale: Optional[int] = None,
-                 num_candidates: int = 1, scorer=None) -> NextScalePipelineOutput:
+    def __call__(
+        self,
+        class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
+        num_images: Optional[int] = None,
+        guidance_scale: Union[None, float, Sequence[float]] = None,
+        guidance_schedule: Optional[str] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        more_smooth: Optional[bool] = None,
+        generator: Optional[torch.Generator] = None,
+        seed: Optional[int] = None,
+        output_type: str = "pil",
+        return_indices: bool = False,
+        callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
+        show_progress: bool = False,
+        settings: Optional[SamplingSettings] = None,
+        guidance_cutoff: Optional[int] = None,
+        prune_ratio: Optional[float] = None,
+        prune_last: Optional[int] = None,
+        kv_budget: Optional[Sequence[int]] = None,
+        refiner=None,
+        refine_from_scale: Optional[int] = None,
+        num_candidates: int = 1,
+        scorer=None,
+    ) -> NextScalePipelineOutput:
         """Generate images.
 
         class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
@@ -368,7 +472,8 @@ class NextScalePipeline(PipelineBase):
             gives that many images of the class.
         guidance_scale: the reference's cfg (>= 0); a list gives one weight per scale.
         top_k / top_p: 0 turns each off. None (the default for all three) takes the model's
-            recommended setting (``self.sampling_defaults``; 1.5 / 900 / 0.96 unless the model says). more_smooth: Gumbel-softmax smoothing (visual, not for FID).
+            recommended setting (``self.sampling_defaults``; 1.5 / 900 / 0.96 unless the model says). more_smooth:
+            Gumbel-softmax smoothing (visual, not for FID).
         generator or seed: randomness; the same seed on the same device gives the same images.
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
         settings: a ``SamplingSettings`` to start from instead of the model's recommendation; the
@@ -384,13 +489,29 @@ class NextScalePipeline(PipelineBase):
             every candidate.
         """
         B, labels = self.batch_labels(class_labels, num_images)
-        return self._run(B, labels, settings=settings, num_candidates=num_candidates, scorer=scorer,
-                         guidance_cutoff=guidance_cutoff, prune_ratio=prune_ratio,
-                         prune_last=prune_last, kv_budget=kv_budget, refiner=refiner, refine_from_scale=refine_from_scale,
-                         guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, top_k=top_k,
-                         top_p=top_p, more_smooth=more_smooth, generator=self.make_generator(generator, seed),
-                         output_type=output_type, return_indices=return_indices,
-                         callback_on_scale=callback_on_scale, show_progress=show_progress)
+        return self._run(
+            B,
+            labels,
+            settings=settings,
+            num_candidates=num_candidates,
+            scorer=scorer,
+            guidance_cutoff=guidance_cutoff,
+            prune_ratio=prune_ratio,
+            prune_last=prune_last,
+            kv_budget=kv_budget,
+            refiner=refiner,
+            refine_from_scale=refine_from_scale,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule,
+            top_k=top_k,
+            top_p=top_p,
+            more_smooth=more_smooth,
+            generator=self.make_generator(generator, seed),
+            output_type=output_type,
+            return_indices=return_indices,
+            callback_on_scale=callback_on_scale,
+            show_progress=show_progress,
+        )
 
 
 def load_pipeline(model=None, device=None, dtype=None, **kw) -> NextScalePipeline:

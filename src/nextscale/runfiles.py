@@ -6,6 +6,7 @@ through :func:`nextscale.safeload.load_torch` (tensors only, no fallback). A pla
 pickle (:class:`~nextscale.safeload.UnsafeFileError`) stops the search for the latest checkpoint;
 an unreadable one (truncated, bit rot) is skipped in favour of the previous one.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,15 @@ import torch
 from nextscale.errors import NextScaleError
 from nextscale.safeload import UnsafeFileError, load_torch
 
-__all__ = ["CKPT_FORMAT", "checkpoint_path", "checkpoint_steps", "load_checkpoint", "latest_checkpoint",
-           "find_checkpoint", "checkpoint_weights"]
+__all__ = [
+    "CKPT_FORMAT",
+    "checkpoint_path",
+    "checkpoint_steps",
+    "load_checkpoint",
+    "latest_checkpoint",
+    "find_checkpoint",
+    "checkpoint_weights",
+]
 
 #: ``state["format"]`` of a checkpoint written by :class:`nextscale.train.loop.Trainer`.
 CKPT_FORMAT = "nextscale-train"
@@ -54,7 +62,9 @@ def latest_checkpoint(folder: str) -> Optional[Tuple[int, Dict[str, Any]]]:
         except UnsafeFileError as e:  # planted or foreign: never skip past it silently
             raise NextScaleError(f"{e}; remove it or use a fresh run folder") from None
         except Exception as e:
-            warnings.warn(f"ignoring unreadable checkpoint {p} ({type(e).__name__}: {e}); trying an older one", RuntimeWarning)
+            warnings.warn(
+                f"ignoring unreadable checkpoint {p} ({type(e).__name__}: {e}); trying an older one", RuntimeWarning
+            )
             continue
         if isinstance(state, dict) and state.get("step") == s:
             return s, state
@@ -79,7 +89,9 @@ def find_checkpoint(run: str, not_found: str, train_hint: str) -> Tuple[str, Dic
     return checkpoint_path(folder, found[0]), found[1]
 
 
-def checkpoint_weights(state: Dict[str, Any], name: str, weights: str, path: str) -> Tuple[Dict[str, torch.Tensor], str]:
+def checkpoint_weights(
+    state: Dict[str, Any], name: str, weights: str, path: str
+) -> Tuple[Dict[str, torch.Tensor], str]:
     """Module ``name``'s weights in a training checkpoint ``state`` (floats as float32) and which were
     taken: ``weights`` "ema", "raw", or "auto" (EMA when the run kept one)."""
     if weights not in ("auto", "ema", "raw"):

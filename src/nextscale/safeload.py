@@ -10,6 +10,7 @@ that says what the file is not and what to pass instead.
 Training checkpoints are written so that this loader accepts them: their non-tensor state is
 plain Python (ints, floats, strings, tuples, dicts; see ``train/checkpoint.py``).
 """
+
 from __future__ import annotations
 
 import os
@@ -76,15 +77,27 @@ def load_torch(path, what: str = "checkpoint") -> Any:
             what_obj = f" (it would import {m.group(1)})" if m else ""
             raise UnsafeFileError(
                 f"{path}: refused: this pickle holds Python objects, not only tensors{what_obj}, and nextscale never "
-                f"runs code from a file; pass a {what} of tensors (a .safetensors file, or one saved from a state_dict)") from None
+                f"runs code from a file; pass a {what} of tensors (a .safetensors file, or one saved from a state_dict)"
+            ) from None
         raise CheckpointError(f"{path}: not a {what} ({kind})") from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError, AttributeError, TypeError, KeyError, IndexError):
+    except (
+        RuntimeError,
+        EOFError,
+        ValueError,
+        zipfile.BadZipFile,
+        OSError,
+        AttributeError,
+        TypeError,
+        KeyError,
+        IndexError,
+    ):
         raise CheckpointError(f"{path}: not a {what} ({_kind(path)})") from None
 
 
 def load_safetensors(path, what: str = "checkpoint") -> Dict[str, torch.Tensor]:
     """All tensors of a ``.safetensors`` file (on CPU), with one-line errors."""
     from safetensors.torch import load_file
+
     path = Path(path)
     _check_file(path)
     try:
@@ -106,5 +119,6 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path, metadata: Dict[str,
     from safetensors.torch import save_file
 
     from nextscale.imageio import atomic_path
+
     with atomic_path(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)

@@ -14,6 +14,7 @@ ramps ``t_k = cfg * k / (K - 1)`` (``guidance_schedule="linear"``, the default);
 ``t_k = cfg``; a list gives t_k per scale. In DiT/diffusers terms the guidance scale is ``1 + t_k``.
 When every t_k is 0 the unconditional half of the batch is skipped (same tokens, half the work).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,18 @@ from nextscale.models.var import VAR, KVCache
 from nextscale.models.vqvae import VQVAE
 from nextscale.validate import as_int, check_class_ids, check_float
 
-__all__ = ["generate", "SamplingSettings", "check_refiner", "CudaGraphs", "GenerationOutput", "sample_top_k_top_p_",
-           "gumbel_softmax_with_rng", "guidance_weights", "resolve_labels", "GUIDANCE_SCHEDULES"]
+__all__ = [
+    "generate",
+    "SamplingSettings",
+    "check_refiner",
+    "CudaGraphs",
+    "GenerationOutput",
+    "sample_top_k_top_p_",
+    "gumbel_softmax_with_rng",
+    "guidance_weights",
+    "resolve_labels",
+    "GUIDANCE_SCHEDULES",
+]
 
 #: constraint(si, idx_Bl, h_BlCv) -> (idx_Bl, h_BlCv): editing replaces kept tokens (and their code vectors).
 Constraint = Callable[[int, torch.Tensor, torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]
@@ -49,34 +60,55 @@ class SamplingSettings:
     rewrites the field into its flag (``metadata["flag"]``). Defaults: the reference README's
     ImageNet evaluation settings; a model directory may recommend its own (``sampling_defaults``).
     """
+
     # the reference's cfg: guidance weight t_k per scale (module docstring); a sequence gives one
     # weight per scale; 0 everywhere skips the unconditional half of the batch (half the work)
-    guidance_scale: Union[float, Tuple[float, ...]] = field(default=1.5, metadata=dict(
-        flag="--cfg", help="guidance weight (the reference's cfg; 0 = off)"))
+    guidance_scale: Union[float, Tuple[float, ...]] = field(
+        default=1.5, metadata=dict(flag="--cfg", help="guidance weight (the reference's cfg; 0 = off)")
+    )
     # "linear" ramps t_k = cfg * k / (K - 1) as the reference does (weak guidance at the coarse scales
     # keeps diversity); "constant" uses t_k = cfg at every scale
-    guidance_schedule: str = field(default="linear", metadata=dict(
-        flag="--guidance-schedule", help="how the guidance weight grows over scales", choices=GUIDANCE_SCHEDULES))
+    guidance_schedule: str = field(
+        default="linear",
+        metadata=dict(
+            flag="--guidance-schedule", help="how the guidance weight grows over scales", choices=GUIDANCE_SCHEDULES
+        ),
+    )
     # keep the k most likely tokens per position (0 = off); the reference samples ImageNet with 900 of 4096
     top_k: int = field(default=900, metadata=dict(flag="--top-k", help="top-k token filter (0 = off)"))
     # then the smallest nucleus of probability top_p (0 = off); 0.96 in the reference's evaluation
     top_p: float = field(default=0.96, metadata=dict(flag="--top-p", help="top-p nucleus filter (0 = off)"))
     # soft codes from a tempered Gumbel-softmax: smoother pictures, not for FID (the reference's more_smooth)
-    more_smooth: bool = field(default=False, metadata=dict(flag="--smooth", help="Gumbel smoothing (visual; not for FID)"))
+    more_smooth: bool = field(
+        default=False, metadata=dict(flag="--smooth", help="Gumbel smoothing (visual; not for FID)")
+    )
     # --- opt-in speed-ups that change the result a little (nextscale.accel.sampling_modes; measured
     # in docs/speed.md); the defaults are the exact path ---
     # the last N scales sample without guidance: their unconditional rows are never computed (Switti)
-    guidance_cutoff: int = field(default=0, metadata=dict(
-        flag="--guidance-cutoff", help="the last N scales sample without guidance (faster; 0 = off)"))
+    guidance_cutoff: int = field(
+        default=0,
+        metadata=dict(flag="--guidance-cutoff", help="the last N scales sample without guidance (faster; 0 = off)"),
+    )
     # share of tokens at each pruned scale that skip the transformer (FastVAR); 0 = off, < 1
-    prune_ratio: float = field(default=0.0, metadata=dict(
-        flag="--prune-ratio", help="share of tokens of the last scales that skip the transformer (0 = off)"))
+    prune_ratio: float = field(
+        default=0.0,
+        metadata=dict(
+            flag="--prune-ratio", help="share of tokens of the last scales that skip the transformer (0 = off)"
+        ),
+    )
     # how many of the last (largest) scales are pruned: they hold most tokens and change least
-    prune_last: int = field(default=2, metadata=dict(flag="--prune-last", help="how many of the last scales --prune-ratio prunes"))
+    prune_last: int = field(
+        default=2, metadata=dict(flag="--prune-last", help="how many of the last scales --prune-ratio prunes")
+    )
     # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
     # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
-    kv_budget: Optional[Tuple[int, int]] = field(default=None, metadata=dict(
-        flag="--kv-budget", help="FIRST RECENT: attend to the first FIRST scales and the RECENT before each (less KV memory)"))
+    kv_budget: Optional[Tuple[int, int]] = field(
+        default=None,
+        metadata=dict(
+            flag="--kv-budget",
+            help="FIRST RECENT: attend to the first FIRST scales and the RECENT before each (less KV memory)",
+        ),
+    )
 
     def __post_init__(self):
         g = self.guidance_scale
@@ -88,8 +120,10 @@ class SamplingSettings:
             g = check_float(g, "guidance_scale", lo=0.0)
         object.__setattr__(self, "guidance_scale", g)
         if self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise InputError(f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
-                             f"got {self.guidance_schedule!r}")
+            raise InputError(
+                f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
+                f"got {self.guidance_schedule!r}"
+            )
         k = as_int(self.top_k, "top_k")
         if k < 0:
             raise InputError(f"top_k must be >= 0 (0 = off), got {k}")
@@ -106,7 +140,9 @@ class SamplingSettings:
             if v < lo:
                 raise InputError(f"{name} must be >= {lo}, got {v}")
             object.__setattr__(self, name, v)
-        object.__setattr__(self, "prune_ratio", check_float(self.prune_ratio, "prune_ratio", lo=0.0, hi=1.0, hi_open=True))
+        object.__setattr__(
+            self, "prune_ratio", check_float(self.prune_ratio, "prune_ratio", lo=0.0, hi=1.0, hi_open=True)
+        )
         if self.kv_budget is not None:
             kb = self.kv_budget
             if not isinstance(kb, (list, tuple)) or len(kb) != 2:
@@ -150,13 +186,14 @@ CALL_DEFAULTS = SamplingSettings(top_k=0, top_p=0.0)
 
 @dataclass
 class GenerationOutput:
-    idx_per_scale: List[torch.Tensor]   # K x (B, l_k) sampled (or kept) token ids
-    f_hat: torch.Tensor                 # (B, Cvae, pn_K, pn_K) summed code features, decoder input
-    labels: torch.Tensor                # (B,) class labels used (num_classes = unconditional)
+    idx_per_scale: List[torch.Tensor]  # K x (B, l_k) sampled (or kept) token ids
+    f_hat: torch.Tensor  # (B, Cvae, pn_K, pn_K) summed code features, decoder input
+    labels: torch.Tensor  # (B,) class labels used (num_classes = unconditional)
 
 
-def sample_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
-                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_top_k_top_p_(
+    logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Mask ``logits_BlV`` in place to the top-k and then the top-p nucleus (-inf elsewhere) and
     draw one token per position. Returns (B, l). Masked entries still take part in the draw (with
     probability 0), so the random stream matches the reference."""
@@ -173,9 +210,13 @@ def sample_top_k_top_p_(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float =
     return torch.multinomial(probs, num_samples=1, replacement=True, generator=generator).view(B, l)
 
 
-def gumbel_softmax_with_rng(logits: torch.Tensor, tau: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def gumbel_softmax_with_rng(
+    logits: torch.Tensor, tau: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Soft Gumbel-softmax sample (no straight-through), drawing noise from ``generator``."""
-    gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=generator).log()
+    gumbels = (
+        -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_(generator=generator).log()
+    )
     return ((logits + gumbels) / tau).softmax(dim=-1)
 
 
@@ -190,8 +231,10 @@ def guidance_weights(cfg: Union[float, Sequence[float]], num_scales: int, schedu
         return [cfg * (si / (num_scales - 1) if num_scales > 1 else 0.0) for si in range(num_scales)]
     if schedule == "constant":
         return [cfg] * num_scales
-    raise InputError(f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
-                     f"got {schedule!r}")
+    raise InputError(
+        f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
+        f"got {schedule!r}"
+    )
 
 
 def resolve_labels(label_B, B: int, num_classes: int, device, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -211,12 +254,25 @@ def resolve_labels(label_B, B: int, num_classes: int, device, generator: Optiona
 
 
 @torch.no_grad()
-def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[torch.Generator] = None,
-             settings: Optional[SamplingSettings] = None, cfg: Union[None, float, Sequence[float]] = None,
-             top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
-             guidance_schedule: Optional[str] = None, constraint: Optional[Constraint] = None,
-             callback: Optional[ScaleCallback] = None, cuda_graphs: Optional[CudaGraphs] = None,
-             refiner: Optional[VAR] = None, refine_from_scale: Optional[int] = None) -> GenerationOutput:
+def generate(
+    var: VAR,
+    vae: VQVAE,
+    B: int,
+    label_B=None,
+    *,
+    generator: Optional[torch.Generator] = None,
+    settings: Optional[SamplingSettings] = None,
+    cfg: Union[None, float, Sequence[float]] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    more_smooth: Optional[bool] = None,
+    guidance_schedule: Optional[str] = None,
+    constraint: Optional[Constraint] = None,
+    callback: Optional[ScaleCallback] = None,
+    cuda_graphs: Optional[CudaGraphs] = None,
+    refiner: Optional[VAR] = None,
+    refine_from_scale: Optional[int] = None,
+) -> GenerationOutput:
     """Sample token maps scale by scale. ``generator`` None uses the global RNG (as the reference).
 
     ``settings`` (default ``CALL_DEFAULTS``) says how to sample; the reference-style keywords
@@ -227,12 +283,15 @@ def generate(var: VAR, vae: VQVAE, B: int, label_B=None, *, generator: Optional[
     exact settings only). ``refiner`` (another VAR on the same tokenizer, e.g. a smaller one)
     predicts scales ``refine_from_scale``..K (Collaborative Decoding; ``accel.sampling_modes``).
     """
-    st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
-                                             guidance_schedule=guidance_schedule)
+    st = (settings or CALL_DEFAULTS).replace(
+        guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, guidance_schedule=guidance_schedule
+    )
     if refiner is not None:
         check_refiner(var, refiner, refine_from_scale)
     with reference_kernels(st.more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
-        return _generate(var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs, refiner, refine_from_scale)
+        return _generate(
+            var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs, refiner, refine_from_scale
+        )
 
 
 def check_refiner(var: VAR, refiner, refine_from_scale) -> None:
@@ -242,8 +301,10 @@ def check_refiner(var: VAR, refiner, refine_from_scale) -> None:
         raise InputError(f"refiner must be a VAR transformer (or a pipeline holding one), got {type(refiner).__name__}")
     for what in ("patch_nums", "V", "Cvae", "num_classes"):
         if getattr(refiner, what) != getattr(var, what):
-            raise InputError(f"the refiner's {what} ({getattr(refiner, what)}) differs from the model's ({getattr(var, what)}): "
-                             f"a refiner must share the tokenizer and the classes")
+            raise InputError(
+                f"the refiner's {what} ({getattr(refiner, what)}) differs from the model's ({getattr(var, what)}): "
+                f"a refiner must share the tokenizer and the classes"
+            )
     K = len(var.patch_nums)
     if refine_from_scale is None:
         raise InputError(f"a refiner needs refine_from_scale: the first scale (0..{K - 1}) it predicts")
@@ -253,8 +314,10 @@ def check_refiner(var: VAR, refiner, refine_from_scale) -> None:
 
 
 def _non_finite(si: int, pn: int) -> NextScaleError:
-    return NextScaleError(f"the model's logits at scale {si + 1} ({pn}x{pn}) are NaN/inf: its weights are not finite "
-                          f"(a broken export or a diverged run); re-export from a good checkpoint")
+    return NextScaleError(
+        f"the model's logits at scale {si + 1} ({pn}x{pn}) are NaN/inf: its weights are not finite "
+        f"(a broken export or a diverged run); re-export from a good checkpoint"
+    )
 
 
 class _Stage:
@@ -263,8 +326,8 @@ class _Stage:
 
     def __init__(self, var: VAR, cls_in: torch.Tensor, st: SamplingSettings, cuda_graphs: Optional[CudaGraphs]):
         self.var, self.rows = var, cls_in.shape[0]
-        self.cond_BD = var.class_emb(cls_in)                          # (rows, D)
-        self.mods = var.block_modulations(self.cond_BD)               # depth x (rows, 1, 6, C)
+        self.cond_BD = var.class_emb(cls_in)  # (rows, D)
+        self.mods = var.block_modulations(self.cond_BD)  # depth x (rows, 1, 6, C)
         self.head_mod = var.head_nm.modulation(self.cond_BD.float())  # (rows, 1, 2, C)
         self.lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
         self.cache = KVCache(var.depth, var.L) if st.kv_budget is None else ScaleWindowKVCache(var.depth, *st.kv_budget)
@@ -275,8 +338,11 @@ class _Stage:
 
     def first_input(self) -> torch.Tensor:  # (rows, first_l, C): class embedding + sos position
         var, n = self.var, self.var.first_l
-        return (self.cond_BD.unsqueeze(1).expand(self.rows, n, -1) + var.pos_start.expand(self.rows, n, -1)
-                + self.lvl_pos_1LC[:, :n])
+        return (
+            self.cond_BD.unsqueeze(1).expand(self.rows, n, -1)
+            + var.pos_start.expand(self.rows, n, -1)
+            + self.lvl_pos_1LC[:, :n]
+        )
 
     def input(self, si: int, nxt_BlCv: torch.Tensor) -> torch.Tensor:  # (B, l, Cvae) codes -> (rows, l, C)
         b, e = self.var.begin_ends[si]
@@ -310,10 +376,12 @@ class _Stage:
         L = sum(x.shape[1] for x in xs)
         if isinstance(self.cache, ScaleWindowKVCache):
             self.cache.prefill_scales([x.shape[1] for x in xs])
-        h = var.next_scale_hidden(torch.cat(xs, dim=1), self.cache, self.mods, attn_bias=var.attn_bias_for_masking[:, :, :L, :L])
+        h = var.next_scale_hidden(
+            torch.cat(xs, dim=1), self.cache, self.mods, attn_bias=var.attn_bias_for_masking[:, :, :L, :L]
+        )
         self.cache.advance(L)
         if keep_h:
-            self.h_prev = h[:, L - xs[-1].shape[1]:]
+            self.h_prev = h[:, L - xs[-1].shape[1] :]
 
     def keep_rows(self, n: int) -> None:
         """Guidance is over: from now on only the n conditional rows are computed."""
@@ -326,8 +394,19 @@ class _Stage:
         self.graph_run = None
 
 
-def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs,
-              refiner: Optional[VAR] = None, refine_from_scale: Optional[int] = None) -> GenerationOutput:
+def _generate(
+    var,
+    vae,
+    B,
+    label_B,
+    generator,
+    st: SamplingSettings,
+    constraint,
+    callback,
+    cuda_graphs,
+    refiner: Optional[VAR] = None,
+    refine_from_scale: Optional[int] = None,
+) -> GenerationOutput:
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize
@@ -335,7 +414,7 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
     ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
     if st.guidance_cutoff > K:
         raise InputError(f"guidance_cutoff must be <= the number of scales ({K}), got {st.guidance_cutoff}")
-    ts = ts[:K - st.guidance_cutoff] + [0.0] * st.guidance_cutoff
+    ts = ts[: K - st.guidance_cutoff] + [0.0] * st.guidance_cutoff
     use_cfg = any(t != 0.0 for t in ts)
     last_guided = max(si for si, t in enumerate(ts) if t != 0.0) if use_cfg else -1
     cls_in = torch.cat((labels, torch.full_like(labels, var.num_classes))) if use_cfg else labels
@@ -351,9 +430,9 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
     for si, pn in enumerate(var.patch_nums):
         ratio = si / (K - 1) if K > 1 else 0.0
         if si == switch:  # the refiner takes over: it reads every scale so far into its own cache
-            stage = _Stage(refiner, cls_in[:stage.rows], st, None)
+            stage = _Stage(refiner, cls_in[: stage.rows], st, None)
             if si > 0:
-                stage.prefill(codes[:si - 1], keep_h=bool(pruned))
+                stage.prefill(codes[: si - 1], keep_h=bool(pruned))
                 x_BlC = stage.input(si, codes[-1])
             else:
                 x_BlC = stage.first_input()
@@ -374,7 +453,9 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
             h_BlCv = quant.embedding(idx_Bl)
         else:  # visual smoothing (not for FID): soft codes from a tempered Gumbel-softmax
             tau = max(0.27 * (1 - ratio * 0.95), 0.005)
-            h_BlCv = gumbel_softmax_with_rng(logits_BlV.mul(1 + ratio), tau, generator) @ quant.embedding.weight.unsqueeze(0)
+            h_BlCv = gumbel_softmax_with_rng(
+                logits_BlV.mul(1 + ratio), tau, generator
+            ) @ quant.embedding.weight.unsqueeze(0)
         if constraint is not None:
             idx_Bl, h_BlCv = constraint(si, idx_Bl, h_BlCv)
         idx_per_scale.append(idx_Bl)
@@ -388,5 +469,3 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
             codes.append(next_BCvhw.view(B, var.Cvae, -1).transpose(1, 2))
             x_BlC = stage.input(si + 1, codes[-1])
     return GenerationOutput(idx_per_scale=idx_per_scale, f_hat=f_hat, labels=labels)
-
-

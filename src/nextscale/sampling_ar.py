@@ -11,6 +11,7 @@ positions; the first token is sampled unguided), "constant" uses ``t_i = cfg`` (
 list gives one weight per position. All-zero weights skip the unconditional half of the batch.
 ``more_smooth`` (VAR's Gumbel smoothing of soft multi-scale codes) has no meaning here and is refused.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,32 +33,48 @@ TokenCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 @dataclass
 class ARGenerationOutput:
-    idx_BL: torch.Tensor      # (B, L) sampled token ids, raster order
-    f_hat: torch.Tensor       # (B, Cvae, side, side) code features, the decoder's input
-    labels: torch.Tensor      # (B,) class labels used (num_classes = unconditional)
+    idx_BL: torch.Tensor  # (B, L) sampled token ids, raster order
+    f_hat: torch.Tensor  # (B, Cvae, side, side) code features, the decoder's input
+    labels: torch.Tensor  # (B,) class labels used (num_classes = unconditional)
 
 
 def check_tokenizer_fits(model: ARTransformer, vae: VQVAE) -> None:
     """The AR model reads the token map of a single-scale tokenizer with its side and codebook."""
     if len(vae.v_patch_nums) != 1 or vae.v_patch_nums[0] != model.side or vae.vocab_size != model.V:
-        raise NextScaleError(f"the AR model needs a single-scale tokenizer with a {model.side}x{model.side} map and {model.V} codes; "
-                             f"this one has scales {list(vae.v_patch_nums)} and {vae.vocab_size} codes "
-                             f"(train one with: nextscale train-tokenizer --patch-nums {model.side} --vocab-size {model.V})")
+        raise NextScaleError(
+            f"the AR model needs a single-scale tokenizer with a {model.side}x{model.side} map and {model.V} codes; "
+            f"this one has scales {list(vae.v_patch_nums)} and {vae.vocab_size} codes "
+            f"(train one with: nextscale train-tokenizer --patch-nums {model.side} --vocab-size {model.V})"
+        )
 
 
 @torch.no_grad()
-def generate_ar(model: ARTransformer, vae: Optional[VQVAE], B: int, label_B=None, *, generator: Optional[torch.Generator] = None,
-                settings: Optional[SamplingSettings] = None, cfg: Union[None, float, Sequence[float]] = None,
-                top_k: Optional[int] = None, top_p: Optional[float] = None, more_smooth: Optional[bool] = None,
-                guidance_schedule: Optional[str] = None, callback: Optional[TokenCallback] = None) -> ARGenerationOutput:
+def generate_ar(
+    model: ARTransformer,
+    vae: Optional[VQVAE],
+    B: int,
+    label_B=None,
+    *,
+    generator: Optional[torch.Generator] = None,
+    settings: Optional[SamplingSettings] = None,
+    cfg: Union[None, float, Sequence[float]] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    more_smooth: Optional[bool] = None,
+    guidance_schedule: Optional[str] = None,
+    callback: Optional[TokenCallback] = None,
+) -> ARGenerationOutput:
     """Sample B token maps position by position. ``generator`` None uses the global RNG.
 
     ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; the keywords
     override single fields. ``vae`` None skips building ``f_hat`` (tokens only)."""
-    st = (settings or CALL_DEFAULTS).replace(guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth,
-                                             guidance_schedule=guidance_schedule)
+    st = (settings or CALL_DEFAULTS).replace(
+        guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, guidance_schedule=guidance_schedule
+    )
     if st.more_smooth:
-        raise InputError("more_smooth (Gumbel smoothing of VAR's multi-scale codes) does not apply to the AR baseline; leave it off")
+        raise InputError(
+            "more_smooth (Gumbel smoothing of VAR's multi-scale codes) does not apply to the AR baseline; leave it off"
+        )
     if vae is not None:
         check_tokenizer_fits(model, vae)
     L = model.L
@@ -67,20 +84,22 @@ def generate_ar(model: ARTransformer, vae: Optional[VQVAE], B: int, label_B=None
     use_cfg = any(t != 0.0 for t in ts)
     cls_in = torch.cat((labels, torch.full_like(labels, model.num_classes))) if use_cfg else labels
 
-    cond_BD = model.class_emb(cls_in)                      # (B2, D)
-    mods = model.block_modulations(cond_BD)                # depth x (B2, 1, 6, C), once
-    head_mod = model.head_nm.modulation(cond_BD.float())   # (B2, 1, 2, C)
+    cond_BD = model.class_emb(cls_in)  # (B2, D)
+    mods = model.block_modulations(cond_BD)  # depth x (B2, 1, 6, C), once
+    head_mod = model.head_nm.modulation(cond_BD.float())  # (B2, 1, 2, C)
     cache = KVCache(model.depth, L)
-    x_BlC = model.start_tokens(cond_BD)                    # (B2, 1, C)
+    x_BlC = model.start_tokens(cond_BD)  # (B2, 1, C)
     idx_BL = torch.empty(B, L, dtype=torch.long, device=dev)
     for i in range(L):
-        logits_BlV = model.next_token_logits(x_BlC, cache, mods, cond_BD, head_mod)   # (B2, 1, V)
+        logits_BlV = model.next_token_logits(x_BlC, cache, mods, cond_BD, head_mod)  # (B2, 1, V)
         cache.advance(1)
         if use_cfg:
             t = ts[i]
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         if i == 0 and not bool(torch.isfinite(logits_BlV).all()):
-            raise NextScaleError("the AR model's logits are NaN/inf: its weights are not finite (a broken export or a diverged run)")
+            raise NextScaleError(
+                "the AR model's logits are NaN/inf: its weights are not finite (a broken export or a diverged run)"
+            )
         if callback is not None:
             lg = logits_BlV[:, 0].clone()
         idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)  # (B, 1)

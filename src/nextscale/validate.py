@@ -3,6 +3,7 @@
 Each function returns the normalised value or raises :class:`~nextscale.errors.NextScaleError`
 naming the argument (``name``) and the fix. The CLI passes its flag as ``name`` ("--seed").
 """
+
 from __future__ import annotations
 
 import numbers
@@ -14,12 +15,24 @@ import torch
 
 from nextscale.errors import NextScaleError
 
-__all__ = ["as_int", "check_seed", "check_class_ids", "check_count", "check_device", "image_format", "check_float",
-           "check_mid_reso", "IMAGE_FORMATS", "SEED_MAX", "MAX_IMAGES", "MAX_FID_IMAGES"]
+__all__ = [
+    "as_int",
+    "check_seed",
+    "check_class_ids",
+    "check_count",
+    "check_device",
+    "image_format",
+    "check_float",
+    "check_mid_reso",
+    "IMAGE_FORMATS",
+    "SEED_MAX",
+    "MAX_IMAGES",
+    "MAX_FID_IMAGES",
+]
 
 #: Seeds are non-negative and fit a signed 64-bit integer (torch's ``manual_seed`` wraps negative
 #: seeds to 2**64 - |s|, so -1 would silently equal 18446744073709551615).
-SEED_MAX = 2 ** 63
+SEED_MAX = 2**63
 
 #: The most images one ``sample`` call makes (a typo such as --num 1000000000 would start a
 #: months-long run); FID sampling has its own, larger bound.
@@ -30,7 +43,15 @@ MAX_IMAGES = 100_000
 MAX_FID_IMAGES = 1_000_000
 
 #: Output extensions and the PIL format each is written in.
-IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+IMAGE_FORMATS = {
+    ".png": "PNG",
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 
 
 def as_int(value, name: str) -> int:
@@ -44,8 +65,14 @@ def as_int(value, name: str) -> int:
     return int(value)
 
 
-def check_float(value, name: str, lo: Optional[float] = None, hi: Optional[float] = None,
-                lo_open: bool = False, hi_open: bool = False) -> float:
+def check_float(
+    value,
+    name: str,
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """A finite real number (ints and numpy/0-d tensor numbers too; never bool or str) in the range
     ``lo``..``hi`` (open ends with ``lo_open`` / ``hi_open``; None = unbounded)."""
     if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
@@ -75,15 +102,21 @@ def check_seed(seed, name: str = "seed") -> int:
     return s
 
 
-def check_class_ids(labels: Union[int, str, Sequence, torch.Tensor, np.ndarray], num_classes: int,
-                    name: str = "class_labels", allow_null_index: bool = False,
-                    class_names: Optional[Sequence[str]] = None) -> Union[int, List[int]]:
+def check_class_ids(
+    labels: Union[int, str, Sequence, torch.Tensor, np.ndarray],
+    num_classes: int,
+    name: str = "class_labels",
+    allow_null_index: bool = False,
+    class_names: Optional[Sequence[str]] = None,
+) -> Union[int, List[int]]:
     """An int or a list of ints in [-1, num_classes) (-1 = unconditional); ``allow_null_index``
     also accepts num_classes itself (the null class's embedding index, as the sampler returns it).
     A string is a class name of ``class_names`` (the model's labels; see ``nextscale.classes``)."""
+
     def one(c):
         if isinstance(c, str):
             from nextscale.classes import resolve_class_name
+
             return resolve_class_name(c, class_names, name)
         return as_int(c, name)
 
@@ -97,7 +130,9 @@ def check_class_ids(labels: Union[int, str, Sequence, torch.Tensor, np.ndarray],
         out = one(labels)
     for c in out if isinstance(out, list) else [out]:
         if not -1 <= c < num_classes + int(allow_null_index):
-            raise NextScaleError(f"class {c} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)")
+            raise NextScaleError(
+                f"class {c} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)"
+            )
     return out
 
 
@@ -137,6 +172,5 @@ def image_format(path, name: str = "--out") -> str:
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in IMAGE_FORMATS:
         got = f"{ext!r} is not an image type nextscale writes" if ext else "has no file extension"
-        raise NextScaleError(f"{name} {os.fspath(path)!r}: {got}; "
-                             f"use one of {', '.join(sorted(IMAGE_FORMATS))}")
+        raise NextScaleError(f"{name} {os.fspath(path)!r}: {got}; use one of {', '.join(sorted(IMAGE_FORMATS))}")
     return IMAGE_FORMATS[ext]

@@ -8,7 +8,21 @@ makes them faster without changing what they compute (beyond float rounding, tes
 - ``accel.winograd`` and ``accel.workspace``: the Winograd F(4x4, 3x3) convolution and the reused
   scratch buffers the CPU kernels build on.
 """
-from nextscale.accel.cpu import cpu_kernels, cpu_kernels_enabled, disable_cpu_kernels, enable_cpu_kernels, reference_kernels
+
+from nextscale.accel.cpu import (
+    cpu_kernels,
+    cpu_kernels_enabled,
+    disable_cpu_kernels,
+    enable_cpu_kernels,
+    reference_kernels,
+)
 from nextscale.accel.cuda_graphs import CudaGraphs
 
-__all__ = ["enable_cpu_kernels", "disable_cpu_kernels", "cpu_kernels", "cpu_kernels_enabled", "reference_kernels", "CudaGraphs"]
+__all__ = [
+    "enable_cpu_kernels",
+    "disable_cpu_kernels",
+    "cpu_kernels",
+    "cpu_kernels_enabled",
+    "reference_kernels",
+    "CudaGraphs",
+]

@@ -38,6 +38,7 @@ Sampling with Gumbel smoothing turns logits into soft codes at temperatures down
 amplifies rounding ~200x; ``nextscale.sampling.generate`` therefore runs under
 ``reference_kernels()`` when ``more_smooth`` is on (a thread-local switch, like ``torch.no_grad``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,9 +55,21 @@ from nextscale.accel.workspace import workspace
 from nextscale.models.var import FFN, VAR, AdaLNSelfAttn, SelfAttention
 from nextscale.models.vqvae import VQVAE, ResnetBlock
 
-__all__ = ["enable_cpu_kernels", "disable_cpu_kernels", "cpu_kernels", "cpu_kernels_enabled", "reference_kernels", "SMALL_ROWS",
-           "SmallRowsLinear", "CPUSelfAttention", "CPUFFN", "CPUAdaLNSelfAttn", "InplaceResnetBlock", "CPUVQVAE",
-           "WinogradConv2d"]
+__all__ = [
+    "enable_cpu_kernels",
+    "disable_cpu_kernels",
+    "cpu_kernels",
+    "cpu_kernels_enabled",
+    "reference_kernels",
+    "SMALL_ROWS",
+    "SmallRowsLinear",
+    "CPUSelfAttention",
+    "CPUFFN",
+    "CPUAdaLNSelfAttn",
+    "InplaceResnetBlock",
+    "CPUVQVAE",
+    "WinogradConv2d",
+]
 
 #: Row count up to which a linear layer is computed as (W @ x^T)^T (see ``small_rows_linear``).
 SMALL_ROWS = 128
@@ -78,8 +91,13 @@ def reference_kernels(enabled: bool = True):
 
 def _fast(x: torch.Tensor) -> bool:
     """Whether the CPU kernels apply: CPU, float32, no autograd, not inside ``reference_kernels``."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not getattr(_tls, "reference", False) and not torch.is_autocast_enabled("cpu"))
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not getattr(_tls, "reference", False)
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def small_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -164,7 +182,11 @@ class WinogradConv2d(nn.Conv2d):
     for the released tokenizer) are cached on the module until ``disable_cpu_kernels``."""
 
     def forward(self, x):
-        if _fast(x) and self.weight.dtype == torch.float32 and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1]):
+        if (
+            _fast(x)
+            and self.weight.dtype == torch.float32
+            and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1])
+        ):
             return winograd_conv2d(self, x)
         return super().forward(x)
 
@@ -182,8 +204,11 @@ class CPUVQVAE(VQVAE):
 
 #: base class -> accelerated subclass, for modules of exactly the base class.
 SWAPS: Dict[Type[nn.Module], Type[nn.Module]] = {
-    SelfAttention: CPUSelfAttention, FFN: CPUFFN, AdaLNSelfAttn: CPUAdaLNSelfAttn,
-    ResnetBlock: InplaceResnetBlock, VQVAE: CPUVQVAE,
+    SelfAttention: CPUSelfAttention,
+    FFN: CPUFFN,
+    AdaLNSelfAttn: CPUAdaLNSelfAttn,
+    ResnetBlock: InplaceResnetBlock,
+    VQVAE: CPUVQVAE,
 }
 _UNSWAP = {v: k for k, v in {**SWAPS, nn.Linear: SmallRowsLinear, nn.Conv2d: WinogradConv2d}.items()}
 

@@ -5,6 +5,7 @@ one graph: the same kernels in the same order, so the same tokens as eager execu
 an H100 (docs/speed.md): d16 at batch 1 launches ~6,000 small kernels per image and the GPU mostly
 waits for them; graphs remove that launch cost. ``NextScalePipeline`` keeps one instance on CUDA.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -66,6 +67,7 @@ class CudaGraphs:
             gs["x"][si].copy_(x_BlC)
             gs["graphs"][si].replay()
             return gs["logits"][si]
+
         return run
 
     @staticmethod
@@ -92,5 +94,13 @@ class CudaGraphs:
             with torch.cuda.graph(g, pool=pool):
                 logits.append(body(si))
             graphs.append(g)
-        return {"var": var, "mods": static_mods, "cond": cond, "head_mod": hmod, "x": xs, "graphs": graphs,
-                "logits": logits, "cache": cache}
+        return {
+            "var": var,
+            "mods": static_mods,
+            "cond": cond,
+            "head_mod": hmod,
+            "x": xs,
+            "graphs": graphs,
+            "logits": logits,
+            "cache": cache,
+        }

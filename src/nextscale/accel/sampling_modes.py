@@ -18,6 +18,7 @@ docs/speed.md). ``nextscale.sampling.generate`` applies them when a ``SamplingSe
 Each is off by default and the exact path is untouched (tests/test_sampling_modes.py): a cut-off of
 0 scales, a refiner equal to the main model, prune ratio 0 and no KV budget give its tokens exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,7 +38,7 @@ class ScaleWindowKVCache:
     def __init__(self, depth: int, first: int, recent: int, scale_lens: Optional[List[int]] = None):
         self.depth, self.first, self.recent = depth, first, recent
         self.chunks: List[List[Tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in range(depth)]
-        self.scale = 0          # index of the scale being written
+        self.scale = 0  # index of the scale being written
         self.pending: Optional[List[int]] = None  # scale lengths of a multi-scale append (prefill)
 
     def _kept(self, j: int) -> bool:
@@ -47,7 +48,7 @@ class ScaleWindowKVCache:
         lens = self.pending or [k_BHlc.shape[2]]
         chunks, pos = self.chunks[block_idx], 0
         for i, n in enumerate(lens):  # a prefill writes several scales at once
-            chunks.append((self.scale + i, k_BHlc[:, :, pos:pos + n], v_BHlc[:, :, pos:pos + n]))
+            chunks.append((self.scale + i, k_BHlc[:, :, pos : pos + n], v_BHlc[:, :, pos : pos + n]))
             pos += n
         if len(chunks) == 1:
             return chunks[0][1], chunks[0][2]
@@ -80,8 +81,9 @@ def pivotal_tokens(codes_BlCv: torch.Tensor, ratio: float) -> torch.Tensor:
     return score_Bl.topk(n, dim=1, sorted=False).indices.sort(dim=1).values
 
 
-def restore_hidden(h_prev_BLC: torch.Tensor, pn_prev: int, pn: int, idx_Bn: torch.Tensor,
-                   h_kept_BnC: torch.Tensor) -> torch.Tensor:
+def restore_hidden(
+    h_prev_BLC: torch.Tensor, pn_prev: int, pn: int, idx_Bn: torch.Tensor, h_kept_BnC: torch.Tensor
+) -> torch.Tensor:
     """Full (B, pn*pn, C) hidden states of a pruned scale: the kept positions from ``h_kept``, the
     rest from the previous scale's hidden states, upsampled (bicubic, as FastVAR)."""
     B, _, C = h_prev_BLC.shape

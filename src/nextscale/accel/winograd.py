@@ -27,6 +27,7 @@ Implementation (eager ops only, inference only; the input is read as NHWC, the o
     one ``bmm`` (36, tiles, Cin) @ (36, Cin, Cout) -> A^T on both axes as two matmuls -> one strided add
     (bias) that writes the 4x4 tiles into the channels_last output.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -38,8 +39,17 @@ import torch
 
 from nextscale.accel.workspace import workspace
 
-__all__ = ["POINTS", "winograd_matrices", "transform_weight", "winograd_conv3x3", "WinogradWeightCache",
-           "winograd_eligible", "winograd_pays", "winograd_conv2d", "drop_winograd_cache"]
+__all__ = [
+    "POINTS",
+    "winograd_matrices",
+    "transform_weight",
+    "winograd_conv3x3",
+    "WinogradWeightCache",
+    "winograd_eligible",
+    "winograd_pays",
+    "winograd_conv2d",
+    "drop_winograd_cache",
+]
 
 POINTS: Tuple[Optional[Fraction], ...] = (Fraction(0), Fraction(1), Fraction(-1), Fraction(1, 2), Fraction(-2), None)
 _M, _R = 4, 3  # output tile size, filter size
@@ -48,7 +58,7 @@ _N = _M + _R - 1  # input tile size (6)
 
 def _vandermonde(points: Sequence[Optional[Fraction]], k: int) -> List[List[Fraction]]:
     """Rows [1, p, ..., p^(k-1)] per point; the point at infinity (None) gives [0, ..., 0, 1]."""
-    return [[Fraction(int(e == k - 1)) for e in range(k)] if p is None else [p ** e for e in range(k)] for p in points]
+    return [[Fraction(int(e == k - 1)) for e in range(k)] if p is None else [p**e for e in range(k)] for p in points]
 
 
 def _inverse(a: List[List[Fraction]]) -> List[List[Fraction]]:
@@ -106,8 +116,8 @@ def transform_weight(weight: torch.Tensor) -> torch.Tensor:
     # (3i, 3j, Cin*Cout): the 3x3 taps first, so both 1-D transforms are plain matmuls over a long contiguous
     # axis and U comes out in its final layout (no strided scatter of the 36x larger result).
     w = weight.detach().to(device="cpu", dtype=torch.float32).permute(2, 3, 1, 0).reshape(3, 3, Cin * Cout)
-    t = torch.matmul(_G32, w)                                   # along j: (3i, 6b, Cin*Cout)
-    u = _G32 @ t.view(3, _N * Cin * Cout)                       # along i: (6a, 6b*Cin*Cout)
+    t = torch.matmul(_G32, w)  # along j: (3i, 6b, Cin*Cout)
+    u = _G32 @ t.view(3, _N * Cin * Cout)  # along i: (6a, 6b*Cin*Cout)
     return u.view(_N * _N, Cin, Cout).to(weight.device)
 
 
@@ -118,8 +128,9 @@ def _auto_rows(cin: int, cout: int) -> int:
     return 128 if cin * cout <= 160 * 320 else 256
 
 
-def winograd_conv3x3(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], Cout: int,
-                     rows_per_chunk: Optional[int] = None) -> torch.Tensor:
+def winograd_conv3x3(
+    x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tensor], Cout: int, rows_per_chunk: Optional[int] = None
+) -> torch.Tensor:
     """``F.conv2d(x, w, bias, padding=1)`` for a 3x3 ``w`` given ``U = transform_weight(w)``; fp32, no autograd.
 
     x: (B, Cin, H, W) float32 in any memory format (channels_last avoids a copy); returns (B, Cout, H, W) in
@@ -164,35 +175,34 @@ def winograd_conv3x3(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tens
         # 1) B^T along H, read straight from the input: for every tile row the 6 input rows 4ty-1 .. 4ty+4 are
         #    one contiguous (6, W*C) matrix; s[b, t, a, 1 + w, c] = sum_i BT[a, i] x[b, 4ty - 1 + i, w, c].
         #    Columns 0 and W+1.. of s are the zero padding (a linear transform of zero columns is zero).
-        s = s_buf[:B * nn * 6 * Wp * C].view(B, nn, 6, Wp, C)
+        s = s_buf[: B * nn * 6 * Wp * C].view(B, nn, 6, Wp, C)
         s[:, :, :, 0].zero_()
-        s[:, :, :, W + 1:].zero_()
+        s[:, :, :, W + 1 :].zero_()
         for b in range(B):
             for t in range(nn):
                 h0 = 4 * (ty0 + t) - 1
                 if h0 >= 0 and h0 + 6 <= H:
-                    src = xh[b, h0:h0 + 6]
+                    src = xh[b, h0 : h0 + 6]
                 else:  # top / bottom tile rows: zero-padded copy of the rows that exist
                     lo, hi = max(h0, 0), min(h0 + 6, H)
                     edge.zero_()
-                    edge[lo - h0:hi - h0].copy_(xh[b, lo:hi])
+                    edge[lo - h0 : hi - h0].copy_(xh[b, lo:hi])
                     src = edge
-                torch.mm(bt, src.view(6, W * C), out=s[b, t, :, 1:W + 1].view(6, W * C))
+                torch.mm(bt, src.view(6, W * C), out=s[b, t, :, 1 : W + 1].view(6, W * C))
         # 2) unfold the overlapping 6-column windows: d[a, j, (b, t, tx, c)] = s[b, t, a, 4tx + j, c]
         ss = s.stride()
-        d = t1[:36 * rr * C].view(6, 6, rr * C)
-        d.view(6, 6, B, nn, tW, C).copy_(
-            s.as_strided((6, 6, B, nn, tW, C), (ss[2], ss[3], ss[0], ss[1], 4 * ss[3], 1)))
+        d = t1[: 36 * rr * C].view(6, 6, rr * C)
+        d.view(6, 6, B, nn, tW, C).copy_(s.as_strided((6, 6, B, nn, tW, C), (ss[2], ss[3], ss[0], ss[1], 4 * ss[3], 1)))
         # 3) B^T along W: v[a, b'] = sum_j BT[b', j] d[a, j]
-        v = t2[:36 * rr * C].view(6, 6, rr * C)
+        v = t2[: 36 * rr * C].view(6, 6, rr * C)
         torch.matmul(bt, d, out=v)
         # 4) the 36 GEMMs (tiles, Cin) @ (Cin, Cout)
-        m = t1[:36 * rr * Cout].view(36, rr, Cout)
+        m = t1[: 36 * rr * Cout].view(36, rr, Cout)
         torch.bmm(v.view(36, rr, C), U, out=m)
         # 5) A^T on both axes: (6a, 6b, N) -> (4r, 6b, N) -> (4r, 4s, N)
-        f = t2[:24 * rr * Cout].view(4, 6, rr * Cout)
+        f = t2[: 24 * rr * Cout].view(4, 6, rr * Cout)
         torch.mm(at, m.view(6, 6 * rr * Cout), out=f.view(4, 6 * rr * Cout))
-        o = obuf[:16 * rr * Cout].view(4, 4, rr * Cout)
+        o = obuf[: 16 * rr * Cout].view(4, 4, rr * Cout)
         torch.matmul(at, f, out=o)
         # 6) scatter the 4x4 tiles (+ bias) into the NHWC output
         ot = o.view(4, 4, B, nn, tW, Cout).permute(2, 3, 0, 4, 1, 5)  # (B, ty, r, tx, s, Cout)
@@ -204,7 +214,7 @@ def winograd_conv3x3(x: torch.Tensor, U: torch.Tensor, bias: Optional[torch.Tens
             else:
                 dst.copy_(ot)
         else:
-            src = ot.reshape(B, 4 * nn, 4 * tW, Cout)[:, :h1 - h0, :W]
+            src = ot.reshape(B, 4 * nn, 4 * tW, Cout)[:, : h1 - h0, :W]
             if bias is not None:
                 torch.add(src, bias, out=yh[:, h0:h1])
             else:
@@ -239,9 +249,15 @@ class WinogradWeightCache:
 
 def winograd_eligible(conv: torch.nn.Module) -> bool:
     """True for an nn.Conv2d this module computes: 3x3, stride 1, zero padding 1, dilation 1, groups 1."""
-    return (isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
-            and conv.padding == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
+    return (
+        isinstance(conv, torch.nn.Conv2d)
+        and conv.kernel_size == (3, 3)
+        and conv.stride == (1, 1)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
 
 
 def winograd_pays(cin: int, cout: int, h: int, w: int) -> bool:

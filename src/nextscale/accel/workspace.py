@@ -7,6 +7,7 @@ from here instead: one flat float32 buffer per (name, device, inference mode), p
 demand and reused. A buffer never leaves the function that asked for it, so reuse is safe; models
 keep no state of their own for this.
 """
+
 from __future__ import annotations
 
 import threading

@@ -3,6 +3,7 @@ metrics for tokenizers, and deterministic, resumable, sharded sampling for FID (
 
 See ``docs/evaluation.md`` for the protocol.
 """
+
 from nextscale.evaluation.evaluate import (
     compute_reference_stats,
     evaluate,
@@ -36,11 +37,32 @@ from nextscale.evaluation.recon import ReconstructionMetrics, psnr, ssim
 from nextscale.evaluation.sample import PROTOCOLS, SamplingProtocol, get_protocol, sample_for_fid
 
 __all__ = [
-    "FIDInceptionV3", "load_fid_inception", "resize_bilinear_tf1", "resolve_inception_weights",
-    "INCEPTION_WEIGHTS_ENV", "INCEPTION_WEIGHTS_FILE",
-    "frechet_distance", "feature_statistics", "inception_score", "precision_recall", "manifold_radii",
-    "extract_features", "evaluate", "load_reference", "compute_reference_stats", "features_to_stats",
-    "NpzArrayReader", "open_image_source", "save_stats", "load_npz_stats", "write_samples_npz",
-    "psnr", "ssim", "ReconstructionMetrics",
-    "PROTOCOLS", "SamplingProtocol", "get_protocol", "sample_for_fid",
+    "FIDInceptionV3",
+    "load_fid_inception",
+    "resize_bilinear_tf1",
+    "resolve_inception_weights",
+    "INCEPTION_WEIGHTS_ENV",
+    "INCEPTION_WEIGHTS_FILE",
+    "frechet_distance",
+    "feature_statistics",
+    "inception_score",
+    "precision_recall",
+    "manifold_radii",
+    "extract_features",
+    "evaluate",
+    "load_reference",
+    "compute_reference_stats",
+    "features_to_stats",
+    "NpzArrayReader",
+    "open_image_source",
+    "save_stats",
+    "load_npz_stats",
+    "write_samples_npz",
+    "psnr",
+    "ssim",
+    "ReconstructionMetrics",
+    "PROTOCOLS",
+    "SamplingProtocol",
+    "get_protocol",
+    "sample_for_fid",
 ]

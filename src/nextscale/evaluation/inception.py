@@ -16,6 +16,7 @@ Differences from torchvision's ``inception_v3`` (which is *not* the FID network)
 No weights are ever downloaded: give the file with ``weights=`` / ``--inception-weights`` or the
 ``NEXTSCALE_INCEPTION_WEIGHTS`` environment variable.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,6 +50,7 @@ INPUT_SIZE = 299
 # Resize (TensorFlow 1.x ``tf.image.resize_bilinear(align_corners=False)``)
 # ---------------------------------------------------------------------------------------------
 
+
 def _tf1_axis(in_size: int, out_size: int, align_corners: bool, device, dtype):
     """Source coordinates for one axis: TF1 maps output pixel ``i`` to ``i * scale`` (no half-pixel
     offset), ``scale = in/out`` (or ``(in-1)/(out-1)`` with align_corners). Returns the lower
@@ -65,7 +67,9 @@ def _tf1_axis(in_size: int, out_size: int, align_corners: bool, device, dtype):
     return lo, hi, frac
 
 
-def resize_bilinear_tf1(x: torch.Tensor, size: Union[int, Tuple[int, int]], align_corners: bool = False) -> torch.Tensor:
+def resize_bilinear_tf1(
+    x: torch.Tensor, size: Union[int, Tuple[int, int]], align_corners: bool = False
+) -> torch.Tensor:
     """Bilinear resize of a float (N, C, H, W) batch exactly as TensorFlow 1.x does it.
 
     TF1's ``resize_bilinear`` (the op inside the FID Inception graph) samples output pixel ``i`` at
@@ -77,7 +81,9 @@ def resize_bilinear_tf1(x: torch.Tensor, size: Union[int, Tuple[int, int]], alig
     if x.dim() != 4:
         raise ValueError(f"resize_bilinear_tf1 expects a (N, C, H, W) tensor, got shape {tuple(x.shape)}")
     if not torch.is_floating_point(x):
-        raise ValueError("resize_bilinear_tf1 expects a floating-point tensor; convert uint8 images with .float() first")
+        raise ValueError(
+            "resize_bilinear_tf1 expects a floating-point tensor; convert uint8 images with .float() first"
+        )
     oh, ow = (size, size) if isinstance(size, int) else tuple(size)
     ih, iw = x.shape[-2:]
     if (ih, iw) == (oh, ow):
@@ -95,6 +101,7 @@ def resize_bilinear_tf1(x: torch.Tensor, size: Union[int, Tuple[int, int]], alig
 # ---------------------------------------------------------------------------------------------
 # Blocks
 # ---------------------------------------------------------------------------------------------
+
 
 class BasicConv2d(nn.Module):
     """conv (no bias) -> BatchNorm(eps=1e-3) -> ReLU."""
@@ -164,7 +171,13 @@ class FIDInceptionC(nn.Module):
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         bd = x
-        for m in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+        for m in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             bd = m(bd)
         bp = self.branch_pool(_avg3(x))
         return torch.cat([b1, b7, bd, bp], 1)
@@ -227,6 +240,7 @@ class FIDInceptionE_2(_FIDInceptionE):
 # ---------------------------------------------------------------------------------------------
 # Network
 # ---------------------------------------------------------------------------------------------
+
 
 class FIDInceptionV3(nn.Module):
     """FID Inception v3. ``forward(images)`` returns a dict of float32 features:
@@ -301,6 +315,7 @@ class FIDInceptionV3(nn.Module):
 # Weights
 # ---------------------------------------------------------------------------------------------
 
+
 def _missing_weights_message(detail: str) -> str:
     return (
         f"{detail}; download {INCEPTION_WEIGHTS_FILE} (the FID Inception weights, pytorch-fid's GitHub release "
@@ -323,17 +338,21 @@ def resolve_inception_weights(path: Optional[str] = None) -> str:
         for name in (INCEPTION_WEIGHTS_FILE, INCEPTION_WEIGHTS_ALT_FILE):
             if os.path.isfile(os.path.join(path, name)):
                 return os.path.join(path, name)
-        raise NextScaleError(_missing_weights_message(f"{src} is a folder without {INCEPTION_WEIGHTS_FILE} in it: {path}"))
+        raise NextScaleError(
+            _missing_weights_message(f"{src} is a folder without {INCEPTION_WEIGHTS_FILE} in it: {path}")
+        )
     if not os.path.isfile(path):
         raise NextScaleError(_missing_weights_message(f"FID Inception weights not found at {path} (from {src})"))
     return path
 
 
-def load_fid_inception(weights: Optional[str] = None, device: Union[str, torch.device] = "cpu",
-                       spatial: bool = True) -> FIDInceptionV3:
+def load_fid_inception(
+    weights: Optional[str] = None, device: Union[str, torch.device] = "cpu", spatial: bool = True
+) -> FIDInceptionV3:
     """Build :class:`FIDInceptionV3` and load ``pt_inception-2015-12-05`` weights (strict)."""
     path = resolve_inception_weights(weights)
     from nextscale.safeload import load_weights
+
     sd = load_weights(path, f"FID Inception weights file ({INCEPTION_WEIGHTS_FILE})")
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
@@ -349,8 +368,10 @@ def load_fid_inception(weights: Optional[str] = None, device: Union[str, torch.d
     bad = [k for k in ref if k in sd and tuple(sd[k].shape) != tuple(ref[k].shape)]
     if missing or unexpected or bad:
         first = (missing or unexpected or bad)[0]
-        raise NextScaleError(f"{path} is not the FID Inception v3 state dict ({len(missing)} missing, "
-                             f"{len(unexpected)} unexpected, {len(bad)} mis-shaped keys, e.g. {first}); "
-                             f"use {INCEPTION_WEIGHTS_FILE}")
+        raise NextScaleError(
+            f"{path} is not the FID Inception v3 state dict ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(bad)} mis-shaped keys, e.g. {first}); "
+            f"use {INCEPTION_WEIGHTS_FILE}"
+        )
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()

@@ -9,6 +9,7 @@
 * Statistics files: ``mu``, ``sigma`` (float64), optional ``mu_s``/``sigma_s`` (sFID) and
   ``features`` (float32 pool features, for precision/recall).
 """
+
 from __future__ import annotations
 
 import os
@@ -41,12 +42,12 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 # Folders
 # ---------------------------------------------------------------------------------------------
 
+
 def list_images(folder: str) -> List[str]:
     """Image files directly inside ``folder``, sorted by name (``000000.png`` order)."""
     if not os.path.isdir(folder):
         raise NextScaleError(f"image folder not found: {folder}; pass a folder of PNG images or an .npz batch")
-    names = sorted(n for n in os.listdir(folder)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
     return [os.path.join(folder, n) for n in names]
 
 
@@ -62,6 +63,7 @@ def read_image(path: str) -> np.ndarray:
 # .npz streaming
 # ---------------------------------------------------------------------------------------------
 
+
 class NpzArrayReader:
     """Reads one array of an ``.npz`` in row batches without loading it whole (like ADM's reader).
     Works for stored and deflated members; falls back to a full load for Fortran-ordered arrays."""
@@ -71,8 +73,10 @@ class NpzArrayReader:
         with zipfile.ZipFile(path) as zf:
             name = key + ".npy"
             if name not in zf.namelist():
-                raise NextScaleError(f"{path} has no '{key}' array (keys: {', '.join(n[:-4] for n in zf.namelist())}); "
-                                     f"an image batch needs '{key}' as uint8 (N, H, W, 3)")
+                raise NextScaleError(
+                    f"{path} has no '{key}' array (keys: {', '.join(n[:-4] for n in zf.namelist())}); "
+                    f"an image batch needs '{key}' as uint8 (N, H, W, 3)"
+                )
             with zf.open(name) as f:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
@@ -95,7 +99,7 @@ class NpzArrayReader:
         if self._fortran:
             arr = np.load(self.path)[self.key]
             for i in range(0, len(arr), batch_size):
-                yield np.ascontiguousarray(arr[i:i + batch_size])
+                yield np.ascontiguousarray(arr[i : i + batch_size])
             return
         row = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         with zipfile.ZipFile(self.path) as zf, zf.open(self.key + ".npy") as f:
@@ -123,10 +127,12 @@ def _npz_keys(path: str) -> List[str]:
 # A source of images (folder or npz)
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ImageSource:
     """Images to evaluate: a folder, an ``arr_0`` npz batch, or an in-memory uint8 NHWC array."""
-    kind: str                                  # "folder" | "npz" | "array"
+
+    kind: str  # "folder" | "npz" | "array"
     path: Optional[str]
     count: int
     files: Optional[List[str]] = None
@@ -141,17 +147,19 @@ class ImageSource:
             yield from (_check_nhwc(b, self.path) for b in NpzArrayReader(self.path).batches(batch_size))
         elif self.kind == "array":
             for i in range(0, self.count, batch_size):
-                yield _check_nhwc(self.array[i:i + batch_size], "array")
+                yield _check_nhwc(self.array[i : i + batch_size], "array")
         else:
             size = None
             for i in range(0, self.count, batch_size):
-                imgs = [read_image(p) for p in self.files[i:i + batch_size]]
-                for p, im in zip(self.files[i:i + batch_size], imgs):
+                imgs = [read_image(p) for p in self.files[i : i + batch_size]]
+                for p, im in zip(self.files[i : i + batch_size], imgs):
                     if size is None:
                         size = im.shape
                     elif im.shape != size:
-                        raise NextScaleError(f"{p} is {im.shape[1]}x{im.shape[0]} but earlier images are "
-                                             f"{size[1]}x{size[0]}; evaluate folders of same-sized images")
+                        raise NextScaleError(
+                            f"{p} is {im.shape[1]}x{im.shape[0]} but earlier images are "
+                            f"{size[1]}x{size[0]}; evaluate folders of same-sized images"
+                        )
                 yield np.stack(imgs)
 
 
@@ -159,8 +167,10 @@ def _check_nhwc(b: np.ndarray, where) -> np.ndarray:
     if b.ndim != 4 or b.shape[-1] != 3:
         raise NextScaleError(f"{where}: images must be (N, H, W, 3) RGB, got shape {b.shape}")
     if b.dtype != np.uint8:
-        raise NextScaleError(f"{where}: images must be uint8 in [0, 255], got {b.dtype}; save samples with "
-                             f"`nextscale sample-fid` or convert with (x * 255).round().clip(0, 255).astype(np.uint8)")
+        raise NextScaleError(
+            f"{where}: images must be uint8 in [0, 255], got {b.dtype}; save samples with "
+            f"`nextscale sample-fid` or convert with (x * 255).round().clip(0, 255).astype(np.uint8)"
+        )
     return b
 
 
@@ -189,6 +199,7 @@ def open_image_source(src: Union[str, np.ndarray]) -> ImageSource:
 # Writing
 # ---------------------------------------------------------------------------------------------
 
+
 def _write_member(zf: zipfile.ZipFile, key: str, arr: np.ndarray) -> None:
     with zf.open(key + ".npy", "w", force_zip64=True) as f:
         np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
@@ -201,16 +212,20 @@ def atomic_save_npz(path: str, **arrays: np.ndarray) -> None:
             _write_member(zf, k, np.asarray(v))
 
 
-def write_samples_npz(path: str, batches: Iterator[np.ndarray], shape: Tuple[int, int, int, int],
-                      labels: Optional[np.ndarray] = None) -> str:
+def write_samples_npz(
+    path: str, batches: Iterator[np.ndarray], shape: Tuple[int, int, int, int], labels: Optional[np.ndarray] = None
+) -> str:
     """Stream uint8 (B, H, W, 3) ``batches`` (``shape[0]`` images in all) into an ADM-compatible
     ``.npz``: ``arr_0`` uint8 (N, H, W, 3) and ``labels`` int64 (N,). Same bytes as
     ``np.savez(path, arr_0=..., labels=...)``, without holding all images in memory."""
     n = int(shape[0])
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
         with zf.open("arr_0.npy", "w", force_zip64=True) as f:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
-                      "fortran_order": False, "shape": tuple(int(s) for s in shape)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                "fortran_order": False,
+                "shape": tuple(int(s) for s in shape),
+            }
             np.lib.format.write_array_header_1_0(f, header)
             written = 0
             for b in batches:
@@ -233,9 +248,17 @@ def write_samples_npz(path: str, batches: Iterator[np.ndarray], shape: Tuple[int
 # Statistics
 # ---------------------------------------------------------------------------------------------
 
-def save_stats(path: str, mu: np.ndarray, sigma: np.ndarray, *, mu_s: Optional[np.ndarray] = None,
-               sigma_s: Optional[np.ndarray] = None, features: Optional[np.ndarray] = None,
-               **extra) -> str:
+
+def save_stats(
+    path: str,
+    mu: np.ndarray,
+    sigma: np.ndarray,
+    *,
+    mu_s: Optional[np.ndarray] = None,
+    sigma_s: Optional[np.ndarray] = None,
+    features: Optional[np.ndarray] = None,
+    **extra,
+) -> str:
     """Save reference statistics (``mu``, ``sigma`` and optional sFID ``mu_s``/``sigma_s`` and pool
     ``features`` for precision/recall). Loadable as ``--ref`` by ``nextscale fid``."""
     arrays: Dict[str, np.ndarray] = {"mu": np.asarray(mu, np.float64), "sigma": np.asarray(sigma, np.float64)}

@@ -5,6 +5,7 @@ Everything here works on plain arrays of features, so any feature extractor can 
 conventions follow ADM's evaluator (guided-diffusion ``evaluations/evaluator.py``) and
 torch-fidelity, which give the published numbers.
 """
+
 from __future__ import annotations
 
 import math
@@ -85,6 +86,7 @@ def _eigh(a: np.ndarray, vectors: bool = True):
     """Symmetric eigendecomposition; LAPACK's divide-and-conquer driver when scipy is there."""
     try:
         from scipy import linalg
+
         return linalg.eigh(a, eigvals_only=not vectors, driver="evd", check_finite=False)
     except (ImportError, TypeError, ValueError, np.linalg.LinAlgError):  # pragma: no cover
         return np.linalg.eigh(a) if vectors else np.linalg.eigvalsh(a)
@@ -99,15 +101,16 @@ def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
     keep = w1 > (w1.max(initial=0.0) * w1.shape[0] * np.finfo(np.float64).eps)
     v1 = v1[:, keep]
     s1h = v1 * np.sqrt(w1[keep])  # S1^{1/2} = s1h @ v1.T; the nonzero spectrum of
-    m = s1h.T @ sigma2 @ s1h      # S1^{1/2} S2 S1^{1/2} equals that of this r x r matrix
+    m = s1h.T @ sigma2 @ s1h  # S1^{1/2} S2 S1^{1/2} equals that of this r x r matrix
     if m.size == 0:
         return 0.0
     w = _eigh((m + m.T) / 2, vectors=False)
     return float(np.sqrt(np.clip(w, 0, None)).sum())
 
 
-def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike,
-                     eps: float = 1e-6, method: str = "eigh") -> float:
+def frechet_distance(
+    mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike, eps: float = 1e-6, method: str = "eigh"
+) -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64:
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2})``.
@@ -125,7 +128,9 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     mu1, mu2 = np.atleast_1d(_np64(mu1)), np.atleast_1d(_np64(mu2))
     sigma1, sigma2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
     if mu1.shape != mu2.shape:
-        raise InputError(f"feature means have different lengths: {mu1.shape} vs {mu2.shape} (different feature extractors?)")
+        raise InputError(
+            f"feature means have different lengths: {mu1.shape} vs {mu2.shape} (different feature extractors?)"
+        )
     if sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0], mu1.shape[0]):
         raise InputError(f"covariance shapes {sigma1.shape} / {sigma2.shape} do not match the means {mu1.shape}")
     for name, a in (("mu1", mu1), ("mu2", mu2), ("sigma1", sigma1), ("sigma2", sigma2)):
@@ -189,8 +194,9 @@ def _as_tensor(x: ArrayLike, device, dtype) -> torch.Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-def manifold_radii(features: ArrayLike, k: int = 3, batch_size: int = 4096, device=None,
-                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def manifold_radii(
+    features: ArrayLike, k: int = 3, batch_size: int = 4096, device=None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """Squared distance from each feature vector to its k-th nearest neighbour in the same set
     (itself excluded), computed in row x column blocks so memory stays O(batch_size^2)."""
     dev = _device_of(device)
@@ -201,15 +207,15 @@ def manifold_radii(features: ArrayLike, k: int = 3, batch_size: int = 4096, devi
     sq = (f * f).sum(1)
     radii = torch.empty(n, dtype=dtype, device=dev)
     for i in range(0, n, batch_size):
-        rows = f[i:i + batch_size]
+        rows = f[i : i + batch_size]
         best = None  # running k+1 smallest (the sample itself contributes a 0)
         for j in range(0, n, batch_size):
-            d = _pairwise_sq_dists(rows, f[j:j + batch_size], sq[i:i + batch_size], sq[j:j + batch_size])
+            d = _pairwise_sq_dists(rows, f[j : j + batch_size], sq[i : i + batch_size], sq[j : j + batch_size])
             if i == j:  # exact zero on the diagonal (the point itself), whatever the rounding
                 d.fill_diagonal_(0.0)
             cand = d if best is None else torch.cat([best, d], 1)
             best = cand.topk(min(k + 1, cand.shape[1]), dim=1, largest=False).values
-        radii[i:i + batch_size] = best[:, k]
+        radii[i : i + batch_size] = best[:, k]
     return radii
 
 
@@ -219,17 +225,23 @@ def _coverage(manifold: torch.Tensor, radii: torch.Tensor, queries: torch.Tensor
     q_sq = (queries * queries).sum(1)
     inside = torch.zeros(queries.shape[0], dtype=torch.bool, device=queries.device)
     for i in range(0, queries.shape[0], batch_size):
-        q = queries[i:i + batch_size]
+        q = queries[i : i + batch_size]
         hit = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
         for j in range(0, manifold.shape[0], batch_size):
-            d = _pairwise_sq_dists(q, manifold[j:j + batch_size], q_sq[i:i + batch_size], m_sq[j:j + batch_size])
-            hit |= (d <= radii[j:j + batch_size][None, :]).any(1)
-        inside[i:i + batch_size] = hit
+            d = _pairwise_sq_dists(q, manifold[j : j + batch_size], q_sq[i : i + batch_size], m_sq[j : j + batch_size])
+            hit |= (d <= radii[j : j + batch_size][None, :]).any(1)
+        inside[i : i + batch_size] = hit
     return float(inside.double().mean().item())
 
 
-def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: int = 4096, device=None,
-                     dtype: torch.dtype = torch.float64) -> Tuple[float, float]:
+def precision_recall(
+    real: ArrayLike,
+    fake: ArrayLike,
+    k: int = 3,
+    batch_size: int = 4096,
+    device=None,
+    dtype: torch.dtype = torch.float64,
+) -> Tuple[float, float]:
     """Improved precision and recall (Kynkäänniemi et al., 2019) with k-NN radius ``k`` (3).
 
     Precision: fraction of ``fake`` samples inside the real manifold (the union of balls around
@@ -241,7 +253,9 @@ def precision_recall(real: ArrayLike, fake: ArrayLike, k: int = 3, batch_size: i
     r = _as_tensor(real, dev, dtype)
     f = _as_tensor(fake, dev, dtype)
     if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
-        raise InputError(f"real and fake features must be (N, D) with the same D, got {tuple(r.shape)} and {tuple(f.shape)}")
+        raise InputError(
+            f"real and fake features must be (N, D) with the same D, got {tuple(r.shape)} and {tuple(f.shape)}"
+        )
     r_radii = manifold_radii(r, k, batch_size, dev, dtype)
     f_radii = manifold_radii(f, k, batch_size, dev, dtype)
     precision = _coverage(r, r_radii, f, batch_size)

@@ -26,6 +26,7 @@ shifts of up to +-2 pixels (so that slightly off-centre samples are still read c
 with a one-cycle schedule, CPU (15 epochs: ~2 min on one thread). Bit-identical results need the
 same torch build and thread count.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,17 @@ from PIL import Image
 from nextscale.errors import NextScaleError
 
 __all__ = [
-    "SmallCNN", "to_gray", "load_split", "train_classifier", "predict", "accuracy",
-    "per_class_accuracy", "features", "save_classifier", "load_classifier", "CLASSIFIER_FILE",
+    "SmallCNN",
+    "to_gray",
+    "load_split",
+    "train_classifier",
+    "predict",
+    "accuracy",
+    "per_class_accuracy",
+    "features",
+    "save_classifier",
+    "load_classifier",
+    "CLASSIFIER_FILE",
 ]
 
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -67,10 +77,10 @@ class SmallCNN(nn.Module):
     def features(self, x_N1HW: torch.Tensor) -> torch.Tensor:
         """(N, 1, 32, 32) in [0, 1] -> penultimate features (N, 128), after the ReLU."""
         x = (x_N1HW - 0.5) / 0.5
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)        # (N, 32, 16, 16)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)        # (N, 64, 8, 8)
-        x = F.max_pool2d(x, 2).flatten(1)                 # (N, 1024)
-        return F.relu(self.fc1(x))                        # (N, 128)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (N, 32, 16, 16)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # (N, 64, 8, 8)
+        x = F.max_pool2d(x, 2).flatten(1)  # (N, 1024)
+        return F.relu(self.fc1(x))  # (N, 128)
 
     def forward(self, x_N1HW: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.features(x_N1HW)))  # (N, 10)
@@ -104,12 +114,15 @@ def to_gray(images: ImagesLike) -> torch.Tensor:
     if a.ndim != 3:
         raise NextScaleError(f"expected images (N, H, W, 3) or (N, H, W), got shape {a.shape}")
     if a.shape[1:] != (RESOLUTION, RESOLUTION):
-        a = np.stack([np.asarray(Image.fromarray(im, mode="L").resize((RESOLUTION, RESOLUTION), Image.BICUBIC)) for im in a])
+        a = np.stack(
+            [np.asarray(Image.fromarray(im, mode="L").resize((RESOLUTION, RESOLUTION), Image.BICUBIC)) for im in a]
+        )
     return torch.from_numpy(a.astype(np.float32) / 255.0).unsqueeze(1)  # (N, 1, 32, 32)
 
 
-def load_split(split_dir: str, per_class: Optional[int] = None, seed: Optional[int] = None
-               ) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+def load_split(
+    split_dir: str, per_class: Optional[int] = None, seed: Optional[int] = None
+) -> Tuple[np.ndarray, np.ndarray, List[str]]:
     """Read ``split_dir/<class>/*.png`` -> (uint8 images (N, H, W, 3), int64 labels (N,), classes).
 
     Classes are the sub-folder names in sorted order ("0".."9" for the MNIST export), labels index
@@ -117,6 +130,7 @@ def load_split(split_dir: str, per_class: Optional[int] = None, seed: Optional[i
     with ``seed`` a seeded random subset (in file order).
     """
     from nextscale.data import load_rgb, scan_image_folder
+
     samples, classes = scan_image_folder(split_dir)
     by_class: Dict[int, List[str]] = {}
     for path, label in samples:
@@ -140,26 +154,35 @@ def load_split(split_dir: str, per_class: Optional[int] = None, seed: Optional[i
 # Training and inference
 # ------------------------------------------------------------------------------------------------
 
+
 def _random_shift(x_N1HW: torch.Tensor, rng: np.random.Generator, max_shift: int) -> torch.Tensor:
     """Shift every image by its own (dy, dx) in [-max_shift, max_shift], zero fill."""
     if max_shift <= 0:
         return x_N1HW
     N, _, H, W = x_N1HW.shape
-    padded = F.pad(x_N1HW, (max_shift,) * 4)              # (N, 1, H + 2s, W + 2s)
+    padded = F.pad(x_N1HW, (max_shift,) * 4)  # (N, 1, H + 2s, W + 2s)
     d = rng.integers(0, 2 * max_shift + 1, size=(N, 2))
-    return torch.stack([padded[i, :, dy:dy + H, dx:dx + W] for i, (dy, dx) in enumerate(d)])
+    return torch.stack([padded[i, :, dy : dy + H, dx : dx + W] for i, (dy, dx) in enumerate(d)])
 
 
-def train_classifier(train_dir: str, epochs: int = 15, seed: int = 0, batch_size: int = 64, lr: float = 3e-3,
-                     max_shift: int = 2, per_class: Optional[int] = None, verbose: bool = False) -> SmallCNN:
+def train_classifier(
+    train_dir: str,
+    epochs: int = 15,
+    seed: int = 0,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    max_shift: int = 2,
+    per_class: Optional[int] = None,
+    verbose: bool = False,
+) -> SmallCNN:
     """Train :class:`SmallCNN` on ``train_dir/<digit>/*.png`` (the 4,500 training digits of the
     export; ``per_class`` takes fewer). Deterministic for a given seed on CPU. Returns the model in
     eval mode; ``model.classes`` holds the folder names (the label order)."""
     images, labels, classes = load_split(train_dir, per_class=per_class)
     if len(classes) != NUM_CLASSES:
         raise NextScaleError(f"{train_dir!r} has {len(classes)} class folders; the MNIST classifier expects 10 (0..9)")
-    x = to_gray(images)                                    # (N, 1, 32, 32)
-    y = torch.from_numpy(labels)                           # (N,)
+    x = to_gray(images)  # (N, 1, 32, 32)
+    y = torch.from_numpy(labels)  # (N,)
     torch.manual_seed(seed)
     model = SmallCNN()
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -171,9 +194,9 @@ def train_classifier(train_dir: str, epochs: int = 15, seed: int = 0, batch_size
         t0, tot, correct = time.perf_counter(), 0.0, 0
         perm = rng.permutation(len(x))
         for i in range(0, len(x), batch_size):
-            idx = torch.from_numpy(perm[i:i + batch_size])
+            idx = torch.from_numpy(perm[i : i + batch_size])
             xb, yb = _random_shift(x[idx], rng, max_shift), y[idx]
-            logits = model(xb)                             # (B, 10)
+            logits = model(xb)  # (B, 10)
             loss = F.cross_entropy(logits, yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -182,8 +205,11 @@ def train_classifier(train_dir: str, epochs: int = 15, seed: int = 0, batch_size
             tot += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
         if verbose:
-            print(f"  classifier epoch {ep + 1}/{epochs}: loss {tot / len(x):.4f}, train acc {correct / len(x):.4f} "
-                  f"({time.perf_counter() - t0:.1f}s)", flush=True)
+            print(
+                f"  classifier epoch {ep + 1}/{epochs}: loss {tot / len(x):.4f}, train acc {correct / len(x):.4f} "
+                f"({time.perf_counter() - t0:.1f}s)",
+                flush=True,
+            )
     model.eval()
     model.classes = list(classes)
     model.train_info = dict(epochs=epochs, seed=seed, batch_size=batch_size, lr=lr, max_shift=max_shift, n_train=len(x))
@@ -192,7 +218,7 @@ def train_classifier(train_dir: str, epochs: int = 15, seed: int = 0, batch_size
 
 def _as_input(images: ImagesLike) -> torch.Tensor:
     if isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[1] == 1 and images.dtype == torch.float32:
-        return images                                      # already (N, 1, 32, 32) in [0, 1]
+        return images  # already (N, 1, 32, 32) in [0, 1]
     return to_gray(images)
 
 
@@ -200,7 +226,7 @@ def _as_input(images: ImagesLike) -> torch.Tensor:
 def _batched(model: SmallCNN, images: ImagesLike, fn, batch_size: int = 500) -> torch.Tensor:
     x = _as_input(images)
     model.eval()
-    return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
 def predict(model: SmallCNN, images: ImagesLike) -> np.ndarray:
@@ -232,16 +258,21 @@ def features(model: SmallCNN, images: ImagesLike) -> np.ndarray:
 # Persistence (safetensors; metadata: format, classes, training settings)
 # ------------------------------------------------------------------------------------------------
 
+
 def save_classifier(model: SmallCNN, path: str, extra: Optional[dict] = None) -> str:
     """Write the weights to ``path`` (a ``.safetensors`` file, or a folder -> ``folder/classifier.safetensors``)."""
     from nextscale.safeload import save_safetensors
+
     if os.path.isdir(path) or not path.endswith(".safetensors"):
         os.makedirs(path, exist_ok=True)
         path = os.path.join(path, CLASSIFIER_FILE)
     elif os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
-    meta = {"format": _FORMAT, "classes": json.dumps(getattr(model, "classes", [str(i) for i in range(NUM_CLASSES)])),
-            "train_info": json.dumps({**getattr(model, "train_info", {}), **(extra or {})})}
+    meta = {
+        "format": _FORMAT,
+        "classes": json.dumps(getattr(model, "classes", [str(i) for i in range(NUM_CLASSES)])),
+        "train_info": json.dumps({**getattr(model, "train_info", {}), **(extra or {})}),
+    }
     save_safetensors(model.state_dict(), path, metadata=meta)
     return path
 
@@ -249,11 +280,15 @@ def save_classifier(model: SmallCNN, path: str, extra: Optional[dict] = None) ->
 def load_classifier(path: str) -> SmallCNN:
     """Load a classifier written by :func:`save_classifier` (a file or a folder holding one)."""
     from safetensors import safe_open
+
     if os.path.isdir(path):
         path = os.path.join(path, CLASSIFIER_FILE)
     if not os.path.isfile(path):
-        raise NextScaleError(f"no classifier at {path!r}; train one with benchmarks/default_model_report.py --save-classifier PATH")
+        raise NextScaleError(
+            f"no classifier at {path!r}; train one with benchmarks/default_model_report.py --save-classifier PATH"
+        )
     from nextscale.safeload import load_safetensors
+
     sd = load_safetensors(path, "nextscale MNIST classifier")
     with safe_open(path, framework="pt") as f:
         meta = f.metadata() or {}

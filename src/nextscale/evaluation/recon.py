@@ -3,6 +3,7 @@ reconstructions, through the same feature code as ``nextscale fid``).
 
 Images are float tensors in [0, 1], shaped (N, C, H, W) or (C, H, W).
 """
+
 from __future__ import annotations
 
 from typing import Dict, List, Optional
@@ -11,9 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nextscale.errors import InputError
 from nextscale.evaluation.evaluate import _module_device, _normalize_output
 from nextscale.evaluation.metrics import feature_statistics, frechet_distance
-from nextscale.errors import InputError
 
 __all__ = ["psnr", "ssim", "to_uint8", "ReconstructionMetrics"]
 
@@ -36,18 +37,26 @@ def psnr(img_a: torch.Tensor, img_b: torch.Tensor, data_range: float = 1.0, redu
     Identical images give ``inf``."""
     a, b = _pair(img_a, img_b)
     mse = (a - b).pow(2).flatten(1).mean(1)
-    val = 10.0 * torch.log10(data_range ** 2 / mse)
+    val = 10.0 * torch.log10(data_range**2 / mse)
     return val.mean() if reduction == "mean" else val
 
 
 def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
     x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
-    g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def ssim(img_a: torch.Tensor, img_b: torch.Tensor, data_range: float = 1.0, win_size: int = 11,
-         sigma: float = 1.5, k1: float = 0.01, k2: float = 0.03, reduction: str = "mean") -> torch.Tensor:
+def ssim(
+    img_a: torch.Tensor,
+    img_b: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """Structural similarity (Wang et al., 2004): Gaussian window 11, sigma 1.5, C1 = (0.01 L)^2,
     C2 = (0.03 L)^2, computed per channel over the valid window positions and averaged over
     channels and pixels (then over the batch unless ``reduction="none"``)."""
@@ -64,11 +73,11 @@ def ssim(img_a: torch.Tensor, img_b: torch.Tensor, data_range: float = 1.0, win_
 
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     mu_a, mu_b = blur(a), blur(b)
-    s_aa = blur(a * a) - mu_a ** 2
-    s_bb = blur(b * b) - mu_b ** 2
+    s_aa = blur(a * a) - mu_a**2
+    s_bb = blur(b * b) - mu_b**2
     s_ab = blur(a * b) - mu_a * mu_b
     num = (2 * mu_a * mu_b + c1) * (2 * s_ab + c2)
-    den = (mu_a ** 2 + mu_b ** 2 + c1) * (s_aa + s_bb + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (s_aa + s_bb + c2)
     val = (num / den).flatten(2).mean(2).mean(1)
     return val.mean() if reduction == "mean" else val
 

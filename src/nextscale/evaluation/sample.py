@@ -12,9 +12,11 @@ rank ``j % world_size``, so ranks never overlap and leave no gaps.
 Files: ``OUT/{index:06d}.png`` (PNG only; JPEG artefacts would change FID), each written to a
 temporary name and renamed. ``OUT/sample_fid.json`` records the protocol. A re-run skips every
 chunk whose PNGs all exist and decode; a chunk cut short by a kill is sampled again and only its
-missing (or undecodable) PNGs are written, so no finished image is ever rewritten. At the end rank 0 packs ``OUT.npz`` in ADM's layout
+missing (or undecodable) PNGs are written, so no finished image is ever rewritten. At the end rank 0 packs
+``OUT.npz`` in ADM's layout
 (``arr_0`` uint8 (N, H, W, 3), ``labels`` int64 (N,)).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +30,15 @@ import numpy as np
 from nextscale.errors import NextScaleError
 from nextscale.evaluation.io import read_image, write_samples_npz
 
-__all__ = ["SamplingProtocol", "PROTOCOLS", "get_protocol", "sample_for_fid", "chunk_plan", "default_npz_path",
-           "META_NAME"]
+__all__ = [
+    "SamplingProtocol",
+    "PROTOCOLS",
+    "get_protocol",
+    "sample_for_fid",
+    "chunk_plan",
+    "default_npz_path",
+    "META_NAME",
+]
 
 META_NAME = "sample_fid.json"
 
@@ -47,25 +56,43 @@ class SamplingProtocol:
 #: Published protocols. top_k=0 / top_p=0 disable that filter. more_smooth stays off for FID.
 PROTOCOLS: Dict[str, SamplingProtocol] = {
     "var-readme": SamplingProtocol(
-        "var-readme", cfg=1.5, top_k=900, top_p=0.96, more_smooth=False,
-        description="VAR README's FID protocol: cfg 1.5, top-p 0.96, top-k 900, more_smooth off"),
+        "var-readme",
+        cfg=1.5,
+        top_k=900,
+        top_p=0.96,
+        more_smooth=False,
+        description="VAR README's FID protocol: cfg 1.5, top-p 0.96, top-k 900, more_smooth off",
+    ),
     "var-paper": SamplingProtocol(
-        "var-paper", cfg=2.0, top_k=600, top_p=0.0, more_smooth=False,
-        description="VAR paper's protocol: cfg 2.0, top-k 600, no top-p, more_smooth off"),
+        "var-paper",
+        cfg=2.0,
+        top_k=600,
+        top_p=0.0,
+        more_smooth=False,
+        description="VAR paper's protocol: cfg 2.0, top-k 600, no top-p, more_smooth off",
+    ),
 }
 _ALIASES = {"readme": "var-readme", "paper": "var-paper"}
 
 
-def get_protocol(name: str, cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                 more_smooth: Optional[bool] = None) -> SamplingProtocol:
+def get_protocol(
+    name: str,
+    cfg: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    more_smooth: Optional[bool] = None,
+) -> SamplingProtocol:
     """A named protocol, optionally with overrides (then renamed ``<name>+custom`` so a result
     never claims a protocol it did not follow)."""
     key = _ALIASES.get(name, name)
     if key not in PROTOCOLS:
         raise NextScaleError(f"unknown sampling protocol {name!r}; use one of: {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[key]
-    over = {k: v for k, v in dict(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth).items()
-            if v is not None and v != getattr(p, k)}
+    over = {
+        k: v
+        for k, v in dict(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth).items()
+        if v is not None and v != getattr(p, k)
+    }
     if not over:
         return p
     d = asdict(p)
@@ -81,16 +108,19 @@ def get_protocol(name: str, cfg: Optional[float] = None, top_k: Optional[int] = 
 # Ranks (thin layer over nextscale.dist, so it can be swapped)
 # ---------------------------------------------------------------------------------------------
 
+
 class _Ranks:
     def __init__(self):
         try:
             from nextscale import dist as d
+
             self._d = d
         except ImportError:  # pragma: no cover
             self._d = None
 
     def _td(self):
         import torch.distributed as td
+
         return td if td.is_available() and td.is_initialized() else None
 
     @property
@@ -119,6 +149,7 @@ class _Ranks:
         if td is None:
             return ok
         import torch
+
         t = torch.tensor([0 if ok else 1], dtype=torch.int64)
         if td.get_backend() == "nccl":
             t = t.cuda()
@@ -129,6 +160,7 @@ class _Ranks:
 # ---------------------------------------------------------------------------------------------
 # Plan
 # ---------------------------------------------------------------------------------------------
+
 
 def chunk_plan(total: int, batch_size: int, rank: int = 0, world: int = 1) -> List[range]:
     """Index ranges of the chunks that ``rank`` samples (chunk j goes to rank j % world)."""
@@ -147,6 +179,7 @@ def _png(out_dir: str, i: int) -> str:
 
 def _readable(path: str) -> bool:
     from PIL import Image
+
     try:
         with Image.open(path) as im:
             im.verify()
@@ -171,6 +204,7 @@ def _remove_stale_tmp(out_dir: str) -> None:
 
 def _save_png(out_dir: str, i: int, img: np.ndarray, rank: int) -> None:
     from PIL import Image
+
     final = _png(out_dir, i)
     tmp = os.path.join(out_dir, f".{i:06d}.png.{rank}.tmp")
     Image.fromarray(img).save(tmp, format="PNG")
@@ -185,8 +219,21 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(x.astype(np.float32) * 255.0, 0, 255).astype(np.uint8)
 
 
-_META_KEYS = ("protocol", "cfg", "top_k", "top_p", "more_smooth", "seed", "batch_size", "per_class",
-              "num_classes", "total", "resolution", "device_type", "dtype")
+_META_KEYS = (
+    "protocol",
+    "cfg",
+    "top_k",
+    "top_p",
+    "more_smooth",
+    "seed",
+    "batch_size",
+    "per_class",
+    "num_classes",
+    "total",
+    "resolution",
+    "device_type",
+    "dtype",
+)
 
 
 def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
@@ -200,8 +247,10 @@ def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
         return None
     for k in _META_KEYS:
         if k in old and old[k] != meta[k]:
-            return (f"{out_dir} holds samples made with {k}={old[k]!r}, this run uses {meta[k]!r}; "
-                    f"use a new --out folder or the same settings to resume")
+            return (
+                f"{out_dir} holds samples made with {k}={old[k]!r}, this run uses {meta[k]!r}; "
+                f"use a new --out folder or the same settings to resume"
+            )
     return None
 
 
@@ -209,13 +258,30 @@ def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
 # Main entry
 # ---------------------------------------------------------------------------------------------
 
-def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: str = "var-readme",
-                   cfg: Optional[float] = None, top_k: Optional[int] = None, top_p: Optional[float] = None,
-                   more_smooth: Optional[bool] = None, seed: int = 0, batch_size: int = 25,
-                   num_classes: Optional[int] = None, npz: Optional[str] = "", device=None, dtype=None,
-                   progress: bool = True, max_chunks: Optional[int] = None,
-                   log: Callable[[str], None] = print, candidates: int = 1, scorer: Any = None,
-                   speedups: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+
+def sample_for_fid(
+    model: Any,
+    out_dir: str,
+    *,
+    per_class: int = 50,
+    protocol: str = "var-readme",
+    cfg: Optional[float] = None,
+    top_k: Optional[int] = None,
+    top_p: Optional[float] = None,
+    more_smooth: Optional[bool] = None,
+    seed: int = 0,
+    batch_size: int = 25,
+    num_classes: Optional[int] = None,
+    npz: Optional[str] = "",
+    device=None,
+    dtype=None,
+    progress: bool = True,
+    max_chunks: Optional[int] = None,
+    log: Callable[[str], None] = print,
+    candidates: int = 1,
+    scorer: Any = None,
+    speedups: Optional[Dict[str, Any]] = None,
+) -> Dict[str, Any]:
     """Sample ``per_class`` images of every class into ``out_dir`` (see the module docstring).
 
     ``model``: anything :func:`nextscale.pipelines.load_pipeline` accepts, or a pipeline object.
@@ -230,6 +296,7 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     """
     from nextscale.sampling import SamplingSettings
     from nextscale.validate import MAX_FID_IMAGES, check_count, check_seed
+
     per_class = check_count(per_class, "--per-class", hi=MAX_FID_IMAGES)
     candidates = check_count(candidates, "--candidates", hi=1024)
     if candidates > 1 and scorer is None:
@@ -237,6 +304,7 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     scorer_name = scorer if isinstance(scorer, str) else type(scorer).__name__
     if candidates > 1 and not callable(scorer):
         from nextscale.evaluation.scorers import resolve_scorer
+
         scorer = None  # resolved below, once the model (and its class count) is known
     batch_size = check_count(batch_size, "--batch")
     seed = check_seed(seed, "--seed")
@@ -248,6 +316,7 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
 
     if isinstance(model, (str, os.PathLike)):
         from nextscale.pipelines import load_pipeline
+
         pipe = load_pipeline(os.fspath(model), device=device, dtype=dtype)
         model_name = os.fspath(model)
     else:
@@ -261,17 +330,34 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
         raise NextScaleError(f"--num-classes must be between 1 and the model's {pipe.num_classes}, got {n_cls}")
     total = per_class * n_cls
     if total > MAX_FID_IMAGES:
-        raise NextScaleError(f"--per-class {per_class} x {n_cls} classes = {total:,} images, more than {MAX_FID_IMAGES:,}; "
-                             f"use at most --per-class {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)")
+        raise NextScaleError(
+            f"--per-class {per_class} x {n_cls} classes = {total:,} images, more than {MAX_FID_IMAGES:,}; "
+            f"use at most --per-class {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)"
+        )
     res = int(pipe.resolution)
 
     import torch
+
     meta = {
-        "protocol": proto.name, "description": proto.description, "cfg": proto.cfg, "top_k": proto.top_k,
-        "top_p": proto.top_p, "more_smooth": proto.more_smooth, "seed": seed, "batch_size": batch_size,
-        "per_class": per_class, "num_classes": n_cls, "total": total, "resolution": res, "format": "png",
-        "labels": "index // per_class", "chunk_seed": "seed + chunk_index", "model": model_name,
-        "torch": torch.__version__, "device_type": torch.device(gen_device).type, "dtype": str(dtype or "float32"),
+        "protocol": proto.name,
+        "description": proto.description,
+        "cfg": proto.cfg,
+        "top_k": proto.top_k,
+        "top_p": proto.top_p,
+        "more_smooth": proto.more_smooth,
+        "seed": seed,
+        "batch_size": batch_size,
+        "per_class": per_class,
+        "num_classes": n_cls,
+        "total": total,
+        "resolution": res,
+        "format": "png",
+        "labels": "index // per_class",
+        "chunk_seed": "seed + chunk_index",
+        "model": model_name,
+        "torch": torch.__version__,
+        "device_type": torch.device(gen_device).type,
+        "dtype": str(dtype or "float32"),
     }
     speedups = dict(speedups or {})
     if speedups:  # recorded only when on, so folders written before stay valid
@@ -296,14 +382,22 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     todo = [(c, m) for c in mine for m in [_missing(out_dir, c)] if m]
     n_chunks = math.ceil(total / batch_size)
     if main:
-        log(f"sample-fid: {total} images ({per_class}/class x {n_cls} classes, {res}px), protocol {proto.name} "
+        log(
+            f"sample-fid: {total} images ({per_class}/class x {n_cls} classes, {res}px), protocol {proto.name} "
             f"[{proto.description}], seed {seed}, {n_chunks} chunks of {batch_size} over {world} process(es); "
-            f"rank 0 resumes with {len(mine) - len(todo)}/{len(mine)} chunks already written")
+            f"rank 0 resumes with {len(mine) - len(todo)}/{len(mine)} chunks already written"
+        )
     bar = None
     if progress and main:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"sample-fid rank 0/{world}", unit="chunk",
-                   dynamic_ncols=True)
+
+        bar = tqdm(
+            total=len(mine),
+            initial=len(mine) - len(todo),
+            desc=f"sample-fid rank 0/{world}",
+            unit="chunk",
+            dynamic_ncols=True,
+        )
     done_now = 0
     ok, error = True, None
     try:
@@ -313,12 +407,24 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
             j = idx.start // batch_size
             labels = [i // per_class for i in idx]
             gen = torch.Generator(device=gen_device).manual_seed(seed + j)
-            out = pipe(class_labels=labels, guidance_scale=proto.cfg, top_k=proto.top_k, top_p=proto.top_p,
-                       more_smooth=proto.more_smooth, generator=gen, output_type="np", show_progress=False,
-                       num_candidates=candidates, scorer=scorer, **speedups)
+            out = pipe(
+                class_labels=labels,
+                guidance_scale=proto.cfg,
+                top_k=proto.top_k,
+                top_p=proto.top_p,
+                more_smooth=proto.more_smooth,
+                generator=gen,
+                output_type="np",
+                show_progress=False,
+                num_candidates=candidates,
+                scorer=scorer,
+                **speedups,
+            )
             imgs = _to_uint8(out.images)
             if imgs.shape != (len(idx), res, res, 3):
-                raise RuntimeError(f"pipeline returned images of shape {imgs.shape}, expected {(len(idx), res, res, 3)}")
+                raise RuntimeError(
+                    f"pipeline returned images of shape {imgs.shape}, expected {(len(idx), res, res, 3)}"
+                )
             need = set(need)
             for i, im in zip(idx, imgs):  # the whole chunk is sampled (seeding), only missing images are written
                 if i in need:
@@ -337,18 +443,30 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     if error is not None:
         raise error
     if not all_ok:
-        raise NextScaleError("another rank failed while sampling; see its error, then re-run the same command to resume")
+        raise NextScaleError(
+            "another rank failed while sampling; see its error, then re-run the same command to resume"
+        )
 
-    summary: Dict[str, Any] = {"out": out_dir, "total": total, "sampled_chunks": done_now,
-                               "skipped_chunks": len(mine) - len(todo), "complete": False, "npz": None,
-                               "protocol": proto.name, "rank": rank, "world_size": world}
+    summary: Dict[str, Any] = {
+        "out": out_dir,
+        "total": total,
+        "sampled_chunks": done_now,
+        "skipped_chunks": len(mine) - len(todo),
+        "complete": False,
+        "npz": None,
+        "protocol": proto.name,
+        "rank": rank,
+        "world_size": world,
+    }
     stopped_early = max_chunks is not None and done_now < len(todo)
     if not ranks.all_ok(not stopped_early):
         return summary
     missing = [i for i in range(total) if not os.path.isfile(_png(out_dir, i))] if main else []
     if main and missing:
-        raise NextScaleError(f"{len(missing)} images missing in {out_dir} (first: {_png(out_dir, missing[0])}); "
-                             f"re-run the same command to fill the gaps")
+        raise NextScaleError(
+            f"{len(missing)} images missing in {out_dir} (first: {_png(out_dir, missing[0])}); "
+            f"re-run the same command to fill the gaps"
+        )
     summary["complete"] = True
     if main and npz is not None:
         path = npz or default_npz_path(out_dir)
@@ -358,21 +476,25 @@ def sample_for_fid(model: Any, out_dir: str, *, per_class: int = 50, protocol: s
     return summary
 
 
-def pack_npz(out_dir: str, total: int, per_class: int, res: int, path: str, progress: bool = False,
-             batch: int = 256) -> str:
+def pack_npz(
+    out_dir: str, total: int, per_class: int, res: int, path: str, progress: bool = False, batch: int = 256
+) -> str:
     """Pack ``OUT/000000.png ...`` into an ADM-style npz (streamed; temp file + os.replace)."""
     labels = np.arange(total, dtype=np.int64) // per_class
     bar = None
     if progress:
         from tqdm.auto import tqdm
+
         bar = tqdm(total=total, desc="pack npz", unit="img", dynamic_ncols=True)
 
     def batches():
         for s in range(0, total, batch):
             arr = np.stack([read_image(_png(out_dir, i)) for i in range(s, min(s + batch, total))])
             if arr.shape[1:] != (res, res, 3):
-                raise NextScaleError(f"images in {out_dir} are {arr.shape[2]}x{arr.shape[1]}, expected {res}x{res}; "
-                                     f"the folder mixes runs, sample into a new --out")
+                raise NextScaleError(
+                    f"images in {out_dir} are {arr.shape[2]}x{arr.shape[1]}, expected {res}x{res}; "
+                    f"the folder mixes runs, sample into a new --out"
+                )
             if bar is not None:
                 bar.update(len(arr))
             yield arr

@@ -21,6 +21,7 @@ probability for unconditional images).
   ``assets/mnist_scorer.safetensors``. It is trained with another seed than the classifier that
   evaluates samples (benchmarks/default_model_report.py), so rejection is not graded by its own judge.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
@@ -37,12 +38,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 Scorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _class_probability(logits_BN: torch.Tensor, labels_B: torch.Tensor, num_classes: Optional[int],
-                       class_map: Optional[Sequence[int]]) -> torch.Tensor:
+def _class_probability(
+    logits_BN: torch.Tensor, labels_B: torch.Tensor, num_classes: Optional[int], class_map: Optional[Sequence[int]]
+) -> torch.Tensor:
     probs = logits_BN.float().softmax(dim=-1)
     uncond = labels_B >= (num_classes if num_classes is not None else probs.shape[-1])
-    idx = labels_B.clamp(max=probs.shape[-1] - 1) if class_map is None else \
-        torch.as_tensor(list(class_map), device=labels_B.device)[labels_B.clamp(max=len(class_map) - 1)]
+    idx = (
+        labels_B.clamp(max=probs.shape[-1] - 1)
+        if class_map is None
+        else torch.as_tensor(list(class_map), device=labels_B.device)[labels_B.clamp(max=len(class_map) - 1)]
+    )
     p = probs.gather(1, idx.view(-1, 1)).squeeze(1)
     return torch.where(uncond, probs.amax(dim=-1), p)
 
@@ -50,8 +55,15 @@ def _class_probability(logits_BN: torch.Tensor, labels_B: torch.Tensor, num_clas
 class ClassifierScorer:
     """Probability of the requested class under a torch classifier (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, size: Optional[int] = 224, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 class_map: Optional[Sequence[int]] = None, num_classes: Optional[int] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        size: Optional[int] = 224,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        class_map: Optional[Sequence[int]] = None,
+        num_classes: Optional[int] = None,
+    ):
         self.model, self.size, self.class_map, self.num_classes = model.eval(), size, class_map, num_classes
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
@@ -62,8 +74,10 @@ class ClassifierScorer:
         if self.size is not None and x.shape[-1] != self.size:
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         dev = next(self.model.parameters()).device
-        x = ((x.to(dev) - self.mean.to(dev)) / self.std.to(dev))
-        return _class_probability(self.model(x), labels_B.to(dev), self.num_classes, self.class_map).to(images_B3HW.device)
+        x = (x.to(dev) - self.mean.to(dev)) / self.std.to(dev)
+        return _class_probability(self.model(x), labels_B.to(dev), self.num_classes, self.class_map).to(
+            images_B3HW.device
+        )
 
 
 class MNISTScorer:
@@ -71,8 +85,10 @@ class MNISTScorer:
 
     def __init__(self, classifier=None):
         from nextscale.evaluation import mnist_classifier as mc
+
         if classifier is None or isinstance(classifier, str):
             from importlib import resources
+
             path = classifier or str(resources.files("nextscale").joinpath("assets/mnist_scorer.safetensors"))
             classifier = mc.load_classifier(path)
         self.classifier = classifier
@@ -80,6 +96,7 @@ class MNISTScorer:
     @torch.no_grad()
     def __call__(self, images_B3HW: torch.Tensor, labels_B: torch.Tensor) -> torch.Tensor:
         from nextscale.evaluation import mnist_classifier as mc
+
         x = mc.to_gray(images_B3HW.permute(0, 2, 3, 1).float().cpu().numpy())
         logits = self.classifier(x)
         # the classifier's classes are the folder names "0".."9": the default model's label order
@@ -92,7 +109,12 @@ def resolve_scorer(scorer, num_classes: int) -> Scorer:
         return scorer
     if isinstance(scorer, str):
         if num_classes != 10:
-            raise InputError(f"scorer {scorer!r}: the built-in scorer is for the 10-class MNIST models; this model has "
-                             f"{num_classes} classes, pass scorer=ClassifierScorer(your_classifier) (nextscale.evaluation.scorers)")
+            raise InputError(
+                f"scorer {scorer!r}: the built-in scorer is for the 10-class MNIST models; this model has "
+                f"{num_classes} classes, pass scorer=ClassifierScorer(your_classifier) (nextscale.evaluation.scorers)"
+            )
         return MNISTScorer(None if scorer == "default" else scorer)
-    raise InputError(f"scorer must be a callable (images, labels) -> scores, 'default', or a scorer file; got {type(scorer).__name__}")
+    raise InputError(
+        "scorer must be a callable (images, labels) -> scores, 'default', or a scorer file; got "
+        f"{type(scorer).__name__}"
+    )

@@ -11,6 +11,7 @@ Every image of the folder's ``val`` split (or of the folder itself) is resized (
   (``--inception-weights`` or ``NEXTSCALE_INCEPTION_WEIGHTS``); otherwise ``None`` with a note;
 * a picture (``--picture``): rows of [original, rebuilt from 1 scale, 2 scales, ..., K scales].
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def scale_grid(vae, x: torch.Tensor, upscale: Optional[int] = None) -> np.ndarra
     """uint8 (rows*R, (K+1)*R, 3): per row the original, then the image rebuilt from 1..K scales."""
     recs = per_scale_reconstructions(vae, x)
     cols = [x] + recs
-    arr = torch.stack(cols, dim=1)                       # (N, K+1, 3, R, R)
+    arr = torch.stack(cols, dim=1)  # (N, K+1, 3, R, R)
     arr = ((arr.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
     N, K1, _, R, _ = arr.shape
     img = arr.permute(0, 3, 1, 4, 2).reshape(N * R, K1 * R, 3).numpy()
@@ -67,13 +68,25 @@ def evaluate_tokenizer(vae, data: str, **kw) -> Dict[str, Any]:
     """Reconstruction report of a tokenizer on an image folder (see ``_evaluate``); decodes with
     the CPU kernels of ``nextscale.accel`` (same images within 1e-4, ~2x faster decoding)."""
     from nextscale.accel import cpu_kernels
+
     with cpu_kernels(vae):
         return _evaluate(vae, data, **kw)
 
 
-def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = None, picture: Optional[str] = None,
-              picture_rows: int = 4, inception_weights: Optional[str] = None, rfid: bool = True, device=None,
-              mid_reso: float = 1.125, workers: int = 0, progress: bool = False) -> Dict[str, Any]:
+def _evaluate(
+    vae,
+    data: str,
+    batch_size: int = 64,
+    max_images: Optional[int] = None,
+    picture: Optional[str] = None,
+    picture_rows: int = 4,
+    inception_weights: Optional[str] = None,
+    rfid: bool = True,
+    device=None,
+    mid_reso: float = 1.125,
+    workers: int = 0,
+    progress: bool = False,
+) -> Dict[str, Any]:
     from nextscale.data import ImageFolder, find_split, scan_image_folder
     from nextscale.evaluation.recon import ReconstructionMetrics, psnr
 
@@ -93,6 +106,7 @@ def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = 
     if rfid:
         try:
             from nextscale.evaluation.inception import load_fid_inception
+
             extractor = load_fid_inception(inception_weights, device=dev)
         except Exception as e:  # weights are never downloaded: no local file -> no rFID
             if inception_weights:  # asked for explicitly: a bad path is an error, not a note
@@ -105,6 +119,7 @@ def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = 
     psnr_k = [[] for _ in range(K)]
     t0 = time.time()
     from tqdm.auto import tqdm
+
     batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     first = None
     for b in tqdm(batches, desc="eval-tokenizer", disable=not progress, unit="batch"):
@@ -124,17 +139,25 @@ def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = 
     res = metrics.compute()
     usage, ppl = codebook_stats(hits)
     out: Dict[str, Any] = {
-        "psnr": res["psnr"], "ssim": res["ssim"], "rfid": res["rfid"], "num_images": res["num_images"],
-        "resolution": R, "patch_nums": list(vae.v_patch_nums), "vocab_size": V,
+        "psnr": res["psnr"],
+        "ssim": res["ssim"],
+        "rfid": res["rfid"],
+        "num_images": res["num_images"],
+        "resolution": R,
+        "patch_nums": list(vae.v_patch_nums),
+        "vocab_size": V,
         "psnr_by_scale": [float(torch.cat(p)[torch.isfinite(torch.cat(p))].mean()) for p in psnr_k],
-        "usage_by_scale": usage, "perplexity_by_scale": ppl,
+        "usage_by_scale": usage,
+        "perplexity_by_scale": ppl,
         "usage_any": float((hits.sum(0) > 0).double().mean() * 100),
-        "seconds": round(time.time() - t0, 2), "data": root,
+        "seconds": round(time.time() - t0, 2),
+        "data": root,
     }
     if note:
         out["note"] = note
     if picture:
         from PIL import Image
+
         grid = scale_grid(vae, first)
         os.makedirs(os.path.dirname(os.path.abspath(picture)), exist_ok=True)
         Image.fromarray(grid).save(picture)
@@ -144,13 +167,17 @@ def _evaluate(vae, data: str, batch_size: int = 64, max_images: Optional[int] = 
 
 def format_report(r: Dict[str, Any]) -> str:
     pns = r["patch_nums"]
-    lines = [f"{r['num_images']} images at {r['resolution']}px from {r['data']}",
-             f"PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}" if r.get("ssim") is not None else f"PSNR {r['psnr']:.2f} dB",
-             "rFID " + (f"{r['rfid']:.2f}" if r.get("rfid") is not None else "n/a" + (f" ({r['note']})" if r.get("note") else "")),
-             "PSNR from the first k scales: " + "  ".join(f"{pn}x{pn}:{v:.2f}" for pn, v in zip(pns, r["psnr_by_scale"])),
-             f"code usage (% of V={r['vocab_size']}): " + "  ".join(f"{pn}x{pn}:{u:.1f}" for pn, u in zip(pns, r["usage_by_scale"]))
-             + f"  any scale:{r['usage_any']:.1f}",
-             "perplexity: " + "  ".join(f"{pn}x{pn}:{p:.1f}" for pn, p in zip(pns, r["perplexity_by_scale"]))]
+    lines = [
+        f"{r['num_images']} images at {r['resolution']}px from {r['data']}",
+        f"PSNR {r['psnr']:.2f} dB  SSIM {r['ssim']:.4f}" if r.get("ssim") is not None else f"PSNR {r['psnr']:.2f} dB",
+        "rFID "
+        + (f"{r['rfid']:.2f}" if r.get("rfid") is not None else "n/a" + (f" ({r['note']})" if r.get("note") else "")),
+        "PSNR from the first k scales: " + "  ".join(f"{pn}x{pn}:{v:.2f}" for pn, v in zip(pns, r["psnr_by_scale"])),
+        f"code usage (% of V={r['vocab_size']}): "
+        + "  ".join(f"{pn}x{pn}:{u:.1f}" for pn, u in zip(pns, r["usage_by_scale"]))
+        + f"  any scale:{r['usage_any']:.1f}",
+        "perplexity: " + "  ".join(f"{pn}x{pn}:{p:.1f}" for pn, p in zip(pns, r["perplexity_by_scale"])),
+    ]
     if r.get("picture"):
         lines.append(f"per-scale picture: {r['picture']}")
     return "\n".join(lines)

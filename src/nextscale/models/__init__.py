@@ -1,4 +1,5 @@
 """Models: the multi-scale VQ-VAE (tokenizer) and the VAR transformer."""
+
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -13,7 +14,9 @@ from nextscale.models.vqvae import VQVAE
 __all__ = ["VQVAE", "VAR", "VectorQuantizer2", "build_from_config"]
 
 
-def build_from_config(config: ModelConfig, seed: Optional[int] = 0, device="cpu", init_var: bool = True) -> Tuple[VQVAE, VAR]:
+def build_from_config(
+    config: ModelConfig, seed: Optional[int] = 0, device="cpu", init_var: bool = True
+) -> Tuple[VQVAE, VAR]:
     """Build (vqvae, var) for a ``ModelConfig`` with the reference's VAR init; ``seed`` makes it reproducible."""
     if seed is not None:
         fork = torch.random.fork_rng(devices=[])

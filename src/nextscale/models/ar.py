@@ -23,6 +23,7 @@ Attention is causal (position i sees positions <= i). Sampling (``nextscale.samp
 one position per step through the same blocks with a KV cache. The model holds no device, RNG or
 distributed state; the causal mask is a non-persistent buffer (a function of L, not a weight).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,6 +43,7 @@ __all__ = ["ARConfig", "ARTransformer", "AR_PRESETS", "get_ar_preset"]
 @dataclass(frozen=True)
 class ARConfig(_TransformerSizes, _Base):
     """The raster-order baseline. ``None`` sizes are derived from ``depth`` (VAR's rule)."""
+
     # Number of AdaLN transformer blocks: the size knob, as for VAR (d16 ... d30 in the paper).
     depth: int = 16
     # Width C; None -> 64*depth (VAR's scaling rule, so equal depth = (almost) equal parameters).
@@ -83,7 +85,9 @@ AR_PRESETS: Dict[str, ARConfig] = {
     # the tiny VAR preset's sizes: 4x4 map of a 64-code tokenizer (tests)
     "ar-tiny": ARConfig(depth=2, embed_dim=128, num_heads=2, num_classes=10, vocab_size=64, side=4, drop_path_rate=0.0),
     # the mnist VAR preset's sizes (1.9M parameters): 8x8 map of a 256-code tokenizer, 32 px digits
-    "ar-mnist": ARConfig(depth=6, embed_dim=128, num_heads=2, num_classes=10, vocab_size=256, side=8, drop_path_rate=0.0),
+    "ar-mnist": ARConfig(
+        depth=6, embed_dim=128, num_heads=2, num_classes=10, vocab_size=256, side=8, drop_path_rate=0.0
+    ),
     # the paper's ablation sizes at 256 px (16x16 map, 4096 codes)
     "ar-d16": ARConfig(depth=16),
     "ar-d20": ARConfig(depth=20),
@@ -95,6 +99,7 @@ def get_ar_preset(name: str) -> ARConfig:
     if name in AR_PRESETS:
         return AR_PRESETS[name]
     import difflib
+
     near = difflib.get_close_matches(str(name), list(AR_PRESETS), n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise ConfigError(f"unknown AR preset {name!r}{hint}; choose one of: {', '.join(sorted(AR_PRESETS))}")
@@ -119,15 +124,29 @@ class ARTransformer(nn.Module):
         for t in (self.tok_embed.weight, self.class_emb.weight, self.pos_start, self.pos_1LC):
             nn.init.trunc_normal_(t.data, mean=0, std=init_std)
         # 4. VAR's AdaLN blocks
-        norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(dim, eps=config.norm_eps, elementwise_affine=elementwise_affine)  # noqa: E731
+        norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(
+            dim, eps=config.norm_eps, elementwise_affine=elementwise_affine
+        )  # noqa: E731
         d = config.depth
         dpr = [config.dpr * i / (d - 1) if d > 1 else 0.0 for i in range(d)]
-        self.blocks = nn.ModuleList([
-            AdaLNSelfAttn(block_idx=i, embed_dim=self.C, cond_dim=self.D, shared_aln=False, norm_layer=norm_layer,
-                          num_heads=self.num_heads, mlp_ratio=config.mlp_ratio, drop=config.drop_rate,
-                          attn_drop=config.attn_drop_rate, drop_path=dpr[i], attn_l2_norm=config.attn_l2_norm)
-            for i in range(d)
-        ])
+        self.blocks = nn.ModuleList(
+            [
+                AdaLNSelfAttn(
+                    block_idx=i,
+                    embed_dim=self.C,
+                    cond_dim=self.D,
+                    shared_aln=False,
+                    norm_layer=norm_layer,
+                    num_heads=self.num_heads,
+                    mlp_ratio=config.mlp_ratio,
+                    drop=config.drop_rate,
+                    attn_drop=config.attn_drop_rate,
+                    drop_path=dpr[i],
+                    attn_l2_norm=config.attn_l2_norm,
+                )
+                for i in range(d)
+            ]
+        )
         # 5. causal mask of teacher forcing (0 where j <= i, -inf above the diagonal); derived, so not saved
         causal = torch.full((self.L, self.L), -torch.inf).triu_(1)
         self.register_buffer("attn_bias_for_masking", causal.view(1, 1, self.L, self.L), persistent=False)
@@ -147,17 +166,25 @@ class ARTransformer(nn.Module):
     def token_inputs(self, idx_Bl: torch.Tensor, start: int) -> torch.Tensor:
         """Inputs (B, l, C) of positions start+1 .. start+l from the tokens at start .. start+l-1."""
         l = idx_Bl.shape[1]
-        return self.tok_embed(idx_Bl) + self.pos_1LC[:, start + 1:start + 1 + l]
+        return self.tok_embed(idx_Bl) + self.pos_1LC[:, start + 1 : start + 1 + l]
 
     def block_modulations(self, cond_BD: torch.Tensor) -> List[torch.Tensor]:
         """Each block's AdaLN modulation (B, 1, 6, C); constant over positions, computed once in sampling."""
         return [b.modulation(cond_BD) for b in self.blocks]
 
-    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, head_mod: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def get_logits(
+        self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, head_mod: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         return self.head(self.head_nm(h_BLC.float(), cond_BD, head_mod).float()).float()
 
-    def next_token_logits(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor], cond_BD: torch.Tensor,
-                          head_mod: torch.Tensor) -> torch.Tensor:
+    def next_token_logits(
+        self,
+        x_BlC: torch.Tensor,
+        kv_cache: KVCache,
+        mods: List[torch.Tensor],
+        cond_BD: torch.Tensor,
+        head_mod: torch.Tensor,
+    ) -> torch.Tensor:
         """New positions (B, l, C) through every block (attending over the cache, which each block
         extends; the caller advances it) and the head -> (B, l, V). Without a mask, so l new
         positions see each other: call it with l = 1 (or prefill with the causal mask yourself)."""
@@ -166,7 +193,9 @@ class ARTransformer(nn.Module):
         return self.get_logits(x_BlC, cond_BD, head_mod)
 
     # ---- teacher forcing ----
-    def forward(self, label_B: torch.LongTensor, idx_BL: torch.LongTensor, cond_drop_rate: Optional[float] = None) -> torch.Tensor:
+    def forward(
+        self, label_B: torch.LongTensor, idx_BL: torch.LongTensor, cond_drop_rate: Optional[float] = None
+    ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V): position i predicts token i from the class and tokens < i.
 
         ``idx_BL`` are the raster-ordered token ids (B, L) (the last input token is not needed).
@@ -193,7 +222,9 @@ class ARTransformer(nn.Module):
     def init_weights(self, init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=0.02):
         """VAR's initialisation, the same function (``VAR.init_weights``: the blocks, head and AdaLN
         layers have VAR's names here, and the AR has nothing VAR's recipe would not cover)."""
-        VAR.init_weights(self, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std)
+        VAR.init_weights(
+            self, init_adaln=init_adaln, init_adaln_gamma=init_adaln_gamma, init_head=init_head, init_std=init_std
+        )
 
     def extra_repr(self) -> str:
         return f"side={self.side}, L={self.L}, V={self.V}"

@@ -1,4 +1,5 @@
 """The key/value cache of sampling: each block keeps the keys and values of every scale so far."""
+
 from __future__ import annotations
 
 from typing import List, Optional
@@ -30,8 +31,8 @@ class KVCache:
             self.k[block_idx] = k_BHlc.new_empty(B, H, self.max_len, c)
             self.v[block_idx] = v_BHlc.new_empty(B, H, self.max_len, c, dtype=v_BHlc.dtype)
         kb, vb = self.k[block_idx], self.v[block_idx]
-        kb[:, :, self.pos:end].copy_(k_BHlc)
-        vb[:, :, self.pos:end].copy_(v_BHlc)
+        kb[:, :, self.pos : end].copy_(k_BHlc)
+        vb[:, :, self.pos : end].copy_(v_BHlc)
         return kb[:, :, :end], vb[:, :, :end]
 
     def advance(self, l: int) -> None:

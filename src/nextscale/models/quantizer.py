@@ -13,6 +13,7 @@ Parameter and buffer names follow the reference implementation so released weigh
 
 Shapes: B batch, Cvae code channels, V codebook size, K scales, l = pn*pn tokens of one scale.
 """
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence, Tuple, Union
@@ -103,9 +104,17 @@ class PhiNonShared(nn.ModuleList):
 class VectorQuantizer2(nn.Module):
     """Multi-scale residual quantiser with the reference's constructor and method names."""
 
-    def __init__(self, vocab_size: int, Cvae: int, using_znorm: bool, beta: float = 0.25,
-                 default_qresi_counts: int = 0, v_patch_nums: Sequence[int] = None,
-                 quant_resi: float = 0.5, share_quant_resi: int = 4):
+    def __init__(
+        self,
+        vocab_size: int,
+        Cvae: int,
+        using_znorm: bool,
+        beta: float = 0.25,
+        default_qresi_counts: int = 0,
+        v_patch_nums: Sequence[int] = None,
+        quant_resi: float = 0.5,
+        share_quant_resi: int = 4,
+    ):
         super().__init__()
         self.vocab_size, self.Cvae, self.using_znorm, self.beta = vocab_size, Cvae, using_znorm, beta
         self.v_patch_nums: Tuple[int, ...] = tuple(v_patch_nums)
@@ -201,8 +210,9 @@ class VectorQuantizer2(nn.Module):
         return f_hat.to(dtype), usages, vq_loss
 
     # ---- reference entry points ----
-    def f_to_idxBl_or_fhat(self, f_BChw: torch.Tensor, to_fhat: bool,
-                           v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None) -> List[torch.Tensor]:
+    def f_to_idxBl_or_fhat(
+        self, f_BChw: torch.Tensor, to_fhat: bool, v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None
+    ) -> List[torch.Tensor]:
         """Encode features into token ids per scale (list of (B, l_k)) or cumulative f_hat per scale."""
         B, C, H, W = f_BChw.shape
         f_rest = f_BChw.detach().clone()
@@ -240,7 +250,9 @@ class VectorQuantizer2(nn.Module):
                 if not last_one:
                     outs.append(f_hat.clone())
         else:  # experimental in the reference: grow f_hat scale by scale instead of working at full size
-            f_hat = ms_h_BChw[0].new_zeros(B, self.Cvae, self.v_patch_nums[0], self.v_patch_nums[0], dtype=torch.float32)
+            f_hat = ms_h_BChw[0].new_zeros(
+                B, self.Cvae, self.v_patch_nums[0], self.v_patch_nums[0], dtype=torch.float32
+            )
             for si, pn in enumerate(self.v_patch_nums):
                 f_hat = F.interpolate(f_hat, size=(pn, pn), mode="bicubic")
                 f_hat.add_(self.phi(si, SN)(ms_h_BChw[si]))
@@ -262,7 +274,9 @@ class VectorQuantizer2(nn.Module):
             h_BChw = self.idx_to_h(gt_ms_idx_Bl[si], self.v_patch_nums[si])
             f_hat.add_(self.upsample_phi(si, h_BChw, H, W, SN))
             pn_next = self.v_patch_nums[si + 1]
-            nxt.append(F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, self.Cvae, -1).transpose(1, 2))
+            nxt.append(
+                F.interpolate(f_hat, size=(pn_next, pn_next), mode="area").view(B, self.Cvae, -1).transpose(1, 2)
+            )
         return torch.cat(nxt, dim=1) if nxt else None
 
     def get_next_autoregressive_input(self, si: int, SN: int, f_hat: torch.Tensor, h_BChw: torch.Tensor):

@@ -15,6 +15,7 @@ or one shared projection for d36-s); the head is preceded by another AdaLN.
 Parameter and buffer names equal the reference (FoundationVision/VAR) so released checkpoints
 load with ``strict=True``. The model holds no device, RNG or distributed state.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,15 @@ class SelfAttention(nn.Module):
     """Multi-head self-attention; with ``attn_l2_norm`` q and k are L2-normalised and q is scaled
     by a learnable per-head factor (exp of ``scale_mul_1H11``, capped at 100)."""
 
-    def __init__(self, block_idx: int, embed_dim: int = 768, num_heads: int = 12, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0, attn_l2_norm: bool = False):
+    def __init__(
+        self,
+        block_idx: int,
+        embed_dim: int = 768,
+        num_heads: int = 12,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        attn_l2_norm: bool = False,
+    ):
         super().__init__()
         assert embed_dim % num_heads == 0
         self.block_idx, self.num_heads, self.head_dim = block_idx, num_heads, embed_dim // num_heads
@@ -102,8 +110,14 @@ class SelfAttention(nn.Module):
         dt = v.dtype
         if attn_bias is not None:
             attn_bias = attn_bias.to(dt)
-        o = F.scaled_dot_product_attention(q.to(dt), k.to(dt), v, attn_mask=attn_bias,
-                                           dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        o = F.scaled_dot_product_attention(
+            q.to(dt),
+            k.to(dt),
+            v,
+            attn_mask=attn_bias,
+            dropout_p=self.attn_drop if self.training else 0.0,
+            scale=self.scale,
+        )
         return self.proj_drop(self.proj(o.transpose(1, 2).reshape(B, L, C)))  # (B, L, C)
 
     def extra_repr(self) -> str:
@@ -114,9 +128,20 @@ class AdaLNSelfAttn(nn.Module):
     """Transformer block whose LayerNorms are modulated by the condition:
     x += gamma1 * attn(LN(x) * (1 + scale1) + shift1);  x += gamma2 * ffn(LN(x) * (1 + scale2) + shift2)."""
 
-    def __init__(self, block_idx: int, embed_dim: int, cond_dim: int, shared_aln: bool, norm_layer, num_heads: int,
-                 mlp_ratio: float = 4.0, drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0,
-                 attn_l2_norm: bool = False):
+    def __init__(
+        self,
+        block_idx: int,
+        embed_dim: int,
+        cond_dim: int,
+        shared_aln: bool,
+        norm_layer,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        attn_l2_norm: bool = False,
+    ):
         super().__init__()
         self.block_idx, self.C, self.D = block_idx, embed_dim, cond_dim
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -125,7 +150,7 @@ class AdaLNSelfAttn(nn.Module):
         self.ln_wo_grad = norm_layer(embed_dim, elementwise_affine=False)
         self.shared_aln = shared_aln
         if shared_aln:
-            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, embed_dim) / embed_dim ** 0.5)
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, embed_dim) / embed_dim**0.5)
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(inplace=False), nn.Linear(cond_dim, 6 * embed_dim))
 
@@ -135,7 +160,9 @@ class AdaLNSelfAttn(nn.Module):
             return self.ada_gss + cond_BD_or_gss  # (1,1,6,C) + (B,1,6,C)
         return self.ada_lin(cond_BD_or_gss).view(-1, 1, 6, self.C)
 
-    def forward(self, x, cond_BD, attn_bias, kv_cache: Optional[KVCache] = None, mod_B16C: Optional[torch.Tensor] = None):
+    def forward(
+        self, x, cond_BD, attn_bias, kv_cache: Optional[KVCache] = None, mod_B16C: Optional[torch.Tensor] = None
+    ):
         if mod_B16C is None:
             mod_B16C = self.modulation(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)  # 6 x (B, 1, C)
@@ -181,21 +208,47 @@ class VAR(nn.Module):
     ``nextscale.compat``): attention is always ``scaled_dot_product_attention``.
     """
 
-    def __init__(self, vae_local: VQVAE, num_classes=1000, depth=16, embed_dim=1024, num_heads=16, mlp_ratio=4.0,
-                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, norm_eps=1e-6, shared_aln=False,
-                 cond_drop_rate=0.1, attn_l2_norm=False, patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
-                 flash_if_available=True, fused_if_available=True):
+    def __init__(
+        self,
+        vae_local: VQVAE,
+        num_classes=1000,
+        depth=16,
+        embed_dim=1024,
+        num_heads=16,
+        mlp_ratio=4.0,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.0,
+        norm_eps=1e-6,
+        shared_aln=False,
+        cond_drop_rate=0.1,
+        attn_l2_norm=False,
+        patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        flash_if_available=True,
+        fused_if_available=True,
+    ):
         super().__init__()
         assert embed_dim % num_heads == 0, f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}"
-        self.config = VARConfig(depth=depth, embed_dim=embed_dim, num_heads=num_heads, num_classes=num_classes,
-                                mlp_ratio=mlp_ratio, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-                                drop_path_rate=drop_path_rate, norm_eps=norm_eps, shared_aln=shared_aln,
-                                cond_drop_rate=cond_drop_rate, attn_l2_norm=attn_l2_norm, patch_nums=tuple(patch_nums))
+        self.config = VARConfig(
+            depth=depth,
+            embed_dim=embed_dim,
+            num_heads=num_heads,
+            num_classes=num_classes,
+            mlp_ratio=mlp_ratio,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            norm_eps=norm_eps,
+            shared_aln=shared_aln,
+            cond_drop_rate=cond_drop_rate,
+            attn_l2_norm=attn_l2_norm,
+            patch_nums=tuple(patch_nums),
+        )
         self.Cvae, self.V = vae_local.Cvae, vae_local.vocab_size
         self.depth, self.C, self.D, self.num_heads = depth, embed_dim, embed_dim, num_heads
         self.num_classes = num_classes
         self.patch_nums: Tuple[int, ...] = tuple(patch_nums)
-        self.L = sum(pn ** 2 for pn in self.patch_nums)
+        self.L = sum(pn**2 for pn in self.patch_nums)
         self.first_l = self.patch_nums[0] ** 2
         self.begin_ends: List[Tuple[int, int]] = []  # [begin, end) of each scale in the L tokens
         cur = 0
@@ -217,22 +270,42 @@ class VAR(nn.Module):
         self.lvl_embed = nn.Embedding(len(self.patch_nums), self.C)
         nn.init.trunc_normal_(self.lvl_embed.weight.data, mean=0, std=init_std)
         # 4. blocks (d36-s shares one AdaLN projection across all blocks)
-        self.shared_ada_lin = nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
-        norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=elementwise_affine)  # noqa: E731
+        self.shared_ada_lin = (
+            nn.Sequential(nn.SiLU(inplace=False), SharedAdaLin(self.D, 6 * self.C)) if shared_aln else nn.Identity()
+        )
+        norm_layer = lambda dim, elementwise_affine=True: nn.LayerNorm(
+            dim, eps=norm_eps, elementwise_affine=elementwise_affine
+        )  # noqa: E731
         self.drop_path_rate = drop_path_rate
-        dpr = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]  # linearly increasing stochastic depth
-        self.blocks = nn.ModuleList([
-            AdaLNSelfAttn(block_idx=i, embed_dim=self.C, cond_dim=self.D, shared_aln=shared_aln, norm_layer=norm_layer,
-                          num_heads=num_heads, mlp_ratio=mlp_ratio, drop=drop_rate, attn_drop=attn_drop_rate,
-                          drop_path=dpr[i], attn_l2_norm=attn_l2_norm)
-            for i in range(depth)
-        ])
+        dpr = [
+            drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)
+        ]  # linearly increasing stochastic depth
+        self.blocks = nn.ModuleList(
+            [
+                AdaLNSelfAttn(
+                    block_idx=i,
+                    embed_dim=self.C,
+                    cond_dim=self.D,
+                    shared_aln=shared_aln,
+                    norm_layer=norm_layer,
+                    num_heads=num_heads,
+                    mlp_ratio=mlp_ratio,
+                    drop=drop_rate,
+                    attn_drop=attn_drop_rate,
+                    drop_path=dpr[i],
+                    attn_l2_norm=attn_l2_norm,
+                )
+                for i in range(depth)
+            ]
+        )
         # 5. block-causal mask for teacher forcing: token i sees token j iff level(j) <= level(i)
         d_1L1 = torch.cat([torch.full((pn * pn,), i) for i, pn in enumerate(self.patch_nums)]).view(1, self.L, 1)
         dT_11L = d_1L1.transpose(1, 2)
         self.register_buffer("lvl_1L", dT_11L[:, 0].contiguous())
-        self.register_buffer("attn_bias_for_masking",
-                             torch.where(d_1L1 >= dT_11L, 0.0, -torch.inf).reshape(1, 1, self.L, self.L).contiguous())
+        self.register_buffer(
+            "attn_bias_for_masking",
+            torch.where(d_1L1 >= dT_11L, 0.0, -torch.inf).reshape(1, 1, self.L, self.L).contiguous(),
+        )
         # 6. head
         self.head_nm = AdaLNBeforeHead(self.C, self.D, norm_layer=norm_layer)
         self.head = nn.Linear(self.C, self.V)
@@ -244,7 +317,9 @@ class VAR(nn.Module):
         return cls(vae_local=vae, **config.var_kwargs())
 
     # ---- pieces shared by teacher forcing and sampling ----
-    def get_logits(self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, head_mod: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def get_logits(
+        self, h_BLC: torch.Tensor, cond_BD: torch.Tensor, head_mod: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         return self.head(self.head_nm(h_BLC.float(), cond_BD, head_mod).float()).float()  # (B, L, V)
 
     def block_modulations(self, cond_BD: torch.Tensor) -> List[torch.Tensor]:
@@ -252,8 +327,9 @@ class VAR(nn.Module):
         g = self.shared_ada_lin(cond_BD)
         return [b.modulation(g) for b in self.blocks]
 
-    def next_scale_hidden(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor],
-                          attn_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def next_scale_hidden(
+        self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor], attn_bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """Tokens of the next scale(s) through every block, attending over the cache, which each block
         extends with their keys/values (the caller advances it). ``attn_bias`` is needed only when
         several scales go in at once. Returns (B, l, C)."""
@@ -261,14 +337,25 @@ class VAR(nn.Module):
             x_BlC = blk(x_BlC, None, attn_bias=attn_bias, kv_cache=kv_cache, mod_B16C=mods[b])
         return x_BlC
 
-    def next_scale_logits(self, x_BlC: torch.Tensor, kv_cache: KVCache, mods: List[torch.Tensor], cond_BD: torch.Tensor,
-                          head_mod: torch.Tensor) -> torch.Tensor:
+    def next_scale_logits(
+        self,
+        x_BlC: torch.Tensor,
+        kv_cache: KVCache,
+        mods: List[torch.Tensor],
+        cond_BD: torch.Tensor,
+        head_mod: torch.Tensor,
+    ) -> torch.Tensor:
         """``next_scale_hidden`` and the head: (B, l, V)."""
         return self.get_logits(self.next_scale_hidden(x_BlC, kv_cache, mods), cond_BD, head_mod)
 
     # ---- teacher forcing ----
-    def forward(self, label_B: torch.LongTensor, x_BLCv_wo_first_l: torch.Tensor, prog_si: int = -1,
-                cond_drop_rate: Optional[float] = None) -> torch.Tensor:
+    def forward(
+        self,
+        label_B: torch.LongTensor,
+        x_BLCv_wo_first_l: torch.Tensor,
+        prog_si: int = -1,
+        cond_drop_rate: Optional[float] = None,
+    ) -> torch.Tensor:
         """Teacher-forced logits (B, L, V), or (B, end of scale ``prog_si``, V) in progressive training.
 
         ``x_BLCv_wo_first_l`` is ``vae.quantize.idxBl_to_var_input(gt_idx)``: (B, L - first_l, Cvae).
@@ -287,7 +374,7 @@ class VAR(nn.Module):
             if ed <= self.first_l:
                 x_BLC = sos
             else:
-                x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l[:, :ed - self.first_l].float())), dim=1)
+                x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l[:, : ed - self.first_l].float())), dim=1)
             x_BLC = x_BLC + self.lvl_embed(self.lvl_1L[:, :ed].expand(B, -1)) + self.pos_1LC[:, :ed]
         attn_bias = self.attn_bias_for_masking[:, :, :ed, :ed]
         g = self.shared_ada_lin(cond_BD)
@@ -328,8 +415,8 @@ class VAR(nn.Module):
             sab.attn.proj.weight.data.div_(math.sqrt(2 * self.depth))
             sab.ffn.fc2.weight.data.div_(math.sqrt(2 * self.depth))
             if hasattr(sab, "ada_lin"):
-                sab.ada_lin[-1].weight.data[2 * self.C:].mul_(init_adaln)
-                sab.ada_lin[-1].weight.data[:2 * self.C].mul_(init_adaln_gamma)
+                sab.ada_lin[-1].weight.data[2 * self.C :].mul_(init_adaln)
+                sab.ada_lin[-1].weight.data[: 2 * self.C].mul_(init_adaln_gamma)
                 sab.ada_lin[-1].bias.data.zero_()
             else:
                 sab.ada_gss.data[:, :, 2:].mul_(init_adaln)

@@ -7,6 +7,7 @@ f_hat  --post_quant_conv--> --decoder-->  image in [-1, 1]
 Module and parameter names follow the reference (itself the latent-diffusion vq-f16 layout) so the
 released ``vae_ch160v4096z32.pth`` loads with ``strict=True``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -58,7 +59,9 @@ class ResnetBlock(nn.Module):
         self.norm2 = Normalize(out_channels)
         self.dropout = nn.Dropout(dropout) if dropout > 1e-6 else nn.Identity()
         self.conv2 = Conv3x3(out_channels, out_channels)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1, 1, 0) if in_channels != out_channels else nn.Identity()
+        self.nin_shortcut = (
+            nn.Conv2d(in_channels, out_channels, 1, 1, 0) if in_channels != out_channels else nn.Identity()
+        )
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))
@@ -74,7 +77,7 @@ class AttnBlock(nn.Module):
         self.C = in_channels
         self.norm = Normalize(in_channels)
         self.qkv = nn.Conv2d(in_channels, 3 * in_channels, 1, 1, 0)
-        self.w_ratio = in_channels ** -0.5
+        self.w_ratio = in_channels**-0.5
         self.proj_out = nn.Conv2d(in_channels, in_channels, 1, 1, 0)
 
     def forward(self, x):
@@ -90,8 +93,19 @@ def _attn(ch: int, on: bool) -> nn.Module:
 
 
 class Encoder(nn.Module):
-    def __init__(self, *, ch=128, ch_mult=(1, 2, 4, 8), num_res_blocks=2, dropout=0.0, in_channels=3,
-                 z_channels, double_z=False, using_sa=True, using_mid_sa=True):
+    def __init__(
+        self,
+        *,
+        ch=128,
+        ch_mult=(1, 2, 4, 8),
+        num_res_blocks=2,
+        dropout=0.0,
+        in_channels=3,
+        z_channels,
+        double_z=False,
+        using_sa=True,
+        using_mid_sa=True,
+    ):
         super().__init__()
         self.ch, self.num_resolutions, self.num_res_blocks = ch, len(ch_mult), num_res_blocks
         self.downsample_ratio = 2 ** (self.num_resolutions - 1)
@@ -133,8 +147,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, *, ch=128, ch_mult=(1, 2, 4, 8), num_res_blocks=2, dropout=0.0, in_channels=3,
-                 z_channels, using_sa=True, using_mid_sa=True):
+    def __init__(
+        self,
+        *,
+        ch=128,
+        ch_mult=(1, 2, 4, 8),
+        num_res_blocks=2,
+        dropout=0.0,
+        in_channels=3,
+        z_channels,
+        using_sa=True,
+        using_mid_sa=True,
+    ):
         super().__init__()
         self.ch, self.num_resolutions, self.num_res_blocks = ch, len(ch_mult), num_res_blocks
         block_in = ch * ch_mult[-1]
@@ -181,27 +205,71 @@ class VQVAE(nn.Module):
     allow other resolutions/downsampling (e.g. the ``mnist`` preset).
     """
 
-    def __init__(self, vocab_size=4096, z_channels=32, ch=128, dropout=0.0, beta=0.25, using_znorm=False,
-                 quant_conv_ks=3, quant_resi=0.5, share_quant_resi=4, default_qresi_counts=0,
-                 v_patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), test_mode=True,
-                 ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, in_channels=3, using_sa=True, using_mid_sa=True):
+    def __init__(
+        self,
+        vocab_size=4096,
+        z_channels=32,
+        ch=128,
+        dropout=0.0,
+        beta=0.25,
+        using_znorm=False,
+        quant_conv_ks=3,
+        quant_resi=0.5,
+        share_quant_resi=4,
+        default_qresi_counts=0,
+        v_patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        test_mode=True,
+        ch_mult=(1, 1, 2, 2, 4),
+        num_res_blocks=2,
+        in_channels=3,
+        using_sa=True,
+        using_mid_sa=True,
+    ):
         super().__init__()
         self.config = VQVAEConfig(
-            vocab_size=vocab_size, z_channels=z_channels, ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
-            dropout=dropout, beta=beta, using_znorm=using_znorm, quant_conv_ks=quant_conv_ks, quant_resi=quant_resi,
-            share_quant_resi=share_quant_resi, default_qresi_counts=default_qresi_counts,
-            v_patch_nums=tuple(v_patch_nums), in_channels=in_channels, using_sa=using_sa, using_mid_sa=using_mid_sa)
+            vocab_size=vocab_size,
+            z_channels=z_channels,
+            ch=ch,
+            ch_mult=tuple(ch_mult),
+            num_res_blocks=num_res_blocks,
+            dropout=dropout,
+            beta=beta,
+            using_znorm=using_znorm,
+            quant_conv_ks=quant_conv_ks,
+            quant_resi=quant_resi,
+            share_quant_resi=share_quant_resi,
+            default_qresi_counts=default_qresi_counts,
+            v_patch_nums=tuple(v_patch_nums),
+            in_channels=in_channels,
+            using_sa=using_sa,
+            using_mid_sa=using_mid_sa,
+        )
         self.test_mode = test_mode
         self.V = self.vocab_size = vocab_size
         self.Cvae = z_channels
-        dd = dict(dropout=dropout, ch=ch, z_channels=z_channels, in_channels=in_channels, ch_mult=tuple(ch_mult),
-                  num_res_blocks=num_res_blocks, using_sa=using_sa, using_mid_sa=using_mid_sa)
+        dd = dict(
+            dropout=dropout,
+            ch=ch,
+            z_channels=z_channels,
+            in_channels=in_channels,
+            ch_mult=tuple(ch_mult),
+            num_res_blocks=num_res_blocks,
+            using_sa=using_sa,
+            using_mid_sa=using_mid_sa,
+        )
         self.encoder = Encoder(double_z=False, **dd)
         self.decoder = Decoder(**dd)
         self.downsample = 2 ** (len(ch_mult) - 1)
-        self.quantize = VectorQuantizer2(vocab_size=vocab_size, Cvae=z_channels, using_znorm=using_znorm, beta=beta,
-                                         default_qresi_counts=default_qresi_counts, v_patch_nums=v_patch_nums,
-                                         quant_resi=quant_resi, share_quant_resi=share_quant_resi)
+        self.quantize = VectorQuantizer2(
+            vocab_size=vocab_size,
+            Cvae=z_channels,
+            using_znorm=using_znorm,
+            beta=beta,
+            default_qresi_counts=default_qresi_counts,
+            v_patch_nums=v_patch_nums,
+            quant_resi=quant_resi,
+            share_quant_resi=share_quant_resi,
+        )
         self.quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, quant_conv_ks // 2)
         self.post_quant_conv = nn.Conv2d(z_channels, z_channels, quant_conv_ks, 1, quant_conv_ks // 2)
         if test_mode:
@@ -235,9 +303,12 @@ class VQVAE(nn.Module):
         """f_hat (B, Cvae, h, w) -> image (B, 3, H, W) in [-1, 1]."""
         return self.decoder(self.post_quant_conv(f_hat)).clamp_(-1, 1)
 
-    def img_to_idxBl(self, inp_img_no_grad: torch.Tensor,
-                     v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None) -> List[torch.LongTensor]:
-        return self.quantize.f_to_idxBl_or_fhat(self.img_to_f(inp_img_no_grad), to_fhat=False, v_patch_nums=v_patch_nums)
+    def img_to_idxBl(
+        self, inp_img_no_grad: torch.Tensor, v_patch_nums: Optional[Sequence[Union[int, Tuple[int, int]]]] = None
+    ) -> List[torch.LongTensor]:
+        return self.quantize.f_to_idxBl_or_fhat(
+            self.img_to_f(inp_img_no_grad), to_fhat=False, v_patch_nums=v_patch_nums
+        )
 
     def idxBl_to_fhat(self, ms_idx_Bl: List[torch.Tensor]) -> torch.Tensor:
         hs = [self.quantize.idx_to_h(idx, round(idx.shape[1] ** 0.5)) for idx in ms_idx_Bl]

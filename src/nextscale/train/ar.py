@@ -19,6 +19,7 @@ Loss: cross-entropy (with the config's label smoothing) over the L teacher-force
 weighted 1/L, summed per image and averaged over the batch: VAR's weighting with one scale. Class
 dropout is drawn from each sample's seed (``u_drop``), as VAR's, so resume and DDP are exact.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,16 @@ AR_NO_DECAY_KEYS = NO_DECAY_KEYS + ("tok_embed",)
 class ARObjective(Objective):
     """Teacher-forced next-token prediction over one raster-ordered token map."""
 
-    def __init__(self, vae, ar: ARTransformer, tc: VARTrainConfig, total_steps: int, warmup_steps: int, lr: float,
-                 labels: List[str]):
+    def __init__(
+        self,
+        vae,
+        ar: ARTransformer,
+        tc: VARTrainConfig,
+        total_steps: int,
+        warmup_steps: int,
+        lr: float,
+        labels: List[str],
+    ):
         self.vae, self.ar, self.tc = vae, ar, tc
         self.total_steps, self.warmup_steps, self.peak_lr = total_steps, warmup_steps, lr
         self.labels = labels
@@ -72,10 +81,20 @@ class ARObjective(Objective):
     def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
         model = self.wrapped["ar"]
         opt = build_adamw(param_groups(model, AR_NO_DECAY_KEYS), lr=self.peak_lr)
-        sched = Schedule(lr=self.peak_lr, total=total_steps, warmup=self.warmup_steps, kind=self.tc.schedule or "lin0",
-                         wp0=self.tc.warmup_start, wpe=self.tc.lr_end, wd=self.tc.weight_decay, wd_end=self.tc.weight_decay_end)
+        sched = Schedule(
+            lr=self.peak_lr,
+            total=total_steps,
+            warmup=self.warmup_steps,
+            kind=self.tc.schedule or "lin0",
+            wp0=self.tc.warmup_start,
+            wpe=self.tc.lr_end,
+            wd=self.tc.weight_decay,
+            wd_end=self.tc.weight_decay_end,
+        )
         clip_fn = (lambda c: model.clip_grad_norm_(c)) if self.tc.fsdp and dist.get_world_size() > 1 else None
-        return {"ar": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)}
+        return {
+            "ar": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)
+        }
 
     def units_per_sample(self):
         return {"tok": float(self.L)}
@@ -92,8 +111,10 @@ class ARObjective(Objective):
         else:
             gt_BL = self.vae.img_to_idxBl(batch["image"].to(device, non_blocking=True))[-1]
         if gt_BL.shape[1] != self.L:
-            raise NextScaleError(f"the data has {gt_BL.shape[1]} tokens per image, the AR model {self.L}: "
-                                 f"build the token cache with the single-scale tokenizer")
+            raise NextScaleError(
+                f"the data has {gt_BL.shape[1]} tokens per image, the AR model {self.L}: "
+                f"build the token cache with the single-scale tokenizer"
+            )
         return gt_BL
 
     def train_step(self, batch, ctx: StepContext):
@@ -105,8 +126,12 @@ class ARObjective(Objective):
         with ctx.autocast():
             logits_BLV = self.wrapped["ar"](label_B, gt_BL, cond_drop_rate=0.0)
         B = gt_BL.shape[0]
-        loss_BL = F.cross_entropy(logits_BLV.float().reshape(-1, self.V), gt_BL.reshape(-1),
-                                  label_smoothing=self.tc.label_smooth, reduction="none").view(B, self.L)
+        loss_BL = F.cross_entropy(
+            logits_BLV.float().reshape(-1, self.V),
+            gt_BL.reshape(-1),
+            label_smoothing=self.tc.label_smooth,
+            reduction="none",
+        ).view(B, self.L)
         loss = loss_BL.mean(dim=-1).mean()  # weights 1/L summed per image = the mean over positions
         ctx.backward(loss, "ar")
         out = self._metrics(logits_BLV.detach(), gt_BL, mean=True)
@@ -117,7 +142,11 @@ class ARObjective(Objective):
     def _metrics(self, logits_BLV, gt_BL, mean: bool) -> Dict[str, Any]:
         """loss / acc (%) over all tokens ("tail" = the same: the one map is the last scale)."""
         B = gt_BL.shape[0]
-        ce_B = F.cross_entropy(logits_BLV.float().reshape(-1, self.V), gt_BL.reshape(-1), reduction="none").view(B, -1).mean(1)
+        ce_B = (
+            F.cross_entropy(logits_BLV.float().reshape(-1, self.V), gt_BL.reshape(-1), reduction="none")
+            .view(B, -1)
+            .mean(1)
+        )
         acc_B = (logits_BLV.argmax(dim=-1) == gt_BL).float().mean(1) * 100
         out = {}
         for name in ("", "_tail"):
@@ -136,6 +165,7 @@ class ARObjective(Objective):
     @torch.no_grad()
     def sample_images(self, step: int):
         from nextscale.pipeline_ar import ARPipeline
+
         ar = self.ar
         dev = next(ar.parameters()).device
         if "ar" in self.emas:
@@ -145,8 +175,14 @@ class ARObjective(Objective):
         pipe = ARPipeline(self.vae, ar)
         try:
             n = 8 if ar.num_classes > 1 else 4
-            out = pipe(class_labels=[c % ar.num_classes for c in range(n)], guidance_scale=1.5, top_k=0, top_p=0.0,
-                       generator=torch.Generator(device=dev).manual_seed(0), output_type="np")
+            out = pipe(
+                class_labels=[c % ar.num_classes for c in range(n)],
+                guidance_scale=1.5,
+                top_k=0,
+                top_p=0.0,
+                generator=torch.Generator(device=dev).manual_seed(0),
+                output_type="np",
+            )
         finally:
             pipe.disable_cpu_kernels()
             ar.train(was)
@@ -160,8 +196,10 @@ def _ar_config(tc: VARTrainConfig, config: Optional[ARConfig], vae, n_cls: int) 
         except ConfigError as e:
             raise NextScaleError(str(e)) from None
     if len(vae.v_patch_nums) != 1:
-        raise NextScaleError(f"the AR baseline trains on a single-scale tokenizer; this one has scales {list(vae.v_patch_nums)} "
-                             f"(train one with: nextscale train-tokenizer --patch-nums {vae.v_patch_nums[-1]} ...)")
+        raise NextScaleError(
+            f"the AR baseline trains on a single-scale tokenizer; this one has scales {list(vae.v_patch_nums)} "
+            f"(train one with: nextscale train-tokenizer --patch-nums {vae.v_patch_nums[-1]} ...)"
+        )
     config = config.replace(vocab_size=int(vae.vocab_size), side=int(vae.v_patch_nums[-1]), num_classes=n_cls)
     if tc.cond_drop is not None:
         config = config.replace(cond_drop_rate=tc.cond_drop)
@@ -185,7 +223,9 @@ def build_ar_run(tc: VARTrainConfig, device: torch.device, config: Optional[ARCo
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         ar = ARTransformer(cfg)
-        ar.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+        ar.init_weights(
+            init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std
+        )
     vae.to(device)
     iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
     total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters_per_epoch)))
@@ -193,13 +233,23 @@ def build_ar_run(tc: VARTrainConfig, device: torch.device, config: Optional[ARCo
     lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
     labels = list(classes)
     ob = ARObjective(vae, ar, tc, total, warmup, lr, labels)
-    run_config = {"kind": "ar", "train": tc.to_dict(), "model": {"vqvae": vae.config.to_dict(), "ar": cfg.to_dict()},
-                  "classes": labels,
-                  "derived": {"steps": total, "warmup_steps": warmup, "lr": lr, "world_size": dist.get_world_size(),
-                              "iters_per_epoch": iters_per_epoch, "train_samples": len(train_set),
-                              "val_samples": len(val_set) if val_set is not None else 0,
-                              "params": sum(p.numel() for p in ar.parameters()),
-                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    run_config = {
+        "kind": "ar",
+        "train": tc.to_dict(),
+        "model": {"vqvae": vae.config.to_dict(), "ar": cfg.to_dict()},
+        "classes": labels,
+        "derived": {
+            "steps": total,
+            "warmup_steps": warmup,
+            "lr": lr,
+            "world_size": dist.get_world_size(),
+            "iters_per_epoch": iters_per_epoch,
+            "train_samples": len(train_set),
+            "val_samples": len(val_set) if val_set is not None else 0,
+            "params": sum(p.numel() for p in ar.parameters()),
+            "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
+        },
+    }
     return ob, train_set, val_set, run_config, total
 
 
@@ -216,9 +266,16 @@ def train_ar(tc: VARTrainConfig, config: Optional[ARConfig] = None) -> FitResult
             with open(cfg_path) as f:
                 old = json.load(f)
             if old.get("kind") != "ar" or old.get("model", {}).get("ar") != run_config["model"]["ar"]:
-                raise NextScaleError(f"{run_dir!r} holds a run of another model; use a new run folder or the same preset")
-            if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, run_config["derived"]["tokenizer_fingerprint"]):
-                raise NextScaleError(f"{run_dir!r} was trained with another tokenizer; use a new run folder or the same tokenizer")
+                raise NextScaleError(
+                    f"{run_dir!r} holds a run of another model; use a new run folder or the same preset"
+                )
+            if old.get("derived", {}).get("tokenizer_fingerprint") not in (
+                None,
+                run_config["derived"]["tokenizer_fingerprint"],
+            ):
+                raise NextScaleError(
+                    f"{run_dir!r} was trained with another tokenizer; use a new run folder or the same tokenizer"
+                )
         tok_dir = os.path.join(run_dir, "tokenizer")
         if not os.path.isdir(tok_dir):
             save_tokenizer(ob.vae, tok_dir)
@@ -231,8 +288,12 @@ def export_ar_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
     from nextscale.hub import load_tokenizer
     from nextscale.pipeline_ar import save_ar_pipeline
-    path, state = find_checkpoint(run, "pass an AR run folder (with checkpoints/) or a step_*.pt file",
-                                  f"train_ar(VARTrainConfig(run_dir={run!r}, ...))")
+
+    path, state = find_checkpoint(
+        run,
+        "pass an AR run folder (with checkpoints/) or a step_*.pt file",
+        f"train_ar(VARTrainConfig(run_dir={run!r}, ...))",
+    )
     if state.get("format") != CKPT_FORMAT or "ar" not in state.get("modules", {}):
         raise NextScaleError(f"{path} is not an AR training checkpoint")
     cfg = state.get("config", {})
@@ -243,6 +304,11 @@ def export_ar_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     ar.load_state_dict(sd)
     labels = cfg.get("classes")
     labels = labels if labels and any(labels) else None
-    save_ar_pipeline(out, vae, ar.eval(), labels=labels,
-                     extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}})
+    save_ar_pipeline(
+        out,
+        vae,
+        ar.eval(),
+        labels=labels,
+        extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}},
+    )
     return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}

@@ -5,6 +5,7 @@ same folder, flushed and fsync'ed, then ``os.replace``'d into place (atomic on P
 crash or ``kill -9`` mid-write leaves at worst a ``.tmp`` file that :meth:`latest` never looks at.
 An unreadable checkpoint (disk full, bit rot) is skipped in favour of the previous one.
 """
+
 from __future__ import annotations
 
 import glob
@@ -17,7 +18,15 @@ import torch
 
 from nextscale.runfiles import checkpoint_path, checkpoint_steps, checkpoint_weights, latest_checkpoint, load_checkpoint
 
-__all__ = ["atomic_save", "load_checkpoint", "CheckpointManager", "capture_rng", "restore_rng", "seed_all", "checkpoint_weights"]
+__all__ = [
+    "atomic_save",
+    "load_checkpoint",
+    "CheckpointManager",
+    "capture_rng",
+    "restore_rng",
+    "seed_all",
+    "checkpoint_weights",
+]
 
 
 def _fsync_dir(d: str) -> None:
@@ -70,7 +79,7 @@ class CheckpointManager:
         return p
 
     def prune(self) -> None:
-        for s in self.steps()[:-self.keep_last]:
+        for s in self.steps()[: -self.keep_last]:
             try:
                 os.remove(self.path(s))
             except FileNotFoundError:
@@ -93,6 +102,7 @@ class CheckpointManager:
 # ------------------------------------------------------------------------------------------------
 # RNG states, in a form torch.load(weights_only=True) accepts (tensors, ints, tuples)
 # ------------------------------------------------------------------------------------------------
+
 
 def capture_rng() -> Dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states of this process."""

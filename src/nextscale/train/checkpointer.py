@@ -8,6 +8,7 @@ resume and loads it back in two halves: the weights before the modules are wrapp
 optimizers, scalers and EMA exist. A refused (planted) ``step_*.pt`` stops a resume: it is never
 skipped in favour of an older checkpoint.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,22 @@ __all__ = ["Checkpointer"]
 
 
 class Checkpointer:
-    def __init__(self, folder: str, keep_last: int, objective, parallel: Parallel, precision: Precision, ema: EMAHolder,
-                 *, batch_size: int, grad_accum: int, n_train: int, seed: int, run_config: Optional[Dict[str, Any]] = None,
-                 log=None):
+    def __init__(
+        self,
+        folder: str,
+        keep_last: int,
+        objective,
+        parallel: Parallel,
+        precision: Precision,
+        ema: EMAHolder,
+        *,
+        batch_size: int,
+        grad_accum: int,
+        n_train: int,
+        seed: int,
+        run_config: Optional[Dict[str, Any]] = None,
+        log=None,
+    ):
         self.files = CheckpointManager(folder, keep_last)
         self.objective, self.parallel, self.precision, self.ema = objective, parallel, precision, ema
         self.batch_size, self.grad_accum, self.n_train, self.seed = batch_size, grad_accum, n_train, seed
@@ -55,7 +69,9 @@ class Checkpointer:
         epoch, index = divmod(step, math.ceil(self.n_train / self.batch_size))
         rngs = dist.all_gather_object(capture_rng())
         return {
-            "format": CKPT_FORMAT, "step": step, "world_size": self.world,
+            "format": CKPT_FORMAT,
+            "step": step,
+            "world_size": self.world,
             "modules": {k: self.parallel.module_state(k) for k in ob.modules()},
             "optimizers": {k: self.parallel.optim_state(k, spec.optimizer) for k, spec in ob.optim_specs.items()},
             "scalers": self.precision.state_dict(),
@@ -84,7 +100,9 @@ class Checkpointer:
         found = self.files.latest()
         dist.barrier()
         if found is not None and found[1].get("format") != CKPT_FORMAT:
-            raise NextScaleError(f"{self.files.path(found[0])} is not a nextscale training checkpoint; use a fresh --run-dir")
+            raise NextScaleError(
+                f"{self.files.path(found[0])} is not a nextscale training checkpoint; use a fresh --run-dir"
+            )
         return found
 
     def load_modules(self, state: Dict[str, Any]) -> None:
@@ -108,6 +126,8 @@ class Checkpointer:
             restore_rng(rngs[self.rank])
         else:
             if self.log is not None:
-                self.log.info(f"world size changed ({len(rngs)} -> {self.world}): RNG streams re-seeded; the run continues "
-                              f"but is not bit-identical to an uninterrupted one")
+                self.log.info(
+                    f"world size changed ({len(rngs)} -> {self.world}): RNG streams re-seeded; the run continues "
+                    f"but is not bit-identical to an uninterrupted one"
+                )
             seed_all(self.seed + 1000 * step, self.rank)

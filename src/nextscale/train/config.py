@@ -9,13 +9,14 @@ Each field carries its own documentation and rules as dataclass ``metadata``:
 * ``note``: what special values mean ("0 = off"), repeated in the error message,
 * ``group``: the CLI's argument group; ``flags``: extra CLI spellings kept for compatibility.
 
-The CLI flags are generated from these fields (``nextscale.cli_args``), so a setting, its default,
+The CLI flags are generated from these fields (``nextscale.app.cli_args``), so a setting, its default,
 its help and its check exist in one place. Values are checked on construction (``__post_init__``:
 types, ranges, choices, rules between fields) and again by :meth:`TrainConfigBase.validate` before
 a run starts (the rules that depend on the machine: devices, world size, files). Errors are
 :class:`~nextscale.errors.FieldError` s that name the field (``batch_size must be >= 1``); the CLI
 prints the flag instead (``--batch-size must be >= 1``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +78,9 @@ def _check_value(cls, f: dataclasses.Field, v) -> Any:
 
     def bad(rule: str, typed: bool = False):  # typed: a value of the wrong type, shown with its type
         got = f"{v!r} ({type(v).__name__})" if typed else _show(v)
-        return _fail(name, f" must be {must if must and not typed else rule}{note if typed or not must else ''}, got {got}")
+        return _fail(
+            name, f" must be {must if must and not typed else rule}{note if typed or not must else ''}, got {got}"
+        )
 
     if v is None:
         if optional:
@@ -91,8 +94,12 @@ def _check_value(cls, f: dataclasses.Field, v) -> Any:
         if not isinstance(v, str):
             raise bad("a string", True)
     elif kind is tuple:
-        if isinstance(v, (str, bytes)) or not isinstance(v, (list, tuple)) or not v or \
-                any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in v):
+        if (
+            isinstance(v, (str, bytes))
+            or not isinstance(v, (list, tuple))
+            or not v
+            or any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in v)
+        ):
             raise bad("a non-empty list of integers", True)
         v = tuple(int(x) for x in v)
         if md.get("min") is not None and min(v) < md["min"]:
@@ -112,8 +119,11 @@ def _check_value(cls, f: dataclasses.Field, v) -> Any:
         raise bad("one of " + ", ".join(map(str, md["choices"])))
     lo, hi = md.get("min"), md.get("max")
     if lo is not None and (v <= lo if md.get("min_open") else v < lo):
-        raise bad("a positive integer" if kind is int and lo == 1 and hi is None
-                  else f"{'>' if md.get('min_open') else '>='} {_show(lo)}")
+        raise bad(
+            "a positive integer"
+            if kind is int and lo == 1 and hi is None
+            else f"{'>' if md.get('min_open') else '>='} {_show(lo)}"
+        )
     if hi is not None and (v >= hi if md.get("max_open") else v > hi):
         raise bad(f"{'<' if md.get('max_open') else '<='} {_show(hi)}")
     return v
@@ -130,30 +140,38 @@ def _wrap(check: Callable, name: str, *args, **kw):
 
 
 # CLI groups (shown in this order)
-DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP = ("data and model", "length and batch", "optimisation", "initialisation of a fresh model",
-                                               "progressive training", "losses (defaults: VQGAN / LlamaGen)", "loop")
+DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP = (
+    "data and model",
+    "length and batch",
+    "optimisation",
+    "initialisation of a fresh model",
+    "progressive training",
+    "losses (defaults: VQGAN / LlamaGen)",
+    "loop",
+)
 
 
 @dataclass
 class LoopConfig:
     """Loop settings (objective-independent). Batch sizes are per optimizer step, all ranks together."""
+
     run_dir: str
     max_steps: int
-    batch_size: int                  # global batch per optimizer step (reference: --bs)
-    grad_accum: int = 1              # micro-batches per step (reference: --ac)
-    amp: str = "none"                # none | bf16 | fp16 (fp16 uses a loss scaler)
-    ema_decay: float = 0.0           # 0: no EMA
-    ckpt_every: int = 1000           # steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)
-    keep_last: int = 3               # checkpoints kept on disk
+    batch_size: int  # global batch per optimizer step (reference: --bs)
+    grad_accum: int = 1  # micro-batches per step (reference: --ac)
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a loss scaler)
+    ema_decay: float = 0.0  # 0: no EMA
+    ckpt_every: int = 1000  # steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)
+    keep_last: int = 3  # checkpoints kept on disk
     log_every: int = 10
-    eval_every: int = 0              # 0: evaluate only at the end (when there is validation data)
-    sample_every: int = 0            # 0: sample grid only at the end; < 0: never
-    eval_batch_size: int = 0         # per rank; 0: the training micro-batch
+    eval_every: int = 0  # 0: evaluate only at the end (when there is validation data)
+    sample_every: int = 0  # 0: sample grid only at the end; < 0: never
+    eval_batch_size: int = 0  # per rank; 0: the training micro-batch
     seed: int = 0
-    workers: int = 0                 # DataLoader worker processes per rank
+    workers: int = 0  # DataLoader worker processes per rank
     device: str = "cpu"
-    fsdp: bool = False               # shard parameters/grads/optimizer (FULL_SHARD) instead of DDP
-    progress: bool = True            # tqdm bar on the main rank
+    fsdp: bool = False  # shard parameters/grads/optimizer (FULL_SHARD) instead of DDP
+    progress: bool = True  # tqdm bar on the main rank
 
     def micro_batch(self, world_size: int) -> int:
         if self.batch_size <= 0:
@@ -162,8 +180,12 @@ class LoopConfig:
             raise FieldError(FieldName("grad_accum"), f" must be a positive integer, got {self.grad_accum}")
         per = self.batch_size / (world_size * self.grad_accum)
         if per != int(per) or per < 1:
-            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by world size {world_size} x ",
-                             FieldName("grad_accum"), f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}")
+            raise FieldError(
+                FieldName("batch_size"),
+                f" {self.batch_size} is not divisible by world size {world_size} x ",
+                FieldName("grad_accum"),
+                f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}",
+            )
         return int(per)
 
 
@@ -174,19 +196,36 @@ class TrainConfigBase:
     Subclasses add the rest, including the fields :meth:`loop_config` reads: ``batch_size``,
     ``grad_accum``, ``amp``, ``ema``, ``eval_every`` and ``sample_every`` (their defaults differ
     per command or belong to its optimisation settings)."""
+
     #: Field groups in CLI order.
     GROUPS: ClassVar[Tuple[str, ...]] = (DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP)
 
     # Everything random (init, data order, augmentation, class dropout) derives from it: same seed, same run.
-    seed: int = setting(0, "random seed of the run (init, data order, augmentation)", alias="seed", group=LOOP,
-                        min=0, max=2 ** 63, max_open=True, must="in [0, 2**63)")
+    seed: int = setting(
+        0,
+        "random seed of the run (init, data order, augmentation)",
+        alias="seed",
+        group=LOOP,
+        min=0,
+        max=2**63,
+        max_open=True,
+        must="in [0, 2**63)",
+    )
     # Loader processes cost memory per rank; 0 keeps the data in the main process (debuggable, slow).
-    workers: Optional[int] = setting(None, "data loader workers per process; default 4 on GPU, 0 on CPU", alias="workers",
-                                     group=LOOP, min=0, note="0 = load in the main process")
+    workers: Optional[int] = setting(
+        None,
+        "data loader workers per process; default 4 on GPU, 0 on CPU",
+        alias="workers",
+        group=LOOP,
+        min=0,
+        note="0 = load in the main process",
+    )
     # None: the rank's GPU under torchrun (cuda:LOCAL_RANK), else cuda if available, else cpu.
     device: Optional[str] = setting(None, "default: cuda:LOCAL_RANK if available, else cpu", group=LOOP)
     # Checkpoints bound the work lost to a crash; each is a full state (weights, optimizer, RNGs).
-    ckpt_every: int = setting(1000, "steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)", group=LOOP, min=1)
+    ckpt_every: int = setting(
+        1000, "steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)", group=LOOP, min=1
+    )
     # Older checkpoints are pruned: disk use stays bounded on long runs.
     keep_last: int = setting(3, "checkpoints kept", group=LOOP, min=1, flags=("--keep",))
     # Log lines are cheap, but each one synchronises the loss across ranks.
@@ -212,6 +251,7 @@ class TrainConfigBase:
         """All rules, including those of this machine and run (devices, world size, input files);
         called before a run creates any folder or file."""
         from nextscale.validate import check_device
+
         self.check_values()
         if self.device is not None and not os.environ.get("LOCAL_RANK"):
             _wrap(check_device, "device", self.device)
@@ -220,8 +260,12 @@ class TrainConfigBase:
     def _check_batch(self, world: int) -> None:
         if self.batch_size % (world * self.grad_accum):
             by = f"world size {world} x " if world > 1 else ""
-            raise FieldError(FieldName("batch_size"), f" {self.batch_size} is not divisible by {by}", FieldName("grad_accum"),
-                             f" {self.grad_accum}; pick a multiple of {world * self.grad_accum}")
+            raise FieldError(
+                FieldName("batch_size"),
+                f" {self.batch_size} is not divisible by {by}",
+                FieldName("grad_accum"),
+                f" {self.grad_accum}; pick a multiple of {world * self.grad_accum}",
+            )
 
     # -- conversions ---------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -253,88 +297,177 @@ class TrainConfigBase:
             raise FieldError(f"{cls.__name__}: unknown setting {k!r}; {hint}")
 
     def loop_config(self, run_dir: str, max_steps: int, device, fsdp: bool = False):
-        """The :class:`~nextscale.train.loop.LoopConfig` of this run on ``device`` (resolves the default worker count)."""
+        """The :class:`~nextscale.train.loop.LoopConfig` of this run on ``device`` (resolves the default worker "
+        "count)."""
         workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
-        return LoopConfig(run_dir=run_dir, max_steps=max_steps, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                          amp=self.amp, ema_decay=self.ema, ckpt_every=self.ckpt_every, keep_last=self.keep_last,
-                          log_every=self.log_every, eval_every=self.eval_every, sample_every=self.sample_every,
-                          seed=self.seed, workers=workers, device=str(device), fsdp=fsdp, progress=self.progress)
+        return LoopConfig(
+            run_dir=run_dir,
+            max_steps=max_steps,
+            batch_size=self.batch_size,
+            grad_accum=self.grad_accum,
+            amp=self.amp,
+            ema_decay=self.ema,
+            ckpt_every=self.ckpt_every,
+            keep_last=self.keep_last,
+            log_every=self.log_every,
+            eval_every=self.eval_every,
+            sample_every=self.sample_every,
+            seed=self.seed,
+            workers=workers,
+            device=str(device),
+            fsdp=fsdp,
+            progress=self.progress,
+        )
 
 
 @dataclass
 class VARTrainConfig(TrainConfigBase):
     """Every knob of ``nextscale train``; defaults are the reference recipe (reference name: ``alias``)."""
+
     # -- data / model --
     # A folder of class sub-folders (DIR/train + DIR/val, or one folder); images directly in DIR = unconditional.
-    data: Optional[str] = setting(None, "image folder: one sub-folder per class (DIR/train + DIR/val, or a single folder); "
-                                  "images directly in DIR = unconditional", alias="data_path", group=DATA)
+    data: Optional[str] = setting(
+        None,
+        "image folder: one sub-folder per class (DIR/train + DIR/val, or a single folder); "
+        "images directly in DIR = unconditional",
+        alias="data_path",
+        group=DATA,
+    )
     # Pre-encoded tokens: no VQ-VAE encoder at train time (the reference encodes on the fly).
-    cache: Optional[str] = setting(None, "token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)", group=DATA)
-    tokenizer: Optional[str] = setting(None, "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (smoke tests); "
-                                       "default: the cache's / the init model's", group=DATA)
-    init: Optional[str] = setting(None, "fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')", group=DATA)
+    cache: Optional[str] = setting(
+        None, "token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)", group=DATA
+    )
+    tokenizer: Optional[str] = setting(
+        None,
+        "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (smoke tests); "
+        "default: the cache's / the init model's",
+        group=DATA,
+    )
+    init: Optional[str] = setting(
+        None, "fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')", group=DATA
+    )
     # A named preset, not a depth: the presets also fix the scale schedule and the AdaLN kind.
-    preset: str = setting("d16", "architecture of a fresh model (tiny, mnist, d16, d20, d24, d30, d36)", alias="depth", group=DATA)
-    run_dir: Optional[str] = setting(None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA)
+    preset: str = setting(
+        "d16", "architecture of a fresh model (tiny, mnist, d16, d20, d24, d30, d36)", alias="depth", group=DATA
+    )
+    run_dir: Optional[str] = setting(
+        None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA
+    )
     # Flipped copies double the data; off in the reference's ImageNet recipe.
     hflip: bool = setting(False, "random horizontal flips", alias="hflip", group=DATA)
     # Resize the shorter side to mid_reso x the resolution, then random-crop (at least 1: the crop must fit).
-    mid_reso: float = setting(1.125, "resize the shorter side to this x resolution, then random-crop", alias="mid_reso",
-                              group=DATA, min=1.0, max=4.0)
+    mid_reso: float = setting(
+        1.125,
+        "resize the shorter side to this x resolution, then random-crop",
+        alias="mid_reso",
+        group=DATA,
+        min=1.0,
+        max=4.0,
+    )
     # -- schedule length --
     steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
     # Checked even with steps given: a bad value is never silently ignored.
-    epochs: float = setting(250.0, "passes over the data", alias="ep", group=LENGTH, min=0.0, min_open=True,
-                            must="a positive number")
+    epochs: float = setting(
+        250.0, "passes over the data", alias="ep", group=LENGTH, min=0.0, min_open=True, must="a positive number"
+    )
     # Global: all GPUs together; the per-GPU micro-batch is batch_size / (world x grad_accum).
-    batch_size: int = setting(768, "global batch per optimizer step, all GPUs together", alias="bs", group=LENGTH, min=1)
+    batch_size: int = setting(
+        768, "global batch per optimizer step, all GPUs together", alias="bs", group=LENGTH, min=1
+    )
     grad_accum: int = setting(1, "micro-batches per step", alias="ac", group=LENGTH, min=1)
     # -- optimisation --
     # The reference scales the lr linearly with the batch (base at 256 images).
-    base_lr: float = setting(1e-4, "peak lr = base_lr x batch_size / 256", alias="tblr", group=OPTIM, min=0.0, min_open=True)
-    lr: Optional[float] = setting(None, "absolute peak lr (overrides base_lr)", alias="tlr", group=OPTIM, min=0.0, min_open=True)
+    base_lr: float = setting(
+        1e-4, "peak lr = base_lr x batch_size / 256", alias="tblr", group=OPTIM, min=0.0, min_open=True
+    )
+    lr: Optional[float] = setting(
+        None, "absolute peak lr (overrides base_lr)", alias="tlr", group=OPTIM, min=0.0, min_open=True
+    )
     weight_decay: float = setting(0.05, "AdamW weight decay", alias="twd", group=OPTIM, min=0.0)
-    weight_decay_end: Optional[float] = setting(None, "cosine-annealed to this; default = weight_decay", alias="twde",
-                                                group=OPTIM, min=0.0)
+    weight_decay_end: Optional[float] = setting(
+        None, "cosine-annealed to this; default = weight_decay", alias="twde", group=OPTIM, min=0.0
+    )
     grad_clip: float = setting(2.0, "max grad norm", alias="tclip", group=OPTIM, note="<= 0 = off")
-    label_smooth: float = setting(0.0, "label smoothing of the cross-entropy", alias="ls", group=OPTIM, min=0.0, max=1.0,
-                                  max_open=True, must="in [0, 1)")
+    label_smooth: float = setting(
+        0.0,
+        "label smoothing of the cross-entropy",
+        alias="ls",
+        group=OPTIM,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="in [0, 1)",
+    )
     # In steps, not epochs (the reference's wp = ep/50 is 2% of the run).
-    warmup_steps: Optional[int] = setting(None, "linear lr warm-up; default 2% of the steps", alias="wp", group=OPTIM, min=0)
+    warmup_steps: Optional[int] = setting(
+        None, "linear lr warm-up; default 2% of the steps", alias="wp", group=OPTIM, min=0
+    )
     warmup_start: float = setting(0.005, "lr factor at step 0", alias="wp0", group=OPTIM, min=0.0)
     lr_end: float = setting(0.01, "final lr factor", alias="wpe", group=OPTIM, min=0.0)
-    schedule: Optional[str] = setting(None, "lr schedule: cos, lin, lin0, lin00, exp, linT; default lin0 "
-                                      "(lin<progressive> with progressive)", alias="sche", group=OPTIM)
+    schedule: Optional[str] = setting(
+        None,
+        "lr schedule: cos, lin, lin0, lin00, exp, linT; default lin0 (lin<progressive> with progressive)",
+        alias="sche",
+        group=OPTIM,
+    )
     # The reference's fp16=0/1/2 is none/fp16/bf16; fp16 uses loss scaling.
     amp: str = setting("none", "mixed precision; fp16 uses loss scaling", alias="fp16", group=OPTIM, choices=_AMP)
-    ema: float = setting(0.0, "EMA decay of the weights, 0 = off (export uses EMA when kept)", group=OPTIM, min=0.0, max=1.0,
-                         max_open=True, must="a decay in [0, 1)")
-    cond_drop: Optional[float] = setting(None, "class dropout for guidance; default the model's (0.1)", group=OPTIM, min=0.0,
-                                         max=1.0, max_open=True, must="in [0, 1)")
+    ema: float = setting(
+        0.0,
+        "EMA decay of the weights, 0 = off (export uses EMA when kept)",
+        group=OPTIM,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="a decay in [0, 1)",
+    )
+    cond_drop: Optional[float] = setting(
+        None,
+        "class dropout for guidance; default the model's (0.1)",
+        group=OPTIM,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="in [0, 1)",
+    )
     # -- init of a fresh model --
     init_adaln: float = setting(0.5, "AdaLN init scale", alias="aln", group=INIT)
     init_adaln_gamma: float = setting(1e-5, "AdaLN gamma init scale", alias="alng", group=INIT)
     init_head: float = setting(0.02, "head init scale", alias="hd", group=INIT)
     init_std: float = setting(-1.0, "weight init std; -1 = sqrt(1/3C)", alias="ini", group=INIT)
-    shared_aln: Optional[bool] = setting(None, "one AdaLN shared by all blocks; default: the preset's", alias="saln", group=INIT)
+    shared_aln: Optional[bool] = setting(
+        None, "one AdaLN shared by all blocks; default: the preset's", alias="saln", group=INIT
+    )
     attn_l2_norm: Optional[bool] = setting(None, "cosine attention; default: the preset's", alias="anorm", group=INIT)
     # -- progressive training --
-    progressive: float = setting(0.0, "grow the scales during this fraction of training, 0 = off", alias="pg", group=PROG,
-                                 min=0.0, max=1.0, max_open=True, must="the fraction of training that grows the scales, in [0, 1)")
+    progressive: float = setting(
+        0.0,
+        "grow the scales during this fraction of training, 0 = off",
+        alias="pg",
+        group=PROG,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="the fraction of training that grows the scales, in [0, 1)",
+    )
     progressive_start: int = setting(4, "first stage: index of the last scale trained", alias="pg0", group=PROG, min=0)
     # In steps (the reference's pgwp = ep/300).
-    progressive_warmup_steps: Optional[int] = setting(None, "fade-in of a new scale; default steps/300", alias="pgwp",
-                                                      group=PROG, min=0)
+    progressive_warmup_steps: Optional[int] = setting(
+        None, "fade-in of a new scale; default steps/300", alias="pgwp", group=PROG, min=0
+    )
     # -- loop (the rest: TrainConfigBase) --
     # A validation pass / a sample grid costs about as much as a few steps: every few thousand steps.
     eval_every: int = setting(5000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
-    sample_every: int = setting(5000, "steps between sample grids", group=LOOP, min=-1, note="0 = at the end only, -1 = never")
+    sample_every: int = setting(
+        5000, "steps between sample grids", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
+    )
     # FSDP for the largest models (d30/d36); DDP otherwise.
     fsdp: bool = setting(False, "shard parameters/optimizer across GPUs (d30/d36) instead of DDP", group=LOOP)
 
     def check_more(self) -> None:
         if self.schedule is not None:
             from nextscale.train.optim import lr_factor
+
             try:
                 lr_factor(self.schedule, 50, 0, 100)  # an unknown name raises here
             except NextScaleError as e:
@@ -343,35 +476,61 @@ class VARTrainConfig(TrainConfigBase):
     def validate(self) -> None:
         super().validate()
         if (self.data is None) == (self.cache is None):
-            raise FieldError("pass exactly one of ", FieldName("data"), " DIR (images) or ", FieldName("cache"),
-                             " DIR (from nextscale tokenize)")
+            raise FieldError(
+                "pass exactly one of ",
+                FieldName("data"),
+                " DIR (images) or ",
+                FieldName("cache"),
+                " DIR (from nextscale tokenize)",
+            )
 
 
 @dataclass
 class TokenizerTrainConfig(TrainConfigBase):
     """Every knob of ``nextscale train-tokenizer`` (defaults: VQGAN / LlamaGen, see ``nextscale.train.tokenizer``)."""
-    data: Optional[str] = setting(None, "image folder (DIR/train + DIR/val, class sub-folders, or images directly in DIR)",
-                                  group=DATA, required=True)
+
+    data: Optional[str] = setting(
+        None,
+        "image folder (DIR/train + DIR/val, class sub-folders, or images directly in DIR)",
+        group=DATA,
+        required=True,
+    )
     # Only the preset's vqvae part is used (and not with init).
     preset: str = setting("mnist", "architecture of a fresh tokenizer (tiny, mnist, d16 ...)", group=DATA)
-    init: Optional[str] = setting(None, "fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder", group=DATA)
-    run_dir: Optional[str] = setting(None, "run folder (checkpoints, logs, pictures, tokenizer/); default runs/tokenizer-PRESET",
-                                     group=DATA, flags=("--out",))
+    init: Optional[str] = setting(
+        None, "fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder", group=DATA
+    )
+    run_dir: Optional[str] = setting(
+        None,
+        "run folder (checkpoints, logs, pictures, tokenizer/); default runs/tokenizer-PRESET",
+        group=DATA,
+        flags=("--out",),
+    )
     # Architecture overrides of a fresh tokenizer (None = the preset's).
     vocab_size: Optional[int] = setting(None, "codebook size V (default: the preset's)", group=DATA, min=1)
     z_channels: Optional[int] = setting(None, "code vector width Cvae (default: the preset's)", group=DATA, min=1)
-    ch: Optional[int] = setting(None, "encoder/decoder base width, a multiple of 32 (default: the preset's)", group=DATA, min=1)
-    num_res_blocks: Optional[int] = setting(None, "residual blocks per level (default: the preset's)", group=DATA, min=1)
-    patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule, e.g. 1 2 4 6 8 (a single number = 1-scale baseline)",
-                                                    group=DATA, min=1)
+    ch: Optional[int] = setting(
+        None, "encoder/decoder base width, a multiple of 32 (default: the preset's)", group=DATA, min=1
+    )
+    num_res_blocks: Optional[int] = setting(
+        None, "residual blocks per level (default: the preset's)", group=DATA, min=1
+    )
+    patch_nums: Optional[Tuple[int, ...]] = setting(
+        None, "scale schedule, e.g. 1 2 4 6 8 (a single number = 1-scale baseline)", group=DATA, min=1
+    )
     # VQGAN's uniform init by default; the others are for experiments.
-    eini: float = setting(-1.0, "codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc-normal std, 0 N(0,1)",
-                          group=DATA)
+    eini: float = setting(
+        -1.0, "codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc-normal std, 0 N(0,1)", group=DATA
+    )
     hflip: bool = setting(False, "random horizontal flips", group=DATA)
-    mid_reso: float = setting(1.125, "shorter side -> this x resolution, then random crop", group=DATA, min=1.0, max=4.0)
+    mid_reso: float = setting(
+        1.125, "shorter side -> this x resolution, then random crop", group=DATA, min=1.0, max=4.0
+    )
     # -- schedule length --
     steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
-    epochs: float = setting(40.0, "passes over the data", group=LENGTH, min=0.0, min_open=True, must="a positive number")
+    epochs: float = setting(
+        40.0, "passes over the data", group=LENGTH, min=0.0, min_open=True, must="a positive number"
+    )
     batch_size: int = setting(32, "global batch per optimizer step", group=LENGTH, min=1)
     grad_accum: int = setting(1, "micro-batches per step", group=LENGTH, min=1)
     # -- optimisation (LlamaGen vq_train: AdamW 0.9/0.95, constant lr, no decay, clip 1) --
@@ -382,16 +541,24 @@ class TokenizerTrainConfig(TrainConfigBase):
     warmup_steps: int = setting(0, "linear lr warm-up", group=OPTIM, min=0)
     lr_end: float = setting(1.0, "final lr factor of a cosine decay; 1 = constant", group=OPTIM, min=0.0)
     amp: str = setting("none", "mixed precision", group=OPTIM, choices=_AMP)
-    ema: float = setting(0.0, "EMA decay of the autoencoder, 0 = off (export uses EMA when kept)", group=OPTIM, min=0.0,
-                         max=1.0, max_open=True, must="a decay in [0, 1)")
+    ema: float = setting(
+        0.0,
+        "EMA decay of the autoencoder, 0 = off (export uses EMA when kept)",
+        group=OPTIM,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="a decay in [0, 1)",
+    )
     # -- losses --
     rec_loss: str = setting("l2", "pixel loss (LlamaGen: l2)", group=LOSS, choices=("l2", "l1"))
     rec_weight: float = setting(1.0, "weight of the pixel loss", group=LOSS, min=0.0)
     codebook_weight: float = setting(1.0, "weight of the VQ loss", group=LOSS, min=0.0)
     beta: Optional[float] = setting(None, "commitment weight; default the config's 0.25", group=LOSS, min=0.0)
     # LPIPS needs local VGG16 + LPIPS weights: off without them (nothing is downloaded).
-    lpips_weights: Optional[str] = setting(None, "local LPIPS weights (file or folder: VGG16 features.* + lin*.model.1.weight); "
-                                           "off without it", group=LOSS)
+    lpips_weights: Optional[str] = setting(
+        None, "local LPIPS weights (file or folder: VGG16 features.* + lin*.model.1.weight); off without it", group=LOSS
+    )
     perceptual_weight: float = setting(1.0, "LPIPS weight (with lpips_weights)", group=LOSS, min=0.0)
     disc_weight: float = setting(0.5, "GAN weight, 0 = no discriminator (LlamaGen: 0.5)", group=LOSS, min=0.0)
     # The GAN starts late (LlamaGen: 20000): early on it only fights the reconstruction.
@@ -400,18 +567,23 @@ class TokenizerTrainConfig(TrainConfigBase):
     disc_layers: int = setting(3, "PatchGAN depth", group=LOSS, min=1)
     disc_ch: int = setting(64, "PatchGAN base width", group=LOSS, min=1)
     # -- codebook restart --
-    reinit_dead_every: int = setting(0, "re-initialise dead codes every N steps (codebook restart), 0 = off", group=LOSS, min=0)
+    reinit_dead_every: int = setting(
+        0, "re-initialise dead codes every N steps (codebook restart), 0 = off", group=LOSS, min=0
+    )
     dead_threshold: float = setting(1e-3, "dead = running hits summed over scales below this", group=LOSS, min=0.0)
     # -- loop (the rest: TrainConfigBase) --
     # Shorter runs than VAR's: validate and draw pictures more often.
     eval_every: int = setting(2000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
-    sample_every: int = setting(2000, "steps between per-scale pictures", group=LOOP, min=-1,
-                                note="0 = at the end only, -1 = never")
+    sample_every: int = setting(
+        2000, "steps between per-scale pictures", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
+    )
 
     def validate(self) -> None:
         super().validate()
         if self.data is None:
             raise FieldError("pass ", FieldName("data"), " DIR (a folder of images)")
         if self.lpips_weights is not None and not os.path.exists(self.lpips_weights):
-            raise _fail("lpips_weights", f" {self.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; "
-                                         "it is off without it)")
+            raise _fail(
+                "lpips_weights",
+                f" {self.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; it is off without it)",
+            )

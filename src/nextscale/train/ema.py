@@ -1,5 +1,6 @@
 """The loop's EMA holder (:class:`EMAHolder`): which modules get an exponential moving average,
 updating them after each optimizer step, and their state in checkpoints."""
+
 from __future__ import annotations
 
 from typing import Any, Dict

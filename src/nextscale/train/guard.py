@@ -8,6 +8,7 @@
 Each refusal is one :class:`~nextscale.errors.NonFiniteError` that names the last good checkpoint,
 and is written to ``log.txt`` (the console gets it once, from the caller).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -44,8 +45,10 @@ class FiniteGuard:
         for name, m in modules.items():
             for k, p in m.named_parameters():
                 if not bool(torch.isfinite(p.detach()).all()):
-                    self.fail(f"{name}.{k} holds NaN/inf values {source}; train from finite weights "
-                              f"(a fresh run, or an --init model that samples)")
+                    self.fail(
+                        f"{name}.{k} holds NaN/inf values {source}; train from finite weights "
+                        f"(a fresh run, or an --init model that samples)"
+                    )
 
     def check_losses(self, bad: Optional[Tuple[str, float]], step: int) -> None:
         """Stop before the optimizer step of 0-based ``step`` when a loss is NaN/inf here or on any
@@ -56,10 +59,14 @@ class FiniteGuard:
         if float(flag) == 0.0:
             return
         what = f"{bad[0]} is {bad[1]}" if bad else "a loss on another rank is not finite"
-        self.fail(f"step {step + 1}: {what}; stopped before updating the weights{self.last_good()} "
-                  f"(lower --lr, set --grad-clip, prefer --amp bf16 over fp16, or check the data and --init weights)")
+        self.fail(
+            f"step {step + 1}: {what}; stopped before updating the weights{self.last_good()} "
+            f"(lower --lr, set --grad-clip, prefer --amp bf16 over fp16, or check the data and --init weights)"
+        )
 
     def check_grad_norm(self, name: str, norm: torch.Tensor, step: int) -> None:
         if not bool(torch.isfinite(norm)):
-            self.fail(f"step {step + 1}: the gradient norm of {name!r} is {float(norm)}; stopped before "
-                      f"updating the weights{self.last_good()} (lower --lr or set --grad-clip)")
+            self.fail(
+                f"step {step + 1}: the gradient norm of {name!r} is {float(norm)}; stopped before "
+                f"updating the weights{self.last_good()} (lower --lr or set --grad-clip)"
+            )

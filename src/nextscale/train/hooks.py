@@ -2,6 +2,7 @@
 progress bar, train metrics every ``log_every`` steps (averaged over ranks), evaluation on the
 validation set and sample pictures (every ``eval_every`` / ``sample_every`` steps and at the end,
 with the training RNG streams isolated from them), the end lines. Nothing here changes training."""
+
 from __future__ import annotations
 
 import contextlib
@@ -56,14 +57,18 @@ class Hooks:
         """The start line (before the data loader exists)."""
         cfg, ob = self.cfg, self.objective
         n_params = sum(p.numel() for m in ob.modules().values() for p in m.parameters() if p.requires_grad)
-        self.log.info(f"training {n_params / 1e6:.2f}M params on {self.world} x {self.device.type}: {n_samples} samples, "
-                      f"batch {cfg.batch_size} = {self.micro} x {self.world} rank(s) x {cfg.grad_accum} accum, steps {step} -> {cfg.max_steps}, amp {cfg.amp}")
+        self.log.info(
+            f"training {n_params / 1e6:.2f}M params on {self.world} x {self.device.type}: {n_samples} samples, "
+            f"batch {cfg.batch_size} = {self.micro} x {self.world} rank(s) x {cfg.grad_accum} accum, steps {step} -> "
+            f"{cfg.max_steps}, amp {cfg.amp}"
+        )
 
     def open_bar(self, step: int) -> None:
         """Throughput units and the progress bar (main rank, with ``progress``)."""
         self.units = {"img": 1.0, **self.objective.units_per_sample()}
         if self.cfg.progress and dist.is_main():
             from tqdm.auto import tqdm
+
             self.bar = tqdm(total=self.cfg.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
 
     def close(self) -> None:
@@ -73,7 +78,10 @@ class Hooks:
     def end(self, step: int, finished: bool, bad_images: int, checkpoint: Optional[str]) -> None:
         """The end lines; a finished run is evaluated and sampled once more unless that just happened."""
         if bad_images:
-            self.log.info(f"skipped {bad_images} unreadable image(s) in total (replaced by the next readable one); see the first warning for a path")
+            self.log.info(
+                f"skipped {bad_images} unreadable image(s) in total (replaced by the next readable one); see the "
+                "first warning for a path"
+            )
         if finished:
             if self.val_set is not None and self.last_eval != step:
                 self.evaluate(step)
@@ -122,9 +130,11 @@ class Hooks:
             self.log.metrics(step, vals, "train")
             main = [k for k in keys if "/" not in k][:4]
             txt = "  ".join(f"{k} {vals[k]:.4f}" for k in main)
-            self.log.info(f"step {step}/{self.cfg.max_steps}  {txt}  {imgs:.1f} img/s  "
-                          + "  ".join(f"{vals[f'{u}_per_s']:.0f} {u}/s" for u in units if u != "img")
-                          + f"  eta {format_duration(eta)}")
+            self.log.info(
+                f"step {step}/{self.cfg.max_steps}  {txt}  {imgs:.1f} img/s  "
+                + "  ".join(f"{vals[f'{u}_per_s']:.0f} {u}/s" for u in units if u != "img")
+                + f"  eta {format_duration(eta)}"
+            )
             if bar is not None and main:
                 bar.set_postfix({k: f"{vals[k]:.3f}" for k in main[:2]}, refresh=False)
         self.sums, self.n_sum, self.t_steps = {}, 0, t_steps[-20:]
@@ -163,8 +173,12 @@ class Hooks:
             m.eval()
         bs = self.cfg.eval_batch_size or self.micro
         sampler = ShardedEvalSampler(len(self.val_set), bs, self.rank, self.world)
-        ld = torch.utils.data.DataLoader(self.val_set, batch_sampler=sampler, num_workers=self.cfg.workers,
-                                         generator=torch.Generator().manual_seed(0))
+        ld = torch.utils.data.DataLoader(
+            self.val_set,
+            batch_sampler=sampler,
+            num_workers=self.cfg.workers,
+            generator=torch.Generator().manual_seed(0),
+        )
         sums: Dict[str, float] = {}
         counts: Dict[str, float] = {}
         for batch in ld:
@@ -184,7 +198,8 @@ class Hooks:
         return vals
 
     def sample(self, step: int) -> None:
-        """A progress picture from Objective.sample_images (main rank; never with FSDP; a failure is logged, not raised)."""
+        """A progress picture from Objective.sample_images (main rank; never with FSDP; a failure is logged, not "
+        "raised)."""
         self.last_sample = step
         if self.cfg.fsdp or not dist.is_main():
             return

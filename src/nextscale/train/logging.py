@@ -2,6 +2,7 @@
 TensorBoard scalars under ``tb/`` when ``tensorboard`` is installed, sample grids under ``samples/``.
 Only the main rank writes; other ranks get a logger that does nothing.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,14 @@ def format_duration(sec: float) -> str:
 def save_grid(images_NHW3: np.ndarray, path: str, ncol: Optional[int] = None) -> None:
     """uint8 (N, H, W, 3) -> one PNG grid."""
     from PIL import Image
+
     n, h, w, _ = images_NHW3.shape
     ncol = ncol or int(math.ceil(math.sqrt(n)))
     nrow = int(math.ceil(n / ncol))
     grid = np.zeros((nrow * h, ncol * w, 3), dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, ncol)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = images_NHW3[i]
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = images_NHW3[i]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid).save(path)
 
@@ -52,6 +54,7 @@ class RunLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
+
                 self._tb = SummaryWriter(os.path.join(run_dir, "tb"))
             except Exception:  # tensorboard not installed: scalars stay in metrics.jsonl
                 self._tb = None
@@ -65,6 +68,7 @@ class RunLogger:
         if self.echo if echo is None else echo:
             try:
                 from tqdm.auto import tqdm
+
                 tqdm.write(line, file=sys.stderr)
             except Exception:
                 print(line, file=sys.stderr, flush=True)
@@ -88,6 +92,7 @@ class RunLogger:
         if self._tb is not None:
             try:
                 from PIL import Image
+
                 self._tb.add_image(name, np.asarray(Image.open(path)), step, dataformats="HWC")
             except Exception:
                 pass

@@ -17,6 +17,7 @@ Writing a new objective (see :class:`nextscale.train.var.VARObjective`)::
             loss_d = ...; ctx.backward(loss_d, "disc")
             return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach()}
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,9 @@ import torch
 import torch.nn as nn
 
 from nextscale import dist
-from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
 from nextscale.data import ResumableBatchSampler
 from nextscale.errors import NextScaleError
+from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
 from nextscale.train.checkpoint import seed_all
 from nextscale.train.checkpointer import Checkpointer
 from nextscale.train.config import LoopConfig, TrainConfigBase  # noqa: F401  (moved; re-exported)
@@ -54,8 +55,8 @@ class StepContext:
 
     def __init__(self, trainer: "Trainer"):
         self._t = trainer
-        self.step = 0                # optimizer step being computed (0-based)
-        self.micro = 0               # micro-batch index within the step
+        self.step = 0  # optimizer step being computed (0-based)
+        self.micro = 0  # micro-batch index within the step
         self.device = trainer.device
 
     @property
@@ -126,7 +127,7 @@ class Objective:
 class FitResult:
     step: int
     finished: bool
-    interrupted: Optional[int] = None        # signal number when stopped by SIGTERM / SIGINT
+    interrupted: Optional[int] = None  # signal number when stopped by SIGTERM / SIGINT
     checkpoint: Optional[str] = None
     bad_images: int = 0
     last_metrics: Dict[str, float] = field(default_factory=dict)
@@ -144,8 +145,15 @@ class Trainer:
     ``hooks`` (:class:`~nextscale.train.hooks.Hooks`): logs, metrics, progress, evaluation, samples.
     """
 
-    def __init__(self, objective: Objective, cfg: LoopConfig, train_set, val_set=None,
-                 run_config: Optional[Dict[str, Any]] = None, logger: Optional[RunLogger] = None):
+    def __init__(
+        self,
+        objective: Objective,
+        cfg: LoopConfig,
+        train_set,
+        val_set=None,
+        run_config: Optional[Dict[str, Any]] = None,
+        logger: Optional[RunLogger] = None,
+    ):
         if cfg.amp not in AMP_MODES:
             raise NextScaleError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
         if cfg.max_steps <= 0:
@@ -162,9 +170,20 @@ class Trainer:
         self.parallel = Parallel(self.device, self.world, cfg.fsdp)
         self.precision = Precision(cfg.amp, self.device)
         self.ema = EMAHolder(cfg.ema_decay, cfg.fsdp)
-        self.checkpointer = Checkpointer(os.path.join(cfg.run_dir, "checkpoints"), cfg.keep_last, objective, self.parallel,
-                                         self.precision, self.ema, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
-                                         n_train=len(train_set), seed=cfg.seed, run_config=self.run_config, log=self.log)
+        self.checkpointer = Checkpointer(
+            os.path.join(cfg.run_dir, "checkpoints"),
+            cfg.keep_last,
+            objective,
+            self.parallel,
+            self.precision,
+            self.ema,
+            batch_size=cfg.batch_size,
+            grad_accum=cfg.grad_accum,
+            n_train=len(train_set),
+            seed=cfg.seed,
+            run_config=self.run_config,
+            log=self.log,
+        )
         self.ckpt = self.checkpointer.files
         self.guard = FiniteGuard(self.log, self.checkpointer.last_good, self.world)
         self.signals = StopSignals(self.world)
@@ -194,7 +213,10 @@ class Trainer:
         self._prepare()
         res = FitResult(step=self.step, finished=self.step >= cfg.max_steps)
         if res.finished:
-            self.log.info(f"nothing to do: the run in {cfg.run_dir} already reached step {self.step} (raise --steps/--epochs to continue)")
+            self.log.info(
+                f"nothing to do: the run in {cfg.run_dir} already reached step {self.step} (raise --steps/--epochs "
+                "to continue)"
+            )
             res.checkpoint = self.checkpointer.existing(self.step)
             return res
         self.hooks.start(self.step, len(self.train_set))
@@ -212,7 +234,9 @@ class Trainer:
                         res.checkpoint = self.checkpointer.save(self.step)
                     if stop:
                         res.interrupted = stop
-                        self.log.info(f"stopped by signal {stop} at step {self.step}; re-run the same command to resume")
+                        self.log.info(
+                            f"stopped by signal {stop} at step {self.step}; re-run the same command to resume"
+                        )
                         break
                     self.hooks.periodic(self.step)
             finally:
@@ -243,7 +267,9 @@ class Trainer:
             self.checkpointer.load_rest(found[1], self.step)
             found = None
             self.log.info(f"resumed from {self.checkpointer.path(self.step)} (step {self.step}/{cfg.max_steps})")
-        self.guard.check_weights(ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from --init?)")
+        self.guard.check_weights(
+            ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from --init?)"
+        )
         self.hooks.write_run_config(self.run_config)
 
     def _train_step(self, data: Iterator[Dict[str, Any]], ctx: "StepContext") -> Dict[str, Any]:
@@ -265,24 +291,44 @@ class Trainer:
             bad_loss = bad_loss or first_bad_loss(out)
             self.hooks.add_micro(out, cfg.grad_accum)
         self.guard.check_losses(bad_loss, self.step)
-        self.hooks.add_stats(self.precision.step(ob.optim_specs, ob.active_optimizers(self.step), self.step, self.guard))
+        self.hooks.add_stats(
+            self.precision.step(ob.optim_specs, ob.active_optimizers(self.step), self.step, self.guard)
+        )
         self.ema.update(ob.modules())
         self.step += 1
         self.hooks.step_done(time.time() - t0)
         return lrs
 
     def _loader(self, counter: int) -> Iterator[Dict[str, Any]]:
-        sampler = ResumableBatchSampler(len(self.train_set), self.micro, self.rank, self.world, self.cfg.seed,
-                                        start=counter, grad_accum=self.cfg.grad_accum)
+        sampler = ResumableBatchSampler(
+            len(self.train_set),
+            self.micro,
+            self.rank,
+            self.world,
+            self.cfg.seed,
+            start=counter,
+            grad_accum=self.cfg.grad_accum,
+        )
         self.iters_per_epoch = self.hooks.iters_per_epoch = sampler.iters_per_epoch
-        ld = torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.cfg.workers,
-                                         pin_memory=self.device.type == "cuda", persistent_workers=False,
-                                         generator=torch.Generator().manual_seed(self.cfg.seed))  # not the global RNG
+        ld = torch.utils.data.DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.cfg.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            generator=torch.Generator().manual_seed(self.cfg.seed),
+        )  # not the global RNG
         return iter(ld)
 
 
-def run_fit(objective: "Objective", cfg: LoopConfig, train_set, val_set=None, run_config: Optional[Dict[str, Any]] = None,
-            after_fit=None) -> FitResult:
+def run_fit(
+    objective: "Objective",
+    cfg: LoopConfig,
+    train_set,
+    val_set=None,
+    run_config: Optional[Dict[str, Any]] = None,
+    after_fit=None,
+) -> FitResult:
     """Build the :class:`Trainer`, give the objective its EMAs (filled in place once built: its sample
     pictures use them), fit, run ``after_fit(trainer, result)`` if given, and close the log."""
     trainer = Trainer(objective, cfg, train_set, val_set, run_config=run_config)

@@ -9,6 +9,7 @@ a folder of files (``.pth`` / ``.pt`` / ``.safetensors``) that together hold the
 keys ``features.N.weight/bias`` and the LPIPS keys ``linK.model.1.weight`` (K = 0..4), e.g.
 torchvision's ``vgg16-397923af.pth`` next to lpips' ``weights/v0.1/vgg.pth``.
 """
+
 from __future__ import annotations
 
 import glob
@@ -23,7 +24,7 @@ from nextscale.errors import NextScaleError
 __all__ = ["LPIPS"]
 
 _VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
-_SLICES = (4, 9, 16, 23, 30)          # features[:4] -> relu1_2, [4:9] -> relu2_2, ... [23:30] -> relu5_3
+_SLICES = (4, 9, 16, 23, 30)  # features[:4] -> relu1_2, [4:9] -> relu2_2, ... [23:30] -> relu5_3
 _CHNS = (64, 128, 256, 512, 512)
 
 
@@ -63,12 +64,16 @@ class LPIPS(nn.Module):
         want = {k for k in m.state_dict() if k not in ("shift", "scale")}
         missing = sorted(want - set(sd))
         if missing:
-            raise NextScaleError(f"--lpips-weights {path!r} lacks {len(missing)} tensors (e.g. {missing[0]}); give torchvision's "
-                                 "vgg16 features.* and lpips' lin0..lin4.model.1.weight (one file or a folder)")
+            raise NextScaleError(
+                f"--lpips-weights {path!r} lacks {len(missing)} tensors (e.g. {missing[0]}); give torchvision's "
+                "vgg16 features.* and lpips' lin0..lin4.model.1.weight (one file or a folder)"
+            )
         try:
             m.load_state_dict({k: sd[k] for k in want}, strict=False)
         except RuntimeError as e:
-            raise NextScaleError(f"--lpips-weights {path!r}: shapes do not fit LPIPS-VGG16 ({str(e).splitlines()[0][:160]})") from None
+            raise NextScaleError(
+                f"--lpips-weights {path!r}: shapes do not fit LPIPS-VGG16 ({str(e).splitlines()[0][:160]})"
+            ) from None
         return m.eval().requires_grad_(False)
 
     def train(self, mode: bool = True):  # always frozen
@@ -93,13 +98,17 @@ class LPIPS(nn.Module):
 
 
 def _read_weights(path: str) -> Dict[str, torch.Tensor]:
-    files = [path] if os.path.isfile(path) else sorted(
-        f for ext in ("pth", "pt", "safetensors") for f in glob.glob(os.path.join(path, f"*.{ext}")))
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else sorted(f for ext in ("pth", "pt", "safetensors") for f in glob.glob(os.path.join(path, f"*.{ext}")))
+    )
     if not files:
         raise NextScaleError(f"--lpips-weights {path!r}: no .pth/.pt/.safetensors files found")
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
         from nextscale.safeload import load_weights
+
         part = load_weights(f, "LPIPS / VGG16 weights file (--lpips-weights)")
         if isinstance(part, dict) and "state_dict" in part and isinstance(part["state_dict"], dict):
             part = part["state_dict"]

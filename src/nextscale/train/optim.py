@@ -12,6 +12,7 @@ The schedule (reference ``utils/lr_control.lr_wd_annealing``), as a function of 
       exp    1 until p = 0.15, then exponential to wpe
     wd(t) = wd_end + (wd - wd_end) * (1 + cos(pi t / (T - 1))) / 2  (cosine over the whole run)
 """
+
 from __future__ import annotations
 
 import math
@@ -60,6 +61,7 @@ def lr_factor(kind: str, t: int, warmup: int, total: int, wp0: float = 0.005, wp
 @dataclass
 class Schedule:
     """Peak lr / weight decay and their schedule over ``total`` optimizer steps."""
+
     lr: float
     total: int
     warmup: int = 0
@@ -122,10 +124,11 @@ def build_adamw(groups: List[dict], lr: float, betas=(0.9, 0.95), fused: Optiona
 @dataclass
 class OptimSpec:
     """One optimizer of an objective, with what the loop needs to step it."""
+
     optimizer: torch.optim.Optimizer
     params: List[nn.Parameter]
     schedule: Schedule
-    grad_clip: float = 0.0       # <= 0: no clipping (the norm is still measured and logged)
+    grad_clip: float = 0.0  # <= 0: no clipping (the norm is still measured and logged)
     clip_fn: Optional[Callable[[float], torch.Tensor]] = None  # e.g. FSDP's module.clip_grad_norm_
 
 
@@ -140,8 +143,10 @@ class EMA:
     def __init__(self, module: nn.Module, decay: float):
         self.decay = float(decay)
         self.params = {k for k, p in module.named_parameters() if p.is_floating_point()}
-        self.shadow: Dict[str, torch.Tensor] = {k: v.detach().clone().float() if k in self.params else v.detach().clone()
-                                                for k, v in module.state_dict().items()}
+        self.shadow: Dict[str, torch.Tensor] = {
+            k: v.detach().clone().float() if k in self.params else v.detach().clone()
+            for k, v in module.state_dict().items()
+        }
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:

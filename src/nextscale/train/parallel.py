@@ -1,6 +1,7 @@
 """Data parallelism of the training loop (:class:`Parallel`): wrapping the objective's modules in DDP
 or FSDP (FULL_SHARD), skipping the gradient all-reduce on accumulation micro-batches, and the
 full (gathered) state dicts a checkpoint needs from sharded modules and optimizers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,18 +28,32 @@ class Parallel:
         out = {}
         for k, m in modules.items():
             if self.fsdp:
-                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP, ShardingStrategy
-                out[k] = FSDP(m, sharding_strategy=ShardingStrategy.FULL_SHARD, use_orig_params=True,
-                              device_id=self.device if self.device.type == "cuda" else None)
+                from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+                from torch.distributed.fsdp import ShardingStrategy
+
+                out[k] = FSDP(
+                    m,
+                    sharding_strategy=ShardingStrategy.FULL_SHARD,
+                    use_orig_params=True,
+                    device_id=self.device if self.device.type == "cuda" else None,
+                )
             else:
                 import inspect
 
                 from torch.nn.parallel import DistributedDataParallel as DDP
+
                 # buffers are identical on every rank (masks, ids): no per-forward buffer sync
-                sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
-                        else {"broadcast_buffers": False})
-                out[k] = DDP(m, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             find_unused_parameters=False, **sync)
+                sync = (
+                    {"forward_sync_buffers": False}
+                    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+                    else {"broadcast_buffers": False}
+                )
+                out[k] = DDP(
+                    m,
+                    device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                    find_unused_parameters=False,
+                    **sync,
+                )
         self.wrapped = out
         return out
 
@@ -59,21 +74,30 @@ class Parallel:
         """Full CPU state dict of module ``name`` (collective under FSDP)."""
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-            return get_model_state_dict(self.wrapped[name], options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+            return get_model_state_dict(
+                self.wrapped[name], options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
         return {k: v.detach().cpu().clone() for k, v in self.modules[name].state_dict().items()}
 
     def optim_state(self, name: str, optimizer: torch.optim.Optimizer) -> Dict[str, Any]:
         """Full state dict of optimizer ``name`` (collective under FSDP)."""
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-            return get_optimizer_state_dict(self.wrapped[self.module_of(name)], optimizer,
-                                            options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+            return get_optimizer_state_dict(
+                self.wrapped[self.module_of(name)],
+                optimizer,
+                options=StateDictOptions(full_state_dict=True, cpu_offload=True),
+            )
         return optimizer.state_dict()
 
     def load_optim_state(self, name: str, optimizer: torch.optim.Optimizer, state: Dict[str, Any]) -> None:
         if self.fsdp:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-            set_optimizer_state_dict(self.wrapped[self.module_of(name)], optimizer, state,
-                                     options=StateDictOptions(full_state_dict=True))
+
+            set_optimizer_state_dict(
+                self.wrapped[self.module_of(name)], optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
         else:
             optimizer.load_state_dict(state)

@@ -6,6 +6,7 @@ micro-batch loss, and the step itself: unscale, clip, the fp16 scale cap (the re
 and the rule that without a loss scaler a non-finite gradient norm stops the run before the
 weights are written (a scaler skips such a step by itself).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,9 @@ class Precision:
     def build(self, optimizers: Iterable[str]) -> None:
         """One loss scaler per optimizer under fp16 (none otherwise)."""
         if self.amp == "fp16":
-            self.scalers = {k: torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 11, growth_interval=1000) for k in optimizers}
+            self.scalers = {
+                k: torch.amp.GradScaler(self.device.type, init_scale=2.0**11, growth_interval=1000) for k in optimizers
+            }
 
     def autocast(self):
         """Mixed precision context for the forward pass (a no-op without --amp)."""
@@ -50,7 +53,9 @@ class Precision:
         scaler = self.scalers.get(optimizer)
         (scaler.scale(loss) if scaler is not None else loss).backward()
 
-    def step(self, specs: Dict[str, OptimSpec], active: Iterable[str], step: int, guard: FiniteGuard) -> Dict[str, torch.Tensor]:
+    def step(
+        self, specs: Dict[str, OptimSpec], active: Iterable[str], step: int, guard: FiniteGuard
+    ) -> Dict[str, torch.Tensor]:
         """Step the ``active`` optimizers (the others only drop their grads); ``step`` is the 0-based
         step being taken. Returns ``{name}/grad_norm`` (and ``{name}/scale_log2`` under fp16)."""
         active, stats = set(active), {}

@@ -1,6 +1,7 @@
 """SIGTERM / SIGINT during training (:class:`StopSignals`): the first one requests a checkpoint and a
 clean exit at the next step boundary; a second Ctrl-C gives up at once. Every rank stops at the
 same step (the request is all-reduced)."""
+
 from __future__ import annotations
 
 import signal

@@ -34,6 +34,7 @@ and perplexity (exp of the entropy of the running hit distribution) are logged a
 ``codes/usage_PxP`` / ``codes/ppl_PxP``; ``--reinit-dead-every N`` re-initialises codes that no
 scale has hit for a long time to random residual vectors of the current batch (codebook restart).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,14 +57,26 @@ from nextscale.train.config import TokenizerTrainConfig  # defined there; re-exp
 from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
-__all__ = ["TokenizerTrainConfig", "TokenizerObjective", "PatchDiscriminator", "hinge_d_loss", "hinge_g_loss",
-           "adaptive_weight", "codebook_stats", "build_tokenizer_run", "train_tokenizer", "export_tokenizer",
-           "load_tokenizer", "per_scale_reconstructions"]
+__all__ = [
+    "TokenizerTrainConfig",
+    "TokenizerObjective",
+    "PatchDiscriminator",
+    "hinge_d_loss",
+    "hinge_g_loss",
+    "adaptive_weight",
+    "codebook_stats",
+    "build_tokenizer_run",
+    "train_tokenizer",
+    "export_tokenizer",
+    "load_tokenizer",
+    "per_scale_reconstructions",
+]
 
 
 # ------------------------------------------------------------------------------------------------
 # Configuration
 # ------------------------------------------------------------------------------------------------
+
 
 def _check_config(tc: TokenizerTrainConfig) -> None:
     """Every setting's rule (:meth:`TokenizerTrainConfig.validate`), before any folder or file exists."""
@@ -73,6 +86,7 @@ def _check_config(tc: TokenizerTrainConfig) -> None:
 # ------------------------------------------------------------------------------------------------
 # Losses and the discriminator
 # ------------------------------------------------------------------------------------------------
+
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     """VQGAN's hinge discriminator loss: 0.5 * (E relu(1 - D(x)) + E relu(1 + D(x_hat)))."""
@@ -84,7 +98,9 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
-def adaptive_weight(nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+def adaptive_weight(
+    nll_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, eps: float = 1e-4
+) -> torch.Tensor:
     """VQGAN's balance: ||dL_nll/dW|| / (||dL_G/dW|| + 1e-4) at the last decoder layer W, clamped to [0, 1e4]."""
     g_nll = torch.autograd.grad(nll_loss, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
@@ -108,12 +124,19 @@ class PatchDiscriminator(nn.Module):
         layers: List[nn.Module] = [nn.Conv2d(in_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers):
-            prev, mult = mult, min(2 ** n, 8)
-            layers += [nn.Conv2d(ch * prev, ch * mult, 4, 2, 1, bias=False), nn.GroupNorm(_groups(ch * mult), ch * mult),
-                       nn.LeakyReLU(0.2, True)]
-        prev, mult = mult, min(2 ** n_layers, 8)
-        layers += [nn.Conv2d(ch * prev, ch * mult, 4, 1, 1, bias=False), nn.GroupNorm(_groups(ch * mult), ch * mult),
-                   nn.LeakyReLU(0.2, True), nn.Conv2d(ch * mult, 1, 4, 1, 1)]
+            prev, mult = mult, min(2**n, 8)
+            layers += [
+                nn.Conv2d(ch * prev, ch * mult, 4, 2, 1, bias=False),
+                nn.GroupNorm(_groups(ch * mult), ch * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        layers += [
+            nn.Conv2d(ch * prev, ch * mult, 4, 1, 1, bias=False),
+            nn.GroupNorm(_groups(ch * mult), ch * mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ch * mult, 1, 4, 1, 1),
+        ]
         self.main = nn.Sequential(*layers)
         for m in self.modules():  # VQGAN's weights_init: N(0, 0.02) convs, N(1, 0.02) norm gains
             if isinstance(m, nn.Conv2d):
@@ -132,14 +155,21 @@ class PatchDiscriminator(nn.Module):
 # The objective
 # ------------------------------------------------------------------------------------------------
 
+
 class TokenizerObjective(Objective):
     """The VQGAN-family objective for the multi-scale VQ-VAE; optimizers ``vae`` and ``disc``."""
 
-    def __init__(self, vae, disc: Optional[PatchDiscriminator], tc: TokenizerTrainConfig,
-                 preview: Optional[torch.Tensor] = None, lpips: Optional[nn.Module] = None):
+    def __init__(
+        self,
+        vae,
+        disc: Optional[PatchDiscriminator],
+        tc: TokenizerTrainConfig,
+        preview: Optional[torch.Tensor] = None,
+        lpips: Optional[nn.Module] = None,
+    ):
         self.vae, self.disc, self.tc = vae, disc, tc
         self.lpips = lpips
-        self.preview = preview          # a few fixed images (3, R, R) for the progress picture
+        self.preview = preview  # a few fixed images (3, R, R) for the progress picture
         self.K = len(vae.v_patch_nums)
         self.emas: Dict[str, Any] = {}
         self.n_reinit = 0
@@ -163,8 +193,15 @@ class TokenizerObjective(Objective):
                 continue
             model = self.wrapped[name]
             opt = build_adamw(param_groups(model), lr=lr)
-            sched = Schedule(lr=lr, total=total_steps, warmup=tc.warmup_steps, kind="cos", wp0=0.0 if tc.warmup_steps else 1.0,
-                             wpe=tc.lr_end, wd=tc.weight_decay)
+            sched = Schedule(
+                lr=lr,
+                total=total_steps,
+                warmup=tc.warmup_steps,
+                kind="cos",
+                wp0=0.0 if tc.warmup_steps else 1.0,
+                wpe=tc.lr_end,
+                wd=tc.weight_decay,
+            )
             out[name] = OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, tc.grad_clip)
         return out
 
@@ -215,8 +252,11 @@ class TokenizerObjective(Objective):
                     g_loss = hinge_g_loss(d(x_hat).float())
             finally:
                 d.requires_grad_(True)
-            lam = (adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight) if tc.adaptive_weight
-                   else torch.ones((), device=dev))
+            lam = (
+                adaptive_weight(nll, g_loss, self.vae.decoder.conv_out.weight)
+                if tc.adaptive_weight
+                else torch.ones((), device=dev)
+            )
             loss = loss + lam * tc.disc_weight * g_loss
             out["gan/g_loss"], out["gan/d_weight"] = g_loss.detach(), lam
         ctx.backward(loss, "vae")
@@ -224,10 +264,14 @@ class TokenizerObjective(Objective):
             both = torch.cat([x, x_hat.detach()], dim=0)
             with ctx.autocast():
                 logits = self.wrapped["disc"](both).float()
-            lr_, lf_ = logits[: len(x)], logits[len(x):]
+            lr_, lf_ = logits[: len(x)], logits[len(x) :]
             d_loss = hinge_d_loss(lr_, lf_)
             ctx.backward(d_loss, "disc")
-            out["gan/d_loss"], out["gan/logits_real"], out["gan/logits_fake"] = d_loss.detach(), lr_.mean().detach(), lf_.mean().detach()
+            out["gan/d_loss"], out["gan/logits_real"], out["gan/logits_fake"] = (
+                d_loss.detach(),
+                lr_.mean().detach(),
+                lf_.mean().detach(),
+            )
         with torch.no_grad():
             mse = (x_hat.clamp(-1, 1) - x).div(2).pow(2).flatten(1).mean(1)
             out["psnr"] = (10 * torch.log10(1.0 / mse.clamp_min(1e-10))).mean()
@@ -268,6 +312,7 @@ class TokenizerObjective(Objective):
         new = pool[pick] + 1e-3 * torch.randn(n, C, generator=g).to(pool.device) * pool.std()
         if dist.initialized() and dist.get_world_size() > 1:
             import torch.distributed as tdist
+
             new = new.contiguous()
             tdist.broadcast(new, src=0)
         q.embedding.weight.data[dead] = new.to(q.embedding.weight.dtype)
@@ -281,10 +326,14 @@ class TokenizerObjective(Objective):
         a, b = (x + 1) / 2, (x_hat.clamp(-1, 1) + 1) / 2
         mse = (a - b).pow(2).flatten(1).mean(1)
         B = len(x)
-        out = {"psnr": (float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum()), B),
-               "rec": (float(self._rec(x, x_hat.float())) * B, B), "vq": (float(vq) * B, B)}
+        out = {
+            "psnr": (float((10 * torch.log10(1.0 / mse.clamp_min(1e-10))).sum()), B),
+            "rec": (float(self._rec(x, x_hat.float())) * B, B),
+            "vq": (float(vq) * B, B),
+        }
         if min(x.shape[-2:]) >= 11:
             from nextscale.evaluation.recon import ssim
+
             out["ssim"] = (float(ssim(a, b, reduction="none").sum()), B)
         return out
 
@@ -293,6 +342,7 @@ class TokenizerObjective(Objective):
         if self.preview is None:
             return None
         from nextscale.models import VQVAE
+
         vae = self.vae
         if "vae" in self.emas:
             vae = VQVAE.from_config(self.vae.config, test_mode=True).to(next(self.vae.parameters()).device)
@@ -310,6 +360,7 @@ class TokenizerObjective(Objective):
 # Tokenizer building (loading: nextscale.hub.load_tokenizer)
 # ------------------------------------------------------------------------------------------------
 
+
 def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
     """--patch-nums re-schedules the scales; the image side is last scale x downsample, so a last scale
     above the architecture's latent would silently train at a larger resolution (1 2 99 on an 8x8
@@ -318,22 +369,40 @@ def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
         return
     side = cfg.v_patch_nums[-1]
     if pn[-1] > side or any(b <= a for a, b in zip(pn, pn[1:])) or pn[0] < 1:
-        raise FieldError(FieldName("patch_nums"), f" {' '.join(map(str, pn))} does not fit this tokenizer's {side}x{side} latent "
-                         f"({cfg.resolution} px images): give increasing sides ending in at most {side}, e.g. ",
-                         FieldName("patch_nums"), f" {' '.join(map(str, cfg.v_patch_nums))} (a larger resolution needs a larger preset)")
+        raise FieldError(
+            FieldName("patch_nums"),
+            f" {' '.join(map(str, pn))} does not fit this tokenizer's {side}x{side} latent "
+            f"({cfg.resolution} px images): give increasing sides ending in at most {side}, e.g. ",
+            FieldName("patch_nums"),
+            f" {' '.join(map(str, cfg.v_patch_nums))} (a larger resolution needs a larger preset)",
+        )
 
 
 def _build_vae(tc: TokenizerTrainConfig):
     """A trainable VQ-VAE: fresh (preset + overrides, seeded) or from ``--init``."""
     from nextscale.models import VQVAE
-    over = {k: v for k, v in (("vocab_size", tc.vocab_size), ("z_channels", tc.z_channels), ("ch", tc.ch),
-                              ("num_res_blocks", tc.num_res_blocks)) if v is not None}
+
+    over = {
+        k: v
+        for k, v in (
+            ("vocab_size", tc.vocab_size),
+            ("z_channels", tc.z_channels),
+            ("ch", tc.ch),
+            ("num_res_blocks", tc.num_res_blocks),
+        )
+        if v is not None
+    }
     pn = tuple(int(p) for p in tc.patch_nums) if tc.patch_nums else None
     if tc.init is not None:  # the init model's architecture and schedule (--patch-nums may change the schedule)
         src = load_tokenizer(tc.init, v_patch_nums=pn)
         _check_fits_latent(pn, src.config)
         if over:
-            raise FieldError(FieldName(next(iter(over))), " cannot change an ", FieldName("init"), " tokenizer's architecture; drop it")
+            raise FieldError(
+                FieldName(next(iter(over))),
+                " cannot change an ",
+                FieldName("init"),
+                " tokenizer's architecture; drop it",
+            )
         cfg = src.config if pn is None else src.config.replace(v_patch_nums=pn)
         if tc.beta is not None:  # the commitment weight is a config field: the exported config.json records it
             cfg = cfg.replace(beta=float(tc.beta))
@@ -363,12 +432,14 @@ def _build_lpips(tc: TokenizerTrainConfig):
     if tc.lpips_weights is None or tc.perceptual_weight <= 0:
         return None
     from nextscale.train.lpips import LPIPS
+
     return LPIPS.from_weights(tc.lpips_weights)
 
 
 def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
     """(objective, train_set, val_set, run_config, total_steps) for ``tc`` (no training)."""
     from nextscale.data import ImageFolder, find_split, scan_image_folder
+
     _check_config(tc)
     root = find_split(tc.data, "train")  # raises for a missing folder / a file
     vae = _build_vae(tc)  # --beta is in its config (not set on the module from outside)
@@ -391,8 +462,13 @@ def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
             ok = False
         if not ok:
             raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
-    src = val_set if val_set is not None else ImageFolder(root, R, train=False, mid_reso=tc.mid_reso,
-                                                          samples=train_set.samples, classes=train_set.classes)
+    src = (
+        val_set
+        if val_set is not None
+        else ImageFolder(
+            root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples, classes=train_set.classes
+        )
+    )
     n_prev = min(4, len(src))
     idx = np.linspace(0, len(src) - 1, n_prev).round().astype(int)
     preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
@@ -401,11 +477,20 @@ def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
     iters = math.ceil(len(train_set) / tc.batch_size)
     total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters)))
     vae.to(device)
-    run_config = {"kind": "tokenizer", "train": tc.to_dict(), "model": {"vqvae": vae.config.to_dict()},
-                  "derived": {"steps": total, "world_size": dist.get_world_size(), "iters_per_epoch": iters,
-                              "train_samples": len(train_set), "val_samples": len(val_set) if val_set is not None else 0,
-                              "disc_params": sum(p.numel() for p in disc.parameters()) if disc is not None else 0,
-                              "lpips": lp is not None}}
+    run_config = {
+        "kind": "tokenizer",
+        "train": tc.to_dict(),
+        "model": {"vqvae": vae.config.to_dict()},
+        "derived": {
+            "steps": total,
+            "world_size": dist.get_world_size(),
+            "iters_per_epoch": iters,
+            "train_samples": len(train_set),
+            "val_samples": len(val_set) if val_set is not None else 0,
+            "disc_params": sum(p.numel() for p in disc.parameters()) if disc is not None else 0,
+            "lpips": lp is not None,
+        },
+    }
     return ob, train_set, val_set, run_config, total
 
 
@@ -422,9 +507,18 @@ def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
         if os.path.isfile(cfg_path):
             with open(cfg_path) as f:
                 old = json.load(f)
-            if old.get("kind") not in (None, "tokenizer") or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]:
-                raise FieldError(f"{run_dir!r} holds a run of another model; use a new ", FieldName("run_dir"), " or the same ",
-                                 FieldName("preset"), "/", FieldName("init"))
+            if (
+                old.get("kind") not in (None, "tokenizer")
+                or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]
+            ):
+                raise FieldError(
+                    f"{run_dir!r} holds a run of another model; use a new ",
+                    FieldName("run_dir"),
+                    " or the same ",
+                    FieldName("preset"),
+                    "/",
+                    FieldName("init"),
+                )
     dist.barrier()
     trainer = Trainer(ob, tc.loop_config(run_dir, total, device), train_set, val_set, run_config=run_config)
     ob.emas = trainer.emas
@@ -446,8 +540,12 @@ def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any
     (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize --tokenizer`` / ``train --tokenizer`` load."""
     from nextscale.hub import save_tokenizer, tokenizer_from_checkpoint
     from nextscale.runfiles import find_checkpoint
-    path, state = find_checkpoint(run, "pass a train-tokenizer run folder or a step_*.pt file",
-                                  f"nextscale train-tokenizer --out {run}")
+
+    path, state = find_checkpoint(
+        run, "pass a train-tokenizer run folder or a step_*.pt file", f"nextscale train-tokenizer --out {run}"
+    )
     vae, use = tokenizer_from_checkpoint(path, state, weights)
-    save_tokenizer(vae, out, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}})
+    save_tokenizer(
+        vae, out, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}}
+    )
     return {"checkpoint": path, "step": int(state["step"]), "weights": use, "out": out}

@@ -15,6 +15,7 @@ each weighted 1/L, summed per image and averaged over the batch. Class dropout (
 probability ``cond_drop``) is drawn per sample from the sample's seed, so DDP and resume see the
 same drops as a single uninterrupted process.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,21 +30,53 @@ import torch.nn.functional as F
 
 from nextscale import dist
 from nextscale.configs import ConfigError, ModelConfig, get_preset
-from nextscale.data import ImageFolder, TokenCache, build_token_cache, find_split, scan_image_folder, tokenizer_fingerprint
+from nextscale.data import (
+    ImageFolder,
+    TokenCache,
+    build_token_cache,
+    find_split,
+    scan_image_folder,
+    tokenizer_fingerprint,
+)
 from nextscale.errors import FieldError, FieldName, NextScaleError
-from nextscale.hub import load_tokenizer, save_tokenizer  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
+from nextscale.hub import (
+    load_tokenizer,
+    save_tokenizer,
+)  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
 from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.config import VARTrainConfig  # defined there; re-exported
 from nextscale.train.loop import FitResult, Objective, StepContext, run_fit
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 
-__all__ = ["VARTrainConfig", "VARObjective", "train_var", "export_run", "tokenize", "load_tokenizer",
-           "progressive_stage", "NO_DECAY_KEYS"]
+__all__ = [
+    "VARTrainConfig",
+    "VARObjective",
+    "train_var",
+    "export_run",
+    "tokenize",
+    "load_tokenizer",
+    "progressive_stage",
+    "NO_DECAY_KEYS",
+]
 
 #: Parameter-name fragments without weight decay (the reference's ``nowd_keys``), on top of all 1-D
 #: tensors and biases: start/positional/level embeddings, AdaLN/LayerNorm gains, attention scales.
-NO_DECAY_KEYS = ("cls_token", "start_token", "task_token", "cfg_uncond", "pos_embed", "pos_1LC", "pos_start",
-                 "start_pos", "lvl_embed", "gamma", "beta", "ada_gss", "moe_bias", "scale_mul")
+NO_DECAY_KEYS = (
+    "cls_token",
+    "start_token",
+    "task_token",
+    "cfg_uncond",
+    "pos_embed",
+    "pos_1LC",
+    "pos_start",
+    "start_pos",
+    "lvl_embed",
+    "gamma",
+    "beta",
+    "ada_gss",
+    "moe_bias",
+    "scale_mul",
+)
 
 
 def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K: int) -> int:
@@ -64,6 +97,7 @@ def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K
 # The objective
 # ------------------------------------------------------------------------------------------------
 
+
 class VARObjective(Objective):
     """Teacher-forced next-scale prediction with the reference's loss weighting."""
 
@@ -77,7 +111,9 @@ class VARObjective(Objective):
         # and resume is exact.
         self.V, self.L, self.K = var.V, var.L, len(var.patch_nums)
         self.begin_ends = list(var.begin_ends)
-        self.pg_warmup = tc.progressive_warmup_steps if tc.progressive_warmup_steps is not None else max(1, round(total_steps / 300))
+        self.pg_warmup = (
+            tc.progressive_warmup_steps if tc.progressive_warmup_steps is not None else max(1, round(total_steps / 300))
+        )
         self.prog_it, self.last_prog_si, self.first_prog = 0, -1, True
         self.prog_si, self.prog_wp = -1, 1.0
         self.emas = {}
@@ -94,10 +130,20 @@ class VARObjective(Objective):
         model = self.wrapped["var"]
         opt = build_adamw(param_groups(model, NO_DECAY_KEYS), lr=self.peak_lr)
         kind = self.tc.schedule or (f"lin{self.tc.progressive:g}" if self.tc.progressive > 0 else "lin0")
-        sched = Schedule(lr=self.peak_lr, total=total_steps, warmup=self.warmup_steps, kind=kind, wp0=self.tc.warmup_start,
-                         wpe=self.tc.lr_end, wd=self.tc.weight_decay, wd_end=self.tc.weight_decay_end)
+        sched = Schedule(
+            lr=self.peak_lr,
+            total=total_steps,
+            warmup=self.warmup_steps,
+            kind=kind,
+            wp0=self.tc.warmup_start,
+            wpe=self.tc.lr_end,
+            wd=self.tc.weight_decay,
+            wd_end=self.tc.weight_decay_end,
+        )
         clip_fn = (lambda c: model.clip_grad_norm_(c)) if self.tc.fsdp and dist.get_world_size() > 1 else None
-        return {"var": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)}
+        return {
+            "var": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)
+        }
 
     def units_per_sample(self):
         return {"tok": float(self.L)}
@@ -126,7 +172,9 @@ class VARObjective(Objective):
         return idx_Bl, gt_BL
 
     def _update_progressive(self, step: int) -> None:
-        si = progressive_stage(step, self.total_steps, self.warmup_steps, self.tc.progressive, self.tc.progressive_start, self.K)
+        si = progressive_stage(
+            step, self.total_steps, self.warmup_steps, self.tc.progressive, self.tc.progressive_start, self.K
+        )
         if si != self.last_prog_si:
             if self.last_prog_si != -1:
                 self.first_prog = False
@@ -144,13 +192,17 @@ class VARObjective(Objective):
         drop_B = batch["u_drop"].to(dev) < self.cond_drop
         label_B = torch.where(drop_B, torch.full_like(label_B, self.var.num_classes), label_B)
         with torch.no_grad():
-            x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)    # (B, L - first_l, Cvae)
+            x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)  # (B, L - first_l, Cvae)
         with ctx.autocast():
             logits_BlV = self.wrapped["var"](label_B, x_BLCv, prog_si=self.prog_si, cond_drop_rate=0.0)  # (B, ed, V)
         B, ed = logits_BlV.shape[:2]
         gt_Bl = gt_BL[:, :ed]
-        loss_Bl = F.cross_entropy(logits_BlV.float().reshape(-1, self.V), gt_Bl.reshape(-1),
-                                  label_smoothing=self.tc.label_smooth, reduction="none").view(B, ed)
+        loss_Bl = F.cross_entropy(
+            logits_BlV.float().reshape(-1, self.V),
+            gt_Bl.reshape(-1),
+            label_smoothing=self.tc.label_smooth,
+            reduction="none",
+        ).view(B, ed)
         lw_1l = torch.full((1, ed), 1.0 / self.L, device=dev)
         if self.prog_si >= 0:  # the newest scale fades in over progressive_warmup_steps
             bg, e = self.begin_ends[self.prog_si]
@@ -179,7 +231,7 @@ class VARObjective(Objective):
                 parts[f"_{pn}x{pn}"] = (b, e)
         out = {}
         for name, (b, e) in parts.items():
-            key = ("scale/" if name not in ("", "_tail") else "")
+            key = "scale/" if name not in ("", "_tail") else ""
             l_B, a_B = ce_Bl[:, b:e].mean(1), hit_Bl[:, b:e].mean(1)
             kl, ka = f"{key}loss{name}", f"{key}acc{name}"
             if mean:
@@ -200,6 +252,7 @@ class VARObjective(Objective):
     def sample_images(self, step: int):
         from nextscale.models import VAR
         from nextscale.pipelines import NextScalePipeline
+
         var = self.var
         if "var" in self.emas:
             var = VAR.from_config(self.var.config, self.vae).to(next(self.var.parameters()).device)
@@ -209,8 +262,15 @@ class VARObjective(Objective):
         try:
             n = 8 if self.var.num_classes > 1 else 4
             pipe = NextScalePipeline(vqvae=self.vae, var=var)
-            out = pipe(class_labels=[c % self.var.num_classes for c in range(n)], guidance_scale=1.5, top_k=0, top_p=0.0,
-                       generator=torch.Generator(device=next(var.parameters()).device).manual_seed(0), output_type="np", show_progress=False)
+            out = pipe(
+                class_labels=[c % self.var.num_classes for c in range(n)],
+                guidance_scale=1.5,
+                top_k=0,
+                top_p=0.0,
+                generator=torch.Generator(device=next(var.parameters()).device).manual_seed(0),
+                output_type="np",
+                show_progress=False,
+            )
         finally:
             var.train(was)
         return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
@@ -219,6 +279,7 @@ class VARObjective(Objective):
 # ------------------------------------------------------------------------------------------------
 # Glue: config -> data, models, loop
 # ------------------------------------------------------------------------------------------------
+
 
 def _check_positive(tc: VARTrainConfig) -> None:
     """Every setting's rule (:meth:`VARTrainConfig.validate`), before any folder or file exists."""
@@ -266,20 +327,29 @@ def build_run(tc: VARTrainConfig, device: torch.device):
     except ConfigError as e:
         raise NextScaleError(str(e)) from None
     from nextscale.models import VAR
+
     vae = _resolve_tokenizer(tc, preset)
     init_var = None
     if tc.init is not None:
         from nextscale import hub
+
         path = str(hub.resolve_model_path(tc.init)) if tc.init == "default" else tc.init
         if not os.path.exists(path):
-            raise FieldError(FieldName("init"), f" {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'")
+            raise FieldError(
+                FieldName("init"), f" {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'"
+            )
         ivae, init_var, _meta = hub.load_components(path)
         vae = vae if vae is not None else ivae
         var_cfg = init_var.config
     else:
         if vae is None:
-            raise FieldError("pass ", FieldName("tokenizer"), " MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or ",
-                             FieldName("tokenizer"), " random for a smoke test")
+            raise FieldError(
+                "pass ",
+                FieldName("tokenizer"),
+                " MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or ",
+                FieldName("tokenizer"),
+                " random for a smoke test",
+            )
         var_cfg = preset.var
         if tc.shared_aln is not None:
             var_cfg = var_cfg.replace(shared_aln=tc.shared_aln)
@@ -287,8 +357,12 @@ def build_run(tc: VARTrainConfig, device: torch.device):
             var_cfg = var_cfg.replace(attn_l2_norm=tc.attn_l2_norm)
     if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
         from nextscale.configs import PRESETS
+
         fit = [n for n, c in sorted(PRESETS.items()) if tuple(c.var.patch_nums) == tuple(vae.v_patch_nums)]
-        head = f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's {list(var_cfg.patch_nums)}; "
+        head = (
+            f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's "
+            f"{list(var_cfg.patch_nums)}; "
+        )
         if fit and tc.init is None:  # the presets that fit, named as the setting to change
             raise FieldError(head, FieldName("preset"), f" {' / '.join(fit)} has the tokenizer's scales")
         raise FieldError(head, "use a matching ", FieldName("preset"), " / ", FieldName("tokenizer"))
@@ -297,8 +371,11 @@ def build_run(tc: VARTrainConfig, device: torch.device):
     n_cls = max(1, len(classes))
     if init_var is not None:
         if init_var.num_classes != n_cls:
-            raise FieldError(FieldName("init"), f" model has {init_var.num_classes} classes, the data has {n_cls}; "
-                             "fine-tune on data with the same classes")
+            raise FieldError(
+                FieldName("init"),
+                f" model has {init_var.num_classes} classes, the data has {n_cls}; "
+                "fine-tune on data with the same classes",
+            )
         var = init_var
     else:
         var_cfg = var_cfg.replace(num_classes=n_cls)
@@ -307,7 +384,12 @@ def build_run(tc: VARTrainConfig, device: torch.device):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(tc.seed)
             var = VAR.from_config(var_cfg, vae)
-            var.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+            var.init_weights(
+                init_adaln=tc.init_adaln,
+                init_adaln_gamma=tc.init_adaln_gamma,
+                init_head=tc.init_head,
+                init_std=tc.init_std,
+            )
     vae.to(device)
     world = dist.get_world_size()
     iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
@@ -317,11 +399,22 @@ def build_run(tc: VARTrainConfig, device: torch.device):
     labels = list(classes)
     ob = VARObjective(vae, var, tc, total, warmup, lr, labels)
     model_cfg = ModelConfig(vqvae=vae.config, var=var.config)
-    run_config = {"kind": "var", "train": tc.to_dict(), "model": model_cfg.to_dict(), "classes": labels,
-                  "derived": {"steps": total, "warmup_steps": warmup, "lr": lr, "world_size": world,
-                              "iters_per_epoch": iters_per_epoch, "train_samples": len(train_set),
-                              "val_samples": len(val_set) if val_set is not None else 0,
-                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    run_config = {
+        "kind": "var",
+        "train": tc.to_dict(),
+        "model": model_cfg.to_dict(),
+        "classes": labels,
+        "derived": {
+            "steps": total,
+            "warmup_steps": warmup,
+            "lr": lr,
+            "world_size": world,
+            "iters_per_epoch": iters_per_epoch,
+            "train_samples": len(train_set),
+            "val_samples": len(val_set) if val_set is not None else 0,
+            "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
+        },
+    }
     return ob, train_set, val_set, run_config, total
 
 
@@ -340,11 +433,21 @@ def train_var(tc: VARTrainConfig) -> FitResult:
             with open(cfg_path) as f:
                 old = json.load(f)
             if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, fp):
-                raise FieldError(f"{run_dir!r} was trained with another tokenizer; use a new ", FieldName("run_dir"), " or the same ",
-                                 FieldName("tokenizer"))
+                raise FieldError(
+                    f"{run_dir!r} was trained with another tokenizer; use a new ",
+                    FieldName("run_dir"),
+                    " or the same ",
+                    FieldName("tokenizer"),
+                )
             if old.get("model", {}).get("var") != run_config["model"]["var"]:
-                raise FieldError(f"{run_dir!r} holds a run of another architecture; use a new ", FieldName("run_dir"), " or the same ",
-                                 FieldName("preset"), "/", FieldName("init"))
+                raise FieldError(
+                    f"{run_dir!r} holds a run of another architecture; use a new ",
+                    FieldName("run_dir"),
+                    " or the same ",
+                    FieldName("preset"),
+                    "/",
+                    FieldName("init"),
+                )
         if not os.path.isdir(tok_dir):
             save_tokenizer(ob.vae, tok_dir)
     dist.barrier()
@@ -355,14 +458,17 @@ def train_var(tc: VARTrainConfig) -> FitResult:
 # Export and tokenize
 # ------------------------------------------------------------------------------------------------
 
+
 def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """Turn a training checkpoint into a pipeline directory (``NextScalePipeline.from_pretrained(out)``).
 
     ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
     from nextscale.hub import save_components
     from nextscale.models import VAR
-    path, state = find_checkpoint(run, "pass a run folder (with checkpoints/) or a step_*.pt file",
-                                  f"nextscale train --run-dir {run}")
+
+    path, state = find_checkpoint(
+        run, "pass a run folder (with checkpoints/) or a step_*.pt file", f"nextscale train --run-dir {run}"
+    )
     if state.get("format") != CKPT_FORMAT or "var" not in state.get("modules", {}):
         raise NextScaleError(f"{path} is not a VAR training checkpoint")
     cfg = state.get("config", {})
@@ -378,15 +484,33 @@ def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     var.eval()
     labels = cfg.get("classes")
     labels = labels if labels and any(labels) else None
-    save_components(out, vae, var, labels=labels, extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}})
+    save_components(
+        out,
+        vae,
+        var,
+        labels=labels,
+        extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}},
+    )
     return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}
 
 
-def tokenize(data: str, tokenizer: str, out: str, preset: Optional[str] = None, flip: bool = True, batch_size: int = 64,
-             device: Optional[str] = None, workers: int = 0, mid_reso: float = 1.125, overwrite: bool = False,
-             seed: int = 0, progress: bool = True) -> TokenCache:
+def tokenize(
+    data: str,
+    tokenizer: str,
+    out: str,
+    preset: Optional[str] = None,
+    flip: bool = True,
+    batch_size: int = 64,
+    device: Optional[str] = None,
+    workers: int = 0,
+    mid_reso: float = 1.125,
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> TokenCache:
     """Pre-encode every image of ``data`` (and its mirror image) into multi-scale token ids."""
     from nextscale.validate import check_device, check_mid_reso, check_seed
+
     if batch_size <= 0:
         raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")
     if workers < 0:
@@ -405,6 +529,18 @@ def tokenize(data: str, tokenizer: str, out: str, preset: Optional[str] = None, 
     vae = load_tokenizer(tokenizer, preset=p, seed=seed)
     dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     vae.to(dev).eval()
-    return build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
-                             flip=flip, mid_reso=mid_reso, batch_size=batch_size, device=dev, workers=workers,
-                             overwrite=overwrite, progress=progress)
+    return build_token_cache(
+        data,
+        vae,
+        vae.v_patch_nums,
+        vae.resolution,
+        out,
+        save_tokenizer=lambda d: save_tokenizer(vae, d),
+        flip=flip,
+        mid_reso=mid_reso,
+        batch_size=batch_size,
+        device=dev,
+        workers=workers,
+        overwrite=overwrite,
+        progress=progress,
+    )

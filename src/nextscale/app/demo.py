@@ -1,6 +1,6 @@
 """Interactive demo: a local web page where the image forms scale by scale (``nextscale demo``).
 
-    from nextscale.demo import build_demo, launch_demo
+    from nextscale.app.demo import build_demo, launch_demo
     demo = build_demo(NextScalePipeline.from_pretrained("default"))
     launch_demo(demo, host="127.0.0.1", port=7860)          # or: nextscale demo --port 7860
 
@@ -19,6 +19,7 @@ Server-side rules (a client can send anything through the API, not only what the
 - no network: analytics / telemetry are switched off before Gradio is imported, the theme uses
   system fonts, and the server binds to loopback unless told otherwise (then it warns).
 """
+
 from __future__ import annotations
 
 import functools
@@ -43,9 +44,19 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from nextscale.errors import NextScaleError  # noqa: E402
 
-__all__ = ["DemoBackend", "DemoLimits", "build_demo", "launch_demo", "serve", "startup_messages", "is_loopback", "EDIT_MODES", "OUTPAINT_SIDES"]
+__all__ = [
+    "DemoBackend",
+    "DemoLimits",
+    "build_demo",
+    "launch_demo",
+    "serve",
+    "startup_messages",
+    "is_loopback",
+    "EDIT_MODES",
+    "OUTPAINT_SIDES",
+]
 
-log = logging.getLogger("nextscale.demo")
+log = logging.getLogger("nextscale.app.demo")
 
 EDIT_MODES = ("in-paint", "out-paint", "class edit", "variations")
 OUTPAINT_SIDES = ("left", "right", "top", "bottom")
@@ -56,11 +67,12 @@ UNCONDITIONAL = "-1"
 @dataclass
 class DemoLimits:
     """What the server accepts (checked on every request, whatever the widgets allow)."""
+
     max_batch_size: int = 4
     max_guidance: float = 20.0
     max_seed: int = 2**31 - 1
-    max_image_pixels: int = 4096 * 4096   # uploads larger than this are refused (decompression bombs)
-    timeout_s: float = 600.0              # one request's generation, waiting for the model included
+    max_image_pixels: int = 4096 * 4096  # uploads larger than this are refused (decompression bombs)
+    timeout_s: float = 600.0  # one request's generation, waiting for the model included
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,11 +143,12 @@ class DemoBackend:
 
     def __init__(self, pipe, limits: Optional[DemoLimits] = None, scale_delay: float = 0.0):
         from nextscale.editing import NextScaleInpaintPipeline
+
         self.pipe = pipe
         self.editor = NextScaleInpaintPipeline.from_pipe(pipe)
         self.limits = limits or DemoLimits()
-        self.scale_delay = float(scale_delay)   # pause between streamed scales (to watch them; 0 = none)
-        self.lock = threading.Lock()            # the model (and its KV cache) serves one request at a time
+        self.scale_delay = float(scale_delay)  # pause between streamed scales (to watch them; 0 = none)
+        self.lock = threading.Lock()  # the model (and its KV cache) serves one request at a time
         self.num_scales = len(pipe.patch_nums)
         self.vocab_size = int(getattr(pipe.vqvae, "vocab_size", 0) or 4096)
         self.max_top_k = self.vocab_size  # k = vocabulary size: no filtering
@@ -164,9 +177,12 @@ class DemoBackend:
         try:
             c = check_int("class", v, -1, nc - 1)
         except NextScaleError:
-            raise NextScaleError(f"class must be {'random, ' if allow_random else ''}-1 (unconditional) or a class id "
-                                 f"0..{nc - 1}, got {v!r}") from None
+            raise NextScaleError(
+                f"class must be {'random, ' if allow_random else ''}-1 (unconditional) or a class id "
+                f"0..{nc - 1}, got {v!r}"
+            ) from None
         from nextscale.validate import check_class_ids
+
         return check_class_ids(c, nc, "class")  # the API's rule (the widget's whole-number float is an int by now)
 
     def _labels(self, cls, batch_size: int, seed: int) -> List[int]:
@@ -178,20 +194,24 @@ class DemoBackend:
     # ---- shared sampling arguments ----
     def check_sampling(self, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size) -> Dict[str, Any]:
         lim = self.limits
-        out = dict(guidance_scale=check_float("guidance", guidance, 0.0, lim.max_guidance),
-                   top_k=check_int("top-k", top_k, 0, self.max_top_k),
-                   top_p=check_float("top-p", top_p, 0.0, 1.0),
-                   more_smooth=check_bool("Gumbel smoothing", more_smooth),
-                   batch_size=check_int("batch size", batch_size, 1, lim.max_batch_size))
+        out = dict(
+            guidance_scale=check_float("guidance", guidance, 0.0, lim.max_guidance),
+            top_k=check_int("top-k", top_k, 0, self.max_top_k),
+            top_p=check_float("top-p", top_p, 0.0, 1.0),
+            more_smooth=check_bool("Gumbel smoothing", more_smooth),
+            batch_size=check_int("batch size", batch_size, 1, lim.max_batch_size),
+        )
         if check_bool("random seed", random_seed):
             out["seed"] = secrets.randbelow(lim.max_seed + 1)
         else:
             out["seed"] = check_int("seed", seed, 0, lim.max_seed)
         from nextscale.sampling import SamplingSettings
         from nextscale.validate import check_seed
+
         out["seed"] = check_seed(out["seed"])  # the API's rule too (a DemoLimits.max_seed above 2**63 is still refused)
-        SamplingSettings(guidance_scale=out["guidance_scale"], top_k=out["top_k"], top_p=out["top_p"],
-                         more_smooth=out["more_smooth"])  # the API's rules (raises naming the field)
+        SamplingSettings(
+            guidance_scale=out["guidance_scale"], top_k=out["top_k"], top_p=out["top_p"], more_smooth=out["more_smooth"]
+        )  # the API's rules (raises naming the field)
         return out
 
     # ---- running the model: a worker thread holds the lock, the caller streams its scales ----
@@ -229,17 +249,26 @@ class DemoBackend:
         if len(images) == 1:
             return images[0]
         from nextscale.imageio import make_grid
+
         return make_grid(images, nrow=min(len(images), 2 if len(images) == 4 else 4))
 
-    def _strip(self, per_scale: List[List[Image.Image]], lead: Optional[List[Tuple[str, List[Image.Image]]]] = None) -> Image.Image:
+    def _strip(
+        self, per_scale: List[List[Image.Image]], lead: Optional[List[Tuple[str, List[Image.Image]]]] = None
+    ) -> Image.Image:
         """Rows = images of the batch, columns = [lead columns] + image after 1, 2, ..., K scales."""
         from nextscale.imageio import make_grid
+
         pns = self.pipe.patch_nums
         B = len(per_scale[0])
         cell = 128  # every cell 128 px: big enough to see a tiny model's pixels, small for a 10-scale 256 px one
 
         def fit(im: Image.Image) -> Image.Image:
-            return im if im.size == (cell, cell) else im.resize((cell, cell), Image.NEAREST if im.size[0] < cell else Image.LANCZOS)
+            return (
+                im
+                if im.size == (cell, cell)
+                else im.resize((cell, cell), Image.NEAREST if im.size[0] < cell else Image.LANCZOS)
+            )
+
         lead = lead or []
         cells, caps = [], []
         for i in range(B):
@@ -257,7 +286,11 @@ class DemoBackend:
         for kind, val in self._stream(run):
             if kind == "scale":
                 per_scale.append(list(val.images))
-                yield self._tile(val.images), None, f"scale {val.scale_index + 1}/{val.num_scales} ({val.patch_num}x{val.patch_num})…"
+                yield (
+                    self._tile(val.images),
+                    None,
+                    f"scale {val.scale_index + 1}/{val.num_scales} ({val.patch_num}x{val.patch_num})…",
+                )
                 if self.scale_delay > 0 and val.scale_index + 1 < val.num_scales:
                     time.sleep(self.scale_delay)
             else:
@@ -267,21 +300,42 @@ class DemoBackend:
         yield self._tile(out.images), strip, f"done: {what} · {self.num_scales} scales · {dt:.1f} s"
 
     # ---- Generate ----
-    def generate(self, class_choice, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size,
-                 guidance_cutoff=0, prune_ratio=0.0):
+    def generate(
+        self,
+        class_choice,
+        guidance,
+        top_k,
+        top_p,
+        more_smooth,
+        seed,
+        random_seed,
+        batch_size,
+        guidance_cutoff=0,
+        prune_ratio=0.0,
+    ):
         """Validate, then yield ``(image, strip, status)`` per scale and once more at the end.
         ``guidance_cutoff`` / ``prune_ratio``: the opt-in sampling speed-ups (0 = the exact path)."""
         cls = self.parse_class(class_choice)
         a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
-        fast = dict(guidance_cutoff=check_int("guidance cut-off", guidance_cutoff, 0, self.num_scales),
-                    prune_ratio=check_float("token pruning", prune_ratio, 0.0, 0.95))
+        fast = dict(
+            guidance_cutoff=check_int("guidance cut-off", guidance_cutoff, 0, self.num_scales),
+            prune_ratio=check_float("token pruning", prune_ratio, 0.0, 0.95),
+        )
         labels = self._labels(cls, a["batch_size"], a["seed"])
         pipe = self.pipe
 
         def run(cb):
-            return pipe(class_labels=labels, guidance_scale=a["guidance_scale"], top_k=a["top_k"], top_p=a["top_p"],
-                        more_smooth=a["more_smooth"], generator=torch.Generator(device=pipe.device).manual_seed(a["seed"]),
-                        output_type="pil", callback_on_scale=cb, **fast)
+            return pipe(
+                class_labels=labels,
+                guidance_scale=a["guidance_scale"],
+                top_k=a["top_k"],
+                top_p=a["top_p"],
+                more_smooth=a["more_smooth"],
+                generator=torch.Generator(device=pipe.device).manual_seed(a["seed"]),
+                output_type="pil",
+                callback_on_scale=cb,
+                **fast,
+            )
 
         names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
         yield from self._run_streaming(run, f"seed {a['seed']} · class {names}")
@@ -316,8 +370,22 @@ class DemoBackend:
         mask = Image.fromarray(regen.astype(np.uint8) * 255, mode="L") if regen.any() else None
         return bg.convert("RGB"), mask
 
-    def edit(self, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales,
-             guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size):
+    def edit(
+        self,
+        editor_value,
+        mode,
+        class_choice,
+        outpaint_side,
+        outpaint_px,
+        keep_scales,
+        guidance,
+        top_k,
+        top_p,
+        more_smooth,
+        seed,
+        random_seed,
+        batch_size,
+    ):
         """Validate, then stream an edit like :meth:`generate` (strip columns: input, regenerated, scales)."""
         mode = check_choice("mode", mode, EDIT_MODES)
         a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
@@ -337,8 +405,12 @@ class DemoBackend:
         elif mode == "out-paint":
             side = check_choice("out-paint side", outpaint_side, OUTPAINT_SIDES)
             m = check_int("out-paint width", outpaint_px, 1, R - 1)
-            kw["outpaint"] = {"left": (m, 0, -m, 0), "right": (-m, 0, m, 0),
-                              "top": (0, m, 0, -m), "bottom": (0, -m, 0, m)}[side]
+            kw["outpaint"] = {
+                "left": (m, 0, -m, 0),
+                "right": (-m, 0, m, 0),
+                "top": (0, m, 0, -m),
+                "bottom": (0, -m, 0, m),
+            }[side]
             if mask is not None:
                 kw["mask_image"] = mask
         else:  # variations: keep the first k scales, regenerate the rest (the painted region is ignored)
@@ -348,7 +420,9 @@ class DemoBackend:
         if not self.lock.acquire(timeout=self.limits.timeout_s):  # prepare() tokenises with the shared tokenizer
             raise NextScaleError("the server is busy; try again later")
         try:
-            plan = editor.prepare(image, kw.get("mask_image"), outpaint=kw.get("outpaint"), keep_scales=kw.get("keep_scales"))
+            plan = editor.prepare(
+                image, kw.get("mask_image"), outpaint=kw.get("outpaint"), keep_scales=kw.get("keep_scales")
+            )
         finally:
             self.lock.release()
         canvas = _to_pil(plan.image[0].add(1).mul(0.5))
@@ -357,17 +431,29 @@ class DemoBackend:
 
         def run(cb):
             import warnings
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)  # all-white / all-black notes: the strip shows the mask
-                return editor(image, class_labels=labels, guidance_scale=a["guidance_scale"], top_k=a["top_k"],
-                              top_p=a["top_p"], more_smooth=a["more_smooth"],
-                              generator=torch.Generator(device=editor.device).manual_seed(a["seed"]),
-                              output_type="pil", callback_on_scale=cb, **kw)
+                return editor(
+                    image,
+                    class_labels=labels,
+                    guidance_scale=a["guidance_scale"],
+                    top_k=a["top_k"],
+                    top_p=a["top_p"],
+                    more_smooth=a["more_smooth"],
+                    generator=torch.Generator(device=editor.device).manual_seed(a["seed"]),
+                    output_type="pil",
+                    callback_on_scale=cb,
+                    **kw,
+                )
 
         names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
         pct = 100.0 * (1.0 - plan.keep[-1][0].float().mean().item())
-        yield from self._run_streaming(run, f"{mode} · seed {a['seed']} · class {names} · {pct:.0f}% of the finest tokens regenerated",
-                                       lead=[("input", [canvas] * B), ("regen", [regen] * B)])
+        yield from self._run_streaming(
+            run,
+            f"{mode} · seed {a['seed']} · class {names} · {pct:.0f}% of the finest tokens regenerated",
+            lead=[("input", [canvas] * B), ("regen", [regen] * B)],
+        )
 
     # ---- examples for the Edit tab ----
     def example_names(self) -> List[str]:
@@ -410,6 +496,7 @@ class DemoBackend:
 
 def _to_pil(t_3HW01: torch.Tensor) -> Image.Image:
     from nextscale.imageio import to_pil
+
     return to_pil(t_3HW01.detach().float().clamp(0, 1).cpu())
 
 
@@ -426,8 +513,9 @@ def _gradio():
 
 def _theme(gr):
     """Default theme with system fonts only (no font download from anywhere)."""
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
 
 
 _CSS = """
@@ -448,10 +536,13 @@ def _guard(fn):
         except gr.Error:
             raise
         except (NextScaleError, ValueError) as e:
-            raise gr.Error(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, print_exception=False) from None
+            raise gr.Error(
+                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, print_exception=False
+            ) from None
         except Exception as e:  # noqa: BLE001 - never let a request take the server down
             log.exception("demo request failed")
             raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+
     return wrapper
 
 
@@ -467,17 +558,27 @@ def _guard_fn(fn):
         except Exception as e:  # noqa: BLE001
             log.exception("demo request failed")
             raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+
     return wrapper
 
 
-def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32,
-               scale_delay: float = 0.0, title: str = "nextscale: next-scale prediction", limits: Optional[DemoLimits] = None):
+def build_demo(
+    pipe,
+    *,
+    max_batch_size: int = 4,
+    concurrency_limit: int = 1,
+    max_queue: int = 32,
+    scale_delay: float = 0.0,
+    title: str = "nextscale: next-scale prediction",
+    limits: Optional[DemoLimits] = None,
+):
     """The Gradio app for ``pipe`` (a :class:`~nextscale.pipelines.NextScalePipeline`), queued:
     at most ``max_queue`` waiting requests and ``concurrency_limit`` running ones (the model itself
     runs one request at a time behind a lock). Start it with :func:`launch_demo`.
 
     API endpoints (``gradio_client``): ``/generate`` (class, guidance, top_k, top_p, more_smooth,
-    seed, random_seed, batch_size, then optionally guidance_cutoff and prune_ratio) and ``/edit`` (editor value, mode, class, out-paint side,
+    seed, random_seed, batch_size, then optionally guidance_cutoff and prune_ratio) and ``/edit`` (editor value,
+    mode, class, out-paint side,
     out-paint px, keep scales, then the same sampling values); both stream (image, strip, status).
     """
     gr = _gradio()
@@ -485,7 +586,9 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
     backend = DemoBackend(pipe, limits=limits, scale_delay=scale_delay)
     R, K = pipe.resolution, backend.num_scales
     pns = "×".join(str(p) for p in pipe.patch_nums)
-    rec = getattr(pipe, "sampling_defaults", {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96})  # the model's recommendation
+    rec = getattr(
+        pipe, "sampling_defaults", {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96}
+    )  # the model's recommendation
     top_k_default = min(int(rec["top_k"]), backend.vocab_size)
     cfg_default = float(rec["guidance_scale"]) if pipe.num_classes > 1 else 0.0
     demo_kwargs: Dict[str, Any] = dict(title=title, analytics_enabled=False, delete_cache=(1800, 3600))
@@ -494,87 +597,197 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
 
     def sampling_controls(prefix: str):
         with gr.Row():
-            guidance = gr.Slider(0, min(10.0, limits.max_guidance), value=min(cfg_default, limits.max_guidance), step=0.1,
-                                 label="guidance (cfg)", info="0 = off; ramps up over the scales", elem_id=f"{prefix}-cfg")
-            top_k = gr.Slider(0, backend.vocab_size, value=top_k_default, step=1, label="top-k", info="0 = off",
-                              elem_id=f"{prefix}-topk")
-            top_p = gr.Slider(0, 1, value=float(rec["top_p"]), step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp")
+            guidance = gr.Slider(
+                0,
+                min(10.0, limits.max_guidance),
+                value=min(cfg_default, limits.max_guidance),
+                step=0.1,
+                label="guidance (cfg)",
+                info="0 = off; ramps up over the scales",
+                elem_id=f"{prefix}-cfg",
+            )
+            top_k = gr.Slider(
+                0,
+                backend.vocab_size,
+                value=top_k_default,
+                step=1,
+                label="top-k",
+                info="0 = off",
+                elem_id=f"{prefix}-topk",
+            )
+            top_p = gr.Slider(
+                0, 1, value=float(rec["top_p"]), step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp"
+            )
         with gr.Row():
-            smooth = gr.Checkbox(value=False, label="Gumbel smoothing", info="smoother pictures (not for FID)",
-                                 elem_id=f"{prefix}-smooth")
-            seed = gr.Number(value=0, precision=0, minimum=0, maximum=limits.max_seed, label="seed", elem_id=f"{prefix}-seed")
+            smooth = gr.Checkbox(
+                value=False,
+                label="Gumbel smoothing",
+                info="smoother pictures (not for FID)",
+                elem_id=f"{prefix}-smooth",
+            )
+            seed = gr.Number(
+                value=0, precision=0, minimum=0, maximum=limits.max_seed, label="seed", elem_id=f"{prefix}-seed"
+            )
             random_seed = gr.Checkbox(value=False, label="random seed", elem_id=f"{prefix}-random")
             batch = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="batch size", elem_id=f"{prefix}-batch")
         return [guidance, top_k, top_p, smooth, seed, random_seed, batch]
 
     with gr.Blocks(**demo_kwargs) as demo:
-        gr.Markdown(f"## {title}\nThe image forms scale by scale ({pns} tokens per side), coarse to fine. "
-                    f"Model: {R}×{R} px, {pipe.num_classes} classes{'' if pipe.labels else ' (no class names)'}.")
+        gr.Markdown(
+            f"## {title}\nThe image forms scale by scale ({pns} tokens per side), coarse to fine. "
+            f"Model: {R}×{R} px, {pipe.num_classes} classes{'' if pipe.labels else ' (no class names)'}."
+        )
         with gr.Tabs():
             with gr.Tab("Generate", id="generate"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        cls = gr.Dropdown(backend.class_choices(), value="0" if pipe.num_classes else RANDOM,
-                                          label="class", filterable=True, elem_id="gen-class")
+                        cls = gr.Dropdown(
+                            backend.class_choices(),
+                            value="0" if pipe.num_classes else RANDOM,
+                            label="class",
+                            filterable=True,
+                            elem_id="gen-class",
+                        )
                         gen_controls = sampling_controls("gen")
                         with gr.Accordion("speed-ups (approximate, docs/speed.md)", open=False):
                             with gr.Row():
-                                cutoff = gr.Slider(0, K, value=0, step=1, label="guidance cut-off",
-                                                   info="the last N scales without guidance (0 = off)", elem_id="gen-cutoff")
-                                prune = gr.Slider(0, 0.95, value=0.0, step=0.05, label="token pruning",
-                                                  info="share of the last scales' tokens that skip the transformer (0 = off)",
-                                                  elem_id="gen-prune")
+                                cutoff = gr.Slider(
+                                    0,
+                                    K,
+                                    value=0,
+                                    step=1,
+                                    label="guidance cut-off",
+                                    info="the last N scales without guidance (0 = off)",
+                                    elem_id="gen-cutoff",
+                                )
+                                prune = gr.Slider(
+                                    0,
+                                    0.95,
+                                    value=0.0,
+                                    step=0.05,
+                                    label="token pruning",
+                                    info="share of the last scales' tokens that skip the transformer (0 = off)",
+                                    elem_id="gen-prune",
+                                )
                         gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
                     with gr.Column(scale=1):
-                        gen_img = gr.Image(label="image (streamed scale by scale)", type="pil", format="png",
-                                           interactive=False, height=320, elem_id="ns-image")
+                        gen_img = gr.Image(
+                            label="image (streamed scale by scale)",
+                            type="pil",
+                            format="png",
+                            interactive=False,
+                            height=320,
+                            elem_id="ns-image",
+                        )
                         gen_status = gr.Markdown("", elem_id="gen-status")
-                gen_strip = gr.Image(label="per scale", type="pil", format="png", interactive=False, elem_id="gen-strip")
+                gen_strip = gr.Image(
+                    label="per scale", type="pil", format="png", interactive=False, elem_id="gen-strip"
+                )
             with gr.Tab("Edit", id="edit"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        editor = gr.ImageEditor(label="image: paint the region to regenerate", type="pil", image_mode="RGBA",
-                                                sources=["upload", "clipboard"], format="png", height=360,
-                                                brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
-                                                layers=False, transforms=(), elem_id="edit-editor")
+                        editor = gr.ImageEditor(
+                            label="image: paint the region to regenerate",
+                            type="pil",
+                            image_mode="RGBA",
+                            sources=["upload", "clipboard"],
+                            format="png",
+                            height=360,
+                            brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                            layers=False,
+                            transforms=(),
+                            elem_id="edit-editor",
+                        )
                         with gr.Row():
-                            example = gr.Dropdown(backend.example_names(), value=backend.example_names()[0],
-                                                  label="example", elem_id="edit-example")
+                            example = gr.Dropdown(
+                                backend.example_names(),
+                                value=backend.example_names()[0],
+                                label="example",
+                                elem_id="edit-example",
+                            )
                             ex_btn = gr.Button("Load example", elem_id="edit-load")
                             use_btn = gr.Button("Use generated image", elem_id="edit-use")
                     with gr.Column(scale=1):
-                        mode = gr.Radio(list(EDIT_MODES), value="in-paint", label="mode", elem_id="edit-mode",
-                                        info="in-paint: regenerate the painted region · out-paint: shift the image and "
-                                             "generate a new strip · class edit: repaint as the class · variations: keep k scales")
-                        e_cls = gr.Dropdown(backend.class_choices(), value=UNCONDITIONAL, label="class (class edit, out-paint, variations)",
-                                            elem_id="edit-class")
+                        mode = gr.Radio(
+                            list(EDIT_MODES),
+                            value="in-paint",
+                            label="mode",
+                            elem_id="edit-mode",
+                            info="in-paint: regenerate the painted region · out-paint: shift the image and "
+                            "generate a new strip · class edit: repaint as the class · variations: keep k scales",
+                        )
+                        e_cls = gr.Dropdown(
+                            backend.class_choices(),
+                            value=UNCONDITIONAL,
+                            label="class (class edit, out-paint, variations)",
+                            elem_id="edit-class",
+                        )
                         with gr.Row():
-                            side = gr.Radio(list(OUTPAINT_SIDES), value="right", label="out-paint: new strip on the", elem_id="edit-side")
+                            side = gr.Radio(
+                                list(OUTPAINT_SIDES),
+                                value="right",
+                                label="out-paint: new strip on the",
+                                elem_id="edit-side",
+                            )
                             step = max(1, R // pipe.patch_nums[-1])
-                            amount = gr.Slider(step, R - step, value=max(step, (R // 4) // step * step), step=step,
-                                               label=f"out-paint width (px of {R})", elem_id="edit-amount")
-                        keep = gr.Slider(0, K, value=max(1, K // 2), step=1, label=f"variations: keep the first k of {K} scales",
-                                         elem_id="edit-keep")
+                            amount = gr.Slider(
+                                step,
+                                R - step,
+                                value=max(step, (R // 4) // step * step),
+                                step=step,
+                                label=f"out-paint width (px of {R})",
+                                elem_id="edit-amount",
+                            )
+                        keep = gr.Slider(
+                            0,
+                            K,
+                            value=max(1, K // 2),
+                            step=1,
+                            label=f"variations: keep the first k of {K} scales",
+                            elem_id="edit-keep",
+                        )
                 edit_controls = sampling_controls("edit")
                 edit_btn = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 with gr.Row():
-                    edit_img = gr.Image(label="result (streamed scale by scale)", type="pil", format="png",
-                                        interactive=False, height=320, elem_id="ns-edit-out")
+                    edit_img = gr.Image(
+                        label="result (streamed scale by scale)",
+                        type="pil",
+                        format="png",
+                        interactive=False,
+                        height=320,
+                        elem_id="ns-edit-out",
+                    )
                     edit_status = gr.Markdown("", elem_id="edit-status")
-                edit_strip = gr.Image(label="input · regenerated (white) · per scale", type="pil", format="png",
-                                      interactive=False, elem_id="edit-strip")
+                edit_strip = gr.Image(
+                    label="input · regenerated (white) · per scale",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id="edit-strip",
+                )
 
         common = dict(concurrency_id="model")
-        gen_btn.click(_guard(backend.generate), inputs=[cls] + gen_controls + [cutoff, prune], outputs=[gen_img, gen_strip, gen_status],
-                      api_name="generate", **common)
-        edit_btn.click(_guard(backend.edit), inputs=[editor, mode, e_cls, side, amount, keep] + edit_controls,
-                       outputs=[edit_img, edit_strip, edit_status], api_name="edit", **common)
+        gen_btn.click(
+            _guard(backend.generate),
+            inputs=[cls] + gen_controls + [cutoff, prune],
+            outputs=[gen_img, gen_strip, gen_status],
+            api_name="generate",
+            **common,
+        )
+        edit_btn.click(
+            _guard(backend.edit),
+            inputs=[editor, mode, e_cls, side, amount, keep] + edit_controls,
+            outputs=[edit_img, edit_strip, edit_status],
+            api_name="edit",
+            **common,
+        )
         ex_btn.click(_guard_fn(backend.example), inputs=[example], outputs=[editor], api_name="example", **common)
 
         def use_generated(img):
             if img is None:
                 raise gr.Error("generate an image first", print_exception=False)
             return img
+
         use_btn.click(use_generated, inputs=[gen_img], outputs=[editor], api_name=False)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
@@ -584,6 +797,7 @@ def build_demo(pipe, *, max_batch_size: int = 4, concurrency_limit: int = 1, max
 
 def _launch_takes(name: str) -> bool:
     import inspect
+
     gr = _gradio()
     return name in inspect.signature(gr.Blocks.launch).parameters
 
@@ -592,25 +806,50 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
     """``demo.launch`` with the offline settings (no share link, no SSR/node, no MCP, system-font
     theme, bounded uploads). Returns ``(app, local_url, share_url)`` when ``block=False``."""
     gr = _gradio()
-    opts: Dict[str, Any] = dict(server_name=host, server_port=int(port), share=False, quiet=quiet,
-                                prevent_thread_lock=not block, max_file_size="25mb",
-                                show_error=True)  # shows preprocessing errors (wrong types); ours are gr.Error anyway
-    for name, value in (("ssr_mode", False), ("mcp_server", False), ("enable_monitoring", False), ("pwa", False),
-                        ("footer_links", []),  # no footer: its API page shows example pictures from the web
-                        ("theme", _theme(gr)), ("css", _CSS)):
+    opts: Dict[str, Any] = dict(
+        server_name=host,
+        server_port=int(port),
+        share=False,
+        quiet=quiet,
+        prevent_thread_lock=not block,
+        max_file_size="25mb",
+        show_error=True,
+    )  # shows preprocessing errors (wrong types); ours are gr.Error anyway
+    for name, value in (
+        ("ssr_mode", False),
+        ("mcp_server", False),
+        ("enable_monitoring", False),
+        ("pwa", False),
+        ("footer_links", []),  # no footer: its API page shows example pictures from the web
+        ("theme", _theme(gr)),
+        ("css", _CSS),
+    ):
         if _launch_takes(name):
             opts[name] = value
     opts.update(kw)
     return demo.launch(**opts)
 
 
-def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860, *, device=None, dtype=None,
-          max_batch_size: int = 4, concurrency_limit: int = 1, max_queue: int = 32, scale_delay: float = 0.0,
-          print_fn: Callable[[str], None] = print, block: bool = True, variant: Optional[str] = None):
+def serve(
+    model: Optional[str] = None,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    *,
+    device=None,
+    dtype=None,
+    max_batch_size: int = 4,
+    concurrency_limit: int = 1,
+    max_queue: int = 32,
+    scale_delay: float = 0.0,
+    print_fn: Callable[[str], None] = print,
+    block: bool = True,
+    variant: Optional[str] = None,
+):
     """Load the model once and serve the demo (``nextscale demo``). Loopback by default; any
     other address is an explicit choice and gets a warning (there is no authentication).
     Returns the running ``gr.Blocks`` when ``block=False`` (``.close()`` stops it)."""
     from nextscale.pipelines import load_pipeline
+
     _gradio()
     if not 0 <= int(port) <= 65535:
         raise NextScaleError(f"--port must be in 0..65535, got {port}")
@@ -621,9 +860,16 @@ def serve(model: Optional[str] = None, host: str = "127.0.0.1", port: int = 7860
     if not 1 <= max_queue <= 10_000:
         raise NextScaleError(f"--queue-size must be in 1..10000, got {max_queue}")
     pipe = load_pipeline(model, device=device, dtype=dtype, variant=variant)
-    demo = build_demo(pipe, max_batch_size=max_batch_size, concurrency_limit=concurrency_limit, max_queue=max_queue,
-                      scale_delay=scale_delay)
-    for line in startup_messages(host, port, f"model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"):
+    demo = build_demo(
+        pipe,
+        max_batch_size=max_batch_size,
+        concurrency_limit=concurrency_limit,
+        max_queue=max_queue,
+        scale_delay=scale_delay,
+    )
+    for line in startup_messages(
+        host, port, f"model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"
+    ):
         print_fn(line)
     launch_demo(demo, host=host, port=port, block=block)
     return demo
@@ -633,8 +879,10 @@ def startup_messages(host: str, port: int, what: str = "demo") -> List[str]:
     """What ``nextscale demo`` prints: the URL, and a warning first when not on loopback."""
     out = []
     if not is_loopback(host):
-        out.append(f"nextscale demo: WARNING: listening on {host}, not loopback: anyone who can reach this machine "
-                   "on that address can use the demo and its model (no authentication). Use --host 127.0.0.1 to keep it local.")
+        out.append(
+            f"nextscale demo: WARNING: listening on {host}, not loopback: anyone who can reach this machine "
+            "on that address can use the demo and its model (no authentication). Use --host 127.0.0.1 to keep it local."
+        )
     shown = f"[{host}]" if ":" in host and not host.startswith("[") else host
     out.append(f"nextscale demo: {what} on http://{shown}:{port}/  (Ctrl+C to stop)")
     return out

@@ -29,6 +29,7 @@ Data: an ``export_mnist(split="both")`` folder (``train/`` 450 digits per class,
 Multi-GPU: the training runs are ordinary ``nextscale train`` runs; see ``docs/science.md`` for the
 torchrun commands of the same study on ImageNet.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,13 +45,21 @@ import torch
 from nextscale import dist
 from nextscale.errors import NextScaleError
 
-__all__ = ["scaling_study", "ar_vs_var_study", "fit_power_law", "var_train_flops_per_image", "ar_train_flops_per_image",
-           "loglog_plot", "StudyRecipe"]
+__all__ = [
+    "scaling_study",
+    "ar_vs_var_study",
+    "fit_power_law",
+    "var_train_flops_per_image",
+    "ar_train_flops_per_image",
+    "loglog_plot",
+    "StudyRecipe",
+]
 
 
 # ------------------------------------------------------------------------------------------------
 # Pieces: the fit, FLOPs, plots
 # ------------------------------------------------------------------------------------------------
+
 
 def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
     """Least-squares fit of ``y = (beta * x)^alpha`` on log-log axes.
@@ -66,8 +75,14 @@ def fit_power_law(x: Sequence[float], y: Sequence[float]) -> Dict[str, float]:
     r = float(np.corrcoef(lx, ly)[0, 1]) if len(lx) > 2 or np.ptp(ly) > 0 else float("nan")
     res = ly - (alpha * lx + a)
     beta = float(np.exp(a / alpha)) if alpha != 0 else float("nan")
-    return {"alpha": float(alpha), "beta": beta, "r": r, "intercept": float(a), "rms_log_residual": float(np.sqrt(np.mean(res ** 2))),
-            "n_points": int(len(lx))}
+    return {
+        "alpha": float(alpha),
+        "beta": beta,
+        "r": r,
+        "intercept": float(a),
+        "rms_log_residual": float(np.sqrt(np.mean(res**2))),
+        "n_points": int(len(lx)),
+    }
 
 
 def var_train_flops_per_image(var) -> float:
@@ -81,8 +96,13 @@ def var_train_flops_per_image(var) -> float:
     for pn in var.patch_nums:
         seen += pn * pn
         causal += pn * pn * seen
-    fwd = (2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V) + 2 * (L - var.first_l) * Cv * C
-           + D * 2 * 2 * C * causal + 2 * C * 6 * C * D + 2 * C * 2 * C)
+    fwd = (
+        2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V)
+        + 2 * (L - var.first_l) * Cv * C
+        + D * 2 * 2 * C * causal
+        + 2 * C * 6 * C * D
+        + 2 * C * 2 * C
+    )
     return float(3 * fwd)
 
 
@@ -90,8 +110,12 @@ def ar_train_flops_per_image(ar) -> float:
     """The same count for the AR baseline: causal attention sum_i (i + 1) = L (L + 1) / 2 keys."""
     C, V, D, L = ar.C, ar.V, ar.depth, ar.L
     hidden = ar.blocks[0].ffn.fc1.out_features
-    fwd = (2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V) + D * 2 * 2 * C * (L * (L + 1) // 2)
-           + 2 * C * 6 * C * D + 2 * C * 2 * C)
+    fwd = (
+        2 * L * (D * (4 * C * C + 2 * C * hidden) + C * V)
+        + D * 2 * 2 * C * (L * (L + 1) // 2)
+        + 2 * C * 6 * C * D
+        + 2 * C * 2 * C
+    )
     return float(3 * fwd)
 
 
@@ -104,6 +128,7 @@ def loglog_plot(series: List[Dict[str, Any]], xlabel: str, ylabel: str, title: s
     ``series``: dicts with ``x``, ``y`` (positive), optional ``label`` and ``fit`` (a
     :func:`fit_power_law` result, drawn as a line). Returns a PIL image."""
     from PIL import Image, ImageDraw, ImageFont
+
     W, H = size
     img = Image.new("RGB", (W, H), "white")
     dr = ImageDraw.Draw(img)
@@ -117,7 +142,10 @@ def loglog_plot(series: List[Dict[str, Any]], xlabel: str, ylabel: str, title: s
     lx0, lx1, ly0, ly1 = lx0 - padx, lx1 + padx, ly0 - pady, ly1 + pady
 
     def px(lx, ly):
-        return (left + (lx - lx0) / (lx1 - lx0) * (W - left - right), top + (ly1 - ly) / (ly1 - ly0) * (H - top - bottom))
+        return (
+            left + (lx - lx0) / (lx1 - lx0) * (W - left - right),
+            top + (ly1 - ly) / (ly1 - ly0) * (H - top - bottom),
+        )
 
     dr.rectangle([left, top, W - right, H - bottom], outline=(0, 0, 0))
     for lo, hi, axis in ((lx0, lx1, "x"), (ly0, ly1, "y")):  # ticks: decades, and 2, 5 inside a decade when few decades
@@ -128,7 +156,7 @@ def loglog_plot(series: List[Dict[str, Any]], xlabel: str, ylabel: str, title: s
         if len(ticks) < 3:  # a narrow range (e.g. losses within 10 %): evenly spaced ticks instead
             ticks = list(np.linspace(lo + 0.1 * span, hi - 0.1 * span, 4))
         for v in ticks:
-            lab = f"{10.0 ** v:.3g}"
+            lab = f"{10.0**v:.3g}"
             if axis == "x":
                 X, _ = px(v, ly0)
                 dr.line([X, top, X, H - bottom], fill=(225, 225, 225))
@@ -160,6 +188,7 @@ def loglog_plot(series: List[Dict[str, Any]], xlabel: str, ylabel: str, title: s
 
 def _hstack(images, pad: int = 8):
     from PIL import Image
+
     W = sum(im.width for im in images) + pad * (len(images) - 1)
     H = max(im.height for im in images)
     out = Image.new("RGB", (W, H), "white")
@@ -205,39 +234,62 @@ def _read_json(path: str):
 # Shared set-up: data, tokenizers, token caches, runs
 # ------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StudyRecipe:
     """The training recipe every run of a study shares (the default model's, docs/default_model.md)."""
-    steps: int = 1400            # optimizer steps (the same for every size / order: equal data and tokens seen per image)
+
+    steps: int = 1400  # optimizer steps (the same for every size / order: equal data and tokens seen per image)
     batch_size: int = 32
-    lr: float = 2e-3             # one peak lr for every size (nothing tuned per point)
+    lr: float = 2e-3  # one peak lr for every size (nothing tuned per point)
     warmup_steps: int = 50
     lr_end: float = 0.05
     weight_decay: float = 0.05
     grad_clip: float = 2.0
-    ema: float = 0.0             # 0: evaluate the raw weights
+    ema: float = 0.0  # 0: evaluate the raw weights
     cond_drop: float = 0.1
     seed: int = 0
     hflip: bool = False
 
     def train_config(self, cache: str, run_dir: str, device: Optional[str], progress: bool):
         from nextscale.train.config import VARTrainConfig
-        return VARTrainConfig(cache=cache, run_dir=run_dir, steps=self.steps, batch_size=self.batch_size, lr=self.lr,
-                              warmup_steps=self.warmup_steps, lr_end=self.lr_end, weight_decay=self.weight_decay,
-                              grad_clip=self.grad_clip, ema=self.ema, cond_drop=self.cond_drop, seed=self.seed,
-                              hflip=self.hflip, ckpt_every=max(1, min(100, self.steps)), keep_last=2,
-                              log_every=max(1, min(50, self.steps)), eval_every=0, sample_every=-1, device=device,
-                              progress=progress, workers=0)
+
+        return VARTrainConfig(
+            cache=cache,
+            run_dir=run_dir,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            lr_end=self.lr_end,
+            weight_decay=self.weight_decay,
+            grad_clip=self.grad_clip,
+            ema=self.ema,
+            cond_drop=self.cond_drop,
+            seed=self.seed,
+            hflip=self.hflip,
+            ckpt_every=max(1, min(100, self.steps)),
+            keep_last=2,
+            log_every=max(1, min(50, self.steps)),
+            eval_every=0,
+            sample_every=-1,
+            device=device,
+            progress=progress,
+            workers=0,
+        )
 
 
 def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
     if data is not None:
         for sp in ("train", "val"):
             if not os.path.isdir(os.path.join(data, sp)):
-                raise NextScaleError(f"{data!r} has no {sp}/ folder; the studies need a held-out split "
-                                     f"(nextscale.data.export_mnist(DIR, split='both'))")
+                raise NextScaleError(
+                    f"{data!r} has no {sp}/ folder; the studies need a held-out split "
+                    f"(nextscale.data.export_mnist(DIR, split='both'))"
+                )
         return data
     from nextscale.data import export_mnist
+
     d = os.path.join(out_dir, "mnist32-quick" if quick else "mnist32")
     if dist.is_main() and not os.path.isfile(os.path.join(d, ".complete")):
         export_mnist(d, n_per_class=2 if quick else None, split="both", resolution=32, holdout_per_class=50)
@@ -250,10 +302,22 @@ def _ensure_cache(data: str, vae, out: str) -> str:
     """The token cache of ``data`` by ``vae`` (built once, on the main rank; kept while the tokenizer is the same)."""
     from nextscale.data import build_token_cache
     from nextscale.hub import save_tokenizer
+
     if dist.is_main():
         dev = next(vae.parameters()).device if any(True for _ in vae.parameters()) else "cpu"
-        build_token_cache(data, vae, vae.v_patch_nums, vae.resolution, out, save_tokenizer=lambda d: save_tokenizer(vae, d),
-                          flip=True, mid_reso=1.0, batch_size=100, progress=False, device=str(dev))
+        build_token_cache(
+            data,
+            vae,
+            vae.v_patch_nums,
+            vae.resolution,
+            out,
+            save_tokenizer=lambda d: save_tokenizer(vae, d),
+            flip=True,
+            mid_reso=1.0,
+            batch_size=100,
+            progress=False,
+            device=str(dev),
+        )
     dist.barrier()
     return out
 
@@ -266,37 +330,62 @@ def _quick_tokenizer(patch_nums=QUICK_PATCH_NUMS):
     """A random, tiny 16 px tokenizer (quick mode: plumbing only)."""
     from nextscale.configs import VQVAEConfig
     from nextscale.models import VQVAE
-    cfg = VQVAEConfig(vocab_size=32, z_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, v_patch_nums=tuple(patch_nums),
-                      using_sa=False, using_mid_sa=False)
+
+    cfg = VQVAEConfig(
+        vocab_size=32,
+        z_channels=8,
+        ch=32,
+        ch_mult=(1, 2, 2),
+        num_res_blocks=1,
+        v_patch_nums=tuple(patch_nums),
+        using_sa=False,
+        using_mid_sa=False,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         return VQVAE.from_config(cfg, test_mode=True)
 
 
 def _build_var_objective(tc, var_cfg, device):
-    """A VAR run of an explicit ``VARConfig`` (the study's sizes are not presets): (ob, train, val, run_config, total)."""
+    """A VAR run of an explicit ``VARConfig`` (the study's sizes are not presets): (ob, train, val, run_config, "
+    "total)."""
     from nextscale.configs import ModelConfig
     from nextscale.data import tokenizer_fingerprint
     from nextscale.models import VAR
     from nextscale.train.var import VARObjective, _build_data, _resolve_tokenizer
+
     tc.validate()
     vae = _resolve_tokenizer(tc, None).eval().requires_grad_(False)
     train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
-    var_cfg = var_cfg.replace(num_classes=max(1, len(classes)), patch_nums=tuple(vae.v_patch_nums), cond_drop_rate=tc.cond_drop)
+    var_cfg = var_cfg.replace(
+        num_classes=max(1, len(classes)), patch_nums=tuple(vae.v_patch_nums), cond_drop_rate=tc.cond_drop
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
         var = VAR.from_config(var_cfg, vae)
-        var.init_weights(init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std)
+        var.init_weights(
+            init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std
+        )
     vae.to(device)
     total = int(tc.steps)
     warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
     ob = VARObjective(vae, var, tc, total, warmup, tc.lr, list(classes))
-    run_config = {"kind": "var", "train": tc.to_dict(), "model": ModelConfig(vqvae=vae.config, var=var.config).to_dict(),
-                  "classes": list(classes),
-                  "derived": {"steps": total, "warmup_steps": warmup, "lr": tc.lr, "world_size": dist.get_world_size(),
-                              "iters_per_epoch": math.ceil(len(train_set) / tc.batch_size), "train_samples": len(train_set),
-                              "val_samples": len(val_set) if val_set is not None else 0,
-                              "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums)}}
+    run_config = {
+        "kind": "var",
+        "train": tc.to_dict(),
+        "model": ModelConfig(vqvae=vae.config, var=var.config).to_dict(),
+        "classes": list(classes),
+        "derived": {
+            "steps": total,
+            "warmup_steps": warmup,
+            "lr": tc.lr,
+            "world_size": dist.get_world_size(),
+            "iters_per_epoch": math.ceil(len(train_set) / tc.batch_size),
+            "train_samples": len(train_set),
+            "val_samples": len(val_set) if val_set is not None else 0,
+            "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
+        },
+    }
     return ob, train_set, val_set, run_config, total
 
 
@@ -306,12 +395,14 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     from nextscale.hub import save_tokenizer
     from nextscale.runfiles import checkpoint_steps
     from nextscale.train.loop import Trainer
+
     dev = dist.init_distributed(device)  # torchrun: this rank's GPU (a no-op for a plain launch)
     if kind == "var":
         ob, train_set, val_set, run_config, total = _build_var_objective(tc, model_cfg, dev)
         model = ob.var
     else:
         from nextscale.train.ar import build_ar_run
+
         ob, train_set, val_set, run_config, total = build_ar_run(tc, dev, model_cfg)
         model = ob.ar
     run_dir = tc.run_dir
@@ -339,14 +430,25 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
         times["calls"].append({"from": before, "to": res.step, "seconds": secs})
         _write_json(tpath, times)
     if not res.finished:
-        raise NextScaleError(f"{run_dir}: training stopped at step {res.step} of {total} (interrupted); re-run to continue")
+        raise NextScaleError(
+            f"{run_dir}: training stopped at step {res.step} of {total} (interrupted); re-run to continue"
+        )
     if tc.ema > 0 and kind in ob.emas:  # evaluate (and export) what an export would ship: the EMA weights
         ob.emas[kind].copy_to(model)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
-    return {"objective": ob, "model": model, "val": val_set, "step": res.step, "steps_before": before,
-            "trained_steps": res.step - before, "seconds_this_call": secs, "train_seconds": times["train_seconds"],
-            "params": n_params, "images_seen": res.step * tc.batch_size}
+    return {
+        "objective": ob,
+        "model": model,
+        "val": val_set,
+        "step": res.step,
+        "steps_before": before,
+        "trained_steps": res.step - before,
+        "seconds_this_call": secs,
+        "train_seconds": times["train_seconds"],
+        "params": n_params,
+        "images_seen": res.step * tc.batch_size,
+    }
 
 
 @torch.no_grad()
@@ -360,36 +462,61 @@ def _held_out_metrics(ob, val_set, batch_size: int = 100) -> Dict[str, float]:
             acc[0] += s
             acc[1] += n
     m = {k: s / max(n, 1) for k, (s, n) in sums.items()}
-    return {"test_loss": m["loss"], "test_error": 100.0 - m["acc"], "test_loss_last": m.get("loss_tail", m["loss"]),
-            "test_error_last": 100.0 - m.get("acc_tail", m["acc"]), "n_test": int(sums["loss"][1])}
+    return {
+        "test_loss": m["loss"],
+        "test_error": 100.0 - m["acc"],
+        "test_loss_last": m.get("loss_tail", m["loss"]),
+        "test_error_last": 100.0 - m.get("acc_tail", m["acc"]),
+        "n_test": int(sums["loss"][1]),
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # 1. The scaling law
 # ------------------------------------------------------------------------------------------------
 
-def scaling_study(out_dir: str, data: Optional[str] = None, *, tokenizer: str = "default", cache: Optional[str] = None, depths: Sequence[int] = (1, 2, 3, 4, 5),
-                  width_per_depth: int = 64, recipe: Optional[StudyRecipe] = None, device: Optional[str] = None,
-                  quick: bool = False, progress: bool = True, threads: Optional[int] = None, train: bool = True,
-                  log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+
+def scaling_study(
+    out_dir: str,
+    data: Optional[str] = None,
+    *,
+    tokenizer: str = "default",
+    cache: Optional[str] = None,
+    depths: Sequence[int] = (1, 2, 3, 4, 5),
+    width_per_depth: int = 64,
+    recipe: Optional[StudyRecipe] = None,
+    device: Optional[str] = None,
+    quick: bool = False,
+    progress: bool = True,
+    threads: Optional[int] = None,
+    train: bool = True,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """Train VAR at every depth in ``depths`` (width = ``width_per_depth`` x depth, heads = depth)
     on the same data for the same steps x batch, evaluate on the held-out split, fit the power laws.
 
     ``tokenizer``: the multi-scale VQ-VAE every size shares (default: the bundled model's, trained
     on the same training digits); ``cache``: a prebuilt ``nextscale tokenize`` cache of ``data`` by
-    it (train + val splits; default: built in ``out_dir/cache``). Runs live in ``out_dir/runs/var-d<depth>``; re-running continues.
+    it (train + val splits; default: built in ``out_dir/cache``). Runs live in ``out_dir/runs/var-d<depth>``;
+    re-running continues.
     ``quick``: 3 tiny sizes (width 16 x depth), 20 + 20 digits, a random tokenizer, 3 steps.
     ``threads``: torch threads for the call (None: as set). ``train=False`` trains nothing: it
     reports the sizes whose runs are finished (e.g. while the others still train in another
     process). Returns the report (also written to ``out_dir/scaling.json``)."""
     with _threads(threads):
-        return _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log)
+        return _scaling_study(
+            out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log
+        )
 
 
-def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log):
-    from nextscale.runfiles import checkpoint_steps
+def _scaling_study(
+    out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log
+):
     from tqdm.auto import tqdm
+
     from nextscale.configs import VARConfig
+    from nextscale.runfiles import checkpoint_steps
+
     say = log or (lambda s: None)
     os.makedirs(out_dir, exist_ok=True)
     if quick:
@@ -398,9 +525,10 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
     recipe = recipe or StudyRecipe(steps=400)
     if len(depths) < 2:
         raise NextScaleError("a scaling study needs at least 2 sizes (the issue asks for >= 5)")
-    device = str(dist.init_distributed(device))   # torchrun: this rank's GPU
+    device = str(dist.init_distributed(device))  # torchrun: this rank's GPU
     data = _ensure_data(out_dir, data, quick)
     from nextscale.hub import load_tokenizer
+
     vae = (_quick_tokenizer() if quick else load_tokenizer(tokenizer)).to(device)
     if cache is None:
         cache = _ensure_cache(data, vae, os.path.join(out_dir, "cache"))
@@ -409,8 +537,14 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
     for d in bar:
         run_dir = os.path.join(out_dir, "runs", f"var-d{d}")
         bar.set_postfix_str(f"d{d}")
-        cfg = VARConfig(depth=d, embed_dim=width_per_depth * d, num_heads=d, num_classes=10, patch_nums=tuple(vae.v_patch_nums),
-                        drop_path_rate=0.0)
+        cfg = VARConfig(
+            depth=d,
+            embed_dim=width_per_depth * d,
+            num_heads=d,
+            num_classes=10,
+            patch_nums=tuple(vae.v_patch_nums),
+            drop_path_rate=0.0,
+        )
         tc = recipe.train_config(cache, run_dir, device, progress=False)
         if not train and max(checkpoint_steps(os.path.join(run_dir, "checkpoints")) or [0]) < recipe.steps:
             say(f"d{d}: not finished, left out (train=False)")
@@ -424,13 +558,28 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
             ev = {"step": r["step"], **_held_out_metrics(r["objective"], r["val"])}
             _write_json(epath, ev)
         flops = var_train_flops_per_image(r["model"]) * r["images_seen"]
-        p = {"depth": d, "width": cfg.width, "heads": cfg.heads, "params": r["params"],
-             "params_non_embedding": r["params"] - sum(p.numel() for n, p in r["model"].named_parameters()
-                                                       if n.startswith(("class_emb", "pos_", "lvl_embed", "word_embed"))),
-             "steps": r["step"], "batch_size": recipe.batch_size, "images_seen": r["images_seen"],
-             "tokens_seen": r["images_seen"] * r["model"].L, "train_flops": flops,
-             "train_seconds": r["train_seconds"], "trained_steps_this_call": r["trained_steps"],
-             "resumed_from": r["steps_before"], "run_dir": run_dir, **{k: v for k, v in ev.items() if k != "step"}}
+        p = {
+            "depth": d,
+            "width": cfg.width,
+            "heads": cfg.heads,
+            "params": r["params"],
+            "params_non_embedding": r["params"]
+            - sum(
+                p.numel()
+                for n, p in r["model"].named_parameters()
+                if n.startswith(("class_emb", "pos_", "lvl_embed", "word_embed"))
+            ),
+            "steps": r["step"],
+            "batch_size": recipe.batch_size,
+            "images_seen": r["images_seen"],
+            "tokens_seen": r["images_seen"] * r["model"].L,
+            "train_flops": flops,
+            "train_seconds": r["train_seconds"],
+            "trained_steps_this_call": r["trained_steps"],
+            "resumed_from": r["steps_before"],
+            "run_dir": run_dir,
+            **{k: v for k, v in ev.items() if k != "step"},
+        }
         points.append(p)
         say(f"d{d}: {p['params'] / 1e6:.2f}M params, test loss {p['test_loss']:.4f}, error {p['test_error']:.2f} %")
         bar.set_postfix_str(f"d{d} loss {p['test_loss']:.3f}")
@@ -440,31 +589,85 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
     if len(points) < 2:
         raise NextScaleError(f"only {len(points)} finished size(s): a fit needs 2 (run with train=True)")
     N = [p["params"] for p in points]
-    fits = {name: fit_power_law(N, [p[name] for p in points])
-            for name in ("test_loss", "test_error", "test_loss_last", "test_error_last")}
+    fits = {
+        name: fit_power_law(N, [p[name] for p in points])
+        for name in ("test_loss", "test_error", "test_loss_last", "test_error_last")
+    }
     fits["test_loss_vs_flops"] = fit_power_law([p["train_flops"] for p in points], [p["test_loss"] for p in points])
-    report = {"study": "scaling", "quick": quick, "complete": len(points) == len(depths), "depths_asked": list(depths), "data": os.path.abspath(data), "tokenizer": "random (quick)" if quick else tokenizer,
-              "patch_nums": list(vae.v_patch_nums), "vocab_size": int(vae.vocab_size), "width_per_depth": width_per_depth,
-              "recipe": recipe.__dict__, "points": points, "fits": fits,
-              "param_range": max(N) / min(N), "threads": torch.get_num_threads(), "device": device}
+    report = {
+        "study": "scaling",
+        "quick": quick,
+        "complete": len(points) == len(depths),
+        "depths_asked": list(depths),
+        "data": os.path.abspath(data),
+        "tokenizer": "random (quick)" if quick else tokenizer,
+        "patch_nums": list(vae.v_patch_nums),
+        "vocab_size": int(vae.vocab_size),
+        "width_per_depth": width_per_depth,
+        "recipe": recipe.__dict__,
+        "points": points,
+        "fits": fits,
+        "param_range": max(N) / min(N),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
     _write_json(os.path.join(out_dir, "scaling.json"), report)
     with open(os.path.join(out_dir, "scaling.md"), "w") as f:
         f.write(scaling_markdown(report))
     fl = [p["train_flops"] for p in points]
     panels = [
-        loglog_plot([{"x": N, "y": [p["test_loss"] for p in points], "fit": fits["test_loss"],
-                      "label": f"all: a={fits['test_loss']['alpha']:.3f} r={fits['test_loss']['r']:.3f}"},
-                     {"x": N, "y": [p["test_loss_last"] for p in points], "fit": fits["test_loss_last"],
-                      "label": f"last scale: a={fits['test_loss_last']['alpha']:.3f} r={fits['test_loss_last']['r']:.3f}"}],
-                    "parameters N", "test loss", "held-out test loss vs. parameters"),
-        loglog_plot([{"x": N, "y": [p["test_error"] for p in points], "fit": fits["test_error"],
-                      "label": f"all: a={fits['test_error']['alpha']:.3f} r={fits['test_error']['r']:.3f}"},
-                     {"x": N, "y": [p["test_error_last"] for p in points], "fit": fits["test_error_last"],
-                      "label": f"last scale: a={fits['test_error_last']['alpha']:.3f} r={fits['test_error_last']['r']:.3f}"}],
-                    "parameters N", "token error rate (%)", "held-out token error rate vs. parameters"),
-        loglog_plot([{"x": fl, "y": [p["test_loss"] for p in points], "fit": fits["test_loss_vs_flops"],
-                      "label": f"a={fits['test_loss_vs_flops']['alpha']:.3f} r={fits['test_loss_vs_flops']['r']:.3f}"}],
-                    "training FLOPs C", "test loss", "test loss vs. training compute"),
+        loglog_plot(
+            [
+                {
+                    "x": N,
+                    "y": [p["test_loss"] for p in points],
+                    "fit": fits["test_loss"],
+                    "label": f"all: a={fits['test_loss']['alpha']:.3f} r={fits['test_loss']['r']:.3f}",
+                },
+                {
+                    "x": N,
+                    "y": [p["test_loss_last"] for p in points],
+                    "fit": fits["test_loss_last"],
+                    "label": f"last scale: a={fits['test_loss_last']['alpha']:.3f} r={fits['test_loss_last']['r']:.3f}",
+                },
+            ],
+            "parameters N",
+            "test loss",
+            "held-out test loss vs. parameters",
+        ),
+        loglog_plot(
+            [
+                {
+                    "x": N,
+                    "y": [p["test_error"] for p in points],
+                    "fit": fits["test_error"],
+                    "label": f"all: a={fits['test_error']['alpha']:.3f} r={fits['test_error']['r']:.3f}",
+                },
+                {
+                    "x": N,
+                    "y": [p["test_error_last"] for p in points],
+                    "fit": fits["test_error_last"],
+                    "label": f"last scale: a={fits['test_error_last']['alpha']:.3f} "
+                    "r={fits['test_error_last']['r']:.3f}",
+                },
+            ],
+            "parameters N",
+            "token error rate (%)",
+            "held-out token error rate vs. parameters",
+        ),
+        loglog_plot(
+            [
+                {
+                    "x": fl,
+                    "y": [p["test_loss"] for p in points],
+                    "fit": fits["test_loss_vs_flops"],
+                    "label": f"a={fits['test_loss_vs_flops']['alpha']:.3f} r={fits['test_loss_vs_flops']['r']:.3f}",
+                }
+            ],
+            "training FLOPs C",
+            "test loss",
+            "test loss vs. training compute",
+        ),
     ]
     _hstack(panels).save(os.path.join(out_dir, "scaling.png"))
     return report
@@ -472,25 +675,45 @@ def _scaling_study(out_dir, data, tokenizer, cache, depths, width_per_depth, rec
 
 def scaling_markdown(report: Dict[str, Any]) -> str:
     rc = report["recipe"]
-    lines = [f"VAR scaling sweep: width = {report['width_per_depth']} x depth, heads = depth; {rc['steps']} steps x batch "
-             f"{rc['batch_size']} for every size (lr {rc['lr']:g}); tokenizer {report['tokenizer']} (scales "
-             f"{report['patch_nums']}, V = {report['vocab_size']}); held-out split for every number.", "",
-             "| depth | width | params | train GFLOPs | test loss | token error % | last-scale loss | last-scale error % | train time (s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"VAR scaling sweep: width = {report['width_per_depth']} x depth, heads = depth; {rc['steps']} steps x batch "
+        f"{rc['batch_size']} for every size (lr {rc['lr']:g}); tokenizer {report['tokenizer']} (scales "
+        f"{report['patch_nums']}, V = {report['vocab_size']}); held-out split for every number.",
+        "",
+        "| depth | width | params | train GFLOPs | test loss | token error % | last-scale loss | last-scale error % "
+        "| train time (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for p in report["points"]:
-        lines.append(f"| {p['depth']} | {p['width']} | {p['params'] / 1e6:.3f}M | {p['train_flops'] / 1e9:.1f} | {p['test_loss']:.4f} | "
-                     f"{p['test_error']:.2f} | {p['test_loss_last']:.4f} | {p['test_error_last']:.2f} | {p['train_seconds']:.0f} |")
-    lines += ["", "Fits L = (beta * X)^alpha, least squares on log-log axes:", "",
-              "| quantity | X | alpha | beta | Pearson r | rms log residual |", "|---|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {p['depth']} | {p['width']} | {p['params'] / 1e6:.3f}M | {p['train_flops'] / 1e9:.1f} | "
+            f"{p['test_loss']:.4f} | "
+            f"{p['test_error']:.2f} | {p['test_loss_last']:.4f} | {p['test_error_last']:.2f} | "
+            f"{p['train_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "Fits L = (beta * X)^alpha, least squares on log-log axes:",
+        "",
+        "| quantity | X | alpha | beta | Pearson r | rms log residual |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for name, f in report["fits"].items():
         x = "training FLOPs" if name.endswith("flops") else "parameters"
-        lines.append(f"| {name.replace('_vs_flops', '')} | {x} | {f['alpha']:.4f} | {f['beta']:.4g} | {f['r']:.4f} | {f['rms_log_residual']:.4f} |")
-    lines.append(f"\nParameter range: {report['param_range']:.1f}x over {len(report['points'])} sizes"
-                 + (" (two points: r = -1 or 1 by construction)." if len(report["points"]) == 2 else "."))
+        lines.append(
+            f"| {name.replace('_vs_flops', '')} | {x} | {f['alpha']:.4f} | {f['beta']:.4g} | {f['r']:.4f} | "
+            f"{f['rms_log_residual']:.4f} |"
+        )
+    lines.append(
+        f"\nParameter range: {report['param_range']:.1f}x over {len(report['points'])} sizes"
+        + (" (two points: r = -1 or 1 by construction)." if len(report["points"]) == 2 else ".")
+    )
     if not report.get("complete", True):
         done = [p["depth"] for p in report["points"]]
-        lines.append(f"Incomplete: {len(done)} of the {len(report['depths_asked'])} sizes asked ({report['depths_asked']}) "
-                     f"are finished and fitted (depths {done}).")
+        lines.append(
+            f"Incomplete: {len(done)} of the {len(report['depths_asked'])} sizes asked ({report['depths_asked']}) "
+            f"are finished and fitted (depths {done})."
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -498,26 +721,69 @@ def scaling_markdown(report: Dict[str, Any]) -> str:
 # 2. VAR vs. the raster AR baseline
 # ------------------------------------------------------------------------------------------------
 
-def _train_single_scale_tokenizer(out_dir: str, data: str, like, steps: int, quick: bool, device, progress: bool) -> str:
+
+def _train_single_scale_tokenizer(
+    out_dir: str, data: str, like, steps: int, quick: bool, device, progress: bool
+) -> str:
     """``train_tokenizer`` with ``patch_nums=(side,)`` and ``like``'s codebook, code width and
     architecture: the AR baseline's tokenizer. Returns the tokenizer directory (resumable run)."""
     from nextscale.train.config import TokenizerTrainConfig
     from nextscale.train.tokenizer import train_tokenizer
+
     run = os.path.join(out_dir, "ar-tokenizer")
     c = like.config
     if quick:
-        tc = TokenizerTrainConfig(data=data, preset="mnist", run_dir=run, vocab_size=c.vocab_size, z_channels=c.z_channels, ch=c.ch,
-                                  num_res_blocks=c.num_res_blocks, patch_nums=(c.v_patch_nums[-1],), steps=steps, batch_size=4,
-                                  lr=5e-4, disc_weight=0.0, mid_reso=1.0, eval_every=0, sample_every=-1, ckpt_every=steps,
-                                  log_every=steps, progress=False, device=device)
+        tc = TokenizerTrainConfig(
+            data=data,
+            preset="mnist",
+            run_dir=run,
+            vocab_size=c.vocab_size,
+            z_channels=c.z_channels,
+            ch=c.ch,
+            num_res_blocks=c.num_res_blocks,
+            patch_nums=(c.v_patch_nums[-1],),
+            steps=steps,
+            batch_size=4,
+            lr=5e-4,
+            disc_weight=0.0,
+            mid_reso=1.0,
+            eval_every=0,
+            sample_every=-1,
+            ckpt_every=steps,
+            log_every=steps,
+            progress=False,
+            device=device,
+        )
     else:  # the default model's tokenizer recipe (recipes/default_model.sh), with one scale
-        tc = TokenizerTrainConfig(data=data, preset="mnist", run_dir=run, vocab_size=c.vocab_size, z_channels=c.z_channels, ch=c.ch,
-                                  num_res_blocks=c.num_res_blocks, patch_nums=(c.v_patch_nums[-1],), steps=steps, batch_size=32,
-                                  lr=5e-4, warmup_steps=50, lr_end=0.1, disc_weight=0.0, mid_reso=1.0, reinit_dead_every=100,
-                                  ckpt_every=100, eval_every=0, sample_every=-1, log_every=25, progress=progress, device=device)
+        tc = TokenizerTrainConfig(
+            data=data,
+            preset="mnist",
+            run_dir=run,
+            vocab_size=c.vocab_size,
+            z_channels=c.z_channels,
+            ch=c.ch,
+            num_res_blocks=c.num_res_blocks,
+            patch_nums=(c.v_patch_nums[-1],),
+            steps=steps,
+            batch_size=32,
+            lr=5e-4,
+            warmup_steps=50,
+            lr_end=0.1,
+            disc_weight=0.0,
+            mid_reso=1.0,
+            reinit_dead_every=100,
+            ckpt_every=100,
+            eval_every=0,
+            sample_every=-1,
+            log_every=25,
+            progress=progress,
+            device=device,
+        )
     if tuple(c.ch_mult) != (1, 2, 2) or c.using_sa:
-        raise NextScaleError("the AR tokenizer is trained with the mnist preset's layout (ch_mult 1 2 2, no attention); "
-                             "pass ar_tokenizer=DIR for another architecture")
+        raise NextScaleError(
+            "the AR tokenizer is trained with the mnist preset's layout (ch_mult 1 2 2, no attention); "
+            "pass ar_tokenizer=DIR for another architecture"
+        )
     res = train_tokenizer(tc)
     if not res.finished:
         raise NextScaleError(f"{run}: tokenizer training stopped at step {res.step}; re-run to continue")
@@ -532,7 +798,7 @@ def _sample(pipe, per_class: int, batch_size: int, settings: Dict[str, Any], see
     out, secs = [], 0.0
     for i in range(0, len(labels), batch_size):
         t0 = time.perf_counter()
-        o = pipe(class_labels=labels[i:i + batch_size].tolist(), generator=gen, output_type="np", **settings)
+        o = pipe(class_labels=labels[i : i + batch_size].tolist(), generator=gen, output_type="np", **settings)
         secs += time.perf_counter() - t0
         out.append(np.asarray(o.images, dtype=np.float32))
     return np.concatenate(out), labels, secs
@@ -554,11 +820,12 @@ def _time_per_image(pipe, B: int, n_calls: int, settings: Dict[str, Any], seed: 
 
 def _grid(images: np.ndarray, labels: np.ndarray, cols: int, title: str):
     from PIL import Image, ImageDraw
+
     C, R = int(labels.max()) + 1, images.shape[1]
     grid = np.ones((C * R, cols * R, 3), dtype=np.float32)
     for c in range(C):
         for j, i in enumerate(np.flatnonzero(labels == c)[:cols]):
-            grid[c * R:(c + 1) * R, j * R:(j + 1) * R] = images[i]
+            grid[c * R : (c + 1) * R, j * R : (j + 1) * R] = images[i]
     im = Image.fromarray(np.clip(np.rint(grid * 255), 0, 255).astype(np.uint8))
     scale = max(1, 256 // max(im.width, 1))
     if scale > 1:
@@ -569,14 +836,33 @@ def _grid(images: np.ndarray, labels: np.ndarray, cols: int, title: str):
     return out
 
 
-def ar_vs_var_study(out_dir: str, data: Optional[str] = None, *, var_tokenizer: str = "default", ar_tokenizer: Optional[str] = None,
-                    var_model: Optional[str] = None, depth: int = 6, width: Optional[int] = 128, heads: Optional[int] = 2,
-                    recipe: Optional[StudyRecipe] = None, tokenizer_steps: int = 800, per_class: int = 100,
-                    guidance_scale: float = 0.0, top_k: int = 0, top_p: float = 0.0, sample_batch: int = 50,
-                    timing_calls: int = 5, classifier: Optional[str] = None, inception_weights: Optional[str] = None,
-                    inception_ref: Optional[str] = None, device: Optional[str] = None, quick: bool = False, progress: bool = True,
-                    threads: Optional[int] = None,
-                    log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+def ar_vs_var_study(
+    out_dir: str,
+    data: Optional[str] = None,
+    *,
+    var_tokenizer: str = "default",
+    ar_tokenizer: Optional[str] = None,
+    var_model: Optional[str] = None,
+    depth: int = 6,
+    width: Optional[int] = 128,
+    heads: Optional[int] = 2,
+    recipe: Optional[StudyRecipe] = None,
+    tokenizer_steps: int = 800,
+    per_class: int = 100,
+    guidance_scale: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 0.0,
+    sample_batch: int = 50,
+    timing_calls: int = 5,
+    classifier: Optional[str] = None,
+    inception_weights: Optional[str] = None,
+    inception_ref: Optional[str] = None,
+    device: Optional[str] = None,
+    quick: bool = False,
+    progress: bool = True,
+    threads: Optional[int] = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
     """VAR vs. the raster AR baseline at equal size and equal training (see the module doc).
 
     Sizes: depth ``depth``, width ``width`` (None: 64 x depth), ``heads`` for both models; the
@@ -601,17 +887,47 @@ def _train_and_export(kind: str, run: str, tc, cfg, device, export, flops_per_im
     """Train (resuming) one model of the VAR-vs-AR study and export it once per trained step."""
     r = _run(kind, tc, cfg, device)
     mdir = os.path.join(run, "model")
-    if dist.is_main() and (not os.path.isfile(os.path.join(mdir, "model_index.json"))
-                           or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}):
+    if dist.is_main() and (
+        not os.path.isfile(os.path.join(mdir, "model_index.json"))
+        or _read_json(os.path.join(run, "exported.json")) != {"step": r["step"]}
+    ):
         export(run, mdir)
         _write_json(os.path.join(run, "exported.json"), {"step": r["step"]})
-    return {"params": r["params"], "train_seconds": r["train_seconds"], "steps": r["step"], "source": mdir,
-            "trained_steps_this_call": r["trained_steps"], "train_flops": flops_per_image(r["model"]) * r["images_seen"]}
+    return {
+        "params": r["params"],
+        "train_seconds": r["train_seconds"],
+        "steps": r["step"],
+        "source": mdir,
+        "trained_steps_this_call": r["trained_steps"],
+        "train_flops": flops_per_image(r["model"]) * r["images_seen"],
+    }
 
 
-def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, depth, width, heads, recipe, tokenizer_steps, per_class,
-                     guidance_scale, top_k, top_p, sample_batch, timing_calls, classifier, inception_weights, inception_ref, device,
-                     quick, progress, log):
+def _ar_vs_var_study(
+    out_dir,
+    data,
+    var_tokenizer,
+    ar_tokenizer,
+    var_model,
+    depth,
+    width,
+    heads,
+    recipe,
+    tokenizer_steps,
+    per_class,
+    guidance_scale,
+    top_k,
+    top_p,
+    sample_batch,
+    timing_calls,
+    classifier,
+    inception_weights,
+    inception_ref,
+    device,
+    quick,
+    progress,
+    log,
+):
     from nextscale.configs import VARConfig
     from nextscale.evaluation import feature_statistics, frechet_distance, precision_recall
     from nextscale.evaluation import mnist_classifier as mc
@@ -621,6 +937,7 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     from nextscale.pipelines import NextScalePipeline
     from nextscale.train.ar import export_ar_run
     from nextscale.train.var import export_run
+
     say = log or (lambda s: None)
     os.makedirs(out_dir, exist_ok=True)
     if quick:
@@ -629,7 +946,7 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         tokenizer_steps, per_class, sample_batch, timing_calls = 1, 2, 10, 1
         var_model = None
     recipe = recipe or StudyRecipe(steps=1400, ema=0.995)
-    device = str(dist.init_distributed(device))   # torchrun: this rank's GPU
+    device = str(dist.init_distributed(device))  # torchrun: this rank's GPU
     data = _ensure_data(out_dir, data, quick)
     settings = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p)
     width = width or 64 * depth
@@ -642,9 +959,15 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         say("training the single-scale tokenizer of the AR baseline ...")
         ar_tokenizer = _train_single_scale_tokenizer(out_dir, data, vae_var, tokenizer_steps, quick, device, progress)
     vae_ar = load_tokenizer(ar_tokenizer).to(device)
-    if vae_ar.vocab_size != vae_var.vocab_size or vae_ar.Cvae != vae_var.Cvae or vae_ar.v_patch_nums[-1] != vae_var.v_patch_nums[-1]:
-        raise NextScaleError(f"the AR tokenizer (V={vae_ar.vocab_size}, Cvae={vae_ar.Cvae}, side {vae_ar.v_patch_nums[-1]}) does not "
-                             f"match VAR's (V={vae_var.vocab_size}, Cvae={vae_var.Cvae}, side {vae_var.v_patch_nums[-1]})")
+    if (
+        vae_ar.vocab_size != vae_var.vocab_size
+        or vae_ar.Cvae != vae_var.Cvae
+        or vae_ar.v_patch_nums[-1] != vae_var.v_patch_nums[-1]
+    ):
+        raise NextScaleError(
+            f"the AR tokenizer (V={vae_ar.vocab_size}, Cvae={vae_ar.Cvae}, side {vae_ar.v_patch_nums[-1]}) does not "
+            f"match VAR's (V={vae_var.vocab_size}, Cvae={vae_var.Cvae}, side {vae_var.v_patch_nums[-1]})"
+        )
     say("token caches ...")
     cache_var = _ensure_cache(data, vae_var, os.path.join(out_dir, "cache-var"))
     cache_ar = _ensure_cache(data, vae_ar, os.path.join(out_dir, "cache-ar"))
@@ -653,16 +976,43 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     rows: Dict[str, Dict[str, Any]] = {}
     if var_model is None:
         say("training VAR ...")
-        cfg = VARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, patch_nums=tuple(vae_var.v_patch_nums),
-                        drop_path_rate=0.0)
-        rows["VAR"] = _train_and_export("var", os.path.join(out_dir, "runs", "var"), recipe.train_config(
-            cache_var, os.path.join(out_dir, "runs", "var"), device, progress), cfg, device, export_run, var_train_flops_per_image)
+        cfg = VARConfig(
+            depth=depth,
+            embed_dim=width,
+            num_heads=heads,
+            num_classes=10,
+            patch_nums=tuple(vae_var.v_patch_nums),
+            drop_path_rate=0.0,
+        )
+        rows["VAR"] = _train_and_export(
+            "var",
+            os.path.join(out_dir, "runs", "var"),
+            recipe.train_config(cache_var, os.path.join(out_dir, "runs", "var"), device, progress),
+            cfg,
+            device,
+            export_run,
+            var_train_flops_per_image,
+        )
         var_model = rows["VAR"]["source"]
     say("training the AR baseline ...")
-    acfg = ARConfig(depth=depth, embed_dim=width, num_heads=heads, num_classes=10, vocab_size=vae_ar.vocab_size,
-                    side=vae_ar.v_patch_nums[-1], drop_path_rate=0.0)
-    rows["AR"] = _train_and_export("ar", os.path.join(out_dir, "runs", "ar"), recipe.train_config(
-        cache_ar, os.path.join(out_dir, "runs", "ar"), device, progress), acfg, device, export_ar_run, ar_train_flops_per_image)
+    acfg = ARConfig(
+        depth=depth,
+        embed_dim=width,
+        num_heads=heads,
+        num_classes=10,
+        vocab_size=vae_ar.vocab_size,
+        side=vae_ar.v_patch_nums[-1],
+        drop_path_rate=0.0,
+    )
+    rows["AR"] = _train_and_export(
+        "ar",
+        os.path.join(out_dir, "runs", "ar"),
+        recipe.train_config(cache_ar, os.path.join(out_dir, "runs", "ar"), device, progress),
+        acfg,
+        device,
+        export_ar_run,
+        ar_train_flops_per_image,
+    )
     dist.barrier()
     if not dist.is_main():
         return {}
@@ -670,8 +1020,12 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     pipe_ar = ARPipeline.from_pretrained(rows["AR"]["source"], device=device)
     if "VAR" not in rows:  # an already trained VAR (e.g. the bundled model, trained with the same recipe)
         idx = _read_json(os.path.join(str(_model_path(var_model)), "model_index.json")) or {}
-        rows["VAR"] = {"params": sum(p.numel() for p in pipe_var.var.parameters()), "train_seconds": None,
-                       "steps": (idx.get("training") or {}).get("step"), "source": str(var_model)}
+        rows["VAR"] = {
+            "params": sum(p.numel() for p in pipe_var.var.parameters()),
+            "train_seconds": None,
+            "steps": (idx.get("training") or {}).get("step"),
+            "source": str(var_model),
+        }
     pipes = {"VAR": pipe_var, "AR": pipe_ar}
     for name, L, passes in (("VAR", pipe_var.var.L, len(pipe_var.patch_nums)), ("AR", pipe_ar.ar.L, pipe_ar.ar.L)):
         rows[name]["sampling_steps"], rows[name]["tokens_per_image"] = passes, L
@@ -679,6 +1033,7 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
     # --- the judge: the independent MNIST classifier (trained once, reused on re-runs); other data: Inception FID only
     train_dir, val_dir = os.path.join(data, "train"), os.path.join(data, "val")
     from nextscale.data import scan_image_folder
+
     mnist_like = len(scan_image_folder(val_dir)[1]) == mc.NUM_CLASSES
     clf, floor, floor_vals, held_out_acc, n_val, xv = None, None, [], None, None, None
     cpath = classifier or os.path.join(out_dir, "classifier.safetensors")
@@ -693,24 +1048,35 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         val_feats = mc.features(clf, xv)
         for rep in range(1 if quick else 5):
             xt, _, _ = mc.load_split(train_dir, per_class=per_class, seed=rep)
-            floor_vals.append(frechet_distance(*feature_statistics(mc.features(clf, xt)), *feature_statistics(val_feats)))
+            floor_vals.append(
+                frechet_distance(*feature_statistics(mc.features(clf, xt)), *feature_statistics(val_feats))
+            )
         floor = float(np.mean(floor_vals))
         held_out_acc, n_val = mc.accuracy(clf, xv, yv), int(len(yv))
     elif inception_weights is None:
-        raise NextScaleError("this data is not the 10-class MNIST export, so the MNIST classifier cannot judge it: "
-                             "pass inception_weights (and inception_ref, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)")
+        raise NextScaleError(
+            "this data is not the 10-class MNIST export, so the MNIST classifier cannot judge it: "
+            "pass inception_weights (and inception_ref, e.g. ADM's VIRTUAL_imagenet256_labeled.npz)"
+        )
     n_samples = per_class * pipe_var.num_classes
 
     # --- each tokenizer's held-out reconstruction (what each order has to work with)
     from nextscale.data import tokenizer_fingerprint
     from nextscale.evaluation.tokenizer import evaluate_tokenizer
+
     tpath = os.path.join(out_dir, "tokenizer_eval.json")
     tev = _read_json(tpath) or {}
     for name, vae in (("VAR", pipe_var.vqvae), ("AR", pipe_ar.vqvae)):
         fp = tokenizer_fingerprint(vae, vae.v_patch_nums)
         if (tev.get(name) or {}).get("fingerprint") != fp:
             r = evaluate_tokenizer(vae, data, rfid=False, mid_reso=1.0, max_images=None if not quick else 20)
-            tev[name] = {"fingerprint": fp, "psnr": r["psnr"], "ssim": r["ssim"], "usage_any": r["usage_any"], "num_images": r["num_images"]}
+            tev[name] = {
+                "fingerprint": fp,
+                "psnr": r["psnr"],
+                "ssim": r["ssim"],
+                "usage_any": r["usage_any"],
+                "num_images": r["num_images"],
+            }
             _write_json(tpath, tev)
         rows[name]["tokenizer_psnr"], rows[name]["tokenizer_ssim"] = tev[name]["psnr"], tev[name]["ssim"]
 
@@ -726,38 +1092,67 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
         if ev is None or ev.get("key") != want or not os.path.isfile(gpath):
             say(f"sampling {name} ...")
             imgs, labels, secs = _sample(pipe, per_class, sample_batch, settings, recipe.seed)
-            ev = {"key": want, "class_accuracy": None, "fid": None, "precision": None, "recall": None, "n_samples": int(len(labels)),
-                  "seconds_per_image_b50": secs / len(labels) if sample_batch == 50 else None,
-                  "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, settings, recipe.seed)}
+            ev = {
+                "key": want,
+                "class_accuracy": None,
+                "fid": None,
+                "precision": None,
+                "recall": None,
+                "n_samples": int(len(labels)),
+                "seconds_per_image_b50": secs / len(labels) if sample_batch == 50 else None,
+                "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, settings, recipe.seed),
+            }
             if clf is not None:
                 pred = mc.predict(clf, imgs)
                 feats = mc.features(clf, imgs)
                 prec, rec = precision_recall(val_feats, feats, k=3)
-                ev.update(class_accuracy=float((pred == labels).mean()), precision=float(prec), recall=float(rec),
-                          fid=float(frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))))
+                ev.update(
+                    class_accuracy=float((pred == labels).mean()),
+                    precision=float(prec),
+                    recall=float(rec),
+                    fid=float(frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))),
+                )
             if sample_batch != 50:
                 ev["seconds_per_image_b50"] = _time_per_image(pipe, 50, timing_calls, settings, recipe.seed)
             if inception_weights is not None:
                 from nextscale.evaluation import evaluate
+
                 u8 = np.clip(np.rint(imgs * 255), 0, 255).astype(np.uint8)
                 ref = inception_ref if inception_ref is not None else np.asarray(xv, dtype=np.uint8)
                 res = evaluate(u8, ref, inception_weights=inception_weights, device=device, pr=False, sfid=False)
                 ev["inception_fid"] = float(res["fid"])
-            _grid(imgs[:100 * 10], labels[:100 * 10], min(per_class, 10), f"{name} ({rows[name]['params'] / 1e6:.2f}M params)").save(gpath)
+            _grid(
+                imgs[: 100 * 10],
+                labels[: 100 * 10],
+                min(per_class, 10),
+                f"{name} ({rows[name]['params'] / 1e6:.2f}M params)",
+            ).save(gpath)
             _write_json(epath, ev)
         from PIL import Image
+
         grids.append(Image.open(gpath).convert("RGB"))
         rows[name].update({k: v for k, v in ev.items() if k != "key"})
         rows[name]["fid_ratio"] = rows[name]["fid"] / max(floor, 1e-12) if rows[name]["fid"] is not None else None
     _hstack(grids, pad=16).save(os.path.join(out_dir, "ar_vs_var.png"))
-    report = {"study": "ar_vs_var", "quick": quick, "data": os.path.abspath(data), "settings": settings,
-              "recipe": recipe.__dict__, "model_size": {"depth": depth, "width": width, "heads": heads},
-              "tokenizers": {"VAR": "random (quick)" if quick else str(var_tokenizer), "AR": str(ar_tokenizer)},
-              "classifier": {"path": cpath if clf is not None else None, "held_out_accuracy": held_out_acc, "n_val": n_val},
-              "fid_floor": floor, "fid_floor_values": floor_vals, "n_samples": n_samples, "rows": rows,
-              "speedup_b1": rows["AR"]["seconds_per_image_b1"] / rows["VAR"]["seconds_per_image_b1"],
-              "speedup_b50": rows["AR"]["seconds_per_image_b50"] / rows["VAR"]["seconds_per_image_b50"],
-              "threads": torch.get_num_threads(), "device": device, "seconds_this_call": time.perf_counter() - t_start}
+    report = {
+        "study": "ar_vs_var",
+        "quick": quick,
+        "data": os.path.abspath(data),
+        "settings": settings,
+        "recipe": recipe.__dict__,
+        "model_size": {"depth": depth, "width": width, "heads": heads},
+        "tokenizers": {"VAR": "random (quick)" if quick else str(var_tokenizer), "AR": str(ar_tokenizer)},
+        "classifier": {"path": cpath if clf is not None else None, "held_out_accuracy": held_out_acc, "n_val": n_val},
+        "fid_floor": floor,
+        "fid_floor_values": floor_vals,
+        "n_samples": n_samples,
+        "rows": rows,
+        "speedup_b1": rows["AR"]["seconds_per_image_b1"] / rows["VAR"]["seconds_per_image_b1"],
+        "speedup_b50": rows["AR"]["seconds_per_image_b50"] / rows["VAR"]["seconds_per_image_b50"],
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "seconds_this_call": time.perf_counter() - t_start,
+    }
     _write_json(os.path.join(out_dir, "ar_vs_var.json"), report)
     with open(os.path.join(out_dir, "ar_vs_var.md"), "w") as f:
         f.write(ar_vs_var_markdown(report))
@@ -766,6 +1161,7 @@ def _ar_vs_var_study(out_dir, data, var_tokenizer, ar_tokenizer, var_model, dept
 
 def _model_path(name):
     from nextscale.hub import resolve_model_path
+
     return resolve_model_path(name)
 
 
@@ -778,30 +1174,43 @@ def ar_vs_var_markdown(report: Dict[str, Any]) -> str:
 
     def both(key, fmt, scale=1.0, unit=""):
         return f"| {f(rv.get(key), fmt, scale, unit)} | {f(ra.get(key), fmt, scale, unit)} |"
+
     c = report["classifier"]
-    judge = (f"classifier held-out accuracy {100 * c['held_out_accuracy']:.1f} %" if c["held_out_accuracy"] is not None
-             else "no MNIST classifier (not 10-class MNIST data)")
+    judge = (
+        f"classifier held-out accuracy {100 * c['held_out_accuracy']:.1f} %"
+        if c["held_out_accuracy"] is not None
+        else "no MNIST classifier (not 10-class MNIST data)"
+    )
     floor = report["fid_floor"]
-    lines = [f"VAR vs. raster AR at equal size (depth {report['model_size']['depth']}, width {report['model_size']['width']}, "
-             f"{report['model_size']['heads']} heads), same recipe ({report['recipe']['steps']} steps x batch "
-             f"{report['recipe']['batch_size']}); sampling cfg {s['guidance_scale']:g}, top_k {s['top_k']}, top_p {s['top_p']:g}; "
-             f"{report['n_samples']} samples each; {judge}.",
-             "", "| | VAR (next-scale) | AR (raster next-token) |", "|---|---:|---:|",
-             "| parameters " + both("params", ".3f", 1e-6, "M"),
-             "| tokenizer: held-out reconstruction PSNR (dB) " + both("tokenizer_psnr", ".2f"),
-             "| training steps " + both("steps", "d"),
-             "| tokens per image " + both("tokens_per_image", "d"),
-             "| class accuracy of samples " + both("class_accuracy", ".1f", 100, " %"),
-             "| FID (classifier features) vs held-out " + both("fid", ".2f"),
-             f"| FID / real-vs-real floor ({f(floor, '.2f')}) " + both("fid_ratio", ".2f"),
-             "| precision (k=3) " + both("precision", ".3f"),
-             "| recall (k=3) " + both("recall", ".3f")]
+    lines = [
+        f"VAR vs. raster AR at equal size (depth {report['model_size']['depth']}, width "
+        f"{report['model_size']['width']}, "
+        f"{report['model_size']['heads']} heads), same recipe ({report['recipe']['steps']} steps x batch "
+        f"{report['recipe']['batch_size']}); sampling cfg {s['guidance_scale']:g}, top_k {s['top_k']}, top_p "
+        f"{s['top_p']:g}; "
+        f"{report['n_samples']} samples each; {judge}.",
+        "",
+        "| | VAR (next-scale) | AR (raster next-token) |",
+        "|---|---:|---:|",
+        "| parameters " + both("params", ".3f", 1e-6, "M"),
+        "| tokenizer: held-out reconstruction PSNR (dB) " + both("tokenizer_psnr", ".2f"),
+        "| training steps " + both("steps", "d"),
+        "| tokens per image " + both("tokens_per_image", "d"),
+        "| class accuracy of samples " + both("class_accuracy", ".1f", 100, " %"),
+        "| FID (classifier features) vs held-out " + both("fid", ".2f"),
+        f"| FID / real-vs-real floor ({f(floor, '.2f')}) " + both("fid_ratio", ".2f"),
+        "| precision (k=3) " + both("precision", ".3f"),
+        "| recall (k=3) " + both("recall", ".3f"),
+    ]
     if "inception_fid" in rv:
         lines.append("| Inception FID " + both("inception_fid", ".2f"))
-    lines += ["| sampling steps (transformer passes) " + both("sampling_steps", "d"),
-              "| sampling time per image, B=1 " + both("seconds_per_image_b1", ".1f", 1000, " ms"),
-              "| sampling time per image, B=50 " + both("seconds_per_image_b50", ".1f", 1000, " ms"),
-              "| training time " + both("train_seconds", ".0f", 1, " s"),
-              "", f"AR / VAR time per image: {report['speedup_b1']:.1f}x at B=1, {report['speedup_b50']:.1f}x at B=50 "
-              f"({report['threads']} threads, {report['device']})."]
+    lines += [
+        "| sampling steps (transformer passes) " + both("sampling_steps", "d"),
+        "| sampling time per image, B=1 " + both("seconds_per_image_b1", ".1f", 1000, " ms"),
+        "| sampling time per image, B=50 " + both("seconds_per_image_b50", ".1f", 1000, " ms"),
+        "| training time " + both("train_seconds", ".0f", 1, " s"),
+        "",
+        f"AR / VAR time per image: {report['speedup_b1']:.1f}x at B=1, {report['speedup_b50']:.1f}x at B=50 "
+        f"({report['threads']} threads, {report['device']}).",
+    ]
     return "\n".join(lines) + "\n"
