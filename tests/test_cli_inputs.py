@@ -209,7 +209,7 @@ def test_killed_tokenize_partial_folder_is_removed(digits, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out = tmp_path / "cache"
-    leftover = tmp_path / f"cache.partial-{dead.pid}"
+    leftover = tmp_path / f".cache.{dead.pid}.abcd.tmp"  # nextscale.atomic.atomic_dir's temp folder
     (leftover / "train").mkdir(parents=True)
     assert main(["tokenize", "--data", digits, "--tokenizer", "default", "--out", str(out)]) == 0
     assert not leftover.exists() and (out / "meta.json").is_file()

@@ -25,7 +25,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from nextscale.atomic import atomic_dir
 from nextscale.errors import NextScaleError
 
 __all__ = [
@@ -433,18 +433,6 @@ class TokenCache:
         return CachedTokens(os.path.join(self.root, split), self.meta, train=train, hflip=hflip)
 
 
-def _remove_dead_partials(out: str) -> None:
-    """Remove ``OUT.partial-PID/`` folders left by a tokenize run that was killed (its PID is gone)."""
-    import glob
-
-    from nextscale.imageio import _pid_alive
-
-    for d in glob.glob(glob.escape(out.rstrip(os.sep)) + ".partial-*"):
-        pid = d.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _load_npy(path: str, mmap_mode: Optional[str] = None) -> np.ndarray:
     """A numeric ``.npy`` of a token cache; never a pickle (``allow_pickle=False``), one-line errors."""
     try:
@@ -554,74 +542,71 @@ def build_token_cache(
     vocab = int(getattr(vae, "vocab_size", 0) or getattr(vae, "V"))
     dtype = smallest_uint_dtype(vocab)
     views = 2 if flip else 1
-    tmp = f"{out.rstrip(os.sep)}.partial-{os.getpid()}"
-    _remove_dead_partials(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    meta = dict(
-        format=CACHE_FORMAT,
-        version=CACHE_VERSION,
-        fingerprint=fp,
-        patch_nums=[int(p) for p in patch_nums],
-        vocab_size=vocab,
-        dtype=dtype.name,
-        L=L,
-        resolution=int(resolution),
-        mid_reso=mid_reso,
-        views=views,
-        transform="shorter side -> round(mid_reso*resolution), center crop; view 1 = horizontal flip",
-        classes=None,
-        splits={},
-        skipped={},
-    )
-    classes0 = None
-    for split, root in splits.items():
-        samples, classes = scan_image_folder(root)
-        _probe_readable(samples)
-        if classes0 is None:
-            classes0 = classes
-        elif classes != classes0:
-            raise NextScaleError(f"the class folders of {root!r} differ from those of the train split; make them match")
-        ds = _EvalImages(samples, resolution, mid_reso)
-        ld = torch.utils.data.DataLoader(
-            ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate_ok
+    with atomic_dir(out) as tmp_dir:  # a killed run leaves a hidden temp folder that the next run removes
+        tmp = str(tmp_dir)
+        meta = dict(
+            format=CACHE_FORMAT,
+            version=CACHE_VERSION,
+            fingerprint=fp,
+            patch_nums=[int(p) for p in patch_nums],
+            vocab_size=vocab,
+            dtype=dtype.name,
+            L=L,
+            resolution=int(resolution),
+            mid_reso=mid_reso,
+            views=views,
+            transform="shorter side -> round(mid_reso*resolution), center crop; view 1 = horizontal flip",
+            classes=None,
+            splits={},
+            skipped={},
         )
-        os.makedirs(os.path.join(tmp, split))
-        tok = np.lib.format.open_memmap(
-            os.path.join(tmp, split, "tokens.npy"), mode="w+", dtype=dtype, shape=(len(samples), views, L)
-        )
-        labels = np.zeros(len(samples), dtype=np.int64)
-        n = 0
-        for x, y in tqdm(ld, desc=f"tokenize {split}", disable=not progress, unit="batch"):
-            if x is None:
-                continue
-            x = x.to(device)
-            ids = [torch.cat(vae.img_to_idxBl(v), dim=1).cpu().numpy() for v in ((x, x.flip(3)) if flip else (x,))]
-            tok[n : n + len(y), :, :] = np.stack(ids, axis=1).astype(dtype)
-            labels[n : n + len(y)] = y.numpy()
-            n += len(y)
-        tok.flush()
-        del tok
-        skipped = len(samples) - n
-        if skipped:  # drop the unused tail rows: rewrite a compact array
-            full = np.load(os.path.join(tmp, split, "tokens.npy"), mmap_mode="r")
-            np.save(os.path.join(tmp, split, "tokens_compact.npy"), np.ascontiguousarray(full[:n]))
-            del full
-            os.replace(os.path.join(tmp, split, "tokens_compact.npy"), os.path.join(tmp, split, "tokens.npy"))
-            warnings.warn(f"{split}: skipped {skipped} unreadable image(s)", RuntimeWarning)
-        if n == 0:
-            raise NextScaleError(f"no readable images in {root!r}")
-        np.save(os.path.join(tmp, split, "labels.npy"), labels[:n])
-        meta["splits"][split] = n
-        meta["skipped"][split] = skipped
-    meta["classes"] = classes0
-    if save_tokenizer is not None:
-        save_tokenizer(os.path.join(tmp, "tokenizer"))
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+        classes0 = None
+        for split, root in splits.items():
+            samples, classes = scan_image_folder(root)
+            _probe_readable(samples)
+            if classes0 is None:
+                classes0 = classes
+            elif classes != classes0:
+                raise NextScaleError(
+                    f"the class folders of {root!r} differ from those of the train split; make them match"
+                )
+            ds = _EvalImages(samples, resolution, mid_reso)
+            ld = torch.utils.data.DataLoader(
+                ds, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=_collate_ok
+            )
+            os.makedirs(os.path.join(tmp, split))
+            tok = np.lib.format.open_memmap(
+                os.path.join(tmp, split, "tokens.npy"), mode="w+", dtype=dtype, shape=(len(samples), views, L)
+            )
+            labels = np.zeros(len(samples), dtype=np.int64)
+            n = 0
+            for x, y in tqdm(ld, desc=f"tokenize {split}", disable=not progress, unit="batch"):
+                if x is None:
+                    continue
+                x = x.to(device)
+                ids = [torch.cat(vae.img_to_idxBl(v), dim=1).cpu().numpy() for v in ((x, x.flip(3)) if flip else (x,))]
+                tok[n : n + len(y), :, :] = np.stack(ids, axis=1).astype(dtype)
+                labels[n : n + len(y)] = y.numpy()
+                n += len(y)
+            tok.flush()
+            del tok
+            skipped = len(samples) - n
+            if skipped:  # drop the unused tail rows: rewrite a compact array
+                full = np.load(os.path.join(tmp, split, "tokens.npy"), mmap_mode="r")
+                np.save(os.path.join(tmp, split, "tokens_compact.npy"), np.ascontiguousarray(full[:n]))
+                del full
+                os.replace(os.path.join(tmp, split, "tokens_compact.npy"), os.path.join(tmp, split, "tokens.npy"))
+                warnings.warn(f"{split}: skipped {skipped} unreadable image(s)", RuntimeWarning)
+            if n == 0:
+                raise NextScaleError(f"no readable images in {root!r}")
+            np.save(os.path.join(tmp, split, "labels.npy"), labels[:n])
+            meta["splits"][split] = n
+            meta["skipped"][split] = skipped
+        meta["classes"] = classes0
+        if save_tokenizer is not None:
+            save_tokenizer(os.path.join(tmp, "tokenizer"))
+        with open(os.path.join(tmp, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=2)
     return TokenCache.open(out)
 
 

@@ -25,17 +25,15 @@ from: "default", a pipeline or tokenizer directory, a released ``.pth`` / ``.saf
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from nextscale.atomic import atomic_dir
 from nextscale.configs import ConfigError, VARConfig, VQVAEConfig, scale_schedule_256, scale_schedule_512
 from nextscale.errors import CheckpointError, NextScaleError
 from nextscale.models.var import VAR
@@ -49,6 +47,8 @@ __all__ = [
     "load_var",
     "load_components",
     "save_components",
+    "save_model_dir",
+    "read_json",
     "resolve_model_path",
     "DEFAULT_MODEL_DIR",
     "check_state_dict",
@@ -295,7 +295,7 @@ def _reschedule(vae: VQVAE, patch_nums) -> VQVAE:
     return new
 
 
-def _read_json(path: Path, what: str = "a nextscale model directory") -> dict:
+def read_json(path: Path, what: str = "a nextscale model directory") -> dict:
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
@@ -316,19 +316,19 @@ def load_components(
         vae, index = _load_tokenizer_dir(p)
         return vae, None, {"labels": None, "index": index, "source": str(p), "tokenizer_only": True}
     if p.is_dir() and (p / "model_index.json").exists():
-        index = _read_json(p / "model_index.json")
+        index = read_json(p / "model_index.json")
         if index.get("model_type") == "ar":
             raise NextScaleError(
                 f"{p} is a raster-order AR baseline (issue #15), not a VAR pipeline: load it with "
                 f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample --model {p}"
             )
-        vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
-        tcfg = VARConfig.from_dict(_read_json(p / "var" / "config.json"))
+        vcfg = VQVAEConfig.from_dict(read_json(p / "vqvae" / "config.json"))
+        tcfg = VARConfig.from_dict(read_json(p / "var" / "config.json"))
         vae = load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg)
         var = load_var(p / "var" / "model.safetensors", vae, config=tcfg)
         labels = None
         if (p / "labels.json").exists():
-            labels = _read_json(p / "labels.json")
+            labels = read_json(p / "labels.json")
         return vae, var, {"labels": labels, "index": index, "source": str(p)}
     if p.is_dir():
         found = _variants_in(p)
@@ -367,61 +367,40 @@ def load_components(
     return vae, var, {"labels": labels, "source": str(p)}
 
 
-@contextlib.contextmanager
-def _atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temp directory beside ``out`` to fill; on success it is moved into place (an existing
-    ``out`` is swapped out first), on error it is removed."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise NextScaleError(f"{out}: exists and is not a directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        from nextscale.imageio import apply_umask
-
-        apply_umask(tmp)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _write_model_dir(d: Path, model) -> None:
-    """``d/config.json`` + ``d/model.safetensors`` (CPU copies of the weights) of a VQVAE / VAR."""
+def save_model_dir(
+    out_dir,
+    class_name: str,
+    models: Dict[str, torch.nn.Module],
+    labels: Optional[List[str]] = None,
+    extra: Optional[dict] = None,
+) -> Path:
+    """Write a model directory atomically (:func:`nextscale.atomic.atomic_dir`): ``NAME/config.json`` +
+    ``NAME/model.safetensors`` (CPU copies) per entry of ``models``, ``model_index.json`` naming
+    ``class_name`` and each component's class (plus ``extra``), and ``labels.json`` when given. The
+    one writer of pipeline, tokenizer and AR model directories."""
+    from nextscale._version import __version__
     from nextscale.safeload import save_safetensors
 
-    d.mkdir()
-    (d / "config.json").write_text(model.config.to_json())
-    save_safetensors(model.state_dict(), d / "model.safetensors")
-
-
-def _write_index(d: Path, class_name: str, components: Dict[str, List[str]], extra: Optional[dict]) -> None:
-    from nextscale._version import __version__
-
-    index = {"_class_name": class_name, "_nextscale_version": __version__, **components}
-    if extra:
-        index.update(extra)
-    (d / "model_index.json").write_text(json.dumps(index, indent=2))
+    out = Path(out_dir)
+    index = {"_class_name": class_name, "_nextscale_version": __version__}
+    index.update({name: ["nextscale", type(m).__name__] for name, m in models.items()})
+    index.update(extra or {})
+    with atomic_dir(out) as tmp:
+        for name, m in models.items():
+            (tmp / name).mkdir()
+            (tmp / name / "config.json").write_text(m.config.to_json())
+            save_safetensors(m.state_dict(), tmp / name / "model.safetensors")
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if labels is not None:
+            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
+    return out
 
 
 def save_components(
     out_dir, vae: VQVAE, var: VAR, labels: Optional[List[str]] = None, extra: Optional[dict] = None
 ) -> Path:
     """Write a pipeline directory atomically (a temp dir renamed into place)."""
-    out = Path(out_dir)
-    with _atomic_dir(out) as tmp:
-        _write_model_dir(tmp / "vqvae", vae)
-        _write_model_dir(tmp / "var", var)
-        _write_index(tmp, "NextScalePipeline", {"vqvae": ["nextscale", "VQVAE"], "var": ["nextscale", "VAR"]}, extra)
-        if labels is not None:
-            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
-    return out
+    return save_model_dir(out_dir, "NextScalePipeline", {"vqvae": vae, "var": var}, labels=labels, extra=extra)
 
 
 # ------------------------------------------------------------------ tokenizer-only directories
@@ -443,8 +422,8 @@ def is_tokenizer_dir(path) -> bool:
 
 
 def _load_tokenizer_dir(p: Path) -> Tuple[VQVAE, dict]:
-    index = _read_json(p / "model_index.json")
-    vcfg = VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+    index = read_json(p / "model_index.json")
+    vcfg = VQVAEConfig.from_dict(read_json(p / "vqvae" / "config.json"))
     return load_vqvae(p / "vqvae" / "model.safetensors", config=vcfg), index
 
 
@@ -453,7 +432,7 @@ def _load_vqvae_dir(p: Path) -> VQVAE:
     if (p / "model_index.json").is_file():
         return _load_tokenizer_dir(p)[0]
     return load_vqvae(
-        p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(_read_json(p / "vqvae" / "config.json"))
+        p / "vqvae" / "model.safetensors", config=VQVAEConfig.from_dict(read_json(p / "vqvae" / "config.json"))
     )
 
 
@@ -528,11 +507,7 @@ def save_tokenizer(vae: VQVAE, out_dir, extra: Optional[dict] = None) -> Path:
     """Write a tokenizer directory (``model_index.json`` + ``vqvae/``) atomically: it is filled in
     a temp directory beside ``out_dir`` (umask modes) and renamed into place; a failure leaves
     no partial folder. ``extra`` goes into ``model_index.json``."""
-    out = Path(out_dir)
-    with _atomic_dir(out) as tmp:
-        _write_model_dir(tmp / "vqvae", vae)
-        _write_index(tmp, TOKENIZER_CLASS_NAME, {"vqvae": ["nextscale", "VQVAE"]}, extra)
-    return out
+    return save_model_dir(out_dir, TOKENIZER_CLASS_NAME, {"vqvae": vae}, extra=extra)
 
 
 def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Optional[str] = None) -> Path:

@@ -1,22 +1,19 @@
-"""Image I/O with PIL + numpy only: atomic saves, grids with captions, per-scale strips, loading."""
+"""Image I/O with PIL + numpy only: atomic saves (nextscale.atomic), grids with captions, strips, loading."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from nextscale.atomic import atomic_path
 from nextscale.errors import NextScaleError
 
 __all__ = [
-    "atomic_path",
-    "apply_umask",
     "save_image_atomic",
     "make_grid",
     "to_pil",
@@ -61,80 +58,6 @@ def check_writable(path, image: bool = False, name: str = "--out") -> Path:
     if not os.access(parent, os.W_OK):
         raise NextScaleError(f"{p}: directory {parent} is not writable")
     return p
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def apply_umask(path) -> None:
-    """Give ``path`` (a file, or a directory tree) the mode a plain ``open``/``mkdir`` would have:
-    0666 / 0777 minus the umask. Temp files and dirs (``mkstemp``, ``mkdtemp``, safetensors) are
-    created 0600 / 0700, which a rename would otherwise keep."""
-    mask = _umask()
-    path = os.fspath(path)
-    if os.path.isdir(path) and not os.path.islink(path):
-        for root, dirs, files in os.walk(path):
-            os.chmod(root, 0o777 & ~mask)
-            for f in files:
-                fp = os.path.join(root, f)
-                if not os.path.islink(fp):
-                    os.chmod(fp, 0o666 & ~mask)
-    elif os.path.isfile(path):
-        os.chmod(path, 0o666 & ~mask)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _remove_stale_temps(d: str, base: str) -> None:
-    """Remove ``.BASE.PID.XXXX.tmp`` files of writers that died (kill -9) before their rename."""
-    prefix = f".{base}."
-    try:
-        names = os.listdir(d)
-    except OSError:
-        return
-    for n in names:
-        if not (n.startswith(prefix) and n.endswith(".tmp")):
-            continue
-        pid = n[len(prefix) :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            try:
-                os.remove(os.path.join(d, n))
-            except OSError:
-                pass
-
-
-@contextlib.contextmanager
-def atomic_path(path) -> Iterator[str]:
-    """Yield a fresh temp file ``.NAME.XXXX.tmp`` (empty) in ``path``'s directory to write; it is
-    given the umask's mode and moved onto ``path`` with ``os.replace`` when the block succeeds and
-    removed when it raises, so readers never see a half-written file."""
-    path = os.fspath(path)
-    d = os.path.dirname(os.path.abspath(path)) or "."
-    _remove_stale_temps(d, os.path.basename(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{os.getpid()}.", suffix=".tmp", dir=d)
-    except OSError as e:  # name the file the user asked for, not our hidden temp file
-        raise NextScaleError(f"{path}: cannot write here ({e.strerror or type(e).__name__})") from None
-    os.close(fd)
-    try:
-        yield tmp
-        apply_umask(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_image_atomic(img, path, format: Optional[str] = None) -> Path:

@@ -50,9 +50,9 @@ def is_ar_dir(path) -> bool:
 
 
 def _read_json(path: Path):
-    from nextscale.hub import _read_json as read
+    from nextscale.hub import read_json
 
-    return read(path, "an AR model directory (nextscale export of an AR run)")
+    return read_json(path, "an AR model directory (nextscale export of an AR run)")
 
 
 def save_ar_pipeline(
@@ -62,22 +62,12 @@ def save_ar_pipeline(
     labels: Optional[Sequence[str]] = None,
     extra: Optional[Dict[str, Any]] = None,
 ) -> Path:
-    """Write the directory atomically (``nextscale.hub``'s temp-folder-and-rename writer)."""
-    from nextscale.hub import _atomic_dir, _write_index, _write_model_dir
+    """Write the directory atomically (``nextscale.hub.save_model_dir``)."""
+    from nextscale.hub import save_model_dir
 
-    out = Path(out_dir)
-    with _atomic_dir(out) as tmp:
-        _write_model_dir(tmp / "vqvae", vae)
-        _write_model_dir(tmp / "ar", model)
-        _write_index(
-            tmp,
-            AR_CLASS_NAME,
-            {"model_type": "ar", "vqvae": ["nextscale", "VQVAE"], "ar": ["nextscale", "ARTransformer"]},
-            extra,
-        )
-        if labels is not None:
-            (tmp / "labels.json").write_text(json.dumps(list(labels), indent=1))
-    return out
+    return save_model_dir(
+        out_dir, AR_CLASS_NAME, {"vqvae": vae, "ar": model}, labels=labels, extra={"model_type": "ar", **(extra or {})}
+    )
 
 
 def load_ar_model(path, config: ARConfig) -> ARTransformer:

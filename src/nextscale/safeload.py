@@ -118,7 +118,7 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path, metadata: Dict[str,
     with the umask's file mode."""
     from safetensors.torch import save_file
 
-    from nextscale.imageio import atomic_path
+    from nextscale.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)

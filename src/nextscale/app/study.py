@@ -216,10 +216,9 @@ class _threads:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    from nextscale.atomic import write_json
+
+    write_json(path, obj)
 
 
 def _read_json(path: str):

@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
+from nextscale.atomic import atomic_path
 from nextscale.errors import InputError, NextScaleError
-from nextscale.imageio import atomic_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",

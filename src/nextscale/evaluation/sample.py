@@ -205,10 +205,10 @@ def _remove_stale_tmp(out_dir: str) -> None:
 def _save_png(out_dir: str, i: int, img: np.ndarray, rank: int) -> None:
     from PIL import Image
 
-    final = _png(out_dir, i)
-    tmp = os.path.join(out_dir, f".{i:06d}.png.{rank}.tmp")
-    Image.fromarray(img).save(tmp, format="PNG")
-    os.replace(tmp, final)
+    from nextscale.atomic import atomic_path
+
+    with atomic_path(_png(out_dir, i), sweep=False) as tmp:  # swept once per run: _remove_stale_tmp
+        Image.fromarray(img).save(tmp, format="PNG")
 
 
 def _to_uint8(images: np.ndarray) -> np.ndarray:
@@ -373,10 +373,9 @@ def sample_for_fid(
     if not ranks.all_ok(err is None):
         raise NextScaleError(err or "another rank refused this output folder (settings differ); see its error")
     if main and not os.path.isfile(os.path.join(out_dir, META_NAME)):
-        tmp = os.path.join(out_dir, "." + META_NAME + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, os.path.join(out_dir, META_NAME))
+        from nextscale.atomic import write_json
+
+        write_json(os.path.join(out_dir, META_NAME), meta, indent=1)
 
     mine = chunk_plan(total, batch_size, rank, world)
     todo = [(c, m) for c in mine for m in [_missing(out_dir, c)] if m]

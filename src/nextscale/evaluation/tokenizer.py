@@ -14,7 +14,6 @@ Every image of the folder's ``val`` split (or of the folder itself) is resized (
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -184,8 +183,7 @@ def format_report(r: Dict[str, Any]) -> str:
 
 
 def save_json(r: Dict[str, Any], path: str) -> None:
-    tmp = path + ".tmp"
+    from nextscale.atomic import write_json
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(tmp, "w") as f:
-        json.dump(r, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, r, indent=1)

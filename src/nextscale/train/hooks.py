@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from nextscale import dist
+from nextscale.atomic import write_json
 from nextscale.data import ShardedEvalSampler
 from nextscale.train.checkpoint import capture_rng, restore_rng
 from nextscale.train.logging import RunLogger, format_duration
@@ -48,10 +49,7 @@ class Hooks:
             changed = sorted(k for k in set(old) | set(cfg) if old.get(k) != cfg.get(k))
             if changed:
                 self.log.info(f"resuming with changed settings: {', '.join(changed)}")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(cfg, f, indent=2)
-        os.replace(tmp, path)
+        write_json(path, cfg)
 
     def start(self, step: int, n_samples: int) -> None:
         """The start line (before the data loader exists)."""
