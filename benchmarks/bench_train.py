@@ -60,7 +60,8 @@ def train_flops_per_image(var) -> dict:
 
 
 def run(mode: str, data: str, cache: str, args, root: str) -> dict:
-    from nextscale.train.var import VARTrainConfig, train_var
+    from nextscale.train.config import VARTrainConfig
+    from nextscale.train.var import train_var
 
     run_dir = os.path.join(root, f"run-{mode}")
     src = dict(data=data, tokenizer="random") if mode == "images" else dict(cache=cache)

@@ -123,9 +123,10 @@ def main():
 
     # untrained: the same seeded initialisation the multi-scale run starts from
     from nextscale.hub import save_tokenizer
-    from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
+    from nextscale.train.config import TokenizerTrainConfig
+    from nextscale.train.tokenizer import build_vae
 
-    vae = _build_vae(
+    vae = build_vae(
         TokenizerTrainConfig(data=data, preset="mnist", ch=32, num_res_blocks=1, vocab_size=256, z_channels=16, seed=0)
     ).eval()
     save_tokenizer(vae, os.path.join(a.out, "untrained"))

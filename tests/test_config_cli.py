@@ -123,12 +123,32 @@ def test_old_flag_spellings_still_work():
     assert config_from_args(TokenizerTrainConfig, _parse("train-tokenizer", ["--run-dir", "r2"])).run_dir == "r2"
 
 
-def test_configs_still_import_from_their_old_modules():
-    from nextscale.train.loop import TrainConfigBase
-    from nextscale.train.tokenizer import TokenizerTrainConfig as T
-    from nextscale.train.var import VARTrainConfig as V
+def test_configs_live_in_one_module_and_the_loop_config_derives_from_their_base():
+    """One home per config (no re-exports from the loop or the objectives); the loop's LoopConfig is
+    TrainConfigBase plus what a command derives, so each loop setting is declared once."""
+    import torch
 
-    assert V is VARTrainConfig and T is TokenizerTrainConfig and issubclass(V, TrainConfigBase)
+    import nextscale.train.loop as loop
+    import nextscale.train.tokenizer as tok
+    import nextscale.train.var as var
+    from nextscale.train.config import LoopConfig, TrainConfigBase
+
+    assert issubclass(VARTrainConfig, TrainConfigBase) and issubclass(TokenizerTrainConfig, TrainConfigBase)
+    assert not {"TrainConfigBase", "LoopConfig"} & set(loop.__all__) and not hasattr(loop, "TrainConfigBase")
+    assert "VARTrainConfig" not in var.__all__ and "TokenizerTrainConfig" not in tok.__all__
+    assert issubclass(LoopConfig, TrainConfigBase)
+    base = {f.name for f in dataclasses.fields(TrainConfigBase)}
+    own = {f.name for f in dataclasses.fields(LoopConfig)} - base
+    assert own == {"run_dir", "max_steps", "fsdp", "eval_batch_size"}, own
+    tc = VARTrainConfig(batch_size=8, grad_accum=2, ema=0.5, keep_last=2, amp="bf16")
+    lc = tc.loop_config("r", 7, torch.device("cpu"))
+    assert all(getattr(lc, n) == getattr(tc, n) for n in base - {"device", "workers"}), lc
+    assert (lc.run_dir, lc.max_steps, lc.device, lc.workers, lc.fsdp) == ("r", 7, "cpu", 0, False)
+    assert TokenizerTrainConfig().batch_size == 32 and VARTrainConfig().batch_size == 768  # defaults per command
+    with pytest.raises(FieldError, match="^max_steps must be a positive integer"):
+        LoopConfig(run_dir="r", max_steps=0, batch_size=4)
+    with pytest.raises(FieldError, match="^batch_size 6 is not divisible by grad_accum 4"):
+        LoopConfig(run_dir="r", max_steps=1, batch_size=6, grad_accum=4)
 
 
 def test_unknown_keys_get_a_suggestion(capsys):

@@ -10,8 +10,8 @@ import torch
 
 from nextscale import dist
 from nextscale.app.cli import main
+from nextscale.checkpoint import CheckpointFolder
 from nextscale.data import export_mnist
-from nextscale.train.checkpoint import CheckpointManager
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,7 +84,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     assert "2 x cpu" in p.stderr
     assert main(common + ["--run-dir", str(tmp_path / "one")]) == 0
-    (s1, a), (s2, b) = [CheckpointManager(str(tmp_path / r / "checkpoints")).latest() for r in ("one", "ddp")]
+    (s1, a), (s2, b) = [CheckpointFolder(str(tmp_path / r / "checkpoints")).latest() for r in ("one", "ddp")]
     assert s1 == s2 == 5 and b["world_size"] == 2 and len(b["rng"]) == 2
     for k, v in a["modules"]["var"].items():
         torch.testing.assert_close(v, b["modules"]["var"][k], rtol=1e-4, atol=1e-5, msg=k)

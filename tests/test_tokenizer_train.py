@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from nextscale.app.cli import main
+from nextscale.checkpoint import CheckpointFolder
 from nextscale.data import export_mnist
 from nextscale.errors import NextScaleError
-from nextscale.train.checkpoint import CheckpointManager
 
 ARCH = [
     "--preset",
@@ -87,7 +87,7 @@ def _metrics(run, kind="train"):
 
 
 def _final(run):
-    return CheckpointManager(os.path.join(run, "checkpoints")).latest()
+    return CheckpointFolder(os.path.join(run, "checkpoints")).latest()
 
 
 def test_loss_falls_codebook_and_gan_are_logged(trained):
@@ -120,18 +120,15 @@ def test_loss_falls_codebook_and_gan_are_logged(trained):
 def test_export_loads_back_and_feeds_tokenize(trained, digits, tmp_path, capsys):
     from nextscale import hub
     from nextscale.pipelines import NextScalePipeline
-    from nextscale.train import var as var_train
-    from nextscale.train.tokenizer import load_tokenizer
 
     out = str(tmp_path / "tok")
     assert main(["export-tokenizer", trained, "--out", out]) == 0
     assert json.load(open(os.path.join(out, "model_index.json")))["_class_name"] == hub.TOKENIZER_CLASS_NAME
     _, st = _final(trained)
     for vae in (
-        var_train.load_tokenizer(out),
         hub.load_components(out)[0],
-        load_tokenizer(trained),
-        load_tokenizer(out),
+        hub.load_tokenizer(trained),
+        hub.load_tokenizer(out),
     ):
         assert vae.v_patch_nums == (1, 2, 4) and vae.vocab_size == 32
         for k, v in vae.state_dict().items():
@@ -187,9 +184,10 @@ def test_eval_tokenizer_reports_and_draws_scales(trained, digits, tmp_path, caps
     assert Image.open(pic).size == (4 * 16 * 8, 3 * 16 * 8)  # [original, 1, 2, 3 scales] x 3 rows, 8x upscaled
     # the untrained model is far worse
     from nextscale.evaluation.tokenizer import evaluate_tokenizer
-    from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
+    from nextscale.train.config import TokenizerTrainConfig
+    from nextscale.train.tokenizer import build_vae
 
-    fresh = _build_vae(
+    fresh = build_vae(
         TokenizerTrainConfig(data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4))
     ).eval()
     assert evaluate_tokenizer(fresh, digits, rfid=False)["psnr"] < r["psnr"] - 2
@@ -247,7 +245,7 @@ def test_resume_is_bit_identical(digits, tmp_path):
     run = str(tmp_path / "run")
     assert main(_cmd(digits, run)) == 0
     _, ref = _final(run)
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
     for s in (4, 6):  # as if the process had died right after writing step 2
         os.remove(ck.path(s))
     shutil.rmtree(os.path.join(run, "tokenizer"))
@@ -272,7 +270,7 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path, one_thread):
         stdin=subprocess.DEVNULL,
         env=dict(os.environ, OMP_NUM_THREADS="1"),
     )
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
     t0 = time.time()
     while not ck.steps() and p.poll() is None and time.time() - t0 < 120:
         time.sleep(0.02)
@@ -376,13 +374,8 @@ def test_eval_bad_input_is_one_line_error(args, msg, tmp_path, capsys):
 
 # ------------------------------------------------------------------ unit checks of the recipe
 def test_losses_discriminator_and_codebook_stats():
-    from nextscale.train.tokenizer import (
-        PatchDiscriminator,
-        adaptive_weight,
-        codebook_stats,
-        hinge_d_loss,
-        hinge_g_loss,
-    )
+    from nextscale.evaluation.tokenizer import codebook_stats
+    from nextscale.train.tokenizer import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss
 
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     assert hinge_d_loss(real, fake).item() == pytest.approx(0.5 * ((0 + 0.5) / 2 + (0 + 1) / 2))
@@ -403,12 +396,13 @@ def test_losses_discriminator_and_codebook_stats():
 
 def test_dead_codes_are_reinitialised_to_batch_residuals(digits):
     from nextscale.data import ImageFolder
-    from nextscale.train.tokenizer import TokenizerObjective, TokenizerTrainConfig, _build_vae
+    from nextscale.train.config import TokenizerTrainConfig
+    from nextscale.train.tokenizer import TokenizerObjective, build_vae
 
     tc = TokenizerTrainConfig(
         data=digits, ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4), reinit_dead_every=1
     )
-    vae = _build_vae(tc)
+    vae = build_vae(tc)
     ob = TokenizerObjective(vae, None, tc)
     ds = ImageFolder(os.path.join(digits, "train"), 16, train=False)
     x = torch.stack([ds[(i, -1)]["image"] for i in range(8)])
@@ -477,8 +471,9 @@ def _lpips_by_definition(sd, x, y):
 
 
 def test_lpips_from_local_weights(tmp_path, digits):
+    from nextscale.train.config import TokenizerTrainConfig
     from nextscale.train.lpips import LPIPS
-    from nextscale.train.tokenizer import TokenizerTrainConfig, build_tokenizer_run
+    from nextscale.train.tokenizer import TokenizerObjective
 
     torch.manual_seed(0)
     ref = LPIPS()
@@ -516,5 +511,5 @@ def test_lpips_from_local_weights(tmp_path, digits):
         steps=1,
         batch_size=2,
     )
-    ob = build_tokenizer_run(tc, torch.device("cpu"))[0]
+    ob = TokenizerObjective.build(tc, torch.device("cpu")).objective
     assert isinstance(ob.lpips, LPIPS)

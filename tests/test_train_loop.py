@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from nextscale.checkpoint import CheckpointFolder, capture_rng, restore_rng, save_checkpoint
 from nextscale.errors import NextScaleError
 from nextscale.train import (
-    CheckpointManager,
     LoopConfig,
     Objective,
     OptimSpec,
@@ -21,7 +21,6 @@ from nextscale.train import (
     lr_factor,
     param_groups,
 )
-from nextscale.train.checkpoint import atomic_save, capture_rng, restore_rng
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -49,7 +48,7 @@ class ToyObjective(Objective):
     def modules(self):
         return {"net": self.net}
 
-    def configure_optimizers(self, total):
+    def configure_optimizers(self, total, wrapped):
         opt = build_adamw(param_groups(self.net), lr=1e-2)
         return {
             "net": OptimSpec(
@@ -64,7 +63,7 @@ class ToyObjective(Objective):
         if self.kill_at is not None and ctx.step == self.kill_at and ctx.micro == 0:
             os.kill(os.getpid(), signal.SIGTERM)
         with ctx.autocast():
-            logits = self.wrapped["net"](batch["image"])
+            logits = ctx.wrapped["net"](batch["image"])
         loss = nn.functional.cross_entropy(logits.float(), batch["label"])
         ctx.backward(loss, "net")
         return {"loss": loss.detach()}
@@ -90,17 +89,17 @@ def _fit(run_dir, steps=6, kill_at=None, **kw):
 
 
 def _state(run_dir):
-    step, st = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
+    step, st = CheckpointFolder(os.path.join(run_dir, "checkpoints")).latest()
     return step, st
 
 
 @pytest.mark.parametrize("amp,ema,accum", [("none", 0.0, 1), ("bf16", 0.9, 2), ("fp16", 0.0, 1)])
 def test_resume_after_sigterm_is_bit_identical(tmp_path, amp, ema, accum):
-    ref, _ = _fit(tmp_path / "a", amp=amp, ema_decay=ema, grad_accum=accum)
+    ref, _ = _fit(tmp_path / "a", amp=amp, ema=ema, grad_accum=accum)
     assert ref.finished and ref.step == 6
-    cut, _ = _fit(tmp_path / "b", kill_at=3, amp=amp, ema_decay=ema, grad_accum=accum)
+    cut, _ = _fit(tmp_path / "b", kill_at=3, amp=amp, ema=ema, grad_accum=accum)
     assert cut.interrupted == signal.SIGTERM and cut.step == 4 and not cut.finished
-    again, _ = _fit(tmp_path / "b", amp=amp, ema_decay=ema, grad_accum=accum)
+    again, _ = _fit(tmp_path / "b", amp=amp, ema=ema, grad_accum=accum)
     assert again.finished
     (sa, a), (sb, b) = _state(tmp_path / "a"), _state(tmp_path / "b")
     assert sa == sb == 6
@@ -135,7 +134,7 @@ def test_grad_accum_equals_big_batch(tmp_path):
 
 def test_rerun_of_finished_run_is_a_noop(tmp_path):
     _fit(tmp_path, steps=2)
-    ck = CheckpointManager(os.path.join(tmp_path, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(tmp_path, "checkpoints"))
     p = ck.path(2)
     before = os.stat(p)
     metrics = (tmp_path / "metrics.jsonl").read_bytes()
@@ -158,7 +157,7 @@ def test_bad_batch_sizes(tmp_path):
 
 
 def test_checkpoint_manager_ignores_partial_and_corrupt(tmp_path):
-    m = CheckpointManager(str(tmp_path), keep_last=2)
+    m = CheckpointFolder(str(tmp_path), keep_last=2)
     for s in (2, 4, 6):
         m.save(s, {"step": s, "w": torch.full((3,), float(s))})
     assert m.steps() == [4, 6]  # pruned to the last 2
@@ -171,16 +170,16 @@ def test_checkpoint_manager_ignores_partial_and_corrupt(tmp_path):
     assert not any(f.startswith(".") for f in os.listdir(tmp_path))
 
 
-def test_atomic_save_leaves_old_file_on_failure(tmp_path):
+def test_save_checkpoint_leaves_old_file_on_failure(tmp_path):
     p = tmp_path / "x.pt"
-    atomic_save({"a": 1}, str(p))
+    save_checkpoint({"a": 1}, str(p))
 
     class Boom:
         def __reduce__(self):
             raise RuntimeError("boom")
 
     with pytest.raises(Exception):
-        atomic_save({"a": Boom()}, str(p))
+        save_checkpoint({"a": Boom()}, str(p))
     assert torch.load(p) == {"a": 1} and os.listdir(tmp_path) == ["x.pt"]
 
 

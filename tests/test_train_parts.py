@@ -37,7 +37,7 @@ def _same(a, b):
 
 def _tokenizer_run(run, vae, ema_vae=None, step=3):
     """A train-tokenizer run folder with one checkpoint in the loop's format (no training needed)."""
-    from nextscale.train.checkpoint import CheckpointManager
+    from nextscale.checkpoint import CheckpointFolder
 
     st = {
         "format": "nextscale-train",
@@ -47,7 +47,7 @@ def _tokenizer_run(run, vae, ema_vae=None, step=3):
     }
     if ema_vae is not None:
         st["ema"] = {"vae": ema_vae.state_dict()}
-    return CheckpointManager(os.path.join(run, "checkpoints")).save(step, st)
+    return CheckpointFolder(os.path.join(run, "checkpoints")).save(step, st)
 
 
 # ------------------------------------------------------------------ hub.save_tokenizer / hub.load_tokenizer
@@ -102,10 +102,10 @@ def test_load_tokenizer_errors(tmp_path):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(NextScaleError, match="no readable checkpoint"):
         hub.load_tokenizer(tmp_path / "run")
-    from nextscale.train.checkpoint import atomic_save
+    from nextscale.checkpoint import save_checkpoint
 
     var_ckpt = str(tmp_path / "step_00000001.pt")
-    atomic_save({"format": "nextscale-train", "step": 1, "modules": {"var": {}}, "config": {"model": {}}}, var_ckpt)
+    save_checkpoint({"format": "nextscale-train", "step": 1, "modules": {"var": {}}, "config": {"model": {}}}, var_ckpt)
     with pytest.raises(NextScaleError, match="not a tokenizer training checkpoint"):
         hub.load_tokenizer(var_ckpt)
 
@@ -180,7 +180,8 @@ class _Evil:
 
 
 class _Toy:
-    """The objective surface the collaborators read: modules, optim_specs, ema_modules, state."""
+    """The objective surface the collaborators read (modules, ema_modules, state), plus the optimizer
+    specs the trainer would hold (handed to the checkpointer with set_optimizers)."""
 
     def __init__(self, seed=0):
         torch.manual_seed(seed)
@@ -217,7 +218,7 @@ class _Log:
 
 
 def _parts(folder, keep_last=2, amp="none", ema=0.9, seed=0):
-    from nextscale.train.checkpointer import Checkpointer
+    from nextscale.checkpoint import Checkpointer
     from nextscale.train.ema import EMAHolder
     from nextscale.train.parallel import Parallel
     from nextscale.train.precision import Precision
@@ -244,6 +245,7 @@ def _parts(folder, keep_last=2, amp="none", ema=0.9, seed=0):
         run_config={"x": 1},
         log=log,
     )
+    ck.set_optimizers(ob.optim_specs)
     return ob, prec, holder, ck, log
 
 
@@ -299,9 +301,9 @@ def test_checkpointer_refused_pickle_stops_the_resume(tmp_path):
     assert not marker.exists()
     os.remove(ck.path(2))
     os.remove(tmp_path / "ck" / "step_00000003.pt")
-    from nextscale.train.checkpoint import atomic_save
+    from nextscale.checkpoint import save_checkpoint
 
-    atomic_save({"step": 4, "format": "something-else"}, ck.path(4))
+    save_checkpoint({"step": 4, "format": "something-else"}, ck.path(4))
     with pytest.raises(NextScaleError, match="not a nextscale training checkpoint"):
         ck.find_latest()
 
@@ -332,7 +334,7 @@ def test_precision_refuses_a_non_finite_grad_norm_without_a_scaler(tmp_path):
     with pytest.raises(
         NonFiniteError,
         match=r"step 5: the gradient norm of 'net' is nan; stopped before updating the "
-        r"weights; the last good checkpoint is X \(lower --lr or set --grad-clip\)",
+        r"weights; the last good checkpoint is X \(lower lr or set grad_clip\)",
     ):
         Precision("none", torch.device("cpu")).step(specs, ["net"], 4, guard)
     assert torch.equal(p.detach(), torch.ones(3))  # never written
@@ -356,7 +358,7 @@ def test_precision_refuses_a_non_finite_grad_norm_without_a_scaler(tmp_path):
 def test_precision_autocast_backward_and_state():
     from nextscale.train.precision import Precision
 
-    with pytest.raises(NextScaleError, match="--amp must be none, bf16 or fp16"):
+    with pytest.raises(NextScaleError, match="^amp must be none, bf16 or fp16"):
         Precision("fp8", torch.device("cpu"))
     with Precision("bf16", torch.device("cpu")).autocast():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
@@ -400,7 +402,7 @@ def test_ema_holder(tmp_path):
     off = EMAHolder(0.0)
     off.build(ob)
     assert off.emas == {} and off.state_dict() == {}
-    with pytest.raises(NextScaleError, match="--ema is not supported with --fsdp"):
+    with pytest.raises(NextScaleError, match="^ema is not supported with fsdp"):
         EMAHolder(0.9, fsdp=True).build(ob)
     h = EMAHolder(0.5)
     held = h.emas  # what an objective keeps from before fit() (its training samples use the EMA)
@@ -435,9 +437,9 @@ def test_stop_signals():
 
 
 def test_hooks_average_micro_batches_and_steps(tmp_path):
+    from nextscale.train.config import LoopConfig
     from nextscale.train.hooks import Hooks
     from nextscale.train.logging import RunLogger
-    from nextscale.train.loop import LoopConfig
 
     cfg = LoopConfig(run_dir=str(tmp_path), max_steps=4, batch_size=4, grad_accum=2, log_every=2, progress=False)
     log = RunLogger(str(tmp_path), tensorboard=False, echo=False)
@@ -471,13 +473,14 @@ def test_trainer_fit_is_a_short_loop():
 def test_tokenizer_beta_is_set_through_the_config(tmp_path):
     """--beta is a VQVAEConfig field: the trainer builds the model with it (never sets quantize.beta
     from outside), so the exported config.json says which commitment weight it was trained with."""
-    from nextscale.train.tokenizer import TokenizerTrainConfig, _build_vae
+    from nextscale.train.config import TokenizerTrainConfig
+    from nextscale.train.tokenizer import build_vae
 
     arch = dict(preset="mnist", ch=32, num_res_blocks=1, vocab_size=32, patch_nums=(1, 2, 4))
-    vae = _build_vae(TokenizerTrainConfig(beta=0.5, **arch))
+    vae = build_vae(TokenizerTrainConfig(beta=0.5, **arch))
     assert vae.config.beta == 0.5 and vae.quantize.beta == 0.5
-    assert _build_vae(TokenizerTrainConfig(**arch)).quantize.beta == 0.25
+    assert build_vae(TokenizerTrainConfig(**arch)).quantize.beta == 0.25
     out = hub.save_tokenizer(vae, tmp_path / "tok")
     assert hub.load_tokenizer(out).config.beta == 0.5
-    ft = _build_vae(TokenizerTrainConfig(init=str(out), beta=0.75))
+    ft = build_vae(TokenizerTrainConfig(init=str(out), beta=0.75))
     assert ft.config.beta == 0.75 and ft.quantize.beta == 0.75

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nextscale.app.cli import main
+from nextscale.checkpoint import CheckpointFolder
 from nextscale.data import TokenCache
-from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.var import progressive_stage
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,7 +23,7 @@ QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
 
 
 def _final(run):
-    step, st = CheckpointManager(os.path.join(run, "checkpoints")).latest()
+    step, st = CheckpointFolder(os.path.join(run, "checkpoints")).latest()
     return step, st
 
 
@@ -257,7 +257,7 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
     p = subprocess.Popen(
         [sys.executable, "-m", "nextscale"] + cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
     t0 = time.time()
     while not ck.steps() and p.poll() is None and time.time() - t0 < 300:
         time.sleep(0.02)

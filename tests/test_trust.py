@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from nextscale.app.cli import main
+from nextscale.checkpoint import CheckpointFolder
 from nextscale.errors import NonFiniteError
 from nextscale.safeload import UnsafeFileError, load_torch
-from nextscale.train.checkpoint import CheckpointManager
 from nextscale.train.optim import EMA
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,7 +103,7 @@ def _copy_run(run, tmp_path, evil_step=99):
     shutil.copytree(run, dst)
     marker = tmp_path / "PWNED"
     plant(
-        CheckpointManager(os.path.join(dst, "checkpoints")).path(evil_step),
+        CheckpointFolder(os.path.join(dst, "checkpoints")).path(evil_step),
         marker,
         wrap=lambda e: {"format": "nextscale-train", "step": evil_step, "modules": e},
     )
@@ -218,7 +218,7 @@ def test_planted_pickle_in_model_and_weight_paths(place, tmp_path, digits, capsy
 @pytest.mark.parametrize("place", ["export", "resume", "export_step_file"])
 def test_planted_pickle_in_var_run_folder(place, var_run, cache, tmp_path, capsys):
     run, marker = _copy_run(var_run, tmp_path)
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
     argv = {
         "export": ["export", run, "--out", str(tmp_path / "m")],
         "export_step_file": ["export", ck.path(99), "--out", str(tmp_path / "m")],
@@ -237,7 +237,7 @@ def test_planted_pickle_in_var_run_folder(place, var_run, cache, tmp_path, capsy
 def test_planted_pickle_in_tokenizer_run_folder(place, tok_run, digits, tmp_path, capsys):
     run, marker = _copy_run(tok_run, tmp_path)
     shutil.rmtree(os.path.join(run, "tokenizer"), ignore_errors=True)  # force the checkpoint path
-    step = CheckpointManager(os.path.join(run, "checkpoints")).path(99)
+    step = CheckpointFolder(os.path.join(run, "checkpoints")).path(99)
     argv = {
         "export_tokenizer": ["export-tokenizer", run, "--out", str(tmp_path / "m")],
         "eval_tokenizer_step": [
@@ -313,7 +313,7 @@ def test_token_cache_with_pickled_arrays_is_refused(cache, tmp_path, capsys):
 def test_training_checkpoints_load_tensors_only(var_run, tok_run):
     """What the trainers write is readable by the safe loader (no fallback is ever needed)."""
     for run in (var_run, tok_run):
-        ck = CheckpointManager(os.path.join(run, "checkpoints"))
+        ck = CheckpointFolder(os.path.join(run, "checkpoints"))
         st = load_torch(ck.path(ck.steps()[-1]))
         assert st["step"] == ck.steps()[-1] and st["rng"] and st["optimizers"]
 
@@ -438,7 +438,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(cache, tmp_
         "1",
     ] + QUIET
     assert main(base + ["--steps", "2"]) == 0
-    ck = CheckpointManager(os.path.join(run, "checkpoints"))
+    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
     good = ck.path(2)
     before = (os.stat(good).st_mtime_ns, load_torch(good)["modules"]["var"])
 

@@ -439,7 +439,7 @@ def _load_vqvae_dir(p: Path) -> VQVAE:
 def tokenizer_from_checkpoint(path, state: Optional[Dict[str, Any]] = None, weights: str = "auto") -> Tuple[VQVAE, str]:
     """(frozen eval-mode VQ-VAE, "ema" | "raw") of a ``train-tokenizer`` checkpoint ``step_*.pt``
     (``state``: the file's content when already read); ``weights`` "auto" takes the EMA when kept."""
-    from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, load_checkpoint
+    from nextscale.checkpoint import CKPT_FORMAT, checkpoint_weights, load_checkpoint
 
     if state is None:
         state = load_checkpoint(path)
@@ -477,7 +477,7 @@ def load_tokenizer(source, v_patch_nums=None, preset=None, seed: int = 0) -> VQV
             f"tokenizer {None if source is None else os.fspath(source)!r} not found; "
             f"pass a tokenizer/pipeline directory, a run folder or a vae_*.pth"
         )
-    from nextscale.runfiles import CKPT_FORMAT, find_checkpoint, load_checkpoint
+    from nextscale.checkpoint import CKPT_FORMAT, find_checkpoint, load_checkpoint
 
     src = os.fspath(source)
     p = Path(src)

@@ -8,7 +8,7 @@ beyond tensors, numbers, strings, lists, tuples and dicts is refused, whatever t
 that says what the file is not and what to pass instead.
 
 Training checkpoints are written so that this loader accepts them: their non-tensor state is
-plain Python (ints, floats, strings, tuples, dicts; see ``train/checkpoint.py``).
+plain Python (ints, floats, strings, tuples, dicts; see ``nextscale.checkpoint``).
 """
 
 from __future__ import annotations

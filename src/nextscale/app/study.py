@@ -351,11 +351,11 @@ def _build_var_objective(tc, var_cfg, device):
     from nextscale.configs import ModelConfig
     from nextscale.data import tokenizer_fingerprint
     from nextscale.models import VAR
-    from nextscale.train.var import VARObjective, _build_data, _resolve_tokenizer
+    from nextscale.train.var import VARObjective, build_class_data, resolve_tokenizer
 
     tc.validate()
-    vae = _resolve_tokenizer(tc, None).eval().requires_grad_(False)
-    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
+    vae = resolve_tokenizer(tc, None).eval().requires_grad_(False)
+    train_set, val_set, classes = build_class_data(tc, vae, vae.resolution)
     var_cfg = var_cfg.replace(
         num_classes=max(1, len(classes)), patch_nums=tuple(vae.v_patch_nums), cond_drop_rate=tc.cond_drop
     )
@@ -391,8 +391,8 @@ def _build_var_objective(tc, var_cfg, device):
 def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     """Train (or resume, or find finished) one run; returns the objective (weights = the final ones),
     the held-out dataset and what happened (steps before / after, seconds of this call and in all)."""
+    from nextscale.checkpoint import checkpoint_steps
     from nextscale.hub import save_tokenizer
-    from nextscale.runfiles import checkpoint_steps
     from nextscale.train.loop import Trainer
 
     dev = dist.init_distributed(device)  # torchrun: this rank's GPU (a no-op for a plain launch)
@@ -400,9 +400,9 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
         ob, train_set, val_set, run_config, total = _build_var_objective(tc, model_cfg, dev)
         model = ob.var
     else:
-        from nextscale.train.ar import build_ar_run
+        from nextscale.train.ar import ARObjective
 
-        ob, train_set, val_set, run_config, total = build_ar_run(tc, dev, model_cfg)
+        ob, train_set, val_set, run_config, total = ARObjective.build(tc, dev, model_cfg)
         model = ob.ar
     run_dir = tc.run_dir
     os.makedirs(run_dir, exist_ok=True)
@@ -414,14 +414,12 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
     dist.barrier()
     before = max(checkpoint_steps(os.path.join(run_dir, "checkpoints")) or [0])
     trainer = Trainer(ob, tc.loop_config(run_dir, total, dev), train_set, None, run_config=run_config)
-    ob.emas = trainer.emas
     t0 = time.perf_counter()
     try:
         res = trainer.fit()
     finally:
         trainer.log.close()
     secs = time.perf_counter() - t0
-    ob.emas = trainer.emas
     tpath = os.path.join(run_dir, "study_time.json")
     times = _read_json(tpath) or {"train_seconds": 0.0, "calls": []}
     if res.step > before and dist.is_main():
@@ -432,8 +430,8 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
         raise NextScaleError(
             f"{run_dir}: training stopped at step {res.step} of {total} (interrupted); re-run to continue"
         )
-    if tc.ema > 0 and kind in ob.emas:  # evaluate (and export) what an export would ship: the EMA weights
-        ob.emas[kind].copy_to(model)
+    if tc.ema > 0 and kind in res.ema:  # evaluate (and export) what an export would ship: the EMA weights
+        res.ema[kind].copy_to(model)
     model.eval()
     n_params = sum(p.numel() for p in model.parameters())
     return {
@@ -513,8 +511,8 @@ def _scaling_study(
 ):
     from tqdm.auto import tqdm
 
+    from nextscale.checkpoint import checkpoint_steps
     from nextscale.configs import VARConfig
-    from nextscale.runfiles import checkpoint_steps
 
     say = log or (lambda s: None)
     os.makedirs(out_dir, exist_ok=True)

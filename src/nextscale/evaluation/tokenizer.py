@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from nextscale.data import MID_RESO
 from nextscale.errors import NextScaleError
 
 __all__ = ["evaluate_tokenizer", "format_report", "codebook_stats", "per_scale_reconstructions", "scale_grid"]
@@ -82,7 +83,7 @@ def _evaluate(
     inception_weights: Optional[str] = None,
     rfid: bool = True,
     device=None,
-    mid_reso: float = 1.125,
+    mid_reso: float = MID_RESO,
     workers: int = 0,
     progress: bool = False,
 ) -> Dict[str, Any]:

@@ -9,6 +9,8 @@ teacher forcing over the tokens of a single-scale tokenizer in raster order.
     train_ar(tc)                      # re-running continues from the newest checkpoint
     export_ar_run("runs/ar", "runs/ar/model")   # -> ARPipeline.from_pretrained(...)
 
+Both are :mod:`nextscale.train.run`'s one path with :class:`ARObjective`.
+
 The settings are :class:`~nextscale.train.config.VARTrainConfig`'s (one source of the recipe; the
 progressive-training fields do not apply); ``preset`` names an AR preset (``ar-mnist``, ``ar-d16`` …,
 ``nextscale.models.ar.AR_PRESETS``) unless ``train_ar(tc, config=ARConfig(...))`` gives the model.
@@ -22,9 +24,6 @@ dropout is drawn from each sample's seed (``u_drop``), as VAR's, so resume and D
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -35,16 +34,16 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.configs import ConfigError
 from nextscale.data import tokenizer_fingerprint
-from nextscale.errors import NextScaleError
-from nextscale.hub import save_tokenizer
+from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.hub import load_tokenizer
 from nextscale.models.ar import ARConfig, ARTransformer, get_ar_preset
-from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.train.config import VARTrainConfig
-from nextscale.train.loop import FitResult, Objective, StepContext, run_fit
+from nextscale.train.loop import FitResult, Objective, RunParts, StepContext
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
-from nextscale.train.var import NO_DECAY_KEYS, _build_data, _resolve_tokenizer
+from nextscale.train.run import export, train
+from nextscale.train.var import NO_DECAY_KEYS, VARObjective, build_class_data, derived_schedule, resolve_tokenizer
 
-__all__ = ["ARObjective", "build_ar_run", "train_ar", "export_ar_run", "AR_NO_DECAY_KEYS"]
+__all__ = ["ARObjective", "train_ar", "export_ar_run", "AR_NO_DECAY_KEYS"]
 
 #: VAR's no-decay names plus the token embedding's table (a lookup, like the position embeddings).
 AR_NO_DECAY_KEYS = NO_DECAY_KEYS + ("tok_embed",)
@@ -52,6 +51,9 @@ AR_NO_DECAY_KEYS = NO_DECAY_KEYS + ("tok_embed",)
 
 class ARObjective(Objective):
     """Teacher-forced next-token prediction over one raster-ordered token map."""
+
+    kind, exports, model_key, title = "ar", "ar", "ar", "AR baseline"
+    train_hint = "nextscale.train.ar.train_ar"
 
     def __init__(
         self,
@@ -68,18 +70,13 @@ class ARObjective(Objective):
         self.labels = labels
         self.cond_drop = ar.config.cond_drop_rate if tc.cond_drop is None else float(tc.cond_drop)
         self.V, self.L = ar.V, ar.L
-        self.emas = {}
 
     # ---- loop interface ----
     def modules(self):
         return {"ar": self.ar}
 
-    def distribute(self, wrapped):
-        self.wrapped = wrapped
-        self.vae.to(next(self.ar.parameters()).device)
-
-    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
-        model = self.wrapped["ar"]
+    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
+        model = wrapped["ar"]
         opt = build_adamw(param_groups(model, AR_NO_DECAY_KEYS), lr=self.peak_lr)
         sched = Schedule(
             lr=self.peak_lr,
@@ -124,7 +121,7 @@ class ARObjective(Objective):
         drop_B = batch["u_drop"].to(dev) < self.cond_drop
         label_B = torch.where(drop_B, torch.full_like(label_B, self.ar.num_classes), label_B)
         with ctx.autocast():
-            logits_BLV = self.wrapped["ar"](label_B, gt_BL, cond_drop_rate=0.0)
+            logits_BLV = ctx.wrapped["ar"](label_B, gt_BL, cond_drop_rate=0.0)
         B = gt_BL.shape[0]
         loss_BL = F.cross_entropy(
             logits_BLV.float().reshape(-1, self.V),
@@ -163,14 +160,14 @@ class ARObjective(Objective):
         return self._metrics(self.ar(batch["label"].to(dev), gt_BL), gt_BL, mean=False)
 
     @torch.no_grad()
-    def sample_images(self, step: int):
+    def sample_images(self, step: int, ema):
         from nextscale.pipeline_ar import ARPipeline
 
         ar = self.ar
         dev = next(ar.parameters()).device
-        if "ar" in self.emas:
+        if "ar" in ema:
             ar = ARTransformer(self.ar.config).to(dev)
-            self.emas["ar"].copy_to(ar)
+            ema["ar"].copy_to(ar)
         was = ar.training
         pipe = ARPipeline(self.vae, ar)
         try:
@@ -188,6 +185,70 @@ class ARObjective(Objective):
             ar.train(was)
         return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
 
+    @classmethod
+    def build(cls, tc: VARTrainConfig, device: torch.device, config: Optional[ARConfig] = None) -> RunParts:
+        """(objective, train_set, val_set, run_config, total_steps) of an AR run (no training); ``config``:
+        the model instead of ``tc.preset``'s (its vocabulary, side and classes come from the tokenizer
+        and the data)."""
+        tc.validate()
+        if tc.init is not None:
+            raise FieldError(
+                "fine-tuning (", FieldName("init"), ") is not supported for the AR baseline; train from scratch"
+            )
+        vae = resolve_tokenizer(tc, None)
+        if vae is None:
+            raise FieldError("pass ", FieldName("tokenizer"), " MODEL: a single-scale VQ-VAE (patch_nums of one scale)")
+        vae.eval().requires_grad_(False)
+        train_set, val_set, classes = build_class_data(tc, vae, vae.resolution)
+        n_cls = max(1, len(classes))
+        cfg = _ar_config(tc, config, vae, n_cls)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(tc.seed)
+            ar = ARTransformer(cfg)
+            ar.init_weights(
+                init_adaln=tc.init_adaln,
+                init_adaln_gamma=tc.init_adaln_gamma,
+                init_head=tc.init_head,
+                init_std=tc.init_std,
+            )
+        vae.to(device)
+        iters_per_epoch, total, warmup, lr = derived_schedule(tc, len(train_set))
+        labels = list(classes)
+        ob = cls(vae, ar, tc, total, warmup, lr, labels)
+        run_config = {
+            "kind": cls.kind,
+            "train": tc.to_dict(),
+            "model": {"vqvae": vae.config.to_dict(), "ar": cfg.to_dict()},
+            "classes": labels,
+            "derived": {
+                "steps": total,
+                "warmup_steps": warmup,
+                "lr": lr,
+                "world_size": dist.get_world_size(),
+                "iters_per_epoch": iters_per_epoch,
+                "train_samples": len(train_set),
+                "val_samples": len(val_set) if val_set is not None else 0,
+                "params": sum(p.numel() for p in ar.parameters()),
+                "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
+            },
+        }
+        return RunParts(ob, train_set, val_set, run_config, total)
+
+    prepare_run_dir = VARObjective.prepare_run_dir  # the tokenizer beside the checkpoints (self.vae)
+
+    @classmethod
+    def save_export(cls, state, weights, run_dir: str, out: str, extra) -> None:
+        """An AR model directory (``ARPipeline.from_pretrained(out)``) of the run's tokenizer and the
+        transformer with ``weights``."""
+        from nextscale.pipeline_ar import save_ar_pipeline
+
+        cfg = state.get("config", {})
+        vae = load_tokenizer(os.path.join(run_dir, "tokenizer"))
+        ar = ARTransformer(ARConfig.from_dict(cfg["model"]["ar"]))
+        ar.load_state_dict(weights)
+        labels = cfg.get("classes")
+        save_ar_pipeline(out, vae, ar.eval(), labels=labels if labels and any(labels) else None, extra=extra)
+
 
 def _ar_config(tc: VARTrainConfig, config: Optional[ARConfig], vae, n_cls: int) -> ARConfig:
     if config is None:
@@ -198,7 +259,7 @@ def _ar_config(tc: VARTrainConfig, config: Optional[ARConfig], vae, n_cls: int) 
     if len(vae.v_patch_nums) != 1:
         raise NextScaleError(
             f"the AR baseline trains on a single-scale tokenizer; this one has scales {list(vae.v_patch_nums)} "
-            f"(train one with: nextscale train-tokenizer --patch-nums {vae.v_patch_nums[-1]} ...)"
+            f"(train one with a single scale, patch_nums ({vae.v_patch_nums[-1]},))"
         )
     config = config.replace(vocab_size=int(vae.vocab_size), side=int(vae.v_patch_nums[-1]), num_classes=n_cls)
     if tc.cond_drop is not None:
@@ -208,107 +269,13 @@ def _ar_config(tc: VARTrainConfig, config: Optional[ARConfig], vae, n_cls: int) 
     return config
 
 
-def build_ar_run(tc: VARTrainConfig, device: torch.device, config: Optional[ARConfig] = None):
-    """(objective, train_set, val_set, run_config, total_steps) of an AR run (no training)."""
-    tc.validate()
-    if tc.init is not None:
-        raise NextScaleError("fine-tuning (init) is not supported for the AR baseline; train it from scratch")
-    vae = _resolve_tokenizer(tc, None)
-    if vae is None:
-        raise NextScaleError("pass tokenizer=MODEL: a single-scale VQ-VAE (train-tokenizer --patch-nums N)")
-    vae.eval().requires_grad_(False)
-    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
-    n_cls = max(1, len(classes))
-    cfg = _ar_config(tc, config, vae, n_cls)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(tc.seed)
-        ar = ARTransformer(cfg)
-        ar.init_weights(
-            init_adaln=tc.init_adaln, init_adaln_gamma=tc.init_adaln_gamma, init_head=tc.init_head, init_std=tc.init_std
-        )
-    vae.to(device)
-    iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
-    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters_per_epoch)))
-    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
-    lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
-    labels = list(classes)
-    ob = ARObjective(vae, ar, tc, total, warmup, lr, labels)
-    run_config = {
-        "kind": "ar",
-        "train": tc.to_dict(),
-        "model": {"vqvae": vae.config.to_dict(), "ar": cfg.to_dict()},
-        "classes": labels,
-        "derived": {
-            "steps": total,
-            "warmup_steps": warmup,
-            "lr": lr,
-            "world_size": dist.get_world_size(),
-            "iters_per_epoch": iters_per_epoch,
-            "train_samples": len(train_set),
-            "val_samples": len(val_set) if val_set is not None else 0,
-            "params": sum(p.numel() for p in ar.parameters()),
-            "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
-        },
-    }
-    return ob, train_set, val_set, run_config, total
-
-
 def train_ar(tc: VARTrainConfig, config: Optional[ARConfig] = None) -> FitResult:
-    """Train (or resume) an AR run; under torchrun for DDP (the process group is joined here)."""
-    tc.validate()
-    device = dist.init_distributed(tc.device)
-    run_dir = tc.run_dir or os.path.join("runs", f"ar-{tc.preset}")
-    tc = dataclasses.replace(tc, run_dir=run_dir)
-    ob, train_set, val_set, run_config, total = build_ar_run(tc, device, config)
-    if dist.is_main():
-        cfg_path = os.path.join(run_dir, "config.json")
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            if old.get("kind") != "ar" or old.get("model", {}).get("ar") != run_config["model"]["ar"]:
-                raise NextScaleError(
-                    f"{run_dir!r} holds a run of another model; use a new run folder or the same preset"
-                )
-            if old.get("derived", {}).get("tokenizer_fingerprint") not in (
-                None,
-                run_config["derived"]["tokenizer_fingerprint"],
-            ):
-                raise NextScaleError(
-                    f"{run_dir!r} was trained with another tokenizer; use a new run folder or the same tokenizer"
-                )
-        tok_dir = os.path.join(run_dir, "tokenizer")
-        if not os.path.isdir(tok_dir):
-            save_tokenizer(ob.vae, tok_dir)
-    dist.barrier()
-    return run_fit(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config)
+    """Train (or resume) an AR run; under torchrun for DDP (the process group is joined there).
+    ``config``: the model instead of ``tc.preset``'s."""
+    return train(ARObjective, tc, config=config)
 
 
 def export_ar_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """An AR run's newest checkpoint -> an AR model directory (``ARPipeline.from_pretrained(out)``).
     ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
-    from nextscale.hub import load_tokenizer
-    from nextscale.pipeline_ar import save_ar_pipeline
-
-    path, state = find_checkpoint(
-        run,
-        "pass an AR run folder (with checkpoints/) or a step_*.pt file",
-        f"train_ar(VARTrainConfig(run_dir={run!r}, ...))",
-    )
-    if state.get("format") != CKPT_FORMAT or "ar" not in state.get("modules", {}):
-        raise NextScaleError(f"{path} is not an AR training checkpoint")
-    cfg = state.get("config", {})
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    vae = load_tokenizer(os.path.join(run_dir, "tokenizer"))
-    ar = ARTransformer(ARConfig.from_dict(cfg["model"]["ar"]))
-    sd, use = checkpoint_weights(state, "ar", weights, path)
-    ar.load_state_dict(sd)
-    labels = cfg.get("classes")
-    labels = labels if labels and any(labels) else None
-    save_ar_pipeline(
-        out,
-        vae,
-        ar.eval(),
-        labels=labels,
-        extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}},
-    )
-    return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}
+    return export(ARObjective, run, out, weights)

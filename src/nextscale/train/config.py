@@ -29,11 +29,19 @@ import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
+from nextscale.data import MID_RESO
 from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.train.precision import AMP_MODES
 
-__all__ = ["TrainConfigBase", "VARTrainConfig", "TokenizerTrainConfig", "setting", "field_type"]
-
-_AMP = ("none", "bf16", "fp16")
+__all__ = [
+    "TrainConfigBase",
+    "LoopConfig",
+    "VARTrainConfig",
+    "TokenizerTrainConfig",
+    "setting",
+    "field_type",
+    "field_checked",
+]
 
 
 def setting(default: Any, help: str, *, alias: Optional[str] = None, group: Optional[str] = None, **rules) -> Any:
@@ -129,7 +137,7 @@ def _check_value(cls, f: dataclasses.Field, v) -> Any:
     return v
 
 
-def _wrap(check: Callable, name: str, *args, **kw):
+def field_checked(check: Callable, name: str, *args, **kw):
     """Run a ``nextscale.validate`` check that names its argument; re-raise naming the field."""
     mark = "\x00"
     try:
@@ -152,50 +160,10 @@ DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP = (
 
 
 @dataclass
-class LoopConfig:
-    """Loop settings (objective-independent). Batch sizes are per optimizer step, all ranks together."""
-
-    run_dir: str
-    max_steps: int
-    batch_size: int  # global batch per optimizer step (reference: --bs)
-    grad_accum: int = 1  # micro-batches per step (reference: --ac)
-    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a loss scaler)
-    ema_decay: float = 0.0  # 0: no EMA
-    ckpt_every: int = 1000  # steps between checkpoints (also at the end and on SIGTERM/Ctrl-C)
-    keep_last: int = 3  # checkpoints kept on disk
-    log_every: int = 10
-    eval_every: int = 0  # 0: evaluate only at the end (when there is validation data)
-    sample_every: int = 0  # 0: sample grid only at the end; < 0: never
-    eval_batch_size: int = 0  # per rank; 0: the training micro-batch
-    seed: int = 0
-    workers: int = 0  # DataLoader worker processes per rank
-    device: str = "cpu"
-    fsdp: bool = False  # shard parameters/grads/optimizer (FULL_SHARD) instead of DDP
-    progress: bool = True  # tqdm bar on the main rank
-
-    def micro_batch(self, world_size: int) -> int:
-        if self.batch_size <= 0:
-            raise FieldError(FieldName("batch_size"), f" must be a positive integer, got {self.batch_size}")
-        if self.grad_accum <= 0:
-            raise FieldError(FieldName("grad_accum"), f" must be a positive integer, got {self.grad_accum}")
-        per = self.batch_size / (world_size * self.grad_accum)
-        if per != int(per) or per < 1:
-            raise FieldError(
-                FieldName("batch_size"),
-                f" {self.batch_size} is not divisible by world size {world_size} x ",
-                FieldName("grad_accum"),
-                f" {self.grad_accum}; pick a multiple of {world_size * self.grad_accum}",
-            )
-        return int(per)
-
-
-@dataclass
 class TrainConfigBase:
-    """Loop knobs shared by the command configs (``VARTrainConfig``, ``TokenizerTrainConfig``).
-
-    Subclasses add the rest, including the fields :meth:`loop_config` reads: ``batch_size``,
-    ``grad_accum``, ``amp``, ``ema``, ``eval_every`` and ``sample_every`` (their defaults differ
-    per command or belong to its optimisation settings)."""
+    """The settings of the training loop, shared by the command configs (``VARTrainConfig``,
+    ``TokenizerTrainConfig``) and the loop's own :class:`LoopConfig`: declared here once (a command
+    with another default re-states only the default, :func:`_like`)."""
 
     #: Field groups in CLI order.
     GROUPS: ClassVar[Tuple[str, ...]] = (DATA, LENGTH, OPTIM, INIT, PROG, LOSS, LOOP)
@@ -232,6 +200,38 @@ class TrainConfigBase:
     log_every: int = setting(20, "steps between log lines", group=LOOP, min=1)
     # The bar is drawn on the main rank only; off for logs that go to files.
     progress: bool = setting(True, "tqdm progress bar", group=LOOP)
+    # Flipped copies double the data; off in the reference's ImageNet recipe.
+    hflip: bool = setting(False, "random horizontal flips", alias="hflip", group=DATA)
+    # Resize the shorter side to mid_reso x the resolution, then random-crop (at least 1: the crop must fit).
+    mid_reso: float = setting(
+        MID_RESO,
+        "resize the shorter side to this x resolution, then random-crop",
+        alias="mid_reso",
+        group=DATA,
+        min=1.0,
+        max=4.0,
+    )
+    # Global: all GPUs together; the per-GPU micro-batch is batch_size / (world x grad_accum).
+    batch_size: int = setting(
+        768, "global batch per optimizer step, all GPUs together", alias="bs", group=LENGTH, min=1
+    )
+    grad_accum: int = setting(1, "micro-batches per step", alias="ac", group=LENGTH, min=1)
+    # The reference's fp16=0/1/2 is none/fp16/bf16; fp16 uses loss scaling.
+    amp: str = setting("none", "mixed precision; fp16 uses loss scaling", alias="fp16", group=OPTIM, choices=AMP_MODES)
+    ema: float = setting(
+        0.0,
+        "EMA decay of the weights, 0 = off (export uses EMA when kept)",
+        group=OPTIM,
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        must="a decay in [0, 1)",
+    )
+    # A validation pass / a sample grid costs about as much as a few steps: every few thousand steps.
+    eval_every: int = setting(5000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
+    sample_every: int = setting(
+        5000, "steps between sample pictures", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
+    )
 
     def __post_init__(self):
         self.check_values()
@@ -241,7 +241,7 @@ class TrainConfigBase:
         """Every field against its type and rules, then the rules between fields (no machine state)."""
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check_value(type(self), f, getattr(self, f.name)))
-        self._check_batch(world=1)
+        self.micro_batch(world=1)
         self.check_more()
 
     def check_more(self) -> None:
@@ -254,10 +254,11 @@ class TrainConfigBase:
 
         self.check_values()
         if self.device is not None and not os.environ.get("LOCAL_RANK"):
-            _wrap(check_device, "device", self.device)
-        self._check_batch(world=int(os.environ.get("WORLD_SIZE", "1") or 1))
+            field_checked(check_device, "device", self.device)
+        self.micro_batch(world=int(os.environ.get("WORLD_SIZE", "1") or 1))
 
-    def _check_batch(self, world: int) -> None:
+    def micro_batch(self, world: int = 1) -> int:
+        """The per-rank micro-batch ``batch_size / (world x grad_accum)`` (the one divisibility check)."""
         if self.batch_size % (world * self.grad_accum):
             by = f"world size {world} x " if world > 1 else ""
             raise FieldError(
@@ -266,6 +267,7 @@ class TrainConfigBase:
                 FieldName("grad_accum"),
                 f" {self.grad_accum}; pick a multiple of {world * self.grad_accum}",
             )
+        return self.batch_size // (world * self.grad_accum)
 
     # -- conversions ---------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -296,28 +298,39 @@ class TrainConfigBase:
                 hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(sorted(names))}"
             raise FieldError(f"{cls.__name__}: unknown setting {k!r}; {hint}")
 
-    def loop_config(self, run_dir: str, max_steps: int, device, fsdp: bool = False):
-        """The :class:`~nextscale.train.loop.LoopConfig` of this run on ``device`` (resolves the default worker "
-        "count)."""
-        workers = self.workers if self.workers is not None else (4 if device.type == "cuda" else 0)
-        return LoopConfig(
-            run_dir=run_dir,
-            max_steps=max_steps,
-            batch_size=self.batch_size,
-            grad_accum=self.grad_accum,
-            amp=self.amp,
-            ema_decay=self.ema,
-            ckpt_every=self.ckpt_every,
-            keep_last=self.keep_last,
-            log_every=self.log_every,
-            eval_every=self.eval_every,
-            sample_every=self.sample_every,
-            seed=self.seed,
-            workers=workers,
-            device=str(device),
-            fsdp=fsdp,
-            progress=self.progress,
-        )
+    def loop_config(self, run_dir: str, max_steps: int, device) -> "LoopConfig":
+        """The :class:`LoopConfig` of this run: these settings, the run folder, the number of steps and
+        the device (and the command's ``fsdp``, when it has one)."""
+        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfigBase)}
+        shared["device"] = str(device)
+        return LoopConfig(**shared, run_dir=run_dir, max_steps=max_steps, fsdp=getattr(self, "fsdp", False))
+
+
+def _like(name: str, default: Any, **metadata) -> Any:
+    """Field ``name`` of :class:`TrainConfigBase` with another default (and ``metadata`` changes) for
+    one command; the help, alias and rules stay those of the one declaration."""
+    f = {f.name: f for f in dataclasses.fields(TrainConfigBase)}[name]
+    return field(default=default, metadata={**f.metadata, **metadata})
+
+
+@dataclass(kw_only=True)
+class LoopConfig(TrainConfigBase):
+    """What :class:`~nextscale.train.loop.Trainer` runs: the loop settings of :class:`TrainConfigBase`
+    plus what a command derives (:meth:`TrainConfigBase.loop_config`). Here ``device`` None means the
+    CPU, and ``workers`` None 4 per process on a GPU, else 0."""
+
+    run_dir: str = field(metadata=dict(help="run folder (checkpoints, logs, samples)"))
+    max_steps: int = field(metadata=dict(help="optimizer steps of the whole run", min=1))
+    # VARTrainConfig.fsdp: shard parameters/grads/optimizer (FULL_SHARD) instead of DDP.
+    fsdp: bool = field(default=False, metadata=dict(help="FSDP instead of DDP"))
+    eval_batch_size: int = field(default=0, metadata=dict(help="per rank; 0 = the training micro-batch", min=0))
+
+    def __post_init__(self):
+        if self.device is None:
+            self.device = "cpu"
+        if self.workers is None:  # loader processes cost memory per rank: only where they pay off
+            self.workers = 4 if str(self.device).startswith("cuda") else 0
+        super().__post_init__()
 
 
 @dataclass
@@ -353,28 +366,12 @@ class VARTrainConfig(TrainConfigBase):
     run_dir: Optional[str] = setting(
         None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA
     )
-    # Flipped copies double the data; off in the reference's ImageNet recipe.
-    hflip: bool = setting(False, "random horizontal flips", alias="hflip", group=DATA)
-    # Resize the shorter side to mid_reso x the resolution, then random-crop (at least 1: the crop must fit).
-    mid_reso: float = setting(
-        1.125,
-        "resize the shorter side to this x resolution, then random-crop",
-        alias="mid_reso",
-        group=DATA,
-        min=1.0,
-        max=4.0,
-    )
     # -- schedule length --
     steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
     # Checked even with steps given: a bad value is never silently ignored.
     epochs: float = setting(
         250.0, "passes over the data", alias="ep", group=LENGTH, min=0.0, min_open=True, must="a positive number"
     )
-    # Global: all GPUs together; the per-GPU micro-batch is batch_size / (world x grad_accum).
-    batch_size: int = setting(
-        768, "global batch per optimizer step, all GPUs together", alias="bs", group=LENGTH, min=1
-    )
-    grad_accum: int = setting(1, "micro-batches per step", alias="ac", group=LENGTH, min=1)
     # -- optimisation --
     # The reference scales the lr linearly with the batch (base at 256 images).
     base_lr: float = setting(
@@ -409,17 +406,6 @@ class VARTrainConfig(TrainConfigBase):
         "lr schedule: cos, lin, lin0, lin00, exp, linT; default lin0 (lin<progressive> with progressive)",
         alias="sche",
         group=OPTIM,
-    )
-    # The reference's fp16=0/1/2 is none/fp16/bf16; fp16 uses loss scaling.
-    amp: str = setting("none", "mixed precision; fp16 uses loss scaling", alias="fp16", group=OPTIM, choices=_AMP)
-    ema: float = setting(
-        0.0,
-        "EMA decay of the weights, 0 = off (export uses EMA when kept)",
-        group=OPTIM,
-        min=0.0,
-        max=1.0,
-        max_open=True,
-        must="a decay in [0, 1)",
     )
     cond_drop: Optional[float] = setting(
         None,
@@ -456,11 +442,6 @@ class VARTrainConfig(TrainConfigBase):
         None, "fade-in of a new scale; default steps/300", alias="pgwp", group=PROG, min=0
     )
     # -- loop (the rest: TrainConfigBase) --
-    # A validation pass / a sample grid costs about as much as a few steps: every few thousand steps.
-    eval_every: int = setting(5000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
-    sample_every: int = setting(
-        5000, "steps between sample grids", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
-    )
     # FSDP for the largest models (d30/d36); DDP otherwise.
     fsdp: bool = setting(False, "shard parameters/optimizer across GPUs (d30/d36) instead of DDP", group=LOOP)
 
@@ -522,17 +503,11 @@ class TokenizerTrainConfig(TrainConfigBase):
     eini: float = setting(
         -1.0, "codebook init of a fresh model: <0 uniform +-|eini|/V (VQGAN), >0 trunc-normal std, 0 N(0,1)", group=DATA
     )
-    hflip: bool = setting(False, "random horizontal flips", group=DATA)
-    mid_reso: float = setting(
-        1.125, "shorter side -> this x resolution, then random crop", group=DATA, min=1.0, max=4.0
-    )
     # -- schedule length --
     steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
     epochs: float = setting(
         40.0, "passes over the data", group=LENGTH, min=0.0, min_open=True, must="a positive number"
     )
-    batch_size: int = setting(32, "global batch per optimizer step", group=LENGTH, min=1)
-    grad_accum: int = setting(1, "micro-batches per step", group=LENGTH, min=1)
     # -- optimisation (LlamaGen vq_train: AdamW 0.9/0.95, constant lr, no decay, clip 1) --
     lr: float = setting(1e-4, "autoencoder lr (AdamW 0.9/0.95)", group=OPTIM, min=0.0, min_open=True)
     disc_lr: Optional[float] = setting(None, "discriminator lr; default = lr", group=OPTIM, min=0.0, min_open=True)
@@ -540,16 +515,6 @@ class TokenizerTrainConfig(TrainConfigBase):
     grad_clip: float = setting(1.0, "max grad norm per network", group=OPTIM, note="<= 0 = off")
     warmup_steps: int = setting(0, "linear lr warm-up", group=OPTIM, min=0)
     lr_end: float = setting(1.0, "final lr factor of a cosine decay; 1 = constant", group=OPTIM, min=0.0)
-    amp: str = setting("none", "mixed precision", group=OPTIM, choices=_AMP)
-    ema: float = setting(
-        0.0,
-        "EMA decay of the autoencoder, 0 = off (export uses EMA when kept)",
-        group=OPTIM,
-        min=0.0,
-        max=1.0,
-        max_open=True,
-        must="a decay in [0, 1)",
-    )
     # -- losses --
     rec_loss: str = setting("l2", "pixel loss (LlamaGen: l2)", group=LOSS, choices=("l2", "l1"))
     rec_weight: float = setting(1.0, "weight of the pixel loss", group=LOSS, min=0.0)
@@ -572,11 +537,10 @@ class TokenizerTrainConfig(TrainConfigBase):
     )
     dead_threshold: float = setting(1e-3, "dead = running hits summed over scales below this", group=LOSS, min=0.0)
     # -- loop (the rest: TrainConfigBase) --
-    # Shorter runs than VAR's: validate and draw pictures more often.
-    eval_every: int = setting(2000, "steps between validation passes", group=LOOP, min=0, note="0 = at the end only")
-    sample_every: int = setting(
-        2000, "steps between per-scale pictures", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
-    )
+    # Shorter runs than VAR's on smaller images: smaller batches, validation and pictures more often.
+    batch_size: int = _like("batch_size", 32)
+    eval_every: int = _like("eval_every", 2000)
+    sample_every: int = _like("sample_every", 2000)
 
     def validate(self) -> None:
         super().validate()

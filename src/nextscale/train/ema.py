@@ -7,7 +7,7 @@ from typing import Any, Dict
 
 import torch.nn as nn
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName
 from nextscale.train.optim import EMA, load_parts_state_dict, parts_state_dict
 
 __all__ = ["EMAHolder"]
@@ -23,9 +23,9 @@ class EMAHolder:
         if self.decay <= 0:
             return
         if self.fsdp:
-            raise NextScaleError("--ema is not supported with --fsdp; drop one of them")
+            raise FieldError(FieldName("ema"), " is not supported with ", FieldName("fsdp"), "; drop one of them")
         mods = objective.modules()
-        # filled in place: objectives hold this dict from before fit() (their sample pictures use the EMA)
+        # filled in place: the loop's hooks hold this dict from before fit() (the sample pictures use the EMA)
         self.emas.clear()
         self.emas.update({k: EMA(mods[k], self.decay) for k in objective.ema_modules()})
 

@@ -47,7 +47,7 @@ class FiniteGuard:
                 if not bool(torch.isfinite(p.detach()).all()):
                     self.fail(
                         f"{name}.{k} holds NaN/inf values {source}; train from finite weights "
-                        f"(a fresh run, or an --init model that samples)"
+                        f"(a fresh run, or an init model that samples)"
                     )
 
     def check_losses(self, bad: Optional[Tuple[str, float]], step: int) -> None:
@@ -61,12 +61,12 @@ class FiniteGuard:
         what = f"{bad[0]} is {bad[1]}" if bad else "a loss on another rank is not finite"
         self.fail(
             f"step {step + 1}: {what}; stopped before updating the weights{self.last_good()} "
-            f"(lower --lr, set --grad-clip, prefer --amp bf16 over fp16, or check the data and --init weights)"
+            f"(lower lr, set grad_clip, prefer amp bf16 over fp16, or check the data and the init weights)"
         )
 
     def check_grad_norm(self, name: str, norm: torch.Tensor, step: int) -> None:
         if not bool(torch.isfinite(norm)):
             self.fail(
                 f"step {step + 1}: the gradient norm of {name!r} is {float(norm)}; stopped before "
-                f"updating the weights{self.last_good()} (lower --lr or set --grad-clip)"
+                f"updating the weights{self.last_good()} (lower lr or set grad_clip)"
             )

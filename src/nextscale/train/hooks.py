@@ -15,17 +15,19 @@ import torch
 
 from nextscale import dist
 from nextscale.atomic import write_json
+from nextscale.checkpoint import capture_rng, restore_rng
 from nextscale.data import ShardedEvalSampler
-from nextscale.train.checkpoint import capture_rng, restore_rng
 from nextscale.train.logging import RunLogger, format_duration
 
 __all__ = ["Hooks"]
 
 
 class Hooks:
-    def __init__(self, cfg, objective, log: RunLogger, val_set=None, micro: int = 1):
-        """``cfg``: the :class:`~nextscale.train.loop.LoopConfig`; ``micro``: the per-rank micro-batch."""
+    def __init__(self, cfg, objective, log: RunLogger, val_set=None, micro: int = 1, ema=None):
+        """``cfg``: the :class:`~nextscale.train.config.LoopConfig`; ``micro``: the per-rank micro-batch;
+        ``ema``: the EMA copies by module name (the loop's, filled once built), for the sample pictures."""
         self.cfg, self.objective, self.log, self.val_set, self.micro = cfg, objective, log, val_set, micro
+        self.ema = ema if ema is not None else {}
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(cfg.device)
         self.iters_per_epoch = 1
@@ -202,7 +204,7 @@ class Hooks:
         if self.cfg.fsdp or not dist.is_main():
             return
         try:
-            imgs = self.objective.sample_images(step)
+            imgs = self.objective.sample_images(step, self.ema)
         except Exception as e:  # a progress picture must never kill a run
             self.log.info(f"sampling failed at step {step}: {type(e).__name__}: {e}")
             return

@@ -7,15 +7,23 @@ function of the step (schedules, data order, per-sample augmentation / class dro
 the checkpoint (weights, optimizer, loss scalers, EMA, objective counters, every RNG of every rank),
 so a resumed run is bit-identical to an uninterrupted one (given the same hardware and world size).
 
+The loop hands an objective what it builds, explicitly: the DDP/FSDP-wrapped modules to
+``configure_optimizers(total_steps, wrapped)`` and, through the step context, to ``train_step``
+(``ctx.wrapped[name]``); the EMA copies to ``sample_images(step, ema)``; after ``fit`` they are
+in the :class:`FitResult` (``result.ema``). Nothing is set on the objective from outside.
+
 Writing a new objective (see :class:`nextscale.train.var.VARObjective`)::
 
     class MyObjective(Objective):
         def modules(self):              return {"gen": self.gen, "disc": self.disc}
         def configure_optimizers(self, total_steps, wrapped):  -> {"gen": OptimSpec, "disc": OptimSpec}
         def train_step(self, batch, ctx):
-            loss_g = ...; ctx.backward(loss_g, "gen")
+            loss_g = ...(ctx.wrapped["gen"](...)); ctx.backward(loss_g, "gen")
             loss_d = ...; ctx.backward(loss_d, "disc")
             return {"loss_g": loss_g.detach(), "loss_d": loss_d.detach()}
+
+A command that trains it (build, train, export: :mod:`nextscale.train.run`) also needs the
+declarations of :class:`Objective`'s last section: ``kind``, ``exports``, ``build``, ``save_export``.
 """
 
 from __future__ import annotations
@@ -23,31 +31,27 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, ClassVar, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from nextscale import dist
+from nextscale.checkpoint import Checkpointer, seed_all
 from nextscale.data import ResumableBatchSampler
 from nextscale.errors import NextScaleError
-from nextscale.runfiles import CKPT_FORMAT as _CKPT_FORMAT
-from nextscale.train.checkpoint import seed_all
-from nextscale.train.checkpointer import Checkpointer
-from nextscale.train.config import LoopConfig, TrainConfigBase  # noqa: F401  (moved; re-exported)
+from nextscale.train.config import LoopConfig
 from nextscale.train.ema import EMAHolder
 from nextscale.train.guard import FiniteGuard, first_bad_loss
 from nextscale.train.hooks import Hooks
 from nextscale.train.logging import RunLogger
-from nextscale.train.optim import OptimSpec
+from nextscale.train.optim import EMA, OptimSpec
 from nextscale.train.parallel import Parallel
-from nextscale.train.precision import AMP_MODES, Precision
+from nextscale.train.precision import Precision
 from nextscale.train.signals import StopSignals
 
-__all__ = ["LoopConfig", "TrainConfigBase", "Objective", "StepContext", "Trainer", "FitResult", "run_fit"]
-
-CKPT_FORMAT = _CKPT_FORMAT  # the format tag of the checkpoints (nextscale.runfiles)
+__all__ = ["Objective", "RunParts", "StepContext", "Trainer", "FitResult", "run_fit"]
 
 
 class StepContext:
@@ -60,6 +64,11 @@ class StepContext:
         self.device = trainer.device
 
     @property
+    def wrapped(self) -> Dict[str, nn.Module]:
+        """The modules by name as training forwards must call them (DDP/FSDP-wrapped when distributed)."""
+        return self._t.parallel.wrapped
+
+    @property
     def grad_accum(self) -> int:
         return self._t.cfg.grad_accum
 
@@ -68,7 +77,7 @@ class StepContext:
         return self._t.cfg.max_steps
 
     def autocast(self):
-        """Mixed precision context for the forward pass (a no-op without --amp)."""
+        """Mixed precision context for the forward pass (a no-op with amp "none")."""
         return self._t.precision.autocast()
 
     def backward(self, loss: torch.Tensor, optimizer: str) -> None:
@@ -84,27 +93,26 @@ class Objective:
         """The trainable modules by name (their state goes into checkpoints)."""
         raise NotImplementedError
 
-    def distribute(self, wrapped: Dict[str, nn.Module]) -> None:
-        """Receive the DDP/FSDP-wrapped modules to use for training forwards (default: ignored)."""
-        self.wrapped = wrapped
-
-    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
+    def configure_optimizers(self, total_steps: int, wrapped: Dict[str, nn.Module]) -> Dict[str, OptimSpec]:
+        """Optimizer specs by name, over the parameters of the ``wrapped`` (DDP/FSDP) modules."""
         raise NotImplementedError
 
-    def active_optimizers(self, step: int) -> List[str]:
-        """Optimizers stepped at ``step`` (default all; a GAN may start its discriminator later)."""
-        return list(self.optim_specs)
+    def active_optimizers(self, step: int) -> Optional[List[str]]:
+        """Optimizers stepped at ``step`` (None: all; a GAN may start its discriminator later)."""
+        return None
 
     def train_step(self, batch: Dict[str, Any], ctx: StepContext) -> Dict[str, torch.Tensor]:
-        """Forward + ``ctx.backward(loss, name)`` for one micro-batch; returns scalar metrics."""
+        """Forward (through ``ctx.wrapped``) + ``ctx.backward(loss, name)`` for one micro-batch; returns
+        scalar metrics."""
         raise NotImplementedError
 
     def eval_step(self, batch: Dict[str, Any]) -> Dict[str, Tuple[torch.Tensor, float]]:
         """Metric name -> (sum over the batch, count); the loop sums over batches and ranks."""
         return {}
 
-    def sample_images(self, step: int) -> Optional[np.ndarray]:
-        """uint8 (N, H, W, 3) for a progress grid, or None."""
+    def sample_images(self, step: int, ema: Dict[str, EMA]) -> Optional[np.ndarray]:
+        """uint8 (N, H, W, 3) for a progress grid, or None; ``ema``: the EMA copies by module name
+        (empty without EMA), which the pictures should show when there are some."""
         return None
 
     def units_per_sample(self) -> Dict[str, float]:
@@ -122,6 +130,45 @@ class Objective:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         pass
 
+    # ---- what a command needs (nextscale.train.run): the kind of run, building it, its export ----
+    #: ``config.json``'s "kind" of the run; also its default folder ``runs/KIND-PRESET``.
+    kind: ClassVar[str] = ""
+    #: The module whose weights an export ships (raw or EMA), a key of :meth:`modules`.
+    exports: ClassVar[str] = ""
+    #: Key of ``run_config["model"]`` that a resumed run must match.
+    model_key: ClassVar[str] = ""
+    #: What is trained, in messages ("VAR transformer"); how to train a run (for a folder without a checkpoint).
+    title: ClassVar[str] = ""
+    train_hint: ClassVar[str] = ""
+
+    @classmethod
+    def build(cls, tc, device: torch.device, **kw) -> "RunParts":
+        """The objective, data and run config of command config ``tc`` (no training)."""
+        raise NotImplementedError
+
+    def prepare_run_dir(self, run_dir: str) -> None:
+        """Write what the run folder needs besides checkpoints before training (main rank)."""
+
+    def after_fit(self, run_dir: str, result: "FitResult", log: RunLogger) -> None:
+        """Run after a finished fit (main rank), e.g. export the result."""
+
+    @classmethod
+    def save_export(cls, state: Dict[str, Any], weights: Dict[str, torch.Tensor], run_dir: str, out: str, extra):
+        """Write the export of checkpoint ``state`` (``weights``: its :attr:`exports` module's, raw or
+        EMA) to ``out``; ``extra`` goes into the export's ``model_index.json``."""
+        raise NotImplementedError
+
+
+class RunParts(NamedTuple):
+    """What :meth:`Objective.build` returns: the objective and its data, the run's ``config.json``
+    content and the number of optimizer steps."""
+
+    objective: Objective
+    train_set: Any
+    val_set: Any
+    run_config: Dict[str, Any]
+    total: int
+
 
 @dataclass
 class FitResult:
@@ -131,6 +178,7 @@ class FitResult:
     checkpoint: Optional[str] = None
     bad_images: int = 0
     last_metrics: Dict[str, float] = field(default_factory=dict)
+    ema: Dict[str, EMA] = field(default_factory=dict)  # the EMA copies by module name (empty without EMA)
 
 
 class Trainer:
@@ -154,22 +202,19 @@ class Trainer:
         run_config: Optional[Dict[str, Any]] = None,
         logger: Optional[RunLogger] = None,
     ):
-        if cfg.amp not in AMP_MODES:
-            raise NextScaleError(f"--amp must be none, bf16 or fp16, got {cfg.amp!r}")
-        if cfg.max_steps <= 0:
-            raise NextScaleError(f"the number of training steps must be positive, got {cfg.max_steps}")
         self.objective, self.cfg = objective, cfg
         self.train_set, self.val_set = train_set, val_set
         self.run_config = run_config or {}
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(cfg.device)
-        self.micro = cfg.micro_batch(self.world)
+        self.micro = cfg.micro_batch(self.world)  # checks the divisibility by this world size
         if len(train_set) == 0:
             raise NextScaleError("the training set is empty; add images to the data folder")
         self.log = logger or RunLogger(cfg.run_dir, enabled=dist.is_main())
         self.parallel = Parallel(self.device, self.world, cfg.fsdp)
         self.precision = Precision(cfg.amp, self.device)
-        self.ema = EMAHolder(cfg.ema_decay, cfg.fsdp)
+        self.ema = EMAHolder(cfg.ema, cfg.fsdp)
+        self.optim_specs: Dict[str, OptimSpec] = {}
         self.checkpointer = Checkpointer(
             os.path.join(cfg.run_dir, "checkpoints"),
             cfg.keep_last,
@@ -184,25 +229,11 @@ class Trainer:
             run_config=self.run_config,
             log=self.log,
         )
-        self.ckpt = self.checkpointer.files
         self.guard = FiniteGuard(self.log, self.checkpointer.last_good, self.world)
         self.signals = StopSignals(self.world)
-        self.hooks = Hooks(cfg, objective, self.log, val_set, self.micro)
+        self.hooks = Hooks(cfg, objective, self.log, val_set, self.micro, ema=self.ema.emas)
         self.step = 0
         self.bad_images = 0
-
-    # the collaborators' state under the names the objectives and older code use
-    @property
-    def emas(self) -> Dict[str, Any]:
-        return self.ema.emas
-
-    @property
-    def scalers(self) -> Dict[str, torch.amp.GradScaler]:
-        return self.precision.scalers
-
-    @property
-    def wrapped(self) -> Dict[str, nn.Module]:
-        return self.parallel.wrapped
 
     def state_dict(self) -> Dict[str, Any]:
         return self.checkpointer.state_dict(self.step)
@@ -211,11 +242,11 @@ class Trainer:
     def fit(self) -> FitResult:
         cfg = self.cfg
         self._prepare()
-        res = FitResult(step=self.step, finished=self.step >= cfg.max_steps)
+        res = FitResult(step=self.step, finished=self.step >= cfg.max_steps, ema=self.ema.emas)
         if res.finished:
             self.log.info(
-                f"nothing to do: the run in {cfg.run_dir} already reached step {self.step} (raise --steps/--epochs "
-                "to continue)"
+                f"nothing to do: the run in {cfg.run_dir} already reached step {self.step} (raise the number of "
+                "steps or epochs to continue)"
             )
             res.checkpoint = self.checkpointer.existing(self.step)
             return res
@@ -259,16 +290,17 @@ class Trainer:
             self.checkpointer.load_modules(found[1])
         for m in ob.modules().values():
             m.to(self.device)
-        ob.distribute(self.parallel.wrap(ob.modules()))
-        ob.optim_specs = ob.configure_optimizers(cfg.max_steps)
-        self.precision.build(ob.optim_specs)
+        wrapped = self.parallel.wrap(ob.modules())
+        self.optim_specs = ob.configure_optimizers(cfg.max_steps, wrapped)
+        self.checkpointer.set_optimizers(self.optim_specs)
+        self.precision.build(self.optim_specs)
         self.ema.build(ob)
         if resumed:
             self.checkpointer.load_rest(found[1], self.step)
             found = None
             self.log.info(f"resumed from {self.checkpointer.path(self.step)} (step {self.step}/{cfg.max_steps})")
         self.guard.check_weights(
-            ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from --init?)"
+            ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from init?)"
         )
         self.hooks.write_run_config(self.run_config)
 
@@ -278,7 +310,7 @@ class Trainer:
         cfg, ob = self.cfg, self.objective
         t0 = time.time()
         ctx.step = self.step
-        lrs = {k: spec.schedule.apply(spec.optimizer, self.step) for k, spec in ob.optim_specs.items()}
+        lrs = {k: spec.schedule.apply(spec.optimizer, self.step) for k, spec in self.optim_specs.items()}
         for m in ob.modules().values():
             m.train()
         bad_loss = None
@@ -291,9 +323,9 @@ class Trainer:
             bad_loss = bad_loss or first_bad_loss(out)
             self.hooks.add_micro(out, cfg.grad_accum)
         self.guard.check_losses(bad_loss, self.step)
-        self.hooks.add_stats(
-            self.precision.step(ob.optim_specs, ob.active_optimizers(self.step), self.step, self.guard)
-        )
+        active = ob.active_optimizers(self.step)
+        active = list(self.optim_specs) if active is None else active
+        self.hooks.add_stats(self.precision.step(self.optim_specs, active, self.step, self.guard))
         self.ema.update(ob.modules())
         self.step += 1
         self.hooks.step_done(time.time() - t0)
@@ -329,10 +361,8 @@ def run_fit(
     run_config: Optional[Dict[str, Any]] = None,
     after_fit=None,
 ) -> FitResult:
-    """Build the :class:`Trainer`, give the objective its EMAs (filled in place once built: its sample
-    pictures use them), fit, run ``after_fit(trainer, result)`` if given, and close the log."""
+    """Build the :class:`Trainer`, fit, run ``after_fit(trainer, result)`` if given, and close the log."""
     trainer = Trainer(objective, cfg, train_set, val_set, run_config=run_config)
-    objective.emas = trainer.emas
     try:
         res = trainer.fit()
         if after_fit is not None:

@@ -19,7 +19,7 @@ from typing import Dict
 import torch
 import torch.nn as nn
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName
 
 __all__ = ["LPIPS"]
 
@@ -64,15 +64,17 @@ class LPIPS(nn.Module):
         want = {k for k in m.state_dict() if k not in ("shift", "scale")}
         missing = sorted(want - set(sd))
         if missing:
-            raise NextScaleError(
-                f"--lpips-weights {path!r} lacks {len(missing)} tensors (e.g. {missing[0]}); give torchvision's "
-                "vgg16 features.* and lpips' lin0..lin4.model.1.weight (one file or a folder)"
+            raise FieldError(
+                FieldName("lpips_weights"),
+                f" {path!r} lacks {len(missing)} tensors (e.g. {missing[0]}); give torchvision's "
+                "vgg16 features.* and lpips' lin0..lin4.model.1.weight (one file or a folder)",
             )
         try:
             m.load_state_dict({k: sd[k] for k in want}, strict=False)
         except RuntimeError as e:
-            raise NextScaleError(
-                f"--lpips-weights {path!r}: shapes do not fit LPIPS-VGG16 ({str(e).splitlines()[0][:160]})"
+            raise FieldError(
+                FieldName("lpips_weights"),
+                f" {path!r}: shapes do not fit LPIPS-VGG16 ({str(e).splitlines()[0][:160]})",
             ) from None
         return m.eval().requires_grad_(False)
 
@@ -104,16 +106,16 @@ def _read_weights(path: str) -> Dict[str, torch.Tensor]:
         else sorted(f for ext in ("pth", "pt", "safetensors") for f in glob.glob(os.path.join(path, f"*.{ext}")))
     )
     if not files:
-        raise NextScaleError(f"--lpips-weights {path!r}: no .pth/.pt/.safetensors files found")
+        raise FieldError(FieldName("lpips_weights"), f" {path!r}: no .pth/.pt/.safetensors files found")
     sd: Dict[str, torch.Tensor] = {}
     for f in files:
         from nextscale.safeload import load_weights
 
-        part = load_weights(f, "LPIPS / VGG16 weights file (--lpips-weights)")
+        part = load_weights(f, "LPIPS / VGG16 weights file (lpips_weights)")
         if isinstance(part, dict) and "state_dict" in part and isinstance(part["state_dict"], dict):
             part = part["state_dict"]
         if not isinstance(part, dict):
-            raise NextScaleError(f"--lpips-weights: {f} is not a state dict")
+            raise FieldError(FieldName("lpips_weights"), f": {f} is not a state dict")
         for k, v in part.items():
             if torch.is_tensor(v):
                 sd[k] = v

@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable
 
 import torch
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName
 from nextscale.train.guard import FiniteGuard
 from nextscale.train.optim import OptimSpec, load_parts_state_dict, parts_state_dict
 
@@ -30,7 +30,7 @@ MAX_LOSS_SCALE = 32768.0
 class Precision:
     def __init__(self, amp: str, device: torch.device):
         if amp not in AMP_MODES:
-            raise NextScaleError(f"--amp must be none, bf16 or fp16, got {amp!r}")
+            raise FieldError(FieldName("amp"), f" must be none, bf16 or fp16, got {amp!r}")
         self.amp, self.device = amp, torch.device(device)
         self.scalers: Dict[str, torch.amp.GradScaler] = {}
 
@@ -42,7 +42,7 @@ class Precision:
             }
 
     def autocast(self):
-        """Mixed precision context for the forward pass (a no-op without --amp)."""
+        """Mixed precision context for the forward pass (a no-op with amp "none")."""
         if self.amp == "none":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)

@@ -37,9 +37,6 @@ scale has hit for a long time to random residual vectors of the current batch (c
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -51,36 +48,23 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.configs import ConfigError, VQVAEConfig, get_preset
 from nextscale.errors import FieldError, FieldName, NextScaleError
-from nextscale.evaluation.tokenizer import codebook_stats, per_scale_reconstructions, scale_grid
-from nextscale.hub import load_tokenizer  # noqa: F401  (the one tokenizer loader; this name is kept for old imports)
-from nextscale.train.config import TokenizerTrainConfig  # defined there; re-exported
-from nextscale.train.loop import FitResult, Objective, StepContext, Trainer
+from nextscale.evaluation.tokenizer import codebook_stats, scale_grid
+from nextscale.hub import load_tokenizer
+from nextscale.train.config import TokenizerTrainConfig
+from nextscale.train.loop import FitResult, Objective, RunParts, StepContext
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+from nextscale.train.run import export, schedule_length, train
 
 __all__ = [
-    "TokenizerTrainConfig",
     "TokenizerObjective",
     "PatchDiscriminator",
     "hinge_d_loss",
     "hinge_g_loss",
     "adaptive_weight",
-    "codebook_stats",
-    "build_tokenizer_run",
+    "build_vae",
     "train_tokenizer",
     "export_tokenizer",
-    "load_tokenizer",
-    "per_scale_reconstructions",
 ]
-
-
-# ------------------------------------------------------------------------------------------------
-# Configuration
-# ------------------------------------------------------------------------------------------------
-
-
-def _check_config(tc: TokenizerTrainConfig) -> None:
-    """Every setting's rule (:meth:`TokenizerTrainConfig.validate`), before any folder or file exists."""
-    tc.validate()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -159,6 +143,9 @@ class PatchDiscriminator(nn.Module):
 class TokenizerObjective(Objective):
     """The VQGAN-family objective for the multi-scale VQ-VAE; optimizers ``vae`` and ``disc``."""
 
+    kind, exports, model_key, title = "tokenizer", "vae", "vqvae", "tokenizer"
+    train_hint = "nextscale train-tokenizer"
+
     def __init__(
         self,
         vae,
@@ -171,7 +158,6 @@ class TokenizerObjective(Objective):
         self.lpips = lpips
         self.preview = preview  # a few fixed images (3, R, R) for the progress picture
         self.K = len(vae.v_patch_nums)
-        self.emas: Dict[str, Any] = {}
         self.n_reinit = 0
 
     # ---- loop interface ----
@@ -181,17 +167,12 @@ class TokenizerObjective(Objective):
             mods["disc"] = self.disc
         return mods
 
-    def distribute(self, wrapped):
-        self.wrapped = wrapped
-        if self.lpips is not None:
-            self.lpips.to(next(self.vae.parameters()).device)
-
-    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
+    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
         tc, out = self.tc, {}
         for name, lr in (("vae", tc.lr), ("disc", tc.disc_lr or tc.lr)):
-            if name not in self.wrapped:
+            if name not in wrapped:
                 continue
-            model = self.wrapped[name]
+            model = wrapped[name]
             opt = build_adamw(param_groups(model), lr=lr)
             sched = Schedule(
                 lr=lr,
@@ -232,7 +213,7 @@ class TokenizerObjective(Objective):
         if tc.reinit_dead_every > 0 and ctx.micro == 0 and ctx.step > 0 and ctx.step % tc.reinit_dead_every == 0:
             self._reinit_dead(x, ctx.step)
         with ctx.autocast():
-            x_hat, usages, vq_loss = self.wrapped["vae"](x, ret_usages=True)
+            x_hat, usages, vq_loss = ctx.wrapped["vae"](x, ret_usages=True)
         x_hat = x_hat.float()
         rec = self._rec(x, x_hat)
         nll = tc.rec_weight * rec
@@ -263,7 +244,7 @@ class TokenizerObjective(Objective):
         if gan:
             both = torch.cat([x, x_hat.detach()], dim=0)
             with ctx.autocast():
-                logits = self.wrapped["disc"](both).float()
+                logits = ctx.wrapped["disc"](both).float()
             lr_, lf_ = logits[: len(x)], logits[len(x) :]
             d_loss = hinge_d_loss(lr_, lf_)
             ctx.backward(d_loss, "disc")
@@ -338,15 +319,15 @@ class TokenizerObjective(Objective):
         return out
 
     @torch.no_grad()
-    def sample_images(self, step: int):
+    def sample_images(self, step: int, ema):
         if self.preview is None:
             return None
         from nextscale.models import VQVAE
 
         vae = self.vae
-        if "vae" in self.emas:
+        if "vae" in ema:
             vae = VQVAE.from_config(self.vae.config, test_mode=True).to(next(self.vae.parameters()).device)
-            self.emas["vae"].copy_to(vae)
+            ema["vae"].copy_to(vae)
         was = vae.training
         vae.eval()
         try:
@@ -355,6 +336,81 @@ class TokenizerObjective(Objective):
             vae.train(was)
         return grid[None]
 
+    @classmethod
+    def build(cls, tc: TokenizerTrainConfig, device: torch.device) -> RunParts:
+        """(objective, train_set, val_set, run_config, total_steps) for ``tc`` (no training)."""
+        from nextscale.data import ImageFolder, find_split, scan_image_folder
+
+        tc.validate()
+        root = find_split(tc.data, "train")  # raises for a missing folder / a file
+        vae = build_vae(tc)  # beta is in its config (not set on the module from outside)
+        R = vae.resolution
+        train_set = ImageFolder(root, R, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
+        val_set = None
+        vroot = find_split(tc.data, "val")
+        if vroot is not None and os.path.isdir(vroot):
+            vs, vc = scan_image_folder(vroot)
+            val_set = ImageFolder(vroot, R, train=False, mid_reso=tc.mid_reso, samples=vs, classes=vc)
+        disc = None
+        if tc.disc_weight > 0:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(tc.seed + 1)
+                disc = PatchDiscriminator(vae.config.in_channels, tc.disc_ch, tc.disc_layers)
+            try:
+                with torch.no_grad():
+                    ok = min(disc(torch.zeros(1, vae.config.in_channels, R, R)).shape[-2:]) >= 1
+            except RuntimeError:
+                ok = False
+            if not ok:
+                raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
+        src = (
+            val_set
+            if val_set is not None
+            else ImageFolder(
+                root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples, classes=train_set.classes
+            )
+        )
+        n_prev = min(4, len(src))
+        idx = np.linspace(0, len(src) - 1, n_prev).round().astype(int)
+        preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
+        lp = _build_lpips(tc)
+        ob = cls(vae, disc, tc, preview=preview, lpips=lp)
+        iters, total = schedule_length(tc, len(train_set))
+        vae.to(device)
+        if lp is not None:
+            lp.to(device)
+        run_config = {
+            "kind": cls.kind,
+            "train": tc.to_dict(),
+            "model": {"vqvae": vae.config.to_dict()},
+            "derived": {
+                "steps": total,
+                "world_size": dist.get_world_size(),
+                "iters_per_epoch": iters,
+                "train_samples": len(train_set),
+                "val_samples": len(val_set) if val_set is not None else 0,
+                "disc_params": sum(p.numel() for p in disc.parameters()) if disc is not None else 0,
+                "lpips": lp is not None,
+            },
+        }
+        return RunParts(ob, train_set, val_set, run_config, total)
+
+    def after_fit(self, run_dir: str, result: FitResult, log) -> None:
+        """The finished run's tokenizer, exported to ``RUN/tokenizer`` (EMA weights when kept)."""
+        out = os.path.join(run_dir, "tokenizer")
+        info = export(type(self), run_dir, out)
+        log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
+
+    @classmethod
+    def save_export(cls, state, weights, run_dir: str, out: str, extra) -> None:
+        """A tokenizer directory (``model_index.json`` + ``vqvae/``) with ``weights``."""
+        from nextscale.hub import save_tokenizer
+        from nextscale.models import VQVAE
+
+        vae = VQVAE.from_config(VQVAEConfig.from_dict(state["config"]["model"]["vqvae"]), test_mode=True)
+        vae.load_state_dict(weights)
+        save_tokenizer(vae.eval(), out, extra=extra)
+
 
 # ------------------------------------------------------------------------------------------------
 # Tokenizer building (loading: nextscale.hub.load_tokenizer)
@@ -362,7 +418,7 @@ class TokenizerObjective(Objective):
 
 
 def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
-    """--patch-nums re-schedules the scales; the image side is last scale x downsample, so a last scale
+    """``patch_nums`` re-schedules the scales; the image side is last scale x downsample, so a last scale
     above the architecture's latent would silently train at a larger resolution (1 2 99 on an 8x8
     latent -> 396 px images, ~100x slower). Smaller schedules (e.g. 1 2 4 -> 16 px) are fine."""
     if pn is None:
@@ -378,8 +434,8 @@ def _check_fits_latent(pn, cfg: VQVAEConfig) -> None:
         )
 
 
-def _build_vae(tc: TokenizerTrainConfig):
-    """A trainable VQ-VAE: fresh (preset + overrides, seeded) or from ``--init``."""
+def build_vae(tc: TokenizerTrainConfig):
+    """A trainable VQ-VAE: fresh (preset + overrides, seeded) or from ``tc.init``."""
     from nextscale.models import VQVAE
 
     over = {
@@ -436,116 +492,13 @@ def _build_lpips(tc: TokenizerTrainConfig):
     return LPIPS.from_weights(tc.lpips_weights)
 
 
-def build_tokenizer_run(tc: TokenizerTrainConfig, device: torch.device):
-    """(objective, train_set, val_set, run_config, total_steps) for ``tc`` (no training)."""
-    from nextscale.data import ImageFolder, find_split, scan_image_folder
-
-    _check_config(tc)
-    root = find_split(tc.data, "train")  # raises for a missing folder / a file
-    vae = _build_vae(tc)  # --beta is in its config (not set on the module from outside)
-    R = vae.resolution
-    train_set = ImageFolder(root, R, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
-    val_set = None
-    vroot = find_split(tc.data, "val")
-    if vroot is not None and os.path.isdir(vroot):
-        vs, vc = scan_image_folder(vroot)
-        val_set = ImageFolder(vroot, R, train=False, mid_reso=tc.mid_reso, samples=vs, classes=vc)
-    disc = None
-    if tc.disc_weight > 0:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tc.seed + 1)
-            disc = PatchDiscriminator(vae.config.in_channels, tc.disc_ch, tc.disc_layers)
-        try:
-            with torch.no_grad():
-                ok = min(disc(torch.zeros(1, vae.config.in_channels, R, R)).shape[-2:]) >= 1
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
-    src = (
-        val_set
-        if val_set is not None
-        else ImageFolder(
-            root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples, classes=train_set.classes
-        )
-    )
-    n_prev = min(4, len(src))
-    idx = np.linspace(0, len(src) - 1, n_prev).round().astype(int)
-    preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
-    lp = _build_lpips(tc)
-    ob = TokenizerObjective(vae, disc, tc, preview=preview, lpips=lp)
-    iters = math.ceil(len(train_set) / tc.batch_size)
-    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters)))
-    vae.to(device)
-    run_config = {
-        "kind": "tokenizer",
-        "train": tc.to_dict(),
-        "model": {"vqvae": vae.config.to_dict()},
-        "derived": {
-            "steps": total,
-            "world_size": dist.get_world_size(),
-            "iters_per_epoch": iters,
-            "train_samples": len(train_set),
-            "val_samples": len(val_set) if val_set is not None else 0,
-            "disc_params": sum(p.numel() for p in disc.parameters()) if disc is not None else 0,
-            "lpips": lp is not None,
-        },
-    }
-    return ob, train_set, val_set, run_config, total
-
-
 def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
-    """Train (or resume) a tokenizer run; under torchrun for DDP. On completion the tokenizer is
-    exported to ``RUN/tokenizer`` (EMA weights when kept)."""
-    _check_config(tc)
-    device = dist.init_distributed(tc.device)
-    run_dir = tc.run_dir or os.path.join("runs", f"tokenizer-{tc.preset if tc.init is None else 'finetune'}")
-    tc = dataclasses.replace(tc, run_dir=run_dir)
-    ob, train_set, val_set, run_config, total = build_tokenizer_run(tc, device)
-    if dist.is_main():
-        cfg_path = os.path.join(run_dir, "config.json")
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            if (
-                old.get("kind") not in (None, "tokenizer")
-                or old.get("model", {}).get("vqvae") != run_config["model"]["vqvae"]
-            ):
-                raise FieldError(
-                    f"{run_dir!r} holds a run of another model; use a new ",
-                    FieldName("run_dir"),
-                    " or the same ",
-                    FieldName("preset"),
-                    "/",
-                    FieldName("init"),
-                )
-    dist.barrier()
-    trainer = Trainer(ob, tc.loop_config(run_dir, total, device), train_set, val_set, run_config=run_config)
-    ob.emas = trainer.emas
-    try:
-        res = trainer.fit()
-        ob.emas = trainer.emas
-        if res.finished and dist.is_main():
-            out = os.path.join(run_dir, "tokenizer")
-            info = export_tokenizer(run_dir, out)
-            trainer.log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
-        dist.barrier()
-    finally:
-        trainer.log.close()
-    return res
+    """Train (or resume) a tokenizer run (``nextscale train-tokenizer``); under torchrun for DDP. On
+    completion the tokenizer is exported to ``RUN/tokenizer`` (EMA weights when kept)."""
+    return train(TokenizerObjective, tc)
 
 
 def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """A ``train-tokenizer`` run folder (latest checkpoint) or ``step_*.pt`` -> a tokenizer directory
-    (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize --tokenizer`` / ``train --tokenizer`` load."""
-    from nextscale.hub import save_tokenizer, tokenizer_from_checkpoint
-    from nextscale.runfiles import find_checkpoint
-
-    path, state = find_checkpoint(
-        run, "pass a train-tokenizer run folder or a step_*.pt file", f"nextscale train-tokenizer --out {run}"
-    )
-    vae, use = tokenizer_from_checkpoint(path, state, weights)
-    save_tokenizer(
-        vae, out, extra={"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}}
-    )
-    return {"checkpoint": path, "step": int(state["step"]), "weights": use, "out": out}
+    (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize`` / ``train`` load as their tokenizer."""
+    return export(TokenizerObjective, run, out, weights)

@@ -18,9 +18,6 @@ same drops as a single uninterrupted process.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -29,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from nextscale import dist
-from nextscale.configs import ConfigError, ModelConfig, get_preset
+from nextscale.configs import ConfigError, ModelConfig, VARConfig, get_preset
 from nextscale.data import (
+    MID_RESO,
     ImageFolder,
     TokenCache,
     build_token_cache,
@@ -39,22 +37,20 @@ from nextscale.data import (
     tokenizer_fingerprint,
 )
 from nextscale.errors import FieldError, FieldName, NextScaleError
-from nextscale.hub import (
-    load_tokenizer,
-    save_tokenizer,
-)  # the one tokenizer loader / saver (load_tokenizer: kept here for old imports)
-from nextscale.runfiles import CKPT_FORMAT, checkpoint_weights, find_checkpoint
-from nextscale.train.config import VARTrainConfig  # defined there; re-exported
-from nextscale.train.loop import FitResult, Objective, StepContext, run_fit
+from nextscale.hub import load_tokenizer, save_tokenizer
+from nextscale.train.config import VARTrainConfig, field_checked
+from nextscale.train.loop import FitResult, Objective, RunParts, StepContext
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+from nextscale.train.run import export, schedule_length, train
 
 __all__ = [
-    "VARTrainConfig",
     "VARObjective",
     "train_var",
     "export_run",
     "tokenize",
-    "load_tokenizer",
+    "build_class_data",
+    "resolve_tokenizer",
+    "derived_schedule",
     "progressive_stage",
     "NO_DECAY_KEYS",
 ]
@@ -101,6 +97,8 @@ def progressive_stage(step: int, total: int, warmup: int, pg: float, pg0: int, K
 class VARObjective(Objective):
     """Teacher-forced next-scale prediction with the reference's loss weighting."""
 
+    kind, exports, model_key, title, train_hint = "var", "var", "var", "VAR transformer", "nextscale train"
+
     def __init__(self, vae, var, tc: VARTrainConfig, total_steps: int, warmup_steps: int, lr: float, labels: List[str]):
         self.vae, self.var, self.tc = vae, var, tc
         self.total_steps, self.warmup_steps, self.peak_lr = total_steps, warmup_steps, lr
@@ -116,18 +114,13 @@ class VARObjective(Objective):
         )
         self.prog_it, self.last_prog_si, self.first_prog = 0, -1, True
         self.prog_si, self.prog_wp = -1, 1.0
-        self.emas = {}
 
     # ---- loop interface ----
     def modules(self):
         return {"var": self.var}
 
-    def distribute(self, wrapped):
-        self.wrapped = wrapped
-        self.vae.to(next(self.var.parameters()).device)
-
-    def configure_optimizers(self, total_steps: int) -> Dict[str, OptimSpec]:
-        model = self.wrapped["var"]
+    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
+        model = wrapped["var"]
         opt = build_adamw(param_groups(model, NO_DECAY_KEYS), lr=self.peak_lr)
         kind = self.tc.schedule or (f"lin{self.tc.progressive:g}" if self.tc.progressive > 0 else "lin0")
         sched = Schedule(
@@ -194,7 +187,7 @@ class VARObjective(Objective):
         with torch.no_grad():
             x_BLCv = self.vae.quantize.idxBl_to_var_input(idx_Bl)  # (B, L - first_l, Cvae)
         with ctx.autocast():
-            logits_BlV = self.wrapped["var"](label_B, x_BLCv, prog_si=self.prog_si, cond_drop_rate=0.0)  # (B, ed, V)
+            logits_BlV = ctx.wrapped["var"](label_B, x_BLCv, prog_si=self.prog_si, cond_drop_rate=0.0)  # (B, ed, V)
         B, ed = logits_BlV.shape[:2]
         gt_Bl = gt_BL[:, :ed]
         loss_Bl = F.cross_entropy(
@@ -249,14 +242,14 @@ class VARObjective(Objective):
         return self._metrics(logits_BLV, gt_BL, mean=False)
 
     @torch.no_grad()
-    def sample_images(self, step: int):
+    def sample_images(self, step: int, ema):
         from nextscale.models import VAR
         from nextscale.pipelines import NextScalePipeline
 
         var = self.var
-        if "var" in self.emas:
+        if "var" in ema:
             var = VAR.from_config(self.var.config, self.vae).to(next(self.var.parameters()).device)
-            self.emas["var"].copy_to(var)
+            ema["var"].copy_to(var)
         was = var.training
         var.eval()
         try:
@@ -275,19 +268,133 @@ class VARObjective(Objective):
             var.train(was)
         return (np.clip(out.images, 0, 1) * 255).round().astype(np.uint8)
 
+    # ---- a command of this objective (nextscale.train.run) ----
+    @classmethod
+    def build(cls, tc: VARTrainConfig, device: torch.device, config: Optional[VARConfig] = None) -> RunParts:
+        """Models, data and the objective for ``tc`` (no training); ``config``: the transformer's
+        architecture instead of ``tc.preset``'s (its class count and scales come from the data and the
+        tokenizer)."""
+        tc.validate()
+        try:
+            preset = get_preset(tc.preset) if tc.init is None and config is None else None
+        except ConfigError as e:
+            raise NextScaleError(str(e)) from None
+        from nextscale.models import VAR
+
+        vae = resolve_tokenizer(tc, preset)
+        init_var = None
+        if tc.init is not None:
+            from nextscale import hub
+
+            path = str(hub.resolve_model_path(tc.init)) if tc.init == "default" else tc.init
+            if not os.path.exists(path):
+                raise FieldError(
+                    FieldName("init"), f" {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'"
+                )
+            ivae, init_var, _meta = hub.load_components(path)
+            vae = vae if vae is not None else ivae
+            var_cfg = init_var.config
+        else:
+            if vae is None:
+                raise FieldError(
+                    "pass ",
+                    FieldName("tokenizer"),
+                    " MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or ",
+                    FieldName("tokenizer"),
+                    " random for a smoke test",
+                )
+            var_cfg = preset.var if config is None else config.replace(patch_nums=tuple(vae.v_patch_nums))
+            if tc.shared_aln is not None:
+                var_cfg = var_cfg.replace(shared_aln=tc.shared_aln)
+            if tc.attn_l2_norm is not None:
+                var_cfg = var_cfg.replace(attn_l2_norm=tc.attn_l2_norm)
+        if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
+            from nextscale.configs import PRESETS
+
+            fit = [n for n, c in sorted(PRESETS.items()) if tuple(c.var.patch_nums) == tuple(vae.v_patch_nums)]
+            head = (
+                f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's "
+                f"{list(var_cfg.patch_nums)}; "
+            )
+            if fit and tc.init is None:  # the presets that fit, named as the setting to change
+                raise FieldError(head, FieldName("preset"), f" {' / '.join(fit)} has the tokenizer's scales")
+            raise FieldError(head, "use a matching ", FieldName("preset"), " / ", FieldName("tokenizer"))
+        vae.eval().requires_grad_(False)
+        train_set, val_set, classes = build_class_data(tc, vae, vae.resolution)
+        n_cls = max(1, len(classes))
+        if init_var is not None:
+            if init_var.num_classes != n_cls:
+                raise FieldError(
+                    FieldName("init"),
+                    f" model has {init_var.num_classes} classes, the data has {n_cls}; "
+                    "fine-tune on data with the same classes",
+                )
+            var = init_var
+        else:
+            var_cfg = var_cfg.replace(num_classes=n_cls)
+            if tc.cond_drop is not None:
+                var_cfg = var_cfg.replace(cond_drop_rate=tc.cond_drop)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(tc.seed)
+                var = VAR.from_config(var_cfg, vae)
+                var.init_weights(
+                    init_adaln=tc.init_adaln,
+                    init_adaln_gamma=tc.init_adaln_gamma,
+                    init_head=tc.init_head,
+                    init_std=tc.init_std,
+                )
+        vae.to(device)
+        iters_per_epoch, total, warmup, lr = derived_schedule(tc, len(train_set))
+        labels = list(classes)
+        ob = cls(vae, var, tc, total, warmup, lr, labels)
+        run_config = {
+            "kind": cls.kind,
+            "train": tc.to_dict(),
+            "model": ModelConfig(vqvae=vae.config, var=var.config).to_dict(),
+            "classes": labels,
+            "derived": {
+                "steps": total,
+                "warmup_steps": warmup,
+                "lr": lr,
+                "world_size": dist.get_world_size(),
+                "iters_per_epoch": iters_per_epoch,
+                "train_samples": len(train_set),
+                "val_samples": len(val_set) if val_set is not None else 0,
+                "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
+            },
+        }
+        return RunParts(ob, train_set, val_set, run_config, total)
+
+    def prepare_run_dir(self, run_dir: str) -> None:
+        """The tokenizer beside the checkpoints: an export (and a fine-tune) needs it."""
+        if not os.path.isdir(os.path.join(run_dir, "tokenizer")):
+            save_tokenizer(self.vae, os.path.join(run_dir, "tokenizer"))
+
+    @classmethod
+    def save_export(cls, state, weights, run_dir: str, out: str, extra) -> None:
+        """A pipeline directory (``NextScalePipeline.from_pretrained(out)``) of the run's tokenizer and
+        the transformer with ``weights``."""
+        from nextscale.hub import save_components
+        from nextscale.models import VAR
+
+        tok_dir = os.path.join(run_dir, "tokenizer")
+        if not os.path.isdir(tok_dir):
+            raise NextScaleError(f"{run_dir!r} has no tokenizer/ folder; was it written by nextscale train?")
+        vae = load_tokenizer(tok_dir)
+        cfg = state.get("config", {})
+        var = VAR.from_config(ModelConfig.from_dict(cfg["model"]).var, vae)
+        var.load_state_dict(weights)
+        labels = cfg.get("classes")
+        save_components(out, vae, var.eval(), labels=labels if labels and any(labels) else None, extra=extra)
+
 
 # ------------------------------------------------------------------------------------------------
-# Glue: config -> data, models, loop
+# The commands: train, export, tokenize
 # ------------------------------------------------------------------------------------------------
 
 
-def _check_positive(tc: VARTrainConfig) -> None:
-    """Every setting's rule (:meth:`VARTrainConfig.validate`), before any folder or file exists."""
-    tc.validate()
-
-
-def _build_data(tc: VARTrainConfig, vae, resolution: int):
-    """(train_set, val_set or None, classes)."""
+def build_class_data(tc, vae, resolution: int):
+    """(train_set, val_set or None, classes) of ``tc.cache`` (token ids) or ``tc.data`` (images)."""
     if tc.cache is not None:
         cache = TokenCache.open(tc.cache)
         cache.check(tokenizer_fingerprint(vae, vae.v_patch_nums), vae.v_patch_nums)
@@ -307,7 +414,17 @@ def _build_data(tc: VARTrainConfig, vae, resolution: int):
     return train, val, classes
 
 
-def _resolve_tokenizer(tc: VARTrainConfig, preset: Optional[ModelConfig]):
+def derived_schedule(tc: VARTrainConfig, n_train: int) -> Tuple[int, int, int, float]:
+    """(steps per epoch, steps, warm-up steps, peak lr) of ``tc`` on ``n_train`` samples: the given
+    values, else the reference's rules (2% warm-up, lr = base_lr x batch_size / 256)."""
+    iters_per_epoch, total = schedule_length(tc, n_train)
+    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
+    lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
+    return iters_per_epoch, total, warmup, lr
+
+
+def resolve_tokenizer(tc, preset: Optional[ModelConfig]):
+    """The tokenizer of ``tc``: ``tc.tokenizer``, else the token cache's, else None."""
     if tc.tokenizer is not None:
         return load_tokenizer(tc.tokenizer, preset=preset, seed=tc.seed)
     if tc.cache is not None:
@@ -318,180 +435,15 @@ def _resolve_tokenizer(tc: VARTrainConfig, preset: Optional[ModelConfig]):
     return None
 
 
-def build_run(tc: VARTrainConfig, device: torch.device):
-    """Models, data and the objective for ``tc`` (no training)."""
-    _check_positive(tc)
-    preset = None
-    try:
-        preset = get_preset(tc.preset) if tc.init is None else None
-    except ConfigError as e:
-        raise NextScaleError(str(e)) from None
-    from nextscale.models import VAR
-
-    vae = _resolve_tokenizer(tc, preset)
-    init_var = None
-    if tc.init is not None:
-        from nextscale import hub
-
-        path = str(hub.resolve_model_path(tc.init)) if tc.init == "default" else tc.init
-        if not os.path.exists(path):
-            raise FieldError(
-                FieldName("init"), f" {tc.init!r} not found; pass a pipeline directory, a var_d*.pth or 'default'"
-            )
-        ivae, init_var, _meta = hub.load_components(path)
-        vae = vae if vae is not None else ivae
-        var_cfg = init_var.config
-    else:
-        if vae is None:
-            raise FieldError(
-                "pass ",
-                FieldName("tokenizer"),
-                " MODEL (a trained VQ-VAE: model folder, vae_*.pth, 'default'), or ",
-                FieldName("tokenizer"),
-                " random for a smoke test",
-            )
-        var_cfg = preset.var
-        if tc.shared_aln is not None:
-            var_cfg = var_cfg.replace(shared_aln=tc.shared_aln)
-        if tc.attn_l2_norm is not None:
-            var_cfg = var_cfg.replace(attn_l2_norm=tc.attn_l2_norm)
-    if tuple(vae.v_patch_nums) != tuple(var_cfg.patch_nums):
-        from nextscale.configs import PRESETS
-
-        fit = [n for n, c in sorted(PRESETS.items()) if tuple(c.var.patch_nums) == tuple(vae.v_patch_nums)]
-        head = (
-            f"the tokenizer's scales {list(vae.v_patch_nums)} differ from the transformer's "
-            f"{list(var_cfg.patch_nums)}; "
-        )
-        if fit and tc.init is None:  # the presets that fit, named as the setting to change
-            raise FieldError(head, FieldName("preset"), f" {' / '.join(fit)} has the tokenizer's scales")
-        raise FieldError(head, "use a matching ", FieldName("preset"), " / ", FieldName("tokenizer"))
-    vae.eval().requires_grad_(False)
-    train_set, val_set, classes = _build_data(tc, vae, vae.resolution)
-    n_cls = max(1, len(classes))
-    if init_var is not None:
-        if init_var.num_classes != n_cls:
-            raise FieldError(
-                FieldName("init"),
-                f" model has {init_var.num_classes} classes, the data has {n_cls}; "
-                "fine-tune on data with the same classes",
-            )
-        var = init_var
-    else:
-        var_cfg = var_cfg.replace(num_classes=n_cls)
-        if tc.cond_drop is not None:
-            var_cfg = var_cfg.replace(cond_drop_rate=tc.cond_drop)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tc.seed)
-            var = VAR.from_config(var_cfg, vae)
-            var.init_weights(
-                init_adaln=tc.init_adaln,
-                init_adaln_gamma=tc.init_adaln_gamma,
-                init_head=tc.init_head,
-                init_std=tc.init_std,
-            )
-    vae.to(device)
-    world = dist.get_world_size()
-    iters_per_epoch = math.ceil(len(train_set) / tc.batch_size)
-    total = int(tc.steps) if tc.steps is not None else max(1, int(round(tc.epochs * iters_per_epoch)))
-    warmup = tc.warmup_steps if tc.warmup_steps is not None else int(round(total / 50))
-    lr = tc.lr if tc.lr is not None else tc.base_lr * tc.batch_size / 256
-    labels = list(classes)
-    ob = VARObjective(vae, var, tc, total, warmup, lr, labels)
-    model_cfg = ModelConfig(vqvae=vae.config, var=var.config)
-    run_config = {
-        "kind": "var",
-        "train": tc.to_dict(),
-        "model": model_cfg.to_dict(),
-        "classes": labels,
-        "derived": {
-            "steps": total,
-            "warmup_steps": warmup,
-            "lr": lr,
-            "world_size": world,
-            "iters_per_epoch": iters_per_epoch,
-            "train_samples": len(train_set),
-            "val_samples": len(val_set) if val_set is not None else 0,
-            "tokenizer_fingerprint": tokenizer_fingerprint(vae, vae.v_patch_nums),
-        },
-    }
-    return ob, train_set, val_set, run_config, total
-
-
 def train_var(tc: VARTrainConfig) -> FitResult:
-    """Train (or resume) a VAR run; call under torchrun for DDP (the process group is joined here)."""
-    _check_positive(tc)
-    device = dist.init_distributed(tc.device)
-    run_dir = tc.run_dir or os.path.join("runs", f"var-{tc.preset if tc.init is None else 'finetune'}")
-    tc = dataclasses.replace(tc, run_dir=run_dir)
-    ob, train_set, val_set, run_config, total = build_run(tc, device)
-    tok_dir = os.path.join(run_dir, "tokenizer")
-    fp = run_config["derived"]["tokenizer_fingerprint"]
-    if dist.is_main():
-        cfg_path = os.path.join(run_dir, "config.json")
-        if os.path.isfile(cfg_path):
-            with open(cfg_path) as f:
-                old = json.load(f)
-            if old.get("derived", {}).get("tokenizer_fingerprint") not in (None, fp):
-                raise FieldError(
-                    f"{run_dir!r} was trained with another tokenizer; use a new ",
-                    FieldName("run_dir"),
-                    " or the same ",
-                    FieldName("tokenizer"),
-                )
-            if old.get("model", {}).get("var") != run_config["model"]["var"]:
-                raise FieldError(
-                    f"{run_dir!r} holds a run of another architecture; use a new ",
-                    FieldName("run_dir"),
-                    " or the same ",
-                    FieldName("preset"),
-                    "/",
-                    FieldName("init"),
-                )
-        if not os.path.isdir(tok_dir):
-            save_tokenizer(ob.vae, tok_dir)
-    dist.barrier()
-    return run_fit(ob, tc.loop_config(run_dir, total, device, fsdp=tc.fsdp), train_set, val_set, run_config)
-
-
-# ------------------------------------------------------------------------------------------------
-# Export and tokenize
-# ------------------------------------------------------------------------------------------------
+    """Train (or resume) a VAR run (``nextscale train``); call under torchrun for DDP."""
+    return train(VARObjective, tc)
 
 
 def export_run(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
-    """Turn a training checkpoint into a pipeline directory (``NextScalePipeline.from_pretrained(out)``).
-
-    ``weights``: "ema", "raw", or "auto" (EMA when the run kept one)."""
-    from nextscale.hub import save_components
-    from nextscale.models import VAR
-
-    path, state = find_checkpoint(
-        run, "pass a run folder (with checkpoints/) or a step_*.pt file", f"nextscale train --run-dir {run}"
-    )
-    if state.get("format") != CKPT_FORMAT or "var" not in state.get("modules", {}):
-        raise NextScaleError(f"{path} is not a VAR training checkpoint")
-    cfg = state.get("config", {})
-    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    tok_dir = os.path.join(run_dir, "tokenizer")
-    if not os.path.isdir(tok_dir):
-        raise NextScaleError(f"{run_dir!r} has no tokenizer/ folder; was it written by nextscale train?")
-    vae = load_tokenizer(tok_dir)
-    mc = ModelConfig.from_dict(cfg["model"])
-    var = VAR.from_config(mc.var, vae)
-    sd, use = checkpoint_weights(state, "var", weights, path)
-    var.load_state_dict(sd)
-    var.eval()
-    labels = cfg.get("classes")
-    labels = labels if labels and any(labels) else None
-    save_components(
-        out,
-        vae,
-        var,
-        labels=labels,
-        extra={"training": {"checkpoint": os.path.abspath(path), "step": state["step"], "weights": use}},
-    )
-    return {"checkpoint": path, "step": state["step"], "weights": use, "out": out}
+    """A VAR run's newest checkpoint (or a ``step_*.pt``) -> a pipeline directory
+    (``NextScalePipeline.from_pretrained(out)``); ``weights``: "ema", "raw", or "auto" (EMA when kept)."""
+    return export(VARObjective, run, out, weights)
 
 
 def tokenize(
@@ -503,7 +455,7 @@ def tokenize(
     batch_size: int = 64,
     device: Optional[str] = None,
     workers: int = 0,
-    mid_reso: float = 1.125,
+    mid_reso: float = MID_RESO,
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
@@ -512,13 +464,13 @@ def tokenize(
     from nextscale.validate import check_device, check_mid_reso, check_seed
 
     if batch_size <= 0:
-        raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")
+        raise FieldError(FieldName("batch_size"), f" must be a positive integer, got {batch_size}")
     if workers < 0:
-        raise NextScaleError(f"--workers must be >= 0 (0 = load in the main process), got {workers}")
-    check_mid_reso(mid_reso)
-    check_seed(seed, "--seed")
+        raise FieldError(FieldName("workers"), f" must be >= 0 (0 = load in the main process), got {workers}")
+    field_checked(check_mid_reso, "mid_reso", mid_reso)
+    field_checked(check_seed, "seed", seed)
     if device is not None:
-        device = str(check_device(device, "--device"))
+        device = str(field_checked(check_device, "device", device))
     p = None
     if preset is not None:
         try:
