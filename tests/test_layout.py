@@ -144,3 +144,54 @@ def test_app_is_a_leaf():
             continue
         bad = sorted(d for d in deps if d == "nextscale.app" or d.startswith("nextscale.app."))
         assert not bad, f"{name} imports the front end(s) {bad}"
+
+
+def _private_reach_ins(path: pathlib.Path):
+    """``from nextscale.x import _y`` and ``x._y`` (``x`` a nextscale module or a name imported from
+    one) in the file at ``path``, as "line: text"."""
+    tree = ast.parse(path.read_text())
+    imported = set()  # local names bound to nextscale modules / their members
+    bad = []
+    for n in ast.walk(tree):
+        if (
+            isinstance(n, ast.ImportFrom)
+            and (n.module or "").startswith("nextscale")
+            or (isinstance(n, ast.ImportFrom) and n.level)
+        ):
+            for a in n.names:
+                if a.name.startswith("_") and not a.name.startswith("__"):
+                    bad.append(f"{n.lineno}: from {n.module} import {a.name}")
+                imported.add(a.asname or a.name)
+        elif isinstance(n, ast.Import):
+            imported.update(a.asname or a.name.split(".")[0] for a in n.names if a.name.startswith("nextscale"))
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and n.attr.startswith("_") and not n.attr.startswith("__"):
+            base = n.value
+            while isinstance(base, ast.Attribute):  # nextscale.hub._x: the root name
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in imported:
+                bad.append(f"{n.lineno}: {ast.unparse(n)}")
+    return bad
+
+
+def test_private_reach_in_finder_finds_planted_ones(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text(
+        "import nextscale.hub\nfrom nextscale import hub as h\nfrom nextscale.data import _x, y\n"
+        "def f():\n    return nextscale.hub._atomic_dir, h._read_json, y._z, y.ok\n"
+    )
+    assert _private_reach_ins(p) == [
+        "3: from nextscale.data import _x",
+        "5: nextscale.hub._atomic_dir",
+        "5: h._read_json",
+        "5: y._z",
+    ]
+
+
+def test_no_module_uses_another_modules_private_names():
+    """A leading underscore means "this module only": the library, its front ends, the benchmarks
+    and tools use each other's public names (tests may still look inside, to test a helper)."""
+    root = SRC.parents[1]
+    files = [*SRC.rglob("*.py"), *(root / "benchmarks").rglob("*.py"), *(root / "tools").rglob("*.py")]
+    bad = {str(p.relative_to(root)): b for p in files if (b := _private_reach_ins(p))}
+    assert not bad, bad

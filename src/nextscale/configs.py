@@ -50,7 +50,7 @@ def _check_keys(cls, d: Mapping[str, Any]) -> None:
             raise ConfigError(f"{cls.__name__}: unknown key {k!r}; {hint}")
 
 
-class _Base:
+class ConfigBase:
     def to_dict(self) -> Dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
@@ -72,7 +72,7 @@ class _Base:
 
 
 @dataclass(frozen=True)
-class VQVAEConfig(_Base):
+class VQVAEConfig(ConfigBase):
     """The multi-scale residual VQ-VAE (tokenizer)."""
 
     # Codebook size V: 4096 in the release; more codes = finer tokens but a larger softmax in VAR.
@@ -108,7 +108,7 @@ class VQVAEConfig(_Base):
     using_mid_sa: bool = True
 
     def __post_init__(self):
-        _positive(self, "vocab_size", "z_channels", "ch", "num_res_blocks", "quant_conv_ks", "in_channels")
+        check_positive(self, "vocab_size", "z_channels", "ch", "num_res_blocks", "quant_conv_ks", "in_channels")
         if not self.ch_mult or any(m <= 0 for m in self.ch_mult):
             raise ConfigError(f"VQVAEConfig.ch_mult must be positive integers, got {self.ch_mult}")
         if self.ch % 32 != 0 or any((self.ch * m) % 32 for m in self.ch_mult):
@@ -135,13 +135,13 @@ class VQVAEConfig(_Base):
         return self.v_patch_nums[-1] * self.downsample
 
 
-class _TransformerSizes:
+class TransformerSizes:
     """The sizes derived from ``depth`` and their checks, shared by the VAR config and the AR
     baseline's (``models/ar.py``): the one place they are computed."""
 
     def _check_transformer(self) -> None:
         n = type(self).__name__
-        _positive(self, "depth", "num_classes")
+        check_positive(self, "depth", "num_classes")
         if self.embed_dim is not None and self.embed_dim <= 0:
             raise ConfigError(f"{n}.embed_dim must be positive (or None for 64*depth)")
         if self.num_heads is not None and self.num_heads <= 0:
@@ -171,7 +171,7 @@ class _TransformerSizes:
 
 
 @dataclass(frozen=True)
-class VARConfig(_TransformerSizes, _Base):
+class VARConfig(TransformerSizes, ConfigBase):
     """The next-scale prediction transformer. ``None`` sizes are derived from ``depth``."""
 
     # Number of AdaLN transformer blocks; the release family is d16/d20/d24/d30/d36.
@@ -229,7 +229,7 @@ class VARConfig(_TransformerSizes, _Base):
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Base):
+class ModelConfig(ConfigBase):
     """A tokenizer + transformer pair; the schedules must agree."""
 
     vqvae: VQVAEConfig = field(default_factory=VQVAEConfig)
@@ -255,7 +255,7 @@ class ModelConfig(_Base):
         return cls(vqvae=VQVAEConfig.from_dict(d.get("vqvae", {})), var=VARConfig.from_dict(d.get("var", {})))
 
 
-def _positive(obj, *names):
+def check_positive(obj, *names):
     for n in names:
         v = getattr(obj, n)
         if not isinstance(v, int) or v <= 0:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nextscale.errors import NextScaleError
-from nextscale.evaluation.io import ImageSource, _npz_keys, load_npz_stats, open_image_source, save_stats
+from nextscale.evaluation.io import ImageSource, load_npz_stats, npz_keys, open_image_source, save_stats
 from nextscale.evaluation.metrics import feature_statistics, frechet_distance, inception_score, precision_recall
 
 __all__ = [
@@ -36,7 +36,7 @@ __all__ = [
 Source = Union[str, np.ndarray, ImageSource]
 
 
-def _module_device(m: torch.nn.Module, device=None) -> torch.device:
+def module_device(m: torch.nn.Module, device=None) -> torch.device:
     if device is not None:
         return torch.device(device)
     for t in list(m.parameters()) + list(m.buffers()):
@@ -44,7 +44,7 @@ def _module_device(m: torch.nn.Module, device=None) -> torch.device:
     return torch.device("cpu")
 
 
-def _normalize_output(out: Any) -> Dict[str, torch.Tensor]:
+def normalize_output(out: Any) -> Dict[str, torch.Tensor]:
     if isinstance(out, torch.Tensor):
         d = {"pool": out}
     elif isinstance(out, (tuple, list)):
@@ -78,7 +78,7 @@ def extract_features(
     """Run ``extractor`` over every image of ``source`` (folder, npz, uint8 NHWC array).
     Returns float32 arrays keyed ``pool`` (and ``logits_unbiased``/``spatial`` when provided)."""
     src = source if isinstance(source, ImageSource) else open_image_source(source)
-    dev = _module_device(extractor, device)
+    dev = module_device(extractor, device)
     was_training = extractor.training
     extractor.eval()
     chunks: Dict[str, list] = {}
@@ -91,7 +91,7 @@ def extract_features(
         for b in src.batches(batch_size):
             b = np.ascontiguousarray(b)
             x = torch.from_numpy(b if b.flags.writeable else b.copy()).permute(0, 3, 1, 2).to(dev)
-            out = _normalize_output(extractor(x))
+            out = normalize_output(extractor(x))
             for k, v in out.items():
                 chunks.setdefault(k, []).append(v.detach().float().cpu().numpy())
             if bar is not None:
@@ -117,7 +117,7 @@ def features_to_stats(feats: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
 
 
 def _is_stats_file(path: str) -> bool:
-    return os.path.isfile(path) and "mu" in _npz_keys(path)
+    return os.path.isfile(path) and "mu" in npz_keys(path)
 
 
 def load_reference(
@@ -147,7 +147,7 @@ def load_reference(
         path = os.fspath(ref)
         out.update(load_npz_stats(path))
         out["origin"] = "precomputed statistics in " + os.path.basename(path)
-        has_images = "arr_0" in _npz_keys(path)
+        has_images = "arr_0" in npz_keys(path)
         if "features" in out:
             out["n"] = len(out["features"])
             return out
@@ -215,7 +215,7 @@ def evaluate(
     if (
         isinstance(samples, (str, os.PathLike))
         and _is_stats_file(os.fspath(samples))
-        and "arr_0" not in _npz_keys(os.fspath(samples))
+        and "arr_0" not in npz_keys(os.fspath(samples))
     ):
         sample_stats = dict(load_npz_stats(os.fspath(samples)))
         n_samples = len(sample_stats["features"]) if "features" in sample_stats else None

@@ -115,7 +115,7 @@ class NpzArrayReader:
                 left -= n
 
 
-def _npz_keys(path: str) -> List[str]:
+def npz_keys(path: str) -> List[str]:
     try:
         with zipfile.ZipFile(path) as zf:
             return [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
@@ -187,7 +187,7 @@ def open_image_source(src: Union[str, np.ndarray]) -> ImageSource:
         return ImageSource("folder", src, len(files), files=files)
     if not os.path.exists(src):
         raise NextScaleError(f"not found: {src}; pass a folder of images or an .npz file")
-    if "arr_0" not in _npz_keys(src):
+    if "arr_0" not in npz_keys(src):
         raise NextScaleError(f"{src} has no images ('arr_0'); pass a folder or an ADM-style .npz batch")
     r = NpzArrayReader(src)
     if len(r.shape) != 4 or r.shape[-1] != 3:
@@ -279,7 +279,7 @@ def save_stats(
 def load_npz_stats(path: str) -> Dict[str, np.ndarray]:
     """The statistics arrays of an ``.npz`` (any of mu, sigma, mu_s, sigma_s, features; never
     ``arr_0``, which is read in batches)."""
-    keys = _npz_keys(path)
+    keys = npz_keys(path)
     want = [k for k in ("mu", "sigma", "mu_s", "sigma_s", "features") if k in keys]
     if ("mu" in keys) != ("sigma" in keys):
         raise NextScaleError(f"{path} has only one of 'mu'/'sigma'; re-save the statistics with both")

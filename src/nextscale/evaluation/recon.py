@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.errors import InputError
-from nextscale.evaluation.evaluate import _module_device, _normalize_output
+from nextscale.evaluation.evaluate import module_device, normalize_output
 from nextscale.evaluation.metrics import feature_statistics, frechet_distance
 
 __all__ = ["psnr", "ssim", "to_uint8", "ReconstructionMetrics"]
@@ -101,7 +101,7 @@ class ReconstructionMetrics:
 
     def __init__(self, extractor: Optional[torch.nn.Module] = None, device=None):
         self.extractor = extractor
-        self.device = _module_device(extractor, device) if extractor is not None else None
+        self.device = module_device(extractor, device) if extractor is not None else None
         self._psnr: List[torch.Tensor] = []
         self._ssim: List[torch.Tensor] = []
         self._fa: List[np.ndarray] = []
@@ -117,7 +117,7 @@ class ReconstructionMetrics:
             self._ssim.append(ssim(a, b, reduction="none").cpu())
         if self.extractor is not None:
             for x, store in ((a, self._fa), (b, self._fb)):
-                out = _normalize_output(self.extractor(to_uint8(x).to(self.device)))
+                out = normalize_output(self.extractor(to_uint8(x).to(self.device)))
                 store.append(out["pool"].float().cpu().numpy())
 
     def compute(self) -> Dict[str, Optional[float]]:

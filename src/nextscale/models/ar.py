@@ -33,7 +33,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
-from nextscale.configs import ConfigError, _Base, _positive, _TransformerSizes
+from nextscale.configs import ConfigBase, ConfigError, TransformerSizes, check_positive
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.var import VAR, AdaLNBeforeHead, AdaLNSelfAttn
 
@@ -41,7 +41,7 @@ __all__ = ["ARConfig", "ARTransformer", "AR_PRESETS", "get_ar_preset"]
 
 
 @dataclass(frozen=True)
-class ARConfig(_TransformerSizes, _Base):
+class ARConfig(TransformerSizes, ConfigBase):
     """The raster-order baseline. ``None`` sizes are derived from ``depth`` (VAR's rule)."""
 
     # Number of AdaLN transformer blocks: the size knob, as for VAR (d16 ... d30 in the paper).
@@ -72,7 +72,7 @@ class ARConfig(_TransformerSizes, _Base):
     attn_l2_norm: bool = True
 
     def __post_init__(self):
-        _positive(self, "vocab_size", "side")
+        check_positive(self, "vocab_size", "side")
         self._check_transformer()
 
     @property
