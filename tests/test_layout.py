@@ -1,6 +1,7 @@
 """The architecture, as checks: imports point one way, models/ is the math, the CLI stays thin."""
 
 import ast
+import os
 import pathlib
 
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "nextscale"
@@ -195,3 +196,13 @@ def test_no_module_uses_another_modules_private_names():
     files = [*SRC.rglob("*.py"), *(root / "benchmarks").rglob("*.py"), *(root / "tools").rglob("*.py")]
     bad = {str(p.relative_to(root)): b for p in files if (b := _private_reach_ins(p))}
     assert not bad, bad
+
+
+def test_importing_the_demo_leaves_the_environment_alone():
+    """The demo switches off gradio's analytics when it starts gradio, not when it is imported."""
+    import subprocess
+    import sys
+
+    code = "import os; e = dict(os.environ); import nextscale.app.demo; assert dict(os.environ) == e, 'changed'"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
+    assert r.returncode == 0, r.stderr[-500:]

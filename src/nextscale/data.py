@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nextscale.atomic import atomic_dir
+from nextscale.atomic import atomic_dir, atomic_path
 from nextscale.errors import FieldError, FieldName, NextScaleError
 
 #: Training crops: the shorter side is resized to ``MID_RESO`` x the resolution, then cropped (the
@@ -603,10 +603,11 @@ def build_token_cache(
             del tok
             skipped = len(samples) - n
             if skipped:  # drop the unused tail rows: rewrite a compact array
-                full = np.load(os.path.join(tmp, split, "tokens.npy"), mmap_mode="r")
-                np.save(os.path.join(tmp, split, "tokens_compact.npy"), np.ascontiguousarray(full[:n]))
+                path = os.path.join(tmp, split, "tokens.npy")
+                full = np.load(path, mmap_mode="r")
+                with atomic_path(path, sweep=False) as t, open(t, "wb") as f:
+                    np.save(f, np.ascontiguousarray(full[:n]))
                 del full
-                os.replace(os.path.join(tmp, split, "tokens_compact.npy"), os.path.join(tmp, split, "tokens.npy"))
                 warnings.warn(f"{split}: skipped {skipped} unreadable image(s)", RuntimeWarning)
             if n == 0:
                 raise NextScaleError(f"no readable images in {root!r}")

@@ -35,7 +35,7 @@ class ScaleWindowKVCache:
     scales plus the ``recent`` scales before the current one (``kv_budget``). Same interface as
     ``nextscale.models.kv_cache.KVCache`` (``append`` / ``advance`` / ``keep_rows``)."""
 
-    def __init__(self, depth: int, first: int, recent: int, scale_lens: Optional[List[int]] = None):
+    def __init__(self, depth: int, first: int, recent: int):
         self.depth, self.first, self.recent = depth, first, recent
         self.chunks: List[List[Tuple[int, torch.Tensor, torch.Tensor]]] = [[] for _ in range(depth)]
         self.scale = 0  # index of the scale being written

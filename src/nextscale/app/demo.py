@@ -34,15 +34,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-# No analytics, version checks or telemetry: set before gradio / huggingface_hub are imported.
-os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
-
-from nextscale.errors import NextScaleError  # noqa: E402
+from nextscale.errors import NextScaleError
 
 __all__ = [
     "DemoBackend",
@@ -504,6 +500,8 @@ def _to_pil(t_3HW01: torch.Tensor) -> Image.Image:
 # Gradio
 # ---------------------------------------------------------------------------------------------
 def _gradio():
+    # No analytics, version checks or telemetry: set when the demo imports gradio, not on import of this module.
+    os.environ.update(GRADIO_ANALYTICS_ENABLED="False", HF_HUB_DISABLE_TELEMETRY="1")
     try:
         import gradio as gr
     except ImportError:
