@@ -206,3 +206,26 @@ def test_importing_the_demo_leaves_the_environment_alone():
     code = "import os; e = dict(os.environ); import nextscale.app.demo; assert dict(os.environ) == e, 'changed'"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ))
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def _flag_texts(path: pathlib.Path):
+    """String pieces that spell a CLI flag (``--name``) inside the raise statements and warnings of a file."""
+    import re
+
+    out = []
+    for n in ast.walk(ast.parse(path.read_text())):
+        if isinstance(n, ast.Raise) or (
+            isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "warn"
+        ):
+            for c in ast.walk(n):
+                if isinstance(c, ast.Constant) and isinstance(c.value, str) and re.search(r"--[a-z]", c.value):
+                    out.append(f"{c.lineno}: {c.value.strip()[:60]}")
+    return out
+
+
+def test_training_and_data_errors_name_fields_not_flags():
+    """A Python user has no flags: library errors name the field (a FieldError), and the CLI spells it
+    as its flag (``batch_size`` -> ``--batch-size``)."""
+    files = [*(SRC / "train").rglob("*.py"), SRC / "data.py", SRC / "checkpoint.py", SRC / "atomic.py"]
+    bad = {p.name: b for p in files if (b := _flag_texts(p))}
+    assert not bad, bad

@@ -120,7 +120,7 @@ class Objective:
         return {}
 
     def ema_modules(self) -> List[str]:
-        """Modules that get an EMA copy when the loop's ema_decay > 0."""
+        """Modules that get an EMA copy when the loop's ema (decay) > 0."""
         return list(self.modules())[:1]
 
     def state_dict(self) -> Dict[str, Any]:
