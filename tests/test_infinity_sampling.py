@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from nextscale.errors import InputError
+from nextscale.models.bsq import BSQVAE, BSQConfig
 from nextscale.sampling_t2i import (
+    RunningSum,
     cfg_insertion,
     guide_hidden,
     guide_logits,
@@ -19,6 +21,7 @@ from nextscale.sampling_t2i import (
     to_uint8_bgr,
     unpatchify_bits,
 )
+from nextscale.schedules import tokenizer_schedule
 
 
 @dataclass
@@ -181,3 +184,29 @@ def test_sampler_top_k_1_is_greedy_and_top_k_900_is_a_no_op():
     ba = sample_bits_(a, top_k=900, generator=torch.Generator().manual_seed(1))
     bb = sample_bits_(b, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, x) and torch.equal(ba, bb)
+
+
+def _vae(g, V):
+    vae = BSQVAE(BSQConfig.from_reference_args(g["vae"][V]["args"]))
+    vae.load_state_dict(g["vae"][V]["state_dict"], strict=True)
+    return vae.eval()
+
+
+@torch.no_grad()
+def test_recorded_bits_give_the_recorded_codes_inputs_sum_and_image(infinity_golden):
+    """The model-free half of the loop: bits -> codes -> running sum -> next-scale inputs (exact), -> image."""
+    g = infinity_golden
+    for V in g["infer"]:
+        vae, p = _vae(g, V), _patchify(g, V)
+        for name, rec in g["infer"][V].items():
+            tok = tokenizer_schedule([s[1:] for s in rec["scale_schedule"]], p)
+            assert tok == [tuple(s[1:]) for s in rec["vae_scale_schedule"]]
+            rs = RunningSum(tok, p)
+            for k, ps in enumerate(rec["per_scale"]):
+                codes = rs.add(rec["bits_per_scale"][k].squeeze(1))
+                assert torch.equal(codes, ps["codes"].squeeze(2)), f"{V}.{name} scale {k}"
+                if k + 1 < len(tok):
+                    assert torch.equal(rs.next_input(k + 1), ps["next_scale_input"]), f"{V}.{name} scale {k}"
+            assert torch.equal(rs.summed_BdHW, rec["summed_codes"]), f"{V}.{name}"
+            if rec["summed_codes"].shape[-1] <= 4:  # decoding the big ones costs seconds; the tokenizer tests do it
+                torch.testing.assert_close(vae.decode(rs.summed_BdHW), rec["decoded"], atol=2e-4, rtol=0)

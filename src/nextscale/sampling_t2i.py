@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.errors import InputError, NextScaleError
+from nextscale.models.bsq import bits_to_codes, resize
 from nextscale.sampling import sample_top_k_top_p_
 from nextscale.validate import as_int, check_float
 
@@ -47,6 +48,7 @@ __all__ = [
     "patchify_bits",
     "unpatchify_bits",
     "next_scale_input",
+    "RunningSum",
 ]
 
 #: constraint(si, bits_Bhwd) -> bits_Bhwd: replaces sampled bits (tokenizer space, int64) before they enter the
@@ -206,13 +208,36 @@ def patchify_bits(bits_Bhwd: torch.Tensor, patchify: bool) -> torch.Tensor:
     return F.pixel_unshuffle(bits_Bhwd.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
 
 
-def next_scale_input(summed_BdHW: torch.Tensor, size_hw: Tuple[int, int], patchify: bool, resize) -> torch.Tensor:
+def next_scale_input(summed_BdHW: torch.Tensor, size_hw: Tuple[int, int], patchify: bool) -> torch.Tensor:
     """The next scale's transformer input (B, l, D): the running sum trilinear-resized (a downsampling, as the
     reference does: not area) to the next tokenizer scale, ``pixel_unshuffle(2)`` with patchify, flattened."""
     x = resize(summed_BdHW, tuple(size_hw), "trilinear")
     if patchify:
         x = F.pixel_unshuffle(x, 2)
     return x.flatten(2).transpose(1, 2)
+
+
+class RunningSum:
+    """The sum of every scale's codes on the last tokenizer grid, and the next scale's input read from it.
+
+    Codes are kept channels-last in memory (the reference's codes are a permuted channels-last view): CPU
+    trilinear up-sampling rounds differently for the two layouts (up to 5e-7 on the fixtures), and a 1e-7 change
+    of the next-scale input becomes ~1e-2 in the logits through the bf16 cross attention."""
+
+    def __init__(self, tok_schedule_hw: Sequence[Tuple[int, int]], patchify: bool):
+        self.sched, self.patchify = [tuple(hw) for hw in tok_schedule_hw], patchify
+        self.summed_BdHW: Optional[torch.Tensor] = None
+
+    def add(self, bits_Bhwd: torch.Tensor) -> torch.Tensor:
+        """Add one scale's bits (B, h, w, d); returns their codes (B, d, h, w)."""
+        codes_BdHW = bits_to_codes(bits_Bhwd).contiguous(memory_format=torch.channels_last)
+        up = resize(codes_BdHW, self.sched[-1], "trilinear")  # same size (last scale): the codes themselves
+        self.summed_BdHW = up if self.summed_BdHW is None else self.summed_BdHW + up
+        return codes_BdHW
+
+    def next_input(self, si: int) -> torch.Tensor:
+        """Input of scale si (>= 1) from the sum so far: (B, l_si, D)."""
+        return next_scale_input(self.summed_BdHW, self.sched[si], self.patchify)
 
 
 def to_uint8_bgr(img_B3HW: torch.Tensor) -> torch.Tensor:
