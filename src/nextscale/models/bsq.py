@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,6 +46,12 @@ __all__ = [
     "resize",
     "bits_to_codes",
     "quantize_bits",
+    "grid_to_tokens",
+    "tokens_to_grid",
+    "next_scale_input",
+    "BSCOutput",
+    "bitwise_self_correction",
+    "scale_loss_weights",
 ]
 
 ScheduleHW = Sequence[Tuple[int, int]]
@@ -174,11 +181,11 @@ def quantize_bits(z_BdHW: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     form ``z + (zhat - z)``, kept as computed in float32 (for some d about 1% of the entries end 1 ulp off
     +-d^-0.5; the running sums and next-scale inputs see exactly these values). sign(0) counts as -1."""
     d = z_BdHW.shape[1]
-    z = F.normalize(z_BdHW, dim=1, eps=1e-12)
-    zhat = torch.where(z > 0, 1.0, -1.0).to(z.dtype) * (1.0 / math.sqrt(d))
-    q_BdHW = z + (zhat - z)  # kept as computed (see docstring), not replaced by zhat
-    bits_BHWd = (q_BdHW > 0).permute(0, 2, 3, 1).long()
-    return q_BdHW, bits_BHWd
+    # channels last and contiguous, as the reference normalises: the reduction order sets the last ulp
+    z_BHWd = F.normalize(z_BdHW.permute(0, 2, 3, 1).contiguous(), dim=-1, eps=1e-12)
+    zhat = torch.where(z_BHWd > 0, 1.0, -1.0).to(z_BHWd.dtype) * (1.0 / math.sqrt(d))
+    q_BHWd = z_BHWd + (zhat - z_BHWd)  # kept as computed (see docstring), not replaced by zhat
+    return q_BHWd.permute(0, 3, 1, 2), (q_BHWd > 0).long()
 
 
 def bits_to_codes(bits_Bhwd: torch.Tensor) -> torch.Tensor:
@@ -189,7 +196,8 @@ def bits_to_codes(bits_Bhwd: torch.Tensor) -> torch.Tensor:
     s = 1.0 / math.sqrt(d)
     codes_Bhwd = bits_Bhwd.float() * (2 * s) - s
     codes_Bhwd = F.normalize(codes_Bhwd, dim=-1, eps=1e-12)
-    return codes_Bhwd.permute(0, 3, 1, 2).contiguous()
+    # a channels-last view, as the reference's: the memory layout picks the resize/conv kernels (last-ulp effects)
+    return codes_Bhwd.permute(0, 3, 1, 2)
 
 
 def _check_schedule(schedule_hw: ScheduleHW, hw: Tuple[int, int], what: str = "schedule_hw") -> List[Tuple[int, int]]:
@@ -389,7 +397,7 @@ class MultiScaleBSQ(nn.Module):
             out.bits.append(bits_k)
             if k < len(sched) - 1:
                 out.var_inputs.append(resize(summed, sched[k + 1], "area"))
-        out.summed_BdHW = summed
+        out.summed_BdHW = summed.contiguous()  # the reference hands the decoder a contiguous tensor
         return out
 
 
@@ -450,3 +458,118 @@ class BSQVAE(nn.Module):
     def decode_bits(self, bits: Sequence[torch.Tensor], schedule_hw: ScheduleHW) -> torch.Tensor:
         """The reference's ``decode_from_indices(bits, schedule, 'bit_label')``: images in [-1, 1]."""
         return self.decode(self.bits_to_summed(bits, schedule_hw))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tokenizer grid <-> transformer tokens, and the training input builder (bitwise self-correction)
+
+
+def grid_to_tokens(x_BdHW: torch.Tensor, patchify: bool) -> torch.Tensor:
+    """A tokenizer-space map (B, d, h, w) -> transformer tokens (B, l, d'), row-major (h outer, w inner).
+
+    With ``patchify`` (the 8B model) 2x2 neighbourhoods become one token: ``pixel_unshuffle(2)`` gives
+    d' = 4d channels ordered (bit, dy, dx) and l = h*w/4."""
+    if patchify:
+        x_BdHW = F.pixel_unshuffle(x_BdHW, 2)
+    return x_BdHW.flatten(2).transpose(1, 2)
+
+
+def tokens_to_grid(x_Bld: torch.Tensor, hw: Tuple[int, int], patchify: bool) -> torch.Tensor:
+    """Inverse of :func:`grid_to_tokens`: (B, l, d') -> (B, d, h, w) for the tokenizer-space scale ``hw``."""
+    h, w = int(hw[0]), int(hw[1])
+    if patchify:
+        x = x_Bld.transpose(1, 2).reshape(x_Bld.shape[0], x_Bld.shape[2], h // 2, w // 2)
+        return F.pixel_shuffle(x, 2)
+    return x_Bld.transpose(1, 2).reshape(x_Bld.shape[0], x_Bld.shape[2], h, w)
+
+
+def next_scale_input(summed_BdHW: torch.Tensor, next_hw: Tuple[int, int], patchify: bool) -> torch.Tensor:
+    """The transformer's input for the next scale: the running sum of codes (full latent grid) trilinearly
+    down-sampled to ``next_hw`` (trilinear, not area: the reference's choice), as tokens (B, l, d')."""
+    return grid_to_tokens(resize(summed_BdHW, next_hw, "trilinear"), patchify)
+
+
+@dataclass
+class BSCOutput:
+    x_BLC_wo_prefix: torch.Tensor  # (B, L - 1, d'): next-scale inputs of scales 1..K-1 (scale 0 is the text token)
+    gt_bits: List[torch.Tensor]  # per scale (B, l_k, d') int64: targets, computed against the flipped running sum
+    flipped_bits: List[Optional[torch.Tensor]]  # per scale (B, h, w, d) bits after the flips; None if not noisy
+    strengths: List[float]  # flip probability drawn for each noisy scale, in order
+
+
+def bitwise_self_correction(
+    raw_BdHW: torch.Tensor,
+    schedule_hw: ScheduleHW,
+    *,
+    noise_apply_layers: int = -1,
+    noise_apply_strength: float = -1.0,
+    noise_apply_requant: bool = True,
+    patchify: bool = False,
+    np_rng: Optional[np.random.RandomState] = None,
+    generator: Optional[torch.Generator] = None,
+) -> BSCOutput:
+    """Infinity's training input builder (the reference's ``BitwiseSelfCorrection.flip_requant``).
+
+    Quantises ``raw_BdHW`` (the encoder output) scale by scale like :class:`MultiScaleBSQ`, but on the first
+    ``noise_apply_layers`` scales flips each bit with a probability drawn per scale as
+    ``np_rng.randint(0, 100 * noise_apply_strength + 1) * 0.01``; with ``noise_apply_requant`` the flipped bits
+    replace the scale's codes, so later scales' targets correct the errors (without it the flips are drawn
+    but change nothing). Randomness, in the reference's order: one numpy draw, then B*h*w*d float32
+    ``torch.rand`` draws from ``generator`` per noisy scale. ``RandomState(s)`` reproduces ``numpy.random.seed(s)``
+    and ``torch.Generator().manual_seed(s)`` reproduces ``torch.manual_seed(s)`` on CPU.
+
+    ``schedule_hw`` is the tokenizer-space schedule (ending at the latent grid); ``patchify`` maps tokens with
+    ``pixel_unshuffle(2)`` (d' = 4d)."""
+    B = raw_BdHW.shape[0]
+    sched = _check_schedule(schedule_hw, tuple(raw_BdHW.shape[-2:]))
+    if patchify and any(h % 2 or w % 2 for h, w in sched):
+        raise InputError(f"patchify needs even scale sizes (schedule_hw = {sched})")
+    if noise_apply_layers > 0 and (np_rng is None or generator is None):
+        raise InputError("np_rng and generator are required when noise_apply_layers > 0")
+    last = sched[-1]
+    cum = torch.zeros_like(raw_BdHW)
+    xs, gts, flips, strengths = [], [], [], []
+    for k, hw in enumerate(sched):
+        residual = raw_BdHW - cum
+        if k != len(sched) - 1:
+            residual = resize(residual, hw, "area")
+        q_BdHW, bits_BHWd = quantize_bits(residual)
+        gts.append(grid_to_tokens(bits_BHWd.permute(0, 3, 1, 2), patchify))
+        flipped = None
+        if k < noise_apply_layers:
+            p = np_rng.randint(0, 100 * noise_apply_strength + 1) * 0.01  # same float expression as the reference
+            strengths.append(p)
+            mask = torch.rand(bits_BHWd.shape, generator=generator, device=bits_BHWd.device) < p
+            flipped = torch.where(mask, 1 - bits_BHWd, bits_BHWd)
+            if noise_apply_requant:
+                q_BdHW = bits_to_codes(flipped)
+        flips.append(flipped)
+        cum = cum + resize(q_BdHW, last, "trilinear")
+        if k < len(sched) - 1:
+            xs.append(next_scale_input(cum, sched[k + 1], patchify))
+    d_tok = raw_BdHW.shape[1] * (4 if patchify else 1)
+    x = torch.cat(xs, 1) if xs else raw_BdHW.new_zeros(B, 0, d_tok)
+    return BSCOutput(x, gts, flips, strengths)
+
+
+def scale_loss_weights(scale_schedule: Sequence[Sequence[int]], mode: str = "uniform") -> torch.Tensor:
+    """Per-token weights (L,) of the teacher-forced loss, summing to 1: ``loss = (token_loss_BL * w_L).sum(-1).mean()``.
+
+    ``scale_schedule`` is the transformer schedule ((h, w) or (t, h, w) per scale; a scale has prod() tokens).
+    * ``"uniform"``: 1/L for every token (the reference trainer's default).
+    * ``"sqrt_area"``: what the reference's ``reweight_loss_by_scale=1`` intends (its trainer crashes calling
+      ``.prod()`` on a tuple; its validation script computes it): every token of scale k weighs
+      sqrt(l_K) / sqrt(l_k), then all are normalised to sum 1, so coarse scales (few tokens) count more.
+      Computed in float64, returned as float32."""
+    areas = [int(np.prod([int(v) for v in s])) for s in scale_schedule]
+    if not areas or min(areas) < 1:
+        raise InputError(f"scale_schedule must be a non-empty list of positive sizes (got {list(scale_schedule)})")
+    if mode == "uniform":
+        w = torch.full((sum(areas),), 1.0 / sum(areas), dtype=torch.float64)
+    elif mode == "sqrt_area":
+        last = math.sqrt(areas[-1])
+        w = torch.cat([torch.full((a,), last / math.sqrt(a), dtype=torch.float64) for a in areas])
+        w = w / w.sum()
+    else:
+        raise InputError(f"mode must be 'uniform' or 'sqrt_area' (got {mode!r})")
+    return w.float()
