@@ -45,6 +45,7 @@ __all__ = [
     "BSQOutput",
     "resize",
     "bits_to_codes",
+    "bits_to_summed",
     "quantize_bits",
     "grid_to_tokens",
     "tokens_to_grid",
@@ -198,6 +199,21 @@ def bits_to_codes(bits_Bhwd: torch.Tensor) -> torch.Tensor:
     codes_Bhwd = F.normalize(codes_Bhwd, dim=-1, eps=1e-12)
     # a channels-last view, as the reference's: the memory layout picks the resize/conv kernels (last-ulp effects)
     return codes_Bhwd.permute(0, 3, 1, 2)
+
+
+def bits_to_summed(bits: Sequence[torch.Tensor], schedule_hw: ScheduleHW) -> torch.Tensor:
+    """Sum over scales of the codes of ``bits`` [(B, h_k, w_k, d)] trilinearly resized to the last scale:
+    (B, d, h_K, w_K), the decoder's input in the reference's ``decode_from_indices``."""
+    sched = [(int(h), int(w)) for h, w in schedule_hw]
+    if len(bits) != len(sched):
+        raise InputError(f"bits has {len(bits)} scales but schedule_hw has {len(sched)}")
+    summed = None
+    for bits_k, hw in zip(bits, sched):
+        if tuple(bits_k.shape[1:3]) != hw:
+            raise InputError(f"bits of shape {tuple(bits_k.shape)} do not fit the scale {hw}")
+        c = resize(bits_to_codes(bits_k), sched[-1], "trilinear")
+        summed = c if summed is None else summed + c
+    return summed
 
 
 def _check_schedule(schedule_hw: ScheduleHW, hw: Tuple[int, int], what: str = "schedule_hw") -> List[Tuple[int, int]]:
@@ -443,17 +459,7 @@ class BSQVAE(nn.Module):
         return self.decoder(summed_BdHW).clamp(-1, 1)
 
     def bits_to_summed(self, bits: Sequence[torch.Tensor], schedule_hw: ScheduleHW) -> torch.Tensor:
-        """Sum over scales of the codes trilinearly resized to the last scale: (B, d, h_K, w_K)."""
-        sched = [(int(h), int(w)) for h, w in schedule_hw]
-        if len(bits) != len(sched):
-            raise InputError(f"bits has {len(bits)} scales but schedule_hw has {len(sched)}")
-        summed = None
-        for bits_k, hw in zip(bits, sched):
-            if tuple(bits_k.shape[1:3]) != hw:
-                raise InputError(f"bits of shape {tuple(bits_k.shape)} do not fit the scale {hw}")
-            c = resize(bits_to_codes(bits_k), sched[-1], "trilinear")
-            summed = c if summed is None else summed + c
-        return summed
+        return bits_to_summed(bits, schedule_hw)
 
     def decode_bits(self, bits: Sequence[torch.Tensor], schedule_hw: ScheduleHW) -> torch.Tensor:
         """The reference's ``decode_from_indices(bits, schedule, 'bit_label')``: images in [-1, 1]."""
