@@ -64,8 +64,9 @@ ScheduleHW = Sequence[Tuple[int, int]]
 
 @dataclass(frozen=True)
 class BSQConfig:
-    """Sizes of a BSQ-VAE. Everything else is fixed by the reference's ``vae_model`` (2-D convs, GroupNorm, no
-    attention blocks, no VAE head, no projections around the quantiser)."""
+    """Sizes of a BSQ-VAE. Everything else is fixed by the reference's ``vae_model`` (2-D convs, no attention
+    blocks, no VAE head, no projections around the quantiser). GroupNorm (eps 1e-6, affine) takes 32 groups where
+    the channels allow it, else 24: so every base_ch * ch_mult[i] must be a multiple of 32 or 24."""
 
     codebook_dim: int  # d: bits per token; the encoder's output channels (z_channels == codebook_dim)
     base_ch: int = 128  # channels of the first level; level i has base_ch * ch_mult[i]
@@ -123,6 +124,11 @@ class BSQConfig:
             "use_vae": False,
             "ln_before_quant": False,
             "new_quant": True,
+            "codebook_l2_norm": True,
+            "use_out_phi": False,  # would add a parameter
+            "use_pxsf": False,  # pixel-shuffle up-sampling instead of nearest + conv
+            "cnn_norm_axis": "spatial",
+            "drop_when_test": False,  # would skip scales at inference
         }
         for k, want in fixed.items():
             if k in args and args[k] != want:
@@ -161,7 +167,8 @@ def resize(x_BdHW: torch.Tensor, size_hw: Tuple[int, int], mode: str) -> torch.T
     """Resize a 4-D map to ``size_hw`` exactly as the reference does: on a 5-D view with temporal size 1.
 
     ``mode`` is ``"trilinear"`` (align_corners=False; not bit-identical to 4-D bilinear when up-sampling) or
-    ``"area"``. A same-size resize returns ``x_BdHW`` itself (the reference skips it)."""
+    ``"area"``. A same-size resize returns ``x_BdHW`` itself (the reference skips it). The memory layout of the
+    input carries through (channels-last in, channels-last out), as in the reference."""
     if mode not in ("trilinear", "area"):
         raise InputError(f"mode must be 'trilinear' or 'area' (got {mode!r})")
     h, w = int(size_hw[0]), int(size_hw[1])
@@ -180,7 +187,8 @@ def quantize_bits(z_BdHW: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
 
     Each position is L2-normalised over d, then snapped to sign * d^-0.5 in the reference's straight-through
     form ``z + (zhat - z)``, kept as computed in float32 (for some d about 1% of the entries end 1 ulp off
-    +-d^-0.5; the running sums and next-scale inputs see exactly these values). sign(0) counts as -1."""
+    +-d^-0.5; the running sums and next-scale inputs see exactly these values). sign(0) counts as -1.
+    q comes back as a channels-last view, like the reference's: CPU resizes round differently by layout."""
     d = z_BdHW.shape[1]
     # channels last and contiguous, as the reference normalises: the reduction order sets the last ulp
     z_BHWd = F.normalize(z_BdHW.permute(0, 2, 3, 1).contiguous(), dim=-1, eps=1e-12)
