@@ -1,0 +1,225 @@
+"""Released Infinity checkpoint formats (nextscale.infinity_release): tiny files in every naming / layout,
+loaded strictly; bad files give one line."""
+
+import json
+import re
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from nextscale.errors import CheckpointError, InputError
+from nextscale.infinity_release import (
+    infer_bsq_config,
+    load_bsq_tokenizer,
+    load_tokenizer_weights,
+    read_sharded,
+    read_state_dict,
+    read_tokenizer_state,
+)
+from nextscale.models.bsq import BSQ_PRESETS, BSQVAE, BSQConfig
+
+TINY_BSQ = BSQConfig(codebook_dim=6, base_ch=24, ch_mult=(1, 2), num_res_blocks=1, patch_size=2)
+
+
+def _one_line(e):
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 400, msg
+    return msg
+
+
+def _strip_wrappers(sd):
+    """The other naming of README 1: ``X.weight`` instead of ``X.conv.weight`` / ``X.norm.weight``."""
+    return {re.sub(r"\.(conv|norm)\.(weight|bias)$", r".\2", k): v for k, v in sd.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny_vae():
+    torch.manual_seed(0)
+    m = BSQVAE(TINY_BSQ)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # GroupNorm's ones/zeros become distinguishable
+    return m
+
+
+def _assert_same(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# ------------------------------------------------------------------------------------------------ tokenizer
+@pytest.mark.parametrize("naming", ["module", "stripped", "mixed", "no_mask", "one_mask"])
+def test_tokenizer_namings(tiny_vae, tmp_path, naming):
+    sd = {k: v.clone() for k, v in tiny_vae.state_dict().items()}
+    if naming == "stripped":
+        sd = _strip_wrappers(sd)
+        assert "encoder.conv_in.weight" in sd and "encoder.down.0.downsample.conv.weight" in sd
+    elif naming == "mixed":
+        enc = _strip_wrappers({k: v for k, v in sd.items() if k.startswith("encoder.")})
+        sd = {**enc, **{k: v for k, v in sd.items() if not k.startswith("encoder.")}}
+    elif naming == "no_mask":
+        sd = {k: v for k, v in sd.items() if not k.endswith("lfq.mask")}
+    elif naming == "one_mask":
+        del sd["quantize.lfq.mask"]
+    f = tmp_path / "vae.pth"
+    torch.save({"vae": sd}, f)
+    loaded = load_bsq_tokenizer(f)  # configuration read from the shapes
+    assert loaded.config == TINY_BSQ and not loaded.training
+    _assert_same(loaded, tiny_vae)
+    again = load_tokenizer_weights(BSQVAE(TINY_BSQ), f)
+    _assert_same(again, tiny_vae)
+    x = torch.rand(1, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.decode(loaded.encode_raw(x)), tiny_vae.decode(tiny_vae.encode_raw(x)), atol=0, rtol=0
+        )
+
+
+def test_tokenizer_plain_state_dict_and_preset_name(tiny_vae, tmp_path):
+    f = tmp_path / "plain.pth"
+    torch.save(tiny_vae.state_dict(), f)
+    _assert_same(load_bsq_tokenizer(f, TINY_BSQ), tiny_vae)
+    with pytest.raises(CheckpointError) as e:  # a preset of another size: the differences are named
+        load_bsq_tokenizer(f, "infinity_vae_d16")
+    assert "codebook_dim=6 (not 16), base_ch=24 (not 128)" in _one_line(e)
+    with pytest.raises(CheckpointError) as e:  # an existing module of another size: the first odd key is named
+        load_tokenizer_weights(BSQVAE(BSQ_PRESETS["infinity_vae_d16"]), f)
+    assert "missing key" in _one_line(e)
+    with pytest.raises(InputError, match="not a tokenizer preset"):
+        load_bsq_tokenizer(f, "d17")
+
+
+def _bad(tiny_vae, tmp_path, edit):
+    sd = {k: v.clone() for k, v in tiny_vae.state_dict().items()}
+    edit(sd)
+    f = tmp_path / "bad.pth"
+    torch.save({"vae": sd}, f)
+    with pytest.raises(CheckpointError) as e:
+        load_bsq_tokenizer(f, TINY_BSQ)
+    msg = _one_line(e)
+    assert msg.startswith(str(f))
+    return msg
+
+
+def test_tokenizer_errors(tiny_vae, tmp_path):
+    msg = _bad(tiny_vae, tmp_path, lambda sd: sd.update({"encoder.extra.weight": torch.zeros(1)}))
+    assert "unexpected key 'encoder.extra.weight'" in msg
+    msg = _bad(tiny_vae, tmp_path, lambda sd: sd.update({"discriminator.w": torch.zeros(1)}))
+    assert "unexpected key 'discriminator.w'" in msg
+    msg = _bad(tiny_vae, tmp_path, lambda sd: sd.pop("decoder.conv_out.conv.bias"))
+    assert "missing key 'decoder.conv_out.conv.bias'" in msg
+    msg = _bad(tiny_vae, tmp_path, lambda sd: sd.update({"decoder.conv_out.conv.bias": torch.zeros(4)}))
+    assert "decoder.conv_out.conv.bias has shape (4,)" in msg
+    msg = _bad(tiny_vae, tmp_path, lambda sd: sd["quantizer.lfq.mask"].fill_(1))
+    assert "quantizer.lfq.mask is a constant" in msg
+
+    def dup(sd):
+        sd["encoder.conv_in.weight"] = sd["encoder.conv_in.conv.weight"]
+
+    assert "both give encoder.conv_in.conv.weight" in _bad(tiny_vae, tmp_path, dup)
+
+
+def test_tokenizer_bad_files(tmp_path):
+    cases = {"empty.pth": b"", "text.pth": b"hello world\n", "trunc.pth": None}
+    for name, content in cases.items():
+        f = tmp_path / name
+        if content is None:
+            torch.save({"vae": {"a": torch.zeros(3)}}, f)
+            f.write_bytes(f.read_bytes()[:40])
+        else:
+            f.write_bytes(content)
+        with pytest.raises(CheckpointError) as e:
+            read_tokenizer_state(f)
+        assert _one_line(e).startswith(str(f))
+    f = tmp_path / "other.pth"
+    torch.save({"model": {"x": torch.zeros(1)}, "step": 3}, f)
+    with pytest.raises(CheckpointError, match="no 'vae' entry"):
+        read_tokenizer_state(f)
+    with pytest.raises(CheckpointError, match="no such file"):
+        read_tokenizer_state(tmp_path / "absent.pth")
+
+
+def test_infer_config_from_release_manifests(infinity_manifests):
+    """The configuration read from each released tokenizer's layout (shapes only, on meta) is its preset, in both
+    namings."""
+    for name, cfg in BSQ_PRESETS.items():
+        man = json.loads((infinity_manifests / f"{name}.json").read_text())
+        sd = {k: torch.empty(v["shape"], device="meta") for k, v in man["keys"].items()}
+        assert infer_bsq_config(sd) == cfg, name
+        assert infer_bsq_config(_strip_wrappers(sd)) == cfg, name
+        with torch.device("meta"):
+            model = BSQVAE(cfg)
+        assert list(model.state_dict()) == list(sd)  # and the layout is the module's (strict loading is possible)
+
+
+# ------------------------------------------------------------------------------------------------ generic readers
+def test_read_sharded_dirs(tmp_path):
+    sd = {f"w{i}": torch.randn(3, i + 1) for i in range(5)}
+    for kind, index_name, ext in [
+        ("st", "model.safetensors.index.json", "safetensors"),
+        ("bin", "pytorch_model.bin.index.json", "bin"),
+    ]:
+        d = tmp_path / kind
+        d.mkdir()
+        shards = {"w0": 1, "w1": 1, "w2": 2, "w3": 2, "w4": 2}
+        for s in (1, 2):
+            part = {k: v for k, v in sd.items() if shards[k] == s}
+            f = d / f"model-0000{s}-of-00002.{ext}"
+            save_file(part, f) if ext == "safetensors" else torch.save(part, f)
+        wm = {k: f"model-0000{s}-of-00002.{ext}" for k, s in shards.items()}
+        (d / index_name).write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": wm}))
+        got = read_sharded(d)
+        assert set(got) == set(sd) and all(torch.equal(got[k], sd[k]) for k in sd)
+        assert set(read_state_dict(d)) == set(sd)
+
+        # an index entry whose shard does not hold it / a missing shard file: one line each
+        wm2 = dict(wm, w0=f"model-00002-of-00002.{ext}")
+        (d / index_name).write_text(json.dumps({"weight_map": wm2}))
+        with pytest.raises(CheckpointError) as e:
+            read_sharded(d)
+        assert "w0" in _one_line(e)
+        (d / index_name).write_text(json.dumps({"weight_map": dict(wm, w9=f"model-00003-of-00002.{ext}")}))
+        with pytest.raises(CheckpointError, match="missing"):
+            read_sharded(d)
+        (d / index_name).write_text("{not json")
+        with pytest.raises(CheckpointError, match="not a shard index"):
+            read_sharded(d)
+        (d / index_name).write_text(json.dumps({"weight_map": {"w0": "../x.bin"}}))
+        with pytest.raises(CheckpointError, match="leaves the checkpoint directory"):
+            read_sharded(d)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointError, match="no model.safetensors.index.json"):
+        read_sharded(empty)
+    single = tmp_path / "single"
+    single.mkdir()
+    save_file(sd, single / "model.safetensors")
+    assert set(read_state_dict(single)) == set(sd)
+
+
+def test_read_state_dict_training_checkpoint(tmp_path):
+    sd = {"a": torch.zeros(2)}
+    f = tmp_path / "ar-ckpt.pth"
+    torch.save({"trainer": {"gpt_fsdp": sd, "step": 1}, "args": {"x": 1}}, f)
+    assert set(read_state_dict(f)) == {"a"}
+    g = tmp_path / "weird.pth"
+    torch.save({"a": torch.zeros(1), "b": 3}, g)
+    with pytest.raises(CheckpointError, match="entry 'b' is not a named tensor"):
+        read_state_dict(g)
+
+
+def test_golden_tokenizers_load_in_both_namings(infinity_golden, tmp_path):
+    """The golden file's official tokenizers, saved as the release does ({'vae': state_dict}), load strictly with
+    the configuration read from the file; the other naming loads to the same weights."""
+    for variant, rec in infinity_golden["vae"].items():
+        want = BSQConfig.from_reference_args(rec["args"])
+        for naming, sd in (("module", rec["state_dict"]), ("stripped", _strip_wrappers(rec["state_dict"]))):
+            f = tmp_path / f"{variant}_{naming}.pth"
+            torch.save({"vae": sd}, f)
+            model = load_bsq_tokenizer(f)
+            assert model.config == want, (variant, naming)
+            got = model.state_dict()
+            assert all(torch.equal(got[k], v) for k, v in rec["state_dict"].items()), (variant, naming)
