@@ -23,19 +23,7 @@ from typing import List, Optional, Protocol, Sequence, Union, runtime_checkable
 import torch
 
 from nextscale.errors import InputError
-
-try:  # the transformer's input type (T2). A structural twin until it is available.
-    from nextscale.models.infinity import TextFeatures
-except ImportError:  # pragma: no cover - removed once models/infinity.py defines it
-    from dataclasses import dataclass
-
-    @dataclass
-    class TextFeatures:
-        kv_compact: torch.Tensor
-        lens: List[int]
-        cu_seqlens: torch.Tensor
-        max_seqlen: int
-
+from nextscale.models.infinity import TextFeatures  # the transformer's text input
 
 __all__ = [
     "TextFeatures",
@@ -71,10 +59,7 @@ def features_from_rows(rows: Sequence[torch.Tensor]) -> TextFeatures:
     lens = [int(r.shape[0]) for r in rows]
     if any(r.ndim != 2 for r in rows) or len({int(r.shape[1]) for r in rows}) != 1 or min(lens) < 1:
         raise InputError(f"rows must be (len >= 1, Ct5) tensors of one width, got {[tuple(r.shape) for r in rows]}")
-    kv_compact_NC = torch.cat(list(rows), dim=0)
-    cu = torch.zeros(len(lens) + 1, dtype=torch.int32, device=kv_compact_NC.device)
-    cu[1:] = torch.tensor(lens, dtype=torch.int32).cumsum(0)
-    return TextFeatures(kv_compact=kv_compact_NC, lens=lens, cu_seqlens=cu, max_seqlen=max(lens))
+    return TextFeatures.from_lens(torch.cat(list(rows), dim=0), lens)
 
 
 def pack_features(features_BLC: torch.Tensor, mask_BL: torch.Tensor) -> TextFeatures:
