@@ -531,6 +531,10 @@ class Infinity(nn.Module):
         return rope_2Lc[:, :end]
 
     # ---- teacher forcing ----
+    def padded_len(self, L: int) -> int:
+        m = self.config.pad_to_multiplier
+        return (L + m - 1) // m * m
+
     def forward(
         self,
         text: TextFeatures,
@@ -562,15 +566,16 @@ class Infinity(nn.Module):
         )
         x_BLC = x_BLC + self.lvl_embed(lvl_L)
         # pad like the reference: padded rows see token 0 only and real rows never see them; RoPE 0 there
-        m = self.config.pad_to_multiplier
-        Lp = (L + m - 1) // m * m
+        Lp = self.padded_len(L)
         bias = torch.where(lvl_L.view(-1, 1) >= lvl_L.view(1, -1), 0.0, -torch.inf).to(x_BLC.device)
         bias = F.pad(bias, (0, Lp - L, 0, Lp - L), value=-torch.inf)
         bias[L:, 0] = 0.0
         x_BLC, rope = F.pad(x_BLC, (0, 0, 0, Lp - L)), F.pad(self._rope(rope_2Lc, L), (0, 0, 0, Lp - L))
         for blk in self.blocks:
             x_BLC = blk(x_BLC, cond.gss, blk.ca.kv(cond.ca_kv), text.lens, rope, bias.to(x_BLC.dtype))
-        return self.logits(x_BLC[:, :L], cond)
+        # cfg_uncond always joins the graph (a zero gradient when no row was dropped), as in the reference: DDP and
+        # optimisers then see the same parameter set every step
+        return self.logits(x_BLC[:, :L], cond) + self.cfg_uncond[0, 0] * 0
 
     # ---- KV-cached sampling ----
     def new_cache(self, cond: TextCond, scale_schedule) -> InfinityCache:

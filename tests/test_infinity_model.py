@@ -1,0 +1,337 @@
+"""The Infinity transformer against the official code's golden outputs (README in the fixture folder, section 7
+for the tolerances: the reference's bf16 cross attention turns 1e-7 float differences into ~1e-3 logit flips)."""
+
+import dataclasses
+import json
+import random
+
+import pytest
+import torch
+
+from nextscale.errors import FieldError, InputError
+from nextscale.models.infinity import (
+    Infinity,
+    InfinityConfig,
+    TextFeatures,
+    bit_loss,
+    initial_cfg_uncond,
+    resize_cfg_uncond,
+    schedule_hw,
+)
+from nextscale.models.rope import build_rope_cache, grid_positions
+
+VARIANTS = ("p16", "p8")
+TF_ATOL = 2e-2  # README 7: teacher-forced logits and block outputs
+TEXT_ATOL = 1e-5  # text path before the first bf16 flip can reach the blocks (measured <= 3.1e-6)
+
+
+def _cfg(g, V, **changes) -> InfinityConfig:
+    cfg = InfinityConfig.from_reference_kwargs(g["inf"][V]["kwargs"], g["vae"][V]["args"]["codebook_dim"])
+    return dataclasses.replace(cfg, **changes)
+
+
+def _model(g, V, **changes) -> Infinity:
+    m = Infinity(_cfg(g, V, **changes))
+    m.load_state_dict(g["inf"][V]["state_dict"], strict=True)
+    return m.eval()
+
+
+def _rope(g, cfg, h_div_w=None, schedule=None) -> torch.Tensor:
+    """The ratio's 1M-grid cache (by ratio, or by the ratio whose table holds ``schedule``)."""
+    tab = g["tables"]["dynamic_resolution_h_w"]
+    if h_div_w is None:
+        want = schedule_hw(schedule)
+        h_div_w = next(float(r) for r in tab for pn in tab[r] if _table_hw(tab[r][pn])[: len(want)] == want)
+    return build_rope_cache(_table_hw(tab["%.3f" % h_div_w]["1M"]), cfg.head_dim)
+
+
+def _table_hw(entry):  # the table keeps the original temporal entries (1..7): drop them
+    return [tuple(s[-2:]) for s in entry["scales"]]
+
+
+def _text(g, name, kv=None) -> TextFeatures:
+    t = g["inputs"]["texts"][name]
+    return TextFeatures(
+        t["kv_compact"].clone() if kv is None else kv.clone(), t["lens"], t["cu_seqlens_k"], t["max_seqlen_k"]
+    )
+
+
+def _maxdiff(a, b) -> float:
+    return (a.float() - b.float()).abs().max().item()
+
+
+# ---- layout ----
+@pytest.mark.parametrize("name", ["infinity_2b_reg", "infinity_8b", "infinity_8b_512"])
+def test_released_layout_equals_manifest(infinity_manifests, name):
+    man = json.loads((infinity_manifests / f"{name}.json").read_text())
+    cfg = InfinityConfig.from_reference_kwargs(
+        man["config"], man["derived"]["V_head"] // 2 // (4 if man["config"]["apply_spatial_patchify"] else 1)
+    )
+    assert cfg == (InfinityConfig.infinity_2b() if name == "infinity_2b_reg" else InfinityConfig.infinity_8b())
+    assert (cfg.ffn_hidden, cfg.head_dim, cfg.text_pool_heads) == (
+        man["derived"]["ffn_hidden"],
+        man["derived"]["head_dim"],
+        man["derived"]["text_pool_heads"],
+    )
+    with torch.device("meta"):
+        m = Infinity(cfg)
+    params, buffers = dict(m.named_parameters()), dict(m.named_buffers())
+    got = {
+        k: {
+            "shape": list(v.shape),
+            "dtype": str(v.dtype).replace("torch.", ""),
+            "kind": "parameter" if k in params else "buffer",
+            "numel": v.numel(),
+        }
+        for k, v in m.state_dict().items()
+    }
+    assert list(got) == list(man["keys"])
+    assert got == man["keys"]
+    assert sum(p.numel() for p in params.values()) == man["param_count"]
+    assert sorted(buffers) == sorted(man["buffer_keys"]) and len(got) == man["n_keys"]
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+def test_fixture_state_dict_loads_strictly(infinity_golden, V):
+    m = _model(infinity_golden, V)
+    assert sum(p.numel() for p in m.parameters()) == infinity_golden["inf"][V]["param_count"]
+
+
+# ---- teacher forcing ----
+def _forward(g, V, case, m=None, **kw):
+    f = g["forward"][V][case]
+    m = m or _model(g, V)
+    text = _text(g, f["args"]["text"], f["kv_compact_in"])
+    ins, outs = [], []
+    hooks = [b.register_forward_hook(lambda mod, a, o: ins.append(a[0]) or outs.append(o)) for b in m.blocks]
+    try:
+        logits = m(
+            text, f["x_BLC_wo_prefix"], f["scale_schedule"], _rope(g, m.config, schedule=f["scale_schedule"]), **kw
+        )
+    finally:
+        for h in hooks:
+            h.remove()
+    return f, m, text, logits, ins, outs
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+@pytest.mark.parametrize("case", ["sq3_tf", "r075_3_bsc", "sq_full_tf"])
+def test_forward_matches_reference(infinity_golden, V, case):
+    g = infinity_golden
+    with torch.no_grad():
+        f, m, text, logits, ins, outs = _forward(g, V, case)
+        cond = m.prepare_text(text)
+        word = m.word_embed(f["x_BLC_wo_prefix"])
+    assert torch.equal(text.kv_compact, f["kv_compact_after_call"])  # no dropout without an rng
+    for ours, key in (
+        (cond.normed, "text_norm_out"),
+        (cond.cond_BD, "cond_BD"),
+        (cond.ca_kv, "ca_kv_compact"),
+        (cond.gss, "cond_BD_or_gss"),
+        (word, "word_embed_out"),
+    ):
+        assert ours.shape == f[key].shape and _maxdiff(ours, f[key]) < TEXT_ATOL, key
+    L = logits.shape[1]
+    assert ins[0].shape[1] == m.padded_len(L) == f["padded_len"]
+    for i in range(m.config.depth):
+        assert (
+            _maxdiff(ins[i][:, :L], f["block_in"][i]) < TF_ATOL
+            and _maxdiff(outs[i][:, :L], f["block_out"][i]) < TF_ATOL
+        )
+    torch.testing.assert_close(logits, f["logits"], atol=TF_ATOL, rtol=1e-2)
+    token_loss, loss = bit_loss(logits, f["gt_BL"])
+    torch.testing.assert_close(token_loss, f["token_loss"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(loss, f["loss"], atol=0, rtol=1e-3)
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+def test_grads_match_reference(infinity_golden, V):
+    g = infinity_golden
+    m = _model(g, V).train()
+    f, m, _, logits, _, _ = _forward(g, V, "sq3_tf", m)
+    bit_loss(logits, f["gt_BL"])[1].backward()
+    grads = dict(m.named_parameters())
+    assert set(f["grads"]) <= set(grads)
+    for name, ref in f["grads"].items():  # bf16 flips move grads too: atol relative to the tensor's scale
+        # (measured: max |diff| <= 1.8e-3 x max |ref|, |diff| / |ref| <= 1.5e-3 per tensor)
+        torch.testing.assert_close(
+            grads[name].grad, ref, rtol=5e-2, atol=1e-5 + 1e-2 * ref.abs().max().item(), msg=name
+        )
+        assert (grads[name].grad - ref).norm() <= 1e-2 * ref.norm(), name
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+def test_conditional_dropout_replays_python_random(infinity_golden, V):
+    g = infinity_golden
+    f = g["forward"][V]["sq3_conddrop"]
+    seed, rate = f["args"]["py_seed"], f["args"]["cond_drop_rate"]
+    m = _model(g, V)
+    text = _text(g, f["args"]["text"], f["kv_compact_in"])
+    dropped_text, dropped = m.drop_text(text, random.Random(seed), rate)
+    assert dropped == list(f["dropped_rows"])
+    assert torch.equal(dropped_text.kv_compact, f["kv_compact_after_call"])
+    with torch.no_grad():
+        _, _, text, logits, _, _ = _forward(g, V, "sq3_conddrop", m, rng=random.Random(seed), cond_drop_rate=rate)
+        assert torch.equal(text.kv_compact, f["kv_compact_in"])  # the caller's tensor is not touched ...
+        torch.testing.assert_close(logits, f["logits"], atol=TF_ATOL, rtol=1e-2)
+        _, _, text, _, _, _ = _forward(
+            g, V, "sq3_conddrop", m, rng=random.Random(seed), cond_drop_rate=rate, drop_in_place=True
+        )
+        assert torch.equal(text.kv_compact, f["kv_compact_after_call"])  # ... unless asked (the reference's way)
+
+
+def test_rope_cache_matches_reference(infinity_golden):
+    g = infinity_golden
+    head_dim = next(iter(g["rope_cache"].values())).shape[-1] * 2
+    for key, ref in g["rope_cache"].items():
+        sched = [tuple(s) for s in eval(key)]  # the fixture's keys are reprs of tuples of ints
+        cache = _rope(g, InfinityConfig(embed_dim=head_dim, num_heads=1, depth=1, block_chunks=1), schedule=sched)
+        assert torch.equal(cache[:, : ref.shape[1]], ref), key
+    pos = grid_positions([(1, 1), (2, 2), (3, 4), (54, 72)])
+    assert pos[:7].tolist() == [[0, 0], [0, 0], [0, 36], [27, 0], [27, 36], [0, 0], [0, 18]]
+
+
+# ---- the KV-cached step API ----
+def _stepwise(m, text, x_BLC_wo_prefix, schedule, rope):
+    cond = m.prepare_text(text)
+    cache, out, p = m.new_cache(cond, schedule), [], 0
+    for si, (h, w) in enumerate(schedule_hw(schedule)):
+        x = m.sos(cond) if si == 0 else m.word_embed(x_BLC_wo_prefix[:, p : p + h * w])
+        p += h * w if si else 0
+        out.append(m.logits(m.forward_scale(x, si, schedule, cond, cache, rope), cond))
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_kv_cached_scales_equal_teacher_forcing(infinity_golden, V, bf16):
+    g = infinity_golden
+    m = _model(g, V, bf16_cross_attention=bf16)
+    for case in ("r075_3_bsc", "sq_full_tf"):
+        f = g["forward"][V][case]
+        text, rope = _text(g, f["args"]["text"]), _rope(g, m.config, schedule=f["scale_schedule"])
+        with torch.no_grad():
+            full = m(text, f["x_BLC_wo_prefix"], f["scale_schedule"], rope)
+            steps = _stepwise(m, text, f["x_BLC_wo_prefix"], f["scale_schedule"], rope)
+        # without the bf16 round trip only float noise remains; with it, bf16 flips (README 7)
+        torch.testing.assert_close(steps, full, atol=TF_ATOL if bf16 else 1e-4, rtol=1e-2 if bf16 else 1e-4)
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+def test_batch_of_two_equals_one_by_one(infinity_golden, V):
+    g = infinity_golden
+    m = _model(g, V, bf16_cross_attention=False)
+    f = g["forward"][V]["r075_3_bsc"]
+    text, x, sched = _text(g, "t2"), f["x_BLC_wo_prefix"], f["scale_schedule"]
+    rope = _rope(g, m.config, schedule=sched)
+    rows = [
+        TextFeatures.from_lens(text.kv_compact[text.cu_seqlens[b] : text.cu_seqlens[b + 1]], [n])
+        for b, n in enumerate(text.lens)
+    ]
+    with torch.no_grad():
+        both = m(text, x, sched, rope)
+        one = torch.cat([m(rows[b], x[b : b + 1], sched, rope) for b in range(2)])
+        steps = torch.cat([_stepwise(m, rows[b], x[b : b + 1], sched, rope) for b in range(2)])
+    torch.testing.assert_close(one, both, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(steps, both, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("V", VARIANTS)
+def test_sampling_steps_replay_reference(infinity_golden, V):
+    """Feed the reference's recorded next-scale inputs: text conditioning, block 0 input, last block output and the
+    head output before tau/CFG per scale, for guidance on logits, inside the network (cfg_insertion_layer -1),
+    per-scale cfg lists with a negative prompt, and B = 1."""
+    g = infinity_golden
+    m = _model(g, V)
+    for case, r in g["infer"][V].items():
+        a, B = r["args"], r["B"]
+        text = _text(g, a["text"])
+        if any(c != 1 for c in r["cfg_list"]):
+            text = m.cfg_text(text, _text(g, a["negative"]) if a.get("negative") else None)
+        layers = a.get("cfg_insertion_layer", [0])
+        cfg_blocks = [m.config.depth + n for n in layers if n < 0]
+        rope = _rope(g, m.config, h_div_w=a["h_div_w"])
+        seen = {}
+        hooks = [
+            m.blocks[0].register_forward_hook(lambda mod, i, o: seen.__setitem__("in", i[0])),
+            m.blocks[-1].register_forward_hook(lambda mod, i, o: seen.__setitem__("out", o)),
+        ]
+        with torch.no_grad():
+            cond = m.prepare_text(text)
+            torch.testing.assert_close(text.kv_compact, r["text_norm_in"], atol=0, rtol=0)
+            for ours, key in ((cond.cond_BD, "cond_BD"), (cond.ca_kv, "ca_kv_compact"), (cond.gss, "cond_BD_or_gss")):
+                assert _maxdiff(ours, r[key]) < TEXT_ATOL, (case, key)
+            cache = m.new_cache(cond, r["scale_schedule"])
+            bs = text.batch_size
+            for si, ps in enumerate(r["per_scale"]):
+                if si == 0:
+                    x = m.sos(cond)
+                else:
+                    x = m.word_embed(r["per_scale"][si - 1]["next_scale_input"]).repeat(bs // B, 1, 1)
+                cfg = r["cfg_list"][si]
+                h = m.forward_scale(x, si, r["scale_schedule"], cond, cache, rope, cfg=cfg, cfg_blocks=cfg_blocks)
+                on_logits = cfg != 1 and 0 in layers
+                logits = m.logits(h if on_logits else h[:B], cond)
+                assert _maxdiff(seen["in"], ps["block0_in"]) < TF_ATOL, (case, si)
+                assert _maxdiff(seen["out"], ps["last_block_out"]) < TF_ATOL, (case, si)
+                assert logits.shape == ps["get_logits_out"].shape, (case, si)
+                torch.testing.assert_close(logits, ps["get_logits_out"], atol=TF_ATOL, rtol=1e-2, msg=f"{case} {si}")
+        for hk in hooks:
+            hk.remove()
+
+
+# ---- small pieces ----
+def test_text_features_helpers_and_checks():
+    kv = torch.randn(7, 8)
+    t = TextFeatures.from_lens(kv, [3, 4])
+    assert t.cu_seqlens.dtype == torch.int32 and t.cu_seqlens.tolist() == [0, 3, 7] and t.max_seqlen == 4
+    assert TextFeatures.from_tuple(t.as_tuple()).lens == [3, 4]
+    padded, mask = torch.zeros(2, 5, 8), torch.zeros(2, 5, dtype=torch.long)
+    padded[0, :3], padded[1, :4], mask[0, :3], mask[1, :4] = kv[:3], kv[3:], 1, 1
+    p = TextFeatures.from_padded(padded, mask)
+    assert torch.equal(p.kv_compact, kv) and p.lens == [3, 4]
+    both = t.cat(TextFeatures.from_lens(kv[:2], [2]))
+    assert both.lens == [3, 4, 2] and both.cu_seqlens.tolist() == [0, 3, 7, 9] and both.batch_size == 3
+    with pytest.raises(InputError, match="lens"):
+        TextFeatures.from_lens(kv, [3, 3])
+    with pytest.raises(InputError, match="cu_seqlens"):
+        TextFeatures(kv, [3, 4], torch.tensor([0, 3, 7]), 4)  # int64
+    with pytest.raises(InputError, match="max_seqlen"):
+        TextFeatures(kv, [3, 4], t.cu_seqlens, 3)
+    mask[0, 0] = 0
+    with pytest.raises(InputError, match="prefix"):
+        TextFeatures.from_padded(padded, mask)
+
+
+def test_config_rules():
+    assert InfinityConfig(embed_dim=160, num_heads=2, depth=3, block_chunks=3, text_channels=128).ffn_hidden == 512
+    assert InfinityConfig.infinity_8b().token_bits == 56 and InfinityConfig.infinity_2b().token_bits == 32
+    with pytest.raises(FieldError, match="shared_aln"):
+        InfinityConfig.from_reference_kwargs({"shared_aln": False}, 16)
+    with pytest.raises(FieldError, match="rope2d_each_sa_layer"):  # the reference default (0) is not the release
+        InfinityConfig.from_reference_kwargs({"shared_aln": True}, 16)
+    with pytest.raises(FieldError, match="depth"):
+        InfinityConfig(depth=5, block_chunks=2)
+    with pytest.raises(FieldError, match="num_heads"):
+        InfinityConfig(embed_dim=96, num_heads=16)  # head dim 6: not a multiple of 4
+
+
+def test_cfg_uncond_resize_rule():
+    model_rows = initial_cfg_uncond(6, 4)
+    assert torch.equal(initial_cfg_uncond(6, 4), model_rows)  # the reference seeds its own generator
+    short = torch.ones(4, 4)
+    assert torch.equal(resize_cfg_uncond(short, model_rows), torch.cat((short, model_rows[4:])))
+    assert torch.equal(resize_cfg_uncond(torch.ones(9, 4), model_rows), torch.ones(6, 4))
+
+
+def test_step_api_checks_order(infinity_golden):
+    g = infinity_golden
+    m = _model(g, "p16")
+    sched = [(1, 1), (2, 2)]
+    cond = m.prepare_text(_text(g, "t1"))
+    cache = m.new_cache(cond, sched)
+    rope = _rope(g, m.config, h_div_w=1.0)
+    with torch.no_grad(), pytest.raises(InputError, match="scale 1"):
+        m.forward_scale(torch.zeros(1, 4, m.config.embed_dim), 1, sched, cond, cache, rope)
+    with pytest.raises(InputError, match="rope_2Lc"):
+        m(_text(g, "t1"), torch.zeros(1, 4, m.config.token_bits), sched, rope[:, :2])
