@@ -10,14 +10,19 @@ from safetensors.torch import save_file
 
 from nextscale.errors import CheckpointError, InputError
 from nextscale.infinity_release import (
+    DROPPED_TRANSFORMER_KEYS,
     infer_bsq_config,
+    infer_infinity_config,
     load_bsq_tokenizer,
+    load_infinity_transformer,
     load_tokenizer_weights,
+    load_transformer_weights,
     read_sharded,
     read_state_dict,
     read_tokenizer_state,
 )
 from nextscale.models.bsq import BSQ_PRESETS, BSQVAE, BSQConfig
+from nextscale.models.infinity import Infinity, InfinityConfig, initial_cfg_uncond
 
 TINY_BSQ = BSQConfig(codebook_dim=6, base_ch=24, ch_mult=(1, 2), num_res_blocks=1, patch_size=2)
 
@@ -223,3 +228,194 @@ def test_golden_tokenizers_load_in_both_namings(infinity_golden, tmp_path):
             assert model.config == want, (variant, naming)
             got = model.state_dict()
             assert all(torch.equal(got[k], v) for k, v in rec["state_dict"].items()), (variant, naming)
+
+
+# ------------------------------------------------------------------------------------------------ transformer
+
+TINY_INF = InfinityConfig(
+    depth=4,
+    embed_dim=64,
+    num_heads=2,
+    vae_bits=4,
+    apply_spatial_patchify=True,
+    text_channels=128,
+    text_maxlen=8,
+    block_chunks=2,
+    cond_drop_rate=0.0,
+    drop_path_rate=0.0,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_inf():
+    torch.manual_seed(1)
+    m = Infinity(TINY_INF)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    return m
+
+
+def _same_state(model, sd, skip=()):
+    got = model.state_dict()
+    for k, v in sd.items():
+        if k not in skip:
+            assert torch.equal(got[k], v.to(got[k].dtype)), k
+
+
+def _cfg_fields(c):
+    return (
+        c.depth,
+        c.embed_dim,
+        c.num_heads,
+        c.vae_bits,
+        c.apply_spatial_patchify,
+        c.text_channels,
+        c.text_maxlen,
+        c.block_chunks,
+        c.ffn_hidden,
+        c.num_levels,
+    )
+
+
+def test_transformer_plain_file_with_extras(tiny_inf, tmp_path):
+    sd = {k: v.clone() for k, v in tiny_inf.state_dict().items()}
+    sd_extra = dict(
+        sd,
+        lvl_1L=torch.zeros(1, 5),
+        attn_bias_for_masking=torch.zeros(1, 1, 5, 5),
+        Infinity_visible_kvlen=torch.zeros(1),
+        Infinity_invisible_qlen=torch.zeros(1),
+    )
+    assert set(DROPPED_TRANSFORMER_KEYS) <= set(sd_extra)
+    f = tmp_path / "infinity_tiny.pth"
+    torch.save(sd_extra, f)
+    m = load_infinity_transformer(f, TINY_INF)
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+    _same_state(m, sd)
+    m2 = load_transformer_weights(Infinity(TINY_INF), f)  # into an existing module (copy)
+    _same_state(m2, sd)
+    # configuration read from the shapes: vae_bits tells the patchified token (d' = 4 d)
+    m3 = load_infinity_transformer(f, vae_bits=4)
+    assert _cfg_fields(m3.config)[:-4] == _cfg_fields(TINY_INF)[:-4] and m3.config.text_maxlen == 512
+    assert infer_infinity_config(sd).apply_spatial_patchify is False  # without vae_bits: d = d'
+    assert infer_infinity_config(sd, 4).apply_spatial_patchify is True
+    with pytest.raises(CheckpointError, match="fits neither"):
+        infer_infinity_config(sd, 5)
+    # a training checkpoint is unwrapped
+    g = tmp_path / "ar-ckpt.pth"
+    torch.save({"trainer": {"gpt_fsdp": sd}}, g)
+    _same_state(load_infinity_transformer(g, TINY_INF), sd)
+
+
+def test_transformer_cfg_uncond_resize_and_constants(tiny_inf, tmp_path):
+    sd = {k: v.clone() for k, v in tiny_inf.state_dict().items()}
+    # the official loader builds text_maxlen 512 and extends a shorter cfg_uncond with the model's initial rows
+    f = tmp_path / "short_uncond.pth"
+    torch.save(sd, f)
+    m = load_infinity_transformer(f, vae_bits=4)
+    assert m.cfg_uncond.shape == (512, 128)
+    assert torch.equal(m.cfg_uncond[:8], sd["cfg_uncond"])
+    assert torch.equal(m.cfg_uncond[8:], initial_cfg_uncond(512, 128)[8:])
+    # a longer one is cut
+    long_sd = dict(sd, cfg_uncond=torch.randn(20, 128))
+    torch.save(long_sd, f)
+    assert torch.equal(load_infinity_transformer(f, TINY_INF).cfg_uncond, long_sd["cfg_uncond"][:8])
+    # zero_k_bias buffers may be absent (they are zeros), but must be zeros when present
+    no_buf = {k: v for k, v in sd.items() if not k.endswith("zero_k_bias")}
+    assert len(no_buf) < len(sd)
+    torch.save(no_buf, f)
+    _same_state(load_infinity_transformer(f, TINY_INF), no_buf)
+    bad = dict(sd)
+    bad["block_chunks.1.module.0.sa.zero_k_bias"] = torch.ones(64)
+    torch.save(bad, f)
+    with pytest.raises(CheckpointError) as e:
+        load_infinity_transformer(f, TINY_INF)
+    assert "block_chunks.1.module.0.sa.zero_k_bias is a constant" in _one_line(e)
+
+
+def test_transformer_dtype(tiny_inf, tmp_path):
+    sd = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tiny_inf.state_dict().items()}
+    f = tmp_path / "bf16.pth"
+    torch.save(sd, f)
+    assert load_infinity_transformer(f, TINY_INF).pos_start.dtype == torch.float32  # like the official copy_
+    kept = load_infinity_transformer(f, TINY_INF, dtype=None)
+    assert {p.dtype for p in kept.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_transformer_sharded(tiny_inf, tmp_path, fmt):
+    sd = {k: v.clone() for k, v in tiny_inf.state_dict().items()}
+    keys = list(sd)
+    d = tmp_path / f"infinity_tiny_weights_{fmt}"
+    d.mkdir()
+    ext = "safetensors" if fmt == "safetensors" else "bin"
+    name = "model-{:05d}-of-00003." + ext
+    weight_map = {}
+    for s in range(3):
+        part = {k: sd[k] for k in keys[s::3]}
+        f = d / name.format(s + 1)
+        save_file(part, f) if fmt == "safetensors" else torch.save(part, f)
+        weight_map.update({k: f.name for k in part})
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (d / index).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    _same_state(load_infinity_transformer(d, TINY_INF), sd)
+    # a shard of another model: the first odd key is named in one line
+    other = Infinity(InfinityConfig(**{**TINY_INF.__dict__, "embed_dim": 128, "num_heads": 4}))
+    with pytest.raises(CheckpointError) as e:
+        load_transformer_weights(other, d)
+    assert _one_line(e).startswith(str(d)) and "has shape" in str(e.value)
+
+
+def test_transformer_errors(tiny_inf, tmp_path):
+    sd = {k: v.clone() for k, v in tiny_inf.state_dict().items()}
+    f = tmp_path / "bad.pth"
+    for edit, want in [
+        (lambda s: s.update({"blocks.0.attn.w": torch.zeros(1)}), "unexpected key 'blocks.0.attn.w'"),
+        (lambda s: s.pop("head.weight"), "missing key 'head.weight'"),
+        (lambda s: s.update({"head.bias": torch.zeros(3)}), "head.bias has shape (3,)"),
+    ]:
+        bad = dict(sd)
+        edit(bad)
+        torch.save(bad, f)
+        with pytest.raises(CheckpointError) as e:
+            load_infinity_transformer(f, TINY_INF)
+        assert want in _one_line(e)
+    f.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(CheckpointError) as e:
+        load_infinity_transformer(f, TINY_INF)
+    assert _one_line(e).startswith(str(f))
+    torch.save(sd, f)
+    with pytest.raises(InputError, match="^config 'infinity_3b' is not a transformer preset"):
+        load_infinity_transformer(f, "infinity_3b")
+
+
+def test_transformer_release_manifests(infinity_manifests):
+    """The released layouts (shapes on meta) give the presets, and the presets' modules have exactly those keys."""
+    for name, preset, vae_bits in [
+        ("infinity_2b_reg", InfinityConfig.infinity_2b(), 32),
+        ("infinity_8b", InfinityConfig.infinity_8b(), 14),
+        ("infinity_8b_512", InfinityConfig.infinity_8b(), 14),
+    ]:
+        man = json.loads((infinity_manifests / f"{name}.json").read_text())
+        sd = {k: torch.empty(v["shape"], device="meta") for k, v in man["keys"].items()}
+        assert _cfg_fields(infer_infinity_config(sd, vae_bits)) == _cfg_fields(preset), name
+        with torch.device("meta"):
+            model = Infinity(preset)
+        own = model.state_dict()
+        assert list(own) == list(sd), name
+        assert all(tuple(own[k].shape) == tuple(v.shape) for k, v in sd.items()), name
+
+
+def test_golden_transformers_load(infinity_golden, tmp_path):
+    """The golden file's official transformers, saved as the 2B release (plain .pth) and as a sharded directory,
+    load strictly into the configuration of their constructor kwargs."""
+    for variant, rec in infinity_golden["inf"].items():
+        d = infinity_golden["vae"][variant]["args"]["codebook_dim"]
+        cfg = InfinityConfig.from_reference_kwargs(rec["kwargs"], vae_bits=d)
+        f = tmp_path / f"{variant}.pth"
+        torch.save(rec["state_dict"], f)
+        m = load_infinity_transformer(f, cfg)
+        _same_state(m, rec["state_dict"])
+        inferred = infer_infinity_config(rec["state_dict"], d, text_maxlen=cfg.text_maxlen)
+        assert _cfg_fields(inferred) == _cfg_fields(cfg), variant

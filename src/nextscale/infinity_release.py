@@ -125,24 +125,32 @@ def read_tokenizer_state(path, what: str = "Infinity tokenizer checkpoint") -> S
 
 
 # ------------------------------------------------------------------------------------------------ strict matching
-def _check_constant(src, key: str, given: torch.Tensor, own: torch.Tensor) -> None:
-    if given.shape != own.shape or not torch.equal(given.to(own.dtype), own.to("cpu")):
-        raise CheckpointError(
-            f"{src}: {key} is a constant of the model and differs from it (a checkpoint of another configuration?)"
-        )
+ConstantFn = Callable[[str, torch.Tensor], Optional[torch.Tensor]]
 
 
-def strict_load(model: nn.Module, state: Mapping[str, torch.Tensor], src, constant: Callable[[str], bool]) -> nn.Module:
-    """``model.load_state_dict(state, strict=True)`` after checking names, shapes and constant buffers ourselves
-    (one-line :class:`CheckpointError` naming ``src`` and the first offending key). Keys for which
-    ``constant(key)`` holds may be missing (the module keeps its own value) and must match when present."""
+def strict_load(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    src,
+    constant: ConstantFn,
+    *,
+    assign: bool = False,
+    dtype: Optional[torch.dtype] = None,
+) -> nn.Module:
+    """``model.load_state_dict(state, strict=True, assign=assign)`` after checking names, shapes and constant
+    buffers here (one-line :class:`CheckpointError` naming ``src`` and the first offending key).
+
+    ``constant(key, own_tensor)`` returns the value a constant buffer must have (a real tensor, also when the
+    model is on the meta device) or None for ordinary entries; constants may be missing from ``state``.
+    ``dtype`` casts floating tensors (the official loader copies into float32 parameters)."""
     own = model.state_dict()
     state = dict(state)
     unexpected = [k for k in state if k not in own]
     if unexpected:
         extra = f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else ""
         raise CheckpointError(f"{src}: unexpected key {unexpected[0]!r}{extra}: not a parameter of this model")
-    missing = [k for k in own if k not in state and not constant(k)]
+    consts = {k: constant(k, t) for k, t in own.items()}
+    missing = [k for k in own if k not in state and consts[k] is None]
     if missing:
         extra = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise CheckpointError(f"{src}: missing key {missing[0]!r}{extra}")
@@ -152,12 +160,19 @@ def strict_load(model: nn.Module, state: Mapping[str, torch.Tensor], src, consta
                 f"{src}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)} "
                 f"(a checkpoint of another configuration?)"
             )
-        if constant(k):
-            _check_constant(src, k, v, own[k])
-    for k in own:
+        c = consts[k]
+        if c is not None and not torch.equal(v.to(c.dtype), c):
+            raise CheckpointError(
+                f"{src}: {k} is a constant of the model and differs from it (a checkpoint of another configuration?)"
+            )
+    for k, c in consts.items():
         if k not in state:
-            state[k] = own[k]  # constant buffers only (checked above)
-    model.load_state_dict(state, strict=True)
+            state[k] = c
+    for k, v in state.items():
+        want = dtype if dtype is not None else (own[k].dtype if not assign else None)
+        if want is not None and v.is_floating_point() and v.dtype != want:
+            state[k] = v.to(want)
+    model.load_state_dict(state, strict=True, assign=assign)
     return model
 
 
@@ -165,8 +180,11 @@ def strict_load(model: nn.Module, state: Mapping[str, torch.Tensor], src, consta
 _WRAPPERS = ("conv", "norm")  # the thin module levels of the reference's Conv / Normalize wrappers
 
 
-def _is_tokenizer_constant(key: str) -> bool:
-    return key.endswith("lfq.mask")
+def _tokenizer_constant(key: str, own: torch.Tensor) -> Optional[torch.Tensor]:
+    if not key.endswith("lfq.mask"):
+        return None
+    d = own.shape[0]  # 2^(d-1), ..., 2, 1 as int64 (a shift: for d = 64 the first entry wraps to -2^63)
+    return torch.ones(d, dtype=torch.int64) << torch.arange(d - 1, -1, -1, dtype=torch.int64)
 
 
 def tokenizer_state_for(model: nn.Module, sd: Mapping[str, torch.Tensor], src="checkpoint") -> StateDict:
@@ -229,7 +247,7 @@ _BSQ_FIELDS = ("codebook_dim", "base_ch", "ch_mult", "num_res_blocks", "patch_si
 def load_tokenizer_weights(model: nn.Module, path) -> nn.Module:
     """Load an ``infinity_vae_*.pth`` into an existing tokenizer module, strictly (see the module docstring)."""
     sd = read_tokenizer_state(path)
-    return strict_load(model, tokenizer_state_for(model, sd, path), path, _is_tokenizer_constant)
+    return strict_load(model, tokenizer_state_for(model, sd, path), path, _tokenizer_constant)
 
 
 def load_bsq_tokenizer(path, config=None):
@@ -261,42 +279,139 @@ def load_bsq_tokenizer(path, config=None):
             )
             raise CheckpointError(f"{path}: a tokenizer with {diff}: not the configuration asked for")
     model = BSQVAE(config)
-    strict_load(model, tokenizer_state_for(model, sd, path), path, _is_tokenizer_constant)
+    strict_load(model, tokenizer_state_for(model, sd, path), path, _tokenizer_constant)
     return model.eval().requires_grad_(False)
 
 
 # ------------------------------------------------------------------------------------------------ transformer
-def _is_transformer_constant(key: str) -> bool:
-    return key.endswith("zero_k_bias")
+def _transformer_constant(key: str, own: torch.Tensor) -> Optional[torch.Tensor]:
+    return torch.zeros(own.shape, dtype=own.dtype) if key.endswith("zero_k_bias") else None
 
 
-def _resize_cfg_uncond(old: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
-    """The official rule: keep the first min(len) rows; when the file has fewer rows than ``text_maxlen``, the
-    remaining rows are the model's own (its initial values)."""
-    n = min(old.shape[0], own.shape[0])
-    if n == own.shape[0]:
-        return old[:n]
-    return torch.cat([old.to(dtype=own.dtype), own[n:].to("cpu")])
+def transformer_state_for(model: nn.Module, sd: Mapping[str, torch.Tensor], own_cfg_uncond=None) -> StateDict:
+    """The official loader's rewrites: drop :data:`DROPPED_TRANSFORMER_KEYS`; fit ``cfg_uncond`` to the model's
+    text_maxlen (:func:`~nextscale.models.infinity.resize_cfg_uncond`: cut, or extended by the model's own rows;
+    ``own_cfg_uncond`` supplies those rows when the model is on the meta device)."""
+    from nextscale.models.infinity import resize_cfg_uncond
 
-
-def transformer_state_for(
-    model: nn.Module, sd: Mapping[str, torch.Tensor], resize_cfg_uncond: Optional[Callable] = None
-) -> StateDict:
-    """The official loader's rewrites: drop :data:`DROPPED_TRANSFORMER_KEYS`, fit ``cfg_uncond`` to the model's
-    text_maxlen (``resize_cfg_uncond(old, own)``; default: the official rule)."""
     out = {k: v for k, v in sd.items() if k not in DROPPED_TRANSFORMER_KEYS}
-    own = model.state_dict()
+    own = model.state_dict().get("cfg_uncond")
+    old = out.get("cfg_uncond")
     if (
-        "cfg_uncond" in out
-        and "cfg_uncond" in own
-        and out["cfg_uncond"].ndim == 2
-        and out["cfg_uncond"].shape[1:] == own["cfg_uncond"].shape[1:]
+        own is not None
+        and old is not None
+        and old.ndim == 2
+        and old.shape[1:] == own.shape[1:]
+        and old.shape[0] != own.shape[0]
     ):
-        out["cfg_uncond"] = (resize_cfg_uncond or _resize_cfg_uncond)(out["cfg_uncond"], own["cfg_uncond"])
+        out["cfg_uncond"] = resize_cfg_uncond(old, own_cfg_uncond if own_cfg_uncond is not None else own)
     return out
 
 
-def load_transformer_weights(model: nn.Module, path, resize_cfg_uncond: Optional[Callable] = None) -> nn.Module:
-    """Load a released transformer (file or sharded directory) into ``model`` strictly, after the rewrites."""
+def _file_dtype(sd: Mapping[str, torch.Tensor]) -> Optional[torch.dtype]:
+    kinds = {v.dtype for v in sd.values() if v.is_floating_point()}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
+def load_transformer_weights(model: nn.Module, path) -> nn.Module:
+    """Load a released transformer (file or sharded directory) into an existing ``model`` (copied into its
+    parameters, whatever their dtype/device), strictly, after the official rewrites."""
     sd = read_state_dict(path)
-    return strict_load(model, transformer_state_for(model, sd, resize_cfg_uncond), path, _is_transformer_constant)
+    return strict_load(model, transformer_state_for(model, sd), path, _transformer_constant)
+
+
+#: Released transformer presets: name -> InfinityConfig constructor name.
+TRANSFORMER_PRESETS = {
+    "infinity_2b": "infinity_2b",
+    "infinity_2b_reg": "infinity_2b",
+    "infinity_8b": "infinity_8b",
+    "infinity_8b_512": "infinity_8b",
+}
+
+
+def infer_infinity_config(sd: Mapping[str, torch.Tensor], vae_bits: Optional[int] = None, **overrides):
+    """The :class:`~nextscale.models.infinity.InfinityConfig` of a transformer state dict, from its shapes.
+
+    The token width d' does not tell d = d' from the patchified d' = 4d: give ``vae_bits`` (the tokenizer's d) when
+    the model patchifies; without it d = d'. ``overrides`` set the non-shape fields (e.g. ``cond_drop_rate``)."""
+    from nextscale.models.infinity import InfinityConfig
+
+    def shape(k):
+        if k not in sd:
+            raise CheckpointError(f"transformer state dict: no {k}, cannot tell its configuration")
+        return tuple(sd[k].shape)
+
+    C = shape("pos_start")[-1]
+    token_bits = shape("word_embed.weight")[1]
+    chunks = sorted({int(m.group(1)) for k in sd for m in [re.match(r"block_chunks\.(\d+)\.module\.", k)] if m})
+    per = len({m.group(1) for k in sd for m in [re.match(r"block_chunks\.0\.module\.(\d+)\.", k)] if m})
+    if not chunks or chunks != list(range(len(chunks))) or per < 1:
+        raise CheckpointError("transformer state dict: no block_chunks.{c}.module.{j} blocks (the released layout)")
+    ffn = shape("block_chunks.0.module.0.ffn.fc1.weight")[0]
+    if vae_bits is None:
+        vae_bits, patchify = token_bits, False
+    elif token_bits == 4 * vae_bits:
+        patchify = True
+    elif token_bits == vae_bits:
+        patchify = False
+    else:
+        raise CheckpointError(
+            f"transformer state dict: token width {token_bits} fits neither d = {vae_bits} nor 4d (patchified)"
+        )
+    kw = dict(
+        depth=len(chunks) * per,
+        embed_dim=C,
+        num_heads=shape("block_chunks.0.module.0.sa.scale_mul_1H11")[1],
+        vae_bits=int(vae_bits),
+        apply_spatial_patchify=patchify,
+        text_channels=shape("text_norm.weight")[0],
+        text_maxlen=shape("cfg_uncond")[0],
+        block_chunks=len(chunks),
+        mlp_ratio=ffn / C,
+        num_levels=shape("lvl_embed.weight")[0],
+    )
+    kw.update(overrides)
+    return InfinityConfig(**kw)
+
+
+def _infinity_config(config, sd, vae_bits):
+    from nextscale.models.infinity import InfinityConfig
+
+    if config is None:
+        return infer_infinity_config(sd, vae_bits, text_maxlen=512)  # the official loader's text_maxlen
+    if isinstance(config, str):
+        if config not in TRANSFORMER_PRESETS:
+            raise InputError(f"config {config!r} is not a transformer preset; known: {', '.join(TRANSFORMER_PRESETS)}")
+        return getattr(InfinityConfig, TRANSFORMER_PRESETS[config])()
+    if not isinstance(config, InfinityConfig):
+        raise InputError(f"config must be an InfinityConfig, a preset name or None, got {type(config).__name__}")
+    return config
+
+
+def load_infinity_transformer(
+    path, config=None, *, vae_bits: Optional[int] = None, dtype: Optional[torch.dtype] = torch.float32
+):
+    """An :class:`~nextscale.models.infinity.Infinity` holding the weights of ``path`` (``infinity_2b_reg.pth`` or an
+    8B sharded directory), in eval mode without gradients, on the CPU.
+
+    ``config``: an InfinityConfig, a preset name (``'infinity_2b'``, ``'infinity_8b'``) or None (read from the
+    shapes; ``vae_bits`` then tells a patchifying model, see :func:`infer_infinity_config`; text_maxlen 512 as the
+    official loader). The module is built on the meta device and takes the file's tensors (no second copy of the
+    weights in memory); ``dtype`` (default float32, like the official loader; None keeps the file's) casts them."""
+    from nextscale.models.infinity import Infinity, initial_cfg_uncond
+
+    sd = read_state_dict(path)
+    cfg = _infinity_config(config, sd, vae_bits)
+    with torch.device("meta"):
+        model = Infinity(cfg)
+    own_uncond = None
+    if "cfg_uncond" in sd and sd["cfg_uncond"].shape[0] < cfg.text_maxlen:
+        own_uncond = initial_cfg_uncond(cfg.text_maxlen, cfg.text_channels)
+    state = transformer_state_for(model, sd, own_uncond)
+    if dtype is None:
+        dtype = _file_dtype(sd) or torch.float32
+    strict_load(model, state, path, _transformer_constant, assign=True, dtype=dtype)
+    left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
+    if left:  # a non-persistent buffer would stay unmaterialised: better a clear error than a crash later
+        raise CheckpointError(f"{path}: {left[0]} was not loaded (meta tensor after loading)")
+    return model.eval().requires_grad_(False)
