@@ -1,6 +1,7 @@
 """The Infinity transformer against the official code's golden outputs (README in the fixture folder, section 7
 for the tolerances: the reference's bf16 cross attention turns 1e-7 float differences into ~1e-3 logit flips)."""
 
+import ast
 import dataclasses
 import json
 import random
@@ -36,13 +37,13 @@ def _model(g, V, **changes) -> Infinity:
     return m.eval()
 
 
-def _rope(g, cfg, h_div_w=None, schedule=None) -> torch.Tensor:
+def _rope(g, head_dim, h_div_w=None, schedule=None) -> torch.Tensor:
     """The ratio's 1M-grid cache (by ratio, or by the ratio whose table holds ``schedule``)."""
     tab = g["tables"]["dynamic_resolution_h_w"]
     if h_div_w is None:
         want = schedule_hw(schedule)
         h_div_w = next(float(r) for r in tab for pn in tab[r] if _table_hw(tab[r][pn])[: len(want)] == want)
-    return build_rope_cache(_table_hw(tab["%.3f" % h_div_w]["1M"]), cfg.head_dim)
+    return build_rope_cache(_table_hw(tab["%.3f" % h_div_w]["1M"]), head_dim)
 
 
 def _table_hw(entry):  # the table keeps the original temporal entries (1..7): drop them
@@ -106,7 +107,11 @@ def _forward(g, V, case, m=None, **kw):
     hooks = [b.register_forward_hook(lambda mod, a, o: ins.append(a[0]) or outs.append(o)) for b in m.blocks]
     try:
         logits = m(
-            text, f["x_BLC_wo_prefix"], f["scale_schedule"], _rope(g, m.config, schedule=f["scale_schedule"]), **kw
+            text,
+            f["x_BLC_wo_prefix"],
+            f["scale_schedule"],
+            _rope(g, m.config.head_dim, schedule=f["scale_schedule"]),
+            **kw,
         )
     finally:
         for h in hooks:
@@ -114,10 +119,18 @@ def _forward(g, V, case, m=None, **kw):
     return f, m, text, logits, ins, outs
 
 
+def _cases(g, V, dropout=False):
+    """The fixture's forward cases (names differ between fixtures), with or without conditional dropout."""
+    return [c for c, f in g["forward"][V].items() if bool(f["args"].get("cond_drop_rate")) == dropout]
+
+
 @pytest.mark.parametrize("V", VARIANTS)
-@pytest.mark.parametrize("case", ["sq3_tf", "r075_3_bsc", "sq_full_tf"])
-def test_forward_matches_reference(infinity_golden, V, case):
-    g = infinity_golden
+def test_forward_matches_reference(infinity_golden, V):
+    for case in _cases(infinity_golden, V):
+        _check_forward(infinity_golden, V, case)
+
+
+def _check_forward(g, V, case):
     with torch.no_grad():
         f, m, text, logits, ins, outs = _forward(g, V, case)
         cond = m.prepare_text(text)
@@ -130,15 +143,13 @@ def test_forward_matches_reference(infinity_golden, V, case):
         (cond.gss, "cond_BD_or_gss"),
         (word, "word_embed_out"),
     ):
-        assert ours.shape == f[key].shape and _maxdiff(ours, f[key]) < TEXT_ATOL, key
+        assert ours.shape == f[key].shape and _maxdiff(ours, f[key]) < TEXT_ATOL, (case, key)
     L = logits.shape[1]
     assert ins[0].shape[1] == m.padded_len(L) == f["padded_len"]
     for i in range(m.config.depth):
-        assert (
-            _maxdiff(ins[i][:, :L], f["block_in"][i]) < TF_ATOL
-            and _maxdiff(outs[i][:, :L], f["block_out"][i]) < TF_ATOL
-        )
-    torch.testing.assert_close(logits, f["logits"], atol=TF_ATOL, rtol=1e-2)
+        assert _maxdiff(ins[i][:, :L], f["block_in"][i]) < TF_ATOL, (case, i)
+        assert _maxdiff(outs[i][:, :L], f["block_out"][i]) < TF_ATOL, (case, i)
+    torch.testing.assert_close(logits, f["logits"], atol=TF_ATOL, rtol=1e-2, msg=case)
     token_loss, loss = bit_loss(logits, f["gt_BL"])
     torch.testing.assert_close(token_loss, f["token_loss"], atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(loss, f["loss"], atol=0, rtol=1e-3)
@@ -147,8 +158,15 @@ def test_forward_matches_reference(infinity_golden, V, case):
 @pytest.mark.parametrize("V", VARIANTS)
 def test_grads_match_reference(infinity_golden, V):
     g = infinity_golden
+    cases = [c for c, f in g["forward"][V].items() if f["args"].get("grads")]
+    assert cases
+    for case in cases:
+        _check_grads(g, V, case)
+
+
+def _check_grads(g, V, case):
     m = _model(g, V).train()
-    f, m, _, logits, _, _ = _forward(g, V, "sq3_tf", m)
+    f, m, _, logits, _, _ = _forward(g, V, case, m)
     bit_loss(logits, f["gt_BL"])[1].backward()
     grads = dict(m.named_parameters())
     assert set(f["grads"]) <= set(grads)
@@ -163,7 +181,14 @@ def test_grads_match_reference(infinity_golden, V):
 @pytest.mark.parametrize("V", VARIANTS)
 def test_conditional_dropout_replays_python_random(infinity_golden, V):
     g = infinity_golden
-    f = g["forward"][V]["sq3_conddrop"]
+    cases = _cases(g, V, dropout=True)
+    assert cases
+    for case in cases:
+        _check_dropout(g, V, case)
+
+
+def _check_dropout(g, V, case):
+    f = g["forward"][V][case]
     seed, rate = f["args"]["py_seed"], f["args"]["cond_drop_rate"]
     m = _model(g, V)
     text = _text(g, f["args"]["text"], f["kv_compact_in"])
@@ -171,12 +196,10 @@ def test_conditional_dropout_replays_python_random(infinity_golden, V):
     assert dropped == list(f["dropped_rows"])
     assert torch.equal(dropped_text.kv_compact, f["kv_compact_after_call"])
     with torch.no_grad():
-        _, _, text, logits, _, _ = _forward(g, V, "sq3_conddrop", m, rng=random.Random(seed), cond_drop_rate=rate)
+        _, _, text, logits, _, _ = _forward(g, V, case, m, rng=random.Random(seed), cond_drop_rate=rate)
         assert torch.equal(text.kv_compact, f["kv_compact_in"])  # the caller's tensor is not touched ...
         torch.testing.assert_close(logits, f["logits"], atol=TF_ATOL, rtol=1e-2)
-        _, _, text, _, _, _ = _forward(
-            g, V, "sq3_conddrop", m, rng=random.Random(seed), cond_drop_rate=rate, drop_in_place=True
-        )
+        _, _, text, _, _, _ = _forward(g, V, case, m, rng=random.Random(seed), cond_drop_rate=rate, drop_in_place=True)
         assert torch.equal(text.kv_compact, f["kv_compact_after_call"])  # ... unless asked (the reference's way)
 
 
@@ -184,8 +207,8 @@ def test_rope_cache_matches_reference(infinity_golden):
     g = infinity_golden
     head_dim = next(iter(g["rope_cache"].values())).shape[-1] * 2
     for key, ref in g["rope_cache"].items():
-        sched = [tuple(s) for s in eval(key)]  # the fixture's keys are reprs of tuples of ints
-        cache = _rope(g, InfinityConfig(embed_dim=head_dim, num_heads=1, depth=1, block_chunks=1), schedule=sched)
+        sched = [tuple(s) for s in ast.literal_eval(key)]  # the keys are reprs of the schedules
+        cache = _rope(g, head_dim, schedule=sched)
         assert torch.equal(cache[:, : ref.shape[1]], ref), key
     pos = grid_positions([(1, 1), (2, 2), (3, 4), (54, 72)])
     assert pos[:7].tolist() == [[0, 0], [0, 0], [0, 36], [27, 0], [27, 36], [0, 0], [0, 18]]
@@ -207,9 +230,9 @@ def _stepwise(m, text, x_BLC_wo_prefix, schedule, rope):
 def test_kv_cached_scales_equal_teacher_forcing(infinity_golden, V, bf16):
     g = infinity_golden
     m = _model(g, V, bf16_cross_attention=bf16)
-    for case in ("r075_3_bsc", "sq_full_tf"):
+    for case in _cases(g, V):
         f = g["forward"][V][case]
-        text, rope = _text(g, f["args"]["text"]), _rope(g, m.config, schedule=f["scale_schedule"])
+        text, rope = _text(g, f["args"]["text"]), _rope(g, m.config.head_dim, schedule=f["scale_schedule"])
         with torch.no_grad():
             full = m(text, f["x_BLC_wo_prefix"], f["scale_schedule"], rope)
             steps = _stepwise(m, text, f["x_BLC_wo_prefix"], f["scale_schedule"], rope)
@@ -218,22 +241,61 @@ def test_kv_cached_scales_equal_teacher_forcing(infinity_golden, V, bf16):
 
 
 @pytest.mark.parametrize("V", VARIANTS)
-def test_batch_of_two_equals_one_by_one(infinity_golden, V):
+def test_batch_equals_one_by_one(infinity_golden, V):
     g = infinity_golden
     m = _model(g, V, bf16_cross_attention=False)
-    f = g["forward"][V]["r075_3_bsc"]
-    text, x, sched = _text(g, "t2"), f["x_BLC_wo_prefix"], f["scale_schedule"]
-    rope = _rope(g, m.config, schedule=sched)
-    rows = [
-        TextFeatures.from_lens(text.kv_compact[text.cu_seqlens[b] : text.cu_seqlens[b + 1]], [n])
-        for b, n in enumerate(text.lens)
-    ]
+    f = max((g["forward"][V][c] for c in _cases(g, V)), key=lambda f: f["x_BLC_wo_prefix"].shape[0])
+    text, x, sched = _text(g, f["args"]["text"]), f["x_BLC_wo_prefix"], f["scale_schedule"]
+    assert text.batch_size >= 2
+    _check_batch_vs_rows(m, text, x, sched, _rope(g, m.config.head_dim, schedule=sched))
+
+
+def _rows(text):
+    cu = text.cu_seqlens.tolist()
+    return [TextFeatures.from_lens(text.kv_compact[cu[b] : cu[b + 1]], [n]) for b, n in enumerate(text.lens)]
+
+
+def _check_batch_vs_rows(m, text, x, sched, rope):
+    """Batch == one row at a time, teacher-forced and KV-cached (bf16 round trip off: float noise only)."""
+    rows = _rows(text)
     with torch.no_grad():
         both = m(text, x, sched, rope)
-        one = torch.cat([m(rows[b], x[b : b + 1], sched, rope) for b in range(2)])
-        steps = torch.cat([_stepwise(m, rows[b], x[b : b + 1], sched, rope) for b in range(2)])
+        one = torch.cat([m(rows[b], x[b : b + 1], sched, rope) for b in range(len(rows))])
+        steps = torch.cat([_stepwise(m, rows[b], x[b : b + 1], sched, rope) for b in range(len(rows))])
+        steps_batch = _stepwise(m, text, x, sched, rope)
     torch.testing.assert_close(one, both, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(steps, both, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(steps_batch, both, atol=1e-4, rtol=1e-4)
+
+
+def test_other_sizes_are_self_consistent():
+    """A config like the hidden fixture's (C 160: FFN 512, 3 chunks, one text-pool head of 160, text_maxlen 12,
+    three rows of different lengths, a 4:3 schedule) with random weights: KV cache == teacher forcing == rows."""
+    cfg = InfinityConfig(
+        depth=3,
+        embed_dim=160,
+        num_heads=2,
+        vae_bits=6,
+        apply_spatial_patchify=True,
+        text_channels=128,
+        text_maxlen=12,
+        block_chunks=3,
+        bf16_cross_attention=False,
+    )
+    assert (cfg.ffn_hidden, cfg.text_pool_heads) == (512, 1)
+    torch.manual_seed(0)
+    m = Infinity(cfg).eval()
+    text = TextFeatures.from_lens(torch.randn(22, 128), [3, 12, 7])
+    sched = [(1, 1), (2, 2), (4, 3), (8, 6)]
+    x = torch.randn(3, sum(h * w for h, w in sched[1:]), cfg.token_bits)
+    _check_batch_vs_rows(m, text, x, sched, build_rope_cache([(1, 1), (2, 2), (4, 3), (8, 6), (72, 54)], cfg.head_dim))
+    before = text.kv_compact.clone()
+    dropped_text, dropped = m.drop_text(text, random.Random(3), 0.5)
+    assert torch.equal(text.kv_compact, before) and any(dropped)
+    for row, was, b in zip(_rows(dropped_text), _rows(text), dropped):
+        assert torch.equal(row.kv_compact, m.cfg_uncond[: row.lens[0]].detach() if b else was.kv_compact)
+    with pytest.raises(InputError, match="text_maxlen"):
+        m.uncond_text(TextFeatures.from_lens(torch.randn(13, 128), [13]))
 
 
 @pytest.mark.parametrize("V", VARIANTS)
@@ -250,7 +312,7 @@ def test_sampling_steps_replay_reference(infinity_golden, V):
             text = m.cfg_text(text, _text(g, a["negative"]) if a.get("negative") else None)
         layers = a.get("cfg_insertion_layer", [0])
         cfg_blocks = [m.config.depth + n for n in layers if n < 0]
-        rope = _rope(g, m.config, h_div_w=a["h_div_w"])
+        rope = _rope(g, m.config.head_dim, h_div_w=a["h_div_w"])
         seen = {}
         hooks = [
             m.blocks[0].register_forward_hook(lambda mod, i, o: seen.__setitem__("in", i[0])),
@@ -328,10 +390,14 @@ def test_step_api_checks_order(infinity_golden):
     g = infinity_golden
     m = _model(g, "p16")
     sched = [(1, 1), (2, 2)]
-    cond = m.prepare_text(_text(g, "t1"))
+    text = _text(g, next(iter(g["inputs"]["texts"])))
+    B = text.batch_size
+    cond = m.prepare_text(text)
     cache = m.new_cache(cond, sched)
-    rope = _rope(g, m.config, h_div_w=1.0)
+    rope = _rope(g, m.config.head_dim, h_div_w=1.0)
     with torch.no_grad(), pytest.raises(InputError, match="scale 1"):
-        m.forward_scale(torch.zeros(1, 4, m.config.embed_dim), 1, sched, cond, cache, rope)
+        m.forward_scale(torch.zeros(B, 4, m.config.embed_dim), 1, sched, cond, cache, rope)
     with pytest.raises(InputError, match="rope_2Lc"):
-        m(_text(g, "t1"), torch.zeros(1, 4, m.config.token_bits), sched, rope[:, :2])
+        m(text, torch.zeros(B, 4, m.config.token_bits), sched, rope[:, :2])
+    with pytest.raises(InputError, match="x_BLC_wo_prefix"):
+        m(text, torch.zeros(B, 5, m.config.token_bits), sched, rope)
