@@ -14,8 +14,10 @@ logit 2j says "bit j = 0", 2j+1 "bit j = 1".
 
 The reference's numerics are kept: cross attention and the text pool round q, k/v and their output to bfloat16
 (``bf16_cross_attention``), teacher forcing pads the sequence to a multiple of 128. Variable text lengths: one
-SDPA call per row over that row's tokens (exact, no padded keys; a block-diagonal mask over all rows costs B x the
-work and keeps SDPA off its fused kernels). Parameter names equal the reference, so checkpoints load strictly.
+SDPA call per row over that row's own tokens (exact, no padded keys). Measured on CPU (1 thread, B 2-8, l 256-4096,
+text lengths 5-200): as fast as one call over keys padded to max(lens) with a key mask (28 vs 26 ms, 11 vs 11 ms),
+3-4x faster than one call over all rows with a block-diagonal mask (114, 45, 134 ms), which does B x the work.
+Parameter names equal the reference, so checkpoints load strictly.
 
 Sampling API (KV cache; RoPE at each scale's offset), used by ``nextscale.sampling_t2i``::
 
@@ -111,14 +113,13 @@ class CrossAttention(nn.Module):
         else:
             q_BlHc = self.mat_q(x_BlC).unflatten(-1, (self.num_heads, self.head_dim))
         q_BlHc = _bf16(q_BlHc, self.bf16)
-        outs, start = [], 0
-        for b, n in enumerate(lens):  # one exact attention per row over its own n tokens
+        q_BHlc, start = q_BlHc.transpose(1, 2), 0
+        o_BHlc = q_BHlc.new_empty(q_BHlc.shape)
+        for b, n in enumerate(lens):  # one exact attention per row over its own n tokens (no padded keys)
             k_Hnc, v_Hnc = kv_N2Hc[start : start + n].permute(1, 2, 0, 3).unbind(0)
-            outs.append(
-                F.scaled_dot_product_attention(q_BlHc[b].transpose(0, 1), k_Hnc, v_Hnc, scale=self.head_dim**-0.5)
-            )  # (H, l, c)
+            o_BHlc[b] = F.scaled_dot_product_attention(q_BHlc[b], k_Hnc, v_Hnc, scale=self.head_dim**-0.5)
             start += n
-        o_BlC = torch.stack(outs).transpose(1, 2).flatten(2)
+        o_BlC = o_BHlc.transpose(1, 2).flatten(2)
         return self.proj(_bf16(o_BlC, self.bf16))
 
 
