@@ -11,6 +11,7 @@ the 1M schedule and uses the cache's first L positions (scale k starts after the
 Angles of a position (p_h, p_w): [p_h * inv_freq, p_w * inv_freq] (c/2 angles, height first) with
 inv_freq_i = 1 / base^(2i / (c/2)), i < c/4. Pair m of a vector, (x[2m], x[2m+1]), rotates by angle m.
 """
+
 from __future__ import annotations
 
 from typing import Sequence, Tuple
