@@ -11,6 +11,7 @@ import torch
 
 from nextscale.errors import FieldError, InputError
 from nextscale.models.infinity import (
+    INFINITY_PRESETS,
     Infinity,
     InfinityConfig,
     TextFeatures,
@@ -296,6 +297,15 @@ def test_other_sizes_are_self_consistent():
         assert torch.equal(row.kv_compact, m.cfg_uncond[: row.lens[0]].detach() if b else was.kv_compact)
     with pytest.raises(InputError, match="text_maxlen"):
         m.uncond_text(TextFeatures.from_lens(torch.randn(13, 128), [13]))
+    with pytest.raises(InputError, match="rng"):  # a rate without a random source is not silently ignored
+        m(text, x, sched, torch.zeros(2, 200, cfg.head_dim // 2), cond_drop_rate=0.5)
+    # dropped rows train cfg_uncond, also when the caller's tensor is overwritten (the reference's way)
+    m.train()
+    rope = build_rope_cache(sched + [(72, 54)], cfg.head_dim)
+    m(text, x, sched, rope, rng=random.Random(3), cond_drop_rate=0.5, drop_in_place=True).square().mean().backward()
+    assert torch.equal(text.kv_compact, dropped_text.kv_compact)
+    rows_hit = m.cfg_uncond.grad.abs().sum(1) > 0
+    assert rows_hit[: max(n for n, b in zip(text.lens, dropped) if b)].all() and not rows_hit[12:].any()
 
 
 @pytest.mark.parametrize("V", VARIANTS)
@@ -368,6 +378,7 @@ def test_text_features_helpers_and_checks():
 def test_config_rules():
     assert InfinityConfig(embed_dim=160, num_heads=2, depth=3, block_chunks=3, text_channels=128).ffn_hidden == 512
     assert InfinityConfig.infinity_8b().token_bits == 56 and InfinityConfig.infinity_2b().token_bits == 32
+    assert INFINITY_PRESETS["infinity_8b_512"] == INFINITY_PRESETS["infinity_8b"] == InfinityConfig.infinity_8b()
     with pytest.raises(FieldError, match="shared_aln"):
         InfinityConfig.from_reference_kwargs({"shared_aln": False}, 16)
     with pytest.raises(FieldError, match="rope2d_each_sa_layer"):  # the reference default (0) is not the release
@@ -396,7 +407,9 @@ def test_step_api_checks_order(infinity_golden):
     cache = m.new_cache(cond, sched)
     rope = _rope(g, m.config.head_dim, h_div_w=1.0)
     with torch.no_grad(), pytest.raises(InputError, match="scale 1"):
-        m.forward_scale(torch.zeros(B, 4, m.config.embed_dim), 1, sched, cond, cache, rope)
+        m.forward_scale(torch.zeros(B, 4, m.config.embed_dim), 1, sched, cond, cache, rope)  # scale 0 first
+    with torch.no_grad(), pytest.raises(InputError, match="rows of cond"):
+        m.forward_scale(torch.zeros(B + 1, 1, m.config.embed_dim), 0, sched, cond, cache, rope)
     with pytest.raises(InputError, match="rope_2Lc"):
         m(text, torch.zeros(B, 4, m.config.token_bits), sched, rope[:, :2])
     with pytest.raises(InputError, match="x_BLC_wo_prefix"):

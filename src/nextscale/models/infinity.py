@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from nextscale.errors import InputError
 from nextscale.models.infinity_config import (
+    INFINITY_PRESETS,
     InfinityConfig,
     TextCond,
     TextFeatures,
@@ -55,6 +56,7 @@ from nextscale.models.rope import apply_rope
 from nextscale.models.var import FFN, AdaLNBeforeHead, SharedAdaLin
 
 __all__ = [
+    "INFINITY_PRESETS",
     "Infinity",
     "InfinityCache",
     "bit_loss",
@@ -248,11 +250,11 @@ class Infinity(nn.Module):
         keep = torch.repeat_interleave(
             torch.tensor(dropped, device=unc.device) == 0, torch.tensor(text.lens, device=unc.device)
         ).unsqueeze(1)
-        if in_place:
+        new = TextFeatures(torch.where(keep, text.kv_compact, unc), text.lens, text.cu_seqlens, text.max_seqlen)
+        if in_place:  # the values also land in the caller's tensor; the graph (cfg_uncond's gradient) stays in `new`
             with torch.no_grad():
-                text.kv_compact.copy_(torch.where(keep, text.kv_compact, unc))
-            return text, dropped
-        return TextFeatures.from_lens(torch.where(keep, text.kv_compact, unc), text.lens), dropped
+                text.kv_compact.copy_(new.kv_compact)
+        return new, dropped
 
     def prepare_text(self, text: TextFeatures) -> TextCond:
         normed = self.text_norm(text.kv_compact.float())
@@ -301,6 +303,8 @@ class Infinity(nn.Module):
             )
         if rng is not None:
             text = self.drop_text(text, rng, cond_drop_rate, drop_in_place)[0]
+        elif cond_drop_rate:
+            raise InputError("cond_drop_rate > 0 needs rng (a random.Random) to draw the dropped rows")
         cond = self.prepare_text(text)
         x_BLC = torch.cat((self.sos(cond).expand(B, ls[0], -1), self.word_embed(x_BLC_wo_prefix.float())), dim=1)
         lvl_L = torch.repeat_interleave(
@@ -340,10 +344,10 @@ class Infinity(nn.Module):
         hw = schedule_hw(scale_schedule)
         begin = sum(h * w for h, w in hw[:si])
         n = hw[si][0] * hw[si][1]
-        if x_BlC.shape[1] != n or cache.kv.pos != begin:
+        if x_BlC.shape[:2] != (cond.cond_BD.shape[0], n) or cache.kv.pos != begin:
             raise InputError(
-                f"scale {si} needs {n} tokens at cache position {begin}; got {x_BlC.shape[1]} tokens, "
-                f"the cache is at {cache.kv.pos} (run the scales in order, each once)"
+                f"scale {si} needs ({cond.cond_BD.shape[0]}, {n}) tokens (rows of cond, h * w) at cache position "
+                f"{begin}; got {tuple(x_BlC.shape[:2])} at {cache.kv.pos} (run the scales in order, each once)"
             )
         rope = self._rope(rope_2Lc, begin + n)[:, begin:]
         x_BlC = x_BlC + self.lvl_embed.weight[si]

@@ -15,7 +15,15 @@ import torch.nn as nn
 
 from nextscale.errors import FieldError, FieldName, InputError
 
-__all__ = ["TextFeatures", "TextCond", "InfinityConfig", "schedule_hw", "initial_cfg_uncond", "resize_cfg_uncond"]
+__all__ = [
+    "TextFeatures",
+    "TextCond",
+    "InfinityConfig",
+    "INFINITY_PRESETS",
+    "schedule_hw",
+    "initial_cfg_uncond",
+    "resize_cfg_uncond",
+]
 
 
 @dataclass
@@ -244,3 +252,11 @@ def resize_cfg_uncond(ckpt_TC: torch.Tensor, model_TC: torch.Tensor) -> torch.Te
     if ckpt_TC.shape[0] >= n:
         return ckpt_TC[:n]
     return torch.cat((ckpt_TC.to(model_TC), model_TC[ckpt_TC.shape[0] :]))
+
+
+#: The released transformers by checkpoint family (the 1024 px and 512 px 8B files share one layout).
+INFINITY_PRESETS = {
+    "infinity_2b": InfinityConfig.infinity_2b(),
+    "infinity_8b": InfinityConfig.infinity_8b(),
+    "infinity_8b_512": InfinityConfig.infinity_8b(),
+}
