@@ -33,16 +33,21 @@ import torch
 import torch.nn.functional as F
 
 from nextscale.errors import InputError, NextScaleError
-from nextscale.models.bsq import bits_to_codes, resize
+from nextscale.models.bsq import BSQVAE, bits_to_codes, resize
+from nextscale.models.infinity import Infinity, TextFeatures, schedule_hw
+from nextscale.models.rope import build_rope_cache
 from nextscale.sampling import sample_top_k_top_p_
+from nextscale.schedules import TEMPLATES, rope_grid_schedule, tokenizer_schedule
 from nextscale.validate import as_int, check_float
 
 __all__ = [
+    "generate_t2i",
+    "T2IOutput",
+    "ScaleStep",
+    "rope_grid",
     "sample_bits_",
     "per_scale_values",
     "guide_logits",
-    "guide_hidden",
-    "guided_text",
     "cfg_insertion",
     "to_uint8_bgr",
     "patchify_bits",
@@ -123,13 +128,6 @@ def guide_logits(logits_bslV: torch.Tensor, B: int, cfg: float, tau: float) -> t
     return cfg * logits[:B] + (1 - cfg) * logits[B:]
 
 
-def guide_hidden(h_bslC: torch.Tensor, cfg: float) -> torch.Tensor:
-    """Guidance on hidden states (``cfg_insertion_layer`` < 0): the mix of the two halves, copied to both."""
-    B = h_bslC.shape[0] // 2
-    mixed = cfg * h_bslC[:B] + (1 - cfg) * h_bslC[B:]
-    return torch.cat((mixed, mixed), dim=0)
-
-
 def cfg_insertion(cfg_insertion_layer: Union[int, Sequence[int]], depth: int) -> Tuple[bool, List[int]]:
     """Where guidance applies: (on the logits?, global block indices after which hidden states are mixed).
     Entries: 0 = the logits (the released setting); -n = after global block depth - n, 1 <= n < depth."""
@@ -150,47 +148,6 @@ def cfg_insertion(cfg_insertion_layer: Union[int, Sequence[int]], depth: int) ->
                 f"cfg_insertion_layer entries must be 0 (logits) or -n with 1 <= n < depth ({depth}), got {it}"
             )
     return on_logits, sorted(set(layers))
-
-
-def _text_fields(text):
-    for f in ("kv_compact", "lens", "cu_seqlens", "max_seqlen"):
-        if not hasattr(text, f):
-            raise InputError(
-                f"text must be a TextFeatures (kv_compact, lens, cu_seqlens, max_seqlen), "
-                f"got {type(text).__name__} without {f}"
-            )
-    return text.kv_compact, [int(n) for n in text.lens]
-
-
-def _text_like(text, kv_compact: torch.Tensor, lens: List[int]):
-    cu = torch.zeros(len(lens) + 1, dtype=torch.int32, device=kv_compact.device)
-    cu[1:] = torch.tensor(lens, dtype=torch.int64).cumsum(0).to(torch.int32)
-    return dataclasses.replace(text, kv_compact=kv_compact, lens=list(lens), cu_seqlens=cu, max_seqlen=max(lens))
-
-
-def guided_text(text, cfg_uncond: torch.Tensor, negative_text=None):
-    """The 2B-row text input of a guided generation: the B conditional rows, then B unconditional rows.
-    Row b's unconditional features are the first ``lens[b]`` rows of the learned ``cfg_uncond`` (length-matched),
-    or row b of ``negative_text`` (its own length; one negative row is used for every image)."""
-    kv, lens = _text_fields(text)
-    B = len(lens)
-    if negative_text is None:
-        if max(lens) > cfg_uncond.shape[0]:
-            raise InputError(
-                f"text has a row of {max(lens)} tokens, more than the model's text_maxlen "
-                f"({cfg_uncond.shape[0]}) unconditional rows"
-            )
-        kv_u = torch.cat([cfg_uncond[:n] for n in lens], dim=0).to(kv.dtype)
-        lens_u = lens
-    else:
-        kv_u, lens_u = _text_fields(negative_text)
-        if len(lens_u) == 1 and B > 1:
-            kv_u, lens_u = kv_u.repeat(B, 1), lens_u * B
-        elif len(lens_u) != B:
-            raise InputError(f"negative_text has {len(lens_u)} rows; give 1 or one per image ({B})")
-        if kv_u.shape[-1] != kv.shape[-1]:
-            raise InputError(f"negative_text features have width {kv_u.shape[-1]}, the text's have {kv.shape[-1]}")
-    return _text_like(text, torch.cat((kv, kv_u.to(kv.device)), dim=0), lens + lens_u)
 
 
 def unpatchify_bits(bits_BhwD: torch.Tensor, patchify: bool) -> torch.Tensor:
@@ -244,3 +201,158 @@ def to_uint8_bgr(img_B3HW: torch.Tensor) -> torch.Tensor:
     """The reference sampler's returned image (compat only; pipelines use RGB floats): [-1, 1] -> (B, H, W, 3)
     uint8, **truncated** (not rounded) and in BGR order."""
     return ((img_B3HW + 1) / 2).permute(0, 2, 3, 1).mul(255).to(torch.uint8).flip(dims=(3,))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclasses.dataclass
+class ScaleStep:
+    """What ``callback(step)`` receives after every scale (after the constraint, the bits are final)."""
+
+    si: int  # scale index, 0 .. num_scales - 1
+    num_scales: int
+    bits: torch.Tensor  # (B, h, w, d) int64 this scale's bits, tokenizer layout
+    summed_codes: torch.Tensor  # (B, d, H, W) the running sum so far (do not modify)
+    vae: torch.nn.Module
+
+    def image(self) -> torch.Tensor:
+        """The partial image: the running sum decoded, (B, 3, H*p, W*p) in [-1, 1] (one decoder pass)."""
+        return self.vae.decode(self.summed_codes)
+
+
+@dataclasses.dataclass
+class T2IOutput:
+    bits_per_scale: List[torch.Tensor]  # K x (B, h_k, w_k, d) int64, tokenizer layout (the reference returns none)
+    summed_codes: torch.Tensor  # (B, d, H, W) the decoder's input
+    images: Optional[torch.Tensor]  # (B, 3, H*p, W*p) in [-1, 1]; None when decode=False
+    scale_schedule: List[Tuple[int, int]]  # transformer schedule
+    tokenizer_schedule: List[Tuple[int, int]]  # the bits' grids (doubled with spatial patchify)
+
+    def reference_image(self) -> torch.Tensor:
+        """The reference sampler's return value: (B, H, W, 3) uint8 BGR, truncated (compat only)."""
+        if self.images is None:
+            raise InputError("no images: this output was made with decode=False")
+        return to_uint8_bgr(self.images)
+
+
+def rope_grid(scale_hw: Sequence[Tuple[int, int]], h_div_w=None) -> List[Tuple[int, int]]:
+    """The RoPE grid schedule (an aspect ratio's 1M schedule) of a transformer schedule. Without ``h_div_w`` it is
+    the template whose 1M schedule starts with ``scale_hw`` (the official code only runs schedules of its table);
+    when several do (a few coarse scales), the one nearest to the last scale's h/w."""
+    K = len(scale_hw)
+    if h_div_w is not None:
+        grid = rope_grid_schedule(h_div_w)
+        if grid[:K] != list(scale_hw):
+            raise InputError(f"scale_schedule {list(scale_hw)} is not a schedule of the aspect ratio h_div_w={h_div_w}")
+        return grid
+    cands = [t for t in TEMPLATES if rope_grid_schedule(t)[:K] == list(scale_hw)]
+    if not cands:
+        raise InputError(
+            f"scale_schedule {list(scale_hw)} is not a prefix of any aspect ratio's schedule (make one with "
+            f"nextscale.schedules.scale_schedule): its RoPE positions are undefined"
+        )
+    r = scale_hw[-1][0] / scale_hw[-1][1]
+    return rope_grid_schedule(min(cands, key=lambda t: abs(t - r)))
+
+
+def _negative_rows(negative_text, B: int):
+    if negative_text.batch_size == B:
+        return negative_text
+    if negative_text.batch_size == 1:  # one negative prompt for every image
+        return TextFeatures.from_lens(negative_text.kv_compact.repeat(B, 1), negative_text.lens * B)
+    raise InputError(f"negative_text has {negative_text.batch_size} rows; give 1 or one per image ({B})")
+
+
+@torch.no_grad()
+def generate_t2i(
+    model: Infinity,
+    vae: BSQVAE,
+    text: TextFeatures,
+    scale_schedule,
+    *,
+    cfg_list: Union[float, Sequence[float]] = 3.0,
+    tau_list: Union[float, Sequence[float]] = 0.5,
+    top_k: int = 900,
+    top_p: float = 0.97,
+    generator: Optional[torch.Generator] = None,
+    negative_text: Optional[TextFeatures] = None,
+    cfg_insertion_layer: Union[int, Sequence[int]] = 0,
+    callback: Optional[Callable[[ScaleStep], None]] = None,
+    constraint: Optional[Constraint] = None,
+    h_div_w=None,
+    decode: bool = True,
+) -> T2IOutput:
+    """Sample B = ``text.batch_size`` images over ``scale_schedule`` ([(h, w)] or the reference's [(1, h, w)]).
+
+    ``cfg_list`` / ``tau_list``: guidance weight and temperature, one number or one per scale (defaults: the
+    released inference settings cfg 3, tau 0.5, top_k 900, top_p 0.97). ``generator`` None draws from the global
+    generator (the reference's ``g_seed=None``; ``torch.Generator().manual_seed(s)`` replays its ``g_seed=s`` and
+    its ``torch.manual_seed(s)`` on CPU). ``negative_text``: 1 row or B rows replacing the learned unconditional
+    text. ``cfg_insertion_layer``: see :func:`cfg_insertion`. ``callback(step)`` runs after every scale
+    (:class:`ScaleStep`; ``step.image()`` decodes the partial sum). ``constraint(si, bits)`` may replace the sampled
+    bits (B, h, w, d) before they enter the running sum (editing). ``h_div_w`` picks the RoPE grid when the
+    schedule alone does not (:func:`rope_grid`). ``decode=False`` skips the final decoder pass.
+    """
+    cfgm = model.config
+    hw = schedule_hw(scale_schedule)
+    K = len(hw)
+    if K > cfgm.num_levels:
+        raise InputError(f"scale_schedule has {K} scales; the model has level embeddings for {cfgm.num_levels}")
+    if vae.codebook_dim != cfgm.vae_bits:
+        raise InputError(
+            f"the tokenizer has {vae.codebook_dim} bits per token, the transformer expects {cfgm.vae_bits}"
+        )
+    if not isinstance(text, TextFeatures):
+        raise InputError(f"text must be a nextscale.models.infinity.TextFeatures, got {type(text).__name__}")
+    cfgs = per_scale_values(cfg_list, K, "cfg_list")
+    taus = per_scale_values(tau_list, K, "tau_list", positive=True)
+    top_k, top_p = check_top_k_top_p(top_k, top_p)
+    on_logits, cfg_blocks = cfg_insertion(cfg_insertion_layer, cfgm.depth)
+    patchify = bool(cfgm.apply_spatial_patchify)
+    tok_hw = tokenizer_schedule(hw, patchify)
+    dev = model.pos_start.device
+    rope_2Lc = build_rope_cache(rope_grid(hw, h_div_w), cfgm.head_dim, cfgm.rope_base).to(dev)
+
+    B = text.batch_size
+    text = TextFeatures.from_lens(text.kv_compact.to(dev), text.lens)
+    guided = any(c != 1 for c in cfgs)  # the reference doubles the batch only then
+    if guided:
+        neg = None
+        if negative_text is not None:
+            neg = _negative_rows(negative_text, B)
+            neg = TextFeatures.from_lens(neg.kv_compact.to(dev), neg.lens)
+        text = model.cfg_text(text, neg)
+    cond = model.prepare_text(text)
+    cache = model.new_cache(cond, hw)
+    x_BlC = model.sos(cond)
+    running = RunningSum(tok_hw, patchify)
+    bits_per_scale: List[torch.Tensor] = []
+    for si, (h, w) in enumerate(hw):
+        cfg, tau = cfgs[si], taus[si]
+        h_BlC = model.forward_scale(x_BlC, si, hw, cond, cache, rope_2Lc, cfg=cfg, cfg_blocks=cfg_blocks)
+        rows = h_BlC if cfg != 1 and on_logits else h_BlC[:B]  # the reference's head sees B rows otherwise
+        logits_BlV = guide_logits(model.logits(rows, cond), B, cfg, tau)
+        bits_BN = sample_bits_(logits_BlV.view(B, h * w * cfgm.token_bits, 2), top_k, top_p, generator)
+        bits = unpatchify_bits(bits_BN.view(B, h, w, cfgm.token_bits), patchify)
+        if constraint is not None:
+            bits = _checked_bits(constraint(si, bits), bits)
+        running.add(bits)
+        bits_per_scale.append(bits)
+        if callback is not None:
+            callback(ScaleStep(si, K, bits, running.summed_BdHW, vae))
+        if si + 1 < K:
+            x_BlC = model.word_embed(running.next_input(si + 1))
+            if guided:
+                x_BlC = x_BlC.repeat(2, 1, 1)
+    summed = running.summed_BdHW
+    images = vae.decode(summed) if decode else None
+    return T2IOutput(bits_per_scale, summed, images, hw, tok_hw)
+
+
+def _checked_bits(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if not isinstance(new, torch.Tensor) or tuple(new.shape) != tuple(like.shape):
+        got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+        raise InputError(f"constraint must return bits of shape {tuple(like.shape)} (B, h, w, d), got {got}")
+    return new.to(device=like.device, dtype=torch.int64)
