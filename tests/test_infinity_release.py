@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from nextscale import compat_infinity as ci
 from nextscale.errors import CheckpointError, InputError
 from nextscale.infinity_release import (
     DROPPED_TRANSFORMER_KEYS,
@@ -419,3 +420,221 @@ def test_golden_transformers_load(infinity_golden, tmp_path):
         _same_state(m, rec["state_dict"])
         inferred = infer_infinity_config(rec["state_dict"], d, text_maxlen=cfg.text_maxlen)
         assert _cfg_fields(inferred) == _cfg_fields(cfg), variant
+
+
+# ------------------------------------------------------------------------------------------------ compat drop-in
+_SIZE_KEYS = ("depth", "embed_dim", "num_heads", "mlp_ratio", "block_chunks", "drop_path_rate")
+
+
+@pytest.fixture(scope="module")
+def compat_models(infinity_golden, tmp_path_factory):
+    """Per variant: the golden tokenizer and transformer written as release files and loaded through the drop-in
+    (text_maxlen 512 as the reference loader: the golden cfg_uncond of 16 rows is extended)."""
+    d = tmp_path_factory.mktemp("compat")
+    out = {}
+    for V, rec in infinity_golden["inf"].items():
+        vf, tf = d / f"vae_{V}.pth", d / f"inf_{V}.pth"
+        torch.save({"vae": infinity_golden["vae"][V]["state_dict"]}, vf)
+        torch.save(rec["state_dict"], tf)
+        vae = load_bsq_tokenizer(vf)
+        kw = rec["kwargs"]
+        model = ci.load_infinity(
+            model_path=str(tf),
+            vae=vae,
+            device="cpu",
+            text_channels=kw["text_channels"],
+            model_kwargs={k: kw[k] for k in _SIZE_KEYS},
+            apply_spatial_patchify=kw["apply_spatial_patchify"],
+        )
+        assert isinstance(model, ci.InfinityCompat) and model.config.text_maxlen == 512
+        out[V] = vae, model
+    return out
+
+
+def _texts(g, name):
+    t = g["inputs"]["texts"][name]
+    return (t["kv_compact"], t["lens"], t["cu_seqlens_k"], t["max_seqlen_k"])
+
+
+@pytest.mark.parametrize(
+    "V, case",
+    [
+        ("p16", "sq3_cfglist_neg"),
+        ("p16", "sq3_layercfg"),
+        ("p16", "sq3_global_rng"),
+        ("p8", "r075_3_released"),
+        ("p8", "sq3_B1"),
+    ],
+)
+def test_compat_autoregressive_infer_cfg_matches_reference(infinity_golden, compat_models, V, case):
+    """The reference call with the reference's keywords gives the reference image (uint8 BGR, +-1: README 7)."""
+    g = infinity_golden
+    rec = g["infer"][V][case]
+    a = rec["args"]
+    vae, model = compat_models[V]
+    sched = [tuple(s) for s in rec["scale_schedule"]]
+    neg = _texts(g, a["negative"]) if a.get("negative") else None
+    if a["g_seed"] is None:
+        torch.manual_seed(a["torch_seed"])
+    ret, idx, img = model.autoregressive_infer_cfg(
+        vae=vae,
+        scale_schedule=sched,
+        label_B_or_BLT=_texts(g, a["text"]),
+        B=rec["B"],
+        negative_label_B_or_BLT=neg,
+        force_gt_Bhw=None,
+        g_seed=a["g_seed"],
+        cfg_list=rec["cfg_list"],
+        tau_list=rec["tau_list"],
+        cfg_sc=3,
+        top_k=a["top_k"],
+        top_p=a["top_p"],
+        returns_vemb=1,
+        ratio_Bl1=None,
+        gumbel=0,
+        norm_cfg=False,
+        cfg_exp_k=0.0,
+        cfg_insertion_layer=a["cfg_insertion_layer"],
+        vae_type=vae.codebook_dim,
+        softmax_merge_topk=-1,
+        ret_img=True,
+        trunk_scale=1000,
+        gt_leak=0,
+        gt_ls_Bl=None,
+        inference_mode=True,
+        sampling_per_bits=1,
+    )
+    assert ret == [] and idx == []
+    assert img.dtype == torch.uint8 and img.shape == rec["img"].shape
+    assert (img.int() - rec["img"].int()).abs().max().item() <= 1
+    if case not in ("sq3_cfglist_neg", "r075_3_released"):
+        return
+    # gt_leak: the reference's own bits fed back for every scale give the same image
+    gt = [b.clone() for b in rec["bits_per_scale"]]
+    _, _, img2 = ci.autoregressive_infer_cfg(
+        model,
+        vae,
+        sched,
+        _texts(g, a["text"]),
+        rec["B"],
+        neg,
+        g_seed=123,
+        cfg_list=rec["cfg_list"],
+        tau_list=rec["tau_list"],
+        top_k=a["top_k"],
+        top_p=a["top_p"],
+        cfg_insertion_layer=a["cfg_insertion_layer"],
+        vae_type=vae.codebook_dim,
+        ret_img=True,
+        gt_leak=len(sched),
+        gt_ls_Bl=gt,
+    )
+    assert (img2.int() - rec["img"].int()).abs().max().item() <= 1
+
+
+def test_compat_tables_and_refusals(infinity_golden, compat_models):
+    tab = infinity_golden["tables"]["dynamic_resolution_h_w"]
+    assert [float(k) for k in tab] == list(ci.dynamic_resolution_h_w) == list(ci.h_div_w_templates)
+    for k, per_pn in tab.items():
+        for pn, e in per_pn.items():
+            ours = ci.dynamic_resolution_h_w[float(k)][pn]
+            assert list(ours["pixel"]) == list(e["pixel"]) and [list(s) for s in ours["scales"]] == e["scales"]
+    vae, model = compat_models["p16"]
+    text = _texts(infinity_golden, "t2")
+    sched = [(1, 1, 1), (1, 2, 2)]
+    base = dict(
+        vae=vae,
+        scale_schedule=sched,
+        label_B_or_BLT=text,
+        B=2,
+        g_seed=0,
+        cfg_list=[3, 3],
+        tau_list=[1, 1],
+        vae_type=16,
+        ret_img=True,
+        cfg_insertion_layer=[0],
+    )
+    for change, msg in [
+        ({"vae_type": 0}, "^vae_type=0"),
+        ({"B": 1}, "^B=1 but"),
+        ({"trunk_scale": 1}, "^trunk_scale"),
+        ({"cfg_list": [3]}, "^cfg_list needs at least"),
+        ({"bogus": 1}, "unexpected keyword 'bogus'"),
+        ({"gt_leak": 2}, "^gt_leak=2 needs gt_ls_Bl"),
+    ]:
+        with pytest.raises(InputError, match=msg):
+            model.autoregressive_infer_cfg(**{**base, **change})
+    assert model.autoregressive_infer_cfg(**{**base, "ret_img": False}) == ([], [], [])
+    with pytest.raises(InputError, match="^vae_type=7"):
+        ci.load_visual_tokenizer({"vae_type": 7, "vae_path": "x.pth"})
+    with pytest.raises(InputError, match="^model_type 'infinity_3b'"):
+        ci.load_transformer(vae, {"model_type": "infinity_3b"})
+    with pytest.raises(InputError, match="^rope2d_normalized_by_hw=1"):
+        ci.load_transformer(vae, {"model_type": "infinity_2b", "rope2d_normalized_by_hw": 1})
+
+
+def test_compat_gen_one_img_with_t5(compat_models, tmp_path):
+    """gen_one_img end to end with a tiny random T5 (d_model = the golden model's text width) and a word tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = ["<pad>", "</s>", "<unk>", "a", "red", "fox", "in", "snow", "blurry"]
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    vae, model = compat_models["p16"]
+    cfg = transformers.T5Config(
+        vocab_size=len(words),
+        d_model=model.config.text_channels,
+        d_kv=16,
+        d_ff=64,
+        num_layers=1,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    torch.manual_seed(0)
+    t5 = transformers.T5EncoderModel(cfg).eval()
+    d = tmp_path / "t5"
+    t5.save_pretrained(d)
+    hf_tok.save_pretrained(d)
+    text_tokenizer, text_encoder = ci.load_tokenizer(str(d), device="cpu")
+    kv, lens, cu, mx = ci.encode_prompt(text_tokenizer, text_encoder, "a red fox in snow")
+    assert lens == [6] and kv.shape == (6, model.config.text_channels) and cu.tolist() == [0, 6] and mx == 6  # + EOS
+    sched = [(1, h, w) for _, h, w in ci.dynamic_resolution_h_w[1.0]["0.06M"]["scales"][:3]]
+    img = ci.gen_one_img(
+        model,
+        vae,
+        text_tokenizer,
+        text_encoder,
+        "a red fox in snow",
+        cfg_list=3,
+        tau_list=0.5,
+        negative_prompt="blurry",
+        scale_schedule=sched,
+        cfg_insertion_layer=[0],
+        vae_type=16,
+        g_seed=0,
+    )
+    assert img.shape == (64, 64, 3) and img.dtype == torch.uint8
+    again = ci.gen_one_img(
+        model,
+        vae,
+        text_tokenizer,
+        text_encoder,
+        "a red fox in snow",
+        cfg_list=3,
+        tau_list=0.5,
+        negative_prompt="blurry",
+        scale_schedule=sched,
+        cfg_insertion_layer=[0],
+        vae_type=16,
+        g_seed=0,
+    )
+    assert torch.equal(img, again)  # g_seed re-seeds the model's generator
+    with pytest.raises(InputError, match="^enable_positive_prompt"):
+        ci.encode_prompt(text_tokenizer, text_encoder, "a man", enable_positive_prompt=1)

@@ -389,7 +389,7 @@ def _infinity_config(config, sd, vae_bits):
 
 
 def load_infinity_transformer(
-    path, config=None, *, vae_bits: Optional[int] = None, dtype: Optional[torch.dtype] = torch.float32
+    path, config=None, *, vae_bits: Optional[int] = None, dtype: Optional[torch.dtype] = torch.float32, model_cls=None
 ):
     """An :class:`~nextscale.models.infinity.Infinity` holding the weights of ``path`` (``infinity_2b_reg.pth`` or an
     8B sharded directory), in eval mode without gradients, on the CPU.
@@ -397,13 +397,14 @@ def load_infinity_transformer(
     ``config``: an InfinityConfig, a preset name (``'infinity_2b'``, ``'infinity_8b'``) or None (read from the
     shapes; ``vae_bits`` then tells a patchifying model, see :func:`infer_infinity_config`; text_maxlen 512 as the
     official loader). The module is built on the meta device and takes the file's tensors (no second copy of the
-    weights in memory); ``dtype`` (default float32, like the official loader; None keeps the file's) casts them."""
+    weights in memory); ``dtype`` (default float32, like the official loader; None keeps the file's) casts them.
+    ``model_cls``: a subclass of Infinity without extra state (the compat wrapper) instead of Infinity."""
     from nextscale.models.infinity import Infinity, initial_cfg_uncond
 
     sd = read_state_dict(path)
     cfg = _infinity_config(config, sd, vae_bits)
     with torch.device("meta"):
-        model = Infinity(cfg)
+        model = (model_cls or Infinity)(cfg)
     own_uncond = None
     if "cfg_uncond" in sd and sd["cfg_uncond"].shape[0] < cfg.text_maxlen:
         own_uncond = initial_cfg_uncond(cfg.text_maxlen, cfg.text_channels)
