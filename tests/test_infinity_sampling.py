@@ -11,10 +11,11 @@ from nextscale.models.bsq import BSQVAE, BSQConfig
 from nextscale.models.infinity import Infinity, InfinityConfig, TextFeatures
 from nextscale.sampling_t2i import (
     RunningSum,
-    ScaleStep,
+    T2IStep,
     cfg_insertion,
     generate_t2i,
     guide_logits,
+    keep_bits_constraint,
     patchify_bits,
     per_scale_values,
     rope_grid,
@@ -346,19 +347,25 @@ def test_constraint_keeping_every_bit_returns_the_input_bits(infinity_golden, pa
         text,
         rec["scale_schedule"],
         generator=torch.Generator().manual_seed(0),
-        constraint=lambda si, bits: given[si],
+        constraint=keep_bits_constraint(given, [torch.ones(b.shape[:3], dtype=torch.bool) for b in given]),
     )
     assert all(torch.equal(a, b) for a, b in zip(out.bits_per_scale, given))
     torch.testing.assert_close(
         out.summed_codes, tokrec["decode_from_indices_summed_codes"].squeeze(2), atol=1e-5, rtol=0
     )
 
-    def keep_left(si, bits):  # keep the left half of every scale's grid, sample the rest
-        w = bits.shape[2]
-        return torch.cat((given[si][:, :, : w // 2], bits[:, :, w // 2 :]), dim=2)
-
+    keep = []  # the left half of every scale's grid is kept, the rest sampled
+    for b in given:
+        k = torch.zeros(b.shape[:3], dtype=torch.bool)
+        k[:, :, : b.shape[2] // 2] = True
+        keep.append(k)
     out = generate_t2i(
-        model, vae, text, rec["scale_schedule"], generator=torch.Generator().manual_seed(0), constraint=keep_left
+        model,
+        vae,
+        text,
+        rec["scale_schedule"],
+        generator=torch.Generator().manual_seed(0),
+        constraint=keep_bits_constraint(given, keep),
     )
     for a, b in zip(out.bits_per_scale, given):
         assert torch.equal(a[:, :, : a.shape[2] // 2], b[:, :, : b.shape[2] // 2])
@@ -371,7 +378,7 @@ def test_callback_sees_every_scale_and_partial_images(infinity_golden, pairs):
     rec = _case(g, V)
     steps, images = [], []
 
-    def cb(step: ScaleStep):
+    def cb(step: T2IStep):
         steps.append((step.si, step.num_scales, tuple(step.bits.shape)))
         images.append(step.image())
 

@@ -43,7 +43,7 @@ from nextscale.validate import as_int, check_float
 __all__ = [
     "generate_t2i",
     "T2IOutput",
-    "ScaleStep",
+    "T2IStep",
     "rope_grid",
     "sample_bits_",
     "per_scale_values",
@@ -54,6 +54,7 @@ __all__ = [
     "unpatchify_bits",
     "next_scale_input",
     "RunningSum",
+    "keep_bits_constraint",
 ]
 
 #: constraint(si, bits_Bhwd) -> bits_Bhwd: replaces sampled bits (tokenizer space, int64) before they enter the
@@ -208,7 +209,7 @@ def to_uint8_bgr(img_B3HW: torch.Tensor) -> torch.Tensor:
 
 
 @dataclasses.dataclass
-class ScaleStep:
+class T2IStep:
     """What ``callback(step)`` receives after every scale (after the constraint, the bits are final)."""
 
     si: int  # scale index, 0 .. num_scales - 1
@@ -279,7 +280,7 @@ def generate_t2i(
     generator: Optional[torch.Generator] = None,
     negative_text: Optional[TextFeatures] = None,
     cfg_insertion_layer: Union[int, Sequence[int]] = 0,
-    callback: Optional[Callable[[ScaleStep], None]] = None,
+    callback: Optional[Callable[[T2IStep], None]] = None,
     constraint: Optional[Constraint] = None,
     h_div_w=None,
     decode: bool = True,
@@ -291,7 +292,7 @@ def generate_t2i(
     generator (the reference's ``g_seed=None``; ``torch.Generator().manual_seed(s)`` replays its ``g_seed=s`` and
     its ``torch.manual_seed(s)`` on CPU). ``negative_text``: 1 row or B rows replacing the learned unconditional
     text. ``cfg_insertion_layer``: see :func:`cfg_insertion`. ``callback(step)`` runs after every scale
-    (:class:`ScaleStep`; ``step.image()`` decodes the partial sum). ``constraint(si, bits)`` may replace the sampled
+    (:class:`T2IStep`; ``step.image()`` decodes the partial sum). ``constraint(si, bits)`` may replace the sampled
     bits (B, h, w, d) before they enter the running sum (editing). ``h_div_w`` picks the RoPE grid when the
     schedule alone does not (:func:`rope_grid`). ``decode=False`` skips the final decoder pass.
     """
@@ -341,7 +342,7 @@ def generate_t2i(
         running.add(bits)
         bits_per_scale.append(bits)
         if callback is not None:
-            callback(ScaleStep(si, K, bits, running.summed_BdHW, vae))
+            callback(T2IStep(si, K, bits, running.summed_BdHW, vae))
         if si + 1 < K:
             x_BlC = model.word_embed(running.next_input(si + 1))
             if guided:
@@ -349,6 +350,22 @@ def generate_t2i(
     summed = running.summed_BdHW
     images = vae.decode(summed) if decode else None
     return T2IOutput(bits_per_scale, summed, images, hw, tok_hw)
+
+
+def keep_bits_constraint(input_bits: Sequence[torch.Tensor], keep: Sequence[torch.Tensor]) -> Constraint:
+    """The ``constraint`` of zero-shot editing: at scale k, positions where ``keep[k]`` (B, h_k, w_k) bool is True
+    take the input's bits ``input_bits[k]`` (B, h_k, w_k, d) (e.g. ``BSQVAE.encode`` of the image on the tokenizer
+    schedule); the others keep their sampled bits. No random number is drawn, so the rest samples as usual."""
+    if len(input_bits) != len(keep):
+        raise InputError(f"input_bits has {len(input_bits)} scales but keep has {len(keep)}")
+
+    def constraint(si: int, bits_Bhwd: torch.Tensor) -> torch.Tensor:
+        k = keep[si].to(device=bits_Bhwd.device, dtype=torch.bool)
+        if tuple(k.shape) != tuple(bits_Bhwd.shape[:3]):
+            raise InputError(f"keep[{si}] must have shape {tuple(bits_Bhwd.shape[:3])} (B, h, w), got {tuple(k.shape)}")
+        return torch.where(k.unsqueeze(-1), input_bits[si].to(bits_Bhwd), bits_Bhwd)
+
+    return constraint
 
 
 def _checked_bits(new: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
