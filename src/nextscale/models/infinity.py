@@ -19,6 +19,12 @@ text lengths 5-200): as fast as one call over keys padded to max(lens) with a ke
 3-4x faster than one call over all rows with a block-diagonal mask (114, 45, 134 ms), which does B x the work.
 Parameter names equal the reference, so checkpoints load strictly.
 
+``rope_2Lc`` everywhere is the cache of the image's aspect ratio, built from that ratio's 1M schedule whatever the
+pn: ``build_rope_cache(schedules.rope_grid_schedule(h_div_w), config.head_dim)`` (``nextscale.models.rope``).
+
+Teacher forcing: ``logits_BLV = model(text, x_BLC_wo_prefix, scale_schedule, rope_2Lc, rng=random.Random(s))``
+(conditional dropout only with an ``rng``), ``token_loss_BL, loss = bit_loss(logits_BLV, gt_BLd)``.
+
 Sampling API (KV cache; RoPE at each scale's offset), used by ``nextscale.sampling_t2i``::
 
     text2 = model.cfg_text(text, negative)            # optional: [cond rows; uncond rows] when guidance is on
