@@ -412,5 +412,9 @@ def test_step_api_checks_order(infinity_golden):
         m.forward_scale(torch.zeros(B + 1, 1, m.config.embed_dim), 0, sched, cond, cache, rope)
     with pytest.raises(InputError, match="rope_2Lc"):
         m(text, torch.zeros(B, 4, m.config.token_bits), sched, rope[:, :2])
+    with pytest.raises(InputError, match="start at"):
+        m(text, torch.zeros(B, 4, m.config.token_bits), [(2, 2)] + sched, rope)
+    with torch.no_grad(), pytest.raises(InputError, match="si must"):
+        m.forward_scale(torch.zeros(B, 1, m.config.embed_dim), 2, sched, cond, cache, rope)
     with pytest.raises(InputError, match="x_BLC_wo_prefix"):
         m(text, torch.zeros(B, 5, m.config.token_bits), sched, rope)

@@ -274,6 +274,14 @@ class Infinity(nn.Module):
         """Head on the first hidden.shape[0] rows of ``cond``: (B, l, 2 d')."""
         return self.head(self.head_nm(hidden_BlC.float(), cond.cond_BD[: hidden_BlC.shape[0]]))
 
+    def _schedule(self, scale_schedule) -> List[Tuple[int, int]]:
+        hw = schedule_hw(scale_schedule)
+        if not hw or hw[0] != (1, 1) or len(hw) > self.config.num_levels:
+            raise InputError(
+                f"scale_schedule must start at (1, 1) and have <= {self.config.num_levels} scales, got {hw}"
+            )
+        return hw
+
     def _rope(self, rope_2Lc: torch.Tensor, end: int) -> torch.Tensor:
         want = (2, self.config.head_dim // 2)
         if rope_2Lc.ndim != 3 or (rope_2Lc.shape[0], rope_2Lc.shape[2]) != want or rope_2Lc.shape[1] < end:
@@ -299,20 +307,20 @@ class Infinity(nn.Module):
         """Teacher-forced logits (B, L, 2 d'). ``x_BLC_wo_prefix`` (B, L - l_0, d') are the next-scale inputs,
         ``rope_2Lc`` the ratio's cache (:func:`nextscale.models.rope.build_rope_cache`). Conditional dropout
         (:meth:`drop_text`) happens only when ``rng`` is given."""
-        hw = schedule_hw(scale_schedule)
+        hw = self._schedule(scale_schedule)
         ls = [h * w for h, w in hw]
         L, B = sum(ls), text.batch_size
-        if len(hw) > self.config.num_levels or tuple(x_BLC_wo_prefix.shape) != (B, L - ls[0], self.config.token_bits):
+        if tuple(x_BLC_wo_prefix.shape) != (B, L - 1, self.config.token_bits):
             raise InputError(
-                f"x_BLC_wo_prefix must be {(B, L - ls[0], self.config.token_bits)} for this schedule "
-                f"(<= {self.config.num_levels} scales), got {tuple(x_BLC_wo_prefix.shape)}"
+                f"x_BLC_wo_prefix must be {(B, L - 1, self.config.token_bits)} for this schedule and "
+                f"text, got {tuple(x_BLC_wo_prefix.shape)}"
             )
         if rng is not None:
             text = self.drop_text(text, rng, cond_drop_rate, drop_in_place)[0]
         elif cond_drop_rate:
             raise InputError("cond_drop_rate > 0 needs rng (a random.Random) to draw the dropped rows")
         cond = self.prepare_text(text)
-        x_BLC = torch.cat((self.sos(cond).expand(B, ls[0], -1), self.word_embed(x_BLC_wo_prefix.float())), dim=1)
+        x_BLC = torch.cat((self.sos(cond), self.word_embed(x_BLC_wo_prefix.float())), dim=1)
         lvl_L = torch.repeat_interleave(
             torch.arange(len(ls), device=x_BLC.device), torch.tensor(ls, device=x_BLC.device)
         )
@@ -331,7 +339,7 @@ class Infinity(nn.Module):
 
     # ---- KV-cached sampling ----
     def new_cache(self, cond: TextCond, scale_schedule) -> InfinityCache:
-        return InfinityCache(self, cond, sum(h * w for h, w in schedule_hw(scale_schedule)))
+        return InfinityCache(self, cond, sum(h * w for h, w in self._schedule(scale_schedule)))
 
     def forward_scale(
         self,
@@ -347,7 +355,9 @@ class Infinity(nn.Module):
     ) -> torch.Tensor:
         """Scale ``si`` through every block over the cache (which it extends): the hidden state (bs, l, C) before
         the head. ``x_BlC``: :meth:`sos` at scale 0, else ``word_embed`` of the next-scale input."""
-        hw = schedule_hw(scale_schedule)
+        hw = self._schedule(scale_schedule)
+        if not 0 <= si < len(hw):
+            raise InputError(f"si must index the {len(hw)} scales of scale_schedule, got {si}")
         begin = sum(h * w for h, w in hw[:si])
         n = hw[si][0] * hw[si][1]
         if x_BlC.shape[:2] != (cond.cond_BD.shape[0], n) or cache.kv.pos != begin:
