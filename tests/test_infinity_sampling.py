@@ -307,22 +307,42 @@ def _case(g, V, cfg_not_one=True):
 
 @pytest.mark.parametrize("V", ["p16", "p8"])
 def test_batch_equals_one_by_one(infinity_golden, pairs, V):
-    """Greedy bits (top_k=1: no randomness) of a batch equal those of its rows sampled alone; with sampling, the
-    batch consumes exactly the draws of its rows in sequence (same generator state afterwards)."""
+    """Greedy bits (top_k=1: no randomness) of a batch are those of its rows sampled alone: each row is run alone with
+    the batch's bits forced in (so one near-tie flip cannot make the rest diverge); its own greedy bits must equal
+    the batch's (public fixture: all equal; a few near ties of the ~1e-4 batch-vs-row float noise are allowed) and
+    its head outputs match the batch's rows. With sampling, the batch consumes exactly the draws of its rows in
+    sequence (the same generator state afterwards)."""
     g, (model, vae) = infinity_golden, pairs[V]
     rec = _case(g, V)
     text = _text(g, rec["args"]["text"])
-    rows = [TextFeatures.from_lens(text.kv_compact[a:b], [b - a]) for a, b in zip(text.cu_seqlens, text.cu_seqlens[1:])]
-    kw = dict(cfg_list=rec["cfg_list"], tau_list=rec["tau_list"])
-    batch = generate_t2i(model, vae, text, rec["scale_schedule"], top_k=1, top_p=0.0, **kw)
-    singles = [generate_t2i(model, vae, t, rec["scale_schedule"], top_k=1, top_p=0.0, **kw) for t in rows]
-    for k, bits in enumerate(batch.bits_per_scale):
-        assert torch.equal(bits, torch.cat([s.bits_per_scale[k] for s in singles])), f"scale {k}"
-    torch.testing.assert_close(batch.images, torch.cat([s.images for s in singles]), atol=2e-4, rtol=0)
+    B = text.batch_size
+    cu = text.cu_seqlens.tolist()
+    rows = [TextFeatures.from_lens(text.kv_compact[cu[b] : cu[b + 1]], [cu[b + 1] - cu[b]]) for b in range(B)]
+    kw = dict(cfg_list=rec["cfg_list"], tau_list=rec["tau_list"], top_k=1, top_p=0.0)
+    heads, hook = _head_outputs(model)
+    try:
+        batch = generate_t2i(model, vae, text, rec["scale_schedule"], **kw)
+        for b, t in enumerate(rows):
+            own, n0 = [], len(heads)
+
+            def force(si, bits, b=b, own=own):
+                own.append(bits)
+                return batch.bits_per_scale[si][b : b + 1]
+
+            single = generate_t2i(model, vae, t, rec["scale_schedule"], constraint=force, **kw)
+            for k, bits in enumerate(own):
+                want = batch.bits_per_scale[k][b : b + 1]
+                assert int((bits != want).sum()) <= max(2, want.numel() // 1000), f"row {b} scale {k}"
+                bs = heads[k].shape[0] // B  # 1, or 2 with guidance on the logits (conditional rows first)
+                torch.testing.assert_close(heads[n0 + k], heads[k][b::B][:bs], atol=2e-2, rtol=0)
+            torch.testing.assert_close(single.images, batch.images[b : b + 1], atol=2e-4, rtol=0)
+    finally:
+        hook.remove()
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    generate_t2i(model, vae, text, rec["scale_schedule"], top_k=0, top_p=0.9, generator=g1, decode=False, **kw)
+    kw.update(top_k=0, top_p=0.9, decode=False)
+    generate_t2i(model, vae, text, rec["scale_schedule"], generator=g1, **kw)
     for t in rows:
-        generate_t2i(model, vae, t, rec["scale_schedule"], top_k=0, top_p=0.9, generator=g2, decode=False, **kw)
+        generate_t2i(model, vae, t, rec["scale_schedule"], generator=g2, **kw)
     assert torch.equal(g1.get_state(), g2.get_state())
 
 
