@@ -46,6 +46,9 @@ __all__ = [
     "load_transformer_weights",
     "strict_load",
     "DROPPED_TRANSFORMER_KEYS",
+    "TRANSFORMER_PRESETS",
+    "infer_infinity_config",
+    "load_infinity_transformer",
 ]
 
 #: Non-parameter entries that older official checkpoints may carry; the official loader drops them.
