@@ -240,7 +240,7 @@ def schedule_hw(scale_schedule) -> List[Tuple[int, int]]:
 
 def initial_cfg_uncond(text_maxlen: int, text_channels: int) -> torch.Tensor:
     """The reference's initial unconditional text (its own generator seeded 0): trunc-normal std 1.2 / sqrt(Ct5)."""
-    t = torch.empty(text_maxlen, text_channels)
+    t = torch.empty(text_maxlen, text_channels, device="cpu")  # the CPU generator, also under a device context
     nn.init.trunc_normal_(t, std=1.2, generator=torch.Generator().manual_seed(0))
     return t / text_channels**0.5
 
