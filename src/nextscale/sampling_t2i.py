@@ -180,7 +180,7 @@ class RunningSum:
 
     Codes are kept channels-last in memory (the reference's codes are a permuted channels-last view): CPU
     trilinear up-sampling rounds differently for the two layouts (up to 5e-7 on the fixtures), and a 1e-7 change
-    of the next-scale input becomes ~1e-2 in the logits through the bf16 cross attention."""
+    of the next-scale input can become ~1e-2 in the logits through the bf16 cross attention (fixture README 7)."""
 
     def __init__(self, tok_schedule_hw: Sequence[Tuple[int, int]], patchify: bool):
         self.sched, self.patchify = [tuple(hw) for hw in tok_schedule_hw], patchify
@@ -218,6 +218,7 @@ class T2IStep:
     summed_codes: torch.Tensor  # (B, d, H, W) the running sum so far (do not modify)
     vae: torch.nn.Module
 
+    @torch.no_grad()
     def image(self) -> torch.Tensor:
         """The partial image: the running sum decoded, (B, 3, H*p, W*p) in [-1, 1] (one decoder pass)."""
         return self.vae.decode(self.summed_codes)
@@ -258,7 +259,15 @@ def rope_grid(scale_hw: Sequence[Tuple[int, int]], h_div_w=None) -> List[Tuple[i
     return rope_grid_schedule(min(cands, key=lambda t: abs(t - r)))
 
 
-def _negative_rows(negative_text, B: int):
+def _negative_rows(negative_text, text: TextFeatures):
+    B = text.batch_size
+    if not isinstance(negative_text, TextFeatures):
+        raise InputError(f"negative_text must be a TextFeatures, got {type(negative_text).__name__}")
+    if negative_text.kv_compact.shape[-1] != text.kv_compact.shape[-1]:
+        raise InputError(
+            f"negative_text features are {negative_text.kv_compact.shape[-1]} wide, the text's "
+            f"{text.kv_compact.shape[-1]}"
+        )
     if negative_text.batch_size == B:
         return negative_text
     if negative_text.batch_size == 1:  # one negative prompt for every image
@@ -322,7 +331,7 @@ def generate_t2i(
     if guided:
         neg = None
         if negative_text is not None:
-            neg = _negative_rows(negative_text, B)
+            neg = _negative_rows(negative_text, text)
             neg = TextFeatures.from_lens(neg.kv_compact.to(dev), neg.lens)
         text = model.cfg_text(text, neg)
     cond = model.prepare_text(text)
