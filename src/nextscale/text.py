@@ -201,7 +201,7 @@ class T5TextEncoder:
         dtype_kw = "dtype" if int(tf.__version__.split(".")[0]) >= 5 else "torch_dtype"  # renamed in transformers 5
         kw = dict(local_files_only=local_files_only, cache_dir=None if cache_dir is None else str(cache_dir))
         try:
-            tokenizer = tf.AutoTokenizer.from_pretrained(str(name), **kw)
+            tokenizer = tf.AutoTokenizer.from_pretrained(str(name), legacy=True, **kw)  # as the reference
             model = tf.T5EncoderModel.from_pretrained(str(name), **{dtype_kw: dtype}, **kw)
         except (OSError, ValueError) as e:
             where = "the Hugging Face cache" if local_files_only else "the Hugging Face Hub"
