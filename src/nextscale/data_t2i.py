@@ -484,7 +484,7 @@ def _hash_state(h, module: torch.nn.Module) -> None:
         t = t.detach().cpu().contiguous()
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         if t.numel():
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype != torch.bool else t.numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 def _read_meta(root: Path, fmt: str) -> Optional[dict]:
@@ -517,11 +517,16 @@ def _shard_ok(path: Path, fingerprint: str, digest: str) -> bool:
     return md.get("fingerprint") == fingerprint and md.get("digest") == digest
 
 
-def _prepare_dir(root: Path, meta: Optional[dict], fingerprint: str, overwrite: bool, what: str) -> None:
+def _prepare_dir(root: Path, meta: Optional[dict], fp: str, overwrite: bool, what: str, model: str, inputs: str):
+    """Make ``root`` ready for a (re)build; refuse to replace another build's complete cache unless overwrite."""
     if meta is not None and not overwrite:
+        why = (
+            f"another {model} or settings (fingerprint {meta.get('fingerprint')} != {fp})"
+            if meta.get("fingerprint") != fp
+            else f"other {inputs}"
+        )
         raise InputError(
-            f"out {str(root)!r} holds a {what} of other inputs (fingerprint {meta.get('fingerprint')} != "
-            f"{fingerprint}); pass overwrite=True or choose another folder"
+            f"out {str(root)!r} holds a {what} of other inputs: {why}; pass overwrite=True or choose another folder"
         )
     if root.exists() and not root.is_dir():
         raise InputError(f"out {str(root)!r} is a file; give a folder for the {what}")
@@ -595,7 +600,7 @@ def build_text_cache(
     meta = _read_meta(root, TEXT_CACHE_FORMAT)
     if meta is not None and meta.get("fingerprint") == fp and meta.get("captions") == digest:
         return TextFeatureCache.open(root)
-    _prepare_dir(root, meta, fp, overwrite, "text-feature cache")
+    _prepare_dir(root, meta, fp, overwrite, "text-feature cache", "text encoder", "captions")
     n_shards = math.ceil(len(unique) / shard_size)
     channels = None
     for k in range(n_shards):
@@ -737,7 +742,7 @@ def build_bits_cache(
     meta = _read_meta(root, BITS_CACHE_FORMAT)
     if meta is not None and meta.get("fingerprint") == fp and meta.get("images") == digest:
         return BitsCache.open(root)
-    _prepare_dir(root, meta, fp, overwrite, "bits cache")
+    _prepare_dir(root, meta, fp, overwrite, "bits cache", "tokenizer", "images")
     keys = sorted(set(data.buckets))
     bucket_id = np.asarray([keys.index(b) for b in data.buckets], dtype=np.int64)
     row = np.zeros(len(data), dtype=np.int64)
