@@ -291,6 +291,15 @@ def test_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         write_scene_dataset(tmp_path / "s", 5, np.random.default_rng(0), SHAPES_ONLY, n_scales=4, patch_size=8)
     assert os.listdir(tmp_path) == []  # neither the folder nor its temp twin
+    # a writer killed with -9 leaves its temp folder; the next write removes it (its process is gone)
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / f"s.partial-{dead.stdout.strip()}").mkdir()
+    monkeypatch.undo()
+    write_scene_dataset(tmp_path / "s", 2, np.random.default_rng(0), SHAPES_ONLY, n_scales=4, patch_size=8)
+    assert os.listdir(tmp_path) == ["s"]
 
 
 def test_eval_prompts(cfg):

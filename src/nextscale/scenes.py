@@ -713,6 +713,20 @@ def eval_prompts(config: SceneConfig = None, n_per_category: int = 32, seed: int
 
 
 # --------------------------------------------------------------------------------------------------- data set folders
+def _remove_dead_partials(out: Path) -> None:
+    """Remove ``OUT.partial-PID`` folders of writers that were killed (their process is gone)."""
+    for d in out.parent.glob(f"{out.name}.partial-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
+
+
 def write_scene_dataset(
     out,
     n: int,
@@ -741,6 +755,7 @@ def write_scene_dataset(
         raise InputError(f"out {str(out)!r} exists and is not empty; pass overwrite=True or choose another folder")
     sizes = {t: bucket_for(t, pn, n_scales, patch_size, patchify).image_hw for t in cfg.aspect_ratios}
     tmp = Path(f"{str(out).rstrip(os.sep)}.partial-{os.getpid()}")
+    _remove_dead_partials(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
