@@ -217,14 +217,46 @@ def _head_outputs(model):
     return outs, model.head.register_forward_hook(lambda mod, inp, out: outs.append(out.clone()))
 
 
+#: A sampled bit may differ from the recorded one only if the reference's own draw was a near tie: relative margin
+#: |r0 - r1| / max(r0, r1) < NEAR_TIE of its P/E race (README 4.6), r = softmax(logits) / exponential draws.
+#: Why a tolerance at all: our float32 path equals the official code run on the same CPU bit for bit (every
+#: intermediate, every bit of all 22 public cases, 1 and 2 threads), but the fixture was made on an Intel Xeon and MKL
+#: sums matrix products in a CPU-dependent order; through the bf16 cross attention that moves the logit difference
+#: l1 - l0 of a bit by: median 7.6e-6, 99th percentile 5.5e-3, 99.9th 1.4e-2 (the official code on this AMD EPYC:
+#: the same, and the same flipped bit in p8 r05_full_cfg4, recorded margin 4.2e-4). A race flips when that shift
+#: exceeds its margin. Expected flips per public fixture from those two distributions: 0.53 with margin < 1e-3, 1.5
+#: with 1e-3..1e-2, 0.12 above, so 1e-3 would fail on honest float noise about half the time while 1e-2 admits only
+#: 0.2 % of the bits (72 of 34,512): a real error moves logits far more and flips bits with larger margins.
+NEAR_TIE = 1e-2
+
+
+def _race_margins(ps) -> torch.Tensor:
+    """Relative margin of every recorded bit's P/E race (transformer layout, flattened (B, l * D)); checks on the way
+    that the race with these exponential draws is exactly the recorded multinomial."""
+    x = ps["sampler_filtered"].reshape(-1, 2)
+    gen = torch.Generator().set_state(ps["rng_state_before"])
+    r = torch.softmax(x, -1) / torch.empty(x.numel()).exponential_(generator=gen).view(-1, 2)
+    assert torch.equal((r[:, 1] > r[:, 0]).long(), ps["sampled"].reshape(-1))
+    assert torch.equal(gen.get_state(), ps["rng_state_after"])
+    return (r[:, 0] - r[:, 1]).abs() / r.max(-1).values
+
+
+def test_race_margins_reproduce_the_recorded_draws(infinity_golden):
+    """The P/E race that NEAR_TIE reads is the sampler: argmax(softmax / Exp draws) is every recorded bit."""
+    margins = [_race_margins(ps) for _, _, rec in _cases(infinity_golden) for ps in rec["per_scale"]]
+    assert margins and all(bool((m >= 0).all()) for m in margins)
+
+
 @pytest.mark.parametrize("V", ["p16", "p8"])
 def test_sampling_reproduces_recorded_bits(infinity_golden, pairs, V):
-    """Free-running generation with Generator().manual_seed(g_seed): the recorded bits of every scale, the
-    summed codes, the image (atol 2e-4) and the generator's final state. README 7: our logits differ from the
-    official ones by bf16 flips (~3e-3), so a bit whose two classes are a near tie in the exponential race may
-    flip; then only that first scale is checked (a handful of bits) and the replay test carries the comparison."""
+    """Free-running generation with Generator().manual_seed(g_seed) (or the global generator): every case must give
+    the recorded bits of every scale, the summed codes, the image (atol 2e-4, uint8 +-1) and the generator's final
+    state, bit for bit. The only exception is a documented near tie (NEAR_TIE): at the first scale that differs,
+    every differing bit must be one whose recorded race was decided by < NEAR_TIE; later scales then follow other
+    bits and are not compared (test_replay_logits_within_tolerance replays the recorded bits instead)."""
     g = infinity_golden
-    exact, mismatches = 0, {}
+    p = _patchify(g, V)
+    near_ties = {}
     for name, rec in g["infer"][V].items():
         gen = torch.Generator().manual_seed(_seed(rec))
         out = _run(g, pairs[V], rec, gen)
@@ -234,18 +266,19 @@ def test_sampling_reproduces_recorded_bits(infinity_golden, pairs, V):
             assert torch.equal(out.summed_codes, rec["summed_codes"]), name
             torch.testing.assert_close(out.images, rec["decoded"], atol=2e-4, rtol=0)
             assert (out.reference_image().int() - rec["img"].int()).abs().max() <= 1  # uint8: +-1 (README 7)
-            exact += 1
             continue
         k = next(i for i, n in enumerate(diff) if n)
-        mismatches[name] = (k, diff[k])
-        assert diff[k] <= max(1, rec["bits_per_scale"][k].numel() // 1000), (
-            f"{name}: {diff[k]} bits differ at scale {k}"
+        ours = patchify_bits(out.bits_per_scale[k], p).reshape(-1)
+        differ = (ours != rec["per_scale"][k]["sampled"].reshape(-1)).nonzero().flatten()
+        margins = _race_margins(rec["per_scale"][k])[differ]
+        assert bool((margins < NEAR_TIE).all()), (
+            f"{name}: {differ.numel()} bits differ at scale {k}, recorded race margins {margins.tolist()} "
+            f"(a near tie needs < {NEAR_TIE})"
         )
-    # a flip needs a near tie: most cases must be bit-exact (public fixture: 21 of 22, p8 r05_full_cfg4 flips one
-    # bit of 7744 at its last scale, P/E 0.74438 vs 0.74469 in the reference)
-    assert 2 * exact >= len(g["infer"][V]), (
-        f"bit-exact cases: {exact} of {len(g['infer'][V])}; first flips {mismatches}"
-    )
+        near_ties[name] = (k, margins.tolist())
+    # public fixture: 21 of 22 cases exact; p8 r05_full_cfg4 flips one bit of 7744 at its last scale (margin 4.2e-4),
+    # exactly as the official code does on this CPU
+    assert len(near_ties) < len(g["infer"][V]), near_ties
 
 
 @pytest.mark.parametrize("V", ["p16", "p8"])

@@ -19,6 +19,11 @@ text lengths 5-200): as fast as one call over keys padded to max(lens) with a ke
 3-4x faster than one call over all rows with a block-diagonal mask (114, 45, 134 ms), which does B x the work.
 Parameter names equal the reference, so checkpoints load strictly.
 
+Bit-exactness: run on the same CPU as the official code (its flash-attn replaced by exact float32 attention on the
+bf16 inputs), teacher forcing and sampling equal it bit for bit at every intermediate (all public fixture cases, 1 and
+2 threads). Fixtures made on another CPU differ in the matrix products (MKL's summation order depends on the CPU), by
+~1e-6 before the first bf16 rounding and ~1e-3 after, which only flips near-tie bits (fixture README 7).
+
 ``rope_2Lc`` everywhere is the cache of the image's aspect ratio, built from that ratio's 1M schedule whatever the
 pn: ``build_rope_cache(schedules.rope_grid_schedule(h_div_w), config.head_dim)`` (``nextscale.models.rope``).
 
@@ -59,13 +64,14 @@ from nextscale.models.infinity_config import (
 )
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.rope import apply_rope
-from nextscale.models.var import FFN, AdaLNBeforeHead, SharedAdaLin
+from nextscale.models.var import FFN, AdaLNBeforeHead, DropPath, SharedAdaLin
 
 __all__ = [
     "INFINITY_PRESETS",
     "Infinity",
     "InfinityCache",
     "bit_loss",
+    "drop_path_rates",
     "TextFeatures",
     "TextCond",
     "InfinityConfig",
@@ -166,12 +172,24 @@ class SelfAttention(nn.Module):
         return self.proj(o.transpose(1, 2).reshape(B, L, C))
 
 
-class CrossAttnBlock(nn.Module):
-    """x += g1 * SA(AdaLN(x)); x += CA(LayerNorm(x), text); x += g2 * FFN(AdaLN(x)) (shared AdaLN + own bias)."""
+def drop_path_rates(rate: float, depth: int) -> List[float]:
+    """Stochastic-depth probability of each block: the reference's float32 ``linspace(0, rate, depth)`` (block 0
+    never drops). Python floats, computed on the CPU whatever the default device (meta builds included)."""
+    return torch.linspace(0, rate, depth, device="cpu").tolist()
 
-    def __init__(self, cfg: InfinityConfig):
+
+class CrossAttnBlock(nn.Module):
+    """x += g1 * SA(AdaLN(x)); x += CA(LayerNorm(x), text); x += g2 * FFN(AdaLN(x)) (shared AdaLN + own bias).
+
+    Stochastic depth (training only, probability ``drop_path``): each row's SA branch and, independently, its FFN
+    branch are zeroed with that probability and otherwise scaled by 1 / (1 - p), as the reference (timm's
+    ``DropPath``); the cross attention is never dropped. The masks come from torch's default generator (the
+    reference's behaviour); eval mode, or p = 0, is the identity and draws nothing."""
+
+    def __init__(self, cfg: InfinityConfig, drop_path: float = 0.0):
         super().__init__()
         C, self.eps = cfg.embed_dim, cfg.norm_eps
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C**0.5)
         self.sa = SelfAttention(C, cfg.num_heads)
         self.ca = CrossAttention(C, C, cfg.num_heads, False, cfg.bf16_cross_attention)
@@ -180,9 +198,10 @@ class CrossAttnBlock(nn.Module):
 
     def forward(self, x_BLC, gss_B16C, ca_kv_N2Hc, lens, rope_2Lc, attn_bias, kv_cache=None, block_idx=0):
         g1, g2, s1, s2, b1, b2 = (self.ada_gss + gss_B16C).unbind(2)  # 6 x (B, 1, C)
-        x_BLC = x_BLC + self.sa(_ada_ln(x_BLC, s1, b1, self.eps), rope_2Lc, attn_bias, kv_cache, block_idx).mul_(g1)
+        sa = self.sa(_ada_ln(x_BLC, s1, b1, self.eps), rope_2Lc, attn_bias, kv_cache, block_idx)
+        x_BLC = x_BLC + self.drop_path(sa.mul_(g1))
         x_BLC = x_BLC + self.ca(self.ca_norm(x_BLC), ca_kv_N2Hc, lens).float()
-        return x_BLC + self.ffn(_ada_ln(x_BLC, s2, b2, self.eps)).mul(g2)
+        return x_BLC + self.drop_path(self.ffn(_ada_ln(x_BLC, s2, b2, self.eps)).mul(g2))
 
 
 class _Chunk(nn.Module):  # the reference's checkpointing unit; only its name is kept
@@ -222,7 +241,7 @@ class Infinity(nn.Module):
         self.head_nm = AdaLNBeforeHead(C, C, lambda n, elementwise_affine: nn.LayerNorm(n, cfg.norm_eps, False))
         self.head = nn.Linear(C, 2 * cfg.token_bits)
         per = cfg.depth // cfg.block_chunks
-        blocks = [CrossAttnBlock(cfg) for _ in range(cfg.depth)]
+        blocks = [CrossAttnBlock(cfg, p) for p in drop_path_rates(cfg.drop_path_rate, cfg.depth)]
         self.block_chunks = nn.ModuleList([_Chunk(blocks[c * per : (c + 1) * per]) for c in range(cfg.block_chunks)])
 
     @property

@@ -143,7 +143,7 @@ class InfinityConfig:
     mlp_ratio: float = 4.0  # FFN hidden = round(C * ratio / 256) * 256 (round half to even: C 160 -> 512)
     norm_eps: float = 1e-6  # every LayerNorm / the text RMSNorm
     cond_drop_rate: float = 0.1  # text -> cfg_uncond probability per row in teacher forcing (needs an rng)
-    drop_path_rate: float = 0.1  # the release's training value; recorded only: this forward has no stochastic depth
+    drop_path_rate: float = 0.1  # stochastic depth of the last block (linear from 0 at block 0); training only
     pad_to_multiplier: int = 128  # teacher forcing pads L like the reference (changes outputs by float noise only)
     num_levels: int = 15  # rows of lvl_embed (max scales)
     rope_base: float = 10000.0
