@@ -343,7 +343,13 @@ class Infinity(nn.Module):
         lvl_L = torch.repeat_interleave(
             torch.arange(len(ls), device=x_BLC.device), torch.tensor(ls, device=x_BLC.device)
         )
-        x_BLC = x_BLC + self.lvl_embed(lvl_L)
+        # the level embedding is looked up per scale for all (B, l_k) tokens, as the reference does: the same values as
+        # one lookup of lvl_L, but lvl_embed's gradient is then summed in the reference's order (bit-identical)
+        start, parts = 0, []
+        for k, n in enumerate(ls):
+            parts.append(x_BLC[:, start : start + n] + self.lvl_embed(lvl_L.new_full((B, n), k)))
+            start += n
+        x_BLC = torch.cat(parts, dim=1)
         # pad like the reference: padded rows see token 0 only and real rows never see them; RoPE 0 there
         Lp = self.padded_len(L)
         bias = torch.where(lvl_L.view(-1, 1) >= lvl_L.view(1, -1), 0.0, -torch.inf).to(x_BLC.device)
