@@ -12,8 +12,8 @@ Pipeline directory (what ``NextScaleT2IPipeline.save_pretrained`` writes and ``f
     infinity/model.safetensors
     text_encoder/               only for a small encoder stored as files (transformers' save_pretrained)
 
-The flan-t5-xl encoder (3B parameters, 11 GB in float32) is stored by name: it is read from the user's Hugging Face
-cache at load time (``huggingface-cli download google/flan-t5-xl`` once).
+The flan-t5-xl encoder (1.2B parameters, ~11 GB of files to download) is stored by name: it is read from the user's
+Hugging Face cache at load time (``huggingface-cli download google/flan-t5-xl`` once).
 
 Released files (``FoundationVision/Infinity``): ``variant="2b"`` needs ``infinity_2b_reg.pth`` +
 ``infinity_vae_d32reg.pth``; ``"8b"`` the sharded ``infinity_8b_weights/`` (its ``*.index.json`` and the shards it
