@@ -292,6 +292,11 @@ def test_bfloat16_weights_keep_float32_parts(pipe):
     assert p.vae.decoder.conv_in.conv.weight.dtype == torch.bfloat16
     out = p("a red fox", seed=0, **FAST)
     assert out.images.dtype == torch.float32 and bool(torch.isfinite(out.images).all())
+    fp32 = NextScaleT2IPipeline(*_tiny_pair(0, patchify=False), pipe.text_encoder).weights_memory()
+    mem = p.weights_memory()
+    assert mem["text_encoder"] == fp32["text_encoder"] > 0 and mem["vae"] < fp32["vae"]
+    assert fp32["transformer"] / 2 < mem["transformer"] < fp32["transformer"]
+    assert mem["total"] == mem["transformer"] + mem["vae"] + mem["text_encoder"]
 
 
 def test_resolve_size_table():

@@ -579,6 +579,28 @@ class NextScaleT2IPipeline:
         """Image pixels per transformer token at the last scale (16 for the released models)."""
         return self.vae.patch_size * (2 if self.transformer.config.apply_spatial_patchify else 1)
 
+    def weights_memory(self) -> Dict[str, int]:
+        """Bytes of weights (parameters and buffers) per component, as they are now (dtype, device aside):
+        ``{"transformer": ..., "vae": ..., "text_encoder": ..., "total": ...}`` (a custom encoder counts 0)."""
+
+        def size(m) -> int:
+            if not isinstance(m, torch.nn.Module):
+                return 0
+            seen, n = set(), 0
+            for t in list(m.parameters()) + list(m.buffers()):
+                if t.data_ptr() not in seen:  # the tokenizer's bit mask is registered twice
+                    seen.add(t.data_ptr())
+                    n += t.numel() * t.element_size()
+            return n
+
+        out = {
+            "transformer": size(self.transformer),
+            "vae": size(self.vae),
+            "text_encoder": size(getattr(self.text_encoder, "model", self.text_encoder)),
+        }
+        out["total"] = sum(out.values())
+        return out
+
     @property
     def sampling_defaults(self) -> Dict[str, Any]:
         return self.settings.to_dict()
