@@ -39,7 +39,14 @@ from nextscale.errors import FieldError, FieldName, InputError, NextScaleError
 from nextscale.models.bsq import BSQVAE
 from nextscale.models.infinity import Infinity, TextFeatures
 from nextscale.sampling_t2i import cfg_insertion, generate_t2i, keep_bits_constraint, per_scale_values
-from nextscale.schedules import PN_CLASSES, TEMPLATES, parse_aspect_ratio, scale_schedule, tokenizer_schedule
+from nextscale.schedules import (
+    PN_CLASSES,
+    TEMPLATES,
+    AspectRatio,
+    parse_aspect_ratio,
+    scale_schedule,
+    tokenizer_schedule,
+)
 from nextscale.validate import MAX_IMAGES, as_int, check_count, check_device, check_float, check_seed
 
 __all__ = [
@@ -193,8 +200,9 @@ _RANGE_SLACK = 1.1  # a ratio up to 10% beyond the extreme templates still snaps
 
 
 def _canonical_pn(pn) -> str:
-    scale_schedule(1.0, pn)  # raises InputError naming pn for an unknown class
-    from nextscale.schedules import _canonical_pn as canon
+    """'0.6M' / '1024' / ... -> the table's name ('0.60M', '1M'); an unknown class is schedules' InputError."""
+    scale_schedule(1.0, pn)
+    from nextscale.schedules import _canonical_pn as canon  # schedules keeps the alias table private
 
     return canon(pn)
 
@@ -269,8 +277,6 @@ def resolve_size(
     if max_scales is not None and len(full) > max_scales:
         raise InputError(f"pn {pn} has {len(full)} scales; this model has level embeddings for {max_scales}")
     H, W = full[-1][0] * stride, full[-1][1] * stride
-    from nextscale.schedules import AspectRatio
-
     desc = f"{AspectRatio(requested, tpl).describe()}, pn {pn}, {len(full)} scales, {H} x {W} (height x width)"
     return T2ISize(tpl, pn, tuple(full), H, W, desc)
 
