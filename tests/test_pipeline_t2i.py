@@ -328,6 +328,7 @@ def _snapshot(root, repo):
 def hub_cache(tmp_path_factory, t5_dir):
     """A Hugging Face cache holding FoundationVision/Infinity (tiny weights under the released names) and
     google/flan-t5-xl (the tiny T5)."""
+    pytest.importorskip("huggingface_hub")
     from safetensors.torch import save_file
 
     root = tmp_path_factory.mktemp("hub")
