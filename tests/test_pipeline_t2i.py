@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from nextscale.errors import InputError, NextScaleError
+from nextscale.errors import FieldError, InputError, NextScaleError
 from nextscale.models.bsq import BSQVAE, BSQConfig
 from nextscale.models.infinity import Infinity, InfinityConfig, TextFeatures
 from nextscale.pipeline_t2i import NextScaleT2IPipeline, T2IScaleStep, T2ISettings, keep_masks_t2i, resolve_size
@@ -235,7 +235,16 @@ def _one_line(fn, match, err=InputError):
 
 
 def test_every_validation_is_one_clear_line(pipe, encoder, t5_dir, tmp_path):
-    _one_line(lambda: pipe(""), r"^prompt is empty; .* allow_empty_prompt=True")
+    _one_line(lambda: pipe(""), r"^prompt is empty; describe the image, or pass allow_empty_prompt to sample")
+    with pytest.raises(FieldError) as e:  # arguments are FieldNames: a CLI renders them as its flags
+        pipe("a cat", aspect_ratio="10:1")
+    assert e.value.fields == ("aspect_ratio",)
+    assert e.value.render(lambda n: "--aspect" if n == "aspect_ratio" else n).startswith("--aspect '10:1' (h/w 0.1)")
+    with pytest.raises(FieldError) as e:
+        pipe(["a cat", ""])
+    assert e.value.render(lambda n: {"prompt": "--prompt", "allow_empty_prompt": "--allow-empty"}[n]) == (
+        "--prompt[1] is empty; describe the image, or pass --allow-empty to sample from the empty prompt"
+    )
     _one_line(lambda: pipe(["a cat", "  "]), r"^prompt\[1\] is empty")
     assert pipe("", allow_empty_prompt=True, **FAST).images.shape[0] == 1
     _one_line(lambda: pipe(None), "^prompt is required")

@@ -196,6 +196,7 @@ class T2ISize:
 
 
 _TEMPLATE_RANGE = (min(TEMPLATES), max(TEMPLATES))
+_F = FieldName  # arguments named in messages as FieldNames: a front end renders them its own way (--aspect)
 _RANGE_SLACK = 1.1  # a ratio up to 10% beyond the extreme templates still snaps to them; further is refused
 
 
@@ -226,9 +227,17 @@ def resolve_size(
     pixels per transformer token), or ``aspect_ratio`` + ``pn``, or neither (square). One clear line per bad
     value (:class:`InputError` naming the argument)."""
     if (height is None) != (width is None):
-        raise InputError("give both height and width (pixels), or aspect_ratio, or neither (square)")
+        raise FieldError(
+            "give both ",
+            _F("height"),
+            " and ",
+            _F("width"),
+            " (pixels), or ",
+            _F("aspect_ratio"),
+            ", or neither (square)",
+        )
     if height is not None and aspect_ratio is not None:
-        raise InputError("give either height and width, or aspect_ratio, not both")
+        raise FieldError("give either ", _F("height"), " and ", _F("width"), ", or ", _F("aspect_ratio"), ", not both")
     if height is not None:
         hw = []
         for name, v in (("height", height), ("width", width)):
@@ -237,8 +246,8 @@ def resolve_size(
             except NextScaleError as e:
                 raise InputError(str(e)) from None
             if v < 1 or v % stride:
-                raise InputError(
-                    f"{name} must be a positive multiple of {stride} (the model's pixels per token), got {v}"
+                raise FieldError(
+                    _F(name), f" must be a positive multiple of {stride} (the model's pixels per token), got {v}"
                 )
             hw.append(v)
         H, W = hw
@@ -249,9 +258,15 @@ def resolve_size(
         if not found:
             near = parse_aspect_ratio(H / W).h_div_w
             where = f" of pn {pns[0]}" if pn is not None else ""
-            raise InputError(
-                f"height={H}, width={W} is not a size{where} of the model's tables; for h/w {H / W:.3g} the nearest "
-                f"template ({near:g}) has (HxW) {', '.join(_sizes_of(near, stride))}; or give aspect_ratio and pn"
+            raise FieldError(
+                _F("height"),
+                f"={H}, ",
+                _F("width"),
+                f"={W} is not a size{where} of the model's tables; for h/w {H / W:.3g} the nearest template "
+                f"({near:g}) has (HxW) {', '.join(_sizes_of(near, stride))}; or give ",
+                _F("aspect_ratio"),
+                " and ",
+                _F("pn"),
             )
         tpl, pn = found[0]
         requested = H / W
@@ -259,9 +274,10 @@ def resolve_size(
         ar = parse_aspect_ratio(1.0 if aspect_ratio is None else aspect_ratio, "aspect_ratio")
         lo, hi = _TEMPLATE_RANGE
         if not lo / _RANGE_SLACK <= ar.requested <= hi * _RANGE_SLACK:
-            raise InputError(
-                f"aspect_ratio {aspect_ratio!r} (h/w {ar.requested:.3g}) is outside the model's tables: they hold "
-                f"h/w {lo:.3g} (width = 3 x height) to {hi:g} (height = 3 x width)"
+            raise FieldError(
+                _F("aspect_ratio"),
+                f" {aspect_ratio!r} (h/w {ar.requested:.3g}) is outside the model's tables: they hold "
+                f"h/w {lo:.3g} (width = 3 x height) to {hi:g} (height = 3 x width)",
             )
         tpl, requested = ar.h_div_w, ar.requested
         pn = _canonical_pn(default_pn if pn is None else pn)
@@ -272,7 +288,7 @@ def resolve_size(
         except NextScaleError as e:
             raise InputError(str(e)) from None
         if not 1 <= n <= len(full):
-            raise InputError(f"num_scales must be in [1, {len(full)}] for pn {pn}, got {n}")
+            raise FieldError(_F("num_scales"), f" must be in [1, {len(full)}] for pn {pn}, got {n}")
         full = full[:n]
     if max_scales is not None and len(full) > max_scales:
         raise InputError(f"pn {pn} has {len(full)} scales; this model has level embeddings for {max_scales}")
@@ -355,8 +371,11 @@ def _prompt_list(prompt, name: str, allow_empty: bool) -> List[str]:
     for i, p in enumerate(plist):
         if not p.strip() and not allow_empty:
             where = name if isinstance(prompt, str) else f"{name}[{i}]"
-            raise InputError(
-                f"{where} is empty; describe the image, or pass allow_empty_prompt=True to sample from the empty prompt"
+            raise FieldError(
+                _F(name),
+                f"{where[len(name) :]} is empty; describe the image, or pass ",
+                _F("allow_empty_prompt"),
+                " to sample from the empty prompt",
             )
     return plist
 
@@ -667,9 +686,10 @@ class NextScaleT2IPipeline:
         for i, row in enumerate(ids):
             if len(row) > limit:
                 where = name if len(plist) == 1 else f"{name}[{i}]"
-                raise InputError(
-                    f"{where} is {len(row)} tokens long; the text encoder reads at most {limit} (the reference "
-                    f"silently cuts the rest): shorten it"
+                raise FieldError(
+                    _F(name),
+                    f"{where[len(name) :]} is {len(row)} tokens long; the text encoder reads at most {limit} (the "
+                    f"reference silently cuts the rest): shorten it",
                 )
 
     def _encode(self, plist: List[str], name: str) -> TextFeatures:
