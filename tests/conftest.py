@@ -93,8 +93,11 @@ def golden():
 def infinity_golden_path():
     """The Infinity golden file: ``$NEXTSCALE_INFINITY_GOLDEN``, ``tests/fixtures/infinity/small_golden.pt`` or the
     workspace's ``shared/fixtures/infinity/small_golden.pt`` (beside the repository)."""
-    for cand in (os.environ.get("NEXTSCALE_INFINITY_GOLDEN"), FIXTURES / "infinity" / "small_golden.pt",
-                 ROOT.parent / "shared" / "fixtures" / "infinity" / "small_golden.pt"):
+    for cand in (
+        os.environ.get("NEXTSCALE_INFINITY_GOLDEN"),
+        FIXTURES / "infinity" / "small_golden.pt",
+        ROOT.parent / "shared" / "fixtures" / "infinity" / "small_golden.pt",
+    ):
         if cand and Path(cand).exists():
             return Path(cand)
     return None
@@ -113,8 +116,11 @@ def infinity_manifests_dir():
     """The released-model manifests (``*.json``): ``$NEXTSCALE_INFINITY_MANIFESTS``, else ``manifests/`` beside the
     Infinity golden file, else the workspace's ``shared/fixtures/infinity/manifests``; None when absent."""
     golden = infinity_golden_path()
-    for cand in (os.environ.get("NEXTSCALE_INFINITY_MANIFESTS"), golden and golden.parent / "manifests",
-                 ROOT.parent / "shared" / "fixtures" / "infinity" / "manifests"):
+    for cand in (
+        os.environ.get("NEXTSCALE_INFINITY_MANIFESTS"),
+        golden and golden.parent / "manifests",
+        ROOT.parent / "shared" / "fixtures" / "infinity" / "manifests",
+    ):
         if cand and (Path(cand) / "summary.json").exists():
             return Path(cand)
     return None

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import need_modules
 
+from conftest import need_modules
 from nextscale.errors import InputError
 from nextscale.evaluation import geneval
 from nextscale.evaluation import scene_judge as sj

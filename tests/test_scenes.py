@@ -6,9 +6,9 @@ import os
 
 import numpy as np
 import pytest
-from conftest import need_modules
 from PIL import Image
 
+from conftest import need_modules
 from nextscale.data_t2i import BucketTable, bucket_for, scan_captioned
 from nextscale.errors import InputError
 from nextscale.scenes import (

@@ -145,7 +145,7 @@ def parse_outpaint(value: Union[str, Sequence[int], None]) -> Optional[Tuple[int
 # ---------------------------------------------------------------------------------------------
 # Input conversion
 # ---------------------------------------------------------------------------------------------
-def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
+def images_to_list(image: ImageInput) -> List[torch.Tensor]:
     """-> list of (3, H, W) float32 in [0, 1] (sizes may differ)."""
     from PIL import Image
 
@@ -156,7 +156,7 @@ def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
             raise NextScaleError("image is an empty list")
         out = []
         for x in image:
-            out += _images_to_list(x)
+            out += images_to_list(x)
         return out
     if isinstance(image, (str, Path)):
         from nextscale.imageio import load_image
@@ -190,7 +190,7 @@ def _images_to_list(image: ImageInput) -> List[torch.Tensor]:
     return [x.clamp(0, 1) for x in t]
 
 
-def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
+def masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     """-> list of (H, W) float32 in [0, 1] (1 = white = regenerate)."""
     from PIL import Image
 
@@ -199,7 +199,7 @@ def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
             raise NextScaleError("mask_image is an empty list")
         out = []
         for x in mask:
-            out += _masks_to_list(x)
+            out += masks_to_list(x)
         return out
     if isinstance(mask, (str, Path)):
         from nextscale.imageio import load_image
@@ -230,7 +230,7 @@ def _masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     return list(t.clamp(0, 1))
 
 
-def _binarize(m_hw: torch.Tensor, threshold: Optional[float], i: int) -> torch.Tensor:
+def binarize_mask(m_hw: torch.Tensor, threshold: Optional[float], i: int) -> torch.Tensor:
     """(H, W) in [0, 1] -> bool regenerate map."""
     if threshold is None:
         gray = (m_hw > 0) & (m_hw < 1)
@@ -245,7 +245,7 @@ def _binarize(m_hw: torch.Tensor, threshold: Optional[float], i: int) -> torch.T
     return m_hw >= threshold
 
 
-def _crop_to_aspect(x_CHW: torch.Tensor, w: int, h: int) -> Tuple[int, int, int, int]:
+def crop_to_aspect(x_CHW: torch.Tensor, w: int, h: int) -> Tuple[int, int, int, int]:
     """Centered crop box (y0, y1, x0, x1) of x with the aspect ratio w:h."""
     _, H, W = x_CHW.shape
     if W * h > H * w:  # too wide
@@ -257,7 +257,7 @@ def _crop_to_aspect(x_CHW: torch.Tensor, w: int, h: int) -> Tuple[int, int, int,
     return y0, y0 + ch, 0, W
 
 
-def _resize(x_CHW: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
+def resize_image(x_CHW: torch.Tensor, h: int, w: int, mode: str) -> torch.Tensor:
     if x_CHW.shape[-2:] == (h, w):
         return x_CHW
     if mode == "area":
@@ -322,8 +322,8 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         (same size as the image) marks what to regenerate inside the image.
         """
         R, K = self.resolution, len(self.patch_nums)
-        imgs = _images_to_list(image)
-        masks = _masks_to_list(mask_image) if mask_image is not None else None
+        imgs = images_to_list(image)
+        masks = masks_to_list(mask_image) if mask_image is not None else None
         outpaint = parse_outpaint(outpaint)
         if keep_scales is not None:
             if (
@@ -380,10 +380,10 @@ class NextScaleInpaintPipeline(NextScalePipeline):
                         f"mask {i} is {masks[i].shape[1]}x{masks[i].shape[0]} but image {i} is {W}x{H} "
                         "(width x height): give a mask of the image's size"
                     )
-                regen_hw = _binarize(masks[i], mask_threshold, i)
-            cy0, cy1, cx0, cx1 = _crop_to_aspect(img, bw, bh)
-            box_img = _resize(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")  # (3, bh, bw)
-            box_regen = _resize(regen_hw[None, cy0:cy1, cx0:cx1].float(), bh, bw, "area")[0] > 0  # (bh, bw)
+                regen_hw = binarize_mask(masks[i], mask_threshold, i)
+            cy0, cy1, cx0, cx1 = crop_to_aspect(img, bw, bh)
+            box_img = resize_image(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")  # (3, bh, bw)
+            box_regen = resize_image(regen_hw[None, cy0:cy1, cx0:cx1].float(), bh, bw, "area")[0] > 0  # (bh, bw)
             vis = box_img[:, vy0:vy1, vx0:vx1]
             pad = (max(0, x0), max(0, R - x1), max(0, y0), max(0, R - y1))
             canvas.append(F.pad(vis[None], pad, mode="replicate")[0] if any(pad) else vis)
@@ -459,7 +459,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
             labels = [labels] if isinstance(labels, int) else labels
 
-        imgs = _images_to_list(image)  # B x (3, H, W) in [0, 1]
+        imgs = images_to_list(image)  # B x (3, H, W) in [0, 1]
         n_lab = len(labels) if labels is not None else 1
         B = max(len(imgs), n_lab)
         if n_lab not in (1, B) or len(imgs) not in (1, B):

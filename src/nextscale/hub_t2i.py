@@ -153,11 +153,11 @@ def save_t2i_dir(
     """Write a pipeline directory atomically (filled beside ``out_dir``, renamed into place; a failure leaves
     nothing). ``write_text_encoder(folder)`` writes a small encoder's files into ``text_encoder/``."""
     from nextscale._version import __version__
-    from nextscale.hub import _atomic_dir  # the project's atomic directory writer
+    from nextscale.atomic import atomic_dir
     from nextscale.safeload import save_safetensors
 
     out = Path(out_dir)
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         (tmp / "bsq").mkdir()
         (tmp / "bsq" / "config.json").write_text(_config_json(vae.config))
         save_safetensors(

@@ -203,7 +203,7 @@ _RANGE_SLACK = 1.1  # a ratio up to 10% beyond the extreme templates still snaps
 def _canonical_pn(pn) -> str:
     """'0.6M' / '1024' / ... -> the table's name ('0.60M', '1M'); an unknown class is schedules' InputError."""
     scale_schedule(1.0, pn)
-    from nextscale.schedules import _canonical_pn as canon  # schedules keeps the alias table private
+    from nextscale.schedules import canonical_pn as canon
 
     return canon(pn)
 
@@ -404,7 +404,7 @@ def keep_masks_t2i(
 def _edit_canvas(imgs, masks, H: int, W: int, outpaint, mask_threshold):
     """Images (list of (3, h, w) in [0, 1]) placed on an H x W canvas -> (canvas (B, 3, H, W) in [-1, 1],
     keep (B, 1, H, W) bool), as ``NextScaleInpaintPipeline.prepare`` does on its square canvas."""
-    from nextscale.editing import _binarize, _crop_to_aspect, _resize, parse_outpaint
+    from nextscale.editing import binarize_mask, crop_to_aspect, parse_outpaint, resize_image
 
     x0, y0, x1, y1 = 0, 0, W, H
     outpaint = parse_outpaint(outpaint)
@@ -426,10 +426,10 @@ def _edit_canvas(imgs, masks, H: int, W: int, outpaint, mask_threshold):
                 raise InputError(
                     f"mask {i} is {masks[i].shape[1]}x{masks[i].shape[0]} but image {i} is {w}x{h} (width x height)"
                 )
-            regen_hw = _binarize(masks[i], mask_threshold, i)
-        cy0, cy1, cx0, cx1 = _crop_to_aspect(img, bw, bh)
-        box_img = _resize(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")
-        box_regen = _resize(regen_hw[None, cy0:cy1, cx0:cx1].float(), bh, bw, "area")[0] > 0
+            regen_hw = binarize_mask(masks[i], mask_threshold, i)
+        cy0, cy1, cx0, cx1 = crop_to_aspect(img, bw, bh)
+        box_img = resize_image(img[:, cy0:cy1, cx0:cx1], bh, bw, "bicubic")
+        box_regen = resize_image(regen_hw[None, cy0:cy1, cx0:cx1].float(), bh, bw, "area")[0] > 0
         vis = box_img[:, vy0:vy1, vx0:vx1]
         pad = (max(0, x0), max(0, W - x1), max(0, y0), max(0, H - y1))
         canvas.append(F.pad(vis[None], pad, mode="replicate")[0] if any(pad) else vis)
@@ -943,11 +943,11 @@ class NextScaleT2IPipeline:
         model's pn; the image is center-cropped to the canvas (or box) aspect and resized into it. One image / mask
         / prompt serves the whole batch, or give one per image. An all-black mask returns the input's bits.
         """
-        from nextscale.editing import _images_to_list, _masks_to_list
+        from nextscale.editing import images_to_list, masks_to_list
 
         try:
-            imgs = _images_to_list(image)
-            masks = _masks_to_list(mask_image) if mask_image is not None else None
+            imgs = images_to_list(image)
+            masks = masks_to_list(mask_image) if mask_image is not None else None
         except InputError:
             raise
         except NextScaleError as e:

@@ -201,7 +201,7 @@ def parse_aspect_ratio(aspect, name: str = "aspect_ratio") -> AspectRatio:
     return AspectRatio(requested=requested, h_div_w=nearest_template(requested))
 
 
-def _canonical_pn(pn) -> str:
+def canonical_pn(pn) -> str:
     key = str(pn).strip()
     if key in PN_CLASSES:
         return key
@@ -215,7 +215,7 @@ def scale_schedule(h_div_w, pn="1M", n_scales: int = None) -> Schedule:
     """The transformer's schedule ``[(h, w), ...]`` for an aspect ratio (anything :func:`parse_aspect_ratio`
     accepts; mapped to the nearest template) and a pn class; ``n_scales`` keeps the first scales only."""
     tpl = parse_aspect_ratio(h_div_w, "h_div_w").h_div_w
-    full = _GRIDS[tpl][: PN_CLASSES[_canonical_pn(pn)]]
+    full = _GRIDS[tpl][: PN_CLASSES[canonical_pn(pn)]]
     if n_scales is None:
         return list(full)
     if isinstance(n_scales, bool) or not isinstance(n_scales, numbers.Integral) or not 1 <= n_scales <= len(full):
