@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -73,12 +73,13 @@ def find_split(data: str, split: str = "train") -> Optional[str]:
     """The folder holding ``split`` under ``data``: ``data/split`` in the ImageNet layout, else
     ``data`` itself for "train" and ``None`` for "val"."""
     if not os.path.exists(data):
-        raise NextScaleError(
-            f"data folder {data!r} does not exist; pass --data DIR with one sub-folder per class (or DIR/train, "
-            "DIR/val)"
+        raise FieldError(
+            f"data folder {data!r} does not exist; pass ",
+            FieldName("data"),
+            " DIR with one sub-folder per class (or DIR/train, DIR/val)",
         )
     if not os.path.isdir(data):
-        raise NextScaleError(f"--data {data!r} is a file; pass a folder of images (one sub-folder per class)")
+        raise FieldError(FieldName("data"), f" {data!r} is a file; pass a folder of images (one sub-folder per class)")
     sub = os.path.join(data, split)
     if os.path.isdir(sub) and os.path.isdir(os.path.join(data, "train")):
         return sub
@@ -94,7 +95,7 @@ def scan_image_folder(root: str) -> Tuple[List[Tuple[str, int]], List[str]]:
     folders but images in ``root`` the folder is unconditional: one class named "".
     """
     if not os.path.isdir(root):
-        raise NextScaleError(f"data folder {root!r} does not exist; pass --data DIR")
+        raise FieldError(f"data folder {root!r} does not exist; pass ", FieldName("data"), " DIR")
     entries = sorted(os.listdir(root))
     classes, samples = [], []
     for name in entries:
@@ -130,15 +131,19 @@ def _probe_readable(samples: Sequence[Tuple[str, int]], k: int = 16) -> None:
             return
         except Exception:
             continue
-    raise NextScaleError(
-        f"none of {len(picks)} probed files under {os.path.dirname(samples[0][0])!r} is a readable image; point "
-        "--data at a folder of images"
+    raise FieldError(
+        f"none of {len(picks)} probed files under {os.path.dirname(samples[0][0])!r} is a readable image; point ",
+        FieldName("data"),
+        " at a folder of images",
     )
 
 
 # ------------------------------------------------------------------------------------------------
 # Transforms (PIL only; the reference's: shorter side -> mid_reso * final, random crop, opt. h-flip)
 # ------------------------------------------------------------------------------------------------
+
+#: The resize factor before the crop (the reference's 1.125): the shorter side becomes MID_RESO x the resolution.
+MID_RESO = 1.125
 
 
 def load_rgb(path: str) -> Image.Image:
@@ -225,7 +230,7 @@ class ImageFolder(torch.utils.data.Dataset):
         resolution: int,
         train: bool = True,
         hflip: bool = False,
-        mid_reso: float = 1.125,
+        mid_reso: float = MID_RESO,
         samples: Optional[List[Tuple[str, int]]] = None,
         classes: Optional[List[str]] = None,
     ):
@@ -388,8 +393,8 @@ class TokenCache:
         mp = os.path.join(root, "meta.json")
         if not os.path.isfile(mp):
             raise NextScaleError(
-                f"{root!r} is not a token cache (no meta.json); build one with: nextscale tokenize --data DIR "
-                f"--tokenizer MODEL --out {root}"
+                f"{root!r} is not a token cache (no meta.json); build one with the tokenize command "
+                f"(nextscale tokenize, its output folder {root})"
             )
         with open(mp) as f:
             meta = json.load(f)
@@ -424,7 +429,7 @@ class TokenCache:
         if fingerprint != self.fingerprint:
             raise NextScaleError(
                 f"token cache {self.root!r} was built with another tokenizer (fingerprint {self.fingerprint} != "
-                f"{fingerprint}); rebuild it with nextscale tokenize --tokenizer MODEL"
+                f"{fingerprint}); rebuild it with nextscale tokenize and this tokenizer"
             )
 
     def dataset(self, split: str = "train", train: bool = True, hflip: bool = False) -> "CachedTokens":
@@ -479,9 +484,12 @@ class CachedTokens(torch.utils.data.Dataset):
         self._tokens = None  # opened lazily so that DataLoader workers each map the file themselves
         self.classes = list(meta["classes"])
         if hflip and meta.get("views", 1) < 2:
-            raise NextScaleError(
-                f"--hflip needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built with "
-                "--no-flip; rebuild it or drop --hflip"
+            raise FieldError(
+                FieldName("hflip"),
+                f" needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built without them "
+                "(flip off); rebuild it or turn ",
+                FieldName("hflip"),
+                " off",
             )
 
     @property
@@ -523,7 +531,7 @@ def build_token_cache(
     out: str,
     save_tokenizer=None,
     flip: bool = True,
-    mid_reso: float = 1.125,
+    mid_reso: float = MID_RESO,
     batch_size: int = 64,
     device: str = "cpu",
     workers: int = 0,
@@ -544,11 +552,14 @@ def build_token_cache(
             old = TokenCache.open(out)
             if old.fingerprint == fp and old.patch_nums == tuple(patch_nums):
                 return old
-            raise NextScaleError(
-                f"{out!r} holds a cache from another tokenizer; pass --overwrite or choose another --out"
+            raise FieldError(
+                f"{out!r} holds a cache from another tokenizer; pass ",
+                FieldName("overwrite"),
+                " or choose another ",
+                FieldName("out"),
             )
         if not overwrite and os.listdir(out):
-            raise NextScaleError(f"{out!r} exists and is not a token cache; choose another --out")
+            raise FieldError(f"{out!r} exists and is not a token cache; choose another ", FieldName("out"))
     splits = {s: d for s in ("train", "val") if (d := find_split(data, s)) is not None}
     L = sum(int(p) ** 2 for p in patch_nums)
     vocab = int(getattr(vae, "vocab_size", 0) or getattr(vae, "V"))

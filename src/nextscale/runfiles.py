@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.safeload import UnsafeFileError, load_torch
 
 __all__ = [
@@ -95,10 +95,12 @@ def checkpoint_weights(
     """Module ``name``'s weights in a training checkpoint ``state`` (floats as float32) and which were
     taken: ``weights`` "ema", "raw", or "auto" (EMA when the run kept one)."""
     if weights not in ("auto", "ema", "raw"):
-        raise NextScaleError(f"--weights must be auto, ema or raw, got {weights!r}")
+        raise FieldError(FieldName("weights"), f" must be auto, ema or raw, got {weights!r}")
     has_ema = name in state.get("ema", {})
     if weights == "ema" and not has_ema:
-        raise NextScaleError(f"{path} has no EMA weights (train with --ema DECAY); use --weights raw")
+        raise FieldError(
+            f"{path} has no EMA weights (train with ", FieldName("ema"), " DECAY); use ", FieldName("weights"), " raw"
+        )
     use = "ema" if (weights == "ema" or (weights == "auto" and has_ema)) else "raw"
     sd = state["ema"][name] if use == "ema" else state["modules"][name]
     return {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()}, use

@@ -9,17 +9,18 @@ Guidance: ``logits = (1 + t_i) * cond - t_i * uncond`` at position i. ``guidance
 ramps ``t_i = cfg * i / (L - 1)`` over the raster positions (VAR's ramp over scales carried over to
 positions; the first token is sampled unguided), "constant" uses ``t_i = cfg`` (LlamaGen's); a
 list gives one weight per position. All-zero weights skip the unconditional half of the batch.
-``more_smooth`` (VAR's Gumbel smoothing of soft multi-scale codes) has no meaning here and is refused.
+``more_smooth`` (VAR's Gumbel smoothing of soft multi-scale codes) and the multi-scale speed-ups have no
+meaning here and are refused (``HONOURED``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional
 
 import torch
 
-from nextscale.errors import InputError, NextScaleError
+from nextscale.errors import NextScaleError
 from nextscale.models.ar import ARTransformer
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.vqvae import VQVAE
@@ -44,8 +45,14 @@ def check_tokenizer_fits(model: ARTransformer, vae: VQVAE) -> None:
         raise NextScaleError(
             f"the AR model needs a single-scale tokenizer with a {model.side}x{model.side} map and {model.V} codes; "
             f"this one has scales {list(vae.v_patch_nums)} and {vae.vocab_size} codes "
-            f"(train one with: nextscale train-tokenizer --patch-nums {model.side} --vocab-size {model.V})"
+            f"(train one with patch_nums=({model.side},) and vocab_size={model.V}: the train-tokenizer command)"
         )
+
+
+#: The settings the raster baseline honours; any other one not at its default is refused (one line
+#: naming it): more_smooth (VAR's Gumbel smoothing of soft multi-scale codes) and the multi-scale
+#: speed-ups have no meaning here.
+HONOURED = ("guidance_scale", "guidance_schedule", "top_k", "top_p")
 
 
 @torch.no_grad()
@@ -57,24 +64,15 @@ def generate_ar(
     *,
     generator: Optional[torch.Generator] = None,
     settings: Optional[SamplingSettings] = None,
-    cfg: Union[None, float, Sequence[float]] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    more_smooth: Optional[bool] = None,
-    guidance_schedule: Optional[str] = None,
     callback: Optional[TokenCallback] = None,
+    **changes: Any,
 ) -> ARGenerationOutput:
     """Sample B token maps position by position. ``generator`` None uses the global RNG.
 
-    ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; the keywords
-    override single fields. ``vae`` None skips building ``f_hat`` (tokens only)."""
-    st = (settings or CALL_DEFAULTS).replace(
-        guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, guidance_schedule=guidance_schedule
-    )
-    if st.more_smooth:
-        raise InputError(
-            "more_smooth (Gumbel smoothing of VAR's multi-scale codes) does not apply to the AR baseline; leave it off"
-        )
+    ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; ``changes``
+    override single settings by name in one ``replace``. ``vae`` None skips building ``f_hat`` (tokens only)."""
+    st = (settings or CALL_DEFAULTS).replace(**changes)
+    st.refuse(HONOURED, "the raster AR baseline")
     if vae is not None:
         check_tokenizer_fits(model, vae)
     L = model.L
