@@ -9,6 +9,9 @@ Random numbers are drawn exactly as the reference draws them, so a seed gives th
      then, only with ``more_smooth``, Gumbel noise ``-log(Exp(1))`` of the logits' shape.
 Nothing else draws from the generator.
 
+Temperature: the guided logits of scale k are multiplied by ``1 / tau_k`` before top-k / top-p and the
+draw (Infinity's ``tau_list``); tau = 1 (the default) skips it, so the tokens are exactly the reference's.
+
 Guidance: with per-scale weight t_k, ``logits = (1 + t_k) * cond - t_k * uncond``. The reference
 ramps ``t_k = cfg * k / (K - 1)`` (``guidance_schedule="linear"``, the default); "constant" uses
 ``t_k = cfg``; a list gives t_k per scale. In DiT/diffusers terms the guidance scale is ``1 + t_k``.
@@ -54,7 +57,7 @@ ScaleCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 GUIDANCE_SCHEDULES = ("linear", "constant")
 
 
-def _per_scale(value, n: int, name: str) -> List[float]:
+def per_scale(value, n: int, name: str) -> List[float]:
     """A per-scale setting as n values: a number for every scale, or a tuple of exactly n."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
@@ -141,6 +144,18 @@ class SamplingSettings(Settings):
     )
     # soft codes from a tempered Gumbel-softmax: smoother pictures, not for FID (the reference's more_smooth)
     more_smooth: bool = setting(False, "Gumbel smoothing (visual; not for FID)", label="Gumbel smoothing")
+    # softmax temperature of the guided logits (x 1/tau before top-k / top-p): < 1 sharpens (closer to
+    # argmax), > 1 flattens; one number or one per scale (Infinity's tau_list); 1 = the exact reference path
+    temperature: Union[float, Tuple[float, ...]] = setting(
+        1.0,
+        "softmax temperature of the sampled logits, one number or one per scale",
+        min=0.0,
+        min_open=True,
+        note="1 = off",
+        per_scale=True,
+        soft_max=5.0,
+        step=0.05,
+    )
     # the opt-in approximate speed-ups, one frozen group (their names are flat in replace / the CLI)
     speedups: SpeedUps = field(default_factory=SpeedUps)
 
@@ -228,7 +243,7 @@ def gumbel_softmax_with_rng(
 def guidance_weights(cfg: Union[float, Sequence[float]], num_scales: int, schedule: str = "linear") -> List[float]:
     """Per-scale guidance weights t_k (see module docstring)."""
     if isinstance(cfg, (list, tuple)):
-        return _per_scale(cfg, num_scales, "guidance_scale")
+        return per_scale(cfg, num_scales, "guidance_scale")
     cfg = float(cfg)
     if schedule == "linear":
         return [cfg * (si / (num_scales - 1) if num_scales > 1 else 0.0) for si in range(num_scales)]
@@ -400,6 +415,7 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
     if fast.guidance_cutoff > K:
         raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
     ts = ts[: K - fast.guidance_cutoff] + [0.0] * fast.guidance_cutoff
+    taus = per_scale(st.temperature, K, "temperature")
     use_cfg = any(t != 0.0 for t in ts)
     last_guided = max(si for si, t in enumerate(ts) if t != 0.0) if use_cfg else -1
     cls_in = torch.cat((labels, torch.full_like(labels, var.num_classes))) if use_cfg else labels
@@ -428,6 +444,8 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         if si == 0 and not bool(torch.isfinite(logits_BlV).all()):  # one check (one sync) catches NaN weights
             raise _non_finite(si, pn)
+        if taus[si] != 1.0:  # tau = 1 leaves the logits untouched: the reference's exact tokens
+            logits_BlV = logits_BlV * (1.0 / taus[si])
         try:
             idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)
         except RuntimeError as e:  # CPU multinomial refuses NaN/inf probabilities at a later scale

@@ -5,6 +5,9 @@ step with a KV cache, and VAR's sampler options (``SamplingSettings``: guidance,
 Random numbers: only when labels are None, ``multinomial(uniform (1, num_classes), B)`` (as VAR's
 ``generate``); then per position ``multinomial(softmax(masked guided logits), 1)`` of shape (B, 1).
 
+Temperature: the guided logits of position i are multiplied by ``1 / tau_i`` (a number, or one per
+position); tau = 1 (the default) skips it.
+
 Guidance: ``logits = (1 + t_i) * cond - t_i * uncond`` at position i. ``guidance_schedule="linear"``
 ramps ``t_i = cfg * i / (L - 1)`` over the raster positions (VAR's ramp over scales carried over to
 positions; the first token is sampled unguided), "constant" uses ``t_i = cfg`` (LlamaGen's); a
@@ -24,7 +27,14 @@ from nextscale.errors import NextScaleError
 from nextscale.models.ar import ARTransformer
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.vqvae import VQVAE
-from nextscale.sampling import CALL_DEFAULTS, SamplingSettings, guidance_weights, resolve_labels, sample_top_k_top_p_
+from nextscale.sampling import (
+    CALL_DEFAULTS,
+    SamplingSettings,
+    guidance_weights,
+    per_scale,
+    resolve_labels,
+    sample_top_k_top_p_,
+)
 
 __all__ = ["generate_ar", "ARGenerationOutput", "check_tokenizer_fits"]
 
@@ -52,7 +62,7 @@ def check_tokenizer_fits(model: ARTransformer, vae: VQVAE) -> None:
 #: The settings the raster baseline honours; any other one not at its default is refused (one line
 #: naming it): more_smooth (VAR's Gumbel smoothing of soft multi-scale codes) and the multi-scale
 #: speed-ups have no meaning here.
-HONOURED = ("guidance_scale", "guidance_schedule", "top_k", "top_p")
+HONOURED = ("guidance_scale", "guidance_schedule", "top_k", "top_p", "temperature")
 
 
 @torch.no_grad()
@@ -79,6 +89,7 @@ def generate_ar(
     dev = model.pos_1LC.device
     labels = resolve_labels(label_B, B, model.num_classes, dev, generator)
     ts = guidance_weights(st.guidance_scale, L, st.guidance_schedule)
+    taus = per_scale(st.temperature, L, "temperature")
     use_cfg = any(t != 0.0 for t in ts)
     cls_in = torch.cat((labels, torch.full_like(labels, model.num_classes))) if use_cfg else labels
 
@@ -98,6 +109,8 @@ def generate_ar(
             raise NextScaleError(
                 "the AR model's logits are NaN/inf: its weights are not finite (a broken export or a diverged run)"
             )
+        if taus[i] != 1.0:
+            logits_BlV = logits_BlV * (1.0 / taus[i])
         if callback is not None:
             lg = logits_BlV[:, 0].clone()
         idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)  # (B, 1)
