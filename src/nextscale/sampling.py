@@ -105,8 +105,9 @@ class SpeedUps(Settings):
     refine_from_scale: Optional[int] = setting(None, "first scale (0-based) the refiner predicts", min=0)
 
     def is_exact(self) -> bool:
-        """No approximate speed-up is on: the reference's tokens for the same seed."""
-        return self.guidance_cutoff == 0 and self.prune_ratio == 0.0 and self.kv_budget is None and self.refiner is None
+        """The model's own pass is the plain one (no cut-off, pruning or KV budget): CUDA graphs may replay
+        it. A refiner changes who predicts the last scales, not this pass."""
+        return self.guidance_cutoff == 0 and self.prune_ratio == 0.0 and self.kv_budget is None
 
 
 @dataclass(frozen=True)
