@@ -620,7 +620,7 @@ def test_demo_uses_the_same_rules(pipe):
 
     b = DemoBackend(pipe, limits=DemoLimits(max_seed=2**64))  # even a looser widget limit cannot pass a bad seed
     with pytest.raises(NextScaleError, match=r"seed must be in \[0, 2\*\*63\)"):
-        b.check_sampling(1.0, 0, 0.0, False, 2**63, False, 1)
+        b.check_request(2**63, False, 1)
     with pytest.raises(NextScaleError, match="class"):
         b.parse_class(True)
 

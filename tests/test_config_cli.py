@@ -283,9 +283,9 @@ def test_sampling_flags_come_from_sampling_settings():
 
     for cmd in ("sample", "edit"):
         acts = _actions(cmd)
-        for f in dataclasses.fields(SamplingSettings):
+        for owner, f in SamplingSettings.flat_fields():  # the speed-ups' nested group: its fields, flat
             assert f.name in acts and acts[f.name].help, (cmd, f.name)
-            want = None if f.name in RECOMMENDABLE else _config_default(SamplingSettings, f)  # None: the model's value
+            want = None if f.name in RECOMMENDABLE else _config_default(owner, f)  # None: the model's value
             assert acts[f.name].default == want, (cmd, f.name)
     a = build_parser().parse_args(["sample", "--more-smooth", "--cfg", "2", "--top-k", "5"])
     assert (a.more_smooth, a.guidance_scale, a.top_k) == (True, 2.0, 5)

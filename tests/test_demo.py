@@ -58,6 +58,22 @@ def _reference(pipe, seed, cls=3, batch=1, guidance=1.5, top_k=50, top_p=0.96, s
     ).images
 
 
+def _g(backend, class_choice, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size, **more):
+    """``/generate`` with the values named: the request's own, then every sampling widget in API order."""
+    sampling = backend.sampling_args(guidance_scale=guidance, top_k=top_k, top_p=top_p, more_smooth=more_smooth, **more)
+    return backend.generate(class_choice, seed, random_seed, batch_size, *sampling)
+
+
+def _e(backend, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales, guidance, top_k, top_p,
+       more_smooth, seed, random_seed, batch_size):  # fmt: skip
+    """``/edit`` with the values named (as :func:`_g`)."""
+    sampling = backend.sampling_args(guidance_scale=guidance, top_k=top_k, top_p=top_p, more_smooth=more_smooth)
+    return backend.edit(
+        editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales, seed, random_seed, batch_size,
+        *sampling,
+    )  # fmt: skip
+
+
 def _painted(size, box):
     layer = Image.new("RGBA", size, (0, 0, 0, 0))
     ImageDraw.Draw(layer).rectangle(box, fill=(255, 255, 255, 255))
@@ -68,7 +84,7 @@ def _painted(size, box):
 # Backend (no Gradio)
 # ---------------------------------------------------------------------------------------------
 def test_generate_streams_each_scale_then_the_result(backend, pipe):
-    outs = list(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1))
+    outs = list(_g(backend, "3", 1.5, 50, 0.96, False, 7, False, 1))
     assert len(outs) == K + 1
     for k, (img, strip, status) in enumerate(outs[:K]):
         assert img.size == (64, 64) and strip is None
@@ -81,7 +97,7 @@ def test_generate_streams_each_scale_then_the_result(backend, pipe):
 
 
 def test_generate_batch_random_class_and_seed(backend):
-    outs = list(backend.generate("random", 0, 0, 0, True, 0, True, 2))
+    outs = list(_g(backend, "random", 0, 0, 0, True, 0, True, 2))
     img, strip, status = outs[-1]
     assert img.size[0] > 64 and strip.size[1] > 2 * 128  # a 2-image tile, a 2-row strip
     seed = int(re.search(r"seed (\d+)", status).group(1))
@@ -140,7 +156,7 @@ def test_generate_rejects_bad_values(backend, bad, what):
     )
     args.update(bad)
     with pytest.raises(NextScaleError, match=what):
-        next(backend.generate(**args))
+        next(_g(backend, **args))
 
 
 def test_edit_modes(backend):
@@ -148,15 +164,15 @@ def test_edit_modes(backend):
     value = {"background": ex, "layers": [_painted(ex.size, (64, 64, 191, 191))], "composite": ex}
     common = ("left", 16, 2, 1.5, 50, 0.96, False, 3, False, 1)
     for mode, cls in (("in-paint", "random"), ("class edit", "2"), ("out-paint", "-1"), ("variations", "5")):
-        outs = list(backend.edit(value, mode, cls, *common))
+        outs = list(_e(backend, value, mode, cls, *common))
         assert len(outs) == K + 1, mode
         img, strip, status = outs[-1]
         assert img.size == (64, 64) and status.startswith(f"done: {mode}"), status
         assert strip.size[0] > (K + 2) * 128  # input, regen, K scales
     # in-paint of the painted square: 4x4 finest tokens of 16 px on the 64 px canvas; the square covers 2x2 of them
-    assert "25% of the finest tokens regenerated" in list(backend.edit(value, "in-paint", "-1", *common))[-1][2]
+    assert "25% of the finest tokens regenerated" in list(_e(backend, value, "in-paint", "-1", *common))[-1][2]
     # a plain PIL image works for the modes that need no painting
-    assert list(backend.edit(ex, "variations", "-1", *common))[-1][2].startswith("done")
+    assert list(_e(backend, ex, "variations", "-1", *common))[-1][2].startswith("done")
 
 
 BAD_EDIT = [
@@ -204,7 +220,7 @@ def test_edit_rejects_bad_values(backend, bad, what):
     )
     args.update(bad)
     with pytest.raises(NextScaleError, match=what):
-        next(backend.edit(**args))
+        next(_e(backend, **args))
 
 
 def test_edit_refuses_huge_uploads(pipe):
@@ -214,8 +230,21 @@ def test_edit_refuses_huge_uploads(pipe):
     big = Image.new("RGB", (101, 100))
     with pytest.raises(NextScaleError, match="pixels"):
         next(
-            b.edit(
-                {"background": big, "layers": []}, "variations", "-1", "left", 16, 2, 1.5, 50, 0.96, False, 0, False, 1
+            _e(
+                b,
+                {"background": big, "layers": []},
+                "variations",
+                "-1",
+                "left",
+                16,
+                2,
+                1.5,
+                50,
+                0.96,
+                False,
+                0,
+                False,
+                1,
             )
         )
 
@@ -238,11 +267,17 @@ def test_model_errors_reach_the_caller_and_release_the_lock(backend, monkeypatch
         type(
             "P",
             (),
-            {"__call__": boom, "num_classes": 10, "class_name": lambda self, c: str(c), "device": torch.device("cpu")},
+            {
+                "__call__": boom,
+                "num_classes": 10,
+                "class_name": lambda self, c: str(c),
+                "device": torch.device("cpu"),
+                "settings": backend.pipe.settings,
+            },
         )(),
     )
     with pytest.raises(RuntimeError, match="kaboom"):
-        list(backend.generate("3", 1.5, 50, 0.96, False, 0, False, 1))
+        list(_g(backend, "3", 1.5, 50, 0.96, False, 0, False, 1))
     assert not backend.lock.locked()
 
 
@@ -326,19 +361,18 @@ def client(server):
     return Client(url, verbose=False, analytics_enabled=False, download_files=False)  # fetch only what is checked
 
 
-def _gen_args(seed, **kw):
-    a = dict(
-        class_choice="3",
-        guidance=1.5,
-        top_k=50,
-        top_p=0.96,
-        more_smooth=False,
-        seed=seed,
-        random_seed=False,
-        batch_size=1,
-    )
-    a.update(kw)
-    return list(a.values())
+def _gen_args(seed_, **kw):
+    """``/generate``'s positional values: class, seed, random seed, batch size, then one per sampling
+    widget (``nextscale.app.demo.sampling_fields`` order; the tiny model recommends the defaults)."""
+    from nextscale.app.demo import sampling_fields
+    from nextscale.sampling import SamplingSettings
+
+    a = dict(class_choice="3", seed=seed_, random_seed=False, batch_size=1)
+    st = dict(guidance_scale=1.5, top_k=50, top_p=0.96, more_smooth=False)
+    for k, v in kw.items():
+        (a if k in a else st)[k] = v
+    rec = SamplingSettings().flat()
+    return list(a.values()) + [st.get(f.name, getattr(rec, f.name)) for _, f in sampling_fields()]
 
 
 def _png(x) -> np.ndarray:
@@ -398,8 +432,8 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
 @pytest.mark.parametrize(
     "field,value,msg",
     [  # Gradio's own component checks answer first where they apply (\b: the bound itself, not a prefix of it)
-        ("guidance", -1.0, r"Value -1\.0 is less than minimum value 0\b"),
-        ("guidance", 1e6, r"Value 1000000\.0 is greater than maximum value 10\b"),
+        ("guidance_scale", -1.0, r"Value -1\.0 is less than minimum value 0\b"),
+        ("guidance_scale", 1e6, r"Value 1000000\.0 is greater than maximum value 10\b"),
         ("top_k", -5, r"Value -5 is less than minimum value 0\b"),
         ("top_k", 10**9, r"Value 1000000000 is greater than maximum value 64\b"),
         ("top_p", 7.0, r"Value 7\.0 is greater than maximum value 1\b"),
@@ -414,15 +448,8 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
 def test_api_rejects_out_of_range_values(client, field, value, msg):
     from gradio_client.exceptions import AppError
 
-    args = dict(
-        zip(
-            ["class_choice", "guidance", "top_k", "top_p", "more_smooth", "seed", "random_seed", "batch_size"],
-            _gen_args(0),
-        )
-    )
-    args[field] = value
     with pytest.raises(AppError, match=msg):
-        client.predict(*args.values(), api_name="/generate")
+        client.predict(*_gen_args(0, **{field: value}), api_name="/generate")
 
 
 def test_api_survives_bad_values_and_edit_round_trip(client, pipe, tmp_path):
@@ -439,7 +466,7 @@ def test_api_survives_bad_values_and_edit_round_trip(client, pipe, tmp_path):
         "composite": None,
         "id": None,
     }
-    sampling = [1.5, 50, 0.96, False, 5, False, 1]
+    sampling = _gen_args(5)[1:]  # seed, random seed, batch size, the sampling widgets
     job = client.submit(value, "in-paint", "-1", "right", 16, 2, *sampling, api_name="/edit")
     img, strip, status = job.result(timeout=120)
     assert len(job.outputs()) >= K + 1
@@ -503,14 +530,14 @@ def test_serve_loads_the_model_and_serves_the_page(tiny_pipe_dir):
             assert r.status == 200 and b"<html" in r.read(4096).lower()
     finally:
         demo.close()
-    with pytest.raises(NextScaleError, match="--port"):
+    with pytest.raises(NextScaleError, match="port must be <= 65,535"):  # the field; the CLI says --port
         serve(str(tiny_pipe_dir), port=70000, print_fn=msgs.append, block=False)
 
 
 def test_generate_speed_ups_are_checked_and_passed(backend):
-    outs = list(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 2, 0.5))
+    outs = list(_g(backend, "3", 1.5, 50, 0.96, False, 7, False, 1, guidance_cutoff=2, prune_ratio=0.5))
     assert outs[-1][2].startswith("done")
     with pytest.raises(NextScaleError, match="guidance cut-off"):
-        next(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 99, 0.0))
+        next(_g(backend, "3", 1.5, 50, 0.96, False, 7, False, 1, guidance_cutoff=99))
     with pytest.raises(NextScaleError, match="token pruning"):
-        next(backend.generate("3", 1.5, 50, 0.96, False, 7, False, 1, 0, 1.5))
+        next(_g(backend, "3", 1.5, 50, 0.96, False, 7, False, 1, prune_ratio=1.5))

@@ -377,7 +377,7 @@ def test_cli_edit_inpaint_outpaint_variations(tiny_pipe_dir, files, capsys):
         (["--mask", "mask.jpg"], "not binary"),
         ([], "nothing to edit"),
         (["--mask", "mask.png", "--class", "12"], "unknown class id 12"),
-        (["--keep-scales", "9"], "keep_scales must be an integer in 0..4"),
+        (["--keep-scales", "9"], "--keep-scales must be an integer in 0..4"),
         (["--outpaint", "1,2"], "four margins"),
         (["--mask", "missing.png"], "no such file"),
     ],

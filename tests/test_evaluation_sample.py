@@ -84,13 +84,13 @@ def test_chunk_plan_no_duplicates_or_gaps():
 
 
 def test_protocols_named_and_overrides_renamed():
-    r, p = PROTOCOLS["var-readme"], PROTOCOLS["var-paper"]
-    assert (r.cfg, r.top_p, r.top_k, r.more_smooth) == (1.5, 0.96, 900, False)
-    assert (p.cfg, p.top_k, p.top_p) == (2.0, 600, 0.0)
-    assert get_protocol("readme") is r and get_protocol("paper") is p
-    assert get_protocol("var-readme", cfg=1.5) is r  # same values: still the named protocol
-    c = get_protocol("var-readme", cfg=3.0)
-    assert c.name == "var-readme+custom" and c.cfg == 3.0 and "cfg=3.0" in c.description
+    r, p = PROTOCOLS["var-readme"], PROTOCOLS["var-paper"]  # protocols are named SamplingSettings
+    assert (r.guidance_scale, r.top_p, r.top_k, r.more_smooth) == (1.5, 0.96, 900, False)
+    assert (p.guidance_scale, p.top_k, p.top_p) == (2.0, 600, 0.0)
+    assert get_protocol("readme")[:2] == ("var-readme", r) and get_protocol("paper")[1] is p
+    assert get_protocol("var-readme", cfg=1.5)[:2] == ("var-readme", r)  # same values: still the named protocol
+    name, c, description = get_protocol("var-readme", cfg=3.0)
+    assert name == "var-readme+custom" and c.guidance_scale == 3.0 and "guidance_scale=3.0" in description
     with pytest.raises(NextScaleError, match="var-readme"):
         get_protocol("fast")
 
@@ -107,7 +107,9 @@ def test_sample_fid_single_process(tiny_model, reference_run):
     px = _pixels(out)
     np.testing.assert_array_equal(arr, np.stack([px[n] for n in _pngs(out)]))  # npz = PNGs, in index order
     meta = json.loads((out / "sample_fid.json").read_text())
-    assert meta["protocol"] == "var-readme" and meta["cfg"] == 1.5 and meta["top_k"] == 900 and meta["seed"] == 7
+    st = meta["settings"]  # every sampling setting is recorded
+    assert meta["protocol"] == "var-readme" and st["guidance_scale"] == 1.5 and st["top_k"] == 900 and meta["seed"] == 7
+    assert st["speedups"]["prune_ratio"] == 0.0 and "speedups" not in meta  # the speed-ups, listed when on
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
     assert not any(n.lower().endswith((".jpg", ".jpeg")) for n in os.listdir(out))
 

@@ -100,24 +100,27 @@ def test_guidance_cutoff_skips_the_unconditional_rows_of_the_last_scales(pair):
     vae, var = pair
     exact = _run(pair, 3)
     rows, h = _rows_through_blocks(var)
-    cut = _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, guidance_cutoff=2))
+    cut = _run(pair, 3, settings=SamplingSettings().replace(guidance_scale=2.0, top_k=20, top_p=0.0, guidance_cutoff=2))
     h.remove()
     ls = [p * p for p in var.patch_nums]
     assert rows == [4 * l for l in ls[:-2]] + [2 * l for l in ls[-2:]]
     assert all(torch.equal(a, b) for a, b in zip(exact.idx_per_scale[: K - 2], cut.idx_per_scale[: K - 2]))
     no_cfg = _run(pair, 3, cfg=0.0)
     assert _same(
-        no_cfg, _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, guidance_cutoff=K))
+        no_cfg,
+        _run(pair, 3, settings=SamplingSettings().replace(guidance_scale=2.0, top_k=20, top_p=0.0, guidance_cutoff=K)),
     )
     with pytest.raises(NextScaleError, match="guidance_cutoff must be <= the number of scales"):
-        _run(pair, 3, settings=SamplingSettings(guidance_scale=2.0, guidance_cutoff=K + 1))
+        _run(pair, 3, settings=SamplingSettings().replace(guidance_scale=2.0, guidance_cutoff=K + 1))
 
 
 def test_pruning_runs_fewer_tokens_and_still_samples_every_position(pair):
     vae, var = pair
     rows, h = _rows_through_blocks(var)
     out = _run(
-        pair, 1, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, prune_ratio=0.75, prune_last=2)
+        pair,
+        1,
+        settings=SamplingSettings().replace(guidance_scale=2.0, top_k=20, top_p=0.0, prune_ratio=0.75, prune_last=2),
     )
     h.remove()
     ls = [p * p for p in var.patch_nums]
@@ -145,7 +148,9 @@ def test_kv_budget_evicts_the_middle_scales(pair):
 
     ScaleWindowKVCache.advance = spy
     try:
-        out = _run(pair, 2, settings=SamplingSettings(guidance_scale=2.0, top_k=20, top_p=0.0, kv_budget=(1, 1)))
+        out = _run(
+            pair, 2, settings=SamplingSettings().replace(guidance_scale=2.0, top_k=20, top_p=0.0, kv_budget=(1, 1))
+        )
     finally:
         ScaleWindowKVCache.advance = real
     # after scale s the cache keeps scale 0 and scale s (what scale s + 1 attends to besides itself)
@@ -168,7 +173,7 @@ def test_kv_budget_evicts_the_middle_scales(pair):
 )
 def test_settings_refuse_bad_values_naming_the_field(kw, msg):
     with pytest.raises(NextScaleError, match=msg):
-        SamplingSettings(**kw)
+        SamplingSettings().replace(**kw)
 
 
 def test_settings_refuse_unknown_keys_with_a_suggestion():

@@ -97,7 +97,7 @@ def test_load_tokenizer_errors(tmp_path):
         hub.load_tokenizer(tmp_path / "missing")
     with pytest.raises(NextScaleError, match="holds no tokenizer"):
         hub.load_tokenizer(tmp_path)
-    with pytest.raises(NextScaleError, match="needs --preset"):
+    with pytest.raises(NextScaleError, match="needs preset"):
         hub.load_tokenizer("random")
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(NextScaleError, match="no readable checkpoint"):

@@ -16,7 +16,7 @@ import re
 from importlib import resources
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from nextscale.errors import InputError
+from nextscale.errors import FieldError, FieldName
 
 __all__ = ["imagenet_class_names", "imagenet_aliases", "class_lookup", "resolve_class_name", "grep_classes"]
 
@@ -58,7 +58,9 @@ def class_lookup(labels: Sequence[str]) -> Dict[str, int]:
 def resolve_class_name(name: str, labels: Optional[Sequence[str]], what: str = "class_labels") -> int:
     """The id of class ``name`` (case and spacing ignored); a misspelt name gets the closest ones."""
     if not labels:
-        raise InputError(f"{what}: {name!r} is a name, but this model has no class names; give an integer class id")
+        raise FieldError(
+            FieldName(what), f": {name!r} is a name, but this model has no class names; give an integer class id"
+        )
     table = class_lookup(labels)
     key = _norm(name)
     if key in table:
@@ -67,9 +69,9 @@ def resolve_class_name(name: str, labels: Optional[Sequence[str]], what: str = "
     hint = (
         ("; did you mean " + " or ".join(f"{labels[table[k]]!r} ({table[k]})" for k in near) + "?")
         if near
-        else "; list them with: nextscale classes MODEL --grep WORD"
+        else "; list them with the classes command (nextscale classes MODEL)"
     )
-    raise InputError(f"{what}: no class named {name!r}{hint}")
+    raise FieldError(FieldName(what), f": no class named {name!r}{hint}")
 
 
 def grep_classes(labels: Sequence[str], word: Optional[str] = None) -> List[Tuple[int, str]]:

@@ -146,6 +146,9 @@ def _probe_readable(samples: Sequence[Tuple[str, int]], k: int = 16) -> None:
 # Transforms (PIL only; the reference's: shorter side -> mid_reso * final, random crop, opt. h-flip)
 # ------------------------------------------------------------------------------------------------
 
+#: The resize factor before the crop (the reference's 1.125): the shorter side becomes MID_RESO x the resolution.
+MID_RESO = 1.125
+
 
 def load_rgb(path: str) -> Image.Image:
     """Open and fully decode an image as RGB (raises OSError on unreadable/truncated files)."""
@@ -475,9 +478,10 @@ class CachedTokens(torch.utils.data.Dataset):
         if hflip and meta.get("views", 1) < 2:
             raise FieldError(
                 FieldName("hflip"),
-                f" needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built without them; "
-                "rebuild it with them or drop ",
+                f" needs flipped views, but the cache at {os.path.dirname(split_dir)!r} was built without them "
+                "(flip off); rebuild it or turn ",
                 FieldName("hflip"),
+                " off",
             )
 
     @property

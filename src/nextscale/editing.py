@@ -42,7 +42,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.errors import NextScaleError
-from nextscale.pipelines import NextScalePipeline, NextScalePipelineOutput, ScaleStep
+from nextscale.pipelines import NextScalePipeline, NextScalePipelineOutput, ScaleStep, with_setting_keywords
+from nextscale.sampling import SamplingSettings
 
 __all__ = [
     "NextScaleInpaintPipeline",
@@ -239,7 +240,7 @@ def binarize_mask(m_hw: torch.Tensor, threshold: Optional[float], i: int) -> tor
             raise NextScaleError(
                 f"mask {i} is not binary: {n} of {m_hw.numel()} pixels are gray (neither black nor white); "
                 "use pure black (keep) / white (regenerate), e.g. save it as PNG, not JPEG, "
-                "or pass mask_threshold=0.5 (CLI: --mask-threshold 0.5) to regenerate pixels >= 0.5"
+                "or pass mask_threshold=0.5 to regenerate pixels >= 0.5"
             )
         return m_hw >= 1
     return m_hw >= threshold
@@ -403,6 +404,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         return EditPlan(image=image_B3HW, keep_pixels=keep_B1HW, input_indices=self.encode(image_B3HW), keep=keep)
 
     # ---- editing ----
+    @with_setting_keywords
     def __call__(
         self,
         image: ImageInput,
@@ -412,19 +414,14 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         outpaint: Union[None, str, Sequence[int]] = None,
         keep_scales: Optional[int] = None,
         mask_threshold: Optional[float] = None,
-        guidance_scale: Union[None, float, Sequence[float]] = None,
-        guidance_schedule: Optional[str] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        more_smooth: Optional[bool] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         output_type: str = "pil",
         return_indices: bool = False,
         callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
         show_progress: bool = False,
-        settings=None,
-        **speedups,
+        settings: Optional[SamplingSettings] = None,
+        **sampling: Any,
     ) -> NextScalePipelineOutput:
         """Edit image(s); white mask pixels are regenerated, black ones kept (diffusers convention).
 
@@ -437,21 +434,11 @@ class NextScaleInpaintPipeline(NextScalePipeline):
             label per image (a single image is repeated for every label).
         outpaint: (left, top, right, bottom) margins in pixels of the R x R canvas (or "l,t,r,b").
         keep_scales: keep the first k scales of the input entirely (k = 0..K): variations.
-        Other arguments (``settings`` and the opt-in speed-ups ``guidance_cutoff``, ``prune_ratio``,
-        ``prune_last``, ``kv_budget``, ``refiner``, ``refine_from_scale``) as ``NextScalePipeline.__call__``. The
-        same seed gives the same edit; a mask
-        that regenerates everything gives exactly ``NextScalePipeline``'s image for that seed.
+        Other arguments (``settings`` and every ``SamplingSettings`` field by name, the opt-in speed-ups
+        included) as ``NextScalePipeline.__call__``. The same seed gives the same edit; a mask that
+        regenerates everything gives exactly ``NextScalePipeline``'s image for that seed.
         """
-        unknown = set(speedups) - {
-            "guidance_cutoff",
-            "prune_ratio",
-            "prune_last",
-            "kv_budget",
-            "refiner",
-            "refine_from_scale",
-        }
-        if unknown:
-            raise TypeError(f"unexpected keyword argument(s) {sorted(unknown)}")
+        settings = self.settings_for(settings, **sampling)  # the door: one settings object
         from nextscale.validate import check_class_ids
 
         labels = None
@@ -489,13 +476,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         return self._run(
             B,
             labels,
-            settings=settings,
-            **speedups,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            more_smooth=more_smooth,
+            settings,
             generator=self.make_generator(generator, seed),
             output_type=output_type,
             return_indices=return_indices,

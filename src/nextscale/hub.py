@@ -35,7 +35,7 @@ import torch
 
 from nextscale.atomic import atomic_dir
 from nextscale.configs import ConfigError, VARConfig, VQVAEConfig, scale_schedule_256, scale_schedule_512
-from nextscale.errors import CheckpointError, NextScaleError
+from nextscale.errors import CheckpointError, FieldError, FieldName, NextScaleError
 from nextscale.models.var import VAR
 from nextscale.models.vqvae import VQVAE
 
@@ -210,9 +210,11 @@ def infer_var_config(sd: Dict[str, torch.Tensor], patch_nums=None, source="check
     if patch_nums is None:
         patch_nums = _KNOWN_SCHEDULES.get(int(L))
         if patch_nums is None:
-            raise CheckpointError(
+            raise FieldError(  # names the setting to give (a front end shows its flag)
                 f"{source}: {L} tokens match no released scale schedule; convert it once with its schedule: "
-                f"nextscale convert --vae VAE --var {Path(str(source)).name} --patch-nums 1 2 3 ... --out DIR"
+                f"nextscale convert {Path(str(source)).name} with ",
+                FieldName("patch_nums"),
+                " 1 2 3 ...",
             )
     if sum(p * p for p in patch_nums) != L:
         raise CheckpointError(
@@ -320,7 +322,7 @@ def load_components(
         if index.get("model_type") == "ar":
             raise NextScaleError(
                 f"{p} is a raster-order AR baseline (issue #15), not a VAR pipeline: load it with "
-                f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample --model {p}"
+                f"nextscale.pipeline_ar.ARPipeline.from_pretrained, or nextscale sample with model {p}"
             )
         vcfg = VQVAEConfig.from_dict(read_json(p / "vqvae" / "config.json"))
         tcfg = VARConfig.from_dict(read_json(p / "var" / "config.json"))
@@ -339,7 +341,7 @@ def load_components(
         if variant is None and len(found) > 1:
             raise NextScaleError(
                 f"{p} holds {len(found)} transformers ({', '.join(found)}): choose one with "
-                f"variant= / --variant (e.g. --variant {found[0]})"
+                f"variant= (e.g. variant={found[0]!r})"
             )
         variant = found[0] if variant is None else _check_variant(variant)
         if variant not in found:
@@ -466,7 +468,7 @@ def load_tokenizer(source, v_patch_nums=None, preset=None, seed: int = 0) -> VQV
     Every file is read through :mod:`nextscale.safeload` (tensors only, no fallback)."""
     if source == "random":
         if preset is None:
-            raise NextScaleError("--tokenizer random needs --preset")
+            raise FieldError(FieldName("tokenizer"), " random needs ", FieldName("preset"))
         from nextscale.models import build_from_config
 
         return build_from_config(preset, seed=seed, init_var=False)[0]
@@ -525,8 +527,10 @@ def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Opt
         if variant is not None:
             raise NextScaleError("variant= picks one of several released transformers; the default model has one")
         if not (DEFAULT_MODEL_DIR / "model_index.json").exists():
-            raise NextScaleError(
-                "the bundled default model is not installed; pass --model DIR (a pipeline directory or var_d*.pth)"
+            raise FieldError(
+                "the bundled default model is not installed; pass ",
+                FieldName("model"),
+                " DIR (a pipeline directory or var_d*.pth)",
             )
         return DEFAULT_MODEL_DIR
     p = Path(os.path.expanduser(str(name_or_path)))

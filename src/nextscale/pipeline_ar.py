@@ -27,10 +27,17 @@ from typing import Any, Dict, Optional, Sequence, Union
 import torch
 
 from nextscale.configs import VQVAEConfig
-from nextscale.errors import CheckpointError, NextScaleError
+from nextscale.errors import CheckpointError, InputError, NextScaleError
 from nextscale.models.ar import ARConfig, ARTransformer
 from nextscale.models.vqvae import VQVAE
-from nextscale.pipelines import RECOMMENDABLE, NextScalePipelineOutput, PipelineBase, check_output_type, to_output
+from nextscale.pipelines import (
+    RECOMMENDABLE,
+    NextScalePipelineOutput,
+    PipelineBase,
+    check_output_type,
+    to_output,
+    with_setting_keywords,
+)
 from nextscale.sampling import SamplingSettings
 from nextscale.sampling_ar import check_tokenizer_fits, generate_ar
 
@@ -152,7 +159,7 @@ class ARPipeline(PipelineBase):
     def to(self, device=None, dtype=None) -> "ARPipeline":
         """Move to ``device``; the baseline samples in float32 (``dtype`` None or float32)."""
         if dtype is not None and dtype != torch.float32:
-            raise NextScaleError(f"the AR baseline samples in float32; got dtype {dtype} (leave --dtype out)")
+            raise NextScaleError(f"the AR baseline samples in float32; got dtype {dtype} (leave the dtype unset)")
         if device is not None:
             self.vqvae.to(device)
             self.ar.to(device)
@@ -191,34 +198,33 @@ class ARPipeline(PipelineBase):
         return self.vqvae.fhat_to_img(f_hat).float().add_(1).mul_(0.5)
 
     @torch.no_grad()
+    @with_setting_keywords
     def __call__(
         self,
         class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
         num_images: Optional[int] = None,
-        guidance_scale: Union[None, float, Sequence[float]] = None,
-        guidance_schedule: Optional[str] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        more_smooth: Optional[bool] = None,
+        *,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         output_type: str = "pil",
         return_indices: bool = False,
+        callback_on_scale=None,
         show_progress: bool = False,
         settings: Optional[SamplingSettings] = None,
-        **_ignored,
+        num_candidates: int = 1,
+        scorer=None,
+        **sampling: Any,
     ) -> NextScalePipelineOutput:
         """Generate images; the arguments are those of ``NextScalePipeline.__call__`` (a per-position
-        guidance list instead of a per-scale one; ``more_smooth`` is refused)."""
+        guidance list instead of a per-scale one). What the baseline cannot honour is refused with one
+        line naming it (``sampling_ar.HONOURED``; rejection sampling, per-scale callbacks), never ignored."""
+        st = self.settings_for(settings, **sampling)
+        if num_candidates != 1:
+            raise InputError("num_candidates > 1 (rejection sampling) is not supported by the AR baseline")
+        if callback_on_scale is not None:
+            raise InputError("callback_on_scale is not supported by the AR baseline (it has no scales)")
         B, labels = self.batch_labels(class_labels, num_images)
         check_output_type(output_type)
-        st = (settings or self.settings).replace(
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            more_smooth=more_smooth,
-        )
         out = generate_ar(self.ar, self.vqvae, B, labels, generator=self.make_generator(generator, seed), settings=st)
         images = to_output(self.decode(out.f_hat), output_type)
         return NextScalePipelineOutput(

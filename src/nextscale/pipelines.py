@@ -51,6 +51,23 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
+def with_setting_keywords(call):
+    """Show every ``SamplingSettings`` field as a keyword of a pipeline's ``__call__`` (``help()``, IDEs):
+    the call takes them through ``**sampling``, so a new setting needs no edit here."""
+    import inspect
+
+    sig = inspect.signature(call)
+    params = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in params}
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None)
+        for n in SamplingSettings.flat_names()
+        if n not in taken
+    ]
+    call.__signature__ = sig.replace(parameters=params)
+    return call
+
+
 def cast_weights(model: torch.nn.Module, keep: Sequence[str], dtype: torch.dtype) -> None:
     """``model.to(dtype)``, except the named children / parameters, which stay float32."""
     model.to(dtype)
@@ -117,6 +134,15 @@ class PipelineBase:
     @property
     def sampling_defaults(self) -> Dict[str, Any]:
         return {k: getattr(self.settings, k) for k in RECOMMENDABLE}
+
+    def settings_for(self, settings: Optional[SamplingSettings] = None, **changes: Any) -> SamplingSettings:
+        """The door of every call: ``settings`` (default: the model's recommendation) with the call's
+        keywords applied in one ``replace`` (None keeps a setting; unknown names are refused)."""
+        if settings is not None and not isinstance(settings, SamplingSettings):
+            raise NextScaleError(
+                f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}"
+            )
+        return (settings or self.settings).replace(**changes)
 
     def enable_cpu_kernels(self):
         for m in self._models():
@@ -227,7 +253,7 @@ class NextScalePipeline(PipelineBase):
         vae, var, meta = load_components(path, vae_path=vae_path)
         if var is None:
             raise NextScaleError(
-                f"{path} is a tokenizer-only directory (no var/); use it as --tokenizer for nextscale train / tokenize"
+                f"{path} is a tokenizer-only directory (no var/); use it as the tokenizer of nextscale train / tokenize"
             )
         pipe = cls(
             vae, var, labels=meta.get("labels"), sampling_defaults=(meta.get("index") or {}).get("sampling_defaults")
@@ -322,21 +348,10 @@ class NextScalePipeline(PipelineBase):
         self,
         B,
         labels,
+        settings: SamplingSettings,
         *,
-        settings=None,
-        guidance_scale,
-        guidance_schedule,
-        top_k,
-        top_p,
-        more_smooth,
         generator,
         output_type,
-        guidance_cutoff=None,
-        prune_ratio=None,
-        prune_last=None,
-        kv_budget=None,
-        refiner=None,
-        refine_from_scale=None,
         return_indices,
         callback_on_scale,
         show_progress,
@@ -344,22 +359,9 @@ class NextScalePipeline(PipelineBase):
         num_candidates=1,
         scorer=None,
     ) -> NextScalePipelineOutput:
-        if settings is not None and not isinstance(settings, SamplingSettings):
-            raise NextScaleError(
-                f"settings must be a nextscale.sampling.SamplingSettings, got {type(settings).__name__}"
-            )
-        settings = (settings or self.settings).replace(
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            more_smooth=more_smooth,
-            guidance_cutoff=guidance_cutoff,
-            prune_ratio=prune_ratio,
-            prune_last=prune_last,
-            kv_budget=kv_budget,
-        )  # None = as recommended
-        refiner = self._refiner(refiner)
+        """Sample with one ``SamplingSettings`` (the door, ``settings_for``, made it)."""
+        if settings.speedups.refiner is not None:
+            settings = settings.replace(refiner=self._refiner(settings.speedups.refiner))
         check_output_type(output_type)
         N = check_count(num_candidates, "num_candidates", hi=1024)
         if N > 1 and not callable(scorer):
@@ -392,8 +394,6 @@ class NextScalePipeline(PipelineBase):
                     settings=settings,
                     constraint=constraint,
                     callback=on_scale,
-                    refiner=refiner,
-                    refine_from_scale=refine_from_scale,
                     cuda_graphs=self._cuda_graphs if self.use_cuda_graphs else None,
                 )
 
@@ -440,15 +440,12 @@ class NextScalePipeline(PipelineBase):
         raise NextScaleError(f"refiner must be a NextScalePipeline or a VAR, got {type(refiner).__name__}")
 
     # ---- generation ----
+    @with_setting_keywords
     def __call__(
         self,
         class_labels: Union[None, int, Sequence[int], torch.Tensor] = None,
         num_images: Optional[int] = None,
-        guidance_scale: Union[None, float, Sequence[float]] = None,
-        guidance_schedule: Optional[str] = None,
-        top_k: Optional[int] = None,
-        top_p: Optional[float] = None,
-        more_smooth: Optional[bool] = None,
+        *,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         output_type: str = "pil",
@@ -456,32 +453,27 @@ class NextScalePipeline(PipelineBase):
         callback_on_scale: Optional[Callable[[ScaleStep], None]] = None,
         show_progress: bool = False,
         settings: Optional[SamplingSettings] = None,
-        guidance_cutoff: Optional[int] = None,
-        prune_ratio: Optional[float] = None,
-        prune_last: Optional[int] = None,
-        kv_budget: Optional[Sequence[int]] = None,
-        refiner=None,
-        refine_from_scale: Optional[int] = None,
         num_candidates: int = 1,
         scorer=None,
+        **sampling: Any,
     ) -> NextScalePipelineOutput:
         """Generate images.
 
         class_labels: a class id, a list of ids (one image each; -1 = unconditional), or None for
             random classes (``num_images`` of them, default 1). A single int with ``num_images``
             gives that many images of the class.
-        guidance_scale: the reference's cfg (>= 0); a list gives one weight per scale.
-        top_k / top_p: 0 turns each off. None (the default for all three) takes the model's
-            recommended setting (``self.sampling_defaults``; 1.5 / 900 / 0.96 unless the model says). more_smooth:
-            Gumbel-softmax smoothing (visual, not for FID).
         generator or seed: randomness; the same seed on the same device gives the same images.
         callback_on_scale: called with a ``ScaleStep`` after every scale (partial image included).
-        settings: a ``SamplingSettings`` to start from instead of the model's recommendation; the
-            keywords above still override single fields.
-        guidance_cutoff, prune_ratio / prune_last, kv_budget, refiner + refine_from_scale: opt-in
-            speed-ups that change the images a little (``nextscale.accel.sampling_modes``; measured
-            in docs/speed.md). ``refiner`` is another pipeline (or VAR) on the same tokenizer that
-            predicts scales refine_from_scale..K. Off by default: the exact path.
+        settings: a ``SamplingSettings`` to start from instead of the model's recommendation.
+        sampling: any field of ``SamplingSettings`` by name (speed-ups included), overriding single
+            settings; None (the default) takes the model's recommended value (``self.sampling_defaults``;
+            1.5 / 900 / 0.96 unless the model says). ``guidance_scale`` is the reference's cfg (>= 0;
+            a list gives one weight per scale); ``top_k`` / ``top_p``: 0 turns each off;
+            ``more_smooth``: Gumbel-softmax smoothing (visual, not for FID); ``guidance_cutoff``,
+            ``prune_ratio`` / ``prune_last``, ``kv_budget``, ``refiner`` + ``refine_from_scale``: opt-in
+            speed-ups that change the images a little (``nextscale.accel.sampling_modes``; measured in
+            docs/speed.md). ``refiner`` is another pipeline (or VAR) on the same tokenizer that predicts
+            scales refine_from_scale..K. Off by default: the exact path.
         num_candidates, scorer: rejection sampling (the reference's d30-re protocol): N candidates per
             image, the one with the highest ``scorer(images, labels)`` kept (``nextscale.evaluation.scorers``:
             ``MNISTScorer()`` for the default model, ``ClassifierScorer(net)`` for any classifier).
@@ -492,20 +484,9 @@ class NextScalePipeline(PipelineBase):
         return self._run(
             B,
             labels,
-            settings=settings,
+            self.settings_for(settings, **sampling),
             num_candidates=num_candidates,
             scorer=scorer,
-            guidance_cutoff=guidance_cutoff,
-            prune_ratio=prune_ratio,
-            prune_last=prune_last,
-            kv_budget=kv_budget,
-            refiner=refiner,
-            refine_from_scale=refine_from_scale,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule,
-            top_k=top_k,
-            top_p=top_p,
-            more_smooth=more_smooth,
             generator=self.make_generator(generator, seed),
             output_type=output_type,
             return_indices=return_indices,

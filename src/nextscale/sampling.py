@@ -9,6 +9,9 @@ Random numbers are drawn exactly as the reference draws them, so a seed gives th
      then, only with ``more_smooth``, Gumbel noise ``-log(Exp(1))`` of the logits' shape.
 Nothing else draws from the generator.
 
+Temperature: the guided logits of scale k are multiplied by ``1 / tau_k`` before top-k / top-p and the
+draw (Infinity's ``tau_list``); tau = 1 (the default) skips it, so the tokens are exactly the reference's.
+
 Guidance: with per-scale weight t_k, ``logits = (1 + t_k) * cond - t_k * uncond``. The reference
 ramps ``t_k = cfg * k / (K - 1)`` (``guidance_schedule="linear"``, the default); "constant" uses
 ``t_k = cfg``; a list gives t_k per scale. In DiT/diffusers terms the guidance scale is ``1 + t_k``.
@@ -18,7 +21,6 @@ When every t_k is 0 the unconditional half of the batch is skipped (same tokens,
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -27,14 +29,16 @@ import torch
 from nextscale.accel.cpu import reference_kernels
 from nextscale.accel.cuda_graphs import CudaGraphs
 from nextscale.accel.sampling_modes import ScaleWindowKVCache, pivotal_tokens, restore_hidden
-from nextscale.errors import InputError, NextScaleError
+from nextscale.errors import FieldError, FieldName, InputError, NextScaleError
 from nextscale.models.var import VAR, KVCache
 from nextscale.models.vqvae import VQVAE
-from nextscale.validate import as_int, check_class_ids, check_float
+from nextscale.settings import Settings, fail, setting
+from nextscale.validate import as_int, check_class_ids
 
 __all__ = [
     "generate",
     "SamplingSettings",
+    "SpeedUps",
     "check_refiner",
     "CudaGraphs",
     "GenerationOutput",
@@ -53,130 +57,147 @@ ScaleCallback = Callable[[int, int, torch.Tensor, torch.Tensor], None]
 GUIDANCE_SCHEDULES = ("linear", "constant")
 
 
+def per_scale(value, n: int, name: str) -> List[float]:
+    """A per-scale setting as n values: a number for every scale, or a tuple of exactly n."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise fail(name, f" has {len(value)} values but the model samples {n} scales; give one value or {n}")
+        return [float(v) for v in value]
+    return [float(value)] * n
+
+
 @dataclass(frozen=True)
-class SamplingSettings:
-    """How a generation samples: the one object ``generate``, the pipelines, editing, the CLI and
-    the demo validate and pass on. Bad values raise ``InputError`` naming the field; the CLI
-    rewrites the field into its flag (``metadata["flag"]``). Defaults: the reference README's
-    ImageNet evaluation settings; a model directory may recommend its own (``sampling_defaults``).
+class SpeedUps(Settings):
+    """Opt-in speed-ups that change the result a little (``nextscale.accel.sampling_modes``; measured in
+    docs/speed.md). The defaults are the exact path."""
+
+    # the last N scales sample without guidance: their unconditional rows are never computed (Switti)
+    guidance_cutoff: int = setting(
+        0, "the last N scales sample without guidance (faster)", min=0, note="0 = off", label="guidance cut-off"
+    )
+    # share of tokens at each pruned scale that skip the transformer (FastVAR); 0 = off, < 1
+    prune_ratio: float = setting(
+        0.0,
+        "share of tokens of the last scales that skip the transformer",
+        min=0.0,
+        max=1.0,
+        max_open=True,
+        note="0 = off",
+        soft_max=0.95,
+        step=0.05,
+        label="token pruning",
+    )
+    # how many of the last (largest) scales are pruned: they hold most tokens and change least
+    prune_last: int = setting(
+        2, "how many of the last scales prune_ratio prunes", min=1, must=">= 1", label="pruned scales"
+    )
+    # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
+    # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
+    kv_budget: Optional[Tuple[int, int]] = setting(
+        None,
+        "FIRST RECENT: attend to the first FIRST scales and the RECENT before each (less KV memory)",
+        min=0,
+        what="(first, recent) scale counts or None",
+    )
+    # another VAR on the same tokenizer (or a pipeline holding one) predicts the scales from
+    # refine_from_scale on (Collaborative Decoding); checked against the model by ``check_refiner``
+    refiner: Any = setting(None, "a second model on the same tokenizer that predicts the last scales")
+    refine_from_scale: Optional[int] = setting(None, "first scale (0-based) the refiner predicts", min=0)
+
+    def is_exact(self) -> bool:
+        """The model's own pass is the plain one (no cut-off, pruning or KV budget): CUDA graphs may replay
+        it. A refiner changes who predicts the last scales, not this pass."""
+        return self.guidance_cutoff == 0 and self.prune_ratio == 0.0 and self.kv_budget is None
+
+
+@dataclass(frozen=True)
+class SamplingSettings(Settings):
+    """How a generation samples: the one object ``generate``, the pipelines, editing, sample-fid, the CLI
+    and the demo pass on. Bad values raise ``FieldError`` naming the field (a front end shows its flag or
+    widget); every field is a CLI flag and a demo widget (generated from these fields). Defaults: the
+    reference README's ImageNet evaluation settings; a model directory may recommend its own
+    (``sampling_defaults``). Per-scale settings take a number or one number per scale.
     """
 
     # the reference's cfg: guidance weight t_k per scale (module docstring); a sequence gives one
     # weight per scale; 0 everywhere skips the unconditional half of the batch (half the work)
-    guidance_scale: Union[float, Tuple[float, ...]] = field(
-        default=1.5, metadata=dict(flag="--cfg", help="guidance weight (the reference's cfg; 0 = off)")
+    guidance_scale: Union[float, Tuple[float, ...]] = setting(
+        1.5,
+        "guidance weight, one number or one per scale",
+        alias="cfg",
+        min=0.0,
+        note="0 = off",
+        per_scale=True,
+        soft_max=10.0,
+        step=0.1,
+        label="guidance (cfg)",
     )
     # "linear" ramps t_k = cfg * k / (K - 1) as the reference does (weak guidance at the coarse scales
     # keeps diversity); "constant" uses t_k = cfg at every scale
-    guidance_schedule: str = field(
-        default="linear",
-        metadata=dict(
-            flag="--guidance-schedule", help="how the guidance weight grows over scales", choices=GUIDANCE_SCHEDULES
-        ),
+    guidance_schedule: str = setting(
+        "linear", "how the guidance weight grows over scales", choices=GUIDANCE_SCHEDULES, label="guidance schedule"
     )
     # keep the k most likely tokens per position (0 = off); the reference samples ImageNet with 900 of 4096
-    top_k: int = field(default=900, metadata=dict(flag="--top-k", help="top-k token filter (0 = off)"))
+    top_k: int = setting(900, "top-k token filter", min=0, note="0 = off", label="top-k")
     # then the smallest nucleus of probability top_p (0 = off); 0.96 in the reference's evaluation
-    top_p: float = field(default=0.96, metadata=dict(flag="--top-p", help="top-p nucleus filter (0 = off)"))
+    top_p: float = setting(
+        0.96, "top-p nucleus filter", min=0.0, max=1.0, must="in [0, 1]", note="0 = off", step=0.01, label="top-p"
+    )
     # soft codes from a tempered Gumbel-softmax: smoother pictures, not for FID (the reference's more_smooth)
-    more_smooth: bool = field(
-        default=False, metadata=dict(flag="--smooth", help="Gumbel smoothing (visual; not for FID)")
+    more_smooth: bool = setting(False, "Gumbel smoothing (visual; not for FID)", label="Gumbel smoothing")
+    # softmax temperature of the guided logits (x 1/tau before top-k / top-p): < 1 sharpens (closer to
+    # argmax), > 1 flattens; one number or one per scale (Infinity's tau_list); 1 = the exact reference path
+    temperature: Union[float, Tuple[float, ...]] = setting(
+        1.0,
+        "softmax temperature of the sampled logits, one number or one per scale",
+        min=0.0,
+        min_open=True,
+        note="1 = off",
+        per_scale=True,
+        soft_max=5.0,
+        step=0.05,
     )
-    # --- opt-in speed-ups that change the result a little (nextscale.accel.sampling_modes; measured
-    # in docs/speed.md); the defaults are the exact path ---
-    # the last N scales sample without guidance: their unconditional rows are never computed (Switti)
-    guidance_cutoff: int = field(
-        default=0,
-        metadata=dict(flag="--guidance-cutoff", help="the last N scales sample without guidance (faster; 0 = off)"),
-    )
-    # share of tokens at each pruned scale that skip the transformer (FastVAR); 0 = off, < 1
-    prune_ratio: float = field(
-        default=0.0,
-        metadata=dict(
-            flag="--prune-ratio", help="share of tokens of the last scales that skip the transformer (0 = off)"
-        ),
-    )
-    # how many of the last (largest) scales are pruned: they hold most tokens and change least
-    prune_last: int = field(
-        default=2, metadata=dict(flag="--prune-last", help="how many of the last scales --prune-ratio prunes")
-    )
-    # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
-    # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
-    kv_budget: Optional[Tuple[int, int]] = field(
-        default=None,
-        metadata=dict(
-            flag="--kv-budget",
-            help="FIRST RECENT: attend to the first FIRST scales and the RECENT before each (less KV memory)",
-        ),
-    )
-
-    def __post_init__(self):
-        g = self.guidance_scale
-        if isinstance(g, (list, tuple)):
-            if not g:
-                raise InputError("guidance_scale is an empty list; give one weight, or one per scale")
-            g = tuple(check_float(t, "guidance_scale", lo=0.0) for t in g)
-        else:
-            g = check_float(g, "guidance_scale", lo=0.0)
-        object.__setattr__(self, "guidance_scale", g)
-        if self.guidance_schedule not in GUIDANCE_SCHEDULES:
-            raise InputError(
-                f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
-                f"got {self.guidance_schedule!r}"
-            )
-        k = as_int(self.top_k, "top_k")
-        if k < 0:
-            raise InputError(f"top_k must be >= 0 (0 = off), got {k}")
-        object.__setattr__(self, "top_k", k)
-        tp = check_float(self.top_p, "top_p")
-        if not 0.0 <= tp <= 1.0:
-            raise InputError(f"top_p must be in [0, 1] (0 = off), got {tp:g}")
-        object.__setattr__(self, "top_p", tp)
-        if self.more_smooth not in (True, False):
-            raise InputError(f"more_smooth must be True or False, got {self.more_smooth!r}")
-        object.__setattr__(self, "more_smooth", bool(self.more_smooth))
-        for name, lo in (("guidance_cutoff", 0), ("prune_last", 1)):
-            v = as_int(getattr(self, name), name)
-            if v < lo:
-                raise InputError(f"{name} must be >= {lo}, got {v}")
-            object.__setattr__(self, name, v)
-        object.__setattr__(
-            self, "prune_ratio", check_float(self.prune_ratio, "prune_ratio", lo=0.0, hi=1.0, hi_open=True)
-        )
-        if self.kv_budget is not None:
-            kb = self.kv_budget
-            if not isinstance(kb, (list, tuple)) or len(kb) != 2:
-                raise InputError(f"kv_budget must be (first, recent) scale counts or None, got {kb!r}")
-            kb = (as_int(kb[0], "kv_budget first"), as_int(kb[1], "kv_budget recent"))
-            if min(kb) < 0:
-                raise InputError(f"kv_budget scale counts must be >= 0, got {kb}")
-            object.__setattr__(self, "kv_budget", kb)
+    # the opt-in approximate speed-ups, one frozen group (their names are flat in replace / the CLI)
+    speedups: SpeedUps = field(default_factory=SpeedUps)
 
     def is_exact(self) -> bool:
         """No approximate speed-up is on: the reference's tokens for the same seed."""
-        return self.guidance_cutoff == 0 and self.prune_ratio == 0.0 and self.kv_budget is None
+        return self.speedups.is_exact()
 
-    @classmethod
-    def fields(cls) -> Tuple[dataclasses.Field, ...]:
-        return dataclasses.fields(cls)
+    def changed(self) -> Dict[str, Any]:
+        """The settings (flat names) that differ from the defaults."""
+        mine, ref, out = self.flat(), type(self)().flat(), {}
+        for n in self.flat_names():
+            a, b = getattr(mine, n), getattr(ref, n)
+            if a is not b and a != b:
+                out[n] = a
+        return out
 
-    @classmethod
-    def check_keys(cls, keys, what: str = "sampling settings") -> None:
-        """Unknown keys are an error with the closest field name."""
-        names = [f.name for f in cls.fields()]
-        for k in keys:
-            if k not in names:
-                near = difflib.get_close_matches(k, names, n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(names)}"
-                raise InputError(f"{what}: unknown key {k!r}{hint}")
+    def flat(self):
+        """A view with every setting as an attribute (``st.flat().prune_ratio``)."""
+        return _Flat(self)
 
-    def replace(self, **changes: Any) -> "SamplingSettings":
-        """A copy with ``changes`` applied; None values keep the current setting."""
-        self.check_keys(changes)
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+    def refuse(self, honoured: Sequence[str], who: str) -> None:
+        """One line naming the first setting ``who`` cannot honour (any setting not in ``honoured`` that
+        is not at its default): a setting is refused, never silently ignored."""
+        for name, value in self.changed().items():
+            if name not in honoured:
+                raise fail(name, f" is not supported by {who} (got {value!r}); leave it at its default")
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in self.fields()}
+
+class _Flat:
+    def __init__(self, st: Settings):
+        self._st = st
+
+    def __getattr__(self, name):
+        st = object.__getattribute__(self, "_st")
+        if name in {f.name for f in dataclasses.fields(st)}:
+            return getattr(st, name)
+        for g in type(st).groups():
+            sub = getattr(st, g)
+            if name in type(sub).flat_names():
+                return getattr(sub, name)
+        raise AttributeError(name)
 
 
 #: What ``generate`` / ``autoregressive_infer_cfg`` use when a call gives nothing: the reference
@@ -223,18 +244,13 @@ def gumbel_softmax_with_rng(
 def guidance_weights(cfg: Union[float, Sequence[float]], num_scales: int, schedule: str = "linear") -> List[float]:
     """Per-scale guidance weights t_k (see module docstring)."""
     if isinstance(cfg, (list, tuple)):
-        if len(cfg) != num_scales:
-            raise NextScaleError(f"per-scale guidance needs {num_scales} values, got {len(cfg)}")
-        return [float(t) for t in cfg]
+        return per_scale(cfg, num_scales, "guidance_scale")
     cfg = float(cfg)
     if schedule == "linear":
         return [cfg * (si / (num_scales - 1) if num_scales > 1 else 0.0) for si in range(num_scales)]
     if schedule == "constant":
         return [cfg] * num_scales
-    raise InputError(
-        f"guidance_schedule must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp), "
-        f"got {schedule!r}"
-    )
+    raise fail("guidance_schedule", f" must be one of {', '.join(GUIDANCE_SCHEDULES)} (linear = the reference ramp)")
 
 
 def resolve_labels(label_B, B: int, num_classes: int, device, generator: Optional[torch.Generator]) -> torch.Tensor:
@@ -262,55 +278,49 @@ def generate(
     *,
     generator: Optional[torch.Generator] = None,
     settings: Optional[SamplingSettings] = None,
-    cfg: Union[None, float, Sequence[float]] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    more_smooth: Optional[bool] = None,
-    guidance_schedule: Optional[str] = None,
     constraint: Optional[Constraint] = None,
     callback: Optional[ScaleCallback] = None,
     cuda_graphs: Optional[CudaGraphs] = None,
-    refiner: Optional[VAR] = None,
-    refine_from_scale: Optional[int] = None,
+    **changes: Any,
 ) -> GenerationOutput:
     """Sample token maps scale by scale. ``generator`` None uses the global RNG (as the reference).
 
-    ``settings`` (default ``CALL_DEFAULTS``) says how to sample; the reference-style keywords
-    ``cfg``, ``top_k``, ``top_p``, ``more_smooth``, ``guidance_schedule`` override single fields.
-    Works on any device; under ``torch.autocast`` the blocks run in the autocast dtype while the
-    embeddings, head and sampling stay float32. ``cuda_graphs`` (an ``accel.CudaGraphs`` kept by the
-    caller across calls) replays each scale's transformer as one captured CUDA graph (same tokens;
-    exact settings only). ``refiner`` (another VAR on the same tokenizer, e.g. a smaller one)
-    predicts scales ``refine_from_scale``..K (Collaborative Decoding; ``accel.sampling_modes``).
+    ``settings`` (default ``CALL_DEFAULTS``) says how to sample; ``changes`` (any setting by name, or
+    the reference's ``cfg``) override single fields in one ``replace``. Works on any device; under
+    ``torch.autocast`` the blocks run in the autocast dtype while the embeddings, head and sampling stay
+    float32. ``cuda_graphs`` (an ``accel.CudaGraphs`` kept by the caller across calls) replays each
+    scale's transformer as one captured CUDA graph (same tokens; exact settings only). A ``refiner``
+    speed-up (another VAR on the same tokenizer, e.g. a smaller one) predicts scales
+    ``refine_from_scale``..K (Collaborative Decoding; ``accel.sampling_modes``).
     """
-    st = (settings or CALL_DEFAULTS).replace(
-        guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, guidance_schedule=guidance_schedule
-    )
-    if refiner is not None:
-        check_refiner(var, refiner, refine_from_scale)
+    st = (settings or CALL_DEFAULTS).replace(**changes)
+    if st.speedups.refiner is not None:
+        check_refiner(var, st.speedups.refiner, st.speedups.refine_from_scale)
+    elif st.speedups.refine_from_scale is not None:
+        raise fail("refine_from_scale", " needs a refiner (the model that predicts those scales)")
     with reference_kernels(st.more_smooth):  # smoothing amplifies rounding ~200x: use the reference's kernels
-        return _generate(
-            var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs, refiner, refine_from_scale
-        )
+        return _generate(var, vae, B, label_B, generator, st, constraint, callback, cuda_graphs)
 
 
 def check_refiner(var: VAR, refiner, refine_from_scale) -> None:
     """A refiner must read and write the same tokens as ``var``: same codebook size, code width,
     scale schedule and classes; ``refine_from_scale`` is the first scale it predicts (0..K-1)."""
     if not isinstance(refiner, VAR):
-        raise InputError(f"refiner must be a VAR transformer (or a pipeline holding one), got {type(refiner).__name__}")
+        raise fail("refiner", f" must be a VAR transformer (or a pipeline holding one), got {type(refiner).__name__}")
     for what in ("patch_nums", "V", "Cvae", "num_classes"):
         if getattr(refiner, what) != getattr(var, what):
-            raise InputError(
-                f"the refiner's {what} ({getattr(refiner, what)}) differs from the model's ({getattr(var, what)}): "
-                f"a refiner must share the tokenizer and the classes"
+            raise FieldError(
+                f"the refiner's {what} ({getattr(refiner, what)}) differs from the model's "
+                f"({getattr(var, what)}): a refiner must share the tokenizer and the classes"
             )
     K = len(var.patch_nums)
     if refine_from_scale is None:
-        raise InputError(f"a refiner needs refine_from_scale: the first scale (0..{K - 1}) it predicts")
+        raise FieldError(
+            "a refiner needs ", FieldName("refine_from_scale"), f": the first scale (0..{K - 1}) it predicts"
+        )
     k = as_int(refine_from_scale, "refine_from_scale")
     if not 0 <= k < K:
-        raise InputError(f"refine_from_scale must be in 0..{K - 1} (the model has {K} scales), got {k}")
+        raise fail("refine_from_scale", f" must be in 0..{K - 1} (the model has {K} scales), got {k}")
 
 
 def _non_finite(si: int, pn: int) -> NextScaleError:
@@ -330,7 +340,8 @@ class _Stage:
         self.mods = var.block_modulations(self.cond_BD)  # depth x (rows, 1, 6, C)
         self.head_mod = var.head_nm.modulation(self.cond_BD.float())  # (rows, 1, 2, C)
         self.lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
-        self.cache = KVCache(var.depth, var.L) if st.kv_budget is None else ScaleWindowKVCache(var.depth, *st.kv_budget)
+        kv = st.speedups.kv_budget
+        self.cache = KVCache(var.depth, var.L) if kv is None else ScaleWindowKVCache(var.depth, *kv)
         self.graph_run = None
         if cuda_graphs is not None and self.cond_BD.device.type == "cuda" and st.is_exact():
             self.graph_run = cuda_graphs.runner(var, self.rows, self.mods, self.cond_BD, self.head_mod)
@@ -394,32 +405,23 @@ class _Stage:
         self.graph_run = None
 
 
-def _generate(
-    var,
-    vae,
-    B,
-    label_B,
-    generator,
-    st: SamplingSettings,
-    constraint,
-    callback,
-    cuda_graphs,
-    refiner: Optional[VAR] = None,
-    refine_from_scale: Optional[int] = None,
-) -> GenerationOutput:
+def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs):
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
     quant = vae.quantize
     labels = resolve_labels(label_B, B, var.num_classes, dev, generator)
+    fast = st.speedups
+    refiner, refine_from_scale = fast.refiner, fast.refine_from_scale
     ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
-    if st.guidance_cutoff > K:
-        raise InputError(f"guidance_cutoff must be <= the number of scales ({K}), got {st.guidance_cutoff}")
-    ts = ts[: K - st.guidance_cutoff] + [0.0] * st.guidance_cutoff
+    if fast.guidance_cutoff > K:
+        raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
+    ts = ts[: K - fast.guidance_cutoff] + [0.0] * fast.guidance_cutoff
+    taus = per_scale(st.temperature, K, "temperature")
     use_cfg = any(t != 0.0 for t in ts)
     last_guided = max(si for si, t in enumerate(ts) if t != 0.0) if use_cfg else -1
     cls_in = torch.cat((labels, torch.full_like(labels, var.num_classes))) if use_cfg else labels
     switch = refine_from_scale if refiner is not None and refiner is not var else None
-    pruned = set(range(max(1, K - st.prune_last), K)) if st.prune_ratio > 0 else set()
+    pruned = set(range(max(1, K - fast.prune_last), K)) if fast.prune_ratio > 0 else set()
 
     stage = _Stage(var, cls_in, st, cuda_graphs)
     x_BlC = stage.first_input()
@@ -436,13 +438,15 @@ def _generate(
                 x_BlC = stage.input(si, codes[-1])
             else:
                 x_BlC = stage.first_input()
-        keep_Bn = pivotal_tokens(codes[-1], st.prune_ratio) if si in pruned else None
+        keep_Bn = pivotal_tokens(codes[-1], fast.prune_ratio) if si in pruned else None
         logits_BlV = stage.logits(si, x_BlC, keep_Bn, keep_h=bool(pruned) and si + 1 in pruned)
         if stage.rows != B:
             t = ts[si]
             logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
         if si == 0 and not bool(torch.isfinite(logits_BlV).all()):  # one check (one sync) catches NaN weights
             raise _non_finite(si, pn)
+        if taus[si] != 1.0:  # tau = 1 leaves the logits untouched: the reference's exact tokens
+            logits_BlV = logits_BlV * (1.0 / taus[si])
         try:
             idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)
         except RuntimeError as e:  # CPU multinomial refuses NaN/inf probabilities at a later scale

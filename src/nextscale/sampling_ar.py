@@ -5,25 +5,36 @@ step with a KV cache, and VAR's sampler options (``SamplingSettings``: guidance,
 Random numbers: only when labels are None, ``multinomial(uniform (1, num_classes), B)`` (as VAR's
 ``generate``); then per position ``multinomial(softmax(masked guided logits), 1)`` of shape (B, 1).
 
+Temperature: the guided logits of position i are multiplied by ``1 / tau_i`` (a number, or one per
+position); tau = 1 (the default) skips it.
+
 Guidance: ``logits = (1 + t_i) * cond - t_i * uncond`` at position i. ``guidance_schedule="linear"``
 ramps ``t_i = cfg * i / (L - 1)`` over the raster positions (VAR's ramp over scales carried over to
 positions; the first token is sampled unguided), "constant" uses ``t_i = cfg`` (LlamaGen's); a
 list gives one weight per position. All-zero weights skip the unconditional half of the batch.
-``more_smooth`` (VAR's Gumbel smoothing of soft multi-scale codes) has no meaning here and is refused.
+``more_smooth`` (VAR's Gumbel smoothing of soft multi-scale codes) and the multi-scale speed-ups have no
+meaning here and are refused (``HONOURED``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional
 
 import torch
 
-from nextscale.errors import InputError, NextScaleError
+from nextscale.errors import NextScaleError
 from nextscale.models.ar import ARTransformer
 from nextscale.models.kv_cache import KVCache
 from nextscale.models.vqvae import VQVAE
-from nextscale.sampling import CALL_DEFAULTS, SamplingSettings, guidance_weights, resolve_labels, sample_top_k_top_p_
+from nextscale.sampling import (
+    CALL_DEFAULTS,
+    SamplingSettings,
+    guidance_weights,
+    per_scale,
+    resolve_labels,
+    sample_top_k_top_p_,
+)
 
 __all__ = ["generate_ar", "ARGenerationOutput", "check_tokenizer_fits"]
 
@@ -44,8 +55,14 @@ def check_tokenizer_fits(model: ARTransformer, vae: VQVAE) -> None:
         raise NextScaleError(
             f"the AR model needs a single-scale tokenizer with a {model.side}x{model.side} map and {model.V} codes; "
             f"this one has scales {list(vae.v_patch_nums)} and {vae.vocab_size} codes "
-            f"(train one with: nextscale train-tokenizer --patch-nums {model.side} --vocab-size {model.V})"
+            f"(train one with patch_nums=({model.side},) and vocab_size={model.V}: the train-tokenizer command)"
         )
+
+
+#: The settings the raster baseline honours; any other one not at its default is refused (one line
+#: naming it): more_smooth (VAR's Gumbel smoothing of soft multi-scale codes) and the multi-scale
+#: speed-ups have no meaning here.
+HONOURED = ("guidance_scale", "guidance_schedule", "top_k", "top_p", "temperature")
 
 
 @torch.no_grad()
@@ -57,30 +74,22 @@ def generate_ar(
     *,
     generator: Optional[torch.Generator] = None,
     settings: Optional[SamplingSettings] = None,
-    cfg: Union[None, float, Sequence[float]] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    more_smooth: Optional[bool] = None,
-    guidance_schedule: Optional[str] = None,
     callback: Optional[TokenCallback] = None,
+    **changes: Any,
 ) -> ARGenerationOutput:
     """Sample B token maps position by position. ``generator`` None uses the global RNG.
 
-    ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; the keywords
-    override single fields. ``vae`` None skips building ``f_hat`` (tokens only)."""
-    st = (settings or CALL_DEFAULTS).replace(
-        guidance_scale=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth, guidance_schedule=guidance_schedule
-    )
-    if st.more_smooth:
-        raise InputError(
-            "more_smooth (Gumbel smoothing of VAR's multi-scale codes) does not apply to the AR baseline; leave it off"
-        )
+    ``settings`` (default: ``generate``'s, cfg 1.5 without top-k/top-p) says how to sample; ``changes``
+    override single settings by name in one ``replace``. ``vae`` None skips building ``f_hat`` (tokens only)."""
+    st = (settings or CALL_DEFAULTS).replace(**changes)
+    st.refuse(HONOURED, "the raster AR baseline")
     if vae is not None:
         check_tokenizer_fits(model, vae)
     L = model.L
     dev = model.pos_1LC.device
     labels = resolve_labels(label_B, B, model.num_classes, dev, generator)
     ts = guidance_weights(st.guidance_scale, L, st.guidance_schedule)
+    taus = per_scale(st.temperature, L, "temperature")
     use_cfg = any(t != 0.0 for t in ts)
     cls_in = torch.cat((labels, torch.full_like(labels, model.num_classes))) if use_cfg else labels
 
@@ -100,6 +109,8 @@ def generate_ar(
             raise NextScaleError(
                 "the AR model's logits are NaN/inf: its weights are not finite (a broken export or a diverged run)"
             )
+        if taus[i] != 1.0:
+            logits_BlV = logits_BlV * (1.0 / taus[i])
         if callback is not None:
             lg = logits_BlV[:, 0].clone()
         idx_Bl = sample_top_k_top_p_(logits_BlV, top_k=st.top_k, top_p=st.top_p, generator=generator)  # (B, 1)

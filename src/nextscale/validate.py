@@ -1,7 +1,8 @@
 """Input rules shared by the Python API, the CLI and the demo: one check, one message per bad value.
 
-Each function returns the normalised value or raises :class:`~nextscale.errors.NextScaleError`
-naming the argument (``name``) and the fix. The CLI passes its flag as ``name`` ("--seed").
+Each function returns the normalised value or raises :class:`~nextscale.errors.FieldError` naming the
+argument (``name``, a field name such as ``seed``) and the fix; a front end renders the name as its
+flag or widget. The number rules are :mod:`nextscale.settings`' (``check_float`` is its ``check_number``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError
+from nextscale.settings import check_number, fail
 
 __all__ = [
     "as_int",
@@ -34,7 +36,7 @@ __all__ = [
 #: seeds to 2**64 - |s|, so -1 would silently equal 18446744073709551615).
 SEED_MAX = 2**63
 
-#: The most images one ``sample`` call makes (a typo such as --num 1000000000 would start a
+#: The most images one ``sample`` call makes (a typo such as num=1000000000 would start a
 #: months-long run); FID sampling has its own, larger bound.
 MAX_IMAGES = 100_000
 
@@ -58,38 +60,18 @@ def as_int(value, name: str) -> int:
     """``value`` as a Python int: ints, numpy integers and 0-d integer tensors; never bool, float or str."""
     if isinstance(value, torch.Tensor):
         if value.ndim != 0 or value.is_floating_point() or value.dtype == torch.bool:
-            raise NextScaleError(f"{name} must be an integer, got a {value.dtype} tensor of shape {tuple(value.shape)}")
+            raise fail(name, f" must be an integer, got a {value.dtype} tensor of shape {tuple(value.shape)}")
         value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise NextScaleError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+        raise fail(name, f" must be an integer, got {value!r} ({type(value).__name__})")
     return int(value)
 
 
-def check_float(
-    value,
-    name: str,
-    lo: Optional[float] = None,
-    hi: Optional[float] = None,
-    lo_open: bool = False,
-    hi_open: bool = False,
-) -> float:
-    """A finite real number (ints and numpy/0-d tensor numbers too; never bool or str) in the range
-    ``lo``..``hi`` (open ends with ``lo_open`` / ``hi_open``; None = unbounded)."""
-    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
-        value = value.item()
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
-        raise NextScaleError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
-    if not np.isfinite(v):
-        raise NextScaleError(f"{name} must be a finite number, got {v}")
-    if lo is not None and (v <= lo if lo_open else v < lo):
-        raise NextScaleError(f"{name} must be {'>' if lo_open else '>='} {lo:g}, got {v:g}")
-    if hi is not None and (v >= hi if hi_open else v > hi):
-        raise NextScaleError(f"{name} must be {'<' if hi_open else '<='} {hi:g}, got {v:g}")
-    return v
+#: A finite real number in a range, raising ``FieldError`` naming the argument (the settings engine's rule).
+check_float = check_number
 
 
-def check_mid_reso(value, name: str = "--mid-reso") -> float:
+def check_mid_reso(value, name: str = "mid_reso") -> float:
     """The resize factor before the crop: the shorter side becomes ``value`` x the resolution, so it
     is at least 1 (the crop must fit) and at most 4 (the reference uses 1.125)."""
     return check_float(value, name, lo=1.0, hi=4.0)
@@ -98,7 +80,7 @@ def check_mid_reso(value, name: str = "--mid-reso") -> float:
 def check_seed(seed, name: str = "seed") -> int:
     s = as_int(seed, name)
     if not 0 <= s < SEED_MAX:
-        raise NextScaleError(f"{name} must be in [0, 2**63), got {s}")
+        raise fail(name, f" must be in [0, 2**63), got {s}")
     return s
 
 
@@ -125,12 +107,12 @@ def check_class_ids(
     if isinstance(labels, (list, tuple)):
         out = [one(c) for c in labels]
         if not out:
-            raise NextScaleError(f"{name} is empty; give at least one class id")
+            raise fail(name, " is empty; give at least one class id")
     else:
         out = one(labels)
     for c in out if isinstance(out, list) else [out]:
         if not -1 <= c < num_classes + int(allow_null_index):
-            raise NextScaleError(
+            raise FieldError(
                 f"class {c} is out of range: this model has classes 0..{num_classes - 1} (-1 = unconditional)"
             )
     return out
@@ -139,9 +121,9 @@ def check_class_ids(
 def check_count(n, name: str, lo: int = 1, hi: Optional[int] = None) -> int:
     v = as_int(n, name)
     if v < lo:
-        raise NextScaleError(f"{name} must be >= {lo}, got {v}")
+        raise fail(name, f" must be >= {lo}, got {v}")
     if hi is not None and v > hi:
-        raise NextScaleError(f"{name} must be <= {hi:,}, got {v:,}; split the work into several calls")
+        raise fail(name, f" must be <= {hi:,}, got {v:,}; split the work into several calls")
     return v
 
 
@@ -150,27 +132,27 @@ def check_device(device, name: str = "device") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError):
-        raise NextScaleError(f"{name} {device!r} is not a device; use cpu, cuda or cuda:N") from None
+        raise fail(name, f" {device!r} is not a device; use cpu, cuda or cuda:N") from None
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
-            raise NextScaleError(f"{name} {device!r}: no CUDA device is available here; use cpu")
+            raise fail(name, f" {device!r}: no CUDA device is available here; use cpu")
         if dev.index is not None and dev.index >= n:
-            raise NextScaleError(f"{name} {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+            raise fail(name, f" {device!r}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
         return dev
     if dev.type == "mps":
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise NextScaleError(f"{name} {device!r}: MPS is not available here; use cpu")
+            raise fail(name, f" {device!r}: MPS is not available here; use cpu")
         return dev
-    raise NextScaleError(f"{name} {device!r}: nextscale runs on cpu, cuda or mps")
+    raise fail(name, f" {device!r}: nextscale runs on cpu, cuda or mps")
 
 
-def image_format(path, name: str = "--out") -> str:
+def image_format(path, name: str = "out") -> str:
     """The PIL format for an output image path, from its extension."""
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext not in IMAGE_FORMATS:
         got = f"{ext!r} is not an image type nextscale writes" if ext else "has no file extension"
-        raise NextScaleError(f"{name} {os.fspath(path)!r}: {got}; use one of {', '.join(sorted(IMAGE_FORMATS))}")
+        raise fail(name, f" {os.fspath(path)!r}: {got}; use one of {', '.join(sorted(IMAGE_FORMATS))}")
     return IMAGE_FORMATS[ext]

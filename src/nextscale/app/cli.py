@@ -13,33 +13,50 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from nextscale.app import cli_args as A
-from nextscale.app.cli_args import config_from_args, device_dtype, error_line, sampling_changes
+from nextscale.app import commands as C
+from nextscale.app.cli_args import add_config_args, config_from_args, device_dtype, error_line
 from nextscale.errors import NextScaleError
 
-_REGISTRY: Dict[str, Tuple[Callable, str, Optional[str], Callable]] = {}
+#: name -> (config class, or {sub-command: config class}, help, description, run(config) -> exit code)
+_REGISTRY: Dict[str, Tuple[Any, str, Optional[str], Callable]] = {}
 
 
-def command(
-    name: str, arguments: Callable[[argparse.ArgumentParser], None], help: str, description: Optional[str] = None
-):
-    """Register the decorated ``run(args) -> exit code`` as ``nextscale NAME``; ``arguments(parser)`` adds its flags."""
+def command(name: str, config: Any, help: str, description: Optional[str] = None):
+    """Register the decorated ``run(config) -> exit code`` as ``nextscale NAME``; its flags are generated
+    from ``config`` (a config dataclass, a "module:Class" path loaded when the parser is built, or a dict
+    of sub-command name -> (config, help, description))."""
 
     def deco(run):
-        _REGISTRY[name] = (arguments, help, description, run)
+        _REGISTRY[name] = (config, help, description, run)
         return run
 
     return deco
 
 
+def _config_class(config):
+    if isinstance(config, str):
+        mod, cls = config.split(":")
+        return getattr(importlib.import_module(mod), cls)
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = A.Parser(prog="nextscale", description="VAR next-scale prediction: sample, edit, train, evaluate.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=A.Parser)
-    for name, (arguments, help, description, run) in _REGISTRY.items():
+    for name, (config, help, description, run) in _REGISTRY.items():
         sp = sub.add_parser(name, help=help, description=description)
-        arguments(sp)
+        if isinstance(config, dict):  # sub-commands (study scaling / ar-vs-var)
+            subs = sp.add_subparsers(dest="sub_command", metavar="STUDY", parser_class=A.Parser)
+            for sname, (scls, shelp, sdesc) in config.items():
+                ssp = subs.add_parser(sname, help=shelp, description=sdesc)
+                add_config_args(ssp, _config_class(scls))
+                ssp.set_defaults(_config=scls)
+        else:
+            add_config_args(sp, _config_class(config))
+            sp.set_defaults(_config=config)
         sp.set_defaults(func=run)
     return p
 
@@ -51,7 +68,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        if getattr(args, "_config", None) is None:
+            raise NextScaleError(
+                f"name what to run: nextscale {args.command} NAME ... (see nextscale {args.command} -h)"
+            )
+        return int(args.func(config_from_args(_config_class(args._config), args)) or 0)
     except (NextScaleError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         # user errors only: any other exception is a bug and keeps its traceback
         if os.environ.get("NEXTSCALE_DEBUG"):
@@ -74,114 +95,118 @@ def _lazy(path: str) -> Callable:
 
 
 # == Commands, one section each (heavy modules imported inside) == core: sample / info / convert ==
+def _refiner(c, dev):
+    """The sampling changes with a refiner given as a model path loaded (on ``dev``)."""
+    changes = dict(c.sampling)
+    if changes.get("refiner") is not None:
+        from nextscale.pipelines import load_pipeline
+
+        changes["refiner"] = load_pipeline(changes["refiner"], device=dev)
+    return changes
+
+
 @command(
     "sample",
-    A.sample,
+    C.SampleCommand,
     "generate class-conditional images (grid + one PNG per image)",
     "Generate images. Example: nextscale sample --class 207 360 --cfg 1.5 --top-k 900 --top-p 0.96 --seed 0 --out "
     "grid.png",
 )
-def _run_sample(args) -> int:
+def _run_sample(c: C.SampleCommand) -> int:
     import torch
     from tqdm.auto import tqdm
 
     from nextscale.imageio import check_writable, make_grid, save_image_set
     from nextscale.pipeline_ar import load_any_pipeline as load_pipeline  # VAR, or an AR baseline directory
-    from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_seed
+    from nextscale.validate import MAX_IMAGES, check_class_ids, check_count
 
-    sampling = sampling_changes(args)
-    check_seed(args.seed, "--seed")
-    if args.num is not None:
-        check_count(args.num, "--num", hi=MAX_IMAGES)
-        check_count(args.num * max(len(args.classes or []), 1), "--num x the number of --class ids", hi=MAX_IMAGES)
-    check_count(args.batch_size, "--batch-size")
-    if args.nrow is not None:
-        check_count(args.nrow, "--nrow")
-    out = check_writable(args.out, image=True)
-    dev, dt = device_dtype(args)
-    pipe, fast = load_pipeline(args.model, device=dev, dtype=dt, variant=args.variant), A.refiner_kwargs(args, dev)
+    if c.num is not None:
+        check_count(c.num * max(len(c.class_labels or []), 1), "num", hi=MAX_IMAGES)
+    if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:
+        raise NextScaleError("--refine-from-scale needs --refiner MODEL")
+    out = check_writable(c.out, image=True, name="out")
+    dev, dt = device_dtype(c.device, c.dtype)
+    pipe = load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant)
+    settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
     nc = pipe.num_classes
-    if args.classes:
-        bad = [c for c in args.classes if isinstance(c, int) and not -1 <= c < nc]
+    if c.class_labels:
+        bad = [k for k in c.class_labels if isinstance(k, int) and not -1 <= k < nc]
         if bad:
             raise NextScaleError(f"unknown class id {bad[0]}: this model has classes 0..{nc - 1} (-1 = unconditional)")
         labels = [
-            c
-            for c in check_class_ids(args.classes, nc, "--class", class_names=pipe.labels)
-            for _ in range(args.num or 1)
+            k
+            for k in check_class_ids(c.class_labels, nc, "class_labels", class_names=pipe.labels)
+            for _ in range(c.num or 1)
         ]
     elif nc <= 16:
-        labels = [c for c in range(nc) for _ in range(args.num or 1)]
+        labels = [k for k in range(nc) for _ in range(c.num or 1)]
     else:
-        labels = torch.randint(0, nc, (args.num or 8,), generator=torch.Generator().manual_seed(args.seed)).tolist()
-    gen, settings = torch.Generator(device=pipe.device).manual_seed(args.seed), pipe.settings.replace(**sampling)
-    images, used, strips, one = [], [], [], len(labels) <= args.batch_size
+        labels = torch.randint(0, nc, (c.num or 8,), generator=torch.Generator().manual_seed(c.seed)).tolist()
+    gen = torch.Generator(device=pipe.device).manual_seed(c.seed)
+    images, used, strips, one = [], [], [], len(labels) <= c.batch_size
     for s in tqdm(
-        range(0, len(labels), args.batch_size), desc="sampling", unit="batch", disable=one and not sys.stderr.isatty()
+        range(0, len(labels), c.batch_size), desc="sampling", unit="batch", disable=one and not sys.stderr.isatty()
     ):
         o = pipe(
-            class_labels=labels[s : s + args.batch_size],
+            class_labels=labels[s : s + c.batch_size],
             settings=settings,
             generator=gen,
             output_type="pil",
-            return_indices=args.strip,
+            return_indices=c.strip,
             show_progress=one,
-            **fast,
         )
         images, used = images + o.images, used + o.labels
-        if args.strip:
+        if c.strip:
             per_scale = pipe.decode_scales(o.indices)  # K x (b, 3, H, W)
             strips += [im[i] for i in range(len(o.images)) for im in per_scale]
-    extras = [(f"_strip{out.suffix}", make_grid(strips, nrow=len(pipe.patch_nums), min_cell=64))] if args.strip else []
-    names = [pipe.class_name(c) for c in used]
+    extras = [(f"_strip{out.suffix}", make_grid(strips, nrow=len(pipe.patch_nums), min_cell=64))] if c.strip else []
+    names = [pipe.class_name(k) for k in used]
     written = save_image_set(
         out,
         images,
-        singles=None if args.no_singles else A.single_names(used, names),
+        singles=A.single_names(used, names) if c.singles else None,
         extras=extras,
-        nrow=args.nrow or (10 if len(images) >= 10 else None),
+        nrow=c.nrow or (10 if len(images) >= 10 else None),
         captions=names,
         min_cell=64,
     )
-    print(
-        f"wrote {written[0]} ({len(images)} "
-        f"images{', ' + str(len(written) - 1) + ' more files' if len(written) > 1 else ''})"
-    )
+    more = f", {len(written) - 1} more files" if len(written) > 1 else ""
+    print(f"wrote {written[0]} ({len(images)} images{more})")
     return 0
 
 
 @command(
     "classes",
-    A.classes,
+    C.ClassesCommand,
     "list a model's classes (id and name), e.g. to find the id of a golden retriever",
     "Print every class of a model, or those matching --grep. Example: nextscale classes FoundationVision/var "
     "--variant d16 --grep retriever",
 )
-def _run_classes(args) -> int:
+def _run_classes(c: C.ClassesCommand) -> int:
     from nextscale.classes import grep_classes
     from nextscale.pipelines import load_pipeline
 
-    pipe = load_pipeline(args.model, variant=args.variant)
-    hits = grep_classes(pipe.labels or [str(c) for c in range(pipe.num_classes)], args.grep)
+    pipe = load_pipeline(c.model, variant=c.variant)
+    hits = grep_classes(pipe.labels or [str(k) for k in range(pipe.num_classes)], c.grep)
     if not hits:
-        raise NextScaleError(f"no class of this model matches {args.grep!r}")
-    print("\n".join(f"{c:4d}  {n}" for c, n in hits))
+        raise NextScaleError(f"no class of this model matches {c.grep!r}")
+    print("\n".join(f"{k:4d}  {n}" for k, n in hits))
     return 0
 
 
 @command(
     "info",
-    A.info,
+    C.InfoCommand,
     "describe a model: presets, sizes, classes, schedule",
     "Print a model's architecture (depth, width, heads, AdaLN kind), parameter counts, resolution, scale schedule "
     "and classes. Example: nextscale info var_d16.pth; nextscale info var-d16/ --json",
 )
-def _run_info(args) -> int:
+def _run_info(c: C.InfoCommand) -> int:
     import json
 
     from nextscale.pipelines import load_pipeline
 
-    pipe = load_pipeline(args.model, variant=args.variant)
+    pipe = load_pipeline(c.model, variant=c.variant)
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {
@@ -195,47 +220,41 @@ def _run_info(args) -> int:
         "vqvae_parameters": n_vae,
         "has_class_names": pipe.labels is not None,
     }
-    if args.json:
+    if c.json:
         print(json.dumps(info, indent=2))
-    else:
-        c = pipe.var.config
-        print(
-            f"VAR d{c.depth}: width {c.width}, {c.heads} heads, {'shared' if c.shared_aln else 'per-block'} AdaLN, "
-            f"{n_var / 1e6:.1f}M parameters"
-        )
-        print(
-            f"tokenizer: V={pipe.vqvae.vocab_size}, Cvae={pipe.vqvae.Cvae}, ch={pipe.vqvae.config.ch}, "
-            f"{n_vae / 1e6:.1f}M parameters"
-        )
-        print(f"images: {pipe.resolution}x{pipe.resolution}; scales {tuple(pipe.patch_nums)} ({pipe.var.L} tokens)")
-        names = f" e.g. {', '.join(pipe.labels[:5])}" if pipe.labels else ""
-        print(f"classes: {pipe.num_classes}{names}")
+        return 0
+    v = pipe.var.config
+    aln = "shared" if v.shared_aln else "per-block"
+    print(f"VAR d{v.depth}: width {v.width}, {v.heads} heads, {aln} AdaLN, {n_var / 1e6:.1f}M parameters")
+    q = pipe.vqvae
+    print(f"tokenizer: V={q.vocab_size}, Cvae={q.Cvae}, ch={q.config.ch}, {n_vae / 1e6:.1f}M parameters")
+    print(f"images: {pipe.resolution}x{pipe.resolution}; scales {tuple(pipe.patch_nums)} ({pipe.var.L} tokens)")
+    names = f" e.g. {', '.join(pipe.labels[:5])}" if pipe.labels else ""
+    print(f"classes: {pipe.num_classes}{names}")
     return 0
 
 
 @command(
     "convert",
-    A.convert,
+    C.ConvertCommand,
     "turn released .pth checkpoints into a pipeline directory (safetensors)",
     "Example: nextscale convert --vae vae_ch160v4096z32.pth --var var_d16.pth --out var-d16/",
 )
-def _run_convert(args) -> int:
+def _run_convert(c: C.ConvertCommand) -> int:
     from pathlib import Path
 
     from nextscale.hub import load_components, save_components
 
     labels = None
-    if args.labels:
-        lp = Path(args.labels)
+    if c.labels:
+        lp = Path(c.labels)
         if not lp.is_file():
             raise NextScaleError(f"{lp}: no such file")
         labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
-    vae, var, _ = load_components(
-        args.var, vae_path=args.vae, patch_nums=tuple(args.patch_nums) if args.patch_nums else None
-    )
+    vae, var, _ = load_components(c.var, vae_path=c.vae, patch_nums=c.patch_nums)
     if labels is not None and len(labels) != var.num_classes:
-        raise NextScaleError(f"{args.labels}: {len(labels)} names for {var.num_classes} classes")
-    out = save_components(args.out, vae, var, labels=labels)
+        raise NextScaleError(f"{c.labels}: {len(labels)} names for {var.num_classes} classes")
+    out = save_components(c.out, vae, var, labels=labels)
     print(f"wrote {out}: VAR d{var.depth} ({var.L} tokens, {var.num_classes} classes) + tokenizer V={vae.vocab_size}")
     return 0
 
@@ -243,104 +262,71 @@ def _run_convert(args) -> int:
 # == evaluation: sample-fid / fid ==
 @command(
     "sample-fid",
-    A.sample_fid,
+    "nextscale.evaluation.sample:SampleFidConfig",
     "sample per-class PNGs for FID (deterministic, resumable, torchrun-sharded) and pack an ADM .npz",
     "Sample PER_CLASS images of every class into OUT/000000.png ... and pack OUT.npz (ADM layout). Example: torchrun "
     "--nproc_per_node=8 -m nextscale sample-fid --model var_d16.pth --per-class 50 --protocol var-readme --out "
     "samples/d16",
 )
-def _run_sample_fid(args) -> int:
-    import torch
+def _run_sample_fid(c) -> int:
+    import dataclasses
 
     from nextscale import dist
     from nextscale.evaluation.sample import sample_for_fid
-    from nextscale.pipelines import load_pipeline
-    from nextscale.validate import MAX_FID_IMAGES, check_count, check_device, check_seed
 
-    sampling = sampling_changes(args)
-    if args.device:
-        check_device(args.device, "--device")
-    check_count(args.per_class, "--per-class", hi=MAX_FID_IMAGES)
-    check_count(args.batch, "--batch")
-    check_seed(args.seed, "--seed")
-    if args.num_classes is not None:
-        check_count(args.num_classes, "--num-classes")
-    dev = dist.init_distributed(args.device)
-    dt = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}.get(args.dtype or "fp32")
-    if dt is not None and dev.type == "cpu":
-        raise NextScaleError(f"--dtype {args.dtype} needs a GPU; use --dtype fp32 on CPU")
+    if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:
+        raise NextScaleError("--refine-from-scale needs --refiner MODEL")
+    dev = dist.init_distributed(c.device)
+    if c.dtype not in (None, "fp32") and dev.type == "cpu":
+        raise NextScaleError(f"--dtype {c.dtype} needs a GPU; use --dtype fp32 on CPU")
     try:
-        model = load_pipeline(args.model, device=dev, dtype=dt, variant=args.variant) if args.variant else args.model
         res = sample_for_fid(
-            model,
-            args.out,
-            per_class=args.per_class,
-            protocol=args.protocol,
-            cfg=sampling.get("guidance_scale"),
-            top_k=sampling.get("top_k"),
-            top_p=sampling.get("top_p"),
-            seed=args.seed,
-            batch_size=args.batch,
-            candidates=args.candidates,
-            scorer=args.scorer,
-            speedups={**A.speedup_changes(sampling), **A.refiner_kwargs(args, dev)},
-            num_classes=args.num_classes,
-            npz=None if args.no_npz else args.npz,
-            device=dev,
-            dtype=dt,
-            progress=not args.no_progress,
-            max_chunks=args.max_chunks,
+            None,
+            dataclasses.replace(c, device=str(dev), sampling=_refiner(c, dev)),
             log=lambda m: print(m, file=sys.stderr, flush=True),
         )
     finally:
         dist.destroy()
     if res["rank"] == 0:
         state = "complete" if res["complete"] else "incomplete (re-run to resume)"
-        print(
-            f"{res['out']}: {res['total']} images {state}, protocol {res['protocol']}"
-            + (f", npz {res['npz']}" if res["npz"] else "")
-        )
+        npz = f", npz {res['npz']}" if res["npz"] else ""
+        print(f"{res['out']}: {res['total']} images {state}, protocol {res['protocol']}{npz}")
     return 0
 
 
 @command(
     "fid",
-    A.fid,
+    C.FidCommand,
     "FID, sFID, Inception Score, precision/recall of samples against a reference (PyTorch, no TensorFlow)",
     "Example: nextscale fid --samples samples/d16.npz --ref VIRTUAL_imagenet256_labeled.npz "
     "--inception-weights pt_inception-2015-12-05-6726825d.pth",
 )
-def _run_fid(args) -> int:
+def _run_fid(c: C.FidCommand) -> int:
     from nextscale.evaluation.evaluate import evaluate, format_results
     from nextscale.evaluation.tokenizer import save_json
-    from nextscale.validate import check_count, check_device
 
-    for flag, v in (("--batch-size", args.batch_size), ("--splits", args.splits), ("--k", args.k)):
-        check_count(v, flag)
-    if args.device:
-        check_device(args.device, "--device")
     for name in ("samples", "ref"):
-        if not os.path.exists(getattr(args, name)):
-            raise NextScaleError(f"--{name} not found: {getattr(args, name)}; pass a folder of PNGs or an .npz")
+        if not os.path.exists(getattr(c, name)):
+            raise NextScaleError(f"--{name} not found: {getattr(c, name)}; pass a folder of PNGs or an .npz")
     res = evaluate(
-        args.samples,
-        args.ref,
-        inception_weights=args.inception_weights,
-        device=args.device,
-        batch_size=args.batch_size,
-        splits=args.splits,
-        k=args.k,
-        pr=not args.no_pr,
-        sfid=not args.no_sfid,
-        fid_method=args.fid_method,
-        save_sample_stats=args.save_stats,
-        save_ref_stats=args.save_ref_stats,
-        progress=not args.no_progress,
+        c.samples,
+        c.ref,
+        inception_weights=c.inception_weights,
+        device=c.device,
+        batch_size=c.batch_size,
+        splits=c.splits,
+        k=c.k,
+        pr=c.pr,
+        sfid=c.sfid,
+        fid_method=c.fid_method,
+        save_sample_stats=c.save_stats,
+        save_ref_stats=c.save_ref_stats,
+        progress=c.progress,
     )
-    res["samples"], res["ref"] = args.samples, args.ref
-    print(format_results(res, args.splits))
-    if args.json:
-        save_json(res, args.json)
+    res["samples"], res["ref"] = c.samples, c.ref
+    print(format_results(res, c.splits))
+    if c.json:
+        save_json(res, c.json)
     return 0
 
 
@@ -358,56 +344,54 @@ def _fit(train: Callable, tc) -> int:
 
 @command(
     "train",
-    A.train,
+    "nextscale.train.config:VARTrainConfig",
     "train the VAR transformer (resumes from RUN_DIR's latest checkpoint)",
     "Train VAR on an image folder or a token cache. Re-running the same command resumes. DDP: torchrun "
     "--nproc_per_node=N -m nextscale train ... (multi-node: add --nnodes/--node_rank/--master_addr/--master_port). "
     "Reference flag names are given in brackets; see docs/training.md.",
 )
-def _run_train(args) -> int:
-    from nextscale.train.config import VARTrainConfig
-
-    return _fit(_lazy("nextscale.train.var:train_var"), config_from_args(VARTrainConfig, args))
+def _run_train(tc) -> int:
+    return _fit(_lazy("nextscale.train.var:train_var"), tc)
 
 
 @command(
     "tokenize",
-    A.tokenize,
+    C.TokenizeCommand,
     "pre-encode an image folder into a multi-scale token cache",
     "Encode every image (center crop, and its mirror image) with the tokenizer into memory-mapped token ids. "
     "Example: nextscale tokenize --data DIR --tokenizer MODEL --out CACHE; then nextscale train --cache CACHE ...",
 )
-def _run_tokenize(args) -> int:
+def _run_tokenize(c: C.TokenizeCommand) -> int:
     from nextscale.train.var import tokenize
 
-    c = tokenize(
-        args.data,
-        args.tokenizer,
-        args.out,
-        preset=args.preset,
-        flip=not args.no_flip,
-        batch_size=args.batch_size,
-        device=args.device,
-        workers=args.workers,
-        mid_reso=args.mid_reso,
-        overwrite=args.overwrite,
-        seed=args.seed,
+    cache = tokenize(
+        c.data,
+        c.tokenizer,
+        c.out,
+        preset=c.preset,
+        flip=c.flip,
+        batch_size=c.batch_size,
+        device=c.device,
+        workers=c.workers,
+        mid_reso=c.mid_reso,
+        overwrite=c.overwrite,
+        seed=c.seed,
     )
     print(
-        f"token cache {c.root}: "
-        + ", ".join(f"{k} {v}" for k, v in c.meta["splits"].items())
-        + f" images, {len(c.classes)} classes, dtype {c.meta['dtype']}, fingerprint {c.fingerprint}"
+        f"token cache {cache.root}: "
+        + ", ".join(f"{k} {v}" for k, v in cache.meta["splits"].items())
+        + f" images, {len(cache.classes)} classes, dtype {cache.meta['dtype']}, fingerprint {cache.fingerprint}"
     )
     return 0
 
 
-def _export_command(name: str, help: str, description: str, out_help: str, what: str, export: str) -> None:
+def _export_command(name: str, help: str, description: str, what: str, export: str) -> None:
     """Register ``nextscale NAME RUN --out DIR [--weights]`` calling ``export`` ("module:function");
     ``what`` prefixes "step" in the report."""
 
-    @command(name, A.export(out_help), help, description)
-    def run(args) -> int:
-        info = _lazy(export)(args.run, args.out, weights=args.weights)
+    @command(name, C.ExportCommand, help, description)
+    def run(c: C.ExportCommand) -> int:
+        info = _lazy(export)(c.run, c.out, weights=c.weights)
         print(
             f"exported {what}step {info['step']} ({info['weights']} weights) from {info['checkpoint']} to {info['out']}"
         )
@@ -418,7 +402,6 @@ _export_command(
     "export",
     "turn a training run/checkpoint into a pipeline directory",
     "Example: nextscale export runs/var-d16 --out my-model; then nextscale sample --model my-model",
-    "pipeline directory to write",
     "",
     "nextscale.train.var:export_run",
 )
@@ -426,7 +409,6 @@ _export_command(
     "export-tokenizer",
     "turn a train-tokenizer run/checkpoint into a tokenizer directory",
     "Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...",
-    "tokenizer directory to write (model_index.json + vqvae/)",
     "tokenizer ",
     "nextscale.train.tokenizer:export_tokenizer",
 )
@@ -434,136 +416,110 @@ _export_command(
 
 @command(
     "train-tokenizer",
-    A.train_tokenizer,
+    "nextscale.train.config:TokenizerTrainConfig",
     "train / fine-tune the multi-scale VQ-VAE (resumes from the run's latest checkpoint)",
     "VQGAN-family recipe: pixel L2/L1 + VQ (beta 0.25, straight-through) + optional LPIPS + hinge PatchGAN "
     "with VQGAN's adaptive weight after --disc-start. Re-running the same command resumes. DDP: torchrun "
     "--nproc_per_node=N -m nextscale train-tokenizer ... On completion the tokenizer is exported to OUT/tokenizer "
     "(use it with nextscale tokenize/train --tokenizer). See docs/tokenizer.md.",
 )
-def _run_train_tokenizer(args) -> int:
-    from nextscale.train.config import TokenizerTrainConfig
-
-    return _fit(_lazy("nextscale.train.tokenizer:train_tokenizer"), config_from_args(TokenizerTrainConfig, args))
+def _run_train_tokenizer(tc) -> int:
+    return _fit(_lazy("nextscale.train.tokenizer:train_tokenizer"), tc)
 
 
 @command(
     "eval-tokenizer",
-    A.eval_tokenizer,
+    C.EvalTokenizerCommand,
     "PSNR / SSIM / per-scale code usage / rFID of a tokenizer, and a per-scale picture",
     "Example: nextscale eval-tokenizer runs/tok --data DIR --picture scales.png",
 )
-def _run_eval_tokenizer(args) -> int:
+def _run_eval_tokenizer(c: C.EvalTokenizerCommand) -> int:
     import torch
 
     from nextscale.evaluation.tokenizer import evaluate_tokenizer, format_report, save_json
     from nextscale.hub import load_tokenizer
-    from nextscale.validate import check_device, check_mid_reso, image_format
 
-    if args.batch_size <= 0 or (args.max_images is not None and args.max_images <= 0) or args.rows <= 0:
-        raise NextScaleError("--batch-size, --max-images and --rows must be positive integers")
-    if args.device:
-        check_device(args.device, "--device")
-    check_mid_reso(args.mid_reso)
-    if args.picture is not None:  # its folder is created when missing
-        image_format(args.picture, "--picture")
-    vae = load_tokenizer(args.model, v_patch_nums=tuple(args.patch_nums) if args.patch_nums else None)
-    picture = (
-        args.picture if args.picture or not os.path.isdir(args.model) else os.path.join(args.model, "eval_scales.png")
-    )
-    dev = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    vae = load_tokenizer(c.model, v_patch_nums=c.patch_nums)
+    picture = c.picture if c.picture or not os.path.isdir(c.model) else os.path.join(c.model, "eval_scales.png")
     r = evaluate_tokenizer(
         vae,
-        args.data,
-        batch_size=args.batch_size,
-        max_images=args.max_images,
+        c.data,
+        batch_size=c.batch_size,
+        max_images=c.max_images,
         picture=picture,
-        picture_rows=args.rows,
-        inception_weights=args.inception_weights,
-        rfid=not args.no_rfid,
-        device=dev,
-        mid_reso=args.mid_reso,
+        picture_rows=c.rows,
+        inception_weights=c.inception_weights,
+        rfid=c.rfid,
+        device=c.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+        mid_reso=c.mid_reso,
     )
     print(format_report(r))
-    if args.json:
-        save_json(r, args.json)
+    if c.json:
+        save_json(r, c.json)
     return 0
 
 
 # == editing: edit ==
 @command(
     "edit",
-    A.edit,
+    C.EditCommand,
     "zero-shot editing: in-paint (white mask = regenerate), out-paint, class edit, variations",
     "Edit an image with the generation loop, keeping the input's tokens where the mask is black. "
     "Examples: nextscale edit --image in.png --mask mask.png --class 207 --seed 0 --out out.png; "
     "nextscale edit --image in.png --outpaint 64,0,0,0 --out wider.png; "
     "nextscale edit --image in.png --keep-scales 4 --num 4 --out variations.png. See docs/editing.md.",
 )
-def _run_edit(args) -> int:
+def _run_edit(c: C.EditCommand) -> int:
     import warnings
 
     import torch
 
     from nextscale.editing import NextScaleInpaintPipeline, parse_outpaint
     from nextscale.imageio import check_writable, load_image, make_grid, save_image_set
-    from nextscale.validate import MAX_IMAGES, check_count, check_seed
 
-    sampling = sampling_changes(args)
-    check_seed(args.seed, "--seed")
-    check_count(args.num, "--num", hi=MAX_IMAGES)
-    for flag, path in (("--image", args.image), ("--mask", args.mask)):
+    for flag, path in (("--image", c.image), ("--mask", c.mask)):
         if path is not None and not os.path.isfile(path):
             raise NextScaleError(f"{flag} {path!r}: no such file")
-    if args.mask is None and args.outpaint is None and args.keep_scales is None:
+    if c.mask is None and c.outpaint is None and c.keep_scales is None:
         raise NextScaleError("nothing to edit: give --mask (white = regenerate), --outpaint L,T,R,B or --keep-scales K")
-    outpaint = parse_outpaint(args.outpaint)
-    out = check_writable(args.out, image=True)
-    image = load_image(args.image)
-    mask = load_image(args.mask) if args.mask is not None else None
-    if mask is not None and outpaint is None and args.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
+    if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:
+        raise NextScaleError("--refine-from-scale needs --refiner MODEL")
+    outpaint = parse_outpaint(c.outpaint)
+    out = check_writable(c.out, image=True, name="out")
+    image = load_image(c.image)
+    mask = load_image(c.mask) if c.mask is not None else None
+    if mask is not None and outpaint is None and c.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
         raise NextScaleError(
-            f"{args.mask}: the mask is all black, so nothing would be regenerated; "
+            f"{c.mask}: the mask is all black, so nothing would be regenerated; "
             "paint the region to regenerate white (black = keep)"
         )
-    dev, dt = device_dtype(args)
-    pipe = NextScaleInpaintPipeline.from_pretrained(args.model or "default", device=dev, dtype=dt, variant=args.variant)
-    if isinstance(args.class_label, int) and not -1 <= args.class_label < pipe.num_classes:
+    dev, dt = device_dtype(c.device, c.dtype)
+    pipe = NextScaleInpaintPipeline.from_pretrained(c.model or "default", device=dev, dtype=dt, variant=c.variant)
+    if isinstance(c.class_labels, int) and not -1 <= c.class_labels < pipe.num_classes:
         raise NextScaleError(
-            f"unknown class id {args.class_label}: this model has classes 0..{pipe.num_classes - 1} (-1 = "
-            "unconditional)"
+            f"unknown class id {c.class_labels}: this model has classes 0..{pipe.num_classes - 1} (-1 = unconditional)"
         )
-    label = -1 if args.class_label is None else args.class_label
+    label = -1 if c.class_labels is None else c.class_labels
+    edit = dict(outpaint=outpaint, keep_scales=c.keep_scales, mask_threshold=c.mask_threshold)
     with warnings.catch_warnings(record=True) as caught:  # all-black / all-white masks: one-line notes
         warnings.simplefilter("always", UserWarning)
         o = pipe(
             image,
             mask,
-            class_labels=[label] * args.num,
-            outpaint=outpaint,
-            keep_scales=args.keep_scales,
-            mask_threshold=args.mask_threshold,
-            settings=pipe.settings.replace(**sampling),
-            **A.refiner_kwargs(args, dev),
-            generator=torch.Generator(device=pipe.device).manual_seed(args.seed),
+            class_labels=[label] * c.num,
+            settings=pipe.settings_for(None, **_refiner(c, dev)),
+            generator=torch.Generator(device=pipe.device).manual_seed(c.seed),
             output_type="pil",
+            **edit,
         )
     for w in caught:
         print(f"nextscale: note: {w.message}", file=sys.stderr)
     n, extras = len(o.images), []
-    if args.compare:  # input canvas | regenerated pixels (white) | the edits
-        plan = pipe.prepare(
-            image, mask, outpaint=outpaint, keep_scales=args.keep_scales, mask_threshold=args.mask_threshold
-        )
-        cells = [plan.image[0].add(1).mul(0.5).cpu(), (~plan.keep_pixels[0]).float().expand(3, -1, -1).cpu()] + list(
-            o.images
-        )
-        extras = [
-            (
-                "_compare.png",
-                make_grid(cells, nrow=2 + n, captions=["input", "mask"] + [f"edit {i}" for i in range(n)], min_cell=96),
-            )
-        ]
+    if c.compare:  # input canvas | regenerated pixels (white) | the edits
+        plan = pipe.prepare(image, mask, **edit)
+        cells = [plan.image[0].add(1).mul(0.5).cpu(), (~plan.keep_pixels[0]).float().expand(3, -1, -1).cpu()]
+        caps = ["input", "mask"] + [f"edit {i}" for i in range(n)]
+        extras = [("_compare.png", make_grid(cells + list(o.images), nrow=2 + n, captions=caps, min_cell=96))]
     written = save_image_set(
         out, o.images, singles=[f"_{i:03d}" for i in range(n)] if n > 1 else None, extras=extras, min_cell=64
     )
@@ -574,37 +530,36 @@ def _run_edit(args) -> int:
 # == demo ==
 @command(
     "demo",
-    A.demo,
+    "nextscale.app.demo:DemoConfig",
     "local web page: generate and edit images, watching them form scale by scale (needs nextscale[demo])",
-    "Serve the interactive demo (Gradio) on this machine. Example: nextscale demo --port 7860. "
+    "Serve the interactive demo (Gradio) on this machine. Example: nextscale demo --port 8080. "
     "Loopback only unless --host says otherwise. See docs/demo.md.",
 )
-def _run_demo(args) -> int:
-    from nextscale.app.demo import serve  # sets GRADIO_ANALYTICS_ENABLED=False / HF_HUB_DISABLE_TELEMETRY=1 first
+def _run_demo(c) -> int:
+    from nextscale.app.demo import serve_config
 
-    if not 0 <= args.scale_delay <= 10:
-        raise NextScaleError(f"--scale-delay must be in [0, 10] seconds, got {args.scale_delay}")
-    dev, dt = device_dtype(args)
-    serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        device=dev,
-        dtype=dt,
-        max_batch_size=args.max_batch_size,
-        variant=args.variant,
-        concurrency_limit=args.concurrency,
-        max_queue=args.queue_size,
-        scale_delay=args.scale_delay,
-        print_fn=lambda m: print(m, file=sys.stderr, flush=True),
-    )
+    serve_config(c, print_fn=lambda m: print(m, file=sys.stderr, flush=True))
     return 0
 
 
-# == study: the paper's claims (nextscale.app.study; arguments in nextscale.app.cli_study) ==
+# == study: the paper's claims (nextscale.app.study; its sub-commands' configs there) ==
 command(
     "study",
-    _lazy("nextscale.app.cli_study:add_arguments"),
+    {
+        "scaling": (
+            "nextscale.app.study:ScalingStudyConfig",
+            "VAR sizes on the same data and token budget; power-law fits of test loss / error",
+            "Train VAR at several depths (width = 64 x depth, heads = depth), evaluate held-out "
+            "test loss and token error rate, fit L = (beta N)^alpha; writes scaling.json/.md/.png.",
+        ),
+        "ar-vs-var": (
+            "nextscale.app.study:ArVsVarStudyConfig",
+            "VAR vs the raster-order AR baseline at equal size and training",
+            "Train the AR baseline (and VAR unless --var-model) with the same recipe; report class "
+            "accuracy, FID/floor, precision/recall, sampling time at B=1/B=50, training time; "
+            "writes ar_vs_var.json/.md/.png.",
+        ),
+    },
     "reproduce the paper's claims: the scaling law, VAR vs a raster AR baseline",
     "nextscale study scaling --out DIR ... | nextscale study ar-vs-var --out DIR ... (see docs/science.md)",
 )(_lazy("nextscale.app.cli_study:run"))

@@ -2,7 +2,7 @@
 
     from nextscale.app.demo import build_demo, launch_demo
     demo = build_demo(NextScalePipeline.from_pretrained("default"))
-    launch_demo(demo, host="127.0.0.1", port=7860)          # or: nextscale demo --port 7860
+    launch_demo(demo)                                        # or: nextscale demo
 
 Needs the optional extra ``nextscale[demo]`` (Gradio). Everything Gradio-specific is in
 :func:`build_demo` / :func:`launch_demo`; the work is done by :class:`DemoBackend`, which is plain
@@ -22,6 +22,7 @@ Server-side rules (a client can send anything through the API, not only what the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.settings import Settings, check_number, setting
 
 __all__ = [
     "DemoBackend",
@@ -72,45 +74,39 @@ class DemoLimits:
 
 
 # ---------------------------------------------------------------------------------------------
-# Validation: anything may arrive through the API
+# Validation: anything may arrive through the API. The rules are the settings' own
+# (nextscale.settings); a widget only turns its value into the field's type first, and an error
+# names the widget (its label) instead of the field.
 # ---------------------------------------------------------------------------------------------
-def _num(name: str, v: Any) -> float:
-    if isinstance(v, bool) or v is None:
-        raise NextScaleError(f"{name} must be a number, got {v!r}")
-    if isinstance(v, str):
+def _coerce(kind, v: Any):
+    """A widget / API value as ``kind`` where that is unambiguous (whole floats and numeric strings
+    for ints, numeric strings for floats, 0/1 for booleans); anything else is left for the rules."""
+    if isinstance(v, str) and kind in (int, float):
         try:
             v = float(v.strip())
         except ValueError:
-            raise NextScaleError(f"{name} must be a number, got {v!r}") from None
-    if not isinstance(v, (int, float, np.integer, np.floating)):
-        raise NextScaleError(f"{name} must be a number, got {type(v).__name__}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise NextScaleError(f"{name} must be a finite number, got {v!r}")
-    return f
+            return v
+    if kind is int and isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v) == int(v):
+        return int(v)
+    if kind is bool and not isinstance(v, (bool, float)) and v in (0, 1):
+        return bool(v)
+    if kind is float and isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return float(v)
+    return v
 
 
-def check_float(name: str, v: Any, lo: float, hi: float) -> float:
-    f = _num(name, v)
-    if not lo <= f <= hi:
-        raise NextScaleError(f"{name} must be in [{lo:g}, {hi:g}], got {f:g}")
-    return f
-
-
-def check_int(name: str, v: Any, lo: int, hi: int) -> int:
-    f = _num(name, v)
-    if f != int(f):
-        raise NextScaleError(f"{name} must be a whole number, got {v!r}")
-    i = int(f)
-    if not lo <= i <= hi:
-        raise NextScaleError(f"{name} must be in {lo}..{hi}, got {i}")
-    return i
+def _int(label: str, v: Any, lo: int, hi: int) -> int:
+    """A whole number in lo..hi, named ``label`` in the error."""
+    v = _coerce(int, v)
+    check_number(v, label, lo, hi)
+    if isinstance(v, float):
+        raise NextScaleError(f"{label} must be a whole number, got {v!r}")
+    return int(v)
 
 
 def check_bool(name: str, v: Any) -> bool:
+    v = _coerce(bool, v)
     if isinstance(v, (bool, np.bool_)):
-        return bool(v)
-    if v in (0, 1) and not isinstance(v, float):
         return bool(v)
     raise NextScaleError(f"{name} must be true or false, got {v!r}")
 
@@ -119,6 +115,26 @@ def check_choice(name: str, v: Any, choices: Sequence[str]) -> str:
     if not isinstance(v, str) or v not in choices:
         raise NextScaleError(f"{name} must be one of {', '.join(choices)}; got {v!r}")
     return v
+
+
+def label_of(f) -> str:
+    """A setting's widget label: its ``label`` metadata, else its name in words."""
+    return f.metadata.get("label") or f.name.replace("_", " ")
+
+
+def sampling_fields() -> List[Tuple[type, Any]]:
+    """The settings that are widgets, in order: every ``SamplingSettings`` field (speed-ups included)
+    that is a number, a switch or a choice (not the optional ones: kv_budget, refiner, ...)."""
+    from nextscale.sampling import SamplingSettings
+    from nextscale.settings import field_type
+
+    out = []
+    for owner, f in SamplingSettings.flat_fields():
+        kind, optional = field_type(owner, f.name)
+        if optional or kind not in (bool, int, float, str) or (kind is str and not f.metadata.get("choices")):
+            continue
+        out.append((owner, f))
+    return out
 
 
 def is_loopback(host: str) -> bool:
@@ -148,6 +164,16 @@ class DemoBackend:
         self.num_scales = len(pipe.patch_nums)
         self.vocab_size = int(getattr(pipe.vqvae, "vocab_size", 0) or 4096)
         self.max_top_k = self.vocab_size  # k = vocabulary size: no filtering
+        #: the sampling widgets: (owning settings class, field), in API order after the request's own values
+        self.fields = sampling_fields()
+        self.labels = {f.name: label_of(f) for _, f in self.fields}
+        #: what the server accepts beyond the settings' own rules (a slider's end may be lower)
+        self.bounds = {
+            "guidance_scale": self.limits.max_guidance,
+            "top_k": self.max_top_k,
+            "guidance_cutoff": self.num_scales,
+            "prune_last": self.num_scales,
+        }
         self._examples: Dict[str, Callable[[], Image.Image]] = {
             "shapes": self._shapes_example,
             "stripes": self._stripes_example,
@@ -171,7 +197,7 @@ class DemoBackend:
             return RANDOM
         nc = self.pipe.num_classes
         try:
-            c = check_int("class", v, -1, nc - 1)
+            c = _int("class", v, -1, nc - 1)
         except NextScaleError:
             raise NextScaleError(
                 f"class must be {'random, ' if allow_random else ''}-1 (unconditional) or a class id "
@@ -188,27 +214,58 @@ class DemoBackend:
         return [int(cls)] * batch_size
 
     # ---- shared sampling arguments ----
-    def check_sampling(self, guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size) -> Dict[str, Any]:
+    def upper(self, f) -> Optional[float]:
+        """The largest value the server accepts for setting ``f`` (None: the setting's own rules)."""
+        return self.bounds.get(f.name, f.metadata.get("soft_max"))
+
+    def sampling_args(self, **values) -> List[Any]:
+        """The sampling widgets' values in API order: ``values`` by setting name, the rest as the model
+        recommends (for API clients and tests: ``/generate`` takes class, seed, random seed, batch size,
+        then these)."""
+        rec = self.pipe.settings.flat()
+        unknown = set(values) - {f.name for _, f in self.fields}
+        if unknown:
+            raise NextScaleError(f"not a demo setting: {sorted(unknown)}")
+        return [values.get(f.name, getattr(rec, f.name)) for _, f in self.fields]
+
+    def check_sampling(self, values: Sequence[Any]):
+        """The widgets' values (API order; missing trailing ones: the model's recommendation) -> one
+        ``SamplingSettings``, checked by its own rules and this server's bounds; errors name the widget."""
+        from nextscale.settings import field_type
+
+        if len(values) > len(self.fields):
+            raise NextScaleError(f"got {len(values)} sampling values; this demo takes {len(self.fields)}")
+        changes = {}
+        try:
+            for (owner, f), v in zip(self.fields, values):
+                kind = field_type(owner, f.name)[0]
+                v = tuple(_coerce(kind, x) for x in v) if isinstance(v, (list, tuple)) else _coerce(kind, v)
+                if v is None:
+                    raise FieldError(FieldName(f.name), " must be given")
+                changes[f.name] = v
+            settings = self.pipe.settings.replace(**changes)
+            flat = settings.flat()
+            for _, f in self.fields:
+                hi = self.upper(f)
+                v = getattr(flat, f.name)
+                for x in v if isinstance(v, tuple) else (v,):
+                    if hi is not None and not isinstance(x, (bool, str)) and x > hi:
+                        raise FieldError(FieldName(f.name), f" must be <= {hi:g}, got {x:g}")
+        except FieldError as e:
+            raise NextScaleError(e.render(lambda n: self.labels.get(n, n))) from None
+        return settings
+
+    def check_request(self, seed, random_seed, batch_size) -> Tuple[int, int]:
+        """(seed, batch size) of a request; a random seed when asked."""
         lim = self.limits
-        out = dict(
-            guidance_scale=check_float("guidance", guidance, 0.0, lim.max_guidance),
-            top_k=check_int("top-k", top_k, 0, self.max_top_k),
-            top_p=check_float("top-p", top_p, 0.0, 1.0),
-            more_smooth=check_bool("Gumbel smoothing", more_smooth),
-            batch_size=check_int("batch size", batch_size, 1, lim.max_batch_size),
-        )
+        batch = _int("batch size", batch_size, 1, lim.max_batch_size)
         if check_bool("random seed", random_seed):
-            out["seed"] = secrets.randbelow(lim.max_seed + 1)
+            seed = secrets.randbelow(lim.max_seed + 1)
         else:
-            out["seed"] = check_int("seed", seed, 0, lim.max_seed)
-        from nextscale.sampling import SamplingSettings
+            seed = _int("seed", seed, 0, lim.max_seed)
         from nextscale.validate import check_seed
 
-        out["seed"] = check_seed(out["seed"])  # the API's rule too (a DemoLimits.max_seed above 2**63 is still refused)
-        SamplingSettings(
-            guidance_scale=out["guidance_scale"], top_k=out["top_k"], top_p=out["top_p"], more_smooth=out["more_smooth"]
-        )  # the API's rules (raises naming the field)
-        return out
+        return check_seed(seed), batch  # the API's rule too (a DemoLimits.max_seed above 2**63 is still refused)
 
     # ---- running the model: a worker thread holds the lock, the caller streams its scales ----
     def _stream(self, run: Callable[[Callable], Any]) -> Iterator[Tuple[str, Any]]:
@@ -296,45 +353,26 @@ class DemoBackend:
         yield self._tile(out.images), strip, f"done: {what} · {self.num_scales} scales · {dt:.1f} s"
 
     # ---- Generate ----
-    def generate(
-        self,
-        class_choice,
-        guidance,
-        top_k,
-        top_p,
-        more_smooth,
-        seed,
-        random_seed,
-        batch_size,
-        guidance_cutoff=0,
-        prune_ratio=0.0,
-    ):
+    def generate(self, class_choice, seed, random_seed, batch_size, *sampling):
         """Validate, then yield ``(image, strip, status)`` per scale and once more at the end.
-        ``guidance_cutoff`` / ``prune_ratio``: the opt-in sampling speed-ups (0 = the exact path)."""
+        ``sampling``: the sampling widgets' values (``self.fields`` order, speed-ups included)."""
         cls = self.parse_class(class_choice)
-        a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
-        fast = dict(
-            guidance_cutoff=check_int("guidance cut-off", guidance_cutoff, 0, self.num_scales),
-            prune_ratio=check_float("token pruning", prune_ratio, 0.0, 0.95),
-        )
-        labels = self._labels(cls, a["batch_size"], a["seed"])
+        seed, batch = self.check_request(seed, random_seed, batch_size)
+        settings = self.check_sampling(sampling)
+        labels = self._labels(cls, batch, seed)
         pipe = self.pipe
 
         def run(cb):
             return pipe(
                 class_labels=labels,
-                guidance_scale=a["guidance_scale"],
-                top_k=a["top_k"],
-                top_p=a["top_p"],
-                more_smooth=a["more_smooth"],
-                generator=torch.Generator(device=pipe.device).manual_seed(a["seed"]),
+                settings=settings,
+                generator=torch.Generator(device=pipe.device).manual_seed(seed),
                 output_type="pil",
                 callback_on_scale=cb,
-                **fast,
             )
 
         names = ", ".join(dict.fromkeys(self.pipe.class_name(c) if c >= 0 else "unconditional" for c in labels))
-        yield from self._run_streaming(run, f"seed {a['seed']} · class {names}")
+        yield from self._run_streaming(run, f"seed {seed} · class {names}")
 
     # ---- Edit ----
     def _editor_value(self, value) -> Tuple[Image.Image, Optional[Image.Image]]:
@@ -367,24 +405,13 @@ class DemoBackend:
         return bg.convert("RGB"), mask
 
     def edit(
-        self,
-        editor_value,
-        mode,
-        class_choice,
-        outpaint_side,
-        outpaint_px,
-        keep_scales,
-        guidance,
-        top_k,
-        top_p,
-        more_smooth,
-        seed,
-        random_seed,
-        batch_size,
-    ):
+        self, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales, seed, random_seed, batch_size,
+        *sampling,
+    ):  # fmt: skip
         """Validate, then stream an edit like :meth:`generate` (strip columns: input, regenerated, scales)."""
         mode = check_choice("mode", mode, EDIT_MODES)
-        a = self.check_sampling(guidance, top_k, top_p, more_smooth, seed, random_seed, batch_size)
+        seed, batch = self.check_request(seed, random_seed, batch_size)
+        settings = self.check_sampling(sampling)
         image, mask = self._editor_value(editor_value)
         R, K = self.pipe.resolution, self.num_scales
         kw: Dict[str, Any] = {}
@@ -400,7 +427,7 @@ class DemoBackend:
             kw["mask_image"] = mask
         elif mode == "out-paint":
             side = check_choice("out-paint side", outpaint_side, OUTPAINT_SIDES)
-            m = check_int("out-paint width", outpaint_px, 1, R - 1)
+            m = _int("out-paint width", outpaint_px, 1, R - 1)
             kw["outpaint"] = {
                 "left": (m, 0, -m, 0),
                 "right": (-m, 0, m, 0),
@@ -410,8 +437,8 @@ class DemoBackend:
             if mask is not None:
                 kw["mask_image"] = mask
         else:  # variations: keep the first k scales, regenerate the rest (the painted region is ignored)
-            kw["keep_scales"] = check_int("keep scales", keep_scales, 0, K)
-        labels = self._labels(cls, a["batch_size"], a["seed"])
+            kw["keep_scales"] = _int("keep scales", keep_scales, 0, K)
+        labels = self._labels(cls, batch, seed)
         editor = self.editor
         if not self.lock.acquire(timeout=self.limits.timeout_s):  # prepare() tokenises with the shared tokenizer
             raise NextScaleError("the server is busy; try again later")
@@ -423,7 +450,7 @@ class DemoBackend:
             self.lock.release()
         canvas = _to_pil(plan.image[0].add(1).mul(0.5))
         regen = _to_pil((~plan.keep_pixels[0]).float().expand(3, -1, -1))
-        B = a["batch_size"]
+        B = batch
 
         def run(cb):
             import warnings
@@ -433,11 +460,8 @@ class DemoBackend:
                 return editor(
                     image,
                     class_labels=labels,
-                    guidance_scale=a["guidance_scale"],
-                    top_k=a["top_k"],
-                    top_p=a["top_p"],
-                    more_smooth=a["more_smooth"],
-                    generator=torch.Generator(device=editor.device).manual_seed(a["seed"]),
+                    settings=settings,
+                    generator=torch.Generator(device=editor.device).manual_seed(seed),
                     output_type="pil",
                     callback_on_scale=cb,
                     **kw,
@@ -447,7 +471,7 @@ class DemoBackend:
         pct = 100.0 * (1.0 - plan.keep[-1][0].float().mean().item())
         yield from self._run_streaming(
             run,
-            f"{mode} · seed {a['seed']} · class {names} · {pct:.0f}% of the finest tokens regenerated",
+            f"{mode} · seed {seed} · class {names} · {pct:.0f}% of the finest tokens regenerated",
             lead=[("input", [canvas] * B), ("regen", [regen] * B)],
         )
 
@@ -574,61 +598,63 @@ def build_demo(
     at most ``max_queue`` waiting requests and ``concurrency_limit`` running ones (the model itself
     runs one request at a time behind a lock). Start it with :func:`launch_demo`.
 
-    API endpoints (``gradio_client``): ``/generate`` (class, guidance, top_k, top_p, more_smooth,
-    seed, random_seed, batch_size, then optionally guidance_cutoff and prune_ratio) and ``/edit`` (editor value,
-    mode, class, out-paint side,
-    out-paint px, keep scales, then the same sampling values); both stream (image, strip, status).
+    API endpoints (``gradio_client``): ``/generate`` (class, seed, random_seed, batch_size, then one value
+    per sampling setting in ``backend.fields`` order: ``backend.sampling_args(**by_name)`` builds them; trailing
+    ones may be left out = the model's recommendation) and ``/edit`` (editor value, mode, class, out-paint side,
+    out-paint px, keep scales, then the same request and sampling values); both stream (image, strip, status).
     """
+    from nextscale.sampling import SamplingSettings, SpeedUps
+
     gr = _gradio()
+    _SPEED = SpeedUps
     limits = limits or DemoLimits(max_batch_size=max_batch_size)
     backend = DemoBackend(pipe, limits=limits, scale_delay=scale_delay)
     R, K = pipe.resolution, backend.num_scales
+    _MAIN = {f.name for f in dataclasses.fields(SamplingSettings) if f.name != "speedups"}
     pns = "×".join(str(p) for p in pipe.patch_nums)
-    rec = getattr(
-        pipe, "sampling_defaults", {"guidance_scale": 1.5, "top_k": 900, "top_p": 0.96}
-    )  # the model's recommendation
-    top_k_default = min(int(rec["top_k"]), backend.vocab_size)
-    cfg_default = float(rec["guidance_scale"]) if pipe.num_classes > 1 else 0.0
+    rec = pipe.settings.flat()  # the model's recommendation: the widgets' start values
     demo_kwargs: Dict[str, Any] = dict(title=title, analytics_enabled=False, delete_cache=(1800, 3600))
     if not _launch_takes("theme"):  # Gradio < 6 takes the theme and css here
         demo_kwargs.update(theme=_theme(gr), css=_CSS)
 
+    def widget(f, prefix: str):
+        """The widget of setting ``f``, generated from its metadata (range, step, label, help)."""
+        from nextscale.sampling import SamplingSettings
+        from nextscale.settings import field_type
+
+        md, kind = f.metadata, field_type(SamplingSettings if f.name in _MAIN else _SPEED, f.name)[0]
+        v = getattr(rec, f.name)
+        v = v[0] if isinstance(v, tuple) else v
+        if f.name == "guidance_scale" and pipe.num_classes <= 1:
+            v = 0.0  # an unconditional model: guidance has nothing to steer
+        info, eid = md.get("note") or md.get("help", ""), f"{prefix}-{f.name.replace('_', '-')}"
+        if kind is bool:
+            return gr.Checkbox(value=bool(v), label=label_of(f), info=md.get("help"), elem_id=eid)
+        if kind is str:
+            return gr.Radio(list(md["choices"]), value=v, label=label_of(f), elem_id=eid)
+        hi = backend.upper(f)
+        hi = min(hi, md["soft_max"]) if hi is not None and md.get("soft_max") is not None else hi
+        hi = hi if hi is not None else md.get("max", 10)
+        lo = md.get("min", 0)
+        step = md.get("step", 1 if kind is int else 0.01)
+        return gr.Slider(lo, hi, value=min(max(v, lo), hi), step=step, label=label_of(f), info=info, elem_id=eid)
+
     def sampling_controls(prefix: str):
+        """(seed, random seed, batch size) + one widget per sampling setting (``backend.fields`` order)."""
+        main = [f for owner, f in backend.fields if f.name in _MAIN]
+        fast = [f for owner, f in backend.fields if f.name not in _MAIN]
         with gr.Row():
-            guidance = gr.Slider(
-                0,
-                min(10.0, limits.max_guidance),
-                value=min(cfg_default, limits.max_guidance),
-                step=0.1,
-                label="guidance (cfg)",
-                info="0 = off; ramps up over the scales",
-                elem_id=f"{prefix}-cfg",
-            )
-            top_k = gr.Slider(
-                0,
-                backend.vocab_size,
-                value=top_k_default,
-                step=1,
-                label="top-k",
-                info="0 = off",
-                elem_id=f"{prefix}-topk",
-            )
-            top_p = gr.Slider(
-                0, 1, value=float(rec["top_p"]), step=0.01, label="top-p", info="0 = off", elem_id=f"{prefix}-topp"
-            )
+            widgets = {f.name: widget(f, prefix) for f in main}
         with gr.Row():
-            smooth = gr.Checkbox(
-                value=False,
-                label="Gumbel smoothing",
-                info="smoother pictures (not for FID)",
-                elem_id=f"{prefix}-smooth",
-            )
             seed = gr.Number(
                 value=0, precision=0, minimum=0, maximum=limits.max_seed, label="seed", elem_id=f"{prefix}-seed"
             )
             random_seed = gr.Checkbox(value=False, label="random seed", elem_id=f"{prefix}-random")
             batch = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="batch size", elem_id=f"{prefix}-batch")
-        return [guidance, top_k, top_p, smooth, seed, random_seed, batch]
+        with gr.Accordion("speed-ups (approximate, docs/speed.md)", open=False):
+            with gr.Row():
+                widgets.update({f.name: widget(f, prefix) for f in fast})
+        return [seed, random_seed, batch] + [widgets[f.name] for _, f in backend.fields]
 
     with gr.Blocks(**demo_kwargs) as demo:
         gr.Markdown(
@@ -647,26 +673,6 @@ def build_demo(
                             elem_id="gen-class",
                         )
                         gen_controls = sampling_controls("gen")
-                        with gr.Accordion("speed-ups (approximate, docs/speed.md)", open=False):
-                            with gr.Row():
-                                cutoff = gr.Slider(
-                                    0,
-                                    K,
-                                    value=0,
-                                    step=1,
-                                    label="guidance cut-off",
-                                    info="the last N scales without guidance (0 = off)",
-                                    elem_id="gen-cutoff",
-                                )
-                                prune = gr.Slider(
-                                    0,
-                                    0.95,
-                                    value=0.0,
-                                    step=0.05,
-                                    label="token pruning",
-                                    info="share of the last scales' tokens that skip the transformer (0 = off)",
-                                    elem_id="gen-prune",
-                                )
                         gen_btn = gr.Button("Generate", variant="primary", elem_id="gen-button")
                     with gr.Column(scale=1):
                         gen_img = gr.Image(
@@ -767,7 +773,7 @@ def build_demo(
         common = dict(concurrency_id="model")
         gen_btn.click(
             _guard(backend.generate),
-            inputs=[cls] + gen_controls + [cutoff, prune],
+            inputs=[cls] + gen_controls,
             outputs=[gen_img, gen_strip, gen_status],
             api_name="generate",
             **common,
@@ -800,9 +806,11 @@ def _launch_takes(name: str) -> bool:
     return name in inspect.signature(gr.Blocks.launch).parameters
 
 
-def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True, quiet: bool = True, **kw):
+def launch_demo(demo, host: str = "127.0.0.1", port: int = 0, *, block: bool = True, quiet: bool = True, **kw):
     """``demo.launch`` with the offline settings (no share link, no SSR/node, no MCP, system-font
-    theme, bounded uploads). Returns ``(app, local_url, share_url)`` when ``block=False``."""
+    theme, bounded uploads); ``port`` 0 = ``DemoConfig``'s default. Returns ``(app, local_url, share_url)``
+    when ``block=False``."""
+    port = port or _DEFAULT.port
     gr = _gradio()
     opts: Dict[str, Any] = dict(
         server_name=host,
@@ -828,48 +836,89 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 7860, *, block: bool 
     return demo.launch(**opts)
 
 
+@dataclass
+class DemoConfig(Settings):
+    """``nextscale demo``'s settings (the CLI's flags are these fields; each default written here once)."""
+
+    model: Optional[str] = setting(
+        None, "pipeline directory, var_d*.pth, hub id or 'default' (the bundled model; the default)"
+    )
+    variant: Optional[str] = setting(None, "which released transformer (d16 ... d36) of a folder or hub repo")
+    host: str = setting(
+        "127.0.0.1", "address to listen on (anything but loopback is reachable by others: a warning is printed)"
+    )
+    port: int = setting(7860, "port", min=0, max=65535)
+    device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    dtype: Optional[str] = setting(
+        None, "compute dtype (default: bf16 on GPU, fp32 on CPU)", choices=("fp32", "bf16", "fp16")
+    )
+    max_batch_size: int = setting(4, "largest batch a request may ask for", min=1, max=64)
+    concurrency: int = setting(1, "requests worked on at once (the model still runs one at a time)", min=1, max=16)
+    queue_size: int = setting(32, "requests allowed to wait; more are refused with a message", min=1, max=10_000)
+    scale_delay: float = setting(0.0, "pause (s) between streamed scales, to watch a fast model", min=0.0, max=10.0)
+
+
+_DEFAULT = DemoConfig()
+
+
 def serve(
     model: Optional[str] = None,
-    host: str = "127.0.0.1",
-    port: int = 7860,
+    host: str = _DEFAULT.host,
+    port: int = _DEFAULT.port,
     *,
     device=None,
     dtype=None,
-    max_batch_size: int = 4,
-    concurrency_limit: int = 1,
-    max_queue: int = 32,
-    scale_delay: float = 0.0,
+    max_batch_size: int = _DEFAULT.max_batch_size,
+    concurrency_limit: int = _DEFAULT.concurrency,
+    max_queue: int = _DEFAULT.queue_size,
+    scale_delay: float = _DEFAULT.scale_delay,
     print_fn: Callable[[str], None] = print,
     block: bool = True,
     variant: Optional[str] = None,
 ):
     """Load the model once and serve the demo (``nextscale demo``). Loopback by default; any
     other address is an explicit choice and gets a warning (there is no authentication).
-    Returns the running ``gr.Blocks`` when ``block=False`` (``.close()`` stops it)."""
-    from nextscale.pipelines import load_pipeline
-
+    Returns the running ``gr.Blocks`` when ``block=False`` (``.close()`` stops it). ``device`` /
+    ``dtype``: a device string and a torch dtype (or None)."""
     _gradio()
-    if not 0 <= int(port) <= 65535:
-        raise NextScaleError(f"--port must be in 0..65535, got {port}")
-    if not 1 <= max_batch_size <= 64:
-        raise NextScaleError(f"--max-batch-size must be in 1..64, got {max_batch_size}")
-    if not 1 <= concurrency_limit <= 16:
-        raise NextScaleError(f"--concurrency must be in 1..16, got {concurrency_limit}")
-    if not 1 <= max_queue <= 10_000:
-        raise NextScaleError(f"--queue-size must be in 1..10000, got {max_queue}")
-    pipe = load_pipeline(model, device=device, dtype=dtype, variant=variant)
-    demo = build_demo(
-        pipe,
+    c = DemoConfig(
+        model=model,
+        variant=variant,
+        host=host,
+        port=port,
         max_batch_size=max_batch_size,
-        concurrency_limit=concurrency_limit,
-        max_queue=max_queue,
+        concurrency=concurrency_limit,
+        queue_size=max_queue,
         scale_delay=scale_delay,
     )
+    return _serve(c, device, dtype, print_fn, block)
+
+
+def serve_config(c: DemoConfig, print_fn: Callable[[str], None] = print, block: bool = True):
+    """:func:`serve` for a :class:`DemoConfig` (what ``nextscale demo`` runs)."""
+    from nextscale.app.cli_args import device_dtype
+
+    _gradio()
+    dev, dt = device_dtype(c.device, c.dtype)
+    return _serve(c, dev, dt, print_fn, block)
+
+
+def _serve(c: DemoConfig, device, dtype, print_fn, block):
+    from nextscale.pipelines import load_pipeline
+
+    pipe = load_pipeline(c.model, device=device, dtype=dtype, variant=c.variant)
+    demo = build_demo(
+        pipe,
+        max_batch_size=c.max_batch_size,
+        concurrency_limit=c.concurrency,
+        max_queue=c.queue_size,
+        scale_delay=c.scale_delay,
+    )
     for line in startup_messages(
-        host, port, f"model {model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"
+        c.host, c.port, f"model {c.model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"
     ):
         print_fn(line)
-    launch_demo(demo, host=host, port=port, block=block)
+    launch_demo(demo, host=c.host, port=c.port, block=block)
     return demo
 
 

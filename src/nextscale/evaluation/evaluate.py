@@ -156,7 +156,7 @@ def load_reference(
     if not has_images:
         return out
     if extractor is None:
-        raise NextScaleError("reference images need a feature extractor; pass --inception-weights or extractor=")
+        raise NextScaleError("reference images need a feature extractor; pass inception_weights or extractor=")
     src = ref if isinstance(ref, ImageSource) else open_image_source(ref)
     feats = extract_features(extractor, src, batch_size=batch_size, device=device, progress=progress, desc="reference")
     st = features_to_stats(feats)

@@ -320,14 +320,14 @@ def _missing_weights_message(detail: str) -> str:
     return (
         f"{detail}; download {INCEPTION_WEIGHTS_FILE} (the FID Inception weights, pytorch-fid's GitHub release "
         f"'fid_weights': {INCEPTION_WEIGHTS_URL}; torch-fidelity's {INCEPTION_WEIGHTS_ALT_FILE} is the same file) "
-        f"and pass it with --inception-weights PATH or set {INCEPTION_WEIGHTS_ENV}=PATH"
+        f"and pass it as inception_weights PATH or set {INCEPTION_WEIGHTS_ENV}=PATH"
     )
 
 
 def resolve_inception_weights(path: Optional[str] = None) -> str:
     """The weight file to use: ``path``, else ``$NEXTSCALE_INCEPTION_WEIGHTS``. Raises a
     :class:`NextScaleError` that says which file to download when neither gives an existing file."""
-    src = "--inception-weights"
+    src = "inception_weights"
     if not path:
         path = os.environ.get(INCEPTION_WEIGHTS_ENV) or None
         src = INCEPTION_WEIGHTS_ENV

@@ -285,7 +285,7 @@ def load_classifier(path: str) -> SmallCNN:
         path = os.path.join(path, CLASSIFIER_FILE)
     if not os.path.isfile(path):
         raise NextScaleError(
-            f"no classifier at {path!r}; train one with benchmarks/default_model_report.py --save-classifier PATH"
+            f"no classifier at {path!r}; train one with benchmarks/default_model_report.py (its save-classifier option)"
         )
     from nextscale.safeload import load_safetensors
 

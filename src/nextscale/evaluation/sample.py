@@ -22,17 +22,20 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.evaluation.io import read_image, write_samples_npz
+from nextscale.sampling import SamplingSettings, SpeedUps
+from nextscale.settings import Settings, fail, setting
+from nextscale.validate import MAX_FID_IMAGES, SEED_MAX
 
 __all__ = [
-    "SamplingProtocol",
     "PROTOCOLS",
+    "SampleFidConfig",
     "get_protocol",
     "sample_for_fid",
     "chunk_plan",
@@ -42,66 +45,77 @@ __all__ = [
 
 META_NAME = "sample_fid.json"
 
-
-@dataclass(frozen=True)
-class SamplingProtocol:
-    name: str
-    cfg: float
-    top_k: int
-    top_p: float
-    more_smooth: bool
-    description: str
-
-
-#: Published protocols. top_k=0 / top_p=0 disable that filter. more_smooth stays off for FID.
-PROTOCOLS: Dict[str, SamplingProtocol] = {
-    "var-readme": SamplingProtocol(
-        "var-readme",
-        cfg=1.5,
-        top_k=900,
-        top_p=0.96,
-        more_smooth=False,
-        description="VAR README's FID protocol: cfg 1.5, top-p 0.96, top-k 900, more_smooth off",
-    ),
-    "var-paper": SamplingProtocol(
-        "var-paper",
-        cfg=2.0,
-        top_k=600,
-        top_p=0.0,
-        more_smooth=False,
-        description="VAR paper's protocol: cfg 2.0, top-k 600, no top-p, more_smooth off",
-    ),
+#: Published protocols: named sampling settings. top_k=0 / top_p=0 disable that filter; more_smooth stays off.
+PROTOCOLS: Dict[str, SamplingSettings] = {
+    "var-readme": SamplingSettings(guidance_scale=1.5, top_k=900, top_p=0.96),
+    "var-paper": SamplingSettings(guidance_scale=2.0, top_k=600, top_p=0.0),
+}
+DESCRIPTIONS = {
+    "var-readme": "VAR README's FID protocol: cfg 1.5, top-p 0.96, top-k 900, more_smooth off",
+    "var-paper": "VAR paper's protocol: cfg 2.0, top-k 600, no top-p, more_smooth off",
 }
 _ALIASES = {"readme": "var-readme", "paper": "var-paper"}
 
 
-def get_protocol(
-    name: str,
-    cfg: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    more_smooth: Optional[bool] = None,
-) -> SamplingProtocol:
-    """A named protocol, optionally with overrides (then renamed ``<name>+custom`` so a result
-    never claims a protocol it did not follow)."""
+def get_protocol(name: str, **changes: Any) -> Tuple[str, SamplingSettings, str]:
+    """(name, settings, description) of a named protocol with ``changes`` (settings by name) applied in
+    one ``replace``; changed settings rename it ``<name>+custom`` so a result never claims a protocol it
+    did not follow."""
     key = _ALIASES.get(name, name)
     if key not in PROTOCOLS:
-        raise NextScaleError(f"unknown sampling protocol {name!r}; use one of: {', '.join(PROTOCOLS)}")
-    p = PROTOCOLS[key]
-    over = {
-        k: v
-        for k, v in dict(cfg=cfg, top_k=top_k, top_p=top_p, more_smooth=more_smooth).items()
-        if v is not None and v != getattr(p, k)
-    }
+        raise fail("protocol", f": unknown sampling protocol {name!r}; use one of: {', '.join(PROTOCOLS)}")
+    base = PROTOCOLS[key]
+    st = base.replace(**changes)
+    over = {k: getattr(st.flat(), k) for k in st.flat_names() if getattr(st.flat(), k) != getattr(base.flat(), k)}
     if not over:
-        return p
-    d = asdict(p)
-    d.update(over)
-    d["name"] = key + "+custom"
-    d["description"] = p.description + " (overridden: " + ", ".join(f"{k}={v}" for k, v in over.items()) + ")"
-    if d["top_k"] < 0 or not (0.0 <= d["top_p"] <= 1.0):
-        raise NextScaleError(f"top_k must be >= 0 and top_p in [0, 1], got top_k={d['top_k']} top_p={d['top_p']}")
-    return SamplingProtocol(**d)
+        return key, base, DESCRIPTIONS[key]
+    shown = ", ".join(f"{k}={v}" for k, v in over.items())
+    return key + "+custom", st, DESCRIPTIONS[key] + f" (overridden: {shown})"
+
+
+@dataclass
+class SampleFidConfig(Settings):
+    """Everything ``sample_for_fid`` / ``nextscale sample-fid`` needs (the CLI's flags are these fields)."""
+
+    model: Optional[str] = setting(None, "pipeline directory, released var_d*.pth, or hub id", required=True)
+    variant: Optional[str] = setting(
+        None, "which released transformer (d16 ... d36) of a folder or hub repo of released .pth files"
+    )
+    out: Optional[str] = setting(None, "folder for the PNGs (created; re-running resumes)", required=True)
+    # 50 per class is the ImageNet protocol (50,000 images)
+    per_class: int = setting(50, "images per class (50 -> 50,000 for ImageNet)", min=1, max=MAX_FID_IMAGES)
+    protocol: str = setting(
+        "var-readme", "var-readme (cfg 1.5, top-p 0.96, top-k 900) or var-paper (cfg 2.0, top-k 600)"
+    )
+    # changes to the protocol's settings (the run is then named PROTOCOL+custom); speed-ups included
+    sampling: Dict[str, Any] = setting(
+        None,
+        "changes to the protocol's sampling settings",
+        default_factory=dict,
+        settings=SamplingSettings,
+        default_from="the protocol",
+    )
+    candidates: int = setting(1, "rejection sampling: each image is the best of N by the scorer", min=1, max=1024)
+    scorer: Optional[str] = setting(
+        None, "'default' (the MNIST scorer of the default model) or an MNIST scorer .safetensors"
+    )
+    seed: int = setting(0, "base seed; chunk j uses seed + j", min=0, max=SEED_MAX, max_open=True, must="in [0, 2**63)")
+    # part of the seeding: keep it fixed to reproduce
+    batch: int = setting(25, "images per chunk/forward pass; part of the seeding, keep it fixed to reproduce", min=1)
+    num_classes: Optional[int] = setting(None, "sample only classes 0..N-1 (default: all)", min=1)
+    npz: Optional[str] = setting("", "where to pack the samples (default: OUT.npz next to the folder)")
+    no_npz: bool = setting(False, "do not pack an .npz")
+    device: Optional[str] = setting(None, "cpu, cuda (default: this rank's GPU if available, else cpu)")
+    dtype: Optional[str] = setting(None, "compute dtype (default fp32)", choices=("fp32", "bf16", "fp16"))
+    progress: bool = setting(True, "progress bar")
+    max_chunks: Optional[int] = setting(None, "stop after this many chunks (tests, time slices)", min=0, hidden=True)
+
+    def check_more(self) -> None:
+        if self.device:
+            from nextscale.validate import check_device
+
+            check_device(self.device, "device")
+        SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,10 +235,6 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 _META_KEYS = (
     "protocol",
-    "cfg",
-    "top_k",
-    "top_p",
-    "more_smooth",
     "seed",
     "batch_size",
     "per_class",
@@ -236,7 +246,8 @@ _META_KEYS = (
 )
 
 
-def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
+def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[FieldError]:
+    """Why ``out_dir`` cannot be resumed with ``meta`` (its samples were made otherwise), or None."""
     path = os.path.join(out_dir, META_NAME)
     if not os.path.isfile(path):
         return None
@@ -245,13 +256,26 @@ def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
             old = json.load(f)
     except (OSError, ValueError):
         return None
-    for k in _META_KEYS:
-        if k in old and old[k] != meta[k]:
-            return (
-                f"{out_dir} holds samples made with {k}={old[k]!r}, this run uses {meta[k]!r}; "
-                f"use a new --out folder or the same settings to resume"
-            )
-    return None
+
+    def flat(d):  # every setting by its flat name (the nested speed-ups too)
+        out = {}
+        for k, v in (d or {}).items():
+            out.update(flat(v) if isinstance(v, dict) else {k: v})
+        return out
+
+    diffs = [(k, old[k], meta[k]) for k in _META_KEYS if k in old and old[k] != meta[k]]
+    if "settings" in old:  # a setting added since is compared at its default
+        default = flat(SamplingSettings().to_dict())
+        o, n = {**default, **flat(old["settings"])}, {**default, **flat(meta["settings"])}
+        diffs += [(k, o.get(k), n[k]) for k in n if o.get(k) != n[k]]
+    if not diffs:
+        return None
+    k, was, now = diffs[0]
+    return FieldError(
+        f"{out_dir} holds samples made with {k}={was!r}, this run uses {now!r}; use a new ",
+        FieldName("out"),
+        " folder or the same settings to resume",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -261,90 +285,82 @@ def _check_meta(out_dir: str, meta: Dict[str, Any]) -> Optional[str]:
 
 def sample_for_fid(
     model: Any,
-    out_dir: str,
+    config: SampleFidConfig,
     *,
-    per_class: int = 50,
-    protocol: str = "var-readme",
-    cfg: Optional[float] = None,
-    top_k: Optional[int] = None,
-    top_p: Optional[float] = None,
-    more_smooth: Optional[bool] = None,
-    seed: int = 0,
-    batch_size: int = 25,
-    num_classes: Optional[int] = None,
-    npz: Optional[str] = "",
-    device=None,
-    dtype=None,
-    progress: bool = True,
-    max_chunks: Optional[int] = None,
     log: Callable[[str], None] = print,
-    candidates: int = 1,
     scorer: Any = None,
-    speedups: Optional[Dict[str, Any]] = None,
 ) -> Dict[str, Any]:
-    """Sample ``per_class`` images of every class into ``out_dir`` (see the module docstring).
+    """Sample ``config.per_class`` images of every class into ``config.out`` (see the module docstring).
 
-    ``model``: anything :func:`nextscale.pipelines.load_pipeline` accepts, or a pipeline object.
-    ``npz``: "" -> ``<out_dir>.npz``; None -> do not pack; a path -> pack there.
-    ``max_chunks``: stop after sampling that many chunks on this rank (testing / time-sliced jobs);
-    the folder is then incomplete and a re-run finishes it.
-    ``candidates`` > 1 with a ``scorer`` is rejection sampling (the reference's d30-re protocol): every
-    image is the best of that many candidates (``NextScalePipeline.__call__``'s ``num_candidates``).
-    ``speedups``: the opt-in sampling speed-ups (``guidance_cutoff``, ``prune_ratio``, ``prune_last``,
-    ``kv_budget``, ``refiner`` + ``refine_from_scale``), recorded in ``sample_fid.json``.
+    ``model``: a pipeline object, or None to load ``config.model`` (anything
+    :func:`nextscale.pipelines.load_pipeline` accepts). ``config.npz``: "" -> ``<out>.npz``; ``no_npz`` ->
+    do not pack; a path -> pack there. ``max_chunks``: stop after sampling that many chunks on this
+    rank (testing / time-sliced jobs); the folder is then incomplete and a re-run finishes it.
+    ``candidates`` > 1 with a scorer is rejection sampling (the reference's d30-re protocol): every
+    image is the best of that many candidates (``NextScalePipeline.__call__``'s ``num_candidates``);
+    ``scorer`` (a callable) overrides ``config.scorer``. ``config.sampling``: changes to the protocol's
+    settings (any ``SamplingSettings`` field, the speed-ups included; a ``refiner`` given as a model
+    path is loaded); every setting is recorded in ``sample_fid.json``.
     Returns a summary dict (on every rank; ``npz`` is set on rank 0 once packed).
     """
-    from nextscale.sampling import SamplingSettings
-    from nextscale.validate import MAX_FID_IMAGES, check_count, check_seed
-
-    per_class = check_count(per_class, "--per-class", hi=MAX_FID_IMAGES)
-    candidates = check_count(candidates, "--candidates", hi=1024)
+    c = config
+    out_dir, per_class, candidates, batch_size, seed = c.out, c.per_class, c.candidates, c.batch, c.seed
+    dtype = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}.get(c.dtype or "fp32")
+    device = c.device
+    if scorer is None and c.scorer is not None:
+        scorer = c.scorer
     if candidates > 1 and scorer is None:
-        raise NextScaleError("--candidates > 1 needs --scorer (default: the MNIST scorer; or a scorer file)")
+        raise FieldError(
+            FieldName("candidates"), " > 1 needs a ", FieldName("scorer"), " (default: the MNIST scorer; or a file)"
+        )
     scorer_name = scorer if isinstance(scorer, str) else type(scorer).__name__
     if candidates > 1 and not callable(scorer):
         from nextscale.evaluation.scorers import resolve_scorer
 
         scorer = None  # resolved below, once the model (and its class count) is known
-    batch_size = check_count(batch_size, "--batch")
-    seed = check_seed(seed, "--seed")
-    proto = get_protocol(protocol, cfg, top_k, top_p, more_smooth)
-    SamplingSettings(guidance_scale=proto.cfg, top_k=proto.top_k, top_p=proto.top_p)  # raises naming the field
+    changes = dict(c.sampling)
+    name, settings, description = get_protocol(c.protocol, **{k: v for k, v in changes.items() if k != "refiner"})
     ranks = _Ranks()
     rank, world = ranks.rank, ranks.world
     main = rank == 0
 
-    if isinstance(model, (str, os.PathLike)):
+    import torch
+
+    dtype = getattr(torch, dtype) if dtype else None
+    if model is None or isinstance(model, (str, os.PathLike)):
         from nextscale.pipelines import load_pipeline
 
-        pipe = load_pipeline(os.fspath(model), device=device, dtype=dtype)
-        model_name = os.fspath(model)
+        model_name = os.fspath(model if model is not None else c.model)
+        pipe = load_pipeline(model_name, device=device, dtype=dtype, variant=c.variant)
     else:
         pipe = model
         model_name = type(model).__name__
         if (device is not None or dtype is not None) and hasattr(pipe, "to"):
             pipe = pipe.to(device, dtype) or pipe
+    if isinstance(changes.get("refiner"), (str, os.PathLike)):
+        from nextscale.pipelines import load_pipeline
+
+        changes["refiner"] = load_pipeline(os.fspath(changes["refiner"]), device=device)
+    if changes.get("refiner") is not None:
+        settings = settings.replace(refiner=changes["refiner"])
     gen_device = getattr(pipe, "device", None) or "cpu"
-    n_cls = int(num_classes if num_classes is not None else pipe.num_classes)
+    n_cls = int(c.num_classes if c.num_classes is not None else pipe.num_classes)
     if n_cls < 1 or n_cls > int(pipe.num_classes):
-        raise NextScaleError(f"--num-classes must be between 1 and the model's {pipe.num_classes}, got {n_cls}")
+        raise fail("num_classes", f" must be between 1 and the model's {pipe.num_classes}, got {n_cls}")
     total = per_class * n_cls
     if total > MAX_FID_IMAGES:
-        raise NextScaleError(
-            f"--per-class {per_class} x {n_cls} classes = {total:,} images, more than {MAX_FID_IMAGES:,}; "
-            f"use at most --per-class {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)"
+        raise FieldError(
+            FieldName("per_class"),
+            f" {per_class} x {n_cls} classes = {total:,} images, more than {MAX_FID_IMAGES:,}; use at most ",
+            FieldName("per_class"),
+            f" {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)",
         )
     res = int(pipe.resolution)
 
-    import torch
-
     meta = {
-        "protocol": proto.name,
-        "description": proto.description,
-        "cfg": proto.cfg,
-        "top_k": proto.top_k,
-        "top_p": proto.top_p,
-        "more_smooth": proto.more_smooth,
+        "protocol": name,
+        "description": description,
+        "settings": settings.to_dict(),
         "seed": seed,
         "batch_size": batch_size,
         "per_class": per_class,
@@ -359,8 +375,8 @@ def sample_for_fid(
         "device_type": torch.device(gen_device).type,
         "dtype": str(dtype or "float32"),
     }
-    speedups = dict(speedups or {})
-    if speedups:  # recorded only when on, so folders written before stay valid
+    speedups = {k: v for k, v in settings.changed().items() if k in SpeedUps.flat_names()}
+    if speedups:  # the speed-ups on, at a glance
         meta["speedups"] = {k: (type(v).__name__ if k == "refiner" else v) for k, v in speedups.items()}
     if candidates != 1:
         meta.update(candidates=candidates, scorer=scorer_name)
@@ -371,7 +387,7 @@ def sample_for_fid(
     if main and err is None:
         _remove_stale_tmp(out_dir)  # left by a killed run; no rank writes before the check below
     if not ranks.all_ok(err is None):
-        raise NextScaleError(err or "another rank refused this output folder (settings differ); see its error")
+        raise err or NextScaleError("another rank refused this output folder (settings differ); see its error")
     if main and not os.path.isfile(os.path.join(out_dir, META_NAME)):
         from nextscale.atomic import write_json
 
@@ -382,11 +398,12 @@ def sample_for_fid(
     n_chunks = math.ceil(total / batch_size)
     if main:
         log(
-            f"sample-fid: {total} images ({per_class}/class x {n_cls} classes, {res}px), protocol {proto.name} "
-            f"[{proto.description}], seed {seed}, {n_chunks} chunks of {batch_size} over {world} process(es); "
+            f"sample-fid: {total} images ({per_class}/class x {n_cls} classes, {res}px), protocol {name} "
+            f"[{description}], seed {seed}, {n_chunks} chunks of {batch_size} over {world} process(es); "
             f"rank 0 resumes with {len(mine) - len(todo)}/{len(mine)} chunks already written"
         )
     bar = None
+    progress = c.progress
     if progress and main:
         from tqdm.auto import tqdm
 
@@ -401,23 +418,19 @@ def sample_for_fid(
     ok, error = True, None
     try:
         for idx, need in todo:
-            if max_chunks is not None and done_now >= max_chunks:
+            if c.max_chunks is not None and done_now >= c.max_chunks:
                 break
             j = idx.start // batch_size
             labels = [i // per_class for i in idx]
             gen = torch.Generator(device=gen_device).manual_seed(seed + j)
             out = pipe(
                 class_labels=labels,
-                guidance_scale=proto.cfg,
-                top_k=proto.top_k,
-                top_p=proto.top_p,
-                more_smooth=proto.more_smooth,
+                settings=settings,
                 generator=gen,
                 output_type="np",
                 show_progress=False,
                 num_candidates=candidates,
                 scorer=scorer,
-                **speedups,
             )
             imgs = _to_uint8(out.images)
             if imgs.shape != (len(idx), res, res, 3):
@@ -453,10 +466,11 @@ def sample_for_fid(
         "skipped_chunks": len(mine) - len(todo),
         "complete": False,
         "npz": None,
-        "protocol": proto.name,
+        "protocol": name,
         "rank": rank,
         "world_size": world,
     }
+    max_chunks, npz = c.max_chunks, None if c.no_npz else c.npz
     stopped_early = max_chunks is not None and done_now < len(todo)
     if not ranks.all_ok(not stopped_early):
         return summary
@@ -492,7 +506,7 @@ def pack_npz(
             if arr.shape[1:] != (res, res, 3):
                 raise NextScaleError(
                     f"images in {out_dir} are {arr.shape[2]}x{arr.shape[1]}, expected {res}x{res}; "
-                    f"the folder mixes runs, sample into a new --out"
+                    f"the folder mixes runs, sample into a new output folder"
                 )
             if bar is not None:
                 bar.update(len(arr))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from nextscale.data import MID_RESO
-from nextscale.errors import NextScaleError
+from nextscale.settings import fail
 
 __all__ = ["evaluate_tokenizer", "format_report", "codebook_stats", "per_scale_reconstructions", "scale_grid"]
 
@@ -91,9 +91,9 @@ def _evaluate(
     from nextscale.evaluation.recon import ReconstructionMetrics, psnr
 
     if batch_size <= 0:
-        raise NextScaleError(f"--batch-size must be a positive integer, got {batch_size}")
+        raise fail("batch_size", f" must be a positive integer, got {batch_size}")
     if max_images is not None and max_images <= 0:
-        raise NextScaleError(f"--max-images must be a positive integer, got {max_images}")
+        raise fail("max_images", f" must be a positive integer, got {max_images}")
     root = find_split(data, "val") or find_split(data, "train")
     samples, classes = scan_image_folder(root)
     R = vae.resolution

@@ -9,8 +9,9 @@ Each field carries its own documentation and rules as dataclass ``metadata``:
 * ``note``: what special values mean ("0 = off"), repeated in the error message,
 * ``group``: the CLI's argument group; ``flags``: extra CLI spellings kept for compatibility.
 
-The CLI flags are generated from these fields (``nextscale.app.cli_args``), so a setting, its default,
-its help and its check exist in one place. Values are checked on construction (``__post_init__``:
+The rules are :mod:`nextscale.settings`' (one engine for every config). The CLI flags are generated
+from these fields (``nextscale.app.cli_args``), so a setting, its default, its help and its check exist
+in one place. Values are checked on construction (``__post_init__``:
 types, ranges, choices, rules between fields) and again by :meth:`TrainConfigBase.validate` before
 a run starts (the rules that depend on the machine: devices, world size, files). Errors are
 :class:`~nextscale.errors.FieldError` s that name the field (``batch_size must be >= 1``); the CLI
@@ -21,16 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import functools
-import math
-import numbers
 import os
-import typing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 from nextscale.data import MID_RESO
 from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.settings import check_value as _check_value
+from nextscale.settings import fail as _fail
+
+# the rule engine lives in nextscale.settings (one for every config); these names stay importable from here
+from nextscale.settings import field_type, setting, type_hints  # noqa: F401
 from nextscale.train.precision import AMP_MODES
 
 __all__ = [
@@ -42,99 +44,6 @@ __all__ = [
     "field_type",
     "field_checked",
 ]
-
-
-def setting(default: Any, help: str, *, alias: Optional[str] = None, group: Optional[str] = None, **rules) -> Any:
-    """A config field with its help text, reference alias, CLI group and rules (see the module doc)."""
-    md = dict(help=help, **rules)
-    if alias:
-        md["alias"] = alias
-    if group:
-        md["group"] = group
-    return field(default=default, metadata=md)
-
-
-@functools.lru_cache(maxsize=None)
-def type_hints(cls) -> Dict[str, Any]:
-    """``typing.get_type_hints(cls)``, once per class (the annotations are strings)."""
-    return typing.get_type_hints(cls)
-
-
-def field_type(cls, name: str) -> Tuple[type, bool]:
-    """(base type, optional) of field ``name``: ``Optional[int]`` -> (int, True); tuples -> (tuple, ...)."""
-    hint = type_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = typing.get_origin(hint) is typing.Union and len(args) < len(typing.get_args(hint))
-    base = args[0] if optional or typing.get_origin(hint) is typing.Union else hint  # Union[float, Tuple]: float
-    return (typing.get_origin(base) or base), optional
-
-
-def _fail(name: str, *rest: str) -> FieldError:
-    return FieldError(FieldName(name), *rest)
-
-
-def _show(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
-
-
-def _check_value(cls, f: dataclasses.Field, v) -> Any:
-    """``v`` checked against field ``f``'s type and rules; returns it normalised (tuples, floats)."""
-    md, name = f.metadata, f.name
-    kind, optional = field_type(cls, name)
-    note = f" ({md['note']})" if md.get("note") else ""
-    must = md.get("must")
-
-    def bad(rule: str, typed: bool = False):  # typed: a value of the wrong type, shown with its type
-        got = f"{v!r} ({type(v).__name__})" if typed else _show(v)
-        return _fail(
-            name, f" must be {must if must and not typed else rule}{note if typed or not must else ''}, got {got}"
-        )
-
-    if v is None:
-        if optional:
-            return None
-        raise bad({bool: "true or false", int: "an integer", float: "a number"}.get(kind, "given"), True)
-    if kind is bool:
-        if not isinstance(v, bool):
-            raise bad("true or false", True)
-        return v
-    if kind is str:
-        if not isinstance(v, str):
-            raise bad("a string", True)
-    elif kind is tuple:
-        if (
-            isinstance(v, (str, bytes))
-            or not isinstance(v, (list, tuple))
-            or not v
-            or any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in v)
-        ):
-            raise bad("a non-empty list of integers", True)
-        v = tuple(int(x) for x in v)
-        if md.get("min") is not None and min(v) < md["min"]:
-            raise bad(f"integers >= {md['min']}")
-        return v
-    elif kind is int:
-        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-            raise bad("an integer", True)
-        v = int(v)
-    elif kind is float:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real):
-            raise bad("a number", True)
-        v = float(v)
-        if not math.isfinite(v):
-            raise bad("a finite number")
-    if md.get("choices") is not None and v not in md["choices"]:
-        raise bad("one of " + ", ".join(map(str, md["choices"])))
-    lo, hi = md.get("min"), md.get("max")
-    if lo is not None and (v <= lo if md.get("min_open") else v < lo):
-        raise bad(
-            "a positive integer"
-            if kind is int and lo == 1 and hi is None
-            else f"{'>' if md.get('min_open') else '>='} {_show(lo)}"
-        )
-    if hi is not None and (v >= hi if md.get("max_open") else v > hi):
-        raise bad(f"{'<' if md.get('max_open') else '<='} {_show(hi)}")
-    return v
 
 
 def field_checked(check: Callable, name: str, *args, **kw):

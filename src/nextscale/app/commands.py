@@ -1,0 +1,259 @@
+"""Every command's settings, one dataclass each: the CLI's flags are generated from these fields
+(``nextscale.app.cli_args``), each default is written here once, and the checks are the fields' rules
+(``nextscale.settings``; an error names the field, the CLI prints its flag). The training commands use
+the library's ``VARTrainConfig`` / ``TokenizerTrainConfig``, ``sample-fid`` the library's
+``SampleFidConfig``, ``demo`` :class:`nextscale.app.demo.DemoConfig`, ``study`` the configs of
+:mod:`nextscale.app.study`.
+
+Front-end spellings live here (app/ is the front end): ``flag`` names a flag other than the field's
+(``--class`` for ``classes``), ``flags`` adds spellings kept for old command lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from nextscale.data import MID_RESO
+from nextscale.sampling import SamplingSettings
+from nextscale.settings import Settings, setting
+from nextscale.validate import MAX_IMAGES, SEED_MAX, check_device
+
+__all__ = [
+    "SampleCommand",
+    "EditCommand",
+    "InfoCommand",
+    "ConvertCommand",
+    "ClassesCommand",
+    "FidCommand",
+    "TokenizeCommand",
+    "ExportCommand",
+    "EvalTokenizerCommand",
+    "class_id",
+]
+
+_MODEL = (
+    "pipeline directory, released var_d*.pth (with vae_*.pth beside it), hub id, "
+    "or 'default' (the bundled model; the default)"
+)
+_VARIANT = (
+    "which released transformer (d16 d20 d24 d30 d36) of a folder or hub repo of released .pth files, "
+    "e.g. --model FoundationVision/var --variant d16: only it and the tokenizer are downloaded"
+)
+_DTYPES = ("fp32", "bf16", "fp16")
+
+
+def class_id(v: str):
+    """--class values: an id (207, -1) or a class name ("golden retriever"; see nextscale classes)."""
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _model(required: bool = False, help: str = _MODEL, positional: bool = False, default=None):
+    return setting(default, help, required=required, positional=positional)
+
+
+def _seed(help: str = "random seed (same seed + device = same image)"):
+    return setting(0, help, min=0, max=SEED_MAX, max_open=True, must="in [0, 2**63)")
+
+
+class _Checked(Settings):
+    """Commands with a device field check it before any work."""
+
+    def check_more(self) -> None:
+        if getattr(self, "device", None):
+            check_device(self.device, "device")
+
+
+@dataclass
+class _Sampling(_Checked):
+    """What sample and edit share: the model, the sampling settings, seed, device and dtype."""
+
+    model: Optional[str] = _model()
+    variant: Optional[str] = setting(None, _VARIANT, metavar="dNN")
+    # changes to the model's recommended settings (None: the model's value); speed-ups included
+    sampling: Dict[str, Any] = setting(None, "sampling settings", default_factory=dict, settings=SamplingSettings)
+    seed: int = _seed()
+    device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    dtype: Optional[str] = setting(None, "compute dtype (default: bf16 on GPU, fp32 on CPU)", choices=_DTYPES)
+
+    def check_more(self) -> None:
+        super().check_more()
+        SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
+
+
+@dataclass
+class SampleCommand(_Sampling):
+    class_labels: Optional[list] = setting(
+        None,
+        "class ids or names (-1 = unconditional; see nextscale classes); "
+        "default: all classes of a model with <= 16 classes, else 8 random",
+        flag="--class",
+        nargs="*",
+        parse=class_id,
+    )
+    num: Optional[int] = setting(
+        None, "images per class given (default 1), or the number of random-class images", min=1, max=MAX_IMAGES
+    )
+    out: str = setting("samples.png", "grid image path; single images go to OUT_STEM_<i>.png beside it")
+    strip: bool = setting(False, "also write OUT_STEM_strip.png: each image after 1, 2, ..., K scales")
+    nrow: Optional[int] = setting(None, "images per grid row", min=1, must=">= 1")
+    singles: bool = setting(True, "write one PNG per image besides the grid")
+    batch_size: int = setting(16, "images per forward pass", min=1)
+
+
+@dataclass
+class EditCommand(_Sampling):
+    image: Optional[str] = setting(
+        None, "image to edit (center-cropped to a square and resized to the model resolution)", required=True
+    )
+    mask: Optional[str] = setting(
+        None, "same size as the image; white = regenerate, black = keep (binary; see mask_threshold)"
+    )
+    class_labels: Optional[Any] = setting(
+        None,
+        "class (id or name) of the regenerated content (-1 = unconditional, the default)",
+        flag="--class",
+        parse=class_id,
+    )
+    outpaint: Optional[str] = setting(
+        None,
+        "place the image inside the model canvas with these margins in canvas pixels (negative = beyond the edge: "
+        "write --outpaint=-32,0,32,0); the rest is generated",
+        metavar="L,T,R,B",
+    )
+    keep_scales: Optional[int] = setting(
+        None, "keep the first K scales of the image, regenerate the finer ones (variations)", min=0, metavar="K"
+    )
+    mask_threshold: Optional[float] = setting(
+        None, "accept a gray mask: pixels >= this (0..1] are regenerated", min=0.0, min_open=True, max=1.0
+    )
+    num: int = setting(
+        1,
+        "number of edits of the image (different samples); > 1 writes a grid to out and OUT_STEM_<i>.png",
+        min=1,
+        max=MAX_IMAGES,
+    )
+    out: str = setting("edit.png", "output image path")
+    compare: bool = setting(
+        False, "also write OUT_STEM_compare.png: input canvas | mask (white = regenerated) | result(s)"
+    )
+
+
+@dataclass
+class InfoCommand(Settings):
+    model: Optional[str] = _model(help="pipeline directory, var_d*.pth, hub id or 'default'", positional=True,
+                                  default="default")  # fmt: skip
+    variant: Optional[str] = setting(None, _VARIANT, metavar="dNN")
+    json: bool = setting(False, "machine-readable output")
+
+
+@dataclass
+class ClassesCommand(Settings):
+    model: Optional[str] = _model(help="pipeline directory, var_d*.pth, hub id or 'default'", positional=True,
+                                  default="default")  # fmt: skip
+    variant: Optional[str] = setting(None, _VARIANT, metavar="dNN")
+    grep: Optional[str] = setting(None, "only the classes whose name (or ImageNet alias) contains WORD", metavar="WORD")
+
+
+@dataclass
+class ConvertCommand(Settings):
+    vae: Optional[str] = setting(None, "released tokenizer, e.g. vae_ch160v4096z32.pth", required=True)
+    var: Optional[str] = setting(
+        None, "released transformer, e.g. var_d16.pth (preset inferred from shapes)", required=True
+    )
+    out: Optional[str] = setting(None, "output directory", required=True)
+    labels: Optional[str] = setting(None, "optional text file: one class name per line")
+    patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule, only for non-released token counts", min=1)
+
+
+@dataclass
+class FidCommand(_Checked):
+    samples: Optional[str] = setting(
+        None, "folder of PNGs, an .npz with arr_0 (ADM layout), or saved stats", required=True
+    )
+    ref: Optional[str] = setting(
+        None,
+        "ADM reference batch (VIRTUAL_imagenet256_labeled.npz), stats saved with save_stats/save_ref_stats, "
+        "or a folder / .npz of images",
+        required=True,
+    )
+    inception_weights: Optional[str] = setting(
+        None, "pt_inception-2015-12-05-6726825d.pth (default: $NEXTSCALE_INCEPTION_WEIGHTS)"
+    )
+    batch_size: int = setting(50, "images per Inception forward", min=1)
+    device: Optional[str] = setting(None, "cpu or cuda (default: cuda if available)")
+    splits: int = setting(10, "Inception Score splits", min=1)
+    k: int = setting(3, "k-th neighbour radius for precision/recall", min=1)
+    pr: bool = setting(True, "precision/recall (needs reference images)")
+    sfid: bool = setting(True, "sFID")
+    fid_method: str = setting(
+        "eigh", "matrix square root: eigh (stable) or sqrtm (pytorch-fid's literal form)", choices=("eigh", "sqrtm")
+    )
+    save_stats: Optional[str] = setting(None, "save the samples' mu/sigma/features to this .npz")
+    save_ref_stats: Optional[str] = setting(None, "save the reference's statistics (+features) to this .npz for reuse")
+    json: Optional[str] = setting(None, "also write the results as JSON here")
+    progress: bool = setting(True, "progress bars")
+
+
+@dataclass
+class TokenizeCommand(_Checked):
+    data: Optional[str] = setting(
+        None, "image folder (DIR/train + DIR/val, or one folder of class sub-folders)", required=True
+    )
+    tokenizer: Optional[str] = setting(
+        None, "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (needs preset)", required=True
+    )
+    out: Optional[str] = setting(None, "cache folder to write (atomically)", required=True)
+    preset: Optional[str] = setting(None, "architecture for a random tokenizer / released .pth schedules")
+    flip: bool = setting(True, "also store the h-flipped view (training with hflip needs it)")
+    mid_reso: float = setting(MID_RESO, "shorter side -> this x resolution before the center crop", min=1.0, max=4.0)
+    batch_size: int = setting(64, "images per forward pass", min=1)
+    workers: int = setting(0, "data loader workers", min=0)
+    device: Optional[str] = setting(None, "default: cuda if available, else cpu")
+    seed: int = _seed("seed of a random tokenizer")
+    overwrite: bool = setting(False, "replace an existing cache at out")
+
+
+@dataclass
+class ExportCommand(Settings):
+    run: Optional[str] = setting(
+        None, "run folder (its latest checkpoint) or a checkpoints/step_*.pt file", required=True, positional=True
+    )
+    out: Optional[str] = setting(None, "directory to write", required=True)
+    weights: str = setting("auto", "auto = EMA when the run kept one", choices=("auto", "ema", "raw"))
+
+
+@dataclass
+class EvalTokenizerCommand(_Checked):
+    model: Optional[str] = setting(
+        None,
+        "tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth",
+        required=True,
+        positional=True,
+    )
+    data: Optional[str] = setting(None, "image folder; its val/ split when present", required=True)
+    batch_size: int = setting(64, "images per forward pass", min=1)
+    max_images: Optional[int] = setting(None, "evaluate only the first N images", min=1)
+    picture: Optional[str] = setting(
+        None,
+        "PNG: rows of [original, rebuilt from 1, 2, ..., K scales]; default MODEL-dir/eval_scales.png for run folders",
+    )
+    rows: int = setting(4, "images in the picture", min=1)
+    patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule for a released .pth", min=1)
+    inception_weights: Optional[str] = setting(
+        None, "FID Inception weights for rFID (else $NEXTSCALE_INCEPTION_WEIGHTS; rFID is skipped without them)"
+    )
+    rfid: bool = setting(True, "rFID (with Inception weights)")
+    mid_reso: float = setting(MID_RESO, "shorter side -> this x resolution before the center crop", min=1.0, max=4.0)
+    device: Optional[str] = setting(None, "default: cuda if available, else cpu")
+    json: Optional[str] = setting(None, "also write the numbers to this JSON file")
+
+    def check_more(self) -> None:
+        super().check_more()
+        if self.picture is not None:  # its folder is created when missing
+            from nextscale.validate import image_format
+
+            image_format(self.picture, "picture")
