@@ -68,10 +68,6 @@ def test_no_flag_text_in_library_messages():
     assert _flag_text(_library(train=False)) == []
 
 
-@pytest.mark.xfail(
-    reason="train/ is cleaned on the trainedges branch (issue #22 item 5); the lead drops this mark at the merge",
-    strict=False,
-)
 def test_no_flag_text_in_train_messages():
     assert _flag_text(_library(train=True)) == []
 
