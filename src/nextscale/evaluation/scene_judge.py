@@ -4,7 +4,7 @@ the GenEval-style evaluator (:mod:`nextscale.evaluation.geneval`).
 Glossary: N images, H x W the judge's input (shorter side ``SHORT`` = 64 px, the longer one snapped to a multiple of
 8), h x w the detection grid (stride 4), K classes (6 shapes + 10 digits), Kc colours, Ks sizes, D feature width.
 
-Architecture (``SceneJudge``, ~0.2 M parameters, < 1 MB as float32 safetensors)::
+Architecture (``SceneJudge``, 259,285 parameters, 1.05 MB as float32 safetensors)::
 
     (N, 3, H, W) in [0, 1] -> conv3x3(24) -> conv3x3/2(32) -> conv3x3(32)          stride 2
                            -> conv3x3/2(64) -> conv3x3(64) -> conv3x3 dil 2 (64)
