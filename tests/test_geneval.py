@@ -150,3 +150,16 @@ def test_empty_columns_are_none_not_nan(judge, prompts, tmp_path):
     assert "heldout" not in res.table().splitlines()[0]
     d = json.loads(open(res.to_json(tmp_path / "s.json")).read())  # strict JSON: no NaN
     assert d["scores"]["heldout"]["overall"] is None and d["fid"] is None
+
+
+def test_relayout_uses_the_evaluation_digit_pool():
+    from nextscale import scenes
+
+    assert (geneval._PER_CLASS, geneval._HELD) == (scenes._DIGITS_PER_CLASS, scenes._DIGITS_HELD)
+    rng = np.random.default_rng(0)
+    spec = geneval.relayout([Group("7", 3, "red", "small"), Group("star")], "above", 1.0, rng)
+    assert [o.cls for o in spec.objects] == ["7", "7", "7", "star"] and spec.relation == "above"
+    assert all(7 * 500 + 450 <= o.digit_id < 8 * 500 for o in spec.objects[:3])
+    assert max(o.cy for o in spec.objects[:3]) < spec.objects[3].cy  # group 0 in the upper half
+    with pytest.raises(InputError, match="fit"):
+        geneval.relayout([Group("star", 4, size="large"), Group("circle", 4, size="large")], "above", 1.0, rng)
