@@ -1,14 +1,14 @@
 """Train the GenEval-style evaluator's scene judge, measure it, write src/nextscale/assets/scene_judge.safetensors.
 
-    OMP_NUM_THREADS=1 python tools/train_scene_judge.py                  # ~10 min on one CPU thread
+    OMP_NUM_THREADS=1 python tools/train_scene_judge.py                  # 9-15 min on one CPU thread
     python tools/train_scene_judge.py --out /tmp/judge.safetensors --steps 200 --scenes 500   # a quick try
 
 The judge's scenes (nextscale.evaluation.scene_judge.render_pool) use their own seed (2417), every class / colour /
 relation (no held-out sets) and the digit images of the train pool. It is measured on renders it never saw: the
 evaluation prompts' reference scenes (digits of the evaluation pool) at the 4- and 5-scale bucket sizes, a fresh set
 of test / heldout scenes (seed 90210) clean, and the same blurred + noised; the real-render baseline of
-nextscale.evaluation.geneval closes the report. Everything is printed as markdown and saved next to the weights
-as JSON (``--report``).
+nextscale.evaluation.geneval closes the report. Everything is printed as markdown (and saved as JSON with
+``--report``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def table(acc: dict) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=DEFAULT_OUT)
-    ap.add_argument("--report", default=None, help="JSON report (default: OUT with .json)")
+    ap.add_argument("--report", default=None, help="also write the measurements as JSON here")
     ap.add_argument("--scenes", type=int, default=8000)
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -90,11 +90,11 @@ def main(argv=None) -> int:
     print("\nmismatched prompt / image pairs:\n" + shuf.table(), flush=True)
     info = {"minutes": round(minutes, 2), "threads": torch.get_num_threads(), "torch": torch.__version__}
     sj.save_judge(judge, a.out, extra=info)
-    report = a.report or os.path.splitext(a.out)[0] + ".json"
-    with open(report, "w", encoding="utf-8") as f:
-        json.dump({"train_info": {**judge.train_info, **info}, "accuracy": acc, "real_renders": base.scores,
-                   "mismatched": shuf.scores}, f, indent=1)  # fmt: skip
-    print(f"wrote {a.out} ({os.path.getsize(a.out) / 1e6:.2f} MB) and {report}")
+    if a.report:
+        with open(a.report, "w", encoding="utf-8") as f:
+            json.dump({"train_info": {**judge.train_info, **info}, "accuracy": acc, "real_renders": base.scores,
+                       "mismatched": shuf.scores}, f, indent=1)  # fmt: skip
+    print(f"wrote {a.out} ({os.path.getsize(a.out) / 1e6:.2f} MB)" + (f" and {a.report}" if a.report else ""))
     return 0
 
 

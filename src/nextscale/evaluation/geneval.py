@@ -67,6 +67,7 @@ __all__ = [
     "relayout",
     "real_renders",
     "mismatched",
+    "from_pipeline",
     "T2IEvalResult",
     "evaluate_t2i",
 ]
@@ -255,6 +256,37 @@ def mismatched(generate: Generate, pool: Sequence) -> Generate:
     return gen
 
 
+def from_pipeline(pipe, use_aspect_ratios: bool = False, **call_kwargs) -> Generate:
+    """A ``generate`` for :func:`evaluate_t2i` from a text-to-image pipeline called as ``pipe(prompt=[...],
+    generator=g, output_type="pil", **call_kwargs).images`` (e.g. ``NextScaleT2IPipeline``).
+    ``use_aspect_ratios``: each prompt at its reference scene's aspect ratio (``aspect_ratio=h/w``; evaluate with
+    ``pass_prompts=True``); the prompts of one ratio are generated together, ratios in order of first appearance."""
+
+    def generate(prompts, generator: torch.Generator):
+        texts = [p.prompt if isinstance(p, EvalPrompt) else str(p) for p in prompts]
+        if not use_aspect_ratios:
+            return list(pipe(prompt=texts, generator=generator, output_type="pil", **call_kwargs).images)
+        if not all(isinstance(p, EvalPrompt) for p in prompts):
+            raise InputError("use_aspect_ratios needs the EvalPrompts: evaluate_t2i(..., pass_prompts=True)")
+        by_ratio: Dict[float, List[int]] = {}
+        for i, p in enumerate(prompts):
+            by_ratio.setdefault(p.spec.h_div_w, []).append(i)
+        out: List = [None] * len(prompts)
+        for ratio, idx in by_ratio.items():
+            ims = pipe(
+                prompt=[texts[i] for i in idx],
+                aspect_ratio=ratio,
+                generator=generator,
+                output_type="pil",
+                **call_kwargs,
+            ).images
+            for i, im in zip(idx, ims):
+                out[i] = im
+        return out
+
+    return generate
+
+
 # --------------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class T2IEvalResult:
@@ -325,7 +357,7 @@ def _summarise(records: List[dict]):
             got = [r["correct"] for r in rows if r["category"] == cat]
             if got:
                 sc[cat], cn[cat] = float(np.mean(got)), len(got)
-        sc["overall"] = float(np.mean(list(sc.values()))) if sc else float("nan")
+        sc["overall"] = float(np.mean(list(sc.values()))) if sc else None  # JSON has no NaN
         cn["overall"] = sum(cn.values())
         scores[col], counts[col] = sc, cn
     return scores, counts

@@ -4,7 +4,7 @@ the GenEval-style evaluator (:mod:`nextscale.evaluation.geneval`).
 Glossary: N images, H x W the judge's input (shorter side ``SHORT`` = 64 px, the longer one snapped to a multiple of
 8), h x w the detection grid (stride 4), K classes (6 shapes + 10 digits), Kc colours, Ks sizes, D feature width.
 
-Architecture (``SceneJudge``, ~0.2 M parameters, < 1 MB as float32 safetensors)::
+Architecture (``SceneJudge``, 259,285 parameters, 1.05 MB as float32 safetensors)::
 
     (N, 3, H, W) in [0, 1] -> conv3x3(24) -> conv3x3/2(32) -> conv3x3(32)          stride 2
                            -> conv3x3/2(64) -> conv3x3(64) -> conv3x3 dil 2 (64)
@@ -260,12 +260,12 @@ def render_pool(
     split: str = "train",
     aspect_ratios: Sequence[float] = (1.0, 0.75, 1.333, 0.5, 2.0),
     render_short: Tuple[int, int] = (40, 128),
-    digit_jitter: float = 0.6,
+    digit_jitter: float = 0.0,
 ) -> Dict[Tuple[int, int], Tuple[np.ndarray, List[SceneSpec]]]:
     """``n`` scenes of ``split`` (every category, no held-out sets), each rendered at a random shorter side in
     ``render_short`` and resized to the judge's input: ``{input (H, W): (uint8 images (m, H, W, 3), specs)}``.
-    A fraction ``digit_jitter`` of the digits is rotated / sheared / shrunk a little inside its box (more
-    handwriting than the 450 digits per class of the train pool: unseen digits are read better)."""
+    A fraction ``digit_jitter`` of the digits is rotated / sheared / shrunk a little inside its box (default 0:
+    at 0.6 the shipped recipe read unseen digits worse, 97.0 % vs 97.8 %, in the same number of steps)."""
     rng = np.random.default_rng([int(seed), 7])
     cfg = _judge_config(aspect_ratios)
     pool: Dict[Tuple[int, int], Tuple[list, list]] = {}
@@ -275,7 +275,7 @@ def render_pool(
         hw = (r, int(round(r / spec.h_div_w))) if spec.h_div_w <= 1 else (int(round(r * spec.h_div_w)), r)
         img = render(spec, hw)
         if digit_jitter:
-            img = _jitter_digits(img, spec, rng)
+            img = _jitter_digits(img, spec, rng, digit_jitter)
         a = to_input(img)
         ims, specs = pool.setdefault(a.shape[:2], ([], []))
         ims.append(a)
