@@ -220,9 +220,9 @@ def check_fields(obj) -> None:
         object.__setattr__(obj, f.name, check_value(type(obj), f, v))
 
 
-def check_keys(cls, keys, what: Optional[str] = None) -> None:
+def check_keys(cls, keys, what: Optional[str] = None, reference: str = "the reference's") -> None:
     """Unknown keys of ``cls`` are an error with the closest field name (or the field whose reference
-    alias the key is)."""
+    alias the key is; ``reference`` names whose name it is)."""
     names = [f.name for f in dataclasses.fields(cls)]
     for k in keys:
         if k in names:
@@ -230,7 +230,7 @@ def check_keys(cls, keys, what: Optional[str] = None) -> None:
         ref = [f.name for f in dataclasses.fields(cls) if f.metadata.get("alias") == k]
         near = ref or difflib.get_close_matches(str(k), names, n=1)
         if ref:
-            hint = f"that is the reference's name of {ref[0]!r}"
+            hint = f"that is {reference} name of {ref[0]!r}"
         else:
             hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(sorted(names))}"
         raise FieldError(f"{what or cls.__name__}: unknown setting {k!r}; {hint}")

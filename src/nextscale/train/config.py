@@ -21,18 +21,17 @@ prints the flag instead (``--batch-size must be >= 1``).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 from nextscale.data import MID_RESO
 from nextscale.errors import FieldError, FieldName, NextScaleError
-from nextscale.settings import check_value as _check_value
-from nextscale.settings import fail as _fail
 
 # the rule engine lives in nextscale.settings (one for every config); these names stay importable from here
-from nextscale.settings import field_type, setting, type_hints  # noqa: F401
+from nextscale.settings import check_keys, field_type, setting, type_hints  # noqa: F401
+from nextscale.settings import check_value as _check_value
+from nextscale.settings import fail as _fail
 from nextscale.train.precision import AMP_MODES
 
 __all__ = [
@@ -195,17 +194,7 @@ class TrainConfigBase:
 
     @classmethod
     def check_keys(cls, keys) -> None:
-        names = [f.name for f in dataclasses.fields(cls)]
-        for k in keys:
-            if k in names:
-                continue
-            ref = [f.name for f in dataclasses.fields(cls) if f.metadata.get("alias") == k]
-            near = ref or difflib.get_close_matches(str(k), names, n=1)
-            if ref:
-                hint = f"that is the reference trainer's name of {ref[0]!r}"
-            else:
-                hint = f"did you mean {near[0]!r}?" if near else f"valid keys: {', '.join(sorted(names))}"
-            raise FieldError(f"{cls.__name__}: unknown setting {k!r}; {hint}")
+        check_keys(cls, keys, reference="the reference trainer's")
 
     def loop_config(self, run_dir: str, max_steps: int, device) -> "LoopConfig":
         """The :class:`LoopConfig` of this run: these settings, the run folder, the number of steps and
