@@ -232,3 +232,44 @@ def test_grad_checkpointing_recomputes_each_block_and_keeps_names():
     for p, q in zip(toy.parameters(), ref.parameters()):
         torch.testing.assert_close(p.grad, q.grad)
     assert len(calls) == 2 and len(hooks) == 1  # recomputed in the backward (forward only: hooks ran once)
+
+
+KILLER = '''"""Under torchrun: rank 1 kills itself (SIGKILL) at step 3 of the first attempt; else plain nextscale."""
+import os, signal, sys
+from nextscale.app.cli import main
+from nextscale.train import loop
+
+_orig = loop.Trainer._train_step
+
+
+def _train_step(self, data, ctx):
+    if self.step == 3 and self.rank == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _orig(self, data, ctx)
+
+
+loop.Trainer._train_step = _train_step
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_elastic_restart_after_kill_9_equals_uninterrupted(digits, one_run, tmp_path):
+    """torchrun --max-restarts 1 (localhost c10d rendezvous): rank 1 is SIGKILLed at step 3; the job
+    restarts by itself from the last complete (sharded) checkpoint, step 2, and ends equal."""
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    run = str(tmp_path / "elastic")
+    rdzv = [
+        "--max-restarts=1",
+        "--monitor-interval=0.5",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint=localhost:{_free_port()}",
+    ]
+    p = torchrun(COMMON + ["--data", digits, "--run-dir", run, "--parallel", "fsdp"], extra=rdzv, script=str(script))
+    assert "exitcode: -9" in p.stderr, p.stderr[-3000:]  # the kill happened (torchrun saw it)
+    assert "resumed from" in p.stderr and "step_00000002 (step 2/4)" in p.stderr
+    (_, a), (s, b) = weights(one_run), weights(run)
+    assert s == STEPS
+    assert_same(a["modules"]["var"], b["modules"]["var"])
