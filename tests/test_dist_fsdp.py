@@ -273,3 +273,29 @@ def test_elastic_restart_after_kill_9_equals_uninterrupted(digits, one_run, tmp_
     (_, a), (s, b) = weights(one_run), weights(run)
     assert s == STEPS
     assert_same(a["modules"]["var"], b["modules"]["var"])
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_two_nodes_of_two_then_resumed_on_two_processes(digits, one_run, tmp_path):
+    """torchrun --nnodes 2 --nproc-per-node 2 (two "nodes" on localhost, c10d rendezvous) trains with
+    sharded checkpoints; its step-2 checkpoint (4 shards) resumed on 2 processes ends equal too."""
+    run, port = str(tmp_path / "nodes"), _free_port()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    rdzv = ["--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "--rdzv-id=nodes", "-m", "nextscale"]
+    cmd += COMMON + ["--data", digits, "--run-dir", run, "--parallel", "fsdp"]
+    nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
+    outs = [n.communicate(timeout=300) for n in nodes]
+    assert all(n.returncode == 0 for n in nodes), outs[0][1][-3000:] + outs[1][1][-3000:]
+    (_, a), (s, b) = weights(one_run), weights(run)
+    assert s == STEPS and b["world_size"] == 4 and len(b["rng"]) == 4
+    assert_same(a["modules"]["var"], b["modules"]["var"])
+    two = str(tmp_path / "two")
+    shutil.copytree(run, two)
+    shutil.rmtree(os.path.join(two, "checkpoints", f"step_{STEPS:08d}"))
+    p = torchrun(COMMON + ["--data", digits, "--run-dir", two, "--parallel", "fsdp"])
+    assert "world size changed (4 -> 2)" in p.stderr
+    s2, c = weights(two)
+    assert s2 == STEPS and c["world_size"] == 2
+    assert_same(a["modules"]["var"], c["modules"]["var"])
