@@ -278,13 +278,14 @@ def test_elastic_restart_after_kill_9_equals_uninterrupted(digits, one_run, tmp_
 @pytest.mark.dist
 @pytest.mark.slow
 def test_two_nodes_of_two_then_resumed_on_two_processes(digits, one_run, tmp_path):
-    """torchrun --nnodes 2 --nproc-per-node 2 (two "nodes" on localhost, c10d rendezvous) trains with
-    sharded checkpoints; its step-2 checkpoint (4 shards) resumed on 2 processes ends equal too."""
+    """torchrun --nnodes 2 --nproc-per-node 2 (two "nodes" on localhost, c10d rendezvous) trains (FSDP2
+    with activation checkpointing) with sharded checkpoints; its step-2 checkpoint (4 shards) resumed on
+    2 processes ends equal too."""
     run, port = str(tmp_path / "nodes"), _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     rdzv = ["--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d", f"--rdzv-endpoint=localhost:{port}"]
     cmd = [sys.executable, "-m", "torch.distributed.run", *rdzv, "--rdzv-id=nodes", "-m", "nextscale"]
-    cmd += COMMON + ["--data", digits, "--run-dir", run, "--parallel", "fsdp"]
+    cmd += COMMON + ["--data", digits, "--run-dir", run, "--parallel", "fsdp", "--grad-checkpointing"]  # + AC
     nodes = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in "ab"]
     outs = [n.communicate(timeout=300) for n in nodes]
     assert all(n.returncode == 0 for n in nodes), outs[0][1][-3000:] + outs[1][1][-3000:]
@@ -299,3 +300,31 @@ def test_two_nodes_of_two_then_resumed_on_two_processes(digits, one_run, tmp_pat
     s2, c = weights(two)
     assert s2 == STEPS and c["world_size"] == 2
     assert_same(a["modules"]["var"], c["modules"]["var"])
+
+
+def test_infinity_blocks_are_found_and_checkpointing_keeps_its_gradients():
+    """The text-to-image transformer plugs in: its ``blocks`` (a list over its chunks) are the units."""
+    from nextscale.models.infinity import Infinity, InfinityConfig, TextFeatures
+    from nextscale.models.rope import build_rope_cache
+    from nextscale.train.parallel import Parallel, block_modules
+
+    cfg = InfinityConfig(
+        depth=2, embed_dim=128, num_heads=2, vae_bits=6, text_channels=128, text_maxlen=8, block_chunks=2
+    )
+    torch.manual_seed(0)
+    a, b = Infinity(cfg), Infinity(cfg)
+    b.load_state_dict(a.state_dict())
+    assert len(block_modules(a)) == 2
+    Parallel(torch.device("cpu"), 1, "fsdp", grad_checkpointing=True).wrap({"t": a})
+    text = TextFeatures.from_lens(torch.randn(9, 128), [4, 5])
+    sched = [(1, 1), (2, 2), (4, 4)]
+    x = torch.randn(2, sum(h * w for h, w in sched[1:]), cfg.token_bits)
+    rope = build_rope_cache(sched + [(8, 8)], cfg.head_dim)
+    for m in (a, b):
+        m.train()
+        torch.manual_seed(1)  # the same drop-path draws in both (the recompute replays its own)
+        m(text, x, sched, rope).square().mean().backward()
+    assert list(a.state_dict()) == list(b.state_dict())
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)

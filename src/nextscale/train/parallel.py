@@ -4,11 +4,12 @@ checkpointing and ``torch.compile`` per block, skipping the gradient all-reduce 
 micro-batches, gradient clipping of sharded parameters, and the full (gathered) state dicts a
 single-file checkpoint needs (sharded checkpoints: :mod:`nextscale.checkpoint`, no gather).
 
-Blocks: :func:`block_modules` finds a model's transformer blocks (its ``blocks`` ``nn.ModuleList``,
-VAR's and the AR baseline's); a model laid out otherwise declares them through
-``Objective.block_modules()``. Each block becomes one FSDP2 unit: its parameters are gathered just
-before its forward / backward and freed right after, so a rank holds ``1/world`` of the model plus
-one block at a time (the old FSDP1 wrapping of the whole model gathered everything at once).
+Blocks: :func:`block_modules` finds a model's transformer blocks (its ``blocks``: VAR's and the AR
+baseline's ``nn.ModuleList``, the Infinity transformer's list over its chunks); a model laid out
+otherwise declares them through ``Objective.block_modules()``. Each block becomes one FSDP2 unit: its
+parameters are gathered just before its forward / backward and freed right after, so a rank holds
+``1/world`` of the model plus one block at a time (the old FSDP1 wrapping of the whole model
+gathered everything at once).
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ PARALLEL_MODES = ("ddp", "fsdp")
 
 
 def block_modules(model: nn.Module) -> List[nn.Module]:
-    """The transformer blocks of ``model``: its ``blocks`` ModuleList (empty when it has none)."""
+    """The transformer blocks of ``model``: its ``blocks`` (a ModuleList, or a list / tuple of modules such
+    as the Infinity transformer's property over its chunks); empty when it has none."""
     blocks = getattr(model, "blocks", None)
-    return list(blocks) if isinstance(blocks, nn.ModuleList) else []
+    if isinstance(blocks, (nn.ModuleList, list, tuple)) and all(isinstance(b, nn.Module) for b in blocks):
+        return list(blocks)
+    return []
 
 
 def compile_skip_reason(device: torch.device) -> Optional[str]:
