@@ -1,7 +1,12 @@
 """Training checkpoints, in one place: the files, reading them, writing them, and a run's state.
 
 Layout: ``RUN/checkpoints/step_00001234.pt``, a dict of tensors and plain Python (``format``, ``step``,
-``modules``, ``optimizers``, ``scalers``, ``ema``, ``objective``, ``data``, ``rng``, ``config``).
+``modules``, ``optimizers``, ``scalers``, ``ema``, ``objective``, ``data``, ``rng``, ``config``); or,
+for sharded (FSDP) runs, a folder ``RUN/checkpoints/step_00001234/`` written by every rank at once with
+``torch.distributed.checkpoint`` (DCP): ``modules`` and ``optimizers`` as DCP shards (``*.distcp`` +
+``.metadata``, keyed by parameter name, so any number of processes can load them), the rest in
+``extra.pt`` (rank 0), and the marker ``COMPLETE`` written last: a folder without it (a writer killed
+mid-save) is never read, only reported in one line and replaced by the next save of that step.
 
 * Files: :func:`checkpoint_path`, :func:`checkpoint_steps`, :class:`CheckpointFolder` (save with
   ``keep_last`` rotation, find the newest readable one, remove a killed writer's temps).
@@ -40,7 +45,12 @@ from nextscale.safeload import UnsafeFileError, load_torch
 
 __all__ = [
     "CKPT_FORMAT",
+    "COMPLETE",
     "checkpoint_path",
+    "sharded_path",
+    "incomplete_checkpoints",
+    "check_sharded_metadata",
+    "load_sharded_tensors",
     "checkpoint_steps",
     "load_checkpoint",
     "latest_checkpoint",
@@ -58,6 +68,11 @@ __all__ = [
 CKPT_FORMAT = "nextscale-train"
 
 _NAME = re.compile(r"^step_(\d{8,})\.pt$")
+_DIR = re.compile(r"^step_(\d{8,})$")
+#: The file a sharded checkpoint folder gets last: only a folder holding it is a checkpoint.
+COMPLETE = "COMPLETE"
+#: The non-tensor part of a sharded checkpoint (everything but modules / optimizers), rank 0's.
+EXTRA = "extra.pt"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -66,29 +81,124 @@ _NAME = re.compile(r"^step_(\d{8,})\.pt$")
 
 
 def checkpoint_path(folder: str, step: int) -> str:
-    return os.path.join(folder, f"step_{step:08d}.pt")
+    """The checkpoint of ``step`` in ``folder``: its sharded folder when that is complete, else the file."""
+    d = sharded_path(folder, step)
+    return d if os.path.isfile(os.path.join(d, COMPLETE)) else os.path.join(folder, f"step_{step:08d}.pt")
+
+
+def sharded_path(folder: str, step: int) -> str:
+    return os.path.join(folder, f"step_{step:08d}")
 
 
 def checkpoint_steps(folder: str) -> List[int]:
-    """Steps of the complete checkpoints in ``folder``, ascending (temp files are never listed)."""
+    """Steps of the complete checkpoints in ``folder``, ascending (temp files and sharded folders
+    without their ``COMPLETE`` marker are never listed)."""
     if not os.path.isdir(folder):
         return []
-    return sorted(int(m.group(1)) for f in os.listdir(folder) if (m := _NAME.match(f)))
+    steps = set()
+    for f in os.listdir(folder):
+        if m := _NAME.match(f):
+            steps.add(int(m.group(1)))
+        elif (m := _DIR.match(f)) and os.path.isfile(os.path.join(folder, f, COMPLETE)):
+            steps.add(int(m.group(1)))
+    return sorted(steps)
 
 
-def load_checkpoint(path: str) -> Dict[str, Any]:
-    """A training checkpoint, read tensors-only (:func:`nextscale.safeload.load_torch`, no fallback)."""
+def incomplete_checkpoints(folder: str) -> List[str]:
+    """Sharded checkpoint folders without their ``COMPLETE`` marker (a writer killed mid-save)."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if _DIR.match(f) and not os.path.isfile(os.path.join(folder, f, COMPLETE))
+    )
+
+
+# DCP's .metadata is a pickle: before DCP reads it, it is checked to name only DCP's metadata classes
+_DCP_GLOBALS = {
+    ("torch", "Size"),
+    ("pathlib", "PosixPath"),
+    ("pathlib", "WindowsPath"),
+    ("pathlib", "PurePosixPath"),
+    ("torch.serialization", "_get_layout"),
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    ("collections", "OrderedDict"),
+}
+
+
+def check_sharded_metadata(path: str) -> None:
+    """Refuse (:class:`UnsafeFileError`) a sharded checkpoint whose ``.metadata`` pickle would import
+    anything but DCP's metadata classes, torch dtypes / sizes and paths: nextscale never runs code from a file."""
+    import pickle
+
+    meta = os.path.join(path, ".metadata")
+
+    class _Checked(pickle.Unpickler):
+        def find_class(self, module, name):
+            ok = (
+                (module, name) in _DCP_GLOBALS
+                or module == "torch.distributed.checkpoint.metadata"
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))
+            )
+            if not ok:
+                raise UnsafeFileError(
+                    f"{meta}: refused: the metadata would import {module}.{name}, and nextscale never runs code "
+                    "from a file; use a checkpoint written by nextscale"
+                )
+            return super().find_class(module, name)
+
+    try:
+        with open(meta, "rb") as f:
+            _Checked(f).load()
+    except UnsafeFileError:
+        raise
+    except Exception as e:
+        raise NextScaleError(f"{meta}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def load_sharded_tensors(path: str) -> Dict[str, Any]:
+    """The DCP part of a sharded checkpoint, whole, in this process (no process group needed):
+    ``{"modules": {name: state_dict}, "optimizers": {name: state_dict}}`` (for export and inspection)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    check_sharded_metadata(path)
+    sd: Dict[str, Any] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _load_state_dict(sd, storage_reader=FileSystemReader(path), planner=_EmptyStateDictLoadPlanner(), no_dist=True)
+    return sd
+
+
+def load_checkpoint(path: str, tensors: bool = True) -> Dict[str, Any]:
+    """A training checkpoint, read tensors-only (:func:`nextscale.safeload.load_torch`, no fallback).
+
+    A sharded folder is read whole (``modules`` and ``optimizers`` gathered in this process); with
+    ``tensors=False`` only its ``extra.pt`` is read and ``state["sharded"]`` names the folder (a
+    resume then loads each rank's shards itself, :class:`Checkpointer`)."""
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, COMPLETE)):
+            raise NextScaleError(f"{path} is an incomplete sharded checkpoint (no {COMPLETE} marker)")
+        state = load_torch(os.path.join(path, EXTRA), "nextscale training checkpoint (extra.pt)")
+        if isinstance(state, dict):
+            state["sharded"] = path
+            if tensors:
+                state.update(load_sharded_tensors(path))
+        return state
     return load_torch(path, "nextscale training checkpoint (checkpoints/step_*.pt)")
 
 
-def latest_checkpoint(folder: str) -> Optional[Tuple[int, Dict[str, Any]]]:
-    """``(step, state)`` of the newest readable checkpoint in ``folder``, or None.
+def latest_checkpoint(folder: str, tensors: bool = True) -> Optional[Tuple[int, Dict[str, Any]]]:
+    """``(step, state)`` of the newest readable checkpoint in ``folder``, or None (``tensors``: see
+    :func:`load_checkpoint`).
 
     A refused file (a pickle holding Python objects) raises: it is never skipped silently."""
     for s in reversed(checkpoint_steps(folder)):
         p = checkpoint_path(folder, s)
         try:
-            state = load_checkpoint(p)
+            state = load_checkpoint(p, tensors=tensors)
         except UnsafeFileError as e:  # planted or foreign: never skip past it silently
             raise NextScaleError(f"{e}; remove it or use a fresh run folder") from None
         except Exception as e:
@@ -108,7 +218,7 @@ def find_checkpoint(run: str, not_found: str, train_hint: str) -> Tuple[str, Dic
     ``not_found`` ends the message for a missing ``run``; ``train_hint`` (the command that writes
     checkpoints) the one for a run folder without a readable checkpoint."""
     run = os.fspath(run)
-    if os.path.isfile(run):
+    if os.path.isfile(run) or os.path.isfile(os.path.join(run, COMPLETE)):
         return run, load_checkpoint(run)
     if not os.path.isdir(run):
         raise NextScaleError(f"run {run!r} not found; {not_found}")
@@ -169,11 +279,18 @@ class CheckpointFolder:
         return p
 
     def prune(self) -> None:
-        for s in self.steps()[: -self.keep_last]:
+        import shutil
+
+        steps = self.steps()
+        for s in steps[: -self.keep_last]:
+            p = self.path(s)
             try:
-                os.remove(self.path(s))
+                shutil.rmtree(p) if os.path.isdir(p) else os.remove(p)
             except FileNotFoundError:
                 pass
+        for d in incomplete_checkpoints(self.folder):  # killed writers' folders older than the newest checkpoint
+            if steps and int(os.path.basename(d)[5:]) < steps[-1]:
+                shutil.rmtree(d, ignore_errors=True)
 
     def clean_temp(self) -> None:
         """Remove the temp files (``.step_*``) of killed writers (call on the writing rank at start-up,
@@ -187,10 +304,10 @@ class CheckpointFolder:
                 except OSError:
                     pass
 
-    def latest(self) -> Optional[Tuple[int, Dict[str, Any]]]:
+    def latest(self, tensors: bool = True) -> Optional[Tuple[int, Dict[str, Any]]]:
         """``(step, state)`` of the newest readable checkpoint, or None (a refused pickle raises:
         it stops a resume instead of being skipped)."""
-        return latest_checkpoint(self.folder)
+        return latest_checkpoint(self.folder, tensors=tensors)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -257,8 +374,10 @@ class Checkpointer:
         seed: int,
         run_config: Optional[Dict[str, Any]] = None,
         log=None,
+        sharded: bool = False,
     ):
         self.files = CheckpointFolder(folder, keep_last)
+        self.sharded = sharded  # every rank writes its shards (DCP) instead of rank 0 a gathered file
         self.objective, self.parallel, self.precision, self.ema = objective, parallel, precision, ema
         self.optim_specs: Dict[str, Any] = {}
         self.batch_size, self.grad_accum, self.n_train, self.seed = batch_size, grad_accum, n_train, seed
@@ -284,6 +403,13 @@ class Checkpointer:
     # ---------------------------------------------------------------- save
     def state_dict(self, step: int) -> Dict[str, Any]:
         """The full training state at ``step`` (collective: gathers RNG states / FSDP shards)."""
+        state = self.extra_state(step)
+        state["modules"] = {k: self.parallel.module_state(k) for k in self.objective.modules()}
+        state["optimizers"] = {k: self.parallel.optim_state(k, spec.optimizer) for k, spec in self.optim_specs.items()}
+        return state
+
+    def extra_state(self, step: int) -> Dict[str, Any]:
+        """Everything but the weights and optimizer states (collective: gathers every rank's RNG states)."""
         ob = self.objective
         epoch, index = divmod(step, math.ceil(self.n_train / self.batch_size))
         rngs = dist.all_gather_object(capture_rng())
@@ -291,8 +417,7 @@ class Checkpointer:
             "format": CKPT_FORMAT,
             "step": step,
             "world_size": self.world,
-            "modules": {k: self.parallel.module_state(k) for k in ob.modules()},
-            "optimizers": {k: self.parallel.optim_state(k, spec.optimizer) for k, spec in self.optim_specs.items()},
+            "module_names": sorted(ob.modules()),
             "scalers": self.precision.state_dict(),
             "ema": self.ema.state_dict(),
             "objective": ob.state_dict(),
@@ -303,6 +428,8 @@ class Checkpointer:
 
     def save(self, step: int) -> str:
         """Write the checkpoint of ``step`` (main rank; older ones beyond ``keep_last`` removed). Collective."""
+        if self.sharded:
+            return self.save_sharded(step)
         state = self.state_dict(step)
         path = None
         if dist.is_main():
@@ -310,13 +437,44 @@ class Checkpointer:
         dist.barrier()
         return path or self.files.path(step)
 
+    def save_sharded(self, step: int) -> str:
+        """Every rank writes its own shards of the weights and optimizer states (DCP, no gather); rank 0
+        the rest (``extra.pt``) and, once all is on disk, the ``COMPLETE`` marker. Collective."""
+        import shutil
+
+        import torch.distributed.checkpoint as dcp
+
+        path = sharded_path(self.files.folder, step)
+        extra = self.extra_state(step)
+        tensors = self.parallel.sharded_state(self.optim_specs)
+        if dist.is_main():
+            if os.path.exists(path):  # a killed writer's half folder of this step (or an older run's)
+                shutil.rmtree(path)
+            os.makedirs(path)
+        dist.barrier()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "assuming the intent is to save in a single process"
+            dcp.save(tensors, checkpoint_id=path)  # ends when every rank's files are written and fsync'ed
+        if dist.is_main():
+            save_checkpoint(extra, os.path.join(path, EXTRA))
+            with atomic_path(os.path.join(path, COMPLETE), durable=True) as tmp, open(tmp, "w") as f:
+                f.write(f"step {step}, {self.world} processes\n")
+            self.files.prune()
+        dist.barrier()
+        return path
+
     # ---------------------------------------------------------------- resume
     def find_latest(self) -> Optional[Tuple[int, Dict[str, Any]]]:
         """``(step, state)`` to resume from, or None for a fresh run (collective: ends in a barrier).
-        A killed writer's temp files are removed first; a refused pickle raises."""
+        A killed writer's temp files are removed first; a refused pickle raises. A sharded checkpoint's
+        state has only its ``extra.pt`` part; its shards are read by :meth:`load_rest`."""
         if dist.is_main():
             self.files.clean_temp()
-        found = self.files.latest()
+            newest = max(self.files.steps() or [-1])
+            for d in incomplete_checkpoints(self.files.folder):
+                if int(os.path.basename(d)[5:]) > newest and self.log is not None:
+                    self.log.info(f"ignoring {d}: no {COMPLETE} marker (its writer stopped mid-save)")
+        found = self.files.latest(tensors=False)
         dist.barrier()
         if found is not None and found[1].get("format") != CKPT_FORMAT:
             path = self.files.path(found[0])
@@ -324,17 +482,33 @@ class Checkpointer:
         return found
 
     def load_modules(self, state: Dict[str, Any]) -> None:
-        """The weights (before the modules are moved and wrapped)."""
+        """The weights (before the modules are moved and wrapped; a sharded checkpoint's in :meth:`load_rest`)."""
+        if "sharded" in state:
+            return
         for k, m in self.objective.modules().items():
             if k not in state["modules"]:
                 raise FieldError(f"checkpoint has no weights for {k!r}; use a fresh ", FieldName("run_dir"))
             m.load_state_dict(state["modules"][k])
 
     def load_rest(self, state: Dict[str, Any], step: int) -> None:
-        """Optimizers, loss scalers, EMA, objective counters and RNG streams (once they all exist)."""
-        for k, spec in self.optim_specs.items():
-            if k in state["optimizers"]:
-                self.parallel.load_optim_state(k, spec.optimizer, state["optimizers"][k])
+        """Optimizers, loss scalers, EMA, objective counters and RNG streams (once they all exist); the
+        weights and optimizer states of a sharded checkpoint too, re-sharded to this world size by DCP."""
+        if "sharded" in state:
+            import torch.distributed.checkpoint as dcp
+
+            check_sharded_metadata(state["sharded"])
+            tensors = self.parallel.sharded_state(self.optim_specs)  # this world's layout, filled in place
+            missing = set(self.objective.modules()) - set(state.get("module_names", self.objective.modules()))
+            if missing:
+                raise FieldError(f"checkpoint has no weights for {sorted(missing)}; use a fresh ", FieldName("run_dir"))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dcp.load(tensors, checkpoint_id=state["sharded"])
+            self.parallel.load_sharded_state(tensors, self.optim_specs)
+        else:
+            for k, spec in self.optim_specs.items():
+                if k in state["optimizers"]:
+                    self.parallel.load_optim_state(k, spec.optimizer, state["optimizers"][k])
         self.precision.load_state_dict(state.get("scalers", {}))
         self.ema.load_state_dict(state.get("ema", {}))
         self.objective.load_state_dict(state.get("objective", {}))

@@ -67,9 +67,27 @@ def init_distributed(
         kw = dict(backend=backend, timeout=datetime.timedelta(minutes=timeout_min))
         if backend == "nccl":
             kw["device_id"] = dev
+        kw.update(_elastic_store(kw["timeout"]))
         tdist.init_process_group(**kw)
     _DEVICE = dev
     return dev
+
+
+def _elastic_store(timeout: datetime.timedelta) -> dict:
+    """After a torchrun restart (``--max-restarts``), a store of this attempt's own.
+
+    The workers of a restarted attempt join the agent's store again, which still holds the previous
+    attempt's keys: the process group would then connect to the dead workers' addresses ("Gloo
+    connectFullMesh failed ... Connection refused"). A prefix per attempt keeps the attempts apart."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    world = int(os.environ["WORLD_SIZE"])
+    store = tdist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False, timeout=timeout
+    )
+    prefixed = tdist.PrefixStore(f"nextscale/attempt_{restart}", store)
+    return {"store": prefixed, "rank": int(os.environ["RANK"]), "world_size": world}
 
 
 def destroy() -> None:

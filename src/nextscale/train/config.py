@@ -141,6 +141,22 @@ class TrainConfigBase:
         5000, "steps between sample pictures", group=LOOP, min=-1, note="0 = at the end only, -1 = never"
     )
 
+    # -- scaling out (issue #25): sharding, activation checkpointing, compile --
+    # DDP keeps a full copy per GPU (fastest while it fits); fsdp shards each block (FSDP2) + sharded checkpoints.
+    parallel: str = setting(
+        "ddp",
+        "ddp: a full model per process; fsdp: parameters, grads and optimizer state sharded per block "
+        "(FSDP2, bf16 compute on GPU) with sharded checkpoints",
+        group=LOOP,
+        choices=("ddp", "fsdp"),
+    )
+    # Recomputes each block's forward in the backward: activations of one block instead of all, ~+30% time.
+    grad_checkpointing: bool = setting(
+        False, "activation checkpointing per block (less memory, ~1/3 more compute)", group=LOOP
+    )
+    # Compiling costs minutes at start; it pays off on long GPU runs.
+    compile: bool = setting(False, "torch.compile each block (skipped with a reason where unsupported)", group=LOOP)
+
     def __post_init__(self):
         self.check_values()
 
@@ -201,7 +217,9 @@ class TrainConfigBase:
         the device (and the command's ``fsdp``, when it has one)."""
         shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfigBase)}
         shared["device"] = str(device)
-        return LoopConfig(**shared, run_dir=run_dir, max_steps=max_steps, fsdp=getattr(self, "fsdp", False))
+        if getattr(self, "fsdp", False):  # the older spelling of parallel="fsdp"
+            shared["parallel"] = "fsdp"
+        return LoopConfig(**shared, run_dir=run_dir, max_steps=max_steps, fsdp=shared["parallel"] == "fsdp")
 
 
 def _like(name: str, default: Any, **metadata) -> Any:
@@ -219,8 +237,8 @@ class LoopConfig(TrainConfigBase):
 
     run_dir: str = field(metadata=dict(help="run folder (checkpoints, logs, samples)"))
     max_steps: int = field(metadata=dict(help="optimizer steps of the whole run", min=1))
-    # VARTrainConfig.fsdp: shard parameters/grads/optimizer (FULL_SHARD) instead of DDP.
-    fsdp: bool = field(default=False, metadata=dict(help="FSDP instead of DDP"))
+    # parallel == "fsdp" (derived; the objectives and hooks read it)
+    fsdp: bool = field(default=False, metadata=dict(help="parallel is fsdp"))
     eval_batch_size: int = field(default=0, metadata=dict(help="per rank; 0 = the training micro-batch", min=0))
 
     def __post_init__(self):
@@ -228,6 +246,9 @@ class LoopConfig(TrainConfigBase):
             self.device = "cpu"
         if self.workers is None:  # loader processes cost memory per rank: only where they pay off
             self.workers = 4 if str(self.device).startswith("cuda") else 0
+        if self.fsdp:  # fsdp is parallel == "fsdp", either spelling
+            self.parallel = "fsdp"
+        self.fsdp = self.parallel == "fsdp"
         super().__post_init__()
 
 
@@ -341,7 +362,7 @@ class VARTrainConfig(TrainConfigBase):
     )
     # -- loop (the rest: TrainConfigBase) --
     # FSDP for the largest models (d30/d36); DDP otherwise.
-    fsdp: bool = setting(False, "shard parameters/optimizer across GPUs (d30/d36) instead of DDP", group=LOOP)
+    fsdp: bool = setting(False, "the same as --parallel fsdp (kept for older command lines)", group=LOOP)
 
     def check_more(self) -> None:
         if self.schedule is not None:

@@ -46,6 +46,7 @@ from nextscale.train.ema import EMAHolder
 from nextscale.train.guard import FiniteGuard, first_bad_loss
 from nextscale.train.hooks import Hooks
 from nextscale.train.logging import RunLogger
+from nextscale.train.memory import fmt_bytes, memory_plan, peak_memory
 from nextscale.train.optim import EMA, OptimSpec
 from nextscale.train.parallel import Parallel
 from nextscale.train.precision import Precision
@@ -119,6 +120,13 @@ class Objective:
         """Extra throughput units, e.g. {"tok": L} logs tokens/s next to images/s."""
         return {}
 
+    def block_modules(self) -> Dict[str, List[nn.Module]]:
+        """Each module's transformer blocks: the units of FSDP sharding, activation checkpointing and
+        compile. Default: a module's ``blocks`` ModuleList (VAR, the AR baseline); override for others."""
+        from nextscale.train.parallel import block_modules
+
+        return {k: block_modules(m) for k, m in self.modules().items()}
+
     def ema_modules(self) -> List[str]:
         """Modules that get an EMA copy when the loop's ema (decay) > 0."""
         return list(self.modules())[:1]
@@ -186,7 +194,8 @@ class Trainer:
     latest checkpoint. The work is split between collaborators with one job each:
 
     ``checkpointer`` (:class:`~nextscale.train.checkpointer.Checkpointer`): state, save, resume;
-    ``parallel`` (:class:`~nextscale.train.parallel.Parallel`): DDP / FSDP wrapping, no_sync;
+    ``parallel`` (:class:`~nextscale.train.parallel.Parallel`): DDP / FSDP2 wrapping per block, activation
+    checkpointing, compile, no_sync;
     ``precision`` (:class:`~nextscale.train.precision.Precision`): autocast, loss scalers, the optimizer step;
     ``ema`` (:class:`~nextscale.train.ema.EMAHolder`); ``guard`` (:class:`~nextscale.train.guard.FiniteGuard`):
     the NaN rules; ``signals`` (:class:`~nextscale.train.signals.StopSignals`): SIGTERM / SIGINT;
@@ -211,7 +220,9 @@ class Trainer:
         if len(train_set) == 0:
             raise NextScaleError("the training set is empty; add images to the data folder")
         self.log = logger or RunLogger(cfg.run_dir, enabled=dist.is_main())
-        self.parallel = Parallel(self.device, self.world, cfg.fsdp)
+        self.parallel = Parallel(
+            self.device, self.world, cfg.parallel, cfg.grad_checkpointing, cfg.compile, log=self.log.info
+        )
         self.precision = Precision(cfg.amp, self.device)
         self.ema = EMAHolder(cfg.ema, cfg.fsdp)
         self.optim_specs: Dict[str, OptimSpec] = {}
@@ -228,6 +239,7 @@ class Trainer:
             seed=cfg.seed,
             run_config=self.run_config,
             log=self.log,
+            sharded=cfg.parallel == "fsdp",  # every rank writes its shards: no full gather on one rank
         )
         self.guard = FiniteGuard(self.log, self.checkpointer.last_good, self.world)
         self.signals = StopSignals(self.world)
@@ -274,6 +286,9 @@ class Trainer:
                 self.hooks.close()
         res.step, res.finished = self.step, self.step >= cfg.max_steps
         res.bad_images = int(dist.all_reduce_sum(torch.tensor(float(self.bad_images))).item())
+        peaks = dist.all_gather_object(peak_memory(self.device))
+        what = "max_memory_allocated" if self.device.type == "cuda" else "peak RSS"
+        self.log.info(f"peak memory per rank ({what}): " + ", ".join(fmt_bytes(p) for p in peaks))
         self.hooks.end(self.step, res.finished, res.bad_images, res.checkpoint)
         return res
 
@@ -290,8 +305,13 @@ class Trainer:
             self.checkpointer.load_modules(found[1])
         for m in ob.modules().values():
             m.to(self.device)
-        wrapped = self.parallel.wrap(ob.modules())
+        blocks = ob.block_modules()
+        self._memory_plan(blocks)
+        wrapped = self.parallel.wrap(ob.modules(), blocks)
         self.optim_specs = ob.configure_optimizers(cfg.max_steps, wrapped)
+        if self.parallel.fsdp:  # sharded parameters: the global norm is a collective over the shards
+            for spec in self.optim_specs.values():
+                spec.clip_fn = self.parallel.clip_fn(spec.params)
         self.checkpointer.set_optimizers(self.optim_specs)
         self.precision.build(self.optim_specs)
         self.ema.build(ob)
@@ -303,6 +323,22 @@ class Trainer:
             ob.modules(), f"at step {self.step} (from the checkpoint)" if resumed else "before training (from init?)"
         )
         self.hooks.write_run_config(self.run_config)
+
+    def _memory_plan(self, blocks: Dict[str, List[nn.Module]]) -> None:
+        """One line before the first step: bytes per rank for weights, grads, optimizer, activations."""
+        tokens = self.objective.units_per_sample().get("tok")
+        gpu_bf16 = self.device.type == "cuda" and (self.cfg.parallel == "fsdp" or self.cfg.amp != "none")
+        plan = memory_plan(
+            self.objective.modules(),
+            blocks,
+            self.world,
+            self.cfg.parallel == "fsdp",
+            self.micro,
+            tokens,
+            self.cfg.grad_checkpointing,
+            compute_bytes=2 if gpu_bf16 else 4,
+        )
+        self.log.info(plan.line(self.world, self.cfg.parallel))
 
     def _train_step(self, data: Iterator[Dict[str, Any]], ctx: "StepContext") -> Dict[str, Any]:
         """One optimizer step: ``grad_accum`` micro-batches, the NaN check, the update, the EMA.

@@ -133,7 +133,7 @@ class VARObjective(Objective):
             wd=self.tc.weight_decay,
             wd_end=self.tc.weight_decay_end,
         )
-        clip_fn = (lambda c: model.clip_grad_norm_(c)) if self.tc.fsdp and dist.get_world_size() > 1 else None
+        clip_fn = None  # sharded parameters: the loop clips them (Parallel.clip_fn)
         return {
             "var": OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, self.tc.grad_clip, clip_fn)
         }
