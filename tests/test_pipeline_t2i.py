@@ -260,9 +260,9 @@ def test_every_validation_is_one_clear_line(pipe, encoder, t5_dir, tmp_path):
     _one_line(lambda: pipe("a cat", height=32, width=32, pn="1M"), "is not a size of pn 1M")
     _one_line(lambda: pipe("a cat", pn="2M"), "^pn must be one of")
     _one_line(lambda: pipe("a cat", num_scales=9), r"^num_scales must be in \[1, 7\]")
-    _one_line(lambda: pipe("a cat", guidance_scale=[1, 2]), r"^guidance_scale needs one value per scale \(7\)")
+    _one_line(lambda: pipe("a cat", guidance_scale=[1, 2]), r"^guidance_scale has 2 values but the model samples 7")
     _one_line(lambda: pipe("a cat", temperature=0), "^temperature must be > 0")
-    _one_line(lambda: pipe("a cat", top_p=1.5), r"^top_p must be one number in \[0, 1\]")
+    _one_line(lambda: pipe("a cat", top_p=1.5), r"^top_p must be in \[0, 1\]")
     _one_line(lambda: pipe("a cat", top_k=-1), "^top_k must be >= 0")
     _one_line(lambda: pipe("a cat", cfg_insertion_layer=2), "^cfg_insertion_layer must be 0")
     _one_line(lambda: pipe("a cat", cfg_insertion_layer=-5), "cfg_insertion_layer entries must be 0")
@@ -271,9 +271,9 @@ def test_every_validation_is_one_clear_line(pipe, encoder, t5_dir, tmp_path):
     _one_line(lambda: pipe("a cat", seed=-1), "seed")
     _one_line(lambda: pipe("a cat", num_images_per_prompt=0), "num_images_per_prompt must be >= 1")
     _one_line(lambda: pipe("a cat", negative_prompt=["a", "b"]), "^negative_prompt must be one string or 1")
-    _one_line(lambda: pipe("a cat", settings={"top_k": 1}), "^settings must be a nextscale.pipeline_t2i.T2ISettings")
+    _one_line(lambda: pipe("a cat", settings={"top_k": 1}), "^settings must be a nextscale.T2ISettings")
     _one_line(lambda: T2ISettings(guidance_scale=-1), "^guidance_scale must be >= 0")
-    _one_line(lambda: pipe.settings.replace(cfg=2), "^sampling settings: unknown key 'cfg'")
+    _one_line(lambda: pipe.settings.replace(cfg=2), "^T2ISettings: unknown key 'cfg'")
     # text longer than the encoder reads: refused with its token count (the reference would cut it silently)
     long = " ".join(["fox"] * 40)
     msg = _one_line(lambda: pipe(long), r"^prompt is \d+ tokens long; the text encoder reads at most 64")
@@ -526,3 +526,54 @@ def test_pipeline_replays_the_official_sampler(infinity_golden):
             )
             assert all(torch.equal(x, y) for x, y in zip(out.bits, direct.bits_per_scale)), f"{V}.{name}"
         assert exact > 0, V  # public fixture: every case but p8 r05_full_cfg4 (one near-tie bit)
+
+
+# ------------------------------------------------------------------------------------------------ settings
+def test_settings_are_the_one_sampling_object():
+    """T2ISettings is a SamplingSettings with Infinity's released values, the reference's names as aliases, and
+    one line for what text-to-image cannot honour."""
+    from nextscale.sampling import SamplingSettings
+
+    st = T2ISettings()
+    assert isinstance(st, SamplingSettings)
+    assert (st.guidance_scale, st.temperature, st.top_k, st.top_p, st.guidance_schedule) == (
+        3.0,
+        0.5,
+        900,
+        0.97,
+        "constant",
+    )
+    assert st.replace(cfg_list=[1, 2], tau_list=1).guidance_scale == (1.0, 2.0)
+    _one_line(lambda: st.replace(prune_ratio=0.5), "^prune_ratio is not supported by text-to-image", FieldError)
+    _one_line(lambda: st.replace(more_smooth=True), "^more_smooth is not supported", FieldError)
+    _one_line(lambda: st.replace(kv_budget=(1, 2)), "^kv_budget is not supported", FieldError)
+    _one_line(lambda: st.replace(guidance_schedule="linear"), "^guidance_schedule must be one of constant")
+    _one_line(lambda: st.replace(cfg_insertion_layer=(0, 1)), "^cfg_insertion_layer must be 0")
+    assert T2ISettings.from_dict(st.replace(guidance_cutoff=2).to_dict()) == st.replace(guidance_cutoff=2)
+
+
+def test_reference_names_in_errors(pipe):
+    """generate_t2i takes the reference's keywords; an error names them as given."""
+    from nextscale.sampling_t2i import generate_t2i
+
+    text = pipe._encode(["a cat"], "prompt")
+    sched = list(pipe.size(num_scales=3).schedule)
+    _one_line(lambda: generate_t2i(pipe.transformer, pipe.vae, text, sched, cfg_list=[1, 2]), "^cfg_list has 2 values")
+    _one_line(lambda: generate_t2i(pipe.transformer, pipe.vae, text, sched, tau_list=0), "^tau_list must be > 0")
+
+
+def test_guidance_cutoff(pipe):
+    """Cut-off 0 is the exact path; cut-off N changes only the last N scales, which are then those of cfg 1 on
+    the last N scales (same random stream), computed on the conditional rows only."""
+    kw = dict(prompt=["a red cat", "a dog on a long sofa"], seed=3, num_scales=5, output_type="pt", return_bits=True)
+    base = pipe(**kw)
+    _same(pipe(guidance_cutoff=0, **kw), base)
+    for n in (1, 2):
+        cut = pipe(guidance_cutoff=n, **kw)
+        assert all(torch.equal(a, b) for a, b in zip(cut.bits[: 5 - n], base.bits[: 5 - n]))
+        assert not all(torch.equal(a, b) for a, b in zip(cut.bits[5 - n :], base.bits[5 - n :]))
+        ones = pipe(guidance_scale=[3.0] * (5 - n) + [1.0] * n, **kw)
+        _same(cut, ones)
+    full = pipe(guidance_cutoff=5, **kw)
+    _same(full, pipe(guidance_scale=1.0, **kw))
+    _one_line(lambda: pipe(guidance_cutoff=6, **kw), "^guidance_cutoff must be <= the number of scales")

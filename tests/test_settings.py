@@ -111,8 +111,9 @@ def test_every_command_is_a_config_dataclass():
             want = set()
             for f in dataclasses.fields(cls):
                 group = type_hints(cls)[f.name]
-                if f.metadata.get("settings") is not None:  # changes to a settings object: its flags
-                    want |= set(f.metadata["settings"].flat_names())
+                if f.metadata.get("settings") is not None:  # changes to a settings object: its flags (or `only`)
+                    names = set(f.metadata["settings"].flat_names())
+                    want |= names & set(f.metadata["only"]) if f.metadata.get("only") is not None else names
                 elif isinstance(group, type) and issubclass(group, Settings):  # a nested group: its scalar fields
                     want |= {n for o, g in group.flat_fields() for n in [g.name] if field_type(o, n)[0] is not Any}
                 else:

@@ -4,6 +4,12 @@
     pipe = NextScalePipeline.from_pretrained("default")
     pipe(class_labels=[3, 7], seed=0).images[0].save("x.png")
 
+Text to image (Infinity)::
+
+    from nextscale import NextScaleT2IPipeline
+    pipe = NextScaleT2IPipeline.from_pretrained("FoundationVision/Infinity", variant="2b")
+    pipe("a red fox in snow", aspect_ratio="16:9", seed=0).images[0].save("fox.png")
+
 Drop-in for scripts written against the reference code::
 
     from nextscale import VQVAE, VAR, build_vae_var
@@ -31,12 +37,33 @@ __all__ = [
     "VQVAEConfig",
     "VARConfig",
     "NextScaleError",
+    "NextScaleT2IPipeline",
+    "T2ISettings",
+    "Infinity",
+    "InfinityConfig",
+    "INFINITY_PRESETS",
+    "BSQVAE",
+    "BSQConfig",
+    "BSQ_PRESETS",
 ]
 
+#: text to image (Infinity), imported on first use: name -> module
+_LAZY = {
+    "NextScaleInpaintPipeline": "nextscale.editing",
+    "NextScaleT2IPipeline": "nextscale.pipeline_t2i",
+    "T2ISettings": "nextscale.sampling_t2i",
+    "Infinity": "nextscale.models.infinity",
+    "InfinityConfig": "nextscale.models.infinity",
+    "INFINITY_PRESETS": "nextscale.models.infinity",
+    "BSQVAE": "nextscale.models.bsq",
+    "BSQConfig": "nextscale.models.bsq",
+    "BSQ_PRESETS": "nextscale.models.bsq",
+}
 
-def __getattr__(name):  # editing pipeline is imported lazily (it is optional for most users)
-    if name == "NextScaleInpaintPipeline":
-        from nextscale.editing import NextScaleInpaintPipeline
 
-        return NextScaleInpaintPipeline
+def __getattr__(name):  # the editing and text-to-image parts are imported lazily (optional for most users)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

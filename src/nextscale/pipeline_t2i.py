@@ -13,10 +13,14 @@ ratio template (15 of them, h/w 1:3 .. 3:1) and a size class ``pn`` ('0.06M' ~25
 '1M' ~1024). Give ``aspect_ratio`` ('16:9' is width:height, or an h/w number) and ``pn``, or an exact
 ``height`` x ``width`` of the table; ``num_scales`` stops early (a smaller image, fast previews).
 
-Sampling values travel as one validated frozen object, :class:`T2ISettings` (guidance weight and temperature: one
-number or one per scale; top-k / top-p; where guidance applies); the keyword arguments of a call override single
-fields of the model's recommendation (``pipe.settings``; the released models recommend cfg 3, tau 0.5, top-k 900,
-top-p 0.97). The random numbers are the reference's (one multinomial per scale): a seed on the CPU replays the
+Sampling values travel as one validated frozen object, :class:`~nextscale.sampling_t2i.T2ISettings` (the
+``SamplingSettings`` of text-to-image: guidance weight and temperature, one number or one per scale; top-k / top-p;
+where guidance applies; the guidance cut-off); the keyword arguments of a call are applied to the model's
+recommendation (``pipe.settings``; the released models recommend cfg 3, tau 0.5, top-k 900, top-p 0.97) in one
+``replace`` at the door, and the one object goes down to ``generate_t2i``. Settings it cannot honour (pruning, KV
+budget, a refiner, Gumbel smoothing) are refused with one line.
+
+The random numbers are the reference's (one multinomial per scale): a seed on the CPU replays the
 reference's ``g_seed``; a CUDA generator draws a different stream (as the reference's GPU loader does).
 
 Prompts: the released T5 tokenizer call truncates at 512 tokens silently; here a longer prompt is refused with
@@ -25,11 +29,9 @@ its token count (``InputError``), and an empty prompt needs ``allow_empty_prompt
 
 from __future__ import annotations
 
-import dataclasses
-import numbers
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -38,7 +40,7 @@ import torch.nn.functional as F
 from nextscale.errors import FieldError, FieldName, InputError, NextScaleError
 from nextscale.models.bsq import BSQVAE
 from nextscale.models.infinity import Infinity, TextFeatures
-from nextscale.sampling_t2i import cfg_insertion, generate_t2i, keep_bits_constraint, per_scale_values
+from nextscale.sampling_t2i import T2ISettings, cfg_insertion, generate_t2i, keep_bits_constraint, t2i_settings
 from nextscale.schedules import (
     PN_CLASSES,
     TEMPLATES,
@@ -47,7 +49,7 @@ from nextscale.schedules import (
     scale_schedule,
     tokenizer_schedule,
 )
-from nextscale.validate import MAX_IMAGES, as_int, check_count, check_device, check_float, check_seed
+from nextscale.validate import MAX_IMAGES, as_int, check_count, check_device, check_seed
 
 __all__ = [
     "NextScaleT2IPipeline",
@@ -87,99 +89,6 @@ SMALL_TEXT_ENCODER = 100_000_000
 #: scales whose transformer grid has at most this many tokens are kept entirely when editing (the 1x1 scale; the
 #: reference editing rule of VAR, ``nextscale.editing.FORCE_KEEP_MAX_TOKENS``)
 FORCE_KEEP_MAX_TOKENS = 3
-
-
-# ------------------------------------------------------------------------------------------------ settings
-def _reals(value, name: str, *, positive: bool = False) -> Union[float, Tuple[float, ...]]:
-    """One number, or a non-empty sequence of numbers (one per scale), as floats."""
-
-    def one(v, where):
-        try:
-            x = check_float(v, where)
-        except NextScaleError as e:
-            raise FieldError(FieldName(name), str(e)[len(where) :]) from None
-        if positive and x <= 0:
-            raise FieldError(FieldName(name), f" must be > 0, got {x:g}")
-        if not positive and x < 0:
-            raise FieldError(FieldName(name), f" must be >= 0, got {x:g}")
-        return x
-
-    if isinstance(value, torch.Tensor) and value.ndim == 1:
-        value = value.tolist()
-    if isinstance(value, (list, tuple)):
-        if not value:
-            raise FieldError(FieldName(name), " is an empty list; give one number, or one per scale")
-        return tuple(one(v, name) for v in value)
-    return one(value, name)
-
-
-@dataclass(frozen=True)
-class T2ISettings:
-    """How a text-to-image call samples (the reference's ``cfg_list``, ``tau_list``, ``top_k``, ``top_p``,
-    ``cfg_insertion_layer``). Frozen and validated here: a bad value is a :class:`FieldError` naming the field.
-    Per-scale sequences are checked against the schedule's length at call time."""
-
-    # guidance weight (the reference's cfg): cfg * cond + (1 - cfg) * uncond on the logits; 1 = off (the batch is
-    # then not doubled); one number, or one per scale
-    guidance_scale: Union[float, Tuple[float, ...]] = field(
-        default=3.0, metadata=dict(flag="--cfg", help="guidance weight (the reference's cfg; 1 = off)")
-    )
-    # temperature tau: logits * (1 / tau); the released inference uses 0.5 (sharper than the model's training)
-    temperature: Union[float, Tuple[float, ...]] = field(
-        default=0.5, metadata=dict(flag="--temperature", help="temperature tau (> 0), one or one per scale")
-    )
-    # keep the k most likely of the 2 values of each bit: only 1 (greedy) changes anything; 900 = the released no-op
-    top_k: int = field(default=900, metadata=dict(flag="--top-k", help="top-k over bits (1 = greedy; 0 = off)"))
-    # drop a bit value whose probability is <= 1 - top_p (0 = off); the released 0.97 does change samples
-    top_p: float = field(default=0.97, metadata=dict(flag="--top-p", help="top-p over bits (0 = off)"))
-    # 0 = guidance on the logits (released); -n = on the hidden states after block depth - n
-    cfg_insertion_layer: Union[int, Tuple[int, ...]] = field(
-        default=0, metadata=dict(flag="--cfg-insertion-layer", help="0 = guidance on logits; -n = after block depth-n")
-    )
-
-    def __post_init__(self):
-        object.__setattr__(self, "guidance_scale", _reals(self.guidance_scale, "guidance_scale"))
-        object.__setattr__(self, "temperature", _reals(self.temperature, "temperature", positive=True))
-        try:
-            k = as_int(self.top_k, "top_k")
-        except NextScaleError as e:
-            raise FieldError(FieldName("top_k"), str(e)[len("top_k") :]) from None
-        if k < 0:
-            raise FieldError(FieldName("top_k"), f" must be >= 0 (0 = off), got {k}")
-        object.__setattr__(self, "top_k", k)
-        p = _reals(self.top_p, "top_p")
-        if isinstance(p, tuple) or p > 1:
-            raise FieldError(FieldName("top_p"), f" must be one number in [0, 1] (0 = off), got {self.top_p!r}")
-        object.__setattr__(self, "top_p", p)
-        layers = self.cfg_insertion_layer
-        items = list(layers) if isinstance(layers, (list, tuple)) else [layers]
-        if not items or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v > 0 for v in items):
-            raise FieldError(
-                FieldName("cfg_insertion_layer"),
-                f" must be 0 (guidance on the logits) or -n (after block depth - n), or a list of them; got {layers!r}",
-            )
-        object.__setattr__(
-            self,
-            "cfg_insertion_layer",
-            tuple(int(v) for v in items) if isinstance(layers, (list, tuple)) else int(layers),
-        )
-
-    def replace(self, **changes: Any) -> "T2ISettings":
-        """A copy with ``changes`` applied; None values keep the current setting; unknown names are errors."""
-        names = {f.name for f in dataclasses.fields(self)}
-        for k in changes:
-            if k not in names:
-                raise InputError(f"sampling settings: unknown key {k!r}; known: {', '.join(sorted(names))}")
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
-
-    def per_scale(self, num_scales: int) -> Tuple[List[float], List[float]]:
-        """(cfg_list, tau_list) for a schedule of ``num_scales`` scales."""
-        cfgs = per_scale_values(self.guidance_scale, num_scales, "guidance_scale")
-        taus = per_scale_values(self.temperature, num_scales, "temperature", positive=True)
-        return cfgs, taus
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -470,7 +379,7 @@ class NextScaleT2IPipeline:
             )
         self.vae, self.transformer, self.text_encoder = vae.eval(), transformer.eval(), text_encoder
         #: what a call samples with when it gives nothing: the model's recommendation
-        self.settings = T2ISettings().replace(**(sampling_defaults or {}))
+        self.settings = T2ISettings.from_dict(sampling_defaults or {})
         self.default_pn = _canonical_pn(default_pn)
         self.dtype = torch.float32  # the compute dtype (bf16: weights cast by to(), run under autocast)
         self._text_encoder_entry = text_encoder_entry
@@ -788,7 +697,6 @@ class NextScaleT2IPipeline:
         callback_on_scale,
         constraint=None,
     ) -> NextScaleT2IPipelineOutput:
-        cfgs, taus = settings.per_scale(len(size.schedule))
         if callback_on_scale is not None and not callable(callback_on_scale):
             raise InputError(f"callback_on_scale must be callable, got {type(callback_on_scale).__name__}")
         sched = list(size.schedule)
@@ -805,15 +713,9 @@ class NextScaleT2IPipeline:
                 self.vae,
                 text,
                 sched,
-                cfg_list=cfgs,
-                tau_list=taus,
-                top_k=settings.top_k,
-                top_p=settings.top_p,
+                settings,
                 generator=generator,
                 negative_text=neg,
-                cfg_insertion_layer=list(settings.cfg_insertion_layer)
-                if isinstance(settings.cfg_insertion_layer, tuple)
-                else settings.cfg_insertion_layer,
                 callback=on_scale if callback_on_scale is not None else None,
                 constraint=constraint,
                 h_div_w=size.h_div_w,
@@ -827,18 +729,14 @@ class NextScaleT2IPipeline:
             bits=out.bits_per_scale if return_bits else None,
         )
 
-    def _prepare(
-        self, settings, guidance_scale, temperature, top_k, top_p, cfg_insertion_layer, output_type, size_kw
-    ) -> Tuple[T2ISettings, T2ISize]:
-        if settings is not None and not isinstance(settings, T2ISettings):
-            raise InputError(f"settings must be a nextscale.pipeline_t2i.T2ISettings, got {type(settings).__name__}")
-        settings = (settings or self.settings).replace(
-            guidance_scale=guidance_scale,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            cfg_insertion_layer=cfg_insertion_layer,
-        )
+    def settings_for(self, settings: Optional[T2ISettings] = None, **changes: Any) -> T2ISettings:
+        """The door of every call: ``settings`` (default: the model's recommendation ``pipe.settings``) with the
+        call's keywords applied in one ``replace`` (None keeps a setting; unknown names and settings text-to-image
+        cannot honour are refused with one line)."""
+        return t2i_settings(self.settings if settings is None else settings, **changes)
+
+    def _prepare(self, settings, changes, output_type, size_kw) -> Tuple[T2ISettings, T2ISize]:
+        settings = self.settings_for(settings, **changes)
         _check_output_type(output_type)
         size = self.size(**size_kw)
         settings.per_scale(len(size.schedule))  # per-scale lists of the wrong length: refused before any work
@@ -860,6 +758,7 @@ class NextScaleT2IPipeline:
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         cfg_insertion_layer: Union[None, int, Sequence[int]] = None,
+        guidance_cutoff: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         num_images_per_prompt: int = 1,
@@ -877,19 +776,23 @@ class NextScaleT2IPipeline:
             = the model's learned unconditional text (the released behaviour).
         height, width / aspect_ratio, pn, num_scales: the size (module docstring); default square at the model's
             pn (``pipe.default_pn``).
-        guidance_scale, temperature (one number or one per scale), top_k, top_p, cfg_insertion_layer: override
-            single fields of ``settings`` (default: the model's recommendation ``pipe.settings``).
+        guidance_scale, temperature (one number or one per scale), top_k, top_p, cfg_insertion_layer,
+            guidance_cutoff: applied to ``settings`` (a ``T2ISettings``; default: the model's recommendation
+            ``pipe.settings``) in one ``replace``.
         generator or seed: the randomness (the same seed on the same device gives the same images); neither =
             torch's global generator. callback_on_scale: called with a :class:`T2IScaleStep` after every scale.
         prompt_embeds / negative_prompt_embeds: precomputed ``TextFeatures`` instead of prompts.
         """
         settings, size = self._prepare(
             settings,
-            guidance_scale,
-            temperature,
-            top_k,
-            top_p,
-            cfg_insertion_layer,
+            dict(
+                guidance_scale=guidance_scale,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                cfg_insertion_layer=cfg_insertion_layer,
+                guidance_cutoff=guidance_cutoff,
+            ),
             output_type,
             dict(height=height, width=width, aspect_ratio=aspect_ratio, pn=pn, num_scales=num_scales),
         )
@@ -925,6 +828,7 @@ class NextScaleT2IPipeline:
         top_k: Optional[int] = None,
         top_p: Optional[float] = None,
         cfg_insertion_layer=None,
+        guidance_cutoff: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         output_type: str = "pil",
@@ -968,11 +872,14 @@ class NextScaleT2IPipeline:
             aspect_ratio = min(max(aspect_ratio, lo), hi)  # an extreme image is cropped to the nearest template
         settings, size = self._prepare(
             settings,
-            guidance_scale,
-            temperature,
-            top_k,
-            top_p,
-            cfg_insertion_layer,
+            dict(
+                guidance_scale=guidance_scale,
+                temperature=temperature,
+                top_k=top_k,
+                top_p=top_p,
+                cfg_insertion_layer=cfg_insertion_layer,
+                guidance_cutoff=guidance_cutoff,
+            ),
             output_type,
             dict(height=height, width=width, aspect_ratio=aspect_ratio, pn=pn, num_scales=None),
         )

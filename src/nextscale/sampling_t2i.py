@@ -27,21 +27,25 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-from nextscale.errors import InputError, NextScaleError
+from nextscale.errors import FieldError, FieldName, InputError, NextScaleError
 from nextscale.models.bsq import BSQVAE, bits_to_codes, resize
-from nextscale.models.infinity import Infinity, TextFeatures, schedule_hw
+from nextscale.models.infinity import Infinity, TextCond, TextFeatures, schedule_hw
 from nextscale.models.rope import build_rope_cache
-from nextscale.sampling import sample_top_k_top_p_
+from nextscale.sampling import SamplingSettings, per_scale, sample_top_k_top_p_
 from nextscale.schedules import TEMPLATES, rope_grid_schedule, tokenizer_schedule
-from nextscale.validate import as_int, check_float
+from nextscale.settings import fail, setting
+from nextscale.validate import check_float
 
 __all__ = [
     "generate_t2i",
+    "T2ISettings",
+    "T2I_HONOURED",
     "T2IOutput",
     "T2IStep",
     "rope_grid",
@@ -60,6 +64,120 @@ __all__ = [
 #: constraint(si, bits_Bhwd) -> bits_Bhwd: replaces sampled bits (tokenizer space, int64) before they enter the
 #: running sum (editing: teacher-force the bits of kept positions).
 Constraint = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class T2ISettings(SamplingSettings):
+    """The sampling settings of text-to-image: a :class:`~nextscale.sampling.SamplingSettings` (the one object
+    between the layers: pipeline -> ``generate_t2i``; the CLI's flags and the demo's widgets are its fields) with
+    Infinity's defaults and its one extra value, ``cfg_insertion_layer``.
+
+    Why a subclass and not the plain class: Infinity's guidance number is not VAR's. The reference writes
+    ``cfg * cond + (1 - cfg) * uncond`` with a constant cfg (1 = off, the released 3), VAR ``(1 + t) * cond -
+    t * uncond`` ramped over scales (0 = off). Keeping the reference's number here means the released cfg 3 reads
+    3 everywhere, ``cfg_list`` / ``tau_list`` (the reference's names, accepted as aliases) map 1:1, and no
+    ``1 + t`` conversion can move the last bit of the golden logits. So ``guidance_scale`` is redeclared (default
+    3, note "1 = off"), ``guidance_schedule`` is "constant" only, temperature / top-k / top-p take the released
+    values (0.5 / 900 / 0.97). Of the speed-ups only ``guidance_cutoff`` applies (the last N scales sample with
+    cfg 1 and their unconditional rows are not computed); the others, and Gumbel smoothing, are refused with one
+    line (:data:`T2I_HONOURED`).
+    """
+
+    # the reference's cfg_list: cfg * cond + (1 - cfg) * uncond on the (tempered) logits; one number or one per
+    # scale; 1 everywhere = no guidance (the batch is then not doubled)
+    guidance_scale: Union[float, Tuple[float, ...]] = setting(
+        3.0,
+        "guidance weight (Infinity's cfg), one number or one per scale",
+        alias="cfg_list",
+        min=0.0,
+        note="1 = off",
+        per_scale=True,
+        soft_max=10.0,
+        step=0.1,
+        label="guidance (cfg)",
+    )
+    # Infinity holds cfg constant over scales (a per-scale list gives any other schedule)
+    guidance_schedule: str = setting(
+        "constant", "how the guidance weight grows over scales", choices=("constant",), label="guidance schedule"
+    )
+    # over the 2 values of a bit only top_k = 1 (greedy) changes anything; 900 is the released no-op
+    top_k: int = setting(900, "top-k over the 2 values of each bit", min=0, note="0 = off; 1 = greedy", label="top-k")
+    # drop a bit value whose probability is <= 1 - top_p; the released 0.97 does change samples
+    top_p: float = setting(
+        0.97, "top-p over bits", min=0.0, max=1.0, must="in [0, 1]", note="0 = off", step=0.01, label="top-p"
+    )
+    # the reference's tau_list: logits * (1 / tau); the released inference uses 0.5
+    temperature: Union[float, Tuple[float, ...]] = setting(
+        0.5,
+        "softmax temperature of the bit logits, one number or one per scale",
+        alias="tau_list",
+        min=0.0,
+        min_open=True,
+        note="1 = off",
+        per_scale=True,
+        soft_max=5.0,
+        step=0.05,
+    )
+    # where guidance applies: 0 = on the logits (released); -n = on the hidden states after block depth - n
+    # (checked against the model's depth at call time)
+    cfg_insertion_layer: Union[int, Tuple[int, ...]] = setting(
+        0,
+        "where guidance applies: 0 = the logits, -n = the hidden states after block depth - n; one or a list",
+        max=0,
+        per_scale=True,
+        must="0 (guidance on the logits) or -n (after block depth - n), or a list of them",
+        label="cfg insertion layer",
+    )
+
+    def check_more(self) -> None:
+        super().check_more()
+        flat = self.flat()
+        for _, f in self.flat_fields():  # the fields' own defaults (an instance of the class would recurse here)
+            if f.name in T2I_HONOURED:
+                continue
+            v, d = getattr(flat, f.name), f.default
+            if v is not d and v != d:
+                raise fail(f.name, f" is not supported by text-to-image sampling (got {v!r}); leave it at its default")
+
+    def per_scale(self, num_scales: int) -> Tuple[List[float], List[float]]:
+        """(cfg_list, tau_list) for ``num_scales`` scales, the guidance cut-off applied (cfg 1 on the last N)."""
+        cfgs = per_scale(self.guidance_scale, num_scales, "guidance_scale")
+        taus = per_scale(self.temperature, num_scales, "temperature")
+        cut = self.speedups.guidance_cutoff
+        if cut > num_scales:
+            raise fail("guidance_cutoff", f" must be <= the number of scales ({num_scales}), got {cut}")
+        return cfgs[: num_scales - cut] + [1.0] * cut, taus
+
+
+#: The settings text-to-image sampling honours; any other changed from its default is refused with one line.
+T2I_HONOURED = (
+    "guidance_scale",
+    "guidance_schedule",
+    "top_k",
+    "top_p",
+    "temperature",
+    "cfg_insertion_layer",
+    "guidance_cutoff",
+)
+
+
+def t2i_settings(settings: Optional[SamplingSettings] = None, what: str = "settings", **changes: Any) -> T2ISettings:
+    """The door: ``settings`` (default: Infinity's released values) with ``changes`` (field names or the
+    reference's ``cfg_list`` / ``tau_list``) applied in one ``replace``. An error names the key as given."""
+    if settings is not None and not isinstance(settings, T2ISettings):
+        raise InputError(
+            f"{what} must be a nextscale.T2ISettings (text-to-image guidance is Infinity's cfg, 1 = off), "
+            f"got {type(settings).__name__}"
+        )
+    given = {T2ISettings.resolve_keys({k: None}).popitem()[0]: k for k in changes} if changes else {}
+    try:
+        return (settings or T2ISettings()).replace(**changes)
+    except FieldError as e:  # a reference name given (cfg_list) is the name the message uses
+        raise FieldError(*[FieldName(given.get(p, p)) if isinstance(p, FieldName) else p for p in e.parts]) from None
 
 
 def _float(value, name: str, **kw) -> float:
@@ -89,20 +207,6 @@ def per_scale_values(
             if v <= 0:
                 raise InputError(f"{name} must be > 0 at every scale, got {v:g} at scale {i}")
     return vals
-
-
-def check_top_k_top_p(top_k, top_p) -> Tuple[int, float]:
-    """top_k an integer >= 0, top_p in [0, 1] (0 = off for both)."""
-    try:
-        k = as_int(top_k, "top_k")
-    except NextScaleError as e:
-        raise InputError(str(e)) from None
-    if k < 0:
-        raise InputError(f"top_k must be >= 0 (0 = off), got {k}")
-    p = _float(top_p, "top_p")
-    if not 0.0 <= p <= 1.0:
-        raise InputError(f"top_p must be in [0, 1] (0 = off), got {p:g}")
-    return k, p
 
 
 def sample_bits_(
@@ -275,35 +379,47 @@ def _negative_rows(negative_text, text: TextFeatures):
     raise InputError(f"negative_text has {negative_text.batch_size} rows; give 1 or one per image ({B})")
 
 
+def _keep_conditional(cond: TextCond, cache, B: int) -> TextCond:
+    """Guidance is over (cut-off): keep the B conditional rows of the text and the cache (the unconditional rows,
+    second in the doubled batch, are dropped and their KV memory freed)."""
+    t = cond.text
+    n = sum(t.lens[:B])
+    text = TextFeatures.from_lens(t.kv_compact[:n], t.lens[:B])
+    cache.kv.k = [k[:B].clone() if k is not None else None for k in cache.kv.k]  # clone: free the other half
+    cache.kv.v = [v[:B].clone() if v is not None else None for v in cache.kv.v]
+    cache.ca_kv = [kv[:n] for kv in cache.ca_kv]
+    return TextCond(text, cond.normed[:n], cond.cond_BD[:B], cond.ca_kv[:n], cond.gss[:B])
+
+
 @torch.no_grad()
 def generate_t2i(
     model: Infinity,
     vae: BSQVAE,
     text: TextFeatures,
     scale_schedule,
+    settings: Optional[T2ISettings] = None,
     *,
-    cfg_list: Union[float, Sequence[float]] = 3.0,
-    tau_list: Union[float, Sequence[float]] = 0.5,
-    top_k: int = 900,
-    top_p: float = 0.97,
     generator: Optional[torch.Generator] = None,
     negative_text: Optional[TextFeatures] = None,
-    cfg_insertion_layer: Union[int, Sequence[int]] = 0,
     callback: Optional[Callable[[T2IStep], None]] = None,
     constraint: Optional[Constraint] = None,
     h_div_w=None,
     decode: bool = True,
+    **changes: Any,
 ) -> T2IOutput:
     """Sample B = ``text.batch_size`` images over ``scale_schedule`` ([(h, w)] or the reference's [(1, h, w)]).
 
-    ``cfg_list`` / ``tau_list``: guidance weight and temperature, one number or one per scale (defaults: the
-    released inference settings cfg 3, tau 0.5, top_k 900, top_p 0.97). ``generator`` None draws from the global
+    ``settings``: a :class:`T2ISettings` (default: the released cfg 3, tau 0.5, top_k 900, top_p 0.97);
+    ``changes``: single settings by name or by the reference's names (``cfg_list=``, ``tau_list=``, ``top_k=``,
+    ``top_p=``, ``cfg_insertion_layer=``), applied to it in one ``replace``. ``generator`` None draws from the global
     generator (the reference's ``g_seed=None``; ``torch.Generator().manual_seed(s)`` replays its ``g_seed=s`` and
     its ``torch.manual_seed(s)`` on CPU). ``negative_text``: 1 row or B rows replacing the learned unconditional
-    text. ``cfg_insertion_layer``: see :func:`cfg_insertion`. ``callback(step)`` runs after every scale
-    (:class:`T2IStep`; ``step.image()`` decodes the partial sum). ``constraint(si, bits)`` may replace the sampled
-    bits (B, h, w, d) before they enter the running sum (editing). ``h_div_w`` picks the RoPE grid when the
-    schedule alone does not (:func:`rope_grid`). ``decode=False`` skips the final decoder pass.
+    text. ``callback(step)`` runs after every scale (:class:`T2IStep`; ``step.image()`` decodes the partial sum).
+    ``constraint(si, bits)`` may replace the sampled bits (B, h, w, d) before they enter the running sum (editing).
+    ``h_div_w`` picks the RoPE grid when the schedule alone does not (:func:`rope_grid`). ``decode=False`` skips
+    the final decoder pass. ``guidance_cutoff`` N: the last N scales sample with cfg 1 on the conditional rows
+    only (the unconditional rows and their KV cache are dropped); the random stream is unchanged, so the first
+    K - N scales are exactly those of N = 0.
     """
     cfgm = model.config
     hw = schedule_hw(scale_schedule)
@@ -316,10 +432,14 @@ def generate_t2i(
         )
     if not isinstance(text, TextFeatures):
         raise InputError(f"text must be a nextscale.models.infinity.TextFeatures, got {type(text).__name__}")
-    cfgs = per_scale_values(cfg_list, K, "cfg_list")
-    taus = per_scale_values(tau_list, K, "tau_list", positive=True)
-    top_k, top_p = check_top_k_top_p(top_k, top_p)
-    on_logits, cfg_blocks = cfg_insertion(cfg_insertion_layer, cfgm.depth)
+    st = t2i_settings(settings, **changes)
+    given = {T2ISettings.resolve_keys({k: None}).popitem()[0]: k for k in changes}
+    try:
+        cfgs, taus = st.per_scale(K)
+    except FieldError as e:  # named as given (cfg_list)
+        raise FieldError(*[FieldName(given.get(p, p)) if isinstance(p, FieldName) else p for p in e.parts]) from None
+    on_logits, cfg_blocks = cfg_insertion(st.cfg_insertion_layer, cfgm.depth)
+    top_k, top_p = st.top_k, st.top_p
     patchify = bool(cfgm.apply_spatial_patchify)
     tok_hw = tokenizer_schedule(hw, patchify)
     dev = model.pos_start.device
@@ -328,6 +448,7 @@ def generate_t2i(
     B = text.batch_size
     text = TextFeatures.from_lens(text.kv_compact.to(dev), text.lens)
     guided = any(c != 1 for c in cfgs)  # the reference doubles the batch only then
+    cut_from = K - st.speedups.guidance_cutoff  # the unconditional rows are dropped from this scale on
     if guided:
         neg = None
         if negative_text is not None:
@@ -340,6 +461,8 @@ def generate_t2i(
     running = RunningSum(tok_hw, patchify)
     bits_per_scale: List[torch.Tensor] = []
     for si, (h, w) in enumerate(hw):
+        if guided and si == cut_from:  # guidance cut off (cfg 1 from here on): the unconditional half goes
+            cond, x_BlC, guided = _keep_conditional(cond, cache, B), x_BlC[:B], False
         cfg, tau = cfgs[si], taus[si]
         h_BlC = model.forward_scale(x_BlC, si, hw, cond, cache, rope_2Lc, cfg=cfg, cfg_blocks=cfg_blocks)
         rows = h_BlC if cfg != 1 and on_logits else h_BlC[:B]  # the reference's head sees B rows otherwise

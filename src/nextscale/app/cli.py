@@ -95,6 +95,12 @@ def _lazy(path: str) -> Callable:
 
 
 # == Commands, one section each (heavy modules imported inside) == core: sample / info / convert ==
+def _t2i(c) -> bool:
+    from nextscale.app.cli_t2i import is_t2i
+
+    return is_t2i(c.model, c.variant)
+
+
 def _refiner(c, dev):
     """The sampling changes with a refiner given as a model path loaded (on ``dev``)."""
     changes = dict(c.sampling)
@@ -108,11 +114,14 @@ def _refiner(c, dev):
 @command(
     "sample",
     C.SampleCommand,
-    "generate class-conditional images (grid + one PNG per image)",
+    "generate images of classes, or of prompts with a text-to-image model (grid + one PNG per image)",
     "Generate images. Example: nextscale sample --class 207 360 --cfg 1.5 --top-k 900 --top-p 0.96 --seed 0 --out "
-    "grid.png",
+    "grid.png; nextscale sample --model FoundationVision/Infinity --variant 2b --prompt 'a red fox in snow' "
+    "--aspect 16:9 (writes a-red-fox-in-snow.png; with a text-to-image model --cfg is Infinity's cfg, 1 = off).",
 )
 def _run_sample(c: C.SampleCommand) -> int:
+    if c.prompt is not None or _t2i(c):
+        return _lazy("nextscale.app.cli_t2i:sample")(c)
     import torch
     from tqdm.auto import tqdm
 
@@ -203,6 +212,9 @@ def _run_classes(c: C.ClassesCommand) -> int:
 )
 def _run_info(c: C.InfoCommand) -> int:
     import json
+
+    if _t2i(c):
+        return _lazy("nextscale.app.cli_t2i:info")(c)
 
     from nextscale.pipelines import load_pipeline
 
@@ -470,6 +482,8 @@ def _run_eval_tokenizer(c: C.EvalTokenizerCommand) -> int:
     "nextscale edit --image in.png --keep-scales 4 --num 4 --out variations.png. See docs/editing.md.",
 )
 def _run_edit(c: C.EditCommand) -> int:
+    if c.prompt is not None or _t2i(c):
+        return _lazy("nextscale.app.cli_t2i:edit")(c)
     import warnings
 
     import torch
@@ -525,6 +539,16 @@ def _run_edit(c: C.EditCommand) -> int:
     )
     print(f"wrote {written[0]}" + (f" (+{len(written) - 1} more files)" if len(written) > 1 else ""))
     return 0
+
+
+command(
+    "eval-t2i",
+    C.EvalT2ICommand,
+    "GenEval-style prompt adherence of a text-to-image model (scene prompts, the shipped judge)",
+    "Generate images for the evaluation prompts of nextscale.scenes, score them per category with the scene "
+    "judge (and FID vs real renders), print the table and write the JSON. Example: nextscale eval-t2i "
+    "t2i-scenes/ --prompts-per-category 8 --out eval.json",
+)(_lazy("nextscale.app.cli_t2i:run_eval"))
 
 
 # == demo ==

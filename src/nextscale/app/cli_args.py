@@ -130,17 +130,23 @@ def add_config_args(
         group_cls = _group_type(cls, f)
         if sub is not None:  # a dict of changes to a settings object: every flag defaults to None
             from nextscale.pipelines import RECOMMENDABLE
+            from nextscale.sampling import SamplingSettings
 
             sub_only = f.metadata.get("only")
+            # one spelling of a setting in every command (--cfg): the flags of the base class's field, so a
+            # subclass (T2ISettings, whose guidance alias is the reference's cfg_list) is asked the same way
+            base = {x.name: x for _, x in SamplingSettings.flat_fields()}
             for owner, g in sub.flat_fields():
                 if sub_only is not None and g.name not in sub_only:
                     continue
-                d = None if g.name in RECOMMENDABLE else _default(g)
+                # from_model: every flag not given is the model's value (a class and a text model differ)
+                d = None if g.name in RECOMMENDABLE or f.metadata.get("from_model") else _default(g)
                 if d is None:
                     h = _help(g, None) + f"; default: {f.metadata.get('default_from', 'the model')}'s value"
                 else:
                     h = _help(g, d)
-                _add(p, owner, g, d, h, alias_flags=True, flags=flags)
+                names = flag_names(base.get(g.name, g), alias_flag=True)
+                _add(p, owner, g, d, h, alias_flags=True, flags=flags, names=names)
             continue
         if group_cls is not None:  # a nested settings group: its fields' flags, defaults from this default
             base = _default(f)
@@ -162,7 +168,9 @@ def add_config_args(
     _register(p, flags)
 
 
-def _add(p, cls, f: dataclasses.Field, default, help: str, alias_flags: bool, flags: Dict[str, str]) -> None:
+def _add(
+    p, cls, f: dataclasses.Field, default, help: str, alias_flags: bool, flags: Dict[str, str], names=None
+) -> None:
     """The one ``add_argument`` call: field ``f`` of ``cls`` as a flag (or a positional argument)."""
     md = f.metadata
     kind, optional = field_type(cls, f.name)
@@ -190,7 +198,7 @@ def _add(p, cls, f: dataclasses.Field, default, help: str, alias_flags: bool, fl
         return
     if md.get("required"):
         kw["required"] = True
-    names = flag_names(f, alias_flag=alias_flags)
+    names = names or flag_names(f, alias_flag=alias_flags)
     p.add_argument(*names, dest=f.name, **kw)
     flags[f.name] = names[0]
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from nextscale.data import MID_RESO
+from nextscale.errors import FieldError, FieldName
 from nextscale.sampling import SamplingSettings
+from nextscale.sampling_t2i import T2ISettings
 from nextscale.settings import Settings, setting
 from nextscale.validate import MAX_IMAGES, SEED_MAX, check_device
 
@@ -29,18 +31,22 @@ __all__ = [
     "TokenizeCommand",
     "ExportCommand",
     "EvalTokenizerCommand",
+    "EvalT2ICommand",
     "class_id",
 ]
 
 _MODEL = (
-    "pipeline directory, released var_d*.pth (with vae_*.pth beside it), hub id, "
-    "or 'default' (the bundled model; the default)"
+    "pipeline directory (class or text-to-image), released var_d*.pth (with vae_*.pth beside it), hub id "
+    "(FoundationVision/var, FoundationVision/Infinity), or 'default' (the bundled model; the default)"
 )
 _VARIANT = (
-    "which released transformer (d16 d20 d24 d30 d36) of a folder or hub repo of released .pth files, "
-    "e.g. --model FoundationVision/var --variant d16: only it and the tokenizer are downloaded"
+    "which released transformer of a folder or hub repo of released files: d16 d20 d24 d30 d36 (VAR), "
+    "2b 8b 8b-512 (Infinity), e.g. --model FoundationVision/Infinity --variant 2b: only its files are downloaded"
 )
+_T2I = "text to image (a text-to-image model)"
 _DTYPES = ("fp32", "bf16", "fp16")
+#: the text-to-image sampling flags of eval-t2i
+T2I_FLAGS = ("guidance_scale", "temperature", "top_k", "top_p", "cfg_insertion_layer", "guidance_cutoff")
 
 
 def class_id(v: str):
@@ -74,14 +80,47 @@ class _Sampling(_Checked):
     model: Optional[str] = _model()
     variant: Optional[str] = setting(None, _VARIANT, metavar="dNN")
     # changes to the model's recommended settings (None: the model's value); speed-ups included
-    sampling: Dict[str, Any] = setting(None, "sampling settings", default_factory=dict, settings=SamplingSettings)
+    sampling: Dict[str, Any] = setting(
+        None, "sampling settings", default_factory=dict, settings=SamplingSettings, from_model=True
+    )
     seed: int = _seed()
     device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
     dtype: Optional[str] = setting(None, "compute dtype (default: bf16 on GPU, fp32 on CPU)", choices=_DTYPES)
 
+    # text to image: the prompt replaces the class; the size is an aspect ratio of the model's tables or pixels
+    prompt: Optional[list] = setting(
+        None, "what to draw (a text-to-image model); several quoted prompts = one image each", nargs="+", group=_T2I
+    )
+    negative_prompt: Optional[str] = setting(
+        None, "what to steer away from (default: the model's learned empty prompt)", group=_T2I
+    )
+    aspect_ratio: Optional[str] = setting(
+        None, "width:height (16:9, 1:1, 9:16 ...) of the model's tables; default square", flag="--aspect", group=_T2I
+    )
+    height: Optional[int] = setting(None, "image height in pixels (a size of the model's tables)", min=1, group=_T2I)
+    width: Optional[int] = setting(None, "image width in pixels (with height)", min=1, group=_T2I)
+    pn: Optional[str] = setting(
+        None, "size class: 0.06M (~256 px), 0.25M (~512), 0.60M (~768), 1M (~1024); default the model's", group=_T2I
+    )
+    allow_empty_prompt: bool = setting(
+        False, "accept an empty prompt (unconditional)", flag="--allow-empty", group=_T2I
+    )
+    # Infinity's one extra sampling setting (the other sampling flags serve both kinds of model)
+    t2i_sampling: Dict[str, Any] = setting(
+        None, "text-to-image settings", default_factory=dict, settings=T2ISettings, only=("cfg_insertion_layer",)
+    )
+
     def check_more(self) -> None:
         super().check_more()
         SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
+        if self.prompt is not None and getattr(self, "class_labels", None) not in (None, []):
+            raise FieldError(
+                "give either ",
+                FieldName("class_labels"),
+                " (a class model) or ",
+                FieldName("prompt"),
+                " (a text-to-image model), not both",
+            )
 
 
 @dataclass
@@ -224,6 +263,30 @@ class ExportCommand(Settings):
     )
     out: Optional[str] = setting(None, "directory to write", required=True)
     weights: str = setting("auto", "auto = EMA when the run kept one", choices=("auto", "ema", "raw"))
+
+
+@dataclass
+class EvalT2ICommand(_Checked):
+    model: Optional[str] = setting(
+        None,
+        "text-to-image pipeline directory or FoundationVision/Infinity (with variant)",
+        required=True,
+        positional=True,
+    )
+    variant: Optional[str] = setting(None, "released Infinity variant: 2b 8b 8b-512", metavar="VARIANT")
+    prompts_per_category: int = setting(8, "evaluation prompts per category (nextscale.scenes.eval_prompts)", min=1)
+    images_per_prompt: int = setting(1, "images generated per prompt", min=1, max=MAX_IMAGES)
+    seed: int = _seed("seed of the prompts and of the images (chunk j: seed + j)")
+    batch_size: int = setting(8, "images per pipeline call", min=1)
+    pn: Optional[str] = setting(None, "size class (default: the model's)")
+    fid: bool = setting(True, "also the FID against real renders of the same prompts")
+    out: str = setting("eval_t2i.json", "results (JSON, written atomically)")
+    sampling: Dict[str, Any] = setting(
+        None, "sampling settings", default_factory=dict, settings=T2ISettings, only=T2I_FLAGS, from_model=True
+    )
+    device: Optional[str] = setting(None, "cpu, cuda ... (default: cuda if available)")
+    dtype: Optional[str] = setting(None, "compute dtype (default: bf16 on GPU, fp32 on CPU)", choices=("fp32", "bf16"))
+    progress: bool = setting(True, "progress bar")
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Interactive demo: a local web page where the image forms scale by scale (``nextscale demo``).
 
+A class model gets the Generate and Edit tabs; a text-to-image model (``NextScaleT2IPipeline``) a "Text to
+image" tab (prompt, negative prompt, aspect-ratio dropdown from the model's tables, size class and one widget
+per ``T2ISettings`` field the sampler honours), streamed scale by scale the same way (:class:`T2IDemoBackend`).
+
     from nextscale.app.demo import build_demo, launch_demo
     demo = build_demo(NextScalePipeline.from_pretrained("default"))
     launch_demo(demo)                                        # or: nextscale demo
@@ -33,6 +37,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -52,6 +57,9 @@ __all__ = [
     "is_loopback",
     "EDIT_MODES",
     "OUTPAINT_SIDES",
+    "T2IDemoBackend",
+    "t2i_sampling_fields",
+    "aspect_choices",
 ]
 
 log = logging.getLogger("nextscale.app.demo")
@@ -514,6 +522,151 @@ class DemoBackend:
         return out.images[0].resize((S, S), Image.LANCZOS) if out.images[0].size[0] < S else out.images[0]
 
 
+# ---------------------------------------------------------------------------------------------
+# Text to image: the backend of the "Text to image" tab (a NextScaleT2IPipeline). The rules are the
+# class backend's (it extends DemoBackend): every value checked here whatever a client sends, one
+# lock serialises the model, errors are one line naming the widget.
+# ---------------------------------------------------------------------------------------------
+#: prompts longer than this many characters are refused before tokenising (the encoder's limit is checked too)
+MAX_PROMPT_CHARS = 2000
+
+
+def t2i_sampling_fields() -> List[Tuple[type, Any]]:
+    """The text-to-image settings that are widgets, in order: the ``T2ISettings`` fields the sampler honours
+    that are a number, a switch or a choice with more than one value."""
+    from nextscale.sampling_t2i import T2I_HONOURED, T2ISettings
+    from nextscale.settings import field_type
+
+    out = []
+    for owner, f in T2ISettings.flat_fields():
+        kind, optional = field_type(owner, f.name)
+        if f.name not in T2I_HONOURED or optional or kind not in (bool, int, float, str):
+            continue
+        if kind is str and len(f.metadata.get("choices") or ()) < 2:
+            continue  # one choice (guidance_schedule "constant"): nothing to pick
+        out.append((owner, f))
+    return out
+
+
+def aspect_choices() -> List[Tuple[str, str]]:
+    """Dropdown choices (label, value) of the dynamic-resolution templates: value "w:h" (width:height, what
+    ``aspect_ratio`` takes), square first."""
+    from nextscale.schedules import TEMPLATES
+
+    out = []
+    for t in sorted(TEMPLATES, key=lambda t: (t != 1, abs(t - 1), t)):
+        fr = Fraction(t).limit_denominator(7)  # the templates are h/w of small grids (4:7 -> 0.571)
+        h, w = fr.numerator, fr.denominator
+        shape = "square" if h == w else ("landscape" if w > h else "portrait")
+        out.append((f"{w}:{h} ({shape})", f"{w}:{h}"))
+    return out
+
+
+class T2IDemoBackend(DemoBackend):
+    """One shared text-to-image pipeline behind a lock; :meth:`generate` yields ``(image, strip, status)`` after
+    every scale (``strip`` None until the end), then the final images with the per-scale strip."""
+
+    def __init__(self, pipe, limits: Optional[DemoLimits] = None, scale_delay: float = 0.0):
+        from nextscale.pipeline_t2i import NextScaleT2IPipeline
+        from nextscale.schedules import PN_CLASSES
+
+        if not isinstance(pipe, NextScaleT2IPipeline):
+            raise NextScaleError(f"T2IDemoBackend needs a NextScaleT2IPipeline, got {type(pipe).__name__}")
+        self.pipe = pipe
+        self.limits = limits or DemoLimits()
+        self.scale_delay = float(scale_delay)
+        self.lock = threading.Lock()
+        self.num_scales = max(PN_CLASSES.values())  # the longest schedule (a bound of the stream)
+        self.pn_choices = [pn for pn, k in PN_CLASSES.items() if k <= pipe.transformer.config.num_levels]
+        self.aspects = aspect_choices()
+        self.fields = t2i_sampling_fields()
+        self.labels = {f.name: label_of(f) for _, f in self.fields}
+        self.labels.update(prompt="prompt", negative_prompt="negative prompt", aspect_ratio="aspect ratio", pn="size")
+        self.bounds = {
+            "guidance_scale": self.limits.max_guidance,
+            "guidance_cutoff": self.num_scales,
+            "top_k": 1000,  # over 2 values per bit only 1 (greedy) and 0 (off) differ; 900 is the released no-op
+        }
+        #: the lowest value of a setting's widget where the settings' rules have no minimum (-n: depth - n)
+        self.lower = {"cfg_insertion_layer": -(pipe.transformer.config.depth - 1)}
+
+    def check_text(self, value, name: str, required: bool) -> Optional[str]:
+        if value is None or (isinstance(value, str) and not value.strip() and not required):
+            return None
+        if not isinstance(value, str):
+            raise NextScaleError(f"{self.labels[name]} must be text, got {type(value).__name__}")
+        if len(value) > MAX_PROMPT_CHARS:
+            raise NextScaleError(f"{self.labels[name]} is {len(value)} characters; at most {MAX_PROMPT_CHARS}")
+        if required and not value.strip():
+            raise NextScaleError(f"{self.labels[name]} is empty: describe the image")
+        return value
+
+    def generate(self, prompt, negative_prompt, aspect, pn, seed, random_seed, batch_size, *sampling):
+        """Validate, then yield ``(image, strip, status)`` per scale and once more at the end. ``sampling``: the
+        sampling widgets' values (``self.fields`` order; missing trailing ones: the model's recommendation)."""
+        prompt = self.check_text(prompt, "prompt", True)
+        negative = self.check_text(negative_prompt, "negative_prompt", False)
+        aspect = check_choice("aspect ratio", aspect, [v for _, v in self.aspects])
+        pn = check_choice("size", pn, self.pn_choices)
+        seed, batch = self.check_request(seed, random_seed, batch_size)
+        settings = self.check_sampling(sampling)
+        try:
+            size = self.pipe.size(aspect_ratio=aspect, pn=pn)
+        except FieldError as e:
+            raise NextScaleError(e.render(lambda n: self.labels.get(n, n))) from None
+        pipe = self.pipe
+
+        def run(cb):
+            return pipe(
+                prompt,
+                negative_prompt=negative,
+                aspect_ratio=aspect,
+                pn=pn,
+                settings=settings,
+                generator=torch.Generator(device=pipe.device).manual_seed(seed),
+                num_images_per_prompt=batch,
+                output_type="pil",
+                callback_on_scale=cb,
+            )
+
+        yield from self._run_t2i(run, size, f"seed {seed} · {size.describe}")
+
+    def _run_t2i(self, run, size, what: str) -> Iterator[Tuple[Image.Image, Optional[Image.Image], str]]:
+        t0 = time.monotonic()
+        per_scale: List[List[Image.Image]] = []
+        out = None
+        try:
+            for kind, val in self._stream(run):
+                if kind == "scale":
+                    per_scale.append(list(val.images))
+                    h, w = val.grid_hw
+                    yield self._tile(val.images), None, f"scale {val.scale_index + 1}/{val.num_scales} ({h}x{w})…"
+                    if self.scale_delay > 0 and val.scale_index + 1 < val.num_scales:
+                        time.sleep(self.scale_delay)
+                else:
+                    out = val
+        except FieldError as e:  # the pipeline's checks (prompt too long ...), named as the widgets
+            raise NextScaleError(e.render(lambda n: self.labels.get(n, n))) from None
+        dt = time.monotonic() - t0
+        strip = self._strip_t2i(per_scale, size) if per_scale else None
+        yield self._tile(out.images), strip, f"done: {what} · {dt:.1f} s"
+
+    @staticmethod
+    def _strip_t2i(per_scale: List[List[Image.Image]], size) -> Image.Image:
+        """Rows = images of the batch, columns = the image after 1, 2, ..., K scales (cells 128 px high)."""
+        from nextscale.imageio import make_grid
+
+        ch = 128
+        cw = max(1, round(ch * size.width / size.height))
+        cells, caps = [], []
+        for i in range(len(per_scale[0])):
+            for (h, w), ims in zip(size.schedule, per_scale):
+                im = ims[i]
+                cells.append(im.resize((cw, ch), Image.NEAREST if im.size[1] < ch else Image.LANCZOS))
+                caps.append(f"{h}x{w}")
+        return make_grid(cells, nrow=len(per_scale), captions=caps)
+
+
 def _to_pil(t_3HW01: torch.Tensor) -> Image.Image:
     from nextscale.imageio import to_pil
 
@@ -594,7 +747,8 @@ def build_demo(
     title: str = "nextscale: next-scale prediction",
     limits: Optional[DemoLimits] = None,
 ):
-    """The Gradio app for ``pipe`` (a :class:`~nextscale.pipelines.NextScalePipeline`), queued:
+    """The Gradio app for ``pipe`` (a :class:`~nextscale.pipelines.NextScalePipeline`, or a
+    :class:`~nextscale.pipeline_t2i.NextScaleT2IPipeline`: a "Text to image" tab, ``/generate_t2i``), queued:
     at most ``max_queue`` waiting requests and ``concurrency_limit`` running ones (the model itself
     runs one request at a time behind a lock). Start it with :func:`launch_demo`.
 
@@ -603,11 +757,14 @@ def build_demo(
     ones may be left out = the model's recommendation) and ``/edit`` (editor value, mode, class, out-paint side,
     out-paint px, keep scales, then the same request and sampling values); both stream (image, strip, status).
     """
+    from nextscale.pipeline_t2i import NextScaleT2IPipeline
     from nextscale.sampling import SamplingSettings, SpeedUps
 
     gr = _gradio()
     _SPEED = SpeedUps
     limits = limits or DemoLimits(max_batch_size=max_batch_size)
+    if isinstance(pipe, NextScaleT2IPipeline):  # a text-to-image model: its own tab (T2IDemoBackend)
+        return _build_t2i_demo(pipe, limits, scale_delay, max_queue, concurrency_limit, title)
     backend = DemoBackend(pipe, limits=limits, scale_delay=scale_delay)
     R, K = pipe.resolution, backend.num_scales
     _MAIN = {f.name for f in dataclasses.fields(SamplingSettings) if f.name != "speedups"}
@@ -799,6 +956,86 @@ def build_demo(
     return demo
 
 
+def _build_t2i_demo(pipe, limits, scale_delay, max_queue, concurrency_limit, title):
+    """The text-to-image app: prompt, negative prompt, aspect ratio (the model's templates), size class, seed,
+    batch, and one widget per honoured ``T2ISettings`` field, generated from its metadata. API endpoint
+    ``/generate_t2i`` (prompt, negative prompt, aspect, pn, seed, random_seed, batch_size, then the sampling values
+    in ``backend.fields`` order); it streams (image, strip, status)."""
+    from nextscale.settings import field_type
+
+    gr = _gradio()
+    backend = T2IDemoBackend(pipe, limits=limits, scale_delay=scale_delay)
+    rec = pipe.settings.flat()
+    demo_kwargs: Dict[str, Any] = dict(title=title, analytics_enabled=False, delete_cache=(1800, 3600))
+    if not _launch_takes("theme"):
+        demo_kwargs.update(theme=_theme(gr), css=_CSS)
+
+    def widget(owner, f):
+        md, kind = f.metadata, field_type(owner, f.name)[0]
+        v = getattr(rec, f.name)
+        v = v[0] if isinstance(v, tuple) else v
+        eid = f"t2i-{f.name.replace('_', '-')}"
+        if kind is bool:
+            return gr.Checkbox(value=bool(v), label=label_of(f), info=md.get("help"), elem_id=eid)
+        if kind is str:
+            return gr.Radio(list(md["choices"]), value=v, label=label_of(f), elem_id=eid)
+        hi = backend.upper(f)
+        hi = min(hi, md["soft_max"]) if hi is not None and md.get("soft_max") is not None else hi
+        hi = hi if hi is not None else md.get("max", 10)
+        lo = md.get("min", backend.lower.get(f.name, 0))
+        step = md.get("step", 1 if kind is int else 0.01)
+        info = md.get("note") or md.get("help", "")
+        return gr.Slider(lo, hi, value=min(max(v, lo), hi), step=step, label=label_of(f), info=info, elem_id=eid)
+
+    cfg = pipe.transformer.config
+    with gr.Blocks(**demo_kwargs) as demo:
+        gr.Markdown(
+            f"## {title}\nText to image (Infinity, depth {cfg.depth}): the image forms scale by scale, coarse to "
+            f"fine, in any aspect ratio of the model's tables."
+        )
+        with gr.Tabs():
+            with gr.Tab("Text to image", id="t2i"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        prompt = gr.Textbox(label="prompt", lines=2, elem_id="t2i-prompt")
+                        negative = gr.Textbox(label="negative prompt", lines=1, elem_id="t2i-negative")
+                        with gr.Row():
+                            aspect = gr.Dropdown(
+                                backend.aspects, value=backend.aspects[0][1], label="aspect ratio", elem_id="t2i-aspect"
+                            )
+                            pn = gr.Dropdown(
+                                backend.pn_choices,
+                                value=pipe.default_pn
+                                if pipe.default_pn in backend.pn_choices
+                                else backend.pn_choices[0],
+                                label="size",
+                                elem_id="t2i-pn",
+                            )
+                        with gr.Row():
+                            seed = gr.Number(value=0, precision=0, minimum=0, maximum=limits.max_seed, label="seed")
+                            random_seed = gr.Checkbox(value=False, label="random seed")
+                            batch = gr.Slider(1, limits.max_batch_size, value=1, step=1, label="batch size")
+                        with gr.Row():
+                            controls = [widget(o, f) for o, f in backend.fields]
+                        btn = gr.Button("Generate", variant="primary", elem_id="t2i-button")
+                    with gr.Column(scale=1):
+                        img = gr.Image(
+                            label="image (streamed scale by scale)", type="pil", format="png", interactive=False
+                        )
+                        status = gr.Markdown("", elem_id="t2i-status")
+                strip = gr.Image(label="per scale", type="pil", format="png", interactive=False, elem_id="t2i-strip")
+        btn.click(
+            _guard(backend.generate),
+            inputs=[prompt, negative, aspect, pn, seed, random_seed, batch] + controls,
+            outputs=[img, strip, status],
+            api_name="generate_t2i",
+            concurrency_id="model",
+        )
+    demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    demo.nextscale_backend = backend
+    return demo
+
+
 def _launch_takes(name: str) -> bool:
     import inspect
 
@@ -841,9 +1078,13 @@ class DemoConfig(Settings):
     """``nextscale demo``'s settings (the CLI's flags are these fields; each default written here once)."""
 
     model: Optional[str] = setting(
-        None, "pipeline directory, var_d*.pth, hub id or 'default' (the bundled model; the default)"
+        None,
+        "pipeline directory (class or text-to-image), var_d*.pth, hub id (FoundationVision/Infinity with a variant) "
+        "or 'default' (the bundled model; the default)",
     )
-    variant: Optional[str] = setting(None, "which released transformer (d16 ... d36) of a folder or hub repo")
+    variant: Optional[str] = setting(
+        None, "which released transformer (d16 ... d36, or Infinity's 2b 8b 8b-512) of a folder or hub repo"
+    )
     host: str = setting(
         "127.0.0.1", "address to listen on (anything but loopback is reachable by others: a warning is printed)"
     )
@@ -904,9 +1145,17 @@ def serve_config(c: DemoConfig, print_fn: Callable[[str], None] = print, block: 
 
 
 def _serve(c: DemoConfig, device, dtype, print_fn, block):
+    from nextscale.app.cli_t2i import is_t2i
     from nextscale.pipelines import load_pipeline
 
-    pipe = load_pipeline(c.model, device=device, dtype=dtype, variant=c.variant)
+    if is_t2i(c.model, c.variant):
+        from nextscale.pipeline_t2i import NextScaleT2IPipeline
+
+        pipe = NextScaleT2IPipeline.from_pretrained(c.model, variant=c.variant, device=device, torch_dtype=dtype)
+        what = f"text-to-image model {c.model}"
+    else:
+        pipe = load_pipeline(c.model, device=device, dtype=dtype, variant=c.variant)
+        what = f"model {c.model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"
     demo = build_demo(
         pipe,
         max_batch_size=c.max_batch_size,
@@ -914,9 +1163,7 @@ def _serve(c: DemoConfig, device, dtype, print_fn, block):
         max_queue=c.queue_size,
         scale_delay=c.scale_delay,
     )
-    for line in startup_messages(
-        c.host, c.port, f"model {c.model or 'default'} ({pipe.resolution}px, {pipe.num_classes} classes)"
-    ):
+    for line in startup_messages(c.host, c.port, what):
         print_fn(line)
     launch_demo(demo, host=c.host, port=c.port, block=block)
     return demo
