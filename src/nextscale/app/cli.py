@@ -428,6 +428,29 @@ def _run_train_tokenizer(tc) -> int:
 
 
 @command(
+    "train-t2i",
+    "nextscale.train.config:T2ITrainConfig",
+    "train / fine-tune an Infinity text-to-image transformer on captioned images (resumes from the run folder)",
+    "Captioned images (images + same-name .txt, or a .jsonl), aspect-ratio buckets, a text-feature cache, text "
+    "dropout into the learned cfg_uncond, bitwise self-correction, per-scale loss weights. Example: nextscale "
+    "train-t2i --data DIR --tokenizer runs/bsq/tokenizer --steps 2000; --init MODEL fine-tunes. On completion the "
+    "pipeline is exported to RUN/pipeline. DDP: torchrun --nproc_per_node=N -m nextscale train-t2i ... See "
+    "docs/training.md.",
+)
+def _run_train_t2i(tc) -> int:
+    return _fit(_lazy("nextscale.train.infinity:train_t2i"), tc)
+
+
+_export_command(
+    "export-t2i",
+    "turn a train-t2i run/checkpoint into a text-to-image pipeline directory",
+    "Example: nextscale export-t2i runs/t2i-tiny --out my-t2i; then NextScaleT2IPipeline.from_pretrained('my-t2i')",
+    "",
+    "nextscale.train.infinity:export_t2i",
+)
+
+
+@command(
     "eval-tokenizer",
     C.EvalTokenizerCommand,
     "PSNR / SSIM / per-scale code usage / rFID of a tokenizer, and a per-scale picture",
