@@ -529,9 +529,10 @@ class T2ITrainConfig(TrainConfigBase):
                       group=DATA)  # fmt: skip
     n_scales: Optional[int] = setting(None, "use only the first N scales of each schedule (small images)", group=DATA,
                                       min=1)  # fmt: skip
-    aspect_ratios: Optional[Tuple[float, ...]] = setting(
-        None, "aspect-ratio buckets (h/w); default: every template of the table", group=DATA, min=0.0, min_open=True
-    )
+    aspect_ratios: Optional[str] = setting(
+        None, "aspect-ratio buckets, comma-separated h/w numbers (1,0.5) or W:H like the pipeline (16:9); "
+        "default: every template of the table", group=DATA, metavar="R,R,...",
+    )  # fmt: skip
     cache: bool = setting(True, "encode the captions once into RUN/cache/text (and the images into RUN/cache/bits "
                           "when bitwise self-correction is off)", group=DATA)  # fmt: skip
     depth: int = setting(4, "blocks of a fresh transformer", alias="depth", group=DATA, min=1)

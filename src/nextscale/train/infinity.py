@@ -287,7 +287,7 @@ class T2IObjective(Objective):
             vae = load_bsq_any(tc.tokenizer)
         vae.eval().requires_grad_(False)
         patchify = init_model.config.apply_spatial_patchify if init_model is not None else False
-        table = BucketTable(tc.pn, tc.n_scales, vae.patch_size, patchify, templates=tc.aspect_ratios)
+        table = BucketTable(tc.pn, tc.n_scales, vae.patch_size, patchify, templates=_ratios(tc.aspect_ratios))
         data = scan_captioned(tc.data, table, on_bad=tc.on_bad)
         tiny = tc.text_encoder == "tiny" and init_model is None
         encoder = resolve_text_encoder(tc.text_encoder, data.captions, tc.seed, tc.text_maxlen,
@@ -347,8 +347,9 @@ class T2IObjective(Objective):
         te = os.path.join(run_dir, "text_encoder")
         if "files" in entry and not os.path.isdir(te):
             from nextscale.atomic import atomic_dir
+            from nextscale.train.t2i_parts import quiet_transformers
 
-            with atomic_dir(te) as tmp:
+            with atomic_dir(te) as tmp, quiet_transformers():
                 self.encoder.model.save_pretrained(tmp)
                 self.encoder.tokenizer.save_pretrained(tmp)
         import json
@@ -388,6 +389,20 @@ class T2IObjective(Objective):
 
         save_t2i_dir(out, vae, model.eval(), text_encoder_entry=entry, write_text_encoder=writer,
                      extra={"default_pn": default_pn, **extra})  # fmt: skip
+
+
+def _ratios(spec):
+    """The aspect_ratios setting ("1,0.5" / "1:1,1:2") as a list for BucketTable (None: every template)."""
+    if spec is None:
+        return None
+    out = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        try:
+            out.append(float(part))
+        except ValueError:
+            out.append(part)  # "1:2" and friends: parse_aspect_ratio reads them (and names a bad one)
+    return out
 
 
 def _load_init(path):

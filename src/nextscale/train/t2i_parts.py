@@ -20,6 +20,7 @@ BSQ tokenizer directory::
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "build_tiny_t5",
     "resolve_text_encoder",
     "save_bsq_dir",
+    "quiet_transformers",
     "load_bsq_any",
     "text_encoder_entry",
 ]
@@ -43,6 +45,23 @@ __all__ = [
 #: The tiny T5's sizes: d_model 128 = one text-pool head of the transformer (Ct5 must be a multiple of 128).
 TINY_T5 = dict(d_model=128, d_kv=32, d_ff=256, num_layers=2, num_heads=4)
 _MASK_ALIAS = "quantize.lfq.mask"
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' progress bars off (loading / writing weights would print bars into training logs)."""
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:
+        yield
+        return
+    was = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            tlog.enable_progress_bar()
 
 
 def build_tiny_t5(captions: Sequence[str], seed: int = 0, max_length: int = 64):
@@ -88,10 +107,14 @@ def resolve_text_encoder(spec: str, captions: Sequence[str], seed: int, max_leng
                 " NAME",
             )
         name = os.path.join(init_dir, entry["files"]) if "files" in entry else entry["name"]
-        return T5TextEncoder.from_pretrained(name, device="cpu", max_length=int(entry.get("max_length", max_length)))
+        with quiet_transformers():
+            return T5TextEncoder.from_pretrained(
+                name, device="cpu", max_length=int(entry.get("max_length", max_length))
+            )
     if spec == "tiny":
         return build_tiny_t5(captions, seed, max_length)
-    return T5TextEncoder.from_pretrained(spec, device="cpu", max_length=max_length)
+    with quiet_transformers():
+        return T5TextEncoder.from_pretrained(spec, device="cpu", max_length=max_length)
 
 
 def text_encoder_entry(encoder, tiny: bool) -> dict:
