@@ -594,5 +594,8 @@ class T2ITrainConfig(TrainConfigBase):
             raise FieldError("pass ", FieldName("data"), " DIR or FILE.jsonl (captioned images)")
         if self.tokenizer is None and self.init is None:
             raise FieldError(
-                "pass ", FieldName("tokenizer"), " (a BSQ tokenizer: train-tokenizer --bitwise) or ", FieldName("init")
+                "pass ",
+                FieldName("tokenizer"),
+                " (a BSQ tokenizer: the export of a bitwise train-tokenizer run) or ",
+                FieldName("init"),
             )

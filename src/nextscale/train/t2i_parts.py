@@ -157,6 +157,6 @@ def load_bsq_any(path):
         return load_bsq_tokenizer(p)
     raise FieldError(
         FieldName("tokenizer"),
-        f" {str(path)!r} is not a BSQ tokenizer: give a train-tokenizer --bitwise export, a text-to-image "
+        f" {str(path)!r} is not a BSQ tokenizer: give the export of a bitwise train-tokenizer run, a text-to-image "
         "pipeline directory or an infinity_vae_*.pth",
     )
