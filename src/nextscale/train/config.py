@@ -533,8 +533,8 @@ class T2ITrainConfig(TrainConfigBase):
         None, "aspect-ratio buckets, comma-separated h/w numbers (1,0.5) or W:H like the pipeline (16:9); "
         "default: every template of the table", group=DATA, metavar="R,R,...",
     )  # fmt: skip
-    cache: bool = setting(True, "encode the captions once into RUN/cache/text (and the images into RUN/cache/bits "
-                          "when bitwise self-correction is off)", group=DATA)  # fmt: skip
+    cache: bool = setting(True, "encode the images once into RUN/cache/bits when bitwise self-correction is off "
+                          "(the captions are always encoded once, into RUN/cache/text)", group=DATA)  # fmt: skip
     depth: int = setting(4, "blocks of a fresh transformer", alias="depth", group=DATA, min=1)
     embed_dim: int = setting(128, "width C of a fresh transformer", alias="embed_dim", group=DATA, min=4)
     num_heads: int = setting(4, "attention heads of a fresh transformer (C / heads a multiple of 4)", group=DATA,
