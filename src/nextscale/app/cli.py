@@ -410,7 +410,7 @@ _export_command(
     "turn a train-tokenizer run/checkpoint into a tokenizer directory",
     "Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...",
     "tokenizer ",
-    "nextscale.train.tokenizer:export_tokenizer",
+    "nextscale.train.bsq:export_any_tokenizer",
 )
 
 
@@ -424,7 +424,7 @@ _export_command(
     "(use it with nextscale tokenize/train --tokenizer). See docs/tokenizer.md.",
 )
 def _run_train_tokenizer(tc) -> int:
-    return _fit(_lazy("nextscale.train.tokenizer:train_tokenizer"), tc)
+    return _fit(_lazy("nextscale.train.bsq:train_any_tokenizer"), tc)
 
 
 @command(

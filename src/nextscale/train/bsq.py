@@ -38,7 +38,15 @@ from nextscale.train.loop import FitResult, Objective, RunParts, StepContext
 from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
 from nextscale.train.run import export, schedule_length
 
-__all__ = ["BSQ_TRAIN_PRESETS", "BSQTokenizerObjective", "bsq_train_forward", "binary_entropy", "build_bsq"]
+__all__ = [
+    "BSQ_TRAIN_PRESETS",
+    "BSQTokenizerObjective",
+    "bsq_train_forward",
+    "binary_entropy",
+    "build_bsq",
+    "train_any_tokenizer",
+    "export_any_tokenizer",
+]
 
 #: Small BSQ-VAEs for training here (the released ones: ``nextscale.models.bsq.BSQ_PRESETS``).
 BSQ_TRAIN_PRESETS = {
@@ -214,7 +222,7 @@ class BSQTokenizerObjective(Objective):
     def build(cls, tc: TokenizerTrainConfig, device: torch.device) -> RunParts:
         from nextscale.data import ImageFolder, find_split
         from nextscale.schedules import image_size, scale_schedule
-        from nextscale.train.tokenizer import PatchDiscriminator, _build_lpips
+        from nextscale.train.tokenizer import PatchDiscriminator
 
         tc.validate()
         root = find_split(tc.data, "train")
@@ -231,7 +239,11 @@ class BSQTokenizerObjective(Objective):
                           classes=train_set.classes)  # fmt: skip
         idx = np.linspace(0, len(src) - 1, min(4, len(src))).round().astype(int)
         preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
-        lp = _build_lpips(tc)
+        lp = None
+        if tc.lpips_weights is not None and tc.perceptual_weight > 0:
+            from nextscale.train.lpips import LPIPS
+
+            lp = LPIPS.from_weights(tc.lpips_weights)
         iters, total = schedule_length(tc, len(train_set))
         vae.to(device)
         if lp is not None:
@@ -261,3 +273,27 @@ class BSQTokenizerObjective(Objective):
         vae = BSQVAE(BSQConfig(**state["config"]["model"]["bsq"]))
         vae.load_state_dict(weights)
         save_bsq_dir(vae.eval(), out, extra=extra)
+
+
+def train_any_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
+    """``nextscale train-tokenizer``: the VQ-VAE (:func:`nextscale.train.tokenizer.train_tokenizer`), or with
+    ``tc.bitwise`` Infinity's BSQ tokenizer."""
+    from nextscale.train.run import train
+    from nextscale.train.tokenizer import train_tokenizer
+
+    return train(BSQTokenizerObjective, tc) if tc.bitwise else train_tokenizer(tc)
+
+
+def export_any_tokenizer(run: str, out: str, weights: str = "auto"):
+    """``nextscale export-tokenizer``: a VQ run -> a tokenizer directory; a bitwise run -> a BSQ tokenizer
+    directory (``bsq/``) that ``train-t2i`` reads."""
+    import json
+
+    from nextscale.train.tokenizer import export_tokenizer
+
+    cfg = os.path.join(run, "config.json") if os.path.isdir(run) else None
+    if cfg and os.path.isfile(cfg):
+        with open(cfg) as f:
+            if json.load(f).get("kind") == BSQTokenizerObjective.kind:
+                return export(BSQTokenizerObjective, run, out, weights)
+    return export_tokenizer(run, out, weights)

@@ -494,26 +494,11 @@ def _build_lpips(tc: TokenizerTrainConfig):
 
 def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
     """Train (or resume) a tokenizer run (``nextscale train-tokenizer``); under torchrun for DDP. On
-    completion the tokenizer is exported to ``RUN/tokenizer`` (EMA weights when kept). ``tc.bitwise``: Infinity's
-    BSQ tokenizer (:mod:`nextscale.train.bsq`)."""
-    if tc.bitwise:
-        from nextscale.train.bsq import BSQTokenizerObjective
-
-        return train(BSQTokenizerObjective, tc)
+    completion the tokenizer is exported to ``RUN/tokenizer`` (EMA weights when kept)."""
     return train(TokenizerObjective, tc)
 
 
 def export_tokenizer(run: str, out: str, weights: str = "auto") -> Dict[str, Any]:
     """A ``train-tokenizer`` run folder (latest checkpoint) or ``step_*.pt`` -> a tokenizer directory
-    (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize`` / ``train`` load as their tokenizer; a
-    ``--bitwise`` run -> a BSQ tokenizer directory (``bsq/``) that ``train-t2i`` reads."""
-    import json
-
-    cfg = os.path.join(run, "config.json") if os.path.isdir(run) else None
-    if cfg and os.path.isfile(cfg):
-        with open(cfg) as f:
-            if json.load(f).get("kind") == "bsq-tokenizer":
-                from nextscale.train.bsq import BSQTokenizerObjective
-
-                return export(BSQTokenizerObjective, run, out, weights)
+    (``model_index.json`` + ``vqvae/``) that ``nextscale tokenize`` / ``train`` load as their tokenizer."""
     return export(TokenizerObjective, run, out, weights)
