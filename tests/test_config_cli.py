@@ -16,10 +16,14 @@ import pytest
 from nextscale.app.cli import build_parser, main
 from nextscale.app.cli_args import config_from_args, flag_names
 from nextscale.errors import FieldError, NextScaleError
-from nextscale.train.config import TokenizerTrainConfig, VARTrainConfig, field_type
+from nextscale.train.config import T2ITrainConfig, TokenizerTrainConfig, VARTrainConfig, field_type
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = {"train": (VARTrainConfig, []), "train-tokenizer": (TokenizerTrainConfig, ["--data", "d"])}
+COMMANDS = {
+    "train": (VARTrainConfig, []),
+    "train-tokenizer": (TokenizerTrainConfig, ["--data", "d"]),
+    "train-t2i": (T2ITrainConfig, ["--data", "d"]),
+}
 
 
 def _sub(name: str) -> argparse.ArgumentParser:
@@ -69,6 +73,7 @@ def _other_value(cls, f):
         "preset": (["tiny"], "tiny"),
         "device": (["cpu"], "cpu"),
         "patch_nums": (["1", "2", "4"], (1, 2, 4)),
+        "ch_mult": (["1", "2"], (1, 2)),
     }
     if f.name in special:
         return special[f.name]

@@ -422,7 +422,7 @@ _export_command(
     "turn a train-tokenizer run/checkpoint into a tokenizer directory",
     "Example: nextscale export-tokenizer runs/tok --out my-tok; then nextscale tokenize --tokenizer my-tok ...",
     "tokenizer ",
-    "nextscale.train.tokenizer:export_tokenizer",
+    "nextscale.train.bsq:export_any_tokenizer",
 )
 
 
@@ -436,7 +436,30 @@ _export_command(
     "(use it with nextscale tokenize/train --tokenizer). See docs/tokenizer.md.",
 )
 def _run_train_tokenizer(tc) -> int:
-    return _fit(_lazy("nextscale.train.tokenizer:train_tokenizer"), tc)
+    return _fit(_lazy("nextscale.train.bsq:train_any_tokenizer"), tc)
+
+
+@command(
+    "train-t2i",
+    "nextscale.train.config:T2ITrainConfig",
+    "train / fine-tune an Infinity text-to-image transformer on captioned images (resumes from the run folder)",
+    "Captioned images (images + same-name .txt, or a .jsonl), aspect-ratio buckets, a text-feature cache, text "
+    "dropout into the learned cfg_uncond, bitwise self-correction, per-scale loss weights. Example: nextscale "
+    "train-t2i --data DIR --tokenizer runs/bsq/tokenizer --steps 2000; --init MODEL fine-tunes. On completion the "
+    "pipeline is exported to RUN/pipeline. DDP: torchrun --nproc_per_node=N -m nextscale train-t2i ... See "
+    "docs/training.md.",
+)
+def _run_train_t2i(tc) -> int:
+    return _fit(_lazy("nextscale.train.infinity:train_t2i"), tc)
+
+
+_export_command(
+    "export-t2i",
+    "turn a train-t2i run/checkpoint into a text-to-image pipeline directory",
+    "Example: nextscale export-t2i runs/t2i-tiny --out my-t2i; then NextScaleT2IPipeline.from_pretrained('my-t2i')",
+    "",
+    "nextscale.train.infinity:export_t2i",
+)
 
 
 @command(

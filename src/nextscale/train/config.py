@@ -39,6 +39,7 @@ __all__ = [
     "LoopConfig",
     "VARTrainConfig",
     "TokenizerTrainConfig",
+    "T2ITrainConfig",
     "setting",
     "field_type",
     "field_checked",
@@ -455,6 +456,25 @@ class TokenizerTrainConfig(TrainConfigBase):
         0, "re-initialise dead codes every N steps (codebook restart), 0 = off", group=LOSS, min=0
     )
     dead_threshold: float = setting(1e-3, "dead = running hits summed over scales below this", group=LOSS, min=0.0)
+    # -- bitwise (BSQ) tokenizer: Infinity's; the architecture fields above then size the BSQ-VAE --
+    bitwise: bool = setting(
+        False,
+        "train Infinity's bitwise BSQ tokenizer instead of the VQ-VAE (preset tiny/mnist: 8 bits, 4 px tokens; "
+        "small: 16 bits, 8 px; or infinity_vae_d16/d24/d32/d64; z_channels = bits, ch = base width)",
+        group=LOSS,
+    )
+    ch_mult: Optional[Tuple[int, ...]] = setting(None, "bitwise: width multipliers per level (default: the preset's)",
+                                                 group=DATA, min=1)  # fmt: skip
+    patch_size: Optional[int] = setting(None, "bitwise: pixels per token, a power of 2 (default: the preset's)",
+                                        group=DATA, min=1)  # fmt: skip
+    pn: str = setting("0.06M", "bitwise: the square scale schedule's size class (Infinity's tables)", group=DATA)
+    n_scales: Optional[int] = setting(None, "bitwise: only the first N scales (smaller images)", group=DATA, min=1)
+    # BSQ's entropy penalty (per-sample entropy down, codebook entropy up), as Infinity's quantiser weighs it.
+    entropy_weight: float = setting(0.1, "bitwise: weight of the entropy penalty", group=LOSS, min=0.0)
+    entropy_gamma: float = setting(1.0, "bitwise: weight of the codebook-entropy (usage) term inside it", group=LOSS,
+                                   min=0.0)  # fmt: skip
+    inv_temperature: float = setting(100.0, "bitwise: inverse temperature of the soft bit assignment", group=LOSS,
+                                     min=0.0, min_open=True)  # fmt: skip
     # -- loop (the rest: TrainConfigBase) --
     # Shorter runs than VAR's on smaller images: smaller batches, validation and pictures more often.
     batch_size: int = _like("batch_size", 32)
@@ -469,4 +489,123 @@ class TokenizerTrainConfig(TrainConfigBase):
             raise _fail(
                 "lpips_weights",
                 f" {self.lpips_weights!r} not found (LPIPS needs local VGG16 + LPIPS weights; it is off without it)",
+            )
+
+
+BSC = "bitwise self-correction (Infinity)"
+
+
+@dataclass
+class T2ITrainConfig(TrainConfigBase):
+    """Every knob of ``nextscale train-t2i`` (Infinity text-to-image; reference names, from Infinity's
+    ``arg_util.py``, in ``alias``). A fresh model's sizes are the fields below; ``init`` takes them from a model."""
+
+    GROUPS: ClassVar[Tuple[str, ...]] = (DATA, LENGTH, OPTIM, BSC, INIT, LOOP)
+
+    # -- data / model --
+    data: Optional[str] = setting(
+        None,
+        "captioned images: a folder of images + same-name .txt captions, or a .jsonl of {image, caption}",
+        alias="data_path",
+        group=DATA,
+        required=True,
+    )
+    # Bad samples (empty / non-UTF-8 caption, missing or broken image, ratio outside the tables) are reported by name.
+    on_bad: str = setting("skip", "bad samples: skip them (counted, named) or refuse the data", group=DATA,
+                          choices=("skip", "error"))  # fmt: skip
+    tokenizer: Optional[str] = setting(
+        None,
+        "BSQ tokenizer: a tokenizer directory (train-tokenizer --bitwise), a text-to-image pipeline directory "
+        "or an infinity_vae_*.pth; default: the init model's",
+        group=DATA,
+    )
+    text_encoder: str = setting(
+        "tiny",
+        "'tiny' (a small T5 initialised here from the captions' words, no download), a T5 name in the Hugging Face "
+        "cache (google/flan-t5-xl) or a T5 directory; with init: the model's own",
+        alias="t5_path",
+        group=DATA,
+    )
+    init: Optional[str] = setting(
+        None, "fine-tune from a text-to-image pipeline directory (an export of train-t2i, or a converted release)",
+        group=DATA,
+    )  # fmt: skip
+    run_dir: Optional[str] = setting(
+        None, "run folder (checkpoints, logs, samples); default runs/t2i-PRESET", group=DATA
+    )
+    preset: str = setting("tiny", "name of a fresh model's size (only used in the run folder's default name)",
+                          group=DATA)  # fmt: skip
+    pn: str = setting("0.06M", "image size class of the schedules (0.06M ~256 px with 16 px tokens)", alias="pn",
+                      group=DATA)  # fmt: skip
+    n_scales: Optional[int] = setting(None, "use only the first N scales of each schedule (small images)", group=DATA,
+                                      min=1)  # fmt: skip
+    aspect_ratios: Optional[str] = setting(
+        None, "aspect-ratio buckets, comma-separated h/w numbers (1,0.5) or W:H like the pipeline (16:9); "
+        "default: every template of the table", group=DATA, metavar="R,R,...",
+    )  # fmt: skip
+    cache: bool = setting(True, "encode the images once into RUN/cache/bits when bitwise self-correction is off "
+                          "(the captions are always encoded once, into RUN/cache/text)", group=DATA)  # fmt: skip
+    depth: int = setting(4, "blocks of a fresh transformer", alias="depth", group=DATA, min=1)
+    embed_dim: int = setting(128, "width C of a fresh transformer", alias="embed_dim", group=DATA, min=4)
+    num_heads: int = setting(4, "attention heads of a fresh transformer (C / heads a multiple of 4)", group=DATA,
+                             min=1)  # fmt: skip
+    block_chunks: int = setting(2, "the released layout's block chunks (names only; depth must divide by it)",
+                                group=DATA, min=2)  # fmt: skip
+    text_maxlen: int = setting(64, "text tokens per caption (the encoder's max length, cfg_uncond rows)",
+                               alias="tlen", group=DATA, min=1)  # fmt: skip
+    # -- length --
+    steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
+    epochs: float = setting(100.0, "passes over the data", alias="ep", group=LENGTH, min=0.0, min_open=True,
+                            must="a positive number")  # fmt: skip
+    # -- optimisation (Infinity's arg_util defaults where they apply) --
+    lr: float = setting(6e-4, "peak lr (AdamW 0.9/0.95)", alias="tlr", group=OPTIM, min=0.0, min_open=True)
+    weight_decay: float = setting(0.005, "AdamW weight decay", alias="twd", group=OPTIM, min=0.0)
+    grad_clip: float = setting(2.0, "max grad norm", alias="tclip", group=OPTIM, note="<= 0 = off")
+    warmup_steps: Optional[int] = setting(None, "linear lr warm-up; default 2% of the steps", alias="wp", group=OPTIM,
+                                          min=0)  # fmt: skip
+    warmup_start: float = setting(0.005, "lr factor at step 0", alias="wp0", group=OPTIM, min=0.0)
+    lr_end: float = setting(0.3, "final lr factor", alias="wpe", group=OPTIM, min=0.0)
+    schedule: str = setting("cos", "lr schedule: cos, lin, lin0, exp", alias="sche", group=OPTIM)
+    # The model's learned cfg_uncond rows replace a dropped caption's features (length-matched), as the reference.
+    text_dropout: float = setting(0.1, "caption dropout for guidance (the row becomes the learned cfg_uncond)",
+                                  alias="cfg", group=OPTIM, min=0.0, max=1.0, max_open=True,
+                                  must="in [0, 1)")  # fmt: skip
+    drop_path: float = setting(0.0, "stochastic depth of a fresh model's last block", alias="drop_path_rate",
+                               group=OPTIM, min=0.0, max=1.0, max_open=True, must="in [0, 1)")  # fmt: skip
+    # The reference's reweight_loss_by_scale=1 crashes (a tuple's .prod()); sqrt_area is what it intends.
+    loss_weights: str = setting("uniform", "per-scale loss weights: uniform (1/L per token) or sqrt_area (coarse "
+                                "scales count more; the reference's reweight_loss_by_scale=1)",
+                                alias="reweight_loss_by_scale", group=OPTIM,
+                                choices=("uniform", "sqrt_area"))  # fmt: skip
+    # -- bitwise self-correction --
+    noise_apply_layers: int = setting(-1, "flip bits on the first N scales (BSC); -1 / 0 = off",
+                                      alias="noise_apply_layers", group=BSC, min=-1)  # fmt: skip
+    noise_apply_strength: float = setting(0.3, "max flip probability per scale (drawn in [0, this] per scale)",
+                                          alias="noise_apply_strength", group=BSC, min=0.0, max=1.0)  # fmt: skip
+    noise_apply_requant: bool = setting(True, "re-quantise the flipped bits, so later scales learn to correct them",
+                                        alias="noise_apply_requant", group=BSC)  # fmt: skip
+    # -- loop --
+    batch_size: int = _like("batch_size", 16)
+    eval_every: int = _like("eval_every", 0)
+    sample_every: int = _like("sample_every", 2000)
+    fsdp: bool = setting(False, "shard parameters/optimizer across GPUs instead of DDP", group=LOOP)
+
+    def check_more(self) -> None:
+        from nextscale.train.optim import lr_factor
+
+        try:
+            lr_factor(self.schedule, 50, 0, 100)
+        except NextScaleError as e:
+            raise _fail("schedule", f": {e}") from None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.data is None:
+            raise FieldError("pass ", FieldName("data"), " DIR or FILE.jsonl (captioned images)")
+        if self.tokenizer is None and self.init is None:
+            raise FieldError(
+                "pass ",
+                FieldName("tokenizer"),
+                " (a BSQ tokenizer: the export of a bitwise train-tokenizer run) or ",
+                FieldName("init"),
             )

@@ -116,6 +116,16 @@ class Objective:
         (empty without EMA), which the pictures should show when there are some."""
         return None
 
+    def batch_sampler(self, micro: int, rank: int, world: int, seed: int, start: int, grad_accum: int):
+        """The training batch sampler (yielding lists of ``(index, sample_seed)`` keys, resumable at micro-batch
+        ``start``, with ``iters_per_epoch``), or None for the default
+        :class:`~nextscale.data.ResumableBatchSampler` (e.g. aspect-ratio buckets: one bucket per batch)."""
+        return None
+
+    def collate(self, items: List[Dict[str, Any]]) -> Dict[str, Any]:
+        """Batch the data set's items (None: torch's default collate)."""
+        return None
+
     def units_per_sample(self) -> Dict[str, float]:
         """Extra throughput units, e.g. {"tok": L} logs tokens/s next to images/s."""
         return {}
@@ -368,15 +378,19 @@ class Trainer:
         return lrs
 
     def _loader(self, counter: int) -> Iterator[Dict[str, Any]]:
-        sampler = ResumableBatchSampler(
-            len(self.train_set),
-            self.micro,
-            self.rank,
-            self.world,
-            self.cfg.seed,
-            start=counter,
-            grad_accum=self.cfg.grad_accum,
-        )
+        ob = self.objective
+        sampler = ob.batch_sampler(self.micro, self.rank, self.world, self.cfg.seed, counter, self.cfg.grad_accum)
+        if sampler is None:
+            sampler = ResumableBatchSampler(
+                len(self.train_set),
+                self.micro,
+                self.rank,
+                self.world,
+                self.cfg.seed,
+                start=counter,
+                grad_accum=self.cfg.grad_accum,
+            )
+        collate = ob.collate if type(ob).collate is not Objective.collate else None
         self.iters_per_epoch = self.hooks.iters_per_epoch = sampler.iters_per_epoch
         ld = torch.utils.data.DataLoader(
             self.train_set,
@@ -384,6 +398,7 @@ class Trainer:
             num_workers=self.cfg.workers,
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
+            collate_fn=collate,
             generator=torch.Generator().manual_seed(self.cfg.seed),
         )  # not the global RNG
         return iter(ld)
