@@ -328,3 +328,49 @@ def test_infinity_blocks_are_found_and_checkpointing_keeps_its_gradients():
     for (n, p), q in zip(a.named_parameters(), b.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.fixture(scope="module")
+def t2i_scenes(tmp_path_factory):
+    """8 square scenes (one bucket, 4 batches of 2: the same global batches on 1 and 2 processes) + a tiny BSQ."""
+    import numpy as np
+
+    from nextscale.models.bsq import BSQVAE, BSQConfig
+    from nextscale.scenes import SceneConfig, write_scene_dataset
+    from nextscale.train.t2i_parts import save_bsq_dir
+
+    root = tmp_path_factory.mktemp("t2i_fsdp")
+    write_scene_dataset(root / "data", 8, np.random.default_rng(0), SceneConfig(aspect_ratios=(1.0,)), n_scales=3,
+                        patch_size=4)  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        vae = BSQVAE(BSQConfig(codebook_dim=8, base_ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, patch_size=4))
+    save_bsq_dir(vae, root / "tok")
+    return str(root / "data"), str(root / "tok")
+
+
+@pytest.mark.dist
+def test_t2i_fsdp2_equals_ddp_equals_one_process(t2i_scenes, tmp_path):
+    """Acceptance for the text-to-image transformer: global batch 4 (2 per rank; one process accumulates 2 x 2),
+    text dropout on (a function of each sample's seed), 4 steps; the sharded run resumes on one process."""
+    data, tok = t2i_scenes
+    args = ["train-t2i", "--data", data, "--tokenizer", tok, "--steps", str(STEPS), "--batch-size", "4",
+            "--ckpt-every", "2", "--keep", "5", "--log-every", "2", "--lr", "1e-3", "--warmup-steps", "1",
+            "--text-dropout", "0.3", "--n-scales", "3", "--depth", "2", "--embed-dim", "64", "--num-heads", "2",
+            "--text-maxlen", "16", "--no-progress", "--sample-every", "-1"]  # fmt: skip
+    one, ddp, fsdp = (str(tmp_path / n) for n in ("one", "ddp", "fsdp"))
+    assert main(args + ["--run-dir", one, "--grad-accum", "2"]) == 0
+    torchrun(args + ["--run-dir", ddp])
+    torchrun(args + ["--run-dir", fsdp, "--parallel", "fsdp"])
+    (s1, a), (s2, b), (s3, c) = weights(one), weights(ddp), weights(fsdp)
+    assert s1 == s2 == s3 == STEPS and "sharded" in c
+    assert_same(a["modules"]["infinity"], b["modules"]["infinity"])
+    assert_same(a["modules"]["infinity"], c["modules"]["infinity"])
+
+    res = str(tmp_path / "resumed")  # the sharded step-2 checkpoint, finished on one process
+    shutil.copytree(fsdp, res)
+    shutil.rmtree(os.path.join(res, "checkpoints", f"step_{STEPS:08d}"))
+    assert main(args + ["--run-dir", res, "--parallel", "fsdp", "--grad-accum", "2"]) == 0
+    s4, d = weights(res)
+    assert s4 == STEPS
+    assert_same(a["modules"]["infinity"], d["modules"]["infinity"])

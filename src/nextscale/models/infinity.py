@@ -197,6 +197,11 @@ class CrossAttnBlock(nn.Module):
         self.ca_norm = nn.LayerNorm(C, eps=cfg.norm_eps)
 
     def forward(self, x_BLC, gss_B16C, ca_kv_N2Hc, lens, rope_2Lc, attn_bias, kv_cache=None, block_idx=0):
+        """``ca_kv_N2Hc``: the text keys/values (N, 2, H, c) of this block (sampling computes them once), or the
+        projected text features (N, C), whose keys/values are computed here: inside the block's own forward, where a
+        sharded (FSDP) block has its weights gathered (the teacher-forced forward)."""
+        if ca_kv_N2Hc.dim() == 2:
+            ca_kv_N2Hc = self.ca.kv(ca_kv_N2Hc)
         g1, g2, s1, s2, b1, b2 = (self.ada_gss + gss_B16C).unbind(2)  # 6 x (B, 1, C)
         sa = self.sa(_ada_ln(x_BLC, s1, b1, self.eps), rope_2Lc, attn_bias, kv_cache, block_idx)
         x_BLC = x_BLC + self.drop_path(sa.mul_(g1))
@@ -269,17 +274,23 @@ class Infinity(nn.Module):
         (text, dropped 0/1 per row); the caller's tensor is kept unless ``in_place`` (the reference's behaviour)."""
         rate = self.config.cond_drop_rate if rate is None else rate
         dropped = [int(rng.random() < rate) for _ in text.lens]  # one draw per row, even at rate 0
-        if not any(dropped):
-            return text, dropped
-        unc = self.uncond_text(text).kv_compact
-        keep = torch.repeat_interleave(
-            torch.tensor(dropped, device=unc.device) == 0, torch.tensor(text.lens, device=unc.device)
-        ).unsqueeze(1)
-        new = TextFeatures(torch.where(keep, text.kv_compact, unc), text.lens, text.cu_seqlens, text.max_seqlen)
-        if in_place:  # the values also land in the caller's tensor; the graph (cfg_uncond's gradient) stays in `new`
+        new = self.replace_rows(text, dropped)
+        if in_place and new is not text:  # the values also land in the caller's tensor; the graph stays in `new`
             with torch.no_grad():
                 text.kv_compact.copy_(new.kv_compact)
         return new, dropped
+
+    def replace_rows(self, text: TextFeatures, dropped: Sequence[int]) -> TextFeatures:
+        """Rows b with ``dropped[b]`` -> ``cfg_uncond[:len]`` (the gradient flows into cfg_uncond)."""
+        if len(dropped) != text.batch_size:
+            raise InputError(f"dropped has {len(dropped)} entries for {text.batch_size} text rows")
+        if not any(dropped):
+            return text
+        unc = self.uncond_text(text).kv_compact
+        keep = torch.repeat_interleave(
+            torch.tensor([not d for d in dropped], device=unc.device), torch.tensor(text.lens, device=unc.device)
+        ).unsqueeze(1)
+        return TextFeatures(torch.where(keep, text.kv_compact, unc), text.lens, text.cu_seqlens, text.max_seqlen)
 
     def prepare_text(self, text: TextFeatures) -> TextCond:
         normed = self.text_norm(text.kv_compact.float())
@@ -322,10 +333,12 @@ class Infinity(nn.Module):
         rng=None,
         cond_drop_rate=None,
         drop_in_place=False,
+        dropped: Optional[Sequence[int]] = None,
     ) -> torch.Tensor:
         """Teacher-forced logits (B, L, 2 d'). ``x_BLC_wo_prefix`` (B, L - l_0, d') are the next-scale inputs,
         ``rope_2Lc`` the ratio's cache (:func:`nextscale.models.rope.build_rope_cache`). Conditional dropout
-        (:meth:`drop_text`) happens only when ``rng`` is given."""
+        (:meth:`drop_text`) happens only when ``rng`` is given; ``dropped`` (0/1 per row) replaces the rows the
+        caller chose (the trainer's per-sample draws) inside the forward, where a sharded cfg_uncond is gathered."""
         hw = self._schedule(scale_schedule)
         ls = [h * w for h, w in hw]
         L, B = sum(ls), text.batch_size
@@ -334,6 +347,8 @@ class Infinity(nn.Module):
                 f"x_BLC_wo_prefix must be {(B, L - 1, self.config.token_bits)} for this schedule and "
                 f"text, got {tuple(x_BLC_wo_prefix.shape)}"
             )
+        if dropped is not None:
+            text = self.replace_rows(text, dropped)
         if rng is not None:
             text = self.drop_text(text, rng, cond_drop_rate, drop_in_place)[0]
         elif cond_drop_rate:
@@ -357,7 +372,7 @@ class Infinity(nn.Module):
         bias[L:, 0] = 0.0
         x_BLC, rope = F.pad(x_BLC, (0, 0, 0, Lp - L)), F.pad(self._rope(rope_2Lc, L), (0, 0, 0, Lp - L))
         for blk in self.blocks:
-            x_BLC = blk(x_BLC, cond.gss, blk.ca.kv(cond.ca_kv), text.lens, rope, bias.to(x_BLC.dtype))
+            x_BLC = blk(x_BLC, cond.gss, cond.ca_kv, text.lens, rope, bias.to(x_BLC.dtype))
         # cfg_uncond always joins the graph (a zero gradient when no row was dropped), as in the reference: DDP and
         # optimisers then see the same parameter set every step
         return self.logits(x_BLC[:, :L], cond) + self.cfg_uncond[0, 0] * 0

@@ -215,13 +215,7 @@ class T2IObjective(Objective):
     def _text(self, batch, device):
         from nextscale.models.infinity import TextFeatures
 
-        text = TextFeatures.from_lens(batch["kv"].to(device), batch["lens"].tolist())
-        dropped = batch["dropped"].to(device)
-        if bool(dropped.any()):  # dropped rows -> the learned cfg_uncond[:len] (gradient flows into it)
-            unc = self.model.uncond_text(text).kv_compact
-            keep = torch.repeat_interleave(~dropped, batch["lens"].to(device)).unsqueeze(1)
-            text = TextFeatures(torch.where(keep, text.kv_compact, unc), text.lens, text.cu_seqlens, text.max_seqlen)
-        return text
+        return TextFeatures.from_lens(batch["kv"].to(device), batch["lens"].tolist())
 
     def _loss(self, logits_BLV, gt_BLd, w_L):
         from nextscale.models.infinity import bit_loss
@@ -235,7 +229,8 @@ class T2IObjective(Objective):
         x_BLd, gt_BLd = self._inputs(batch, b, dev)
         text = self._text(batch, dev)
         with ctx.autocast():
-            logits_BLV = ctx.wrapped["infinity"](text, x_BLd, b.schedule, rope)
+            # dropped rows -> the learned cfg_uncond[:len], inside the forward (a sharded cfg_uncond is gathered there)
+            logits_BLV = ctx.wrapped["infinity"](text, x_BLd, b.schedule, rope, dropped=batch["dropped"].tolist())
         token_BL, loss = self._loss(logits_BLV, gt_BLd, w_L)
         ctx.backward(loss, "infinity")
         with torch.no_grad():
