@@ -222,7 +222,7 @@ class BSQTokenizerObjective(Objective):
     def build(cls, tc: TokenizerTrainConfig, device: torch.device) -> RunParts:
         from nextscale.data import ImageFolder, find_split
         from nextscale.schedules import image_size, scale_schedule
-        from nextscale.train.tokenizer import PatchDiscriminator
+        from nextscale.train.tokenizer import build_discriminator, build_lpips, preview_images, preview_set
 
         tc.validate()
         root = find_split(tc.data, "train")
@@ -230,24 +230,11 @@ class BSQTokenizerObjective(Objective):
         sched = scale_schedule(1.0, tc.pn, tc.n_scales)
         R = image_size(sched, vae.patch_size)[0]
         train_set = ImageFolder(root, R, train=True, hflip=tc.hflip, mid_reso=tc.mid_reso)
-        disc = None
-        if tc.disc_weight > 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(tc.seed + 1)
-                disc = PatchDiscriminator(3, tc.disc_ch, tc.disc_layers)
-        src = ImageFolder(root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples,
-                          classes=train_set.classes)  # fmt: skip
-        idx = np.linspace(0, len(src) - 1, min(4, len(src))).round().astype(int)
-        preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
-        lp = None
-        if tc.lpips_weights is not None and tc.perceptual_weight > 0:
-            from nextscale.train.lpips import LPIPS
-
-            lp = LPIPS.from_weights(tc.lpips_weights)
+        disc = build_discriminator(tc, 3, R)
+        preview = preview_images(preview_set(train_set, root, R, tc))
+        lp = build_lpips(tc, device)
         iters, total = schedule_length(tc, len(train_set))
         vae.to(device)
-        if lp is not None:
-            lp.to(device)
         from dataclasses import asdict
 
         run_config = {
@@ -260,9 +247,9 @@ class BSQTokenizerObjective(Objective):
         return RunParts(cls(vae, disc, tc, sched, preview, lp), train_set, None, run_config, total)
 
     def after_fit(self, run_dir: str, result: FitResult, log) -> None:
-        out = os.path.join(run_dir, "tokenizer")
-        info = export(type(self), run_dir, out)
-        log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
+        from nextscale.train.tokenizer import export_after_fit
+
+        export_after_fit(self, run_dir, log)
 
     @classmethod
     def save_export(cls, state, weights, run_dir: str, out: str, extra) -> None:

@@ -351,34 +351,12 @@ class TokenizerObjective(Objective):
         if vroot is not None and os.path.isdir(vroot):
             vs, vc = scan_image_folder(vroot)
             val_set = ImageFolder(vroot, R, train=False, mid_reso=tc.mid_reso, samples=vs, classes=vc)
-        disc = None
-        if tc.disc_weight > 0:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(tc.seed + 1)
-                disc = PatchDiscriminator(vae.config.in_channels, tc.disc_ch, tc.disc_layers)
-            try:
-                with torch.no_grad():
-                    ok = min(disc(torch.zeros(1, vae.config.in_channels, R, R)).shape[-2:]) >= 1
-            except RuntimeError:
-                ok = False
-            if not ok:
-                raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
-        src = (
-            val_set
-            if val_set is not None
-            else ImageFolder(
-                root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples, classes=train_set.classes
-            )
-        )
-        n_prev = min(4, len(src))
-        idx = np.linspace(0, len(src) - 1, n_prev).round().astype(int)
-        preview = torch.stack([src[(int(i), -1)]["image"] for i in idx])
-        lp = _build_lpips(tc)
-        ob = cls(vae, disc, tc, preview=preview, lpips=lp)
+        disc = build_discriminator(tc, vae.config.in_channels, R)
+        src = val_set if val_set is not None else preview_set(train_set, root, R, tc)
+        lp = build_lpips(tc, device)
+        ob = cls(vae, disc, tc, preview=preview_images(src), lpips=lp)
         iters, total = schedule_length(tc, len(train_set))
         vae.to(device)
-        if lp is not None:
-            lp.to(device)
         run_config = {
             "kind": cls.kind,
             "train": tc.to_dict(),
@@ -396,10 +374,7 @@ class TokenizerObjective(Objective):
         return RunParts(ob, train_set, val_set, run_config, total)
 
     def after_fit(self, run_dir: str, result: FitResult, log) -> None:
-        """The finished run's tokenizer, exported to ``RUN/tokenizer`` (EMA weights when kept)."""
-        out = os.path.join(run_dir, "tokenizer")
-        info = export(type(self), run_dir, out)
-        log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
+        export_after_fit(self, run_dir, log)
 
     @classmethod
     def save_export(cls, state, weights, run_dir: str, out: str, extra) -> None:
@@ -484,12 +459,53 @@ def build_vae(tc: TokenizerTrainConfig):
     return vae.train()
 
 
-def _build_lpips(tc: TokenizerTrainConfig):
+# ---- parts every tokenizer recipe builds the same way (VQ here, BSQ in train/bsq.py) ----
+def build_lpips(tc: TokenizerTrainConfig, device=None):
+    """The perceptual loss's network when the run uses it (None otherwise), on ``device``."""
     if tc.lpips_weights is None or tc.perceptual_weight <= 0:
         return None
     from nextscale.train.lpips import LPIPS
 
-    return LPIPS.from_weights(tc.lpips_weights)
+    lp = LPIPS.from_weights(tc.lpips_weights)
+    return lp if device is None else lp.to(device)
+
+
+def build_discriminator(tc: TokenizerTrainConfig, in_channels: int, R: int):
+    """The patch discriminator (seeded from seed + 1) when disc_weight > 0; refuses one too deep for R px."""
+    if tc.disc_weight <= 0:
+        return None
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed + 1)
+        disc = PatchDiscriminator(in_channels, tc.disc_ch, tc.disc_layers)
+    try:
+        with torch.no_grad():
+            ok = min(disc(torch.zeros(1, in_channels, R, R)).shape[-2:]) >= 1
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise FieldError(FieldName("disc_layers"), f" {tc.disc_layers} is too deep for {R}px images; use fewer")
+    return disc
+
+
+def preview_set(train_set, root: str, R: int, tc: TokenizerTrainConfig):
+    """The training images without augmentation (what the preview grid shows when there is no val split)."""
+    from nextscale.data import ImageFolder
+
+    return ImageFolder(root, R, train=False, mid_reso=tc.mid_reso, samples=train_set.samples,
+                       classes=train_set.classes)  # fmt: skip
+
+
+def preview_images(src, n: int = 4) -> torch.Tensor:
+    """n images spread evenly over ``src`` (the reconstruction grid of every sample step)."""
+    idx = np.linspace(0, len(src) - 1, min(n, len(src))).round().astype(int)
+    return torch.stack([src[(int(i), -1)]["image"] for i in idx])
+
+
+def export_after_fit(objective, run_dir: str, log) -> None:
+    """The finished run's tokenizer, exported to ``RUN/tokenizer`` (EMA weights when kept)."""
+    out = os.path.join(run_dir, "tokenizer")
+    info = export(type(objective), run_dir, out)
+    log.info(f"tokenizer exported to {out} ({info['weights']} weights, step {info['step']})")
 
 
 def train_tokenizer(tc: TokenizerTrainConfig) -> FitResult:
