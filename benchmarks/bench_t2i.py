@@ -447,11 +447,20 @@ def _torch_version() -> str:
 
 
 def _git_head(path: str) -> str:
+    """The checkout's commit, or (a work tree without .git) the sha256 of its infinity/models/infinity.py."""
+    import hashlib
+
     try:
         out = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-        return out.stdout.strip() or os.path.basename(os.path.abspath(path))
+        if out.returncode == 0 and out.stdout.strip():
+            return f"commit {out.stdout.strip()}"
     except OSError:
-        return os.path.basename(os.path.abspath(path))
+        pass
+    try:
+        with open(os.path.join(path, "infinity", "models", "infinity.py"), "rb") as f:
+            return f"infinity/models/infinity.py sha256 {hashlib.sha256(f.read()).hexdigest()[:12]}"
+    except OSError:
+        return path
 
 
 def torch_threads_default() -> int:
