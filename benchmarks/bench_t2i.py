@@ -151,7 +151,7 @@ def run_one(args) -> dict:
     return row
 
 
-def main(argv=None):
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", default="small,2b", help="comma-separated: " + ", ".join(PRESETS))
     ap.add_argument("--pn", default="0.06M", help="size class: 0.06M (256x256 square), 0.25M, 0.60M, 1M")
@@ -175,6 +175,11 @@ def main(argv=None):
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--make-weights", action="store_true", help=argparse.SUPPRESS)
+    return ap
+
+
+def main(argv=None):
+    ap = parser()
     args = ap.parse_args(argv)
     if args.one and args.make_weights:
         print(json.dumps(ref_make_weights(args)))
@@ -205,9 +210,7 @@ def main(argv=None):
         if args.device == "cpu" and need > 0.8 * available_bytes():
             print(f"| {preset} | skipped: needs ~{need / 2**30:.1f} GB, {available_bytes() / 2**30:.1f} GB available |")
             continue
-        cmd = [sys.executable, __file__, "--one", preset] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("one", "presets")
-        ]
+        cmd = [sys.executable, __file__, "--one", preset] + child_argv(args)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             why = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit {res.returncode}"
@@ -359,12 +362,14 @@ def ref_side(args) -> dict:
     )
 
 
+def child_argv(args) -> list:
+    """The parent's options for a child process (the per-child ones, and unset ones, left out)."""
+    skip = ("one", "presets", "side", "out", "make_weights")
+    return [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in skip and v is not None]
+
+
 def _child(args, preset, extra):
-    cmd = [sys.executable, __file__, "--one", preset] + [
-        f"--{k.replace('_', '-')}={v}"
-        for k, v in vars(args).items()
-        if k not in ("one", "presets", "side", "out", "make_weights") and v is not None
-    ]
+    cmd = [sys.executable, __file__, "--one", preset] + child_argv(args)
     res = subprocess.run(cmd + extra, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(res.stderr.strip()[-2000:] or f"exit {res.returncode}")

@@ -44,3 +44,12 @@ def test_reference_mode_arguments(capsys):
     with pytest.raises(SystemExit) as e:  # the shim is CPU float32 only: refused before anything is built
         bench.main(["--reference", "/nonexistent", "--dtype", "bf16"])
     assert e.value.code == 2 and "float32" in capsys.readouterr().err
+
+
+def test_child_processes_get_only_set_options():
+    """The parent passes its options on to each child: unset ones and the per-child ones stay out."""
+    bench = _load("bench_t2i")
+    argv = bench.child_argv(bench.parser().parse_args(["--presets", "small", "--threads", "1"]))
+    assert "--threads=1" in argv and "--pn=0.06M" in argv
+    assert not [a for a in argv if a.endswith("=None") or a.startswith(("--make-weights", "--side", "--presets"))]
+    bench.parser().parse_args(["--one", "small", *argv])  # a child parses them
