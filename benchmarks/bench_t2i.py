@@ -12,6 +12,11 @@ costs when wall time is inflated by other processes); "decode s" is the tokenize
     python benchmarks/bench_t2i.py --presets small --pn 0.25M
     python benchmarks/bench_t2i.py --device cuda --dtype bf16 --pn 1M --presets 2b,8b
     python benchmarks/bench_t2i.py --presets small --guidance-cutoff 3   # the opt-in guidance cut-off
+    python benchmarks/bench_t2i.py --presets small --reference ~/Infinity --repeats 3 --threads 1   # side by side
+
+``--reference DIR`` (a FoundationVision/Infinity checkout, CPU float32; see the section "--reference" below and
+``benchmarks/infinity_reference.py`` for its shims): both sides with the same weights, text and seed, the share of
+identical bits per scale, and ours / ref ratios of time and peak memory.
 
 Presets: ``small`` (depth 8, width 512, 8 heads: 34M transformer parameters), ``2b`` (the released 2B layout,
 2.2B parameters: 8.8 GB of float32 weights), ``8b`` (the 8B layout with its tokenizer; GPU only in practice).
