@@ -442,7 +442,7 @@ def test_api_twenty_concurrent_requests(server, client, pipe):
         ("class_choice", "not-a-class", r"Value: not-a-class is not in the list of choices"),
         ("class_choice", "999", r"Value: 999 is not in the list of choices"),
         ("more_smooth", "maybe", "Gumbel smoothing must be true or false, got 'maybe'"),
-        ("batch_size", "many", r"Expected a `float`, but the value passed to the event handler was: 'many'"),
+        ("batch_size", "many", r"batch size: expected a number, got 'many'"),
     ],
 )
 def test_api_rejects_out_of_range_values(client, field, value, msg):
