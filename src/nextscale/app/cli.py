@@ -524,7 +524,7 @@ def _run_edit(c: C.EditCommand) -> int:
     outpaint = parse_outpaint(c.outpaint)
     out = check_writable(c.out, image=True, name="out")
     image = load_image(c.image)
-    mask = load_image(c.mask) if c.mask is not None else None
+    mask = load_image(c.mask, mask=True) if c.mask is not None else None
     if mask is not None and outpaint is None and c.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
         raise NextScaleError(
             f"{c.mask}: the mask is all black, so nothing would be regenerated; "

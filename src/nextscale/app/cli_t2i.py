@@ -157,7 +157,7 @@ def edit(c) -> int:
     prompts = list(c.prompt)
     out = _out_path(c, prompts, EditCommand.__dataclass_fields__["out"].default)
     image = load_image(c.image)
-    mask = load_image(c.mask) if c.mask is not None else None
+    mask = load_image(c.mask, mask=True) if c.mask is not None else None
     pipe = load(c)
     st = _settings(pipe, c)
     with warnings.catch_warnings(record=True) as caught:  # an all-black mask: a one-line note

@@ -410,7 +410,9 @@ class DemoBackend:
             arr = np.asarray(layer.convert("RGBA"))
             regen |= arr[..., 3] > 0
         mask = Image.fromarray(regen.astype(np.uint8) * 255, mode="L") if regen.any() else None
-        return bg.convert("RGB"), mask
+        from nextscale.imageio import to_rgb
+
+        return to_rgb(bg, "image"), mask  # any mode and bit depth (a 16-bit PNG scaled, not clipped) or one line
 
     def edit(
         self, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales, seed, random_seed, batch_size,
@@ -919,7 +921,7 @@ def build_demo(
                         editor = gr.ImageEditor(
                             label="image: paint the region to regenerate",
                             type="pil",
-                            image_mode="RGBA",
+                            image_mode=None,  # the upload as it is: to_rgb converts any bit depth faithfully
                             sources=["upload", "clipboard"],
                             format="png",
                             height=360,
