@@ -13,7 +13,7 @@ Pipeline directory (what ``NextScaleT2IPipeline.save_pretrained`` writes and ``f
     text_encoder/               only for a small encoder stored as files (transformers' save_pretrained)
 
 The flan-t5-xl encoder (1.2B parameters, ~11 GB of files to download) is stored by name: it is read from the user's
-Hugging Face cache at load time (``huggingface-cli download google/flan-t5-xl`` once).
+Hugging Face cache at load time (``hf download google/flan-t5-xl`` once).
 
 Released files (``FoundationVision/Infinity``): ``variant="2b"`` needs ``infinity_2b_reg.pth`` +
 ``infinity_vae_d32reg.pth``; ``"8b"`` the sharded ``infinity_8b_weights/`` (its ``*.index.json`` and the shards it
@@ -36,6 +36,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from nextscale.errors import CheckpointError, FieldError, NextScaleError
+from nextscale.hub import HubFileMissing as _Missing  # the repository has no such file (not: it could not be fetched)
+from nextscale.hub import hub_download, hub_offline, hub_snapshot
 
 __all__ = [
     "T2I_CLASS_NAME",
@@ -181,10 +183,6 @@ def save_t2i_dir(
 
 
 # ------------------------------------------------------------------------------------------------ the hub
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 class _Hub:
     """hf_hub_download of single files with one-line errors."""
 
@@ -198,38 +196,9 @@ class _Hub:
         self.repo, self.revision, self.cache_dir, self.local = repo, revision, cache_dir, local_files_only
 
     def get(self, filename: str) -> Path:
-        import huggingface_hub
-        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
-
-        try:
-            return Path(
-                huggingface_hub.hf_hub_download(
-                    repo_id=self.repo,
-                    filename=filename,
-                    revision=self.revision,
-                    cache_dir=self.cache_dir,
-                    local_files_only=self.local,
-                )
-            )
-        except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
-            why = (
-                "offline (HF_HUB_OFFLINE or local_files_only) and it is not in the local hub cache"
-                if self.local
-                else "the hub cannot be reached"
-            )
-            raise NextScaleError(
-                f"{self.repo}: {filename} is not available ({why}); run once online, or fetch it with "
-                f"huggingface-cli download {self.repo} {filename}"
-            ) from None
-        except EntryNotFoundError:
-            raise _Missing(f"{self.repo} has no {filename}") from None
-        except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
-            first = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-            raise NextScaleError(f"{self.repo}: could not get {filename} from the hub: {first}") from None
-
-
-class _Missing(NextScaleError):
-    """The repository has no such file (as opposed to: it could not be fetched)."""
+        return hub_download(
+            self.repo, filename, revision=self.revision, cache_dir=self.cache_dir, local_files_only=self.local
+        )
 
 
 def _snapshot_commit(path: Path) -> str:
@@ -332,23 +301,11 @@ def resolve_t2i_path(
     repo = str(name_or_path)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
         raise NextScaleError(f"{repo}: no such file or directory (and not a hub id org/name)")
-    local = _offline() if local_files_only is None else bool(local_files_only)
+    local = hub_offline() if local_files_only is None else bool(local_files_only)
     hub = _Hub(repo, revision, cache_dir, local)
     if variant is None:
-        import huggingface_hub
-
-        try:
-            snap = Path(
-                huggingface_hub.snapshot_download(
-                    repo_id=repo, revision=revision, cache_dir=cache_dir, local_files_only=local
-                )
-            )
-        except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
-            hint = " (offline: only the local cache is searched)" if local else ""
-            raise NextScaleError(
-                f"{repo}: could not get it from the hub{hint}: {type(e).__name__}; for the released models pass "
-                f"variant= ({', '.join(RELEASED_VARIANTS)})"
-            ) from None
+        note = f"; for the released models pass variant= ({', '.join(RELEASED_VARIANTS)})"
+        snap = hub_snapshot(repo, revision=revision, cache_dir=cache_dir, local_files_only=local, note=note)
         if not is_t2i_dir(snap):
             raise NextScaleError(
                 f"{repo} is not a text-to-image pipeline directory; for released files pass variant= "

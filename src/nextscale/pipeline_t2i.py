@@ -406,7 +406,7 @@ class NextScaleT2IPipeline:
         downloaded, converted once into the hub cache; ``nextscale.hub_t2i``).
 
         text_encoder: None = the one the model names (flan-t5-xl for the released models, from the Hugging Face
-            cache: ``huggingface-cli download google/flan-t5-xl`` once), a name or directory of a T5, any
+            cache: ``hf download google/flan-t5-xl`` once), a name or directory of a T5, any
             ``TextEncoder`` object, or False (none: pass ``prompt_embeds``).
         torch_dtype: float32 (default) or bfloat16 (see ``to``). local_files_only: None follows
             ``HF_HUB_OFFLINE`` for the model files; the text encoder is only read from the cache unless False.
