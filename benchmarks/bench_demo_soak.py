@@ -201,13 +201,13 @@ def serve_child(kind: str, port: int) -> None:
     """The child process of the server modes: load the model, serve it as ``nextscale demo`` does."""
     import torch
 
-    from nextscale.app.demo import build_demo, launch_demo, log_to_console
+    from nextscale.app import demo as demo_module
 
     torch.set_num_threads(1)
-    demo = build_demo(load(kind))
-    log_to_console()
+    demo = demo_module.build_demo(load(kind))
+    getattr(demo_module, "log_to_console", lambda: None)()  # (absent before issue 27: to measure that version)
     print("ready", flush=True)
-    launch_demo(demo, host="127.0.0.1", port=port, block=True)
+    demo_module.launch_demo(demo, host="127.0.0.1", port=port, block=True)
 
 
 def free_port() -> int:
