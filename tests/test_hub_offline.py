@@ -142,3 +142,21 @@ def test_real_environment_unreachable_endpoint_and_empty_home(tmp_path):
     assert res["error"] and res["s"] < 5, res
     assert "\n" not in res["error"] and "cannot be reached" in res["error"] and "var_d24.pth" in res["error"]
     assert "Retrying" not in r.stderr, r.stderr[-2000:]
+
+
+def test_info_of_a_released_text_to_image_variant_needs_no_download(unreachable, monkeypatch, capsys):
+    import huggingface_hub
+
+    from nextscale.app.cli import main
+
+    real = huggingface_hub.hf_hub_download
+
+    def cache_only(**kw):
+        assert kw.get("local_files_only") is True, f"tried to download {kw.get('filename')}"
+        return real(**kw)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    assert main(["info", "FoundationVision/Infinity", "--variant", "2b"]) == 0
+    out = capsys.readouterr().out
+    assert "Infinity: depth 32, width 2048, 16 heads, 2204.6M parameters" in out, out
+    assert "weights: 8.62 GiB as loaded" in out and "fetches only this variant's infinity_2b_reg.pth" in out

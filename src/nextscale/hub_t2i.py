@@ -49,6 +49,7 @@ __all__ = [
     "load_t2i_dir",
     "save_t2i_dir",
     "resolve_t2i_path",
+    "released_layout",
 ]
 
 #: ``model_index.json`` ``_class_name`` of a text-to-image pipeline directory.
@@ -335,6 +336,31 @@ def resolve_t2i_path(
             },
         )
     return out, None
+
+
+def released_layout(name_or_path, variant, cache_dir=None, revision=None):
+    """A released model of ``FoundationVision/Infinity`` whose transformer is not in the local cache yet, as a
+    pipeline on the meta device (its presets' layout: no weights, nothing downloaded or allocated), for what needs
+    no weights (``nextscale info``); None for anything else or a cached release (then load it)."""
+    if variant is None or str(name_or_path).lower() != RELEASED_REPO.lower() or Path(str(name_or_path)).exists():
+        return None
+    v = _variant(variant)
+    first = v.transformer + _SHARD_INDEXES[0] if v.transformer.endswith("/") else v.transformer
+    try:
+        hub_download(RELEASED_REPO, first, revision=revision, cache_dir=cache_dir, local_files_only=True)
+        return None  # cached: describe the real files
+    except NextScaleError:
+        pass
+    from nextscale.infinity_release import TRANSFORMER_PRESETS
+    from nextscale.models.bsq import BSQ_PRESETS, BSQVAE
+    from nextscale.models.infinity import Infinity, InfinityConfig
+    from nextscale.pipeline_t2i import NextScaleT2IPipeline
+
+    preset = TRANSFORMER_PRESETS["infinity_8b" if v.name.startswith("8b") else "infinity_2b"]
+    with torch.device("meta"):
+        vae = BSQVAE(BSQ_PRESETS[v.tokenizer.rsplit(".", 1)[0]])
+        model = Infinity(getattr(InfinityConfig, preset)())
+    return NextScaleT2IPipeline(vae, model, None, sampling_defaults=dict(RELEASED_SAMPLING), default_pn=v.default_pn)
 
 
 def released_files_pipeline_parts(info: dict):

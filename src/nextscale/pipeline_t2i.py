@@ -522,8 +522,9 @@ class NextScaleT2IPipeline:
                 return 0
             seen, n = set(), 0
             for t in list(m.parameters()) + list(m.buffers()):
-                if t.data_ptr() not in seen:  # the tokenizer's bit mask is registered twice
-                    seen.add(t.data_ptr())
+                key = id(t) if t.is_meta else t.data_ptr()  # (a layout on the meta device has no addresses)
+                if key not in seen:  # the tokenizer's bit mask is registered twice
+                    seen.add(key)
                     n += t.numel() * t.element_size()
             return n
 
