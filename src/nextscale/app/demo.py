@@ -797,7 +797,7 @@ def _quiet_preprocessing(gr, demo, inputs: Dict[str, Sequence[Any]]) -> None:
 
 def session_capacity(demo) -> int:
     """How many browser / API sessions Gradio keeps in memory. Gradio copies the page's whole configuration for
-    every new session (about 0.1-1 MB here: every widget, the class dropdowns) and keeps up to 10,000 of them, so
+    every new session (0.1-0.2 MB here: every widget, the class dropdowns) and keeps up to 10,000 of them, so
     a server that sees a new session per request grows without a plateau. The demo keeps no per-session state
     (no ``gr.State``): a session evicted between its requests just gets a fresh copy, so a few times the
     requests that can be in flight (queued + running) is plenty."""
