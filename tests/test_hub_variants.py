@@ -106,7 +106,7 @@ def test_variant_errors_are_one_clear_line(hub_cache, offline):
         NextScalePipeline.from_pretrained("someone/empty", variant="d16", cache_dir=root)
     with pytest.raises(NextScaleError) as e:
         NextScalePipeline.from_pretrained(REPO, variant="d24", cache_dir=root)
-    assert "\n" not in str(e.value) and "huggingface-cli download FoundationVision/var var_d24.pth" in str(e.value)
+    assert "\n" not in str(e.value) and "hf download FoundationVision/var var_d24.pth" in str(e.value)
 
 
 def test_folder_of_released_files_needs_a_variant(hub_cache):

@@ -430,7 +430,7 @@ def test_hub_errors_are_one_clear_line(hub_cache, asked, tmp_path):
         "infinity_8b_512x512_weights/model.safetensors.index.json is not available",
         NextScaleError,
     )
-    assert "huggingface-cli download FoundationVision/Infinity" in msg
+    assert "hf download FoundationVision/Infinity" in msg
     _one_line(
         lambda: NextScaleT2IPipeline.from_pretrained("someone/empty", variant="2b", cache_dir=root, text_encoder=False),
         "^someone/empty: infinity_2b_reg.pth is not available",
@@ -444,7 +444,7 @@ def test_hub_errors_are_one_clear_line(hub_cache, asked, tmp_path):
         lambda: NextScaleT2IPipeline.from_pretrained(REPO, variant="2b", cache_dir=str(empty)),
         r"^text encoder name 'google/flan-t5-xl': no usable T5 encoder found",
     )
-    assert "huggingface-cli download google/flan-t5-xl" in msg and len(asked) == n
+    assert "hf download google/flan-t5-xl" in msg and len(asked) == n
     _one_line(
         lambda: NextScaleT2IPipeline.from_pretrained(tmp_path),
         r"not a pipeline directory; for a folder of released files pass variant= \(2b, 8b, 8b-512\)$",

@@ -152,10 +152,12 @@ MID_RESO = 1.125
 
 def load_rgb(path: str) -> Image.Image:
     """Open and fully decode an image as RGB (raises OSError on unreadable/truncated files)."""
+    from nextscale.imageio import to_rgb
+
     with open(path, "rb") as f:
         im = Image.open(f)
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im, path)  # any mode and bit depth (16-bit scaled, not clipped)
 
 
 def _resize_shorter(im: Image.Image, size: int) -> Image.Image:

@@ -361,9 +361,11 @@ def _to_tensor(im: Image.Image) -> torch.Tensor:
 
 
 def _load_rgb(path: str) -> Image.Image:
+    from nextscale.imageio import to_rgb
+
     with Image.open(path) as im:
         im.load()
-        return im.convert("RGB")
+        return to_rgb(im, str(path))  # any mode and bit depth (16-bit scaled, not clipped)
 
 
 def text_dropped(seed: int, p: float) -> bool:

@@ -146,6 +146,15 @@ def parse_outpaint(value: Union[str, Sequence[int], None]) -> Optional[Tuple[int
 # ---------------------------------------------------------------------------------------------
 # Input conversion
 # ---------------------------------------------------------------------------------------------
+def _unit_array(a: np.ndarray) -> np.ndarray:
+    """A numpy image as float32 in [0, 1] for 8- and 16-bit integers (255 / 65535 = white); floats as they are."""
+    if a.dtype == np.uint8:
+        return a.astype(np.float32) / 255.0
+    if a.dtype == np.uint16:
+        return a.astype(np.float32) / 65535.0
+    return a.astype(np.float32)
+
+
 def images_to_list(image: ImageInput) -> List[torch.Tensor]:
     """-> list of (3, H, W) float32 in [0, 1] (sizes may differ)."""
     from PIL import Image
@@ -164,10 +173,12 @@ def images_to_list(image: ImageInput) -> List[torch.Tensor]:
 
         image = load_image(image)
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        from nextscale.imageio import to_rgb
+
+        arr = np.asarray(to_rgb(image, "image"), dtype=np.float32) / 255.0  # any mode and bit depth
         return [torch.from_numpy(arr).permute(2, 0, 1).contiguous()]
     if isinstance(image, np.ndarray):
-        arr = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+        arr = _unit_array(image)
         if arr.ndim == 3:
             arr = arr[None]
         if arr.ndim != 4 or arr.shape[-1] != 3:
@@ -205,13 +216,14 @@ def masks_to_list(mask: MaskInput) -> List[torch.Tensor]:
     if isinstance(mask, (str, Path)):
         from nextscale.imageio import load_image
 
-        mask = load_image(mask)
+        mask = load_image(mask, mask=True)
     if isinstance(mask, Image.Image):
-        if mask.mode in ("RGBA", "LA", "PA") or (mask.mode == "P" and "transparency" in mask.info):
-            mask = mask.convert("RGB")  # the colour decides, not the alpha channel
+        from nextscale.imageio import to_rgb
+
+        mask = to_rgb(mask, "mask_image", background=None)  # any bit depth; the colour decides, not the alpha
         return [torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)]
     if isinstance(mask, np.ndarray):
-        mask = torch.from_numpy(mask.astype(np.float32) / 255.0 if mask.dtype == np.uint8 else mask.astype(np.float32))
+        mask = torch.from_numpy(_unit_array(mask))
     if not isinstance(mask, torch.Tensor):
         raise NextScaleError(
             f"unsupported mask_image type {type(mask).__name__}: pass a PIL image, a path, a numpy array or a tensor"

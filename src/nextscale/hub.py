@@ -25,6 +25,7 @@ from: "default", a pipeline or tokenizer directory, a released ``.pth`` / ``.saf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -57,6 +58,14 @@ __all__ = [
     "load_tokenizer",
     "save_tokenizer",
     "tokenizer_from_checkpoint",
+    "hub_download",
+    "hub_snapshot",
+    "hub_cli",
+    "hub_fetch_hint",
+    "hub_offline",
+    "HubFileMissing",
+    "released_class_names",
+    "released_info",
 ]
 
 #: ``model_index.json`` ``_class_name`` of a tokenizer-only directory (no ``var/``).
@@ -288,6 +297,65 @@ def _repair_derived_buffers(var: VAR, sd: Dict[str, torch.Tensor], path) -> Dict
         RuntimeWarning,
     )
     return {**sd, **{k: own[k] for k in bad}}
+
+
+# ------------------------------------------------------------------ what needs no weights
+def _is_released_repo(name_or_path) -> bool:
+    """``name_or_path`` names the reference's hub repo (and is no local folder of that name)."""
+    return str(name_or_path).lower() == RELEASED_REPO.lower() and not Path(str(name_or_path)).exists()
+
+
+def released_class_names(name_or_path, variant: Optional[str]) -> Optional[List[str]]:
+    """The class names of a released transformer of the reference's hub repo, without its weights (they are
+    ImageNet-1k's, which ship with the package); None for any other model (load it to know)."""
+    if variant is None or not _is_released_repo(name_or_path):
+        return None
+    if _check_variant(variant) not in RELEASED_VARIANTS:
+        raise NextScaleError(
+            f"{RELEASED_REPO} has no var_{variant}.pth (the reference released {', '.join(RELEASED_VARIANTS)})"
+        )
+    from nextscale.classes import imagenet_class_names
+
+    return imagenet_class_names()
+
+
+def released_info(name_or_path, variant: Optional[str], cache_dir=None, revision=None) -> Optional[Dict[str, Any]]:
+    """What ``nextscale info`` shows about a released transformer of the reference's hub repo that is not in the
+    local cache yet, from its preset (the release presets match the checkpoints; parameters counted on the meta
+    device: nothing downloaded, nothing allocated). None when the model is something else or already cached (then
+    load it: its weights are read and checked)."""
+    labels = released_class_names(name_or_path, variant)
+    if labels is None:
+        return None
+    try:
+        hub_download(RELEASED_REPO, f"var_{variant}.pth", revision=revision, cache_dir=cache_dir, local_files_only=True)
+        return None  # cached: describe the real file
+    except NextScaleError:
+        pass
+    from nextscale.configs import get_preset
+
+    cfg = get_preset(variant)
+    var_cfg = dataclasses.replace(  # the sizes spelled out, as a checkpoint's inferred configuration has them
+        cfg.var, embed_dim=cfg.var.width, num_heads=cfg.var.heads, drop_path_rate=cfg.var.dpr
+    )
+    with torch.device("meta"):
+        vae = VQVAE.from_config(cfg.vqvae, test_mode=True)
+        var = VAR.from_config(var_cfg, vae)
+    return {
+        "resolution": cfg.resolution,
+        "num_classes": var_cfg.num_classes,
+        "patch_nums": list(var_cfg.patch_nums),
+        "tokens": var_cfg.L,
+        "var": var_cfg.to_dict(),
+        "vqvae": cfg.vqvae.to_dict(),
+        "var_parameters": sum(p.numel() for p in var.parameters()),
+        "vqvae_parameters": sum(p.numel() for p in vae.parameters()),
+        "has_class_names": True,
+        "labels": labels,
+        "downloaded": False,
+        "note": f"described from the release's configuration; the weights are not in the local cache "
+        f"({hub_fetch_hint(RELEASED_REPO, f'var_{variant}.pth')} fetches them)",
+    }
 
 
 def _reschedule(vae: VQVAE, patch_nums) -> VQVAE:
@@ -553,49 +621,148 @@ def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Opt
                 f"{name_or_path}: not a local path; to load hub ids install huggingface_hub (pip install "
                 "'nextscale[hub]')"
             ) from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-        hint = " (HF_HUB_OFFLINE is set: only the local cache is searched)" if offline else ""
+        del huggingface_hub  # only its presence is checked here
         if variant is not None:
-            return _hub_variant(str(name_or_path), _check_variant(variant), cache_dir, revision, offline)
-        try:
-            return Path(
-                huggingface_hub.snapshot_download(
-                    repo_id=str(name_or_path), revision=revision, cache_dir=cache_dir, local_files_only=offline
-                )
-            )
-        except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
-            raise NextScaleError(f"{name_or_path}: could not get it from the hub{hint}: {type(e).__name__}") from None
+            return _hub_variant(str(name_or_path), _check_variant(variant), cache_dir, revision, hub_offline())
+        return hub_snapshot(str(name_or_path), revision=revision, cache_dir=cache_dir)
     raise NextScaleError(f"{name_or_path}: no such file or directory")
+
+
+# ------------------------------------------------------------------ the hub: the cache first, one quick try
+#: seconds to wait for the hub to answer at all before saying it cannot be reached (huggingface_hub itself retries
+#: a refused connection 5 times over ~30 s, printing a warning each time)
+HUB_PROBE_TIMEOUT = 3.0
+_probe_cache: Dict[str, Tuple[float, Optional[str]]] = {}
+
+
+def hub_offline() -> bool:
+    """``HF_HUB_OFFLINE`` is set: only the local cache is searched."""
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+def hub_cli() -> str:
+    """The installed command that downloads hub files: ``hf`` (huggingface_hub >= 0.34), else ``huggingface-cli``."""
+    try:
+        from importlib.metadata import entry_points
+
+        if any(
+            ep.name == "hf" for ep in entry_points(group="console_scripts") if ep.value.startswith("huggingface_hub")
+        ):
+            return "hf"
+    except Exception:  # noqa: BLE001 - metadata of an odd install: fall through
+        pass
+    return "huggingface-cli"
+
+
+def hub_fetch_hint(repo: str, filename: Optional[str] = None) -> str:
+    """The command that fetches ``repo`` (one file of it) into the cache, as the installed CLI spells it."""
+    return f"{hub_cli()} download {repo}" + (f" {filename}" if filename else "")
+
+
+def hub_unreachable(timeout: float = HUB_PROBE_TIMEOUT) -> Optional[str]:
+    """Why the hub cannot be reached (None: it answers), asked once with a short timeout and no retries, through
+    huggingface_hub's own HTTP client (so its endpoint, proxies and certificates apply); remembered for a minute."""
+    import time
+
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT
+    hit = _probe_cache.get(url)
+    if hit is not None and time.monotonic() - hit[0] < 60:
+        return hit[1]
+    try:
+        from huggingface_hub.utils import get_session
+
+        get_session().head(url, timeout=timeout)  # any HTTP answer (even an error status) means reachable
+        why = None
+    except Exception as e:  # noqa: BLE001 - connection refused, timeout, DNS, TLS: all "cannot be reached"
+        why = f"{url} does not answer: {_first_line(e)}"
+    _probe_cache[url] = (time.monotonic(), why)
+    return why
+
+
+def _offline_why() -> str:
+    what = "HF_HUB_OFFLINE is set" if hub_offline() else "local_files_only"
+    return f"{what} and it is not in the local hub cache"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__
+
+
+class HubFileMissing(NextScaleError):
+    """The repository has no such file (as opposed to: it could not be fetched)."""
+
+
+def hub_download(repo: str, filename: str, *, revision=None, cache_dir=None, local_files_only=None) -> Path:
+    """One file of a hub repo, fast when offline: the local cache first (no network at all), then, unless
+    ``local_files_only`` (None: ``HF_HUB_OFFLINE``), one short check that the hub answers, then ``hf_hub_download``.
+    Every failure is one :class:`NextScaleError` line naming the command that fetches the file
+    (:class:`HubFileMissing` when the repository has no such file)."""
+    import huggingface_hub
+    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+
+    local = hub_offline() if local_files_only is None else bool(local_files_only)
+    kw = dict(repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir)
+    try:
+        return Path(huggingface_hub.hf_hub_download(**kw, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache (or a broken entry): fetch it below
+        pass
+    fetch = f"fetch it with {hub_fetch_hint(repo, filename)}"
+    if local:
+        raise NextScaleError(f"{repo}: {filename} is not available ({_offline_why()}); {fetch}")
+    why = hub_unreachable()
+    if why is not None:
+        raise NextScaleError(
+            f"{repo}: {filename} is not available (the hub cannot be reached: {why}); {fetch} when online"
+        )
+    try:
+        return Path(huggingface_hub.hf_hub_download(**kw))
+    except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
+        raise NextScaleError(
+            f"{repo}: {filename} is not available (the hub cannot be reached); {fetch} when online"
+        ) from None
+    except EntryNotFoundError:
+        raise HubFileMissing(f"{repo} has no {filename}") from None
+    except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
+        raise NextScaleError(f"{repo}: could not get {filename} from the hub: {_first_line(e)}") from None
+
+
+def hub_snapshot(repo: str, *, revision=None, cache_dir=None, local_files_only=None, note: str = "") -> Path:
+    """A whole hub repo (a pipeline directory), like :func:`hub_download`: the cache first, then one short check,
+    then ``snapshot_download``; one line on failure (``note`` appended)."""
+    import huggingface_hub
+
+    local = hub_offline() if local_files_only is None else bool(local_files_only)
+    kw = dict(repo_id=repo, revision=revision, cache_dir=cache_dir)
+    try:
+        return Path(huggingface_hub.snapshot_download(**kw, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not in the cache: fetch it below
+        pass
+    fetch = f"fetch it with {hub_fetch_hint(repo)}"
+    if local:
+        raise NextScaleError(f"{repo}: not available ({_offline_why()}); {fetch}{note}")
+    why = hub_unreachable()
+    if why is not None:
+        raise NextScaleError(f"{repo}: not available (the hub cannot be reached: {why}); {fetch} when online{note}")
+    try:
+        return Path(huggingface_hub.snapshot_download(**kw))
+    except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
+        raise NextScaleError(f"{repo}: could not get it from the hub: {_first_line(e)}{note}") from None
 
 
 def _hub_variant(repo: str, variant: str, cache_dir, revision, offline: bool) -> Path:
     """The tokenizer and ``var_<variant>.pth`` of a hub repo of released files, converted once."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
+    from huggingface_hub import constants
 
     def get(filename: str) -> Path:
         try:
-            return Path(
-                hf_hub_download(
-                    repo_id=repo, filename=filename, revision=revision, cache_dir=cache_dir, local_files_only=offline
-                )
-            )
-        except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
-            why = (
-                "HF_HUB_OFFLINE is set and it is not in the local hub cache" if offline else "the hub cannot be reached"
-            )
+            return hub_download(repo, filename, revision=revision, cache_dir=cache_dir, local_files_only=offline)
+        except HubFileMissing as e:
             raise NextScaleError(
-                f"{repo}: {filename} is not available ({why}); run once online, or fetch it with "
-                f"huggingface-cli download {repo} {filename}"
-            ) from None
-        except EntryNotFoundError:
-            raise NextScaleError(
-                f"{repo} has no {filename}"
+                str(e)
                 + (f" (the reference released {', '.join(RELEASED_VARIANTS)})" if filename.startswith("var_") else "")
-            ) from None
-        except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
-            raise NextScaleError(
-                f"{repo}: could not get {filename} from the hub: {type(e).__name__}: {e}".splitlines()[0]
             ) from None
 
     var_file = get(f"var_{variant}.pth")

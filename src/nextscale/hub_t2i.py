@@ -13,7 +13,7 @@ Pipeline directory (what ``NextScaleT2IPipeline.save_pretrained`` writes and ``f
     text_encoder/               only for a small encoder stored as files (transformers' save_pretrained)
 
 The flan-t5-xl encoder (1.2B parameters, ~11 GB of files to download) is stored by name: it is read from the user's
-Hugging Face cache at load time (``huggingface-cli download google/flan-t5-xl`` once).
+Hugging Face cache at load time (``hf download google/flan-t5-xl`` once).
 
 Released files (``FoundationVision/Infinity``): ``variant="2b"`` needs ``infinity_2b_reg.pth`` +
 ``infinity_vae_d32reg.pth``; ``"8b"`` the sharded ``infinity_8b_weights/`` (its ``*.index.json`` and the shards it
@@ -36,6 +36,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from nextscale.errors import CheckpointError, FieldError, NextScaleError
+from nextscale.hub import HubFileMissing as _Missing  # the repository has no such file (not: it could not be fetched)
+from nextscale.hub import hub_download, hub_offline, hub_snapshot
 
 __all__ = [
     "T2I_CLASS_NAME",
@@ -47,6 +49,7 @@ __all__ = [
     "load_t2i_dir",
     "save_t2i_dir",
     "resolve_t2i_path",
+    "released_layout",
 ]
 
 #: ``model_index.json`` ``_class_name`` of a text-to-image pipeline directory.
@@ -181,10 +184,6 @@ def save_t2i_dir(
 
 
 # ------------------------------------------------------------------------------------------------ the hub
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
-
-
 class _Hub:
     """hf_hub_download of single files with one-line errors."""
 
@@ -198,38 +197,9 @@ class _Hub:
         self.repo, self.revision, self.cache_dir, self.local = repo, revision, cache_dir, local_files_only
 
     def get(self, filename: str) -> Path:
-        import huggingface_hub
-        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError
-
-        try:
-            return Path(
-                huggingface_hub.hf_hub_download(
-                    repo_id=self.repo,
-                    filename=filename,
-                    revision=self.revision,
-                    cache_dir=self.cache_dir,
-                    local_files_only=self.local,
-                )
-            )
-        except LocalEntryNotFoundError:  # before EntryNotFoundError: it may be a subclass of it
-            why = (
-                "offline (HF_HUB_OFFLINE or local_files_only) and it is not in the local hub cache"
-                if self.local
-                else "the hub cannot be reached"
-            )
-            raise NextScaleError(
-                f"{self.repo}: {filename} is not available ({why}); run once online, or fetch it with "
-                f"huggingface-cli download {self.repo} {filename}"
-            ) from None
-        except EntryNotFoundError:
-            raise _Missing(f"{self.repo} has no {filename}") from None
-        except Exception as e:  # noqa: BLE001 - other hub errors (auth, repo not found) vary by version
-            first = f"{type(e).__name__}: {e}".strip().splitlines()[0]
-            raise NextScaleError(f"{self.repo}: could not get {filename} from the hub: {first}") from None
-
-
-class _Missing(NextScaleError):
-    """The repository has no such file (as opposed to: it could not be fetched)."""
+        return hub_download(
+            self.repo, filename, revision=self.revision, cache_dir=self.cache_dir, local_files_only=self.local
+        )
 
 
 def _snapshot_commit(path: Path) -> str:
@@ -332,23 +302,11 @@ def resolve_t2i_path(
     repo = str(name_or_path)
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
         raise NextScaleError(f"{repo}: no such file or directory (and not a hub id org/name)")
-    local = _offline() if local_files_only is None else bool(local_files_only)
+    local = hub_offline() if local_files_only is None else bool(local_files_only)
     hub = _Hub(repo, revision, cache_dir, local)
     if variant is None:
-        import huggingface_hub
-
-        try:
-            snap = Path(
-                huggingface_hub.snapshot_download(
-                    repo_id=repo, revision=revision, cache_dir=cache_dir, local_files_only=local
-                )
-            )
-        except Exception as e:  # noqa: BLE001 - hub errors vary by version; report one line
-            hint = " (offline: only the local cache is searched)" if local else ""
-            raise NextScaleError(
-                f"{repo}: could not get it from the hub{hint}: {type(e).__name__}; for the released models pass "
-                f"variant= ({', '.join(RELEASED_VARIANTS)})"
-            ) from None
+        note = f"; for the released models pass variant= ({', '.join(RELEASED_VARIANTS)})"
+        snap = hub_snapshot(repo, revision=revision, cache_dir=cache_dir, local_files_only=local, note=note)
         if not is_t2i_dir(snap):
             raise NextScaleError(
                 f"{repo} is not a text-to-image pipeline directory; for released files pass variant= "
@@ -378,6 +336,31 @@ def resolve_t2i_path(
             },
         )
     return out, None
+
+
+def released_layout(name_or_path, variant, cache_dir=None, revision=None):
+    """A released model of ``FoundationVision/Infinity`` whose transformer is not in the local cache yet, as a
+    pipeline on the meta device (its presets' layout: no weights, nothing downloaded or allocated), for what needs
+    no weights (``nextscale info``); None for anything else or a cached release (then load it)."""
+    if variant is None or str(name_or_path).lower() != RELEASED_REPO.lower() or Path(str(name_or_path)).exists():
+        return None
+    v = _variant(variant)
+    first = v.transformer + _SHARD_INDEXES[0] if v.transformer.endswith("/") else v.transformer
+    try:
+        hub_download(RELEASED_REPO, first, revision=revision, cache_dir=cache_dir, local_files_only=True)
+        return None  # cached: describe the real files
+    except NextScaleError:
+        pass
+    from nextscale.infinity_release import TRANSFORMER_PRESETS
+    from nextscale.models.bsq import BSQ_PRESETS, BSQVAE
+    from nextscale.models.infinity import Infinity, InfinityConfig
+    from nextscale.pipeline_t2i import NextScaleT2IPipeline
+
+    preset = TRANSFORMER_PRESETS["infinity_8b" if v.name.startswith("8b") else "infinity_2b"]
+    with torch.device("meta"):
+        vae = BSQVAE(BSQ_PRESETS[v.tokenizer.rsplit(".", 1)[0]])
+        model = Infinity(getattr(InfinityConfig, preset)())
+    return NextScaleT2IPipeline(vae, model, None, sampling_defaults=dict(RELEASED_SAMPLING), default_pn=v.default_pn)
 
 
 def released_files_pipeline_parts(info: dict):

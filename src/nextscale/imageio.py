@@ -1,4 +1,9 @@
-"""Image I/O with PIL + numpy only: atomic saves (nextscale.atomic), grids with captions, strips, loading."""
+"""Image I/O with PIL + numpy only: atomic saves (nextscale.atomic), grids with captions, strips, loading.
+
+Every picture a user gives (a file, an upload, a PIL image) becomes 8-bit RGB through :func:`to_rgb`, whatever its
+mode or bit depth: 16-bit and 32-bit grey scaled (not clipped), float in [0, 1] or [0, 255], palettes, CMYK,
+1-bit; transparent pixels composited onto white (what a viewer shows) -- or refused with one line naming why.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ __all__ = [
     "load_image",
     "check_writable",
     "pil_to_tensor",
+    "to_rgb",
 ]
 
 
@@ -109,15 +115,83 @@ def make_grid(
     return grid
 
 
-def load_image(path, size: Optional[int] = None) -> Image.Image:
-    """Open an image as RGB (clear error for missing/unreadable files); optional center-crop resize."""
+#: modes whose 16 bits per pixel are grey levels 0..65535
+_GREY16 = ("I;16", "I;16L", "I;16B", "I;16N")
+#: modes PIL turns into RGB by itself without losing anything that matters (8 bits per channel)
+_PLAIN = ("1", "L", "P", "RGB", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def _grey_to_8bit(im: Image.Image, name: str) -> Image.Image:
+    """A 16-bit, 32-bit integer or float grey image -> L, scaled (not clipped): 16-bit and 32-bit integer images
+    hold 0..65535 (65535 = white); float images 0..1 (or 0..255 when a value exceeds 1)."""
+    arr = np.asarray(im)
+    if im.mode == "F":
+        a = arr.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise NextScaleError(
+                f"{name}: a floating-point image with NaN or infinite pixels; save it as an 8-bit image"
+            )
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if lo < 0 or hi > 255:
+            raise NextScaleError(
+                f"{name}: a floating-point image with values {lo:.4g}..{hi:.4g}; nextscale reads 0..1 (or 0..255)"
+            )
+        scale = 255.0 if hi <= 1.0 else 1.0
+    else:
+        a = arr.astype(np.int64)
+        lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise NextScaleError(
+                f"{name}: a 32-bit integer image with values {lo}..{hi}; nextscale reads 0..65535 (16-bit) images"
+            )
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(a * scale), 0, 255).astype(np.uint8), mode="L")
+
+
+def to_rgb(im: Image.Image, name: str = "image", background: Optional[tuple] = (255, 255, 255)) -> Image.Image:
+    """Any PIL image -> 8-bit RGB, faithfully: 16-bit / 32-bit integer grey (``I;16``, ``I``) scaled by 255/65535,
+    float grey (``F``) in 0..1 (or 0..255), 1-bit, grey, palette, CMYK, YCbCr, LAB, HSV converted; an alpha channel
+    (``RGBA``, ``LA``, ``PA``, premultiplied ``RGBa`` / ``La``, a palette's transparent colour) composited onto
+    ``background`` (white: what a viewer shows), or dropped when ``background`` is None (a mask: the colour
+    decides). Anything else (or values outside those ranges) is refused with one line naming ``name``."""
+    if not isinstance(im, Image.Image):
+        raise NextScaleError(f"{name} must be a PIL image, got {type(im).__name__}")
+    mode = im.mode
+    if mode in _GREY16 or mode in ("I", "F"):
+        return _grey_to_8bit(im, name).convert("RGB")
+    if mode in ("RGBa", "La"):  # premultiplied alpha: un-premultiply first
+        im, mode = im.convert("RGBA"), "RGBA"
+    alpha = mode in ("RGBA", "LA", "PA") or (mode in ("P", "L", "RGB") and "transparency" in im.info)
+    if alpha:
+        rgba = im.convert("RGBA")
+        if background is None:
+            return rgba.convert("RGB")
+        canvas = Image.new("RGBA", rgba.size, tuple(background) + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if mode in _PLAIN:
+        return im.convert("RGB")
+    raise NextScaleError(
+        f"{name}: image mode {mode!r} is not supported; save it as an RGB, grey, palette, CMYK or 16-bit grey image"
+    )
+
+
+def load_image(path, size: Optional[int] = None, name: Optional[str] = None, mask: bool = False) -> Image.Image:
+    """Open an image file as 8-bit RGB (:func:`to_rgb`: any mode and bit depth; turned upright by its EXIF
+    orientation, as viewers show it); clear one-line errors for missing / unreadable files; optional center-crop
+    resize. ``mask``: alpha is dropped instead of composited (the colour decides)."""
+    from PIL import ImageOps
+
     p = Path(path)
+    shown = name or str(p)
     if not p.exists():
         raise NextScaleError(f"{p}: no such file")
     try:
         with Image.open(p) as im:
             im.load()
-            img = im.convert("RGB")
+            im = ImageOps.exif_transpose(im) or im
+            img = to_rgb(im, shown, background=None if mask else (255, 255, 255))
+    except NextScaleError:
+        raise
     except Exception as e:  # noqa: BLE001 - PIL raises many types for bad files
         raise NextScaleError(f"{p}: not a readable image ({type(e).__name__})") from None
     if size is not None and img.size != (size, size):
@@ -130,8 +204,8 @@ def load_image(path, size: Optional[int] = None) -> Image.Image:
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> float (3, H, W) in [-1, 1] (the models' range)."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    """PIL image (any mode: :func:`to_rgb`) -> float (3, H, W) in [-1, 1] (the models' range)."""
+    arr = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).mul(2).sub(1)
 
 

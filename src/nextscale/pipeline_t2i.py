@@ -406,7 +406,7 @@ class NextScaleT2IPipeline:
         downloaded, converted once into the hub cache; ``nextscale.hub_t2i``).
 
         text_encoder: None = the one the model names (flan-t5-xl for the released models, from the Hugging Face
-            cache: ``huggingface-cli download google/flan-t5-xl`` once), a name or directory of a T5, any
+            cache: ``hf download google/flan-t5-xl`` once), a name or directory of a T5, any
             ``TextEncoder`` object, or False (none: pass ``prompt_embeds``).
         torch_dtype: float32 (default) or bfloat16 (see ``to``). local_files_only: None follows
             ``HF_HUB_OFFLINE`` for the model files; the text encoder is only read from the cache unless False.
@@ -522,8 +522,9 @@ class NextScaleT2IPipeline:
                 return 0
             seen, n = set(), 0
             for t in list(m.parameters()) + list(m.buffers()):
-                if t.data_ptr() not in seen:  # the tokenizer's bit mask is registered twice
-                    seen.add(t.data_ptr())
+                key = id(t) if t.is_meta else t.data_ptr()  # (a layout on the meta device has no addresses)
+                if key not in seen:  # the tokenizer's bit mask is registered twice
+                    seen.add(key)
                     n += t.numel() * t.element_size()
             return n
 

@@ -204,9 +204,11 @@ class T5TextEncoder:
             tokenizer = tf.AutoTokenizer.from_pretrained(str(name), legacy=True, **kw)  # as the reference
             model = tf.T5EncoderModel.from_pretrained(str(name), **{dtype_kw: dtype}, **kw)
         except (OSError, ValueError) as e:
+            from nextscale.hub import hub_fetch_hint
+
             where = "the Hugging Face cache" if local_files_only else "the Hugging Face Hub"
             hint = (
-                f"download it first (huggingface-cli download {name}) or pass local_files_only=False"
+                f"download it first ({hub_fetch_hint(str(name))}) or pass local_files_only=False"
                 if local_files_only
                 else "check the name"
             )

@@ -193,10 +193,14 @@ def _run_sample(c: C.SampleCommand) -> int:
 )
 def _run_classes(c: C.ClassesCommand) -> int:
     from nextscale.classes import grep_classes
+    from nextscale.hub import released_class_names
     from nextscale.pipelines import load_pipeline
 
-    pipe = load_pipeline(c.model, variant=c.variant)
-    hits = grep_classes(pipe.labels or [str(k) for k in range(pipe.num_classes)], c.grep)
+    labels = released_class_names(c.model, c.variant)  # a released model's names ship with the package: no download
+    if labels is None:
+        pipe = load_pipeline(c.model, variant=c.variant)
+        labels = pipe.labels or [str(k) for k in range(pipe.num_classes)]
+    hits = grep_classes(labels, c.grep)
     if not hits:
         raise NextScaleError(f"no class of this model matches {c.grep!r}")
     print("\n".join(f"{k:4d}  {n}" for k, n in hits))
@@ -211,10 +215,13 @@ def _run_classes(c: C.ClassesCommand) -> int:
     "and classes. Example: nextscale info var_d16.pth; nextscale info var-d16/ --json",
 )
 def _run_info(c: C.InfoCommand) -> int:
-    import json
-
     if _t2i(c):
         return _lazy("nextscale.app.cli_t2i:info")(c)
+    from nextscale.hub import released_info
+
+    known = released_info(c.model, c.variant)  # a released variant not downloaded yet: from its preset, no download
+    if known is not None:
+        return _print_info(known, known.pop("labels"), c.json)
 
     from nextscale.pipelines import load_pipeline
 
@@ -232,17 +239,29 @@ def _run_info(c: C.InfoCommand) -> int:
         "vqvae_parameters": n_vae,
         "has_class_names": pipe.labels is not None,
     }
-    if c.json:
+    return _print_info(info, pipe.labels, c.json)
+
+
+def _print_info(info: dict, labels, as_json: bool) -> int:
+    """``nextscale info``'s output of a class-conditional model's description (``info``: what ``--json`` prints)."""
+    import json
+
+    from nextscale.configs import VARConfig, VQVAEConfig
+
+    if as_json:
         print(json.dumps(info, indent=2))
         return 0
-    v = pipe.var.config
+    v, q = VARConfig.from_dict(info["var"]), VQVAEConfig.from_dict(info["vqvae"])
     aln = "shared" if v.shared_aln else "per-block"
+    n_var, n_vae = info["var_parameters"], info["vqvae_parameters"]
     print(f"VAR d{v.depth}: width {v.width}, {v.heads} heads, {aln} AdaLN, {n_var / 1e6:.1f}M parameters")
-    q = pipe.vqvae
-    print(f"tokenizer: V={q.vocab_size}, Cvae={q.Cvae}, ch={q.config.ch}, {n_vae / 1e6:.1f}M parameters")
-    print(f"images: {pipe.resolution}x{pipe.resolution}; scales {tuple(pipe.patch_nums)} ({pipe.var.L} tokens)")
-    names = f" e.g. {', '.join(pipe.labels[:5])}" if pipe.labels else ""
-    print(f"classes: {pipe.num_classes}{names}")
+    print(f"tokenizer: V={q.vocab_size}, Cvae={q.z_channels}, ch={q.ch}, {n_vae / 1e6:.1f}M parameters")
+    R = info["resolution"]
+    print(f"images: {R}x{R}; scales {tuple(info['patch_nums'])} ({info['tokens']} tokens)")
+    names = f" e.g. {', '.join(labels[:5])}" if labels else ""
+    print(f"classes: {info['num_classes']}{names}")
+    if info.get("note"):
+        print(f"note: {info['note']}")
     return 0
 
 
@@ -524,7 +543,7 @@ def _run_edit(c: C.EditCommand) -> int:
     outpaint = parse_outpaint(c.outpaint)
     out = check_writable(c.out, image=True, name="out")
     image = load_image(c.image)
-    mask = load_image(c.mask) if c.mask is not None else None
+    mask = load_image(c.mask, mask=True) if c.mask is not None else None
     if mask is not None and outpaint is None and c.keep_scales is None and max(mask.convert("L").getextrema()) == 0:
         raise NextScaleError(
             f"{c.mask}: the mask is all black, so nothing would be regenerated; "

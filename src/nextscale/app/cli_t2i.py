@@ -157,7 +157,7 @@ def edit(c) -> int:
     prompts = list(c.prompt)
     out = _out_path(c, prompts, EditCommand.__dataclass_fields__["out"].default)
     image = load_image(c.image)
-    mask = load_image(c.mask) if c.mask is not None else None
+    mask = load_image(c.mask, mask=True) if c.mask is not None else None
     pipe = load(c)
     st = _settings(pipe, c)
     with warnings.catch_warnings(record=True) as caught:  # an all-black mask: a one-line note
@@ -220,8 +220,21 @@ def describe(pipe) -> Dict[str, Any]:
 def info(c) -> int:
     import json
 
-    pipe = load(c, text_encoder=False)  # the layout only: the text encoder is not needed
+    from nextscale.hub_t2i import RELEASED_VARIANTS, released_layout
+
+    pipe = released_layout(c.model, c.variant)  # a release not downloaded yet: its presets' layout, no download
+    note = None
+    if pipe is None:
+        pipe = load(c, text_encoder=False)  # the layout only: the text encoder is not needed
+    else:
+        v = RELEASED_VARIANTS[c.variant]
+        note = (
+            f"described from the release's configuration; the weights are not in the local cache (the first load "
+            f"fetches only this variant's {v.transformer} and {v.tokenizer})"
+        )
     d = describe(pipe)
+    if note:
+        d.update(downloaded=False, note=note)
     if c.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -249,6 +262,8 @@ def info(c) -> int:
         f"recommended sampling: cfg {s['guidance_scale']}, temperature {s['temperature']}, top-k {s['top_k']}, "
         f"top-p {s['top_p']}"
     )
+    if note:
+        print(f"note: {note}")
     return 0
 
 

@@ -410,7 +410,9 @@ class DemoBackend:
             arr = np.asarray(layer.convert("RGBA"))
             regen |= arr[..., 3] > 0
         mask = Image.fromarray(regen.astype(np.uint8) * 255, mode="L") if regen.any() else None
-        return bg.convert("RGB"), mask
+        from nextscale.imageio import to_rgb
+
+        return to_rgb(bg, "image"), mask  # any mode and bit depth (a 16-bit PNG scaled, not clipped) or one line
 
     def edit(
         self, editor_value, mode, class_choice, outpaint_side, outpaint_px, keep_scales, seed, random_seed, batch_size,
@@ -699,10 +701,31 @@ footer { display: none !important; }
 """
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message as one line (its first non-empty line, at most 300 characters)."""
+    text = e.message if isinstance(getattr(e, "message", None), str) else str(e)  # gr.Error's str() is a repr
+    lines = [x.strip() for x in text.splitlines() if x.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def _refuse(gr, what: str, e: BaseException):
+    """A refused request: one log line (no traceback) and a ``gr.Error`` for the client."""
+    msg = _one_line(e)
+    log.warning("refused %s: %s", what, msg)
+    return gr.Error(msg, print_exception=False)
+
+
+def _failed(gr, what: str, e: BaseException):
+    """An unexpected failure: the traceback in the log (a bug to fix), a generic message for the client."""
+    log.exception("demo request %s failed", what)
+    return gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False)
+
+
 def _guard(fn):
-    """Run a backend generator; NextScaleError -> gr.Error (a message), anything else -> logged +
-    a generic message. Keeps the signature (Gradio maps inputs by it)."""
+    """Run a backend generator; NextScaleError -> gr.Error (a message) and one log line, anything else ->
+    the traceback logged + a generic message. Keeps the signature (Gradio maps inputs by it)."""
     gr = _gradio()
+    what = "/" + fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args):
@@ -711,30 +734,78 @@ def _guard(fn):
         except gr.Error:
             raise
         except (NextScaleError, ValueError) as e:
-            raise gr.Error(
-                str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__, print_exception=False
-            ) from None
+            raise _refuse(gr, what, e) from None
         except Exception as e:  # noqa: BLE001 - never let a request take the server down
-            log.exception("demo request failed")
-            raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+            raise _failed(gr, what, e) from None
 
     return wrapper
 
 
 def _guard_fn(fn):
     gr = _gradio()
+    what = "/" + fn.__name__
 
     @functools.wraps(fn)
     def wrapper(*args):
         try:
             return fn(*args)
         except (NextScaleError, ValueError) as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise _refuse(gr, what, e) from None
         except Exception as e:  # noqa: BLE001
-            log.exception("demo request failed")
-            raise gr.Error(f"internal error ({type(e).__name__}); see the server log", print_exception=False) from None
+            raise _failed(gr, what, e) from None
 
     return wrapper
+
+
+def _quiet_preprocessing(gr, demo, inputs: Dict[str, Sequence[Any]]) -> None:
+    """Gradio checks a request's values before our code sees them (a slider's range, a dropdown's choices, the
+    payload's shape) and prints a full traceback for each refusal. Here each check of the events' ``inputs``
+    (api name -> input components) answers with one line naming the widget instead: one log line, no
+    traceback. Per instance, nothing global is patched."""
+    for what, comps in inputs.items():
+        for comp in comps:
+            if getattr(comp, "_nextscale_quiet", False):
+                continue
+            label = getattr(comp, "label", None) or type(comp).__name__
+
+            def preprocess(payload, _pre=comp.preprocess, _what=what, _label=label, _comp=comp):
+                try:
+                    return _pre(payload)
+                except gr.Error as e:  # a range / choice check: named after the widget
+                    raise _refuse(gr, _what, NextScaleError(f"{_label}: {_one_line(e)}")) from None
+                except Exception as e:  # noqa: BLE001 - a value of the wrong type is a refusal, not a crash
+                    number = isinstance(_comp, (gr.Slider, gr.Number))
+                    why = "expected a number" if number else f"cannot read this value ({type(e).__name__})"
+                    raise _refuse(gr, _what, NextScaleError(f"{_label}: {why}, got {payload!r:.80}")) from None
+
+            comp.preprocess = preprocess
+            comp._nextscale_quiet = True
+    whole = getattr(demo, "preprocess_data", None)
+    if whole is None:  # pragma: no cover - another Gradio
+        return
+
+    async def preprocess_data(block_fn, *args, **kw):  # the payload's shape, before any component sees it
+        try:
+            return await whole(block_fn, *args, **kw)
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _refuse(gr, "/" + str(getattr(block_fn, "api_name", "") or "request"), e) from None
+
+    demo.preprocess_data = preprocess_data
+
+
+def session_capacity(demo) -> int:
+    """How many browser / API sessions Gradio keeps in memory. Gradio copies the page's whole configuration for
+    every new session (0.1-0.2 MB here: every widget, the class dropdowns) and keeps up to 10,000 of them, so
+    a server that sees a new session per request grows without a plateau. The demo keeps no per-session state
+    (no ``gr.State``): a session evicted between its requests just gets a fresh copy, so a few times the
+    requests that can be in flight (queued + running) is plenty."""
+    q = getattr(demo, "_queue", None)
+    waiting = int(getattr(q, "max_size", None) or 32)
+    running = getattr(q, "default_concurrency_limit", None)
+    running = int(running) if isinstance(running, int) else 1
+    return max(32, 2 * (waiting + running))
 
 
 def build_demo(
@@ -850,7 +921,7 @@ def build_demo(
                         editor = gr.ImageEditor(
                             label="image: paint the region to regenerate",
                             type="pil",
-                            image_mode="RGBA",
+                            image_mode=None,  # the upload as it is: to_rgb converts any bit depth faithfully
                             sources=["upload", "clipboard"],
                             format="png",
                             height=360,
@@ -952,6 +1023,15 @@ def build_demo(
         use_btn.click(use_generated, inputs=[gen_img], outputs=[editor], api_name=False)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    _quiet_preprocessing(
+        gr,
+        demo,
+        {
+            "/generate": [cls] + gen_controls,
+            "/edit": [editor, mode, e_cls, side, amount, keep] + edit_controls,
+            "/example": [example],
+        },
+    )
     demo.nextscale_backend = backend  # for tests and embedding
     return demo
 
@@ -1032,6 +1112,9 @@ def _build_t2i_demo(pipe, limits, scale_delay, max_queue, concurrency_limit, tit
             concurrency_id="model",
         )
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    _quiet_preprocessing(
+        gr, demo, {"/generate_t2i": [prompt, negative, aspect, pn, seed, random_seed, batch] + controls}
+    )
     demo.nextscale_backend = backend
     return demo
 
@@ -1064,6 +1147,8 @@ def launch_demo(demo, host: str = "127.0.0.1", port: int = 0, *, block: bool = T
         ("enable_monitoring", False),
         ("pwa", False),
         ("footer_links", []),  # no footer: its API page shows example pictures from the web
+        ("run_history", False),  # nothing recorded (and never offered to upload to the hub)
+        ("state_session_capacity", session_capacity(demo)),  # bounded memory: see session_capacity
         ("theme", _theme(gr)),
         ("css", _CSS),
     ):
@@ -1165,8 +1250,21 @@ def _serve(c: DemoConfig, device, dtype, print_fn, block):
     )
     for line in startup_messages(c.host, c.port, what):
         print_fn(line)
+    log_to_console()
     launch_demo(demo, host=c.host, port=c.port, block=block)
     return demo
+
+
+def log_to_console() -> None:
+    """The server's console log: one line per refused request ("nextscale demo: refused /generate: ..."), a
+    traceback only for an unexpected failure. Added once, and only when nobody configured this logger."""
+    if log.handlers:
+        return
+    h = logging.StreamHandler()
+    h.setFormatter(logging.Formatter("nextscale demo: %(message)s"))
+    log.addHandler(h)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # not twice when the root logger prints too
 
 
 def startup_messages(host: str, port: int, what: str = "demo") -> List[str]:

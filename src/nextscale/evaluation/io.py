@@ -55,8 +55,10 @@ def read_image(path: str) -> np.ndarray:
     """uint8 (H, W, 3) RGB."""
     from PIL import Image
 
+    from nextscale.imageio import to_rgb
+
     with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.asarray(to_rgb(im, str(path)), dtype=np.uint8)  # any mode and bit depth
 
 
 # ---------------------------------------------------------------------------------------------
