@@ -135,7 +135,7 @@ def _run_sample(c: C.SampleCommand) -> int:
         raise NextScaleError("--refine-from-scale needs --refiner MODEL")
     out = check_writable(c.out, image=True, name="out")
     dev, dt = device_dtype(c.device, c.dtype)
-    pipe = load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant)
+    pipe = A.apply_precision(load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant), c.dtype)
     settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
     nc = pipe.num_classes
     if c.class_labels:
@@ -216,9 +216,11 @@ def _run_info(c: C.InfoCommand) -> int:
     if _t2i(c):
         return _lazy("nextscale.app.cli_t2i:info")(c)
 
+    from nextscale.accel.precision import cpu_capabilities, fast_precisions, precision_advice
     from nextscale.pipelines import load_pipeline
 
     pipe = load_pipeline(c.model, variant=c.variant)
+    cpu = cpu_capabilities()
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {
@@ -231,6 +233,7 @@ def _run_info(c: C.InfoCommand) -> int:
         "var_parameters": n_var,
         "vqvae_parameters": n_vae,
         "has_class_names": pipe.labels is not None,
+        "cpu": {"kind": cpu.describe(), "fast_precisions": list(fast_precisions(cpu))},
     }
     if c.json:
         print(json.dumps(info, indent=2))
@@ -243,6 +246,7 @@ def _run_info(c: C.InfoCommand) -> int:
     print(f"images: {pipe.resolution}x{pipe.resolution}; scales {tuple(pipe.patch_nums)} ({pipe.var.L} tokens)")
     names = f" e.g. {', '.join(pipe.labels[:5])}" if pipe.labels else ""
     print(f"classes: {pipe.num_classes}{names}")
+    print(f"this machine: {cpu.describe()}; {precision_advice(cpu)} (--dtype)")
     return 0
 
 
@@ -532,6 +536,7 @@ def _run_edit(c: C.EditCommand) -> int:
         )
     dev, dt = device_dtype(c.device, c.dtype)
     pipe = NextScaleInpaintPipeline.from_pretrained(c.model or "default", device=dev, dtype=dt, variant=c.variant)
+    A.apply_precision(pipe, c.dtype)
     if isinstance(c.class_labels, int) and not -1 <= c.class_labels < pipe.num_classes:
         raise NextScaleError(
             f"unknown class id {c.class_labels}: this model has classes 0..{pipe.num_classes - 1} (-1 = unconditional)"
