@@ -34,6 +34,12 @@ Tolerance (``tests/test_accel.py``): the accelerated transformer's logits equal 
 images are within 1e-4 of the direct convolution (Winograd rounding, 5.0e-5 measured at 256 px).
 The encoder keeps the direct convs, so token ids from images are bit-identical to the reference.
 
+bf16 (``pipe.to(torch.bfloat16)``, ``accel.precision``): under bf16 autocast ``CPUAdaLNSelfAttn`` writes each
+modulated LayerNorm output once, straight into the bf16 tensor the bf16 GEMMs read, and keeps the residual
+stream float32 (``_fast_bf16``); the other kernels step aside (oneDNN's bf16 GEMMs need no row trick) and the
+decoder runs channels-last in bf16 (oneDNN; Winograd is float32 only). ``accel.lowprec``'s int8 linears plug
+into ``CPUSelfAttention.qkv`` and ``CPUFFN``.
+
 Sampling with Gumbel smoothing turns logits into soft codes at temperatures down to 0.005, which
 amplifies rounding ~200x; ``nextscale.sampling.generate`` therefore runs under
 ``reference_kernels()`` when ``more_smooth`` is on (a thread-local switch, like ``torch.no_grad``).
