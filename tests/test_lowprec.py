@@ -144,7 +144,13 @@ def test_bf16_block_kernel_against_plain_modules(monkeypatch):
     assert float((fast - plain.float()).abs().max()) < 0.02 * rng
 
 
-def test_bf16_pipeline_logits_tokens_and_images_close_to_fp32(fake_cpu):
+def test_bf16_pipeline_logits_tokens_and_images_close_to_fp32(fake_cpu, monkeypatch):
+    """bf16 sampling: KV cache and attention in bf16, logits float32 and close, most tokens the same, images
+    from the bf16 decoder close to the fp32 decoder's."""
+    from nextscale.models.kv_cache import KVCache
+
+    kv_dtypes, real_append = set(), KVCache.append
+    monkeypatch.setattr(KVCache, "append", lambda self, i, k, v: kv_dtypes.add(k.dtype) or real_append(self, i, k, v))
     fake_cpu(AVX512_BF16)
     pipe = _pipe()
     kw = dict(class_labels=[1, 2, 3, 4], seed=0, output_type="pt", return_indices=True, top_k=10)
@@ -158,7 +164,9 @@ def test_bf16_pipeline_logits_tokens_and_images_close_to_fp32(fake_cpu):
         with pipe._autocast():
             logits_bf = pipe.var(lab, x_in)
     assert logits_bf.dtype == torch.float32 and _rel(logits_bf, logits) < 0.02
+    kv_dtypes.clear()
     low = pipe(**kw)
+    assert kv_dtypes == {torch.bfloat16}
     same = sum(int((a == b).sum()) for a, b in zip(exact.indices, low.indices)) / sum(a.numel() for a in low.indices)
     assert same > 0.6  # sampling diverges once one token differs; the first scales agree
     assert torch.equal(exact.indices[0], low.indices[0])
