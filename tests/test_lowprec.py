@@ -138,6 +138,11 @@ def test_bf16_block_kernel_against_plain_modules(monkeypatch):
             enable_cpu_kernels(vb)
             fast = vb.blocks[0](x, None, attn_bias=None, mod_B16C=vb.blocks[0].modulation(cond))
     assert calls and fast.dtype == torch.float32
+    h = torch.randn(3, var.C)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # FLOAT32_PARTS compute in fp32 too
+        logits = vb.head(h)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(logits, torch.nn.functional.linear(h, vb.head.weight, vb.head.bias))
     rng = exact.abs().max()
     for got in (plain, fast):
         assert float((got.float() - exact).abs().max()) < 0.02 * rng
