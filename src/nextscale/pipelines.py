@@ -40,7 +40,8 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 #: ``from_pretrained(torch_dtype=...)``): the parts whose precision decides which token is picked or
 #: how an image is encoded -- the transformer's embeddings and head (logits are sampled in float32),
 #: and the tokenizer's encoder and quantiser (token choice is an argmin over distances). The blocks
-#: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype.
+#: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype. On CPU
+#: the head, word embedding and head AdaLN also compute in float32 (``accel.cpu.Float32Linear``).
 FLOAT32_PARTS = {
     "var": ("word_embed", "class_emb", "pos_start", "pos_1LC", "lvl_embed", "head_nm", "head"),
     "vqvae": ("encoder", "quant_conv", "quantize"),
