@@ -227,7 +227,7 @@ class CPUAdaLNSelfAttn(AdaLNSelfAttn):
         if mod_B16C is None:
             mod_B16C = self.modulation(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)  # 6 x (B, 1, C)
-        a = torch.empty(x.shape, dtype=torch.bfloat16)
+        a = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
         h = self.attn(torch.addcmul(shift1, self.ln_wo_grad(x), scale1 + 1, out=a), attn_bias, kv_cache)
         x = torch.addcmul(x, h, gamma1)
         f = self.ffn(torch.addcmul(shift2, self.ln_wo_grad(x), scale2 + 1, out=a))
