@@ -234,8 +234,14 @@ def test_fp32_stays_the_default_and_exact():
     assert all(torch.equal(x, y) for x, y in zip(a.indices, b.indices)) and torch.equal(a.images, b.images)
 
 
-def test_cli_dtype_int8_and_info(tmp_path, capsys):
+def test_cli_dtype_int8_auto_and_info(tmp_path, capsys, fake_cpu):
     from nextscale.app.cli import main
+    from nextscale.app.cli_args import device_dtype
+
+    fake_cpu(AMX)
+    assert device_dtype("cpu", "auto") == ("cpu", torch.bfloat16)
+    fake_cpu(AVX512_BF16)
+    assert device_dtype("cpu", "auto") == ("cpu", torch.float32) and device_dtype("cpu", "int8")[1] == torch.float32
 
     assert main(["info"]) == 0
     assert "fast precisions on this CPU: fp32" in capsys.readouterr().out
