@@ -10,6 +10,14 @@ round (median, min, max), since each part's best time may come from a different 
     python benchmarks/bench_inference.py                       # ours only
     python benchmarks/bench_inference.py --reference ~/VAR     # side by side
     python benchmarks/bench_inference.py --device cuda --dtype bf16
+    python benchmarks/bench_inference.py --dtype bf16 --reference ~/VAR   # CPU bf16 vs the fp32 reference
+
+``--dtype bf16`` / ``fp16`` casts our weights as ``pipe.to(dtype)`` does (``FLOAT32_PARTS`` stay fp32) and
+samples under autocast; ``--dtype int8`` swaps in the int8 block linears (``set_precision("int8")``). On
+CPU the reference always runs the exact fp32 path (its own weights fp32, no autocast), so the table is
+low precision vs the fp32 reference and "same tokens" becomes the share of identical tokens; on CUDA
+the reference runs in the same autocast dtype as before. The header names the CPU kind
+(``nextscale.accel.precision.cpu_capabilities``).
 
 GFLOP counts the model's nominal work (direct convolutions, dense matmuls, the decoder's spatial
 attention). On CPU the decoder's 3x3 convolutions run as Winograd F(4x4, 3x3) with 4x fewer multiplies:
@@ -31,9 +39,21 @@ import time
 import torch
 
 from nextscale.accel import CudaGraphs, disable_cpu_kernels, enable_cpu_kernels
+from nextscale.accel.lowprec import enable_int8_linears
+from nextscale.accel.precision import check_precision, cpu_capabilities
 from nextscale.configs import get_preset
 from nextscale.models import build_from_config
 from nextscale.sampling import generate
+
+
+def clock() -> float:
+    """The benchmark's clock: wall time, or with ``--cpu-time`` this process's CPU time (on a shared,
+    oversubscribed CPU with one torch thread, the time the work itself took, not the time spent waiting
+    for a core; memory-bandwidth and cache contention still count)."""
+    return _CLOCK[0]()
+
+
+_CLOCK = [time.perf_counter]
 
 
 def matmul_peak_gflops(device, dtype=torch.float32, n=2048, reps=5) -> float:
@@ -43,10 +63,10 @@ def matmul_peak_gflops(device, dtype=torch.float32, n=2048, reps=5) -> float:
     best = float("inf")
     for _ in range(reps):
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         a @ b
         _sync(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return 2 * n**3 / best / 1e9
 
 
@@ -108,10 +128,10 @@ def best_of(fn, repeats, device):
     best, out = float("inf"), None
     for _ in range(repeats):
         _sync(device)
-        t = time.perf_counter()
+        t = clock()
         out = fn()
         _sync(device)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
     return best, out
 
 
@@ -122,7 +142,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads on CPU (default: torch's)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16", "int8"], default="fp32")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay each scale as a captured CUDA graph (CUDA only)")
     ap.add_argument("--reference", default=None, help="path to a FoundationVision/VAR checkout to time side by side")
     ap.add_argument(
@@ -145,11 +165,21 @@ def main():
         action="store_true",
         help="time the plain nextscale.models modules (no nextscale.accel CPU kernels; what they buy)",
     )
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with this process's CPU time instead of wall time (one thread on a shared CPU; CPU only)",
+    )
     args = ap.parse_args()
+    if args.cpu_time:
+        if args.device != "cpu":
+            sys.exit("--cpu-time is for CPU runs")
+        _CLOCK[0] = time.process_time
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[args.dtype]
+    check_precision(args.dtype, dev)  # warns once where the CPU lacks the units
     vae, var = build_from_config(get_preset(args.preset), seed=0, device=dev)
     var.eval()
     if not args.plain:  # what pipelines run (nextscale.accel.cpu; no-op off CPU fp32)
@@ -179,11 +209,21 @@ def main():
         rvar.load_state_dict(var.state_dict())
         rvar.eval()
         ref = (rvae, rvar)
+    if dt != torch.float32:  # as pipe.to(dt): the blocks and decoder in dt, FLOAT32_PARTS in fp32
+        from nextscale.pipelines import FLOAT32_PARTS, cast_weights
+
+        cast_weights(var, FLOAT32_PARTS["var"], dt)
+        cast_weights(vae, FLOAT32_PARTS["vqvae"], dt)
+    if args.dtype == "int8":
+        enable_int8_linears(var)
 
     peak = matmul_peak_gflops(dev, dt, n=2048 if dev.type == "cpu" else 8192)
     ac = torch.autocast(device_type=dev.type, dtype=dt, enabled=dt != torch.float32)
+    # the reference: the exact fp32 path on CPU; on CUDA the same autocast as ours (as before)
+    ref_ac = ac if dev.type == "cuda" else torch.autocast(device_type="cpu", enabled=False)
+    ref_peak = peak if dev.type == "cuda" or dt == torch.float32 else matmul_peak_gflops(dev, torch.float32, n=2048)
     if args.mode:
-        return modes_main(args, vae, var, dev, ac, ref)
+        return modes_main(args, vae, var, dev, ac, ref, ref_ac)
     graphs = CudaGraphs() if args.cuda_graphs else None
     rows = []
     for B in args.batch:
@@ -206,8 +246,8 @@ def main():
             with torch.no_grad(), ac:
                 return vae.fhat_to_img(f_hat)
 
-        def ref_d(f_hat):  # the same context as ours_d
-            with torch.no_grad(), ac:
+        def ref_d(f_hat):  # ours_d's context on CUDA; fp32 on CPU
+            with torch.no_grad(), ref_ac:
                 return ref[0].fhat_to_img(f_hat)
 
         times, rounds = {}, []
@@ -245,11 +285,11 @@ def main():
                 rvae.fhat_to_img = lambda f: torch.zeros(f.shape[0], 3, res, res, device=f.device)
                 try:
                     _sync(dev)
-                    t0 = time.perf_counter()
-                    with ac:
+                    t0 = clock()
+                    with ref_ac:
                         rvar.autoregressive_infer_cfg(B=B, label_B=labels, g_seed=0, **kw)
                     _sync(dev)
-                    rt = time.perf_counter() - t0
+                    rt = clock() - t0
                     times["rt"] = min(times.get("rt", 1e9), rt)
                 finally:
                     ref_var_module.sample_with_top_k_top_p_ = real_sampler
@@ -257,19 +297,26 @@ def main():
                 t, _ = best_of(lambda: ref_d(out.f_hat), 1, dev)
                 times["rd"] = min(times.get("rd", 1e9), t)
                 rounds.append((rt + t) / ours_round)  # this round's end-to-end speed-up
-                times["same"] = len(ref_tokens) == len(out.idx_per_scale) and all(
+                same = len(ref_tokens) == len(out.idx_per_scale) and all(
                     torch.equal(a, b) for a, b in zip(ref_tokens, out.idx_per_scale)
                 )
-        gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
+                n_same = sum(int((a == b).sum()) for a, b in zip(ref_tokens, out.idx_per_scale))
+                share = n_same / max(1, sum(b.numel() for b in out.idx_per_scale))
+                times["same"] = "True" if same else f"{100 * share:.1f}% same"
+        with ac:
+            gt, gd = transformer_gflops(var, B), decoder_gflops(vae, B)
         rows.append((B, times, gt, gd, rounds))
 
     print(
         f"\nd{var.depth} ({sum(p.numel() for p in var.parameters()) / 1e6:.0f}M) + tokenizer, "
         f"{var.patch_nums[-1] * vae.downsample}px, "
-        f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}; cfg "
+        f"device={dev} dtype={args.dtype}{' cuda-graphs' if graphs else ''} threads={torch.get_num_threads()}"
+        f"{' (CPU time)' if args.cpu_time else ''}; cfg "
         f"1.5, top-k {min(900, var.V)}, top-p 0.96"
     )
-    print(f"measured {args.dtype} matmul peak: {peak:.0f} GFLOP/s\n")
+    print(f"CPU: {cpu_capabilities().describe()}" if dev.type == "cpu" else f"GPU: {torch.cuda.get_device_name(dev)}")
+    print(f"measured {'fp32' if args.dtype == 'int8' else args.dtype} matmul peak: {peak:.0f} GFLOP/s", end="")
+    print(f"; fp32: {ref_peak:.0f} GFLOP/s (the reference's precision)\n" if ref_peak != peak else "\n")
     head = "| B | part | ours (s) | GFLOP | GFLOP/s | % of peak |" + (
         " reference (s) | speed-up | same tokens |" if ref else ""
     )
@@ -331,7 +378,7 @@ def make_refiner(vae, var, dev):
     return make
 
 
-def modes_main(args, vae, var, dev, ac, ref):
+def modes_main(args, vae, var, dev, ac, ref, ref_ac):
     """Each mode and the exact path (and the reference, with --reference), interleaved per round;
     end-to-end = generate + decode. On CUDA also peak memory and, with --max-batch, the largest batch."""
     from nextscale.sampling import SamplingSettings
@@ -341,6 +388,8 @@ def modes_main(args, vae, var, dev, ac, ref):
 
     specs = ["exact"] + [m for m in args.mode if m != "exact"]
     modes = {m: parse_mode(m, make_refiner(vae, var, dev)) for m in specs}
+    if any("precision" in kw for kw in modes.values()):
+        sys.exit("--mode: give the precision with --dtype (one per run); modes are the sampling options")
 
     def run(m, B, labels):
         kw = modes[m]
@@ -369,10 +418,10 @@ def modes_main(args, vae, var, dev, ac, ref):
                 if dev.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(dev)
                 _sync(dev)
-                t0 = time.perf_counter()
+                t0 = clock()
                 out, _ = run(m, B, labels)
                 _sync(dev)
-                best[m] = min(best.get(m, 1e9), time.perf_counter() - t0)
+                best[m] = min(best.get(m, 1e9), clock() - t0)
                 if dev.type == "cuda":
                     mem[m] = torch.cuda.max_memory_allocated(dev) / 2**30
                 if m == "exact":
@@ -380,18 +429,19 @@ def modes_main(args, vae, var, dev, ac, ref):
                 same[m] = all(torch.equal(a, b) for a, b in zip(out.idx_per_scale, exact_tokens))
             if ref:
                 _sync(dev)
-                t0 = time.perf_counter()
-                with torch.no_grad(), ac:
+                t0 = clock()
+                with torch.no_grad(), ref_ac:
                     ref[1].autoregressive_infer_cfg(
                         B=B, label_B=labels, g_seed=0, cfg=1.5, top_k=min(900, var.V), top_p=0.96
                     )
                 _sync(dev)
-                best["reference"] = min(best.get("reference", 1e9), time.perf_counter() - t0)
+                best["reference"] = min(best.get("reference", 1e9), clock() - t0)
         rows.append((B, best, mem, same))
 
     print(
         f"\nd{var.depth} + tokenizer, {var.patch_nums[-1] * vae.downsample}px, device={dev} dtype={args.dtype} "
-        f"threads={torch.get_num_threads()}; cfg 1.5, top-k {min(900, var.V)}, top-p 0.96; best of {args.repeats} "
+        f"threads={torch.get_num_threads()}{' (CPU time)' if args.cpu_time else ''}; cfg 1.5, top-k {min(900, var.V)}, "
+        f"top-p 0.96; best of {args.repeats} "
         "interleaved rounds\n"
     )
     head = (

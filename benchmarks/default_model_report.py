@@ -83,7 +83,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         metavar="SPEC",
         help="evaluate these opt-in sampling modes next to the exact path at the same settings: cutoff:N, "
         "prune:R[@LAST], kv:FIRST,RECENT, refiner:DIR@K, candidates:N[@SCORER] (rejection sampling), "
-        "joined with '+' (docs/speed.md, docs/evaluation.md)",
+        "fp32 / bf16 / int8 (the precision: a fresh pipeline in it), joined with '+' (docs/speed.md, "
+        "docs/evaluation.md)",
     )
     ap.add_argument("--sweep-cfg", default="0.5,1,2,3,4")
     ap.add_argument("--sweep-topk-topp", default="0:0,100:0.95,20:0.8", help="comma-separated top_k:top_p pairs")
@@ -372,8 +373,14 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
             rows = []
             for spec in ["exact"] + [m for m in args.modes if m != "exact"]:
                 log(f"mode {spec}: sampling {args.per_class} x {pipe.num_classes} images ...")
+                extra = parse_mode(spec)
+                prec = extra.pop("precision", "fp32")  # a fresh pipeline: casting back from bf16 is lossy
+                mpipe = pipe if prec == "fp32" else NextScalePipeline.from_pretrained(args.model, device="cpu")
+                if prec != "fp32":
+                    mpipe.set_precision(prec)
+                    mpipe(class_labels=[0], seed=args.seed + 1_000_003, output_type="np")  # warm-up
                 r = evaluate_setting(
-                    pipe,
+                    mpipe,
                     clf,
                     cls_map,
                     val_feats,
@@ -382,7 +389,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, object]:
                     cfg=args.cfg,
                     top_k=args.top_k,
                     top_p=args.top_p,
-                    extra=parse_mode(spec),
+                    extra=extra,
                     **common,
                 )
                 rows.append({"mode": spec, **{k2: v for k2, v in r.items() if not k2.startswith("_")}})

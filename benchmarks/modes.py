@@ -5,7 +5,9 @@ prune:R[@LAST]    prune_ratio=R, prune_last   (token pruning at the last scales)
 kv:FIRST,RECENT   kv_budget=(FIRST, RECENT)
 refiner:X@K       refiner=make_refiner(X), refine_from_scale=K
 candidates:N[@S]  num_candidates=N, scorer=S or "default"   (rejection sampling; pipelines only)
-exact             nothing; parts join with '+', e.g. cutoff:2+prune:0.5
+fp32, bf16, int8  precision=... (default_model_report.py: a fresh pipeline in that precision; bench_inference.py
+                  takes the precision from --dtype instead)
+exact             nothing; parts join with '+', e.g. cutoff:2+prune:0.5, bf16+cutoff:2+prune:0.5
 """
 
 from typing import Callable, Dict
@@ -19,6 +21,9 @@ def parse_mode(spec: str, make_refiner: Callable[[str], object]) -> Dict[str, ob
     for part in spec.split("+"):
         name, _, val = part.partition(":")
         if name == "exact":
+            continue
+        if name in ("fp32", "bf16", "int8") and not val:
+            kw["precision"] = name
             continue
         if name == "cutoff":
             kw["guidance_cutoff"] = int(val)
@@ -38,6 +43,6 @@ def parse_mode(spec: str, make_refiner: Callable[[str], object]) -> Dict[str, ob
         else:
             raise SystemExit(
                 f"mode {spec!r}: unknown part {name!r} (cutoff:N, prune:R[@LAST], kv:F,R, refiner:X@K, "
-                f"candidates:N[@SCORER])"
+                f"candidates:N[@SCORER], fp32, bf16, int8)"
             )
     return kw

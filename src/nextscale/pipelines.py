@@ -2,6 +2,7 @@
 
     pipe = NextScalePipeline.from_pretrained("path/or/hub-id")         # or "default"
     pipe = pipe.to("cuda", torch.bfloat16)     # bf16 weights (FLOAT32_PARTS stay fp32), bf16 autocast
+    pipe.set_precision("auto")   # CPU: "fp32" (exact, default), "bf16", "int8", "auto" (nextscale.accel.precision)
     out = pipe(class_labels=[207, 360], guidance_scale=1.5, top_k=900, top_p=0.96,
                generator=torch.Generator("cuda").manual_seed(0), output_type="pil")
     out.images[0].save("x.png"); pipe.save_pretrained("copy/")
@@ -20,6 +21,8 @@ import numpy as np
 import torch
 
 from nextscale.accel import CudaGraphs, disable_cpu_kernels, enable_cpu_kernels
+from nextscale.accel.lowprec import disable_int8_linears, enable_int8_linears, int8_enabled
+from nextscale.accel.precision import check_precision
 from nextscale.configs import ModelConfig, get_preset
 from nextscale.errors import NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
@@ -37,7 +40,8 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 #: ``from_pretrained(torch_dtype=...)``): the parts whose precision decides which token is picked or
 #: how an image is encoded -- the transformer's embeddings and head (logits are sampled in float32),
 #: and the tokenizer's encoder and quantiser (token choice is an argmin over distances). The blocks
-#: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype.
+#: and the decoder, nearly all the weights, take the dtype; they run under autocast in that dtype. On CPU
+#: the head, word embedding and head AdaLN also compute in float32 (``accel.cpu.Float32Linear``).
 FLOAT32_PARTS = {
     "var": ("word_embed", "class_emb", "pos_start", "pos_1LC", "lvl_embed", "head_nm", "head"),
     "vqvae": ("encoder", "quant_conv", "quantize"),
@@ -288,6 +292,8 @@ class NextScalePipeline(PipelineBase):
             self.var.to(device)
             self._cuda_graphs.clear()
         if dtype is not None:
+            if dtype == torch.bfloat16:  # warns once on a CPU without bf16 units (accel.precision)
+                check_precision("bf16", self.device)
             cast_weights(self.var, FLOAT32_PARTS["var"], dtype)
             cast_weights(self.vqvae, FLOAT32_PARTS["vqvae"], dtype)
             self.dtype = dtype
@@ -298,6 +304,25 @@ class NextScalePipeline(PipelineBase):
         """Float32 weights, computed under autocast in ``dtype`` (bf16 / fp16; float32 = off)."""
         self.dtype = _check_dtype(dtype)
         return self
+
+    def set_precision(self, precision: str) -> "NextScalePipeline":
+        """The compute precision by name (``nextscale.accel.precision``): "fp32" (exact; the default), "bf16"
+        (``to(torch.bfloat16)``: fast on GPUs and on CPUs with AMX / AVX512-BF16), "int8" (CPU: the transformer
+        blocks' linears as dynamic int8, the rest fp32), "fp16" (GPU), or "auto" (bf16 on a GPU and on AMX
+        CPUs, else fp32). bf16 / int8 on a CPU without their units run but warn once, with the reason."""
+        p = check_precision(precision, self.device)
+        disable_int8_linears(self.var)
+        self.to(dtype={"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16}.get(p, torch.float16))
+        if p == "int8":
+            enable_int8_linears(self.var)
+        return self
+
+    @property
+    def precision(self) -> str:
+        """ "fp32", "bf16", "fp16" or "int8" (see ``set_precision``)."""
+        if int8_enabled(self.var):
+            return "int8"
+        return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     @property
     def weights_dtype(self) -> torch.dtype:

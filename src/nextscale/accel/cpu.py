@@ -34,6 +34,12 @@ Tolerance (``tests/test_accel.py``): the accelerated transformer's logits equal 
 images are within 1e-4 of the direct convolution (Winograd rounding, 5.0e-5 measured at 256 px).
 The encoder keeps the direct convs, so token ids from images are bit-identical to the reference.
 
+bf16 (``pipe.to(torch.bfloat16)``, ``accel.precision``): under bf16 autocast ``CPUAdaLNSelfAttn`` writes each
+modulated LayerNorm output once, straight into the bf16 tensor the bf16 GEMMs read, and keeps the residual
+stream float32 (``_fast_bf16``); the other kernels step aside (oneDNN's bf16 GEMMs need no row trick) and the
+decoder runs channels-last in bf16 (oneDNN; Winograd is float32 only). ``accel.lowprec``'s int8 linears plug
+into ``CPUSelfAttention.qkv`` and ``CPUFFN``.
+
 Sampling with Gumbel smoothing turns logits into soft codes at temperatures down to 0.005, which
 amplifies rounding ~200x; ``nextscale.sampling.generate`` therefore runs under
 ``reference_kernels()`` when ``more_smooth`` is on (a thread-local switch, like ``torch.no_grad``).
@@ -69,6 +75,8 @@ __all__ = [
     "InplaceResnetBlock",
     "CPUVQVAE",
     "WinogradConv2d",
+    "Float32Linear",
+    "Float32SmallRowsLinear",
 ]
 
 #: Row count up to which a linear layer is computed as (W @ x^T)^T (see ``small_rows_linear``).
@@ -100,6 +108,19 @@ def _fast(x: torch.Tensor) -> bool:
     )
 
 
+def _fast_bf16(x: torch.Tensor) -> bool:
+    """Whether the bf16 CPU kernels apply: CPU inference under bf16 autocast (``pipe.to(torch.bfloat16)``)
+    on a float32 residual stream, no autograd, not inside ``reference_kernels``."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and not getattr(_tls, "reference", False)
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+
+
 def small_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``F.linear``, computed as (W @ x^T)^T for at most ``SMALL_ROWS`` rows.
 
@@ -127,8 +148,37 @@ class SmallRowsLinear(nn.Linear):
         return small_rows_linear(x, self.weight, self.bias)
 
 
+class _Float32Compute:
+    """For the linears whose weights ``FLOAT32_PARTS`` keeps float32 (the head, the word embedding, the head's
+    AdaLN): on CPU inference under autocast they compute in float32 too, not just store float32 weights.
+    The head decides which token is picked; a bf16 GEMM there moves every logit by ~0.4 %. It is ~2 % of the
+    transformer's FLOPs. Elsewhere (GPU, autograd, ``reference_kernels()``) autocast applies as usual."""
+
+    def forward(self, x):
+        if (
+            x.device.type == "cpu"
+            and self.weight.dtype == torch.float32
+            and torch.is_autocast_enabled("cpu")
+            and not torch.is_grad_enabled()
+            and not getattr(_tls, "reference", False)
+        ):
+            with torch.autocast(device_type="cpu", enabled=False):
+                return super().forward(x.float())
+        return super().forward(x)
+
+
+class Float32Linear(_Float32Compute, nn.Linear):
+    pass
+
+
+class Float32SmallRowsLinear(_Float32Compute, SmallRowsLinear):
+    pass
+
+
 class CPUSelfAttention(SelfAttention):
     def qkv(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        if getattr(self.mat_qkv, "is_int8", False):  # accel.lowprec's int8 linear, with the q/k/v bias
+            return self.mat_qkv.linear(x_BLC, self.qkv_bias(), (self.q_bias, self.v_bias))
         return small_rows_linear(x_BLC, self.mat_qkv.weight, self.qkv_bias())
 
 
@@ -137,10 +187,13 @@ class CPUFFN(FFN):
         if not _fast(x) or self.training:
             return super().forward(x)
         rows = x.numel() // x.shape[-1]
-        if rows <= SMALL_ROWS or self.fc1._forward_hooks or self.fc1._forward_pre_hooks:
-            h = self.fc1(x)  # few rows: weight-bound linears; or fc1 is hooked: call it as a module
+        if rows <= SMALL_ROWS or self.fc1._forward_hooks or self.fc1._forward_pre_hooks or self._int8():
+            h = self.fc1(x)  # few rows: weight-bound linears; or fc1 is hooked or int8: call it as a module
             return self.fc2(_gelu_tanh_into(h, torch.empty_like(h)))
         return self.fc2(self._hidden(x.reshape(rows, -1)).view(*x.shape[:-1], -1))
+
+    def _int8(self) -> bool:
+        return getattr(self.fc1, "is_int8", False)
 
     def _hidden(self, x_MC: torch.Tensor) -> torch.Tensor:
         """gelu(fc1(x)) in two reused buffers (``accel.workspace``): the (rows, 4C) hidden layer is
@@ -154,8 +207,10 @@ class CPUFFN(FFN):
 
 class CPUAdaLNSelfAttn(AdaLNSelfAttn):
     def forward(self, x, cond_BD, attn_bias, kv_cache=None, mod_B16C=None):
-        if not _fast(x) or self.training:
+        if self.training or not (_fast(x) or _fast_bf16(x)):
             return super().forward(x, cond_BD, attn_bias, kv_cache, mod_B16C)
+        if _fast_bf16(x):
+            return self._forward_bf16(x, cond_BD, attn_bias, kv_cache, mod_B16C)
         if mod_B16C is None:
             mod_B16C = self.modulation(cond_BD)
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)  # 6 x (B, 1, C)
@@ -163,6 +218,20 @@ class CPUAdaLNSelfAttn(AdaLNSelfAttn):
         h = self.attn(torch.addcmul(shift1, self.ln_wo_grad(x), scale1 + 1), attn_bias=attn_bias, kv_cache=kv_cache)
         x = torch.addcmul(x, h, gamma1)
         return torch.addcmul(x, self.ffn(torch.addcmul(shift2, self.ln_wo_grad(x), scale2 + 1)), gamma2)
+
+    def _forward_bf16(self, x, cond_BD, attn_bias, kv_cache, mod_B16C):
+        """Under bf16 autocast: the residual stream stays float32; each modulated LayerNorm output is written
+        once, in float32 arithmetic, straight into the bf16 tensor the bf16 GEMMs read (the plain path
+        writes it in float32 and autocast copies it to bf16 for every linear); the gated residual adds
+        read the bf16 branch outputs in one fused multiply-add each."""
+        if mod_B16C is None:
+            mod_B16C = self.modulation(cond_BD)
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)  # 6 x (B, 1, C)
+        a = torch.empty(x.shape, dtype=torch.bfloat16, device=x.device)
+        h = self.attn(torch.addcmul(shift1, self.ln_wo_grad(x), scale1 + 1, out=a), attn_bias, kv_cache)
+        x = torch.addcmul(x, h, gamma1)
+        f = self.ffn(torch.addcmul(shift2, self.ln_wo_grad(x), scale2 + 1, out=a))
+        return torch.addcmul(x, f, gamma2)
 
 
 class InplaceResnetBlock(ResnetBlock):
@@ -211,16 +280,20 @@ SWAPS: Dict[Type[nn.Module], Type[nn.Module]] = {
     VQVAE: CPUVQVAE,
 }
 _UNSWAP = {v: k for k, v in {**SWAPS, nn.Linear: SmallRowsLinear, nn.Conv2d: WinogradConv2d}.items()}
+_UNSWAP.update({Float32Linear: nn.Linear, Float32SmallRowsLinear: nn.Linear})
 
 
 def _linears(var: VAR):
-    """The linears that take ``SmallRowsLinear``: FFN fc1/fc2, attention proj and the head (the
-    AdaLN and word-embedding linears see B rows once per call and keep ``nn.Linear``)."""
+    """(linear, class) pairs: FFN fc1/fc2 and attention proj take ``SmallRowsLinear``, the head
+    ``Float32SmallRowsLinear``; the word embedding and the head's AdaLN see B rows once per call and take
+    ``Float32Linear`` (plain ``F.linear``, float32 under autocast)."""
     for b in var.blocks:
-        yield b.ffn.fc1
-        yield b.ffn.fc2
-        yield b.attn.proj
-    yield var.head
+        yield b.ffn.fc1, SmallRowsLinear
+        yield b.ffn.fc2, SmallRowsLinear
+        yield b.attn.proj, SmallRowsLinear
+    yield var.head, Float32SmallRowsLinear
+    yield var.word_embed, Float32Linear
+    yield var.head_nm.ada_lin[-1], Float32Linear
 
 
 def enable_cpu_kernels(module: nn.Module) -> nn.Module:
@@ -231,9 +304,9 @@ def enable_cpu_kernels(module: nn.Module) -> nn.Module:
         if new is not None:
             m.__class__ = new
         if isinstance(m, VAR):
-            for lin in _linears(m):
+            for lin, cls in _linears(m):
                 if type(lin) is nn.Linear:
-                    lin.__class__ = SmallRowsLinear
+                    lin.__class__ = cls
         if isinstance(m, VQVAE):
             for conv in m.decoder.modules():  # the encoder keeps direct convs: bit-identical token ids
                 if type(conv) is nn.Conv2d and winograd_eligible(conv):
@@ -244,6 +317,10 @@ def enable_cpu_kernels(module: nn.Module) -> nn.Module:
 def disable_cpu_kernels(module: nn.Module) -> nn.Module:
     """Undo ``enable_cpu_kernels``: the plain reference modules again; frees Winograd weights."""
     for m in module.modules():
+        if getattr(m, "is_int8", False):  # accel.lowprec's int8 linear: back to the plain one too
+            m.__dict__.pop("_int8_cache", None)
+            m.__class__ = nn.Linear
+            continue
         base = _UNSWAP.get(type(m))
         if base is not None:
             if isinstance(m, WinogradConv2d):
@@ -268,4 +345,4 @@ def cpu_kernels(*modules: nn.Module):
 
 def cpu_kernels_enabled(module: nn.Module) -> bool:
     """Whether any module inside ``module`` carries a CPU kernel."""
-    return any(type(m) in _UNSWAP for m in module.modules())
+    return any(type(m) in _UNSWAP or getattr(m, "is_int8", False) for m in module.modules())

@@ -135,7 +135,7 @@ def _run_sample(c: C.SampleCommand) -> int:
         raise NextScaleError("--refine-from-scale needs --refiner MODEL")
     out = check_writable(c.out, image=True, name="out")
     dev, dt = device_dtype(c.device, c.dtype)
-    pipe = load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant)
+    pipe = A.apply_precision(load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant), c.dtype)
     settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
     nc = pipe.num_classes
     if c.class_labels:
@@ -246,8 +246,11 @@ def _print_info(info: dict, labels, as_json: bool) -> int:
     """``nextscale info``'s output of a class-conditional model's description (``info``: what ``--json`` prints)."""
     import json
 
+    from nextscale.accel.precision import cpu_capabilities, fast_precisions, precision_advice
     from nextscale.configs import VARConfig, VQVAEConfig
 
+    cpu = cpu_capabilities()
+    info["cpu"] = {"kind": cpu.describe(), "fast_precisions": list(fast_precisions(cpu))}
     if as_json:
         print(json.dumps(info, indent=2))
         return 0
@@ -262,6 +265,7 @@ def _print_info(info: dict, labels, as_json: bool) -> int:
     print(f"classes: {info['num_classes']}{names}")
     if info.get("note"):
         print(f"note: {info['note']}")
+    print(f"this machine: {cpu.describe()}; {precision_advice(cpu)} (--dtype)")
     return 0
 
 
@@ -308,8 +312,8 @@ def _run_sample_fid(c) -> int:
     if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:
         raise NextScaleError("--refine-from-scale needs --refiner MODEL")
     dev = dist.init_distributed(c.device)
-    if c.dtype not in (None, "fp32") and dev.type == "cpu":
-        raise NextScaleError(f"--dtype {c.dtype} needs a GPU; use --dtype fp32 on CPU")
+    if c.dtype == "fp16" and dev.type == "cpu":  # bf16 runs on CPU (fast with AMX / AVX512-BF16: nextscale info)
+        raise NextScaleError(f"--dtype {c.dtype} needs a GPU; use --dtype fp32 or bf16 on CPU")
     try:
         res = sample_for_fid(
             None,
@@ -551,6 +555,7 @@ def _run_edit(c: C.EditCommand) -> int:
         )
     dev, dt = device_dtype(c.device, c.dtype)
     pipe = NextScaleInpaintPipeline.from_pretrained(c.model or "default", device=dev, dtype=dt, variant=c.variant)
+    A.apply_precision(pipe, c.dtype)
     if isinstance(c.class_labels, int) and not -1 <= c.class_labels < pipe.num_classes:
         raise NextScaleError(
             f"unknown class id {c.class_labels}: this model has classes 0..{pipe.num_classes - 1} (-1 = unconditional)"

@@ -22,10 +22,19 @@ import difflib
 import re
 from typing import Any, Dict, Iterable, List, Optional
 
-from nextscale.errors import FieldError
+from nextscale.errors import FieldError, FieldName
 from nextscale.settings import Settings, field_type, tuple_spec, type_hints
 
-__all__ = ["Parser", "flag_of", "flag_names", "add_config_args", "config_from_args", "error_line", "EXTRA_FLAGS"]
+__all__ = [
+    "Parser",
+    "flag_of",
+    "flag_names",
+    "add_config_args",
+    "config_from_args",
+    "error_line",
+    "EXTRA_FLAGS",
+    "apply_precision",
+]
 
 #: More CLI spellings of settings (kept working for old command lines): field name -> flags.
 EXTRA_FLAGS: Dict[str, List[str]] = {"more_smooth": ["--smooth"]}
@@ -245,16 +254,36 @@ def error_line(e: BaseException, args: Optional[argparse.Namespace]) -> str:
 
 
 def device_dtype(device: Optional[str], dtype: Optional[str]):
-    """(device string, torch dtype) from the device / dtype settings (bf16 on GPU, fp32 on CPU by default)."""
+    """(device string, torch dtype) from the device / dtype settings (bf16 on GPU, fp32 on CPU by default).
+    ``auto`` resolves here (``nextscale.accel.precision``); ``int8`` loads float32 weights (``apply_precision``
+    then swaps in the int8 linears)."""
     import torch
 
+    from nextscale.accel.precision import check_precision
     from nextscale.validate import check_device
 
     dev = str(check_device(device, "device")) if device else ("cuda" if torch.cuda.is_available() else "cpu")
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype or "", None)
+    if dtype in ("auto", "int8"):
+        try:
+            dtype = check_precision(dtype, dev)
+        except FieldError as e:  # precision is the library's name of this setting; the CLI calls it dtype
+            raise FieldError(*[FieldName("dtype") if p == "precision" else p for p in e.parts]) from None
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}.get(
+        dtype or "", None
+    )
     if dt is None:
         dt = torch.bfloat16 if dev.startswith("cuda") else torch.float32
     return dev, dt
+
+
+def apply_precision(pipe, dtype: Optional[str]):
+    """After loading with ``device_dtype``'s dtype: ``int8`` swaps in the int8 transformer linears (a pipeline
+    without them refuses, naming the setting). Returns ``pipe``."""
+    if dtype != "int8":
+        return pipe
+    if not hasattr(pipe, "set_precision"):
+        raise FieldError(FieldName("dtype"), f" int8 is not supported by {type(pipe).__name__}; use fp32 or bf16")
+    return pipe.set_precision("int8")
 
 
 def single_names(ids: List[int], names: List[str]) -> List[str]:

@@ -40,6 +40,8 @@ def load(c, text_encoder=None):
         )
     import torch
 
+    if getattr(c, "dtype", None) == "int8":
+        raise FieldError(FieldName("dtype"), " int8 is not supported by text-to-image models; use bf16 or fp32")
     dev, dt = device_dtype(getattr(c, "device", None), getattr(c, "dtype", None))
     if dt == torch.float16:
         raise FieldError(FieldName("dtype"), " fp16 is not supported by text-to-image models; use bf16 or fp32")

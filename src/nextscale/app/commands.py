@@ -44,7 +44,19 @@ _VARIANT = (
     "2b 8b 8b-512 (Infinity), e.g. --model FoundationVision/Infinity --variant 2b: only its files are downloaded"
 )
 _T2I = "text to image (a text-to-image model)"
-_DTYPES = ("fp32", "bf16", "fp16")
+_DTYPES = ("fp32", "bf16", "fp16", "int8", "auto")
+
+
+def _dtype_help() -> str:
+    """--dtype's help, with what is fast on this machine (``nextscale.accel.precision``)."""
+    from nextscale.accel.precision import precision_advice
+
+    return (
+        "compute precision: fp32 (exact), bf16, fp16 (GPU), int8 (CPU: dynamic int8 transformer linears), auto "
+        f"(bf16 on a GPU or an AMX CPU, else fp32); default bf16 on GPU, fp32 on CPU. {precision_advice()}"
+    )
+
+
 #: the text-to-image sampling flags of eval-t2i
 T2I_FLAGS = ("guidance_scale", "temperature", "top_k", "top_p", "cfg_insertion_layer", "guidance_cutoff")
 
@@ -85,7 +97,7 @@ class _Sampling(_Checked):
     )
     seed: int = _seed()
     device: Optional[str] = setting(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
-    dtype: Optional[str] = setting(None, "compute dtype (default: bf16 on GPU, fp32 on CPU)", choices=_DTYPES)
+    dtype: Optional[str] = setting(None, _dtype_help(), choices=_DTYPES)
 
     # text to image: the prompt replaces the class; the size is an aspect ratio of the model's tables or pixels
     prompt: Optional[list] = setting(
