@@ -24,7 +24,7 @@ import torch
 
 from nextscale.errors import CheckpointError
 
-__all__ = ["load_torch", "load_safetensors", "load_weights", "save_safetensors", "UnsafeFileError"]
+__all__ = ["load_torch", "load_safetensors", "load_weights", "save_safetensors", "check_finite", "UnsafeFileError"]
 
 
 class UnsafeFileError(CheckpointError):
@@ -122,3 +122,14 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path, metadata: Dict[str,
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def check_finite(weights, what: str) -> None:
+    """Refuse weights (a state dict or a module) holding NaN / inf: a diverged run or a broken file would
+    otherwise be converted, exported or described as if it were a model. ``what`` names it in the message."""
+    items = weights.state_dict().items() if hasattr(weights, "state_dict") else weights.items()
+    for k, t in items:
+        if torch.is_tensor(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"{what}: {k} holds NaN/inf values (a diverged run or a broken file); it is not a usable model"
+            )

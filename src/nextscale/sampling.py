@@ -89,7 +89,12 @@ class SpeedUps(Settings):
     )
     # how many of the last (largest) scales are pruned: they hold most tokens and change least
     prune_last: int = setting(
-        2, "how many of the last scales prune_ratio prunes", min=1, must=">= 1", label="pruned scales"
+        2,
+        "how many of the last scales prune_ratio prunes",
+        min=1,
+        must=">= 1",
+        label="pruned scales",
+        needs="prune_ratio",
     )
     # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
     # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
@@ -102,7 +107,9 @@ class SpeedUps(Settings):
     # another VAR on the same tokenizer (or a pipeline holding one) predicts the scales from
     # refine_from_scale on (Collaborative Decoding); checked against the model by ``check_refiner``
     refiner: Any = setting(None, "a second model on the same tokenizer that predicts the last scales")
-    refine_from_scale: Optional[int] = setting(None, "first scale (0-based) the refiner predicts", min=0)
+    refine_from_scale: Optional[int] = setting(
+        None, "first scale (0-based) the refiner predicts", min=0, needs="refiner"
+    )
 
     def is_exact(self) -> bool:
         """The model's own pass is the plain one (no cut-off, pruning or KV budget): CUDA graphs may replay

@@ -72,7 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise NextScaleError(
                 f"name what to run: nextscale {args.command} NAME ... (see nextscale {args.command} -h)"
             )
-        return int(args.func(config_from_args(_config_class(args._config), args)) or 0)
+        config = config_from_args(_config_class(args._config), args)
+        if hasattr(config, "validate"):  # the whole configuration (paths, files, this machine) before any work
+            config.validate()
+        return int(args.func(config) or 0)
     except (NextScaleError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         # user errors only: any other exception is a bug and keeps its traceback
         if os.environ.get("NEXTSCALE_DEBUG"):

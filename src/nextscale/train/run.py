@@ -25,6 +25,7 @@ from nextscale import dist
 from nextscale.checkpoint import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.train.loop import FitResult, Objective, run_fit
+from nextscale.train.memory import check_run_fits
 
 __all__ = ["train", "export", "schedule_length", "check_same_run"]
 
@@ -71,6 +72,7 @@ def train(objective: Type[Objective], tc, **build_kw) -> FitResult:
     default = f"{objective.kind}-{tc.preset if getattr(tc, 'init', None) is None else 'finetune'}"
     tc = dataclasses.replace(tc, run_dir=tc.run_dir or os.path.join("runs", default))
     parts = objective.build(tc, device, **build_kw)
+    check_run_fits(tc, parts, device, dist.get_world_size())  # before the run folder: a batch too big is refused now
     if dist.is_main():
         check_same_run(objective, tc.run_dir, parts.run_config)
         parts.objective.prepare_run_dir(tc.run_dir)
