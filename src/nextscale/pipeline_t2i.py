@@ -643,9 +643,13 @@ class NextScaleT2IPipeline:
             if prompt is None:
                 raise InputError("prompt is required (a string or a list of strings)")
             plist = _prompt_list(prompt, "prompt", allow_empty)
+        if len(plist) * n > MAX_IMAGES:  # before tokenising each prompt
+            raise InputError(
+                f"{len(plist):,} prompts x num_images_per_prompt {n:,} exceed {MAX_IMAGES:,} images per call; "
+                "split the work into several calls"
+            )
+        if prompt_embeds is None:
             self._check_lengths(plist, "prompt")
-        if len(plist) * n > MAX_IMAGES:
-            raise InputError(f"{len(plist)} prompts x num_images_per_prompt {n} exceed {MAX_IMAGES:,} images")
         neg_list = None
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise InputError("give either negative_prompt or negative_prompt_embeds, not both")

@@ -412,6 +412,21 @@ class _Stage:
         self.graph_run = None
 
 
+def check_for_model(st: SamplingSettings, K: int) -> None:
+    """The ranges that depend on the model: scale counts at most its ``K`` scales (the first scale is
+    never pruned), per-scale lists of exactly K values. Called before any sampling (and any folder)."""
+    fast = st.speedups
+    if fast.guidance_cutoff > K:
+        raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
+    if fast.prune_ratio > 0 and fast.prune_last > K - 1:
+        raise fail(
+            "prune_last", f" must be <= {K - 1}: this model has {K} scales and the first is never pruned; "
+            f"got {fast.prune_last}",
+        )  # fmt: skip
+    per_scale(st.guidance_scale, K, "guidance_scale")
+    per_scale(st.temperature, K, "temperature")
+
+
 def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs):
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
@@ -419,9 +434,8 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
     labels = resolve_labels(label_B, B, var.num_classes, dev, generator)
     fast = st.speedups
     refiner, refine_from_scale = fast.refiner, fast.refine_from_scale
+    check_for_model(st, K)
     ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
-    if fast.guidance_cutoff > K:
-        raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
     ts = ts[: K - fast.guidance_cutoff] + [0.0] * fast.guidance_cutoff
     taus = per_scale(st.temperature, K, "temperature")
     use_cfg = any(t != 0.0 for t in ts)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from nextscale.app import cli_args as A
 from nextscale.app import commands as C
 from nextscale.app.cli_args import add_config_args, config_from_args, device_dtype, error_line
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 
 #: name -> (config class, or {sub-command: config class}, help, description, run(config) -> exit code)
 _REGISTRY: Dict[str, Tuple[Any, str, Optional[str], Callable]] = {}
@@ -140,6 +140,10 @@ def _run_sample(c: C.SampleCommand) -> int:
     dev, dt = device_dtype(c.device, c.dtype)
     pipe = load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant)
     settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
+    if hasattr(pipe, "patch_nums"):
+        from nextscale.sampling import check_for_model
+
+        check_for_model(settings, len(pipe.patch_nums))  # prune_last <= scales - 1 ..., before any image
     nc = pipe.num_classes
     if c.class_labels:
         bad = [k for k in c.class_labels if isinstance(k, int) and not -1 <= k < nc]
@@ -222,6 +226,10 @@ def _run_info(c: C.InfoCommand) -> int:
     from nextscale.pipelines import load_pipeline
 
     pipe = load_pipeline(c.model, variant=c.variant)
+    from nextscale.safeload import check_finite
+
+    check_finite(pipe.var, f"{c.model} (transformer)")  # info never describes a NaN model as if it were one
+    check_finite(pipe.vqvae, f"{c.model} (tokenizer)")
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {
@@ -259,14 +267,18 @@ def _run_convert(c: C.ConvertCommand) -> int:
     from pathlib import Path
 
     from nextscale.hub import load_components, save_components
+    from nextscale.safeload import check_finite
 
     labels = None
     if c.labels:
-        lp = Path(c.labels)
-        if not lp.is_file():
-            raise NextScaleError(f"{lp}: no such file")
-        labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
+        try:
+            text = Path(c.labels).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise FieldError(FieldName("labels"), f" {c.labels!r} is not a UTF-8 text file (one class name per line)")
+        labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
     vae, var, _ = load_components(c.var, vae_path=c.vae, patch_nums=c.patch_nums)
+    check_finite(vae, c.vae)  # an all-NaN model is refused, never written as a pipeline
+    check_finite(var, c.var)
     if labels is not None and len(labels) != var.num_classes:
         raise NextScaleError(f"{c.labels}: {len(labels)} names for {var.num_classes} classes")
     out = save_components(c.out, vae, var, labels=labels)

@@ -145,6 +145,14 @@ class SampleCommand(_Sampling):
     singles: bool = setting(True, "write one PNG per image besides the grid")
     batch_size: int = setting(16, "images per forward pass", min=1)
 
+    def check_more(self) -> None:
+        super().check_more()
+        if self.class_labels == []:  # `--class` with no value: never silently "every class"
+            raise FieldError(
+                FieldName("class_labels"),
+                " was given no value; give class ids or names (see nextscale classes), or leave it out",
+            )
+
 
 @dataclass
 class EditCommand(_Sampling):

@@ -363,6 +363,10 @@ def sample_for_fid(
             f" {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)",
         )
     res = int(pipe.resolution)
+    if hasattr(pipe, "patch_nums"):  # model-dependent ranges (prune_last <= scales - 1 ...) before the folder
+        from nextscale.sampling import check_for_model
+
+        check_for_model(settings, len(pipe.patch_nums))
 
     meta = {
         "protocol": name,

@@ -178,9 +178,9 @@ class TrainConfigBase:
         from nextscale.validate import check_device
 
         self.check_values()
-        check_paths(self)  # the paths a user gave: exist, are a file / a folder, writable
         if self.device is not None and not os.environ.get("LOCAL_RANK"):
             field_checked(check_device, "device", self.device)
+        check_paths(self)  # the paths a user gave: exist, are a file / a folder, writable
         self.micro_batch(world=int(os.environ.get("WORLD_SIZE", "1") or 1))
 
     def micro_batch(self, world: int = 1) -> int:

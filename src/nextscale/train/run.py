@@ -25,6 +25,7 @@ from nextscale import dist
 from nextscale.checkpoint import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.train.loop import FitResult, Objective, run_fit
+from nextscale.safeload import check_finite
 from nextscale.train.memory import check_run_fits
 
 __all__ = ["train", "export", "schedule_length", "check_same_run"]
@@ -105,6 +106,7 @@ def export(objective: Type[Objective], run: str, out: str, weights: str = "auto"
     ):
         raise NextScaleError(f"{path} is not a training checkpoint of the {objective.title}")
     sd, use = checkpoint_weights(state, objective.exports, weights, path)
+    check_finite(sd, f"{path} ({use} weights)")  # a diverged run is refused, never exported as a model
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     extra = {"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}}
     with torch.no_grad():
