@@ -386,6 +386,11 @@ def _check_splits(data: str) -> None:
             )
 
 
+def _validated(cls, **kw) -> None:
+    """``cls(**kw).validate()``: None values keep the config's default (a recipe or settings of None)."""
+    cls(**{k: v for k, v in kw.items() if v is not None}).validate()
+
+
 def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
     if data is not None:
         _check_splits(data)
@@ -603,6 +608,12 @@ def scaling_study(
     ``threads``: torch threads for the call (None: as set). ``train=False`` trains nothing: it
     reports the sizes whose runs are finished (e.g. while the others still train in another
     process). Returns the report (also written to ``out_dir/scaling.json``)."""
+    _validated(  # the whole configuration, before any folder, export or training (names the argument)
+        ScalingStudyConfig,
+        out=out_dir, data=data, tokenizer=tokenizer, cache=cache, depths=tuple(depths),
+        width_per_depth=width_per_depth, recipe=recipe, device=device, quick=quick, threads=threads,
+        report_only=not train,
+    )  # fmt: skip
     with _threads(threads):
         return _scaling_study(
             out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log
@@ -985,6 +996,13 @@ def ar_vs_var_study(
     digits). ``quick``: tiny models, 20 + 20 digits, 2 samples per class, a few steps.
     ``threads``: torch threads for the call (None: as set; the timings are per-thread-count)."""
     kw = dict(locals())
+    _validated(  # the whole configuration, before any tokenizer is trained (names the argument)
+        ArVsVarStudyConfig,
+        **{k: kw[k] for k in ("data", "var_tokenizer", "ar_tokenizer", "var_model", "depth", "tokenizer_steps",
+                              "per_class", "settings", "classifier", "inception_weights", "inception_ref",
+                              "recipe", "device", "quick", "threads")},
+        out=out_dir, width=width or 0, heads=heads or 0,
+    )  # fmt: skip
     with _threads(kw.pop("threads")):
         return _ar_vs_var_study(**kw)
 
