@@ -14,10 +14,10 @@ import time
 
 import pytest
 import torch
-from test_cli_inputs import _bad
 
 from nextscale.app import cli
 from nextscale.errors import InputError, NextScaleError
+from test_cli_inputs import _bad
 
 #: every refusal comes this fast (the issue: none later than 5 s after the start)
 FAST_S = 5.0
@@ -218,10 +218,7 @@ def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(digits32, 
     assert "1.0 MiB" in line and "--batch-size" in line and "--grad-accum" in line
 
 
-def test_the_image_cap_and_memory_apply_to_the_api(monkeypatch):
-    from nextscale.pipelines import NextScalePipeline
-
-    pipe = NextScalePipeline.from_pretrained("default")
+def test_the_image_cap_and_memory_apply_to_the_api(monkeypatch, pipe):
     labels = [1] * 10**7
     t0 = time.perf_counter()
     try:
@@ -242,10 +239,16 @@ def test_resources_reads_this_machine():
 
 
 # ------------------------------------------------------------------ the API: one clear error up front
-def test_api_arguments_are_checked_before_the_loop():
+@pytest.fixture(scope="module")
+def pipe():
     from nextscale.pipelines import NextScalePipeline
 
-    pipe = NextScalePipeline.from_pretrained("default")
+    return NextScalePipeline.from_pretrained("default")
+
+
+def test_api_arguments_are_checked_before_the_loop(pipe):
+    from nextscale.pipelines import NextScalePipeline
+
     with pytest.raises(InputError, match="callback_on_scale must be callable"):
         pipe(class_labels=[1], callback_on_scale="x")
     with pytest.raises(InputError, match=r"from_pretrained\(\) got an unknown keyword 'revison'.*'revision'"):
@@ -255,18 +258,15 @@ def test_api_arguments_are_checked_before_the_loop():
 @pytest.mark.parametrize(
     "scorer,msg",
     [
-        (lambda im, lab: torch.zeros(len(im) + 1), "returned 3 scores for 2 images"),
+        (lambda im, lab: torch.zeros(len(im) + 1), "returned 2 scores for 1 images"),
         (lambda im, lab: torch.full((len(im),), float("nan")), "NaN/inf"),
         (lambda im, lab: "best", "one number per image"),
     ],
     ids=["wrong-count", "nan", "not-numbers"],
 )
-def test_a_bad_scorer_is_named(scorer, msg):
-    from nextscale.pipelines import NextScalePipeline
-
-    pipe = NextScalePipeline.from_pretrained("default")
+def test_a_bad_scorer_is_named(scorer, msg, pipe):
     with pytest.raises(InputError, match=msg):
-        pipe(class_labels=[1, 2], num_candidates=2, scorer=scorer, seed=0)
+        pipe(class_labels=[1], num_candidates=2, scorer=scorer, seed=0)
 
 
 # ------------------------------------------------------------------ no NaN passes silently
