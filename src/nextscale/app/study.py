@@ -513,6 +513,12 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
         ob, train_set, val_set, run_config, total = ARObjective.build(tc, dev, model_cfg)
         model = ob.ar
     run_dir = tc.run_dir
+    from types import SimpleNamespace
+
+    from nextscale.train.memory import check_run_fits
+
+    # a batch larger than the data, or one that cannot fit: refused before the run folder
+    check_run_fits(tc, SimpleNamespace(train_set=train_set, objective=ob), dev, dist.get_world_size())
     os.makedirs(run_dir, exist_ok=True)
     old = _read_json(os.path.join(run_dir, "config.json"))
     if old is not None and old.get("model") != run_config["model"]:
