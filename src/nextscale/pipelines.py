@@ -174,20 +174,25 @@ class PipelineBase:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
         if class_labels is None:
             return (num_images or 1), None
-        many = isinstance(class_labels, (list, tuple)) or getattr(class_labels, "ndim", 0) > 0
-        if many and len(class_labels) > MAX_IMAGES:
-            # before looking at each label: 10**7 of them is a typo, not a request (one image each)
-            raise FieldError(
-                FieldName("class_labels"),
-                f" holds {len(class_labels):,} labels (one image each), more than {MAX_IMAGES:,} per call; "
-                "split the work into several calls",
-            )
+        check_label_count(class_labels)
         labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
         if isinstance(labels, int):
             return (num_images or 1), labels
         if num_images is not None and num_images != len(labels):
             raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
         return len(labels), labels
+
+
+def check_label_count(class_labels, name: str = "class_labels") -> None:
+    """At most ``MAX_IMAGES`` labels (one image each), checked before looking at each label: 10**7 of them
+    is a typo, not a request (every entry point's image cap)."""
+    many = isinstance(class_labels, (list, tuple)) or getattr(class_labels, "ndim", 0) > 0
+    if many and len(class_labels) > MAX_IMAGES:
+        raise FieldError(
+            FieldName(name),
+            f" holds {len(class_labels):,} labels (one image each), more than {MAX_IMAGES:,} per call; "
+            "split the work into several calls",
+        )
 
 
 def _scores(scorer, images, labels, B: int) -> torch.Tensor:
@@ -479,7 +484,7 @@ class NextScalePipeline(PipelineBase):
         per = self.bytes_per_image()
         check_memory(
             B * per * (2 if num_candidates not in (None, 1) else 1),
-            f"{B:,} images of {self.resolution}x{self.resolution} in one call",
+            f"{B:,} image{'s' if B != 1 else ''} of {self.resolution}x{self.resolution} in one call",
             ("pass fewer ", FieldName("class_labels"), " / ", FieldName("num_images"), " per call"),
             self.device,
         )
