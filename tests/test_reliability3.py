@@ -226,9 +226,16 @@ def test_the_image_cap_and_memory_apply_to_the_api(monkeypatch, pipe):
     except NextScaleError as e:
         took, msg = time.perf_counter() - t0, str(e)
     assert took < 1.0 and "class_labels holds 10,000,000 labels" in msg and "100,000" in msg, msg
+    from nextscale.editing import NextScaleInpaintPipeline
+
+    edit = NextScaleInpaintPipeline(pipe.vqvae, pipe.var)
+    with pytest.raises(NextScaleError, match=r"class_labels holds 200,000 labels"):
+        edit(torch.zeros(3, 32, 32), class_labels=[1] * 200_000, keep_scales=2)
     monkeypatch.setenv("NEXTSCALE_MEMORY_LIMIT", "1M")
     with pytest.raises(NextScaleError, match=r"3 images of 32x32 in one call needs about .* 1\.0 MiB"):
         pipe(class_labels=[1, 2, 3])
+    with pytest.raises(NextScaleError, match=r"1 image of 32x32 in one call needs about"):
+        edit(torch.zeros(3, 32, 32), keep_scales=2)
 
 
 def test_resources_reads_this_machine():
