@@ -57,8 +57,9 @@ def class_id(v: str):
         return v
 
 
-def _model(required: bool = False, help: str = _MODEL, positional: bool = False, default=None):
-    return setting(default, help, required=required, positional=positional, path="model")
+def _model(required: bool = False, help: str = _MODEL, positional: bool = False, default=None, path: str = "model"):
+    """A model (or run) the command reads: a path checked before any work (``path`` rule), or a name."""
+    return setting(default, help, required=required, positional=positional, path=path)
 
 
 def _seed(help: str = "random seed (same seed + device = same image)"):
@@ -275,12 +276,8 @@ class TokenizeCommand(_Checked):
 
 @dataclass
 class ExportCommand(Settings):
-    run: Optional[str] = setting(
-        None,
-        "run folder (its latest checkpoint) or a checkpoints/step_*.pt file",
-        required=True,
-        positional=True,
-        path="entry",
+    run: Optional[str] = _model(
+        True, "run folder (its latest checkpoint) or a checkpoints/step_*.pt file", positional=True, path="entry"
     )
     out: Optional[str] = setting(None, "directory to write", required=True, path="out_dir")
     weights: str = setting("auto", "auto = EMA when the run kept one", choices=("auto", "ema", "raw"))
@@ -288,12 +285,8 @@ class ExportCommand(Settings):
 
 @dataclass
 class EvalT2ICommand(_Checked):
-    model: Optional[str] = setting(
-        None,
-        "text-to-image pipeline directory or FoundationVision/Infinity (with variant)",
-        required=True,
-        positional=True,
-        path="model",
+    model: Optional[str] = _model(
+        True, "text-to-image pipeline directory or FoundationVision/Infinity (with variant)", positional=True
     )
     variant: Optional[str] = setting(None, "released Infinity variant: 2b 8b 8b-512", metavar="VARIANT")
     prompts_per_category: int = setting(8, "evaluation prompts per category (nextscale.scenes.eval_prompts)", min=1)
@@ -313,12 +306,8 @@ class EvalT2ICommand(_Checked):
 
 @dataclass
 class EvalTokenizerCommand(_Checked):
-    model: Optional[str] = setting(
-        None,
-        "tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth",
-        required=True,
-        positional=True,
-        path="model",
+    model: Optional[str] = _model(
+        True, "tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth", True
     )
     data: Optional[str] = setting(None, "image folder; its val/ split when present", required=True, path="dir")
     batch_size: int = setting(64, "images per forward pass", min=1)
