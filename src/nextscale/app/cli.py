@@ -140,10 +140,8 @@ def _run_sample(c: C.SampleCommand) -> int:
     dev, dt = device_dtype(c.device, c.dtype)
     pipe = load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant)
     settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
-    if hasattr(pipe, "patch_nums"):
-        from nextscale.sampling import check_for_model
-
-        check_for_model(settings, len(pipe.patch_nums))  # prune_last <= scales - 1 ..., before any image
+    if hasattr(pipe, "patch_nums"):  # prune_last <= scales - 1 ..., before any image
+        _lazy("nextscale.sampling:check_for_model")(settings, len(pipe.patch_nums))
     nc = pipe.num_classes
     if c.class_labels:
         bad = [k for k in c.class_labels if isinstance(k, int) and not -1 <= k < nc]
@@ -226,10 +224,8 @@ def _run_info(c: C.InfoCommand) -> int:
     from nextscale.pipelines import load_pipeline
 
     pipe = load_pipeline(c.model, variant=c.variant)
-    from nextscale.safeload import check_finite
-
-    check_finite(pipe.var, f"{c.model} (transformer)")  # info never describes a NaN model as if it were one
-    check_finite(pipe.vqvae, f"{c.model} (tokenizer)")
+    for part, m in (("transformer", pipe.var), ("tokenizer", pipe.vqvae)):  # never describe a NaN model as one
+        _lazy("nextscale.safeload:check_finite")(m, f"{c.model} ({part})")
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {
@@ -332,9 +328,6 @@ def _run_fid(c: C.FidCommand) -> int:
     from nextscale.evaluation.evaluate import evaluate, format_results
     from nextscale.evaluation.tokenizer import save_json
 
-    for name in ("samples", "ref"):
-        if not os.path.exists(getattr(c, name)):
-            raise NextScaleError(f"--{name} not found: {getattr(c, name)}; pass a folder of PNGs or an .npz")
     res = evaluate(
         c.samples,
         c.ref,
@@ -529,9 +522,6 @@ def _run_edit(c: C.EditCommand) -> int:
     from nextscale.editing import NextScaleInpaintPipeline, parse_outpaint
     from nextscale.imageio import check_writable, load_image, make_grid, save_image_set
 
-    for flag, path in (("--image", c.image), ("--mask", c.mask)):
-        if path is not None and not os.path.isfile(path):
-            raise NextScaleError(f"{flag} {path!r}: no such file")
     if c.mask is None and c.outpaint is None and c.keep_scales is None:
         raise NextScaleError("nothing to edit: give --mask (white = regenerate), --outpaint L,T,R,B or --keep-scales K")
     if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:
