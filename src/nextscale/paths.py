@@ -28,8 +28,9 @@ __all__ = ["PATH_KINDS", "path_problem", "writable_problem", "looks_like_local_p
 
 PATH_KINDS = ("file", "dir", "entry", "model", "out_dir", "out_file")
 
-#: ``org/name`` (a hub id): no local path unless it exists
+#: file endings that make a model name a local path
 _WEIGHT_EXTS = (".pth", ".pt", ".safetensors", ".bin", ".ckpt", ".npz", ".json", ".jsonl")
+#: ``org/name`` (a hub id): no local path unless it exists
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
