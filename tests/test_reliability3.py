@@ -326,3 +326,20 @@ def test_temp_names_never_reach_the_user(tmp_path, monkeypatch):
         with atomic_dir(tmp_path / "out"):
             pass
     assert ".tmp" not in str(e.value)
+
+
+def test_text_to_image_cap_and_memory(tmp_path, monkeypatch):
+    from nextscale.pipeline_t2i import NextScaleT2IPipeline
+    from nextscale.text import T5TextEncoder
+    from test_pipeline_t2i import _tiny_pair, _tiny_t5
+
+    vae, model = _tiny_pair(0, patchify=False)
+    enc = T5TextEncoder.from_pretrained(_tiny_t5(tmp_path / "t5"), device="cpu")
+    t2i = NextScaleT2IPipeline(vae, model, enc, default_pn="0.06M")
+    t0 = time.perf_counter()
+    with pytest.raises(InputError, match=r"200,000 prompts x num_images_per_prompt 1 exceed 100,000"):
+        t2i(["a red fox"] * 200_000)
+    assert time.perf_counter() - t0 < 1.0  # before any prompt is tokenised
+    monkeypatch.setenv("NEXTSCALE_MEMORY_LIMIT", "1K")
+    with pytest.raises(NextScaleError, match=r"^2 images of \d+x\d+ in one call needs about .* 1\.0 KiB"):
+        t2i("a red fox", num_images_per_prompt=2, num_scales=4, output_type="pt")
