@@ -24,8 +24,8 @@ import torch
 from nextscale import dist
 from nextscale.checkpoint import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.errors import FieldError, FieldName, NextScaleError
-from nextscale.train.loop import FitResult, Objective, run_fit
 from nextscale.safeload import check_finite
+from nextscale.train.loop import FitResult, Objective, run_fit
 from nextscale.train.memory import check_run_fits
 
 __all__ = ["train", "export", "schedule_length", "check_same_run"]
