@@ -167,9 +167,9 @@ def test_edit_missing_image_is_no_such_file(tmp_path, capsys, monkeypatch):
         tmp_path,
         capsys,
         monkeypatch,
-        "--image 'nope.png': no such file",
+        "--image 'nope.png' does not exist",
     )
-    _bad(["edit", "--image", "nope.png"], tmp_path, capsys, monkeypatch, "no such file")
+    _bad(["edit", "--image", "nope.png"], tmp_path, capsys, monkeypatch, "does not exist")
 
 
 def test_eval_tokenizer_accepts_default(digits, tmp_path, capsys, monkeypatch):
@@ -513,7 +513,7 @@ def test_sample_more_bad_values(args, needle, tmp_path, capsys, monkeypatch):
         (["--num", "0"], "--num"),
         (["--class", "99"], "99"),
         (["--out", "o.docx"], "'.docx' is not an image type"),
-        (["--mask", "nomask.png"], "--mask 'nomask.png': no such file"),
+        (["--mask", "nomask.png"], "--mask 'nomask.png' does not exist"),
     ],
 )
 def test_edit_bad_values(args, needle, img, tmp_path, capsys, monkeypatch):

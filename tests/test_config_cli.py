@@ -268,7 +268,7 @@ def test_machine_checks_name_the_field_too(tmp_path):
     with pytest.raises(FieldError, match="pass exactly one of data DIR .* or cache DIR"):
         VARTrainConfig().validate()
     with pytest.raises(FieldError, match="^lpips_weights '.*nope' not found"):
-        TokenizerTrainConfig(data="d", lpips_weights=str(tmp_path / "nope")).validate()
+        TokenizerTrainConfig(data=str(tmp_path), lpips_weights=str(tmp_path / "nope")).validate()
     with pytest.raises(NextScaleError, match="^batch_size must be an integer, got 4.0 \\(float\\)"):
         VARTrainConfig(batch_size=4.0)
 

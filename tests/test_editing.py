@@ -379,7 +379,7 @@ def test_cli_edit_inpaint_outpaint_variations(tiny_pipe_dir, files, capsys):
         (["--mask", "mask.png", "--class", "12"], "unknown class id 12"),
         (["--keep-scales", "9"], "--keep-scales must be an integer in 0..4"),
         (["--outpaint", "1,2"], "four margins"),
-        (["--mask", "missing.png"], "no such file"),
+        (["--mask", "missing.png"], "does not exist"),
     ],
 )
 def test_cli_edit_errors(tiny_pipe_dir, files, capsys, extra, match):

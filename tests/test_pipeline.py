@@ -215,7 +215,7 @@ def test_cli_sample_writes_grid_singles_strip(tiny_pipe_dir, tmp_path):
         (["--class", "12"], "unknown class id 12"),
         (["--cfg", "-1"], "--cfg must be >= 0"),
         (["--top-p", "1.5"], "--top-p must be in [0, 1]"),
-        (["--model", "/nonexistent/model"], "no such file"),
+        (["--model", "/nonexistent/model"], "does not exist"),
         (["--out", "/nonexistent-dir/x.png"], "does not exist"),
     ],
 )

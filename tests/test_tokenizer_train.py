@@ -329,7 +329,7 @@ def test_one_scale_baseline_l1_without_gan(digits, tmp_path):
         (["--data", "{digits}", "--preset", "d17"], "unknown preset"),
         (["--data", "{digits}", "--lpips-weights", "{tmp}/nope.pth"], "lpips"),
         (["--data", "{digits}", "--disc-layers", "3"], "too deep"),
-        (["--data", "{digits}", "--init", "{tmp}/missing.pth"], "not found"),
+        (["--data", "{digits}", "--init", "{tmp}/missing.pth"], "does not exist"),
     ],
 )
 def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, capsys):
@@ -362,7 +362,7 @@ def test_bad_input_is_one_line_error(args, msg, tmp_path, digits, capsys):
 @pytest.mark.parametrize(
     "args,msg",
     [
-        (["{tmp}/missing", "--data", "{tmp}"], "not found"),
+        (["{tmp}/missing", "--data", "{tmp}"], "does not exist"),
         (["{tmp}", "--data", "{tmp}"], "holds no tokenizer"),
     ],
 )

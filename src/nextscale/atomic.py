@@ -83,6 +83,13 @@ def remove_dead_temps(folder, name: str) -> None:
                     os.remove(p)
 
 
+def _named(e: OSError, path, tmp) -> BaseException:
+    """An error of writing our hidden temp ``tmp`` as one naming the user's ``path`` (ENOSPC, EROFS ...)."""
+    if str(tmp) in str(getattr(e, "filename", "") or "") or str(tmp) in str(getattr(e, "filename2", "") or ""):
+        return NextScaleError(f"{path}: cannot write here ({e.strerror or type(e).__name__})")
+    return e
+
+
 def _fsync(path: str) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
@@ -119,9 +126,11 @@ def atomic_path(path, *, durable: bool = False, sweep: bool = True) -> Iterator[
         os.replace(tmp, path)
         if durable:
             _fsync(d)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(e, OSError) and _named(e, path, tmp) is not e:
+            raise _named(e, path, tmp) from None
         raise
 
 
@@ -130,11 +139,14 @@ def atomic_dir(out) -> Iterator[Path]:
     """Yield a fresh temp folder beside ``out`` to fill; on success it becomes ``out`` (an existing
     ``out`` is swapped out, then removed), on error it is removed."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not out.is_dir():
-        raise NextScaleError(f"{out}: exists and is not a directory")
-    remove_dead_temps(out.parent, out.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+        raise NextScaleError(f"{out}: is an existing file, not a folder; give a folder path")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temps(out.parent, out.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
+    except OSError as e:  # name the folder the user asked for, not our hidden temp folder
+        raise NextScaleError(f"{out}: cannot write here ({e.strerror or type(e).__name__})") from None
     try:
         yield tmp
         apply_umask(tmp)
@@ -145,8 +157,10 @@ def atomic_dir(out) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and _named(e, out, tmp) is not e:
+            raise _named(e, out, tmp) from None
         raise
 
 

@@ -42,7 +42,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nextscale.errors import NextScaleError
-from nextscale.pipelines import NextScalePipeline, NextScalePipelineOutput, ScaleStep, with_setting_keywords
+from nextscale.pipelines import (
+    NextScalePipeline,
+    NextScalePipelineOutput,
+    ScaleStep,
+    check_label_count,
+    with_setting_keywords,
+)
 from nextscale.sampling import SamplingSettings
 
 __all__ = [
@@ -454,6 +460,8 @@ class NextScaleInpaintPipeline(NextScalePipeline):
         from nextscale.validate import check_class_ids
 
         labels = None
+        check_label_count(class_labels)
+        check_label_count(image if isinstance(image, (list, tuple)) else None, "image")
         if class_labels is not None:  # integers only (the pipeline's rule): 1.5, True, '7' are refused
             labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
             labels = [labels] if isinstance(labels, int) else labels
@@ -466,6 +474,7 @@ class NextScaleInpaintPipeline(NextScalePipeline):
                 f"got {n_lab} class labels for {len(imgs)} images: give one label (used for all) or {len(imgs)}"
             )
         labels = [-1] * B if labels is None else (labels * B if len(labels) == 1 else labels)
+        self.check_memory(B)  # refused with the estimate, before the plan and the loop
 
         plan = self.prepare(
             imgs, mask_image, outpaint=outpaint, keep_scales=keep_scales, mask_threshold=mask_threshold, batch_size=B

@@ -644,9 +644,13 @@ class NextScaleT2IPipeline:
             if prompt is None:
                 raise InputError("prompt is required (a string or a list of strings)")
             plist = _prompt_list(prompt, "prompt", allow_empty)
+        if len(plist) * n > MAX_IMAGES:  # before tokenising each prompt
+            raise InputError(
+                f"{len(plist):,} prompts x num_images_per_prompt {n:,} exceed {MAX_IMAGES:,} images per call; "
+                "split the work into several calls"
+            )
+        if prompt_embeds is None:
             self._check_lengths(plist, "prompt")
-        if len(plist) * n > MAX_IMAGES:
-            raise InputError(f"{len(plist)} prompts x num_images_per_prompt {n} exceed {MAX_IMAGES:,} images")
         neg_list = None
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise InputError("give either negative_prompt or negative_prompt_embeds, not both")
@@ -700,6 +704,7 @@ class NextScaleT2IPipeline:
     ) -> NextScaleT2IPipelineOutput:
         if callback_on_scale is not None and not callable(callback_on_scale):
             raise InputError(f"callback_on_scale must be callable, got {type(callback_on_scale).__name__}")
+        self.check_memory(text.batch_size, size)
         sched = list(size.schedule)
 
         def on_scale(step):
@@ -728,6 +733,23 @@ class NextScaleT2IPipeline:
             prompts=prompts,
             size=size,
             bits=out.bits_per_scale if return_bits else None,
+        )
+
+    def check_memory(self, B: int, size: T2ISize) -> None:
+        """Refuse a call of B images of ``size`` whose estimated peak exceeds the memory left (one line with the
+        estimate): the KV cache of both guidance rows (depth x k, v x tokens x width), the decoder's
+        full-resolution activations (a lower bound of the peak)."""
+        from nextscale.resources import check_memory
+
+        cfg = self.transformer.config
+        tokens = sum(h * w for h, w in size.schedule)
+        kv = cfg.depth * 2 * 2 * tokens * cfg.embed_dim * torch.finfo(self.dtype).bits // 8
+        dec = size.height * size.width * (3 + 2 * 64) * 4
+        check_memory(
+            B * (kv + dec),
+            f"{B:,} image{'s' if B != 1 else ''} of {size.height}x{size.width} in one call",
+            ("pass fewer ", _F("prompt"), " / ", _F("num_images_per_prompt"), " per call, or a smaller ", _F("pn")),
+            self.device,
         )
 
     def settings_for(self, settings: Optional[T2ISettings] = None, **changes: Any) -> T2ISettings:

@@ -24,7 +24,7 @@ from nextscale.accel import CudaGraphs, disable_cpu_kernels, enable_cpu_kernels
 from nextscale.accel.lowprec import disable_int8_linears, enable_int8_linears, int8_enabled
 from nextscale.accel.precision import check_precision
 from nextscale.configs import ModelConfig, get_preset
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, InputError, NextScaleError
 from nextscale.models import VAR, VQVAE, build_from_config
 from nextscale.sampling import SamplingSettings, generate
 from nextscale.validate import MAX_IMAGES, check_class_ids, check_count, check_device, check_seed
@@ -178,12 +178,42 @@ class PipelineBase:
             num_images = check_count(num_images, "num_images", hi=MAX_IMAGES)
         if class_labels is None:
             return (num_images or 1), None
+        check_label_count(class_labels)
         labels = check_class_ids(class_labels, self.num_classes, class_names=self.labels)
         if isinstance(labels, int):
             return (num_images or 1), labels
         if num_images is not None and num_images != len(labels):
             raise NextScaleError(f"num_images={num_images} but {len(labels)} class labels were given")
         return len(labels), labels
+
+
+def check_label_count(class_labels, name: str = "class_labels") -> None:
+    """At most ``MAX_IMAGES`` labels (one image each), checked before looking at each label: 10**7 of them
+    is a typo, not a request (every entry point's image cap)."""
+    many = isinstance(class_labels, (list, tuple)) or getattr(class_labels, "ndim", 0) > 0
+    if many and len(class_labels) > MAX_IMAGES:
+        raise FieldError(
+            FieldName(name),
+            f" holds {len(class_labels):,} labels (one image each), more than {MAX_IMAGES:,} per call; "
+            "split the work into several calls",
+        )
+
+
+def _scores(scorer, images, labels, B: int) -> torch.Tensor:
+    """``scorer(images, labels)`` as B finite float scores, or one line saying what the scorer returned."""
+    raw = scorer(images, labels)
+    try:
+        s = torch.as_tensor(raw).detach().float().flatten()
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"scorer must return one number per image, got {type(raw).__name__}") from None
+    if s.numel() != B:
+        raise InputError(f"scorer returned {s.numel()} scores for {B} images; it must return one score per image")
+    if not bool(torch.isfinite(s).all()):
+        raise InputError(
+            f"scorer returned NaN/inf for {int((~torch.isfinite(s)).sum())} of {B} images; "
+            "a candidate cannot be chosen by it (is the scorer's model broken?)"
+        )
+    return s.to(images.device)
 
 
 class NextScalePipeline(PipelineBase):
@@ -252,6 +282,14 @@ class NextScalePipeline(PipelineBase):
             raise NextScaleError("give either torch_dtype or dtype, not both")
         dtype = torch_dtype if torch_dtype is not None else dtype
         from nextscale.hub import load_components, resolve_model_path
+
+        for k in hub_kwargs:  # a typo (revison=) is named here, not by an internal function
+            if k not in ("cache_dir", "revision"):
+                import difflib
+
+                near = difflib.get_close_matches(k, ["cache_dir", "revision", "variant", "device", "dtype", "vae_path"])
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise InputError(f"{cls.__name__}.from_pretrained() got an unknown keyword {k!r}{hint}")
 
         path = resolve_model_path(name_or_path, variant=variant, **hub_kwargs)
         vae, var, meta = load_components(path, vae_path=vae_path)
@@ -394,6 +432,12 @@ class NextScalePipeline(PipelineBase):
                 "num_candidates > 1 needs a scorer: a callable (images, labels) -> scores, e.g. "
                 "nextscale.evaluation.scorers.MNISTScorer() for the default model or ClassifierScorer(your_classifier)"
             )
+        self.check_memory(B, num_candidates)
+        if callback_on_scale is not None and not callable(callback_on_scale):
+            raise InputError(
+                f"callback_on_scale must be callable (it gets a ScaleStep after each scale), "
+                f"got {type(callback_on_scale).__name__}"
+            )
         K = len(self.patch_nums)
         bar = None
         if show_progress:
@@ -427,12 +471,12 @@ class NextScalePipeline(PipelineBase):
             out = sample(labels)
             img = self.decode(out.f_hat)  # (B, 3, H, W) in [0, 1]
             if N > 1:  # rejection sampling: N - 1 more candidates per image, same classes, the best kept
-                scores = scorer(img, out.labels).float().reshape(B)
+                scores = _scores(scorer, img, out.labels, B)
                 idx = [t.clone() for t in out.idx_per_scale]
                 for _ in range(N - 1):
                     cand = sample(out.labels)
                     cand_img = self.decode(cand.f_hat)
-                    s = scorer(cand_img, cand.labels).float().reshape(B)
+                    s = _scores(scorer, cand_img, cand.labels, B)
                     better = s > scores  # ties keep the earlier candidate
                     img[better], scores = cand_img[better], torch.where(better, s, scores)
                     for t, c in zip(idx, cand.idx_per_scale):
@@ -446,6 +490,28 @@ class NextScalePipeline(PipelineBase):
             labels=out.labels.tolist(),
             indices=out.idx_per_scale if return_indices else None,
             scores=None if scores is None else scores.tolist(),
+        )
+
+    def bytes_per_image(self) -> int:
+        """Estimated peak bytes one image of a call adds (a lower bound): the KV cache of both guidance rows
+        (depth x k, v x L tokens x width), the last scale's logits (and their softmax copies), the decoder's
+        full-resolution activations."""
+        var, R = self.var, self.resolution
+        kv = var.depth * 2 * 2 * var.L * var.C * torch.finfo(self.dtype).bits // 8
+        logits = 2 * var.patch_nums[-1] ** 2 * var.V * 4 * 3
+        dec = R * R * (3 + 2 * int(getattr(self.vqvae.config, "ch", 64))) * 4
+        return kv + logits + dec
+
+    def check_memory(self, B: int, num_candidates=1) -> None:
+        """Refuse a call whose B images would not fit in the memory left (one line with the estimate)."""
+        from nextscale.resources import check_memory
+
+        per = self.bytes_per_image()
+        check_memory(
+            B * per * (2 if num_candidates not in (None, 1) else 1),
+            f"{B:,} image{'s' if B != 1 else ''} of {self.resolution}x{self.resolution} in one call",
+            ("pass fewer ", FieldName("class_labels"), " / ", FieldName("num_images"), " per call"),
+            self.device,
         )
 
     def _refiner(self, refiner) -> Optional[VAR]:

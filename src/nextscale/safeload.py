@@ -24,7 +24,7 @@ import torch
 
 from nextscale.errors import CheckpointError
 
-__all__ = ["load_torch", "load_safetensors", "load_weights", "save_safetensors", "UnsafeFileError"]
+__all__ = ["load_torch", "load_safetensors", "load_weights", "save_safetensors", "check_finite", "UnsafeFileError"]
 
 
 class UnsafeFileError(CheckpointError):
@@ -122,3 +122,18 @@ def save_safetensors(tensors: Dict[str, torch.Tensor], path, metadata: Dict[str,
 
     with atomic_path(path) as tmp:
         save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+
+
+def check_finite(weights, what: str) -> None:
+    """Refuse weights (a state dict or a module) holding NaN / inf: a diverged run or a broken file would
+    otherwise be converted, exported or described as if it were a model. ``what`` names it in the message.
+    Attention masks (``*mask*`` buffers such as ``attn_bias_for_masking``) hold -inf by design: only NaN there."""
+    items = weights.state_dict().items() if hasattr(weights, "state_dict") else weights.items()
+    for k, t in items:
+        if not (torch.is_tensor(t) and t.is_floating_point()):
+            continue
+        bad = torch.isnan(t).any() if "mask" in k else ~torch.isfinite(t).all()
+        if bool(bad):
+            raise CheckpointError(
+                f"{what}: {k} holds NaN/inf values (a diverged run or a broken file); it is not a usable model"
+            )

@@ -89,7 +89,12 @@ class SpeedUps(Settings):
     )
     # how many of the last (largest) scales are pruned: they hold most tokens and change least
     prune_last: int = setting(
-        2, "how many of the last scales prune_ratio prunes", min=1, must=">= 1", label="pruned scales"
+        2,
+        "how many of the last scales prune_ratio prunes",
+        min=1,
+        must=">= 1",
+        label="pruned scales",
+        needs="prune_ratio",
     )
     # (first, recent): a scale attends to the first `first` scales and the `recent` ones before it;
     # the rest of the KV cache is evicted (ScaleKV / AMS-KV); None = the whole cache
@@ -102,7 +107,9 @@ class SpeedUps(Settings):
     # another VAR on the same tokenizer (or a pipeline holding one) predicts the scales from
     # refine_from_scale on (Collaborative Decoding); checked against the model by ``check_refiner``
     refiner: Any = setting(None, "a second model on the same tokenizer that predicts the last scales")
-    refine_from_scale: Optional[int] = setting(None, "first scale (0-based) the refiner predicts", min=0)
+    refine_from_scale: Optional[int] = setting(
+        None, "first scale (0-based) the refiner predicts", min=0, needs="refiner"
+    )
 
     def is_exact(self) -> bool:
         """The model's own pass is the plain one (no cut-off, pruning or KV budget): CUDA graphs may replay
@@ -405,6 +412,21 @@ class _Stage:
         self.graph_run = None
 
 
+def check_for_model(st: SamplingSettings, K: int) -> None:
+    """The ranges that depend on the model: scale counts at most its ``K`` scales (the first scale is
+    never pruned), per-scale lists of exactly K values. Called before any sampling (and any folder)."""
+    fast = st.speedups
+    if fast.guidance_cutoff > K:
+        raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
+    if fast.prune_ratio > 0 and fast.prune_last > K - 1:
+        raise fail(
+            "prune_last", f" must be <= {K - 1}: this model has {K} scales and the first is never pruned; "
+            f"got {fast.prune_last}",
+        )  # fmt: skip
+    per_scale(st.guidance_scale, K, "guidance_scale")
+    per_scale(st.temperature, K, "temperature")
+
+
 def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint, callback, cuda_graphs):
     K = len(var.patch_nums)
     dev = var.lvl_1L.device
@@ -412,9 +434,8 @@ def _generate(var, vae, B, label_B, generator, st: SamplingSettings, constraint,
     labels = resolve_labels(label_B, B, var.num_classes, dev, generator)
     fast = st.speedups
     refiner, refine_from_scale = fast.refiner, fast.refine_from_scale
+    check_for_model(st, K)
     ts = guidance_weights(st.guidance_scale, K, st.guidance_schedule)
-    if fast.guidance_cutoff > K:
-        raise fail("guidance_cutoff", f" must be <= the number of scales ({K}), got {fast.guidance_cutoff}")
     ts = ts[: K - fast.guidance_cutoff] + [0.0] * fast.guidance_cutoff
     taus = per_scale(st.temperature, K, "temperature")
     use_cfg = any(t != 0.0 for t in ts)

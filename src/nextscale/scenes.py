@@ -757,7 +757,10 @@ def write_scene_dataset(
     tmp = Path(f"{str(out).rstrip(os.sep)}.partial-{os.getpid()}")
     _remove_dead_partials(out)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as e:  # name the user's folder, not our temp one
+        raise InputError(f"{out}: cannot write here ({e.strerror or type(e).__name__})") from None
     try:
         width = max(5, len(str(n - 1)))
         lines = []
@@ -788,8 +791,10 @@ def write_scene_dataset(
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise InputError(f"{out}: cannot write here ({e.strerror or type(e).__name__})") from None
         raise
     return out
 

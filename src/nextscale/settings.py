@@ -8,6 +8,10 @@ A field is declared with :func:`setting` (a ``dataclasses.field`` whose ``metada
 * ``must``: the rule in words when a range alone would read badly ("a decay in [0, 1)"),
 * ``note``: what special values mean ("0 = off"), repeated in the error message,
 * ``per_scale``: a number or a non-empty tuple of numbers (one per scale), each under the rules,
+* ``path``: the value is a path of this kind (:mod:`nextscale.paths`: file, dir, entry, model, out_dir,
+  out_file), checked by :func:`check_paths` when the config is validated (before any work), not on construction,
+* ``needs``: the field only acts with that other field set (``prune_last`` needs ``prune_ratio``):
+  :func:`check_needs` refuses it alone,
 * ``group``: a front end's section; ``required`` / ``positional`` / ``hidden`` / ``parse``: how a
   front end asks for it (``nextscale.app.cli_args`` generates the CLI from these fields).
 
@@ -24,6 +28,7 @@ import difflib
 import functools
 import math
 import numbers
+import os
 import typing
 from dataclasses import field
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -38,6 +43,8 @@ __all__ = [
     "check_fields",
     "check_keys",
     "check_number",
+    "check_paths",
+    "check_needs",
     "fail",
     "Settings",
 ]
@@ -220,6 +227,45 @@ def check_fields(obj) -> None:
         object.__setattr__(obj, f.name, check_value(type(obj), f, v))
 
 
+def check_paths(obj) -> None:
+    """Every field of ``obj`` with a ``path`` rule is such a path (:func:`nextscale.paths.path_problem`);
+    the error names the field and the user's path and gives the true reason. Nested groups too."""
+    from nextscale.paths import path_problem
+
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            check_paths(v)
+        elif f.metadata.get("path") and isinstance(v, (str, os.PathLike)) and os.fspath(v) != "":
+            why = path_problem(v, f.metadata["path"])
+            if why:
+                raise fail(f.name, f" {str(v)!r} {why}")
+
+
+def _is_set(cls, name: str, value) -> bool:
+    """A value that acts: not None, not False / 0 / empty, not the field's default."""
+    f = {f.name: f for _, f in _all_fields(cls)}.get(name)
+    default = (
+        None if f is None else (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    )
+    return value is not None and value is not False and value != 0 and value != () and value != default
+
+
+def _all_fields(cls):
+    if hasattr(cls, "flat_fields"):
+        return cls.flat_fields()
+    return tuple((cls, f) for f in dataclasses.fields(cls))
+
+
+def check_needs(cls, given: Mapping[str, Any]) -> None:
+    """A field given (in ``given``: name -> value, e.g. a front end's flags) whose ``needs`` field is not
+    set there is refused: it would silently do nothing (``prune_last`` without ``prune_ratio``)."""
+    for _, f in _all_fields(cls):
+        need = f.metadata.get("needs")
+        if need and f.name in given and given[f.name] is not None and not _is_set(cls, need, given.get(need)):
+            raise FieldError(FieldName(f.name), " only acts together with ", FieldName(need), "; give both, or neither")
+
+
 def check_keys(cls, keys, what: Optional[str] = None, reference: str = "the reference's") -> None:
     """Unknown keys of ``cls`` are an error with the closest field name (or the field whose reference
     alias the key is; ``reference`` names whose name it is)."""
@@ -247,6 +293,15 @@ class Settings:
 
     def check_more(self) -> None:
         """Rules between fields (a subclass's)."""
+
+    def validate(self) -> None:
+        """Every rule that needs the machine (paths exist / are writable, files are what they should be),
+        on top of the construction's: a command calls it before any work, folder or download."""
+        check_paths(self)
+        self.check_io()
+
+    def check_io(self) -> None:
+        """More rules on files and this machine (a subclass's): read the weights' header, the memory ..."""
 
     @classmethod
     def groups(cls) -> Dict[str, type]:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from nextscale.app import cli_args as A
 from nextscale.app import commands as C
 from nextscale.app.cli_args import add_config_args, config_from_args, device_dtype, error_line
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 
 #: name -> (config class, or {sub-command: config class}, help, description, run(config) -> exit code)
 _REGISTRY: Dict[str, Tuple[Any, str, Optional[str], Callable]] = {}
@@ -72,7 +72,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise NextScaleError(
                 f"name what to run: nextscale {args.command} NAME ... (see nextscale {args.command} -h)"
             )
-        return int(args.func(config_from_args(_config_class(args._config), args)) or 0)
+        config = config_from_args(_config_class(args._config), args)
+        if hasattr(config, "validate"):  # the whole configuration (paths, files, this machine) before any work
+            config.validate()
+        return int(args.func(config) or 0)
     except (NextScaleError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
         # user errors only: any other exception is a bug and keeps its traceback
         if os.environ.get("NEXTSCALE_DEBUG"):
@@ -137,6 +140,8 @@ def _run_sample(c: C.SampleCommand) -> int:
     dev, dt = device_dtype(c.device, c.dtype)
     pipe = A.apply_precision(load_pipeline(c.model, device=dev, dtype=dt, variant=c.variant), c.dtype)
     settings = pipe.settings_for(None, **_refiner(c, dev))  # one settings object for every batch
+    if hasattr(pipe, "patch_nums"):  # prune_last <= scales - 1 ..., before any image
+        _lazy("nextscale.sampling:check_for_model")(settings, len(pipe.patch_nums))
     nc = pipe.num_classes
     if c.class_labels:
         bad = [k for k in c.class_labels if isinstance(k, int) and not -1 <= k < nc]
@@ -226,6 +231,8 @@ def _run_info(c: C.InfoCommand) -> int:
     from nextscale.pipelines import load_pipeline
 
     pipe = load_pipeline(c.model, variant=c.variant)
+    for part, m in (("transformer", pipe.var), ("tokenizer", pipe.vqvae)):  # never describe a NaN model as one
+        _lazy("nextscale.safeload:check_finite")(m, f"{c.model} ({part})")
     n_var = sum(p.numel() for p in pipe.var.parameters())
     n_vae = sum(p.numel() for p in pipe.vqvae.parameters())
     info = {
@@ -279,14 +286,18 @@ def _run_convert(c: C.ConvertCommand) -> int:
     from pathlib import Path
 
     from nextscale.hub import load_components, save_components
+    from nextscale.safeload import check_finite
 
     labels = None
     if c.labels:
-        lp = Path(c.labels)
-        if not lp.is_file():
-            raise NextScaleError(f"{lp}: no such file")
-        labels = [ln.strip() for ln in lp.read_text().splitlines() if ln.strip()]
+        try:
+            text = Path(c.labels).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise FieldError(FieldName("labels"), f" {c.labels!r} is not a UTF-8 text file (one class name per line)")
+        labels = [ln.strip() for ln in text.splitlines() if ln.strip()]
     vae, var, _ = load_components(c.var, vae_path=c.vae, patch_nums=c.patch_nums)
+    check_finite(vae, c.vae)  # an all-NaN model is refused, never written as a pipeline
+    check_finite(var, c.var)
     if labels is not None and len(labels) != var.num_classes:
         raise NextScaleError(f"{c.labels}: {len(labels)} names for {var.num_classes} classes")
     out = save_components(c.out, vae, var, labels=labels)
@@ -340,9 +351,6 @@ def _run_fid(c: C.FidCommand) -> int:
     from nextscale.evaluation.evaluate import evaluate, format_results
     from nextscale.evaluation.tokenizer import save_json
 
-    for name in ("samples", "ref"):
-        if not os.path.exists(getattr(c, name)):
-            raise NextScaleError(f"--{name} not found: {getattr(c, name)}; pass a folder of PNGs or an .npz")
     res = evaluate(
         c.samples,
         c.ref,
@@ -537,9 +545,6 @@ def _run_edit(c: C.EditCommand) -> int:
     from nextscale.editing import NextScaleInpaintPipeline, parse_outpaint
     from nextscale.imageio import check_writable, load_image, make_grid, save_image_set
 
-    for flag, path in (("--image", c.image), ("--mask", c.mask)):
-        if path is not None and not os.path.isfile(path):
-            raise NextScaleError(f"{flag} {path!r}: no such file")
     if c.mask is None and c.outpaint is None and c.keep_scales is None:
         raise NextScaleError("nothing to edit: give --mask (white = regenerate), --outpaint L,T,R,B or --keep-scales K")
     if c.sampling.get("refine_from_scale") is not None and c.sampling.get("refiner") is None:

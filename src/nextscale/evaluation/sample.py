@@ -30,7 +30,7 @@ import numpy as np
 from nextscale.errors import FieldError, FieldName, NextScaleError
 from nextscale.evaluation.io import read_image, write_samples_npz
 from nextscale.sampling import SamplingSettings, SpeedUps
-from nextscale.settings import Settings, fail, setting
+from nextscale.settings import Settings, check_needs, fail, setting
 from nextscale.validate import MAX_FID_IMAGES, SEED_MAX
 
 __all__ = [
@@ -77,11 +77,15 @@ def get_protocol(name: str, **changes: Any) -> Tuple[str, SamplingSettings, str]
 class SampleFidConfig(Settings):
     """Everything ``sample_for_fid`` / ``nextscale sample-fid`` needs (the CLI's flags are these fields)."""
 
-    model: Optional[str] = setting(None, "pipeline directory, released var_d*.pth, or hub id", required=True)
+    model: Optional[str] = setting(
+        None, "pipeline directory, released var_d*.pth, or hub id", required=True, path="model"
+    )
     variant: Optional[str] = setting(
         None, "which released transformer (d16 ... d36) of a folder or hub repo of released .pth files"
     )
-    out: Optional[str] = setting(None, "folder for the PNGs (created; re-running resumes)", required=True)
+    out: Optional[str] = setting(
+        None, "folder for the PNGs (created; re-running resumes)", required=True, path="out_dir"
+    )
     # 50 per class is the ImageNet protocol (50,000 images)
     per_class: int = setting(50, "images per class (50 -> 50,000 for ImageNet)", min=1, max=MAX_FID_IMAGES)
     protocol: str = setting(
@@ -97,7 +101,7 @@ class SampleFidConfig(Settings):
     )
     candidates: int = setting(1, "rejection sampling: each image is the best of N by the scorer", min=1, max=1024)
     scorer: Optional[str] = setting(
-        None, "'default' (the MNIST scorer of the default model) or an MNIST scorer .safetensors"
+        None, "'default' (the MNIST scorer of the default model) or an MNIST scorer .safetensors", needs="candidates"
     )
     seed: int = setting(0, "base seed; chunk j uses seed + j", min=0, max=SEED_MAX, max_open=True, must="in [0, 2**63)")
     # part of the seeding: keep it fixed to reproduce
@@ -115,7 +119,10 @@ class SampleFidConfig(Settings):
             from nextscale.validate import check_device
 
             check_device(self.device, "device")
-        SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
+        st = SamplingSettings().replace(**{k: v for k, v in self.sampling.items() if k != "refiner"})
+        # the protocol's flags arrive with their defaults: only the changed ones count as given
+        check_needs(SamplingSettings, {**st.changed(), "refiner": self.sampling.get("refiner")})
+        check_needs(type(self), {"scorer": self.scorer, "candidates": self.candidates})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,6 +363,10 @@ def sample_for_fid(
             f" {max(1, MAX_FID_IMAGES // n_cls):,} (50 per class is the ImageNet protocol)",
         )
     res = int(pipe.resolution)
+    if hasattr(pipe, "patch_nums"):  # model-dependent ranges (prune_last <= scales - 1 ...) before the folder
+        from nextscale.sampling import check_for_model
+
+        check_for_model(settings, len(pipe.patch_nums))
 
     meta = {
         "protocol": name,

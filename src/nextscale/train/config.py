@@ -29,7 +29,7 @@ from nextscale.data import MID_RESO
 from nextscale.errors import FieldError, FieldName, NextScaleError
 
 # the rule engine lives in nextscale.settings (one for every config); these names stay importable from here
-from nextscale.settings import check_keys, field_type, setting, type_hints  # noqa: F401
+from nextscale.settings import check_keys, check_paths, field_type, setting, type_hints  # noqa: F401
 from nextscale.settings import check_value as _check_value
 from nextscale.settings import fail as _fail
 from nextscale.train.precision import AMP_MODES
@@ -180,6 +180,7 @@ class TrainConfigBase:
         self.check_values()
         if self.device is not None and not os.environ.get("LOCAL_RANK"):
             field_checked(check_device, "device", self.device)
+        check_paths(self)  # the paths a user gave: exist, are a file / a folder, writable
         self.micro_batch(world=int(os.environ.get("WORLD_SIZE", "1") or 1))
 
     def micro_batch(self, world: int = 1) -> int:
@@ -265,26 +266,31 @@ class VARTrainConfig(TrainConfigBase):
         "images directly in DIR = unconditional",
         alias="data_path",
         group=DATA,
+        path="dir",
     )
     # Pre-encoded tokens: no VQ-VAE encoder at train time (the reference encodes on the fly).
     cache: Optional[str] = setting(
-        None, "token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)", group=DATA
+        None, "token cache from `nextscale tokenize` (no VQ-VAE encoder at train time)", group=DATA, path="dir"
     )
     tokenizer: Optional[str] = setting(
         None,
         "VQ-VAE: pipeline dir, vae_*.pth, 'default', or 'random' (smoke tests); "
         "default: the cache's / the init model's",
         group=DATA,
+        path="model",
     )
     init: Optional[str] = setting(
-        None, "fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')", group=DATA
+        None,
+        "fine-tune from a released or exported model (pipeline dir, var_d*.pth, 'default')",
+        group=DATA,
+        path="model",
     )
     # A named preset, not a depth: the presets also fix the scale schedule and the AdaLN kind.
     preset: str = setting(
         "d16", "architecture of a fresh model (tiny, mnist, d16, d20, d24, d30, d36)", alias="depth", group=DATA
     )
     run_dir: Optional[str] = setting(
-        None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA
+        None, "run folder (checkpoints, logs, samples); default runs/var-PRESET", group=DATA, path="out_dir"
     )
     # -- schedule length --
     steps: Optional[int] = setting(None, "optimizer steps (overrides epochs)", group=LENGTH, min=1)
@@ -395,16 +401,21 @@ class TokenizerTrainConfig(TrainConfigBase):
         "image folder (DIR/train + DIR/val, class sub-folders, or images directly in DIR)",
         group=DATA,
         required=True,
+        path="dir",
     )
     # Only the preset's vqvae part is used (and not with init).
     preset: str = setting("mnist", "architecture of a fresh tokenizer (tiny, mnist, d16 ...)", group=DATA)
     init: Optional[str] = setting(
-        None, "fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder", group=DATA
+        None,
+        "fine-tune: vae_ch160v4096z32.pth, a tokenizer/pipeline directory or a run folder",
+        group=DATA,
+        path="model",
     )
     run_dir: Optional[str] = setting(
         None,
         "run folder (checkpoints, logs, pictures, tokenizer/); default runs/tokenizer-PRESET",
         group=DATA,
+        path="out_dir",
         flags=("--out",),
     )
     # Architecture overrides of a fresh tokenizer (None = the preset's).
@@ -509,6 +520,7 @@ class T2ITrainConfig(TrainConfigBase):
         alias="data_path",
         group=DATA,
         required=True,
+        path="entry",
     )
     # Bad samples (empty / non-UTF-8 caption, missing or broken image, ratio outside the tables) are reported by name.
     on_bad: str = setting("skip", "bad samples: skip them (counted, named) or refuse the data", group=DATA,
@@ -518,6 +530,7 @@ class T2ITrainConfig(TrainConfigBase):
         "BSQ tokenizer: a tokenizer directory (train-tokenizer --bitwise), a text-to-image pipeline directory "
         "or an infinity_vae_*.pth; default: the init model's",
         group=DATA,
+        path="model",
     )
     text_encoder: str = setting(
         "tiny",
@@ -525,13 +538,14 @@ class T2ITrainConfig(TrainConfigBase):
         "cache (google/flan-t5-xl) or a T5 directory; with init: the model's own",
         alias="t5_path",
         group=DATA,
+        path="model",
     )
     init: Optional[str] = setting(
         None, "fine-tune from a text-to-image pipeline directory (an export of train-t2i, or a converted release)",
-        group=DATA,
+        group=DATA, path="model",
     )  # fmt: skip
     run_dir: Optional[str] = setting(
-        None, "run folder (checkpoints, logs, samples); default runs/t2i-PRESET", group=DATA
+        None, "run folder (checkpoints, logs, samples); default runs/t2i-PRESET", group=DATA, path="out_dir"
     )
     preset: str = setting("tiny", "name of a fresh model's size (only used in the run folder's default name)",
                           group=DATA)  # fmt: skip

@@ -19,15 +19,9 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from nextscale.resources import fmt_bytes
+
 __all__ = ["MemoryPlan", "memory_plan", "peak_memory", "fmt_bytes"]
-
-
-def fmt_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 @dataclass
@@ -103,3 +97,37 @@ def peak_memory(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def check_run_fits(tc, parts, device, world: int) -> None:
+    """Refuse a run up front (before its folder exists) whose batch cannot be drawn from the data, or
+    whose planned memory (:func:`memory_plan`) exceeds what this machine has left: minutes of work that
+    would end in a kernel kill (exit 137) are one line in a second instead."""
+    from nextscale.errors import FieldError, FieldName
+    from nextscale.resources import check_memory
+
+    try:
+        n = len(parts.train_set)
+    except TypeError:
+        n = None
+    if n is not None and tc.batch_size > n:
+        raise FieldError(
+            FieldName("batch_size"), f" {tc.batch_size:,} is larger than the data set ({n:,} training samples); ",
+            "use at most ", f"{n:,}",
+        )  # fmt: skip
+    ob = parts.objective
+    micro = tc.micro_batch(world)
+    tokens = ob.units_per_sample().get("tok")
+    gpu_bf16 = torch.device(device).type == "cuda" and getattr(tc, "amp", "none") != "none"
+    plan = memory_plan(
+        ob.modules(), ob.block_modules(), world, getattr(tc, "parallel", "ddp") == "fsdp", micro, tokens,
+        getattr(tc, "grad_checkpointing", False), compute_bytes=2 if gpu_bf16 else 4,
+    )  # fmt: skip
+    per_sample = max(1, (plan.activations or 0) // max(1, micro))
+    check_memory(
+        plan.total,
+        f"a micro-batch of {micro:,} (batch_size {tc.batch_size:,}: parameters, gradients, optimizer, activations)",
+        ("lower ", FieldName("batch_size"), " or raise ", FieldName("grad_accum"),
+         f" (about {fmt_bytes(per_sample)} of activations per sample)"),
+        device,
+    )  # fmt: skip

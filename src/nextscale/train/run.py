@@ -24,7 +24,9 @@ import torch
 from nextscale import dist
 from nextscale.checkpoint import CKPT_FORMAT, checkpoint_weights, find_checkpoint
 from nextscale.errors import FieldError, FieldName, NextScaleError
+from nextscale.safeload import check_finite
 from nextscale.train.loop import FitResult, Objective, run_fit
+from nextscale.train.memory import check_run_fits
 
 __all__ = ["train", "export", "schedule_length", "check_same_run"]
 
@@ -71,6 +73,7 @@ def train(objective: Type[Objective], tc, **build_kw) -> FitResult:
     default = f"{objective.kind}-{tc.preset if getattr(tc, 'init', None) is None else 'finetune'}"
     tc = dataclasses.replace(tc, run_dir=tc.run_dir or os.path.join("runs", default))
     parts = objective.build(tc, device, **build_kw)
+    check_run_fits(tc, parts, device, dist.get_world_size())  # before the run folder: a batch too big is refused now
     if dist.is_main():
         check_same_run(objective, tc.run_dir, parts.run_config)
         parts.objective.prepare_run_dir(tc.run_dir)
@@ -103,6 +106,7 @@ def export(objective: Type[Objective], run: str, out: str, weights: str = "auto"
     ):
         raise NextScaleError(f"{path} is not a training checkpoint of the {objective.title}")
     sd, use = checkpoint_weights(state, objective.exports, weights, path)
+    check_finite(sd, f"{path} ({use} weights)")  # a diverged run is refused, never exported as a model
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     extra = {"training": {"checkpoint": os.path.abspath(path), "step": int(state["step"]), "weights": use}}
     with torch.no_grad():
