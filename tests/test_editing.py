@@ -319,7 +319,7 @@ def test_golden_model_regenerate_all_matches_reference_and_kept_tokens(golden):
         (lambda e: e(_image(1), _box_mask(1) * 2), "mask values must be in"),
         (lambda e: e(_image(1), _box_mask(1), mask_threshold=0), "mask_threshold"),
         (lambda e: e(None, _box_mask(1)), "image is required"),
-        (lambda e: e("/nonexistent/x.png", _box_mask(1)), "no such file"),
+        (lambda e: e("/nonexistent/x.png", _box_mask(1)), "does not exist"),
         (lambda e: e(_image(1), _box_mask(1), top_k=-1), "top_k"),
     ],
 )

@@ -2,6 +2,8 @@
 clipped; float grey; alpha composited onto white (dropped for masks); palettes, CMYK, 1-bit; EXIF orientation;
 anything else refused with one line. Every image is built here with PIL / numpy."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -156,3 +158,13 @@ class _Limits:  # the one attribute _editor_value reads (no model needed)
     from nextscale.app.demo import DemoLimits
 
     limits = DemoLimits()
+
+
+def test_load_image_names_the_true_reason_for_odd_paths(tmp_path):
+    """A folder, a FIFO or a device given as an image: its true reason, and a FIFO is never opened (no hang)."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    for path, why in ((tmp_path, "is a folder"), (fifo, "FIFO"), ("/dev/zero", "not a regular file"),
+                      (tmp_path / "nope.png", "does not exist")):  # fmt: skip
+        with pytest.raises(NextScaleError, match=why):
+            load_image(path)

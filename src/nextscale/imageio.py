@@ -181,10 +181,13 @@ def load_image(path, size: Optional[int] = None, name: Optional[str] = None, mas
     resize. ``mask``: alpha is dropped instead of composited (the colour decides)."""
     from PIL import ImageOps
 
+    from nextscale.paths import path_problem
+
     p = Path(path)
     shown = name or str(p)
-    if not p.exists():
-        raise NextScaleError(f"{p}: no such file")
+    problem = path_problem(p, "file")  # the true reason: missing, a folder, a FIFO or device (never opened)
+    if problem is not None:
+        raise NextScaleError(f"{p}: {problem}")
     try:
         with Image.open(p) as im:
             im.load()
