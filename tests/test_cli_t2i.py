@@ -90,6 +90,24 @@ def test_info_on_a_t2i_directory(t2i_dir, capsys):
     assert d["infinity"]["depth"] == 2 and d["bits_per_token"] == 6 and d["weights_bytes"]["total"] > 0
 
 
+def test_info_refuses_a_nan_t2i_model(t2i_dir, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    shutil.copytree(t2i_dir, bad)
+    f = bad / "infinity" / "model.safetensors"
+    sd = load_file(str(f))
+    k = next(k for k, v in sd.items() if v.is_floating_point())
+    sd[k] = torch.full_like(sd[k], float("nan"))
+    save_file(sd, str(f))
+    assert main(["info", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN" in err[0] and "transformer" in err[0], err
+
+
 def test_edit_with_a_prompt(t2i_dir, tmp_path, monkeypatch, capsys):
     from PIL import Image
 

@@ -228,7 +228,11 @@ def info(c) -> int:
     pipe = released_layout(c.model, c.variant)  # a release not downloaded yet: its presets' layout, no download
     note = None
     if pipe is None:
+        from nextscale.safeload import check_finite
+
         pipe = load(c, text_encoder=False)  # the layout only: the text encoder is not needed
+        for part, m in (("transformer", pipe.transformer), ("tokenizer", pipe.vae)):  # never describe a NaN model
+            check_finite(m, f"{c.model} ({part})")
     else:
         v = RELEASED_VARIANTS[c.variant]
         note = (
