@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from nextscale import dist
 from nextscale.errors import FieldError, FieldName
 from nextscale.train.config import TokenizerTrainConfig
-from nextscale.train.loop import FitResult, Objective, RunParts, StepContext
-from nextscale.train.optim import OptimSpec, Schedule, build_adamw, param_groups
+from nextscale.train.loop import FitResult, RunParts, StepContext
 from nextscale.train.run import export, schedule_length
+from nextscale.train.tokenizer import GANTokenizerObjective
 
 __all__ = [
     "BSQ_TRAIN_PRESETS",
@@ -116,7 +116,7 @@ def build_bsq(tc: TokenizerTrainConfig):
     return vae.train()
 
 
-class BSQTokenizerObjective(Objective):
+class BSQTokenizerObjective(GANTokenizerObjective):
     """The BSQ tokenizer recipe; optimizers ``vae`` and (with the GAN) ``disc``."""
 
     kind, exports, model_key, title = "bsq-tokenizer", "vae", "bsq", "bitwise tokenizer"
@@ -125,29 +125,6 @@ class BSQTokenizerObjective(Objective):
     def __init__(self, vae, disc, tc: TokenizerTrainConfig, schedule, preview=None, lpips=None):
         self.vae, self.disc, self.tc, self.schedule = vae, disc, tc, [tuple(hw) for hw in schedule]
         self.preview, self.lpips = preview, lpips
-
-    def modules(self):
-        return {"vae": self.vae, **({"disc": self.disc} if self.disc is not None else {})}
-
-    def ema_modules(self):
-        return ["vae"]
-
-    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
-        tc, out = self.tc, {}
-        for name, lr in (("vae", tc.lr), ("disc", tc.disc_lr or tc.lr)):
-            if name in wrapped:
-                model = wrapped[name]
-                sched = Schedule(lr=lr, total=total_steps, warmup=tc.warmup_steps, kind="cos",
-                                 wp0=0.0 if tc.warmup_steps else 1.0, wpe=tc.lr_end, wd=tc.weight_decay)  # fmt: skip
-                opt = build_adamw(param_groups(model), lr=lr)
-                out[name] = OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, tc.grad_clip)
-        return out
-
-    def gan_on(self, step: int) -> bool:
-        return self.disc is not None and self.tc.disc_weight > 0 and step >= self.tc.disc_start
-
-    def active_optimizers(self, step: int) -> List[str]:
-        return ["vae", "disc"] if self.gan_on(step) else ["vae"]
 
     def _quant_loss(self, terms) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         tc = self.tc

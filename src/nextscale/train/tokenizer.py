@@ -140,7 +140,36 @@ class PatchDiscriminator(nn.Module):
 # ------------------------------------------------------------------------------------------------
 
 
-class TokenizerObjective(Objective):
+class GANTokenizerObjective(Objective):
+    """What every tokenizer recipe (VQ here, BSQ in train/bsq.py) shares: modules ``vae`` and (with the GAN)
+    ``disc``, their AdamW optimizers on a cosine schedule, and the step from which the GAN is on."""
+
+    def modules(self):
+        return {"vae": self.vae, **({"disc": self.disc} if self.disc is not None else {})}
+
+    def ema_modules(self):
+        return ["vae"]
+
+    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
+        tc, out = self.tc, {}
+        for name, lr in (("vae", tc.lr), ("disc", tc.disc_lr or tc.lr)):
+            if name not in wrapped:
+                continue
+            model = wrapped[name]
+            opt = build_adamw(param_groups(model), lr=lr)
+            sched = Schedule(lr=lr, total=total_steps, warmup=tc.warmup_steps, kind="cos",
+                             wp0=0.0 if tc.warmup_steps else 1.0, wpe=tc.lr_end, wd=tc.weight_decay)  # fmt: skip
+            out[name] = OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, tc.grad_clip)
+        return out
+
+    def gan_on(self, step: int) -> bool:
+        return self.disc is not None and self.tc.disc_weight > 0 and step >= self.tc.disc_start
+
+    def active_optimizers(self, step: int) -> List[str]:
+        return ["vae", "disc"] if self.gan_on(step) else ["vae"]
+
+
+class TokenizerObjective(GANTokenizerObjective):
     """The VQGAN-family objective for the multi-scale VQ-VAE; optimizers ``vae`` and ``disc``."""
 
     kind, exports, model_key, title = "tokenizer", "vae", "vqvae", "tokenizer"
@@ -160,41 +189,7 @@ class TokenizerObjective(Objective):
         self.K = len(vae.v_patch_nums)
         self.n_reinit = 0
 
-    # ---- loop interface ----
-    def modules(self):
-        mods = {"vae": self.vae}
-        if self.disc is not None:
-            mods["disc"] = self.disc
-        return mods
-
-    def configure_optimizers(self, total_steps: int, wrapped) -> Dict[str, OptimSpec]:
-        tc, out = self.tc, {}
-        for name, lr in (("vae", tc.lr), ("disc", tc.disc_lr or tc.lr)):
-            if name not in wrapped:
-                continue
-            model = wrapped[name]
-            opt = build_adamw(param_groups(model), lr=lr)
-            sched = Schedule(
-                lr=lr,
-                total=total_steps,
-                warmup=tc.warmup_steps,
-                kind="cos",
-                wp0=0.0 if tc.warmup_steps else 1.0,
-                wpe=tc.lr_end,
-                wd=tc.weight_decay,
-            )
-            out[name] = OptimSpec(opt, [p for p in model.parameters() if p.requires_grad], sched, tc.grad_clip)
-        return out
-
-    def gan_on(self, step: int) -> bool:
-        return self.disc is not None and self.tc.disc_weight > 0 and step >= self.tc.disc_start
-
-    def active_optimizers(self, step: int) -> List[str]:
-        return ["vae", "disc"] if self.gan_on(step) else ["vae"]
-
-    def ema_modules(self):
-        return ["vae"]
-
+    # ---- loop interface: modules, optimizers, GAN gating from GANTokenizerObjective ----
     def state_dict(self):
         # the quantiser's hit-count EMA switches its decay on this counter: part of the exact state
         return {"record_hit": int(self.vae.quantize.record_hit), "n_reinit": self.n_reinit}
