@@ -29,8 +29,8 @@ def test_block_kernels_equal_reference_kernels(rows, monkeypatch):
     the reference's operation order, up to float summation order; reference_kernels restores it, and
     training (autograd) always takes the reference's order."""
     fast_calls = []  # which path each kernel took: counted, not inferred from the values differing (they
-    real = cpu._fast  # may agree bit for bit on some CPU kind / thread count)
-    monkeypatch.setattr(cpu, "_fast", lambda x: fast_calls.append(real(x)) or fast_calls[-1])
+    real = cpu.fast_fp32  # may agree bit for bit on some CPU kind / thread count)
+    monkeypatch.setattr(cpu, "fast_fp32", lambda x: fast_calls.append(real(x)) or fast_calls[-1])
     _, var = _pair()
     plain_blk = var.blocks[0]
     x = torch.randn(1, rows, var.C)

@@ -37,7 +37,7 @@ def test_sample_with_speedups_and_a_refiner(tmp_path, capsys):
     )
     assert out.exists()
     assert main(["sample", "--refine-from-scale", "3", "--out", str(tmp_path / "t.png")]) == 2
-    assert "--refine-from-scale needs --refiner" in capsys.readouterr().err
+    assert "--refine-from-scale only acts together with --refiner" in capsys.readouterr().err
     assert main(["sample", "--prune-ratio", "1", "--out", str(tmp_path / "t.png")]) == 2
     assert "--prune-ratio must be < 1" in capsys.readouterr().err and not (tmp_path / "t.png").exists()
 

@@ -339,9 +339,10 @@ def resolve_t2i_path(
 
 
 def released_layout(name_or_path, variant, cache_dir=None, revision=None):
-    """A released model of ``FoundationVision/Infinity`` whose transformer is not in the local cache yet, as a
-    pipeline on the meta device (its presets' layout: no weights, nothing downloaded or allocated), for what needs
-    no weights (``nextscale info``); None for anything else or a cached release (then load it)."""
+    """A released model of ``FoundationVision/Infinity`` whose transformer is not in the local cache yet, as the
+    parts of a pipeline on the meta device, (tokenizer, transformer, index) like
+    :func:`released_files_pipeline_parts` (its presets' layout: no weights, nothing downloaded or allocated), for
+    what needs no weights (``nextscale info``); None for anything else or a cached release (then load it)."""
     if variant is None or str(name_or_path).lower() != RELEASED_REPO.lower() or Path(str(name_or_path)).exists():
         return None
     v = _variant(variant)
@@ -354,13 +355,12 @@ def released_layout(name_or_path, variant, cache_dir=None, revision=None):
     from nextscale.infinity_release import TRANSFORMER_PRESETS
     from nextscale.models.bsq import BSQ_PRESETS, BSQVAE
     from nextscale.models.infinity import Infinity, InfinityConfig
-    from nextscale.pipeline_t2i import NextScaleT2IPipeline
 
     preset = TRANSFORMER_PRESETS["infinity_8b" if v.name.startswith("8b") else "infinity_2b"]
     with torch.device("meta"):
         vae = BSQVAE(BSQ_PRESETS[v.tokenizer.rsplit(".", 1)[0]])
         model = Infinity(getattr(InfinityConfig, preset)())
-    return NextScaleT2IPipeline(vae, model, None, sampling_defaults=dict(RELEASED_SAMPLING), default_pn=v.default_pn)
+    return vae, model, {"sampling_defaults": dict(RELEASED_SAMPLING), "default_pn": v.default_pn}
 
 
 def released_files_pipeline_parts(info: dict):

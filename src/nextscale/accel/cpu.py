@@ -97,7 +97,7 @@ def reference_kernels(enabled: bool = True):
         _tls.reference = prev
 
 
-def _fast(x: torch.Tensor) -> bool:
+def fast_fp32(x: torch.Tensor) -> bool:
     """Whether the CPU kernels apply: CPU, float32, no autograd, not inside ``reference_kernels``."""
     return (
         x.device.type == "cpu"
@@ -129,7 +129,7 @@ def small_rows_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     product with the weight as the left operand runs up to 1.7x faster there. Same values up to
     float summation order."""
     rows = x.numel() // x.shape[-1]
-    if rows > SMALL_ROWS or not _fast(x):
+    if rows > SMALL_ROWS or not fast_fp32(x):
         return F.linear(x, weight, bias)
     x_MK = x.reshape(rows, x.shape[-1])
     y_NM = torch.addmm(bias.unsqueeze(1), weight, x_MK.t()) if bias is not None else weight @ x_MK.t()
@@ -184,7 +184,7 @@ class CPUSelfAttention(SelfAttention):
 
 class CPUFFN(FFN):
     def forward(self, x):
-        if not _fast(x) or self.training:
+        if not fast_fp32(x) or self.training:
             return super().forward(x)
         rows = x.numel() // x.shape[-1]
         if rows <= SMALL_ROWS or self.fc1._forward_hooks or self.fc1._forward_pre_hooks or self._int8():
@@ -207,7 +207,7 @@ class CPUFFN(FFN):
 
 class CPUAdaLNSelfAttn(AdaLNSelfAttn):
     def forward(self, x, cond_BD, attn_bias, kv_cache=None, mod_B16C=None):
-        if self.training or not (_fast(x) or _fast_bf16(x)):
+        if self.training or not (fast_fp32(x) or _fast_bf16(x)):
             return super().forward(x, cond_BD, attn_bias, kv_cache, mod_B16C)
         if _fast_bf16(x):
             return self._forward_bf16(x, cond_BD, attn_bias, kv_cache, mod_B16C)
@@ -252,7 +252,7 @@ class WinogradConv2d(nn.Conv2d):
 
     def forward(self, x):
         if (
-            _fast(x)
+            fast_fp32(x)
             and self.weight.dtype == torch.float32
             and winograd_pays(self.in_channels, self.out_channels, x.shape[-2], x.shape[-1])
         ):

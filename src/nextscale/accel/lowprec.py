@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nextscale.accel.cpu import _fast
+from nextscale.accel.cpu import fast_fp32
 from nextscale.models.var import VAR
 
 __all__ = ["Int8Linear", "enable_int8_linears", "disable_int8_linears", "int8_enabled", "int8_available"]
@@ -63,7 +63,7 @@ class Int8Linear(nn.Linear):
     def linear(self, x: torch.Tensor, bias: Optional[torch.Tensor], sources: Sequence[Optional[torch.Tensor]]):
         """``F.linear(x, self.weight, bias)`` in int8 on the fast path; ``sources``: the tensors ``bias`` is made
         of (the cache is re-made when any of them or the weight changes)."""
-        if not _fast(x):
+        if not fast_fp32(x):
             return F.linear(x, self.weight, bias)
         key = tuple((t.data_ptr(), t._version) for t in (self.weight, *sources) if t is not None)
         cached = self.__dict__.get("_int8_cache")

@@ -225,15 +225,19 @@ def info(c) -> int:
 
     from nextscale.hub_t2i import RELEASED_VARIANTS, released_layout
 
-    pipe = released_layout(c.model, c.variant)  # a release not downloaded yet: its presets' layout, no download
+    parts = released_layout(c.model, c.variant)  # a release not downloaded yet: its presets' layout, no download
     note = None
-    if pipe is None:
+    if parts is None:
         from nextscale.safeload import check_finite
 
         pipe = load(c, text_encoder=False)  # the layout only: the text encoder is not needed
         for part, m in (("transformer", pipe.transformer), ("tokenizer", pipe.vae)):  # never describe a NaN model
             check_finite(m, f"{c.model} ({part})")
     else:
+        from nextscale.pipeline_t2i import NextScaleT2IPipeline
+
+        vae, model, index = parts
+        pipe = NextScaleT2IPipeline(vae, model, None, **index)
         v = RELEASED_VARIANTS[c.variant]
         note = (
             f"described from the release's configuration; the weights are not in the local cache (the first load "
