@@ -40,7 +40,7 @@ TOK=(train-tokenizer --bitwise --data "$W/scenes" --preset tiny --z-channels 16 
 # built by train-t2i and exported with the model) and the transformer (depth 4, width 128), square bucket only
 [ -f "$W/t2i/pipeline/model_index.json" ] || $RUN train-t2i --data "$W/scenes" --tokenizer "$W/bsq/tokenizer" \
     --text-encoder tiny --n-scales 5 --aspect-ratios 1 --depth 4 --embed-dim 128 --num-heads 4 --text-maxlen 32 \
-    --steps 700 --batch-size 32 --lr 2e-3 --warmup-steps 20 --lr-end 0.05 --weight-decay 0.05 --ema 0.99 \
+    --steps 1700 --batch-size 32 --lr 2e-3 --warmup-steps 20 --lr-end 0.05 --weight-decay 0.05 --ema 0.99 \
     --text-dropout 0.1 --loss-weights sqrt_area --no-cache --ckpt-every 50 --keep 3 --log-every 20 \
     --sample-every -1 --no-progress
 
