@@ -72,10 +72,10 @@ def test_finetune_from_default_stays_finite(tmp_path):
     from nextscale.app.cli import main
     from nextscale.scenes import SceneConfig, write_scene_dataset
 
-    data = write_scene_dataset(tmp_path / "scenes", 8, np.random.default_rng(3), SceneConfig(aspect_ratios=(1.0,)),
+    data = write_scene_dataset(tmp_path / "scenes", 4, np.random.default_rng(3), SceneConfig(aspect_ratios=(1.0,)),
                                pn="0.06M", n_scales=5, patch_size=4)  # fmt: skip
     run = tmp_path / "ft"
-    argv = ["train-t2i", "--data", str(data), "--init", "default-t2i", "--steps", "2", "--batch-size", "4", "--lr",
+    argv = ["train-t2i", "--data", str(data), "--init", "default-t2i", "--steps", "1", "--batch-size", "2", "--lr",
             "1e-4", "--run-dir", str(run), "--sample-every", "-1", "--no-progress", "--log-every", "1"]  # fmt: skip
     assert main(argv) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

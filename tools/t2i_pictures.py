@@ -41,7 +41,7 @@ def _label(text: str, width: int, height: int = 20) -> Image.Image:
     return im
 
 
-def _row(images, text: str, cell: int = CELL, pad: int = 4, label_w: int = 300) -> Image.Image:
+def _row(images, text: str, cell: int = CELL, pad: int = 4, label_w: int = 260) -> Image.Image:
     row = Image.new("RGB", (label_w + len(images) * (cell + pad), cell + pad), (255, 255, 255))
     row.paste(_label(text, label_w - 8, 20), (0, cell // 2 - 10))
     for i, im in enumerate(images):
@@ -74,7 +74,7 @@ def scales(pipe, prompt: str, seed: int = 0) -> Image.Image:
     names = Image.new("RGB", (row.width, 20), (255, 255, 255))
     d = ImageDraw.Draw(names)
     for i, s in enumerate(steps):
-        d.text((300 + i * (CELL + 4) + 4, 4), f"{s.grid_hw[0]}x{s.grid_hw[1]} tokens", fill=(0, 0, 0))
+        d.text((260 + i * (CELL + 4) + 4, 4), f"{s.grid_hw[0]}x{s.grid_hw[1]} tokens", fill=(0, 0, 0))
     assert out.images[0].tobytes() == ims[-1].tobytes()  # the last scale is the image
     return _stack([row, names])
 
