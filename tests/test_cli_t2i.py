@@ -75,7 +75,11 @@ def test_bad_inputs_are_one_line_and_write_nothing(t2i_dir, tmp_path, monkeypatc
     _fails(capsys, m + ["--prompt", "a cat", "--prune-ratio", "0.5"], "--prune-ratio is not supported", tmp_path)
     _fails(capsys, m + ["--prompt", "a cat", "--cfg", "1", "2"], "--cfg has 2 values but the model samples 7", tmp_path)
     _fails(capsys, m + ["--prompt", "a cat " * 80], "--prompt is", tmp_path)  # longer than the encoder reads
-    _fails(capsys, ["sample", "--prompt", "a cat"], "--prompt needs a text-to-image model", tmp_path)
+    import nextscale.hub as hub  # no --model: the bundled default-t2i; when it is not installed, one line
+
+    monkeypatch.setitem(hub.BUNDLED_MODELS, "default-t2i", (tmp_path / "absent", " DIR (a text-to-image pipeline)"))
+    _fails(capsys, ["sample", "--prompt", "a cat"], "the bundled default-t2i model is not installed; pass --model",
+           tmp_path)  # fmt: skip
     _fails(capsys, m, "--prompt is required: this is a text-to-image model", tmp_path)
     assert main(m + ["--prompt", "", "--allow-empty", "--out", "u.png"]) == 0
 

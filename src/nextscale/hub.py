@@ -73,6 +73,22 @@ TOKENIZER_CLASS_NAME = "NextScaleTokenizer"
 
 #: The model shipped inside the package (see the default-model recipe); "default" resolves here.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
+#: The text-to-image model shipped inside the package (recipes/default_t2i.sh); "default-t2i" resolves here.
+DEFAULT_T2I_DIR = Path(__file__).resolve().parent / "assets" / "default_t2i"
+#: name -> (bundled pipeline directory, what to pass instead when it is not installed)
+BUNDLED_MODELS = {
+    "default": (DEFAULT_MODEL_DIR, " DIR (a pipeline directory or var_d*.pth)"),
+    "default-t2i": (DEFAULT_T2I_DIR, " DIR (a text-to-image pipeline directory)"),
+}
+
+
+def bundled_model_dir(name: str) -> Path:
+    """The directory of a model shipped inside the package (``BUNDLED_MODELS``); one line when it is absent."""
+    path, instead = BUNDLED_MODELS[name]
+    if not (path / "model_index.json").exists():
+        raise FieldError(f"the bundled {name} model is not installed; pass ", FieldName("model"), instead)
+    return path
+
 
 _KNOWN_SCHEDULES = {sum(p * p for p in s): s for s in (scale_schedule_256, scale_schedule_512)}
 
@@ -594,13 +610,7 @@ def resolve_model_path(name_or_path, cache_dir=None, revision=None, variant: Opt
     if name_or_path in (None, "default"):
         if variant is not None:
             raise NextScaleError("variant= picks one of several released transformers; the default model has one")
-        if not (DEFAULT_MODEL_DIR / "model_index.json").exists():
-            raise FieldError(
-                "the bundled default model is not installed; pass ",
-                FieldName("model"),
-                " DIR (a pipeline directory or var_d*.pth)",
-            )
-        return DEFAULT_MODEL_DIR
+        return bundled_model_dir("default")
     p = Path(os.path.expanduser(str(name_or_path)))
     if p.exists():
         if variant is not None:

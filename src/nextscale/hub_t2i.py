@@ -279,7 +279,13 @@ def resolve_t2i_path(
     * a hub id + ``variant`` -> the converted directory in the hub cache (converted on first use);
     * a hub id of a pipeline directory -> ``snapshot_download`` of it.
 
-    ``local_files_only`` None follows ``HF_HUB_OFFLINE``."""
+    ``local_files_only`` None follows ``HF_HUB_OFFLINE``. ``"default-t2i"``: the bundled model (``nextscale.hub``)."""
+    if name_or_path == "default-t2i":
+        from nextscale.hub import bundled_model_dir
+
+        if variant is not None:
+            raise NextScaleError("variant= picks one of several released transformers; the default model has one")
+        return bundled_model_dir("default-t2i"), None
     if variant is not None:
         v = _variant(variant)
     p = Path(os.path.expanduser(str(name_or_path)))

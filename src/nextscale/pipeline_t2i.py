@@ -361,6 +361,7 @@ class NextScaleT2IPipeline:
         sampling_defaults: Optional[Dict[str, Any]] = None,
         default_pn: str = "1M",
         text_encoder_entry: Optional[dict] = None,
+        default_num_scales: Optional[int] = None,
     ):
         if not isinstance(vae, BSQVAE):
             raise InputError(f"vae must be a nextscale.models.bsq.BSQVAE, got {type(vae).__name__}")
@@ -381,6 +382,8 @@ class NextScaleT2IPipeline:
         #: what a call samples with when it gives nothing: the model's recommendation
         self.settings = T2ISettings.from_dict(sampling_defaults or {})
         self.default_pn = _canonical_pn(default_pn)
+        #: scales sampled at the default size (a model trained on the first N scales of its pn; None: all)
+        self.default_num_scales = None if default_num_scales is None else as_int(default_num_scales, "num_scales")
         self.dtype = torch.float32  # the compute dtype (bf16: weights cast by to(), run under autocast)
         self._text_encoder_entry = text_encoder_entry
 
@@ -438,6 +441,7 @@ class NextScaleT2IPipeline:
             sampling_defaults=index.get("sampling_defaults"),
             default_pn=index.get("default_pn", "1M"),
             text_encoder_entry=entry if isinstance(entry, dict) and "name" in entry else None,
+            default_num_scales=index.get("default_num_scales"),
         )
         return pipe.to(device, dtype)
 
@@ -480,7 +484,11 @@ class NextScaleT2IPipeline:
             self.transformer,
             text_encoder_entry=entry,
             write_text_encoder=writer,
-            extra={"sampling_defaults": self.settings.to_dict(), "default_pn": self.default_pn},
+            extra={
+                "sampling_defaults": self.settings.to_dict(),
+                "default_pn": self.default_pn,
+                **({"default_num_scales": self.default_num_scales} if self.default_num_scales else {}),
+            },
         )
 
     def to(self, device=None, dtype=None) -> "NextScaleT2IPipeline":
@@ -549,6 +557,8 @@ class NextScaleT2IPipeline:
 
     def size(self, height=None, width=None, aspect_ratio=None, pn=None, num_scales=None) -> T2ISize:
         """What a call with these arguments samples (checked, nothing run)."""
+        if num_scales is None and height is None and (pn is None or _canonical_pn(pn) == self.default_pn):
+            num_scales = self.default_num_scales  # the default size of a model trained on fewer scales
         return resolve_size(
             self.stride,
             height=height,

@@ -18,11 +18,15 @@ from nextscale.errors import FieldError, FieldName
 __all__ = ["is_t2i", "load", "slug", "sample", "edit", "info", "run_eval"]
 
 
+#: the model of a text-to-image command given no model (the bundled one, ``nextscale.hub.DEFAULT_T2I_DIR``)
+DEFAULT_T2I = "default-t2i"
+
+
 def is_t2i(model, variant=None) -> bool:
     """Whether ``model`` / ``variant`` name a text-to-image model (decided without loading it)."""
     from nextscale.hub_t2i import RELEASED_REPO, RELEASED_VARIANTS, is_t2i_dir
 
-    if variant in RELEASED_VARIANTS or model == RELEASED_REPO:
+    if variant in RELEASED_VARIANTS or model in (RELEASED_REPO, DEFAULT_T2I):
         return True
     return bool(model) and os.path.isdir(model) and is_t2i_dir(model)
 
@@ -32,7 +36,8 @@ def load(c, text_encoder=None):
     from nextscale.app.cli_args import device_dtype
     from nextscale.pipeline_t2i import NextScaleT2IPipeline
 
-    if not is_t2i(c.model, getattr(c, "variant", None)):
+    model = c.model if c.model is not None or getattr(c, "variant", None) else DEFAULT_T2I  # no model: the bundled
+    if not is_t2i(model, getattr(c, "variant", None)):
         kinds = "a text-to-image pipeline directory, or FoundationVision/Infinity with a variant 2b, 8b or 8b-512"
         if getattr(c, "prompt", None) is None:  # eval-t2i: the model is what the user gave wrong, not a prompt
             raise FieldError(FieldName("model"), f" {c.model or 'default'!r} is not a text-to-image model ({kinds})")
@@ -55,7 +60,7 @@ def load(c, text_encoder=None):
     kw: Dict[str, Any] = dict(variant=c.variant, device=dev, torch_dtype=dt)
     if text_encoder is not None:
         kw["text_encoder"] = text_encoder
-    return NextScaleT2IPipeline.from_pretrained(c.model, **kw)
+    return NextScaleT2IPipeline.from_pretrained(model, **kw)
 
 
 def slug(prompt: str, n: int = 60) -> str:

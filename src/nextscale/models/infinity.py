@@ -127,13 +127,13 @@ class CrossAttention(nn.Module):
         else:
             q_BlHc = self.mat_q(x_BlC).unflatten(-1, (self.num_heads, self.head_dim))
         q_BlHc = _bf16(q_BlHc, self.bf16)
-        q_BHlc, start = q_BlHc.transpose(1, 2), 0
-        o_BHlc = q_BHlc.new_empty(q_BHlc.shape)
+        q_BHlc, start, o_Hlc = q_BlHc.transpose(1, 2), 0, []
         for b, n in enumerate(lens):  # one exact attention per row over its own n tokens (no padded keys)
             k_Hnc, v_Hnc = kv_N2Hc[start : start + n].permute(1, 2, 0, 3).unbind(0)
-            o_BHlc[b] = F.scaled_dot_product_attention(q_BHlc[b], k_Hnc, v_Hnc, scale=self.head_dim**-0.5)
+            o_Hlc.append(F.scaled_dot_product_attention(q_BHlc[b], k_Hnc, v_Hnc, scale=self.head_dim**-0.5))
             start += n
-        o_BlC = o_BHlc.transpose(1, 2).flatten(2)
+        # stacked, not written into a buffer row by row: the backward of B row writes is B full-size zero buffers
+        o_BlC = torch.stack(o_Hlc).transpose(1, 2).flatten(2)
         return self.proj(_bf16(o_BlC, self.bf16))
 
 

@@ -30,6 +30,7 @@ rank, seeded from (seed, rank) and stored in every checkpoint; stochastic depth 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any, Dict, List
@@ -274,9 +275,11 @@ class T2IObjective(Objective):
         from nextscale.train.t2i_parts import load_bsq_any, resolve_text_encoder
 
         tc.validate()
-        init_model, vae = None, None
+        init_model, vae, init_dir = None, None, None
         if tc.init is not None:
-            init_model, vae = _load_init(tc.init)
+            init_dir, (init_model, vae, index) = _init_dir(tc.init), _load_init(tc.init)
+            if tc.n_scales is None and index.get("default_num_scales"):  # a model trained on its first N scales
+                tc = dataclasses.replace(tc, n_scales=int(index["default_num_scales"]))
         if tc.tokenizer is not None:
             vae = load_bsq_any(tc.tokenizer)
         vae.eval().requires_grad_(False)
@@ -285,7 +288,7 @@ class T2IObjective(Objective):
         data = scan_captioned(tc.data, table, on_bad=tc.on_bad)
         tiny = tc.text_encoder == "tiny" and init_model is None
         encoder = resolve_text_encoder(tc.text_encoder, data.captions, tc.seed, tc.text_maxlen,
-                                       init_dir=tc.init if init_model is not None else None)  # fmt: skip
+                                       init_dir=init_dir if init_model is not None else None)  # fmt: skip
         if init_model is not None:
             check_init_layout(init_model, vae, encoder)
             model = init_model.train().requires_grad_(True)
@@ -349,7 +352,7 @@ class T2IObjective(Objective):
         import json
 
         with open(os.path.join(run_dir, "text_encoder.json"), "w") as f:
-            json.dump({**entry, "default_pn": self.tc.pn}, f)
+            json.dump({**entry, "default_pn": self.tc.pn, "default_num_scales": self.tc.n_scales}, f)
 
     def after_fit(self, run_dir: str, result: FitResult, log) -> None:
         out = os.path.join(run_dir, "pipeline")
@@ -375,6 +378,7 @@ class T2IObjective(Objective):
         with open(os.path.join(run_dir, "text_encoder.json")) as f:
             entry = json.load(f)
         default_pn = entry.pop("default_pn", "0.06M")
+        n_scales = entry.pop("default_num_scales", None)  # trained on the first N scales: the pipeline's default
         writer = None
         if "files" in entry:
 
@@ -382,7 +386,8 @@ class T2IObjective(Objective):
                 shutil.copytree(os.path.join(run_dir, "text_encoder"), d)
 
         save_t2i_dir(out, vae, model.eval(), text_encoder_entry=entry, write_text_encoder=writer,
-                     extra={"default_pn": default_pn, **extra})  # fmt: skip
+                     extra={"default_pn": default_pn, **({"default_num_scales": n_scales} if n_scales else {}),
+                            **extra})  # fmt: skip
 
 
 def _ratios(spec):
@@ -399,9 +404,19 @@ def _ratios(spec):
     return out
 
 
+def _init_dir(path):
+    """The directory of an init model: a path, or "default-t2i" (the bundled model)."""
+    if path == "default-t2i":
+        from nextscale.hub import bundled_model_dir
+
+        return str(bundled_model_dir("default-t2i"))
+    return path
+
+
 def _load_init(path):
     from nextscale.hub_t2i import is_t2i_dir, load_t2i_dir
 
+    path = _init_dir(path)
     if not os.path.exists(path):
         raise FieldError(FieldName("init"), f" {path!r} not found; pass a text-to-image pipeline directory")
     if not is_t2i_dir(path):
@@ -409,10 +424,10 @@ def _load_init(path):
             FieldName("init"), f" {path!r} is not a text-to-image pipeline directory (export-t2i, convert a release)"
         )
     try:
-        vae, model, _index = load_t2i_dir(path)
+        vae, model, index = load_t2i_dir(path)
     except NextScaleError as e:
         raise FieldError(FieldName("init"), f" {path!r}: {str(e).splitlines()[0]}") from None
-    return model, vae
+    return model, vae, index
 
 
 def check_init_layout(model, vae, encoder) -> None:

@@ -46,7 +46,8 @@ def check_same_run(objective: Type[Objective], run_dir: str, run_config: Dict[st
     with open(path) as f:
         old = json.load(f)
     key = objective.model_key
-    if old.get("kind") not in (None, run_config["kind"]) or old.get("model", {}).get(key) != run_config["model"][key]:
+    new = json.loads(json.dumps(run_config["model"][key]))  # as config.json holds it (tuples are lists there)
+    if old.get("kind") not in (None, run_config["kind"]) or old.get("model", {}).get(key) != new:
         raise FieldError(
             f"{run_dir!r} holds a run of another model; use a new ",
             FieldName("run_dir"),
