@@ -454,6 +454,10 @@ class BSQVAE(nn.Module):
         """Encoder output = the reference's ``encode_for_raw_features``: (B, d, H/p, W/p)."""
         return self.encoder(img_B3HW)
 
+    def forward(self, img_B3HW: torch.Tensor) -> torch.Tensor:
+        """:meth:`encode_raw` (the call a data-parallel wrapper makes; training quantises and decodes after it)."""
+        return self.encode_raw(img_B3HW)
+
     def quantize(self, raw_BdHW: torch.Tensor, schedule_hw: ScheduleHW) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """(summed codes (B, d, H, W), bits per scale [(B, h_k, w_k, d) int64])."""
         out = self.quantizer(raw_BdHW, schedule_hw)

@@ -62,10 +62,12 @@ def binary_entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 def bsq_train_forward(vae, x_B3HW, schedule_hw, inv_temperature: float = 100.0):
-    """(x_hat (B, 3, H, W) unclamped, {"commit", "h_sample", "h_codebook"} per scale lists) of a training pass."""
+    """(x_hat (B, 3, H, W) unclamped, {"commit", "h_sample", "h_codebook"} per scale lists) of a training pass.
+    ``vae``: the BSQ-VAE or its DDP wrapper (called, so the wrapper's forward runs: the gradients of every
+    parameter in the graph, the decoder's too, are then averaged in the backward)."""
     from nextscale.models.bsq import resize
 
-    raw = vae.encode_raw(x_B3HW).float()
+    raw = vae(x_B3HW).float()
     d = raw.shape[1]
     H, W = raw.shape[-2:]
     residual, summed = raw, torch.zeros_like(raw)
@@ -82,7 +84,7 @@ def bsq_train_forward(vae, x_B3HW, schedule_hw, inv_temperature: float = 100.0):
         q_full = resize(q_BhwD.permute(0, 3, 1, 2), (H, W), "trilinear")
         residual = residual - q_full.detach()
         summed = summed + q_full
-    return vae.decoder(summed), terms
+    return getattr(vae, "module", vae).decoder(summed), terms
 
 
 def build_bsq(tc: TokenizerTrainConfig):
