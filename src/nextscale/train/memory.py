@@ -106,15 +106,6 @@ def check_run_fits(tc, parts, device, world: int) -> None:
     from nextscale.errors import FieldError, FieldName
     from nextscale.resources import check_memory
 
-    try:
-        n = len(parts.train_set)
-    except TypeError:
-        n = None
-    if n is not None and tc.batch_size > n:
-        raise FieldError(
-            FieldName("batch_size"), f" {tc.batch_size:,} is larger than the data set ({n:,} training samples); ",
-            "use at most ", f"{n:,}",
-        )  # fmt: skip
     ob = parts.objective
     micro = tc.micro_batch(world)
     tokens = ob.units_per_sample().get("tok")
@@ -123,6 +114,15 @@ def check_run_fits(tc, parts, device, world: int) -> None:
         ob.modules(), ob.block_modules(), world, getattr(tc, "parallel", "ddp") == "fsdp", micro, tokens,
         getattr(tc, "grad_checkpointing", False), compute_bytes=2 if gpu_bf16 else 4,
     )  # fmt: skip
+    try:
+        n = len(parts.train_set)
+    except TypeError:
+        n = None
+    if n is not None and tc.batch_size > n:
+        raise FieldError(
+            FieldName("batch_size"), f" {tc.batch_size:,} is larger than the data set ({n:,} training samples; "
+            f"it would need about {fmt_bytes(plan.total)} per process); use at most ", f"{n:,}",
+        )  # fmt: skip
     per_sample = max(1, (plan.activations or 0) // max(1, micro))
     check_memory(
         plan.total,
