@@ -2,17 +2,13 @@
 
 import json
 import os
-import random
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from nextscale.app.cli import main
-from nextscale.checkpoint import CheckpointFolder
+from runs import final, kill9_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,10 +38,6 @@ def _metrics(run):
         return [r for r in map(json.loads, f) if r["kind"] == "train"]
 
 
-def _final(run):
-    return CheckpointFolder(os.path.join(run, "checkpoints")).latest()
-
-
 def test_kill9_then_rerun_is_bit_identical(scenes, tmp_path):
     """Acceptance: kill -9 mid-run, re-run the same command -> weights, optimizer, EMA, BSC generators and RNGs
     equal an uninterrupted run's (BSC, text dropout and stochastic depth all on)."""
@@ -60,20 +52,10 @@ def test_kill9_then_rerun_is_bit_identical(scenes, tmp_path):
     ref = str(tmp_path / "ref")
     assert main(cmd(ref)) == 0
     run = str(tmp_path / "cut")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "nextscale"] + cmd(run), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)  # fmt: skip
-    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
-    t0 = time.time()
-    while not ck.steps() and p.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.01)
-    time.sleep(random.Random().uniform(0.0, 0.2))
-    p.kill()  # SIGKILL: no handler runs
-    p.wait()
-    killed_at = ck.steps()
-    assert killed_at and p.returncode == -9 and killed_at[-1] < 60, (p.returncode, killed_at)
+    returncode, killed_at = kill9_after_first_checkpoint(cmd(run), run, jitter_s=0.2)
+    assert killed_at and returncode == -9 and killed_at[-1] < 60, (returncode, killed_at)
     assert main(cmd(run)) == 0  # the same command resumes
-    (sa, a), (sb, b) = _final(ref), _final(run)
+    (sa, a), (sb, b) = final(ref), final(run)
     assert sa == sb == 60
     for k, v in a["modules"]["infinity"].items():
         assert torch.equal(v, b["modules"]["infinity"][k]), k

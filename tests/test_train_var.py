@@ -2,29 +2,20 @@
 
 import json
 import os
-import random
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from nextscale.app.cli import main
-from nextscale.checkpoint import CheckpointFolder
 from nextscale.data import TokenCache
 from nextscale.train.var import progressive_stage
+from runs import final, kill9_after_first_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 QUIET = ["--no-progress", "--eval-every", "0", "--sample-every", "-1"]
-
-
-def _final(run):
-    step, st = CheckpointFolder(os.path.join(run, "checkpoints")).latest()
-    return step, st
 
 
 def _metrics(run, kind="train"):
@@ -111,7 +102,7 @@ def test_overfit_export_and_sample_classes(cache, tmp_path):
         ]
         + QUIET
     )
-    assert rc == 0 and _final(str(tmp_path / "ft"))[0] == 2
+    assert rc == 0 and final(str(tmp_path / "ft"))[0] == 2
 
 
 def test_progressive_training_runs(cache, tmp_path):
@@ -253,23 +244,12 @@ def test_kill9_then_rerun_is_bit_identical(digits, tmp_path):
     ref = str(tmp_path / "ref")
     assert main(cmd(ref)) == 0
     run = str(tmp_path / "cut")
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "nextscale"] + cmd(run), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    ck = CheckpointFolder(os.path.join(run, "checkpoints"))
-    t0 = time.time()
-    while not ck.steps() and p.poll() is None and time.time() - t0 < 300:
-        time.sleep(0.02)
-    time.sleep(random.Random().uniform(0.0, 0.6))
-    p.kill()  # SIGKILL: no handler runs
-    p.wait()
-    killed_at = ck.steps()
+    returncode, killed_at = kill9_after_first_checkpoint(cmd(run), run, jitter_s=0.6)
     assert killed_at, "the run never wrote a checkpoint"
     # the kill landed mid-run (otherwise resuming a finished run would make the equality trivial)
-    assert p.returncode == -9 and killed_at[-1] < 14, (p.returncode, killed_at)
+    assert returncode == -9 and killed_at[-1] < 14, (returncode, killed_at)
     assert main(cmd(run)) == 0  # the same command resumes
-    (sa, a), (sb, b) = _final(ref), _final(run)
+    (sa, a), (sb, b) = final(ref), final(run)
     assert sa == sb == 14
     for k, v in a["modules"]["var"].items():
         assert torch.equal(v, b["modules"]["var"][k]), k
